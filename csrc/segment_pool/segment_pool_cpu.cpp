@@ -1,0 +1,248 @@
+// CPU twin of the segment-pooling kernels. See segment_pool.h for the contract.
+//
+// Work is cut into (sample, tile) units whose boundaries depend only on the shape. Each
+// unit accumulates its pixels sequentially into a private partial histogram; the partials
+// are then combined in tile order. The result is therefore independent of the number of
+// threads, and bitwise reproducible.
+#include "segment_pool.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../common/checks.h"
+
+namespace gswfast {
+
+Reduce parse_reduce(std::string_view reduce) {
+  if (reduce == "sum") return Reduce::Sum;
+  if (reduce == "mean") return Reduce::Mean;
+  if (reduce == "max") return Reduce::Max;
+  if (reduce == "min") return Reduce::Min;
+  TORCH_CHECK(false, "reduce: expected one of 'sum', 'mean', 'max', 'min', got '", reduce, "'");
+}
+
+namespace {
+
+// max that lets NaN win, so a NaN pixel shows up in its segment's result.
+template <typename T>
+inline T max_nan(T a, T b) {
+  return (a != a || a > b) ? a : b;
+}
+
+template <typename scalar_t, typename label_t>
+struct PoolProblem {
+  const scalar_t* values;
+  int64_t stride_b, stride_c, stride_n;
+  const label_t* labels;
+  const int64_t* limits;
+  int64_t C, N, K, tile, num_tiles;
+  Reduce reduce;
+};
+
+// One (sample, tile) unit: counts into cnt[K], per-channel accumulators into acc[C][K].
+// Extremes are kept as max of (sign * value), so min shares the max code path.
+template <typename scalar_t, typename label_t, typename acc_t>
+int64_t pool_unit(const PoolProblem<scalar_t, label_t>& p, int64_t b, int64_t t, acc_t* acc,
+                  int32_t* cnt) {
+  const int64_t begin = t * p.tile;
+  const int64_t end = std::min(begin + p.tile, p.N);
+  const label_t* lab = p.labels + b * p.N;
+  const uint64_t limit = p.limits ? static_cast<uint64_t>(p.limits[b]) : p.K;
+  int64_t invalid = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const auto l = static_cast<int64_t>(lab[i]);
+    if (static_cast<uint64_t>(l) < limit) {
+      ++cnt[l];
+    } else if (l != -1) {
+      ++invalid;
+    }
+  }
+  const bool extreme = p.reduce == Reduce::Max || p.reduce == Reduce::Min;
+  const acc_t sign = p.reduce == Reduce::Min ? acc_t(-1) : acc_t(1);
+  for (int64_t c = 0; c < p.C; ++c) {
+    acc_t* a = acc + c * p.K;
+    const scalar_t* v = p.values + b * p.stride_b + c * p.stride_c;
+    if (extreme) {
+      std::fill(a, a + p.K, -std::numeric_limits<acc_t>::infinity());
+      for (int64_t i = begin; i < end; ++i) {
+        const auto l = static_cast<int64_t>(lab[i]);
+        if (static_cast<uint64_t>(l) < limit)
+          a[l] = max_nan(a[l], sign * static_cast<acc_t>(v[i * p.stride_n]));
+      }
+    } else {
+      std::fill(a, a + p.K, acc_t(0));
+      for (int64_t i = begin; i < end; ++i) {
+        const auto l = static_cast<int64_t>(lab[i]);
+        if (static_cast<uint64_t>(l) < limit) a[l] += static_cast<acc_t>(v[i * p.stride_n]);
+      }
+    }
+  }
+  return invalid;
+}
+
+// Combines the tile partials of one sample in tile order and writes out[b] and count[b].
+template <typename scalar_t, typename acc_t>
+void finish_sample(int64_t b, int64_t C, int64_t K, int64_t T, Reduce reduce,
+                   const acc_t* partial, const int32_t* cnt_partial, scalar_t* out,
+                   int32_t* count) {
+  const int32_t* cp = cnt_partial + b * T * K;
+  int32_t* cnt = count + b * K;
+  for (int64_t k = 0; k < K; ++k) {
+    int32_t n = 0;
+    for (int64_t t = 0; t < T; ++t) n += cp[t * K + k];
+    cnt[k] = n;
+  }
+  const bool extreme = reduce == Reduce::Max || reduce == Reduce::Min;
+  const acc_t sign = reduce == Reduce::Min ? acc_t(-1) : acc_t(1);
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t* pc = partial + (b * T * C + c) * K;  // partial[b][t][c][k]
+    scalar_t* o = out + (b * C + c) * K;
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t r = extreme ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+      for (int64_t t = 0; t < T; ++t) {
+        const acc_t x = pc[t * C * K + k];
+        r = extreme ? max_nan(r, x) : r + x;
+      }
+      if (cnt[k] == 0) r = acc_t(0);
+      else if (reduce == Reduce::Mean) r /= static_cast<acc_t>(cnt[k]);
+      else if (extreme) r *= sign;
+      o[k] = static_cast<scalar_t>(r);
+    }
+  }
+}
+
+template <typename scalar_t, typename label_t>
+int64_t pool_all(const PoolProblem<scalar_t, label_t>& p, int64_t B, scalar_t* out,
+                 int32_t* count) {
+  // float64 accumulation for sums; extremes are exact in the value type's float.
+  using acc_t = double;
+  const int64_t T = p.num_tiles, C = p.C, K = p.K;
+  std::vector<acc_t> partial(static_cast<size_t>(B * T * C * K));
+  std::vector<int32_t> cnt_partial(static_cast<size_t>(B * T * K), 0);
+  std::atomic<int64_t> invalid{0};
+  at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+    int64_t local_invalid = 0;
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t b = u / T, t = u % T;
+      local_invalid += pool_unit<scalar_t, label_t, acc_t>(
+          p, b, t, partial.data() + u * C * K, cnt_partial.data() + u * K);
+    }
+    invalid += local_invalid;
+  });
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      finish_sample<scalar_t, acc_t>(b, C, K, T, p.reduce, partial.data(), cnt_partial.data(),
+                                     out, count);
+  });
+  return invalid.load();
+}
+
+int32_t clamp_count(int64_t n) {
+  return static_cast<int32_t>(std::min<int64_t>(n, std::numeric_limits<int32_t>::max()));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_pool_cpu(
+    const at::Tensor& values, const at::Tensor& labels_in,
+    const std::optional<at::Tensor>& limits, int64_t num_segments,
+    std::string_view reduce_name) {
+  check_float_values(values, "values");
+  TORCH_CHECK(values.dim() == 3, "values: expected [B, C, N], got ", values.sizes());
+  check_labels(labels_in, values, 2);
+  check_limits(limits, labels_in, num_segments);
+  const Reduce reduce = parse_reduce(reduce_name);
+  const at::Tensor labels = labels_in.contiguous();
+  const int64_t B = values.size(0), C = values.size(1), N = values.size(2), K = num_segments;
+
+  at::Tensor out = at::empty({B, C, K}, values.options());
+  at::Tensor count = at::empty({B, K}, labels.options().dtype(at::kInt));
+  int64_t invalid = 0;
+  if (B > 0 && N > 0) {
+    const int64_t tile = pool_tile_size(B, N, 16384, 65536, 1);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "segment_pool_cpu", [&] {
+      AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "segment_pool_cpu_labels", [&] {
+        PoolProblem<scalar_t, index_t> p{values.const_data_ptr<scalar_t>(),
+                                         values.stride(0), values.stride(1), values.stride(2),
+                                         labels.const_data_ptr<index_t>(),
+                                         limits ? limits->const_data_ptr<int64_t>() : nullptr,
+                                         C, N, K, tile, (N + tile - 1) / tile, reduce};
+        invalid = pool_all(p, B, out.mutable_data_ptr<scalar_t>(),
+                           count.mutable_data_ptr<int32_t>());
+      });
+    });
+  } else {
+    out.zero_();
+    count.zero_();
+  }
+  at::Tensor num_invalid = at::empty({}, labels.options().dtype(at::kInt));
+  num_invalid.fill_(clamp_count(invalid));
+  return {out, count, num_invalid};
+}
+
+std::tuple<at::Tensor, at::Tensor> paint_cpu(const at::Tensor& segment_values,
+                                             const at::Tensor& labels_in,
+                                             const std::optional<at::Tensor>& limits,
+                                             double fill) {
+  check_float_values(segment_values, "segment_values");
+  TORCH_CHECK(segment_values.dim() == 3, "segment_values: expected [B, C, K], got ",
+              segment_values.sizes());
+  TORCH_CHECK(labels_in.dim() == 2 && labels_in.size(0) == segment_values.size(0),
+              "labels: expected [B, N] with B = ", segment_values.size(0), ", got ",
+              labels_in.sizes());
+  TORCH_CHECK(labels_in.scalar_type() == at::kInt || labels_in.scalar_type() == at::kLong,
+              "labels: expected int32 or int64, got ", labels_in.scalar_type());
+  TORCH_CHECK(labels_in.device() == segment_values.device(), "labels: expected device ",
+              segment_values.device(), ", got ", labels_in.device());
+  const int64_t B = segment_values.size(0), C = segment_values.size(1),
+                K = segment_values.size(2), N = labels_in.size(1);
+  check_limits(limits, labels_in, K);
+  const at::Tensor seg = segment_values.contiguous();
+  const at::Tensor labels = labels_in.contiguous();
+  at::Tensor out = at::empty({B, C, N}, seg.options());
+  std::atomic<int64_t> invalid{0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, seg.scalar_type(), "paint_cpu", [&] {
+    AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "paint_cpu_labels", [&] {
+      const scalar_t* sv = seg.const_data_ptr<scalar_t>();
+      const index_t* lab = labels.const_data_ptr<index_t>();
+      const int64_t* lim = limits ? limits->const_data_ptr<int64_t>() : nullptr;
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      const auto fill_value = static_cast<scalar_t>(fill);
+      at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+        int64_t bad = 0;
+        for (int64_t bc = begin; bc < end; ++bc) {
+          const int64_t b = bc / C;
+          const uint64_t limit = lim ? static_cast<uint64_t>(lim[b]) : K;
+          const scalar_t* s = sv + bc * K;
+          const index_t* l = lab + b * N;
+          scalar_t* row = o + bc * N;
+          for (int64_t i = 0; i < N; ++i) {
+            const auto li = static_cast<int64_t>(l[i]);
+            const bool ok = static_cast<uint64_t>(li) < limit;
+            row[i] = ok ? s[li] : fill_value;
+            bad += (!ok && li != -1);
+          }
+        }
+        invalid += bad;
+      });
+    });
+  });
+  at::Tensor num_invalid = at::empty({}, labels.options().dtype(at::kInt));
+  num_invalid.fill_(clamp_count(invalid.load()));
+  return {out, num_invalid};
+}
+
+TORCH_LIBRARY_IMPL(gswfast, CPU, m) {
+  m.impl("segment_pool", &segment_pool_cpu);
+  m.impl("paint", &paint_cpu);
+}
+
+}  // namespace gswfast
