@@ -63,6 +63,8 @@ def test_paint_bad_input_raises(device):
     labels[0, 1, 1] = 5
     with pytest.raises(ValueError, match=r"labels: 1 pixel\(s\) have labels outside"):
         gsw.paint(torch.ones(2, 5, device=device), labels)
+    with pytest.raises(ValueError, match=r"labels: 1 pixel\(s\) have labels outside"):
+        gsw.paint(torch.ones(2, 3, 5, device=device), labels)  # counted once, not per channel
     with pytest.raises(ValueError, match="segment_values: expected \\[B, K\\]"):
         gsw.paint(torch.ones(3, 5, device=device), labels)
     with pytest.raises(TypeError, match="segment_values: expected dtype"):

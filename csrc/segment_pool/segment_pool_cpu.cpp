@@ -47,43 +47,84 @@ struct PoolProblem {
   Reduce reduce;
 };
 
+// Accumulates pixels [begin, end) of one channel into kLanes interleaved histograms
+// (pixel i goes to lane i % kLanes). Consecutive pixels mostly share a label, so a single
+// histogram would serialise every update on the previous one; four independent chains let
+// the core overlap them. Returns the number of invalid labels when COUNT is set.
+constexpr int kLanes = 4;
+
+template <bool EXTREME, bool COUNT, bool VALUES, typename scalar_t, typename label_t, typename acc_t>
+int64_t accumulate_lanes(const label_t* lab, const scalar_t* v, int64_t stride_n, int64_t begin,
+                         int64_t end, uint64_t limit, acc_t sign, int64_t K, acc_t* lanes,
+                         int32_t* count_lanes) {
+  int64_t invalid = 0;
+  auto visit = [&](int lane, int64_t i) {
+    const auto l = static_cast<int64_t>(lab[i]);
+    if (static_cast<uint64_t>(l) < limit) {
+      if constexpr (VALUES) {
+        acc_t& a = lanes[lane * K + l];
+        const acc_t x = static_cast<acc_t>(v[i * stride_n]);
+        if constexpr (EXTREME) a = max_nan(a, sign * x);
+        else a += x;
+      }
+      if constexpr (COUNT) ++count_lanes[lane * K + l];
+    } else if constexpr (COUNT) {
+      invalid += l != -1;
+    }
+  };
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    visit(0, i);
+    visit(1, i + 1);
+    visit(2, i + 2);
+    visit(3, i + 3);
+  }
+  for (; i < end; ++i) visit(0, i);
+  return invalid;
+}
+
 // One (sample, tile) unit: counts into cnt[K], per-channel accumulators into acc[C][K].
 // Extremes are kept as max of (sign * value), so min shares the max code path.
 template <typename scalar_t, typename label_t, typename acc_t>
 int64_t pool_unit(const PoolProblem<scalar_t, label_t>& p, int64_t b, int64_t t, acc_t* acc,
-                  int32_t* cnt) {
+                  int32_t* cnt, acc_t* lanes, int32_t* count_lanes) {
   const int64_t begin = t * p.tile;
   const int64_t end = std::min(begin + p.tile, p.N);
   const label_t* lab = p.labels + b * p.N;
   const uint64_t limit = p.limits ? static_cast<uint64_t>(p.limits[b]) : p.K;
-  int64_t invalid = 0;
-  for (int64_t i = begin; i < end; ++i) {
-    const auto l = static_cast<int64_t>(lab[i]);
-    if (static_cast<uint64_t>(l) < limit) {
-      ++cnt[l];
-    } else if (l != -1) {
-      ++invalid;
-    }
-  }
+  const int64_t K = p.K;
   const bool extreme = p.reduce == Reduce::Max || p.reduce == Reduce::Min;
   const acc_t sign = p.reduce == Reduce::Min ? acc_t(-1) : acc_t(1);
+  const acc_t init = extreme ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+  std::fill(count_lanes, count_lanes + kLanes * K, 0);
+  int64_t invalid = 0;
+  if (p.C == 0) {
+    invalid = accumulate_lanes<false, true, false, scalar_t>(lab, p.values, p.stride_n, begin, end,
+                                                             limit, sign, K, lanes, count_lanes);
+  }
   for (int64_t c = 0; c < p.C; ++c) {
-    acc_t* a = acc + c * p.K;
     const scalar_t* v = p.values + b * p.stride_b + c * p.stride_c;
-    if (extreme) {
-      std::fill(a, a + p.K, -std::numeric_limits<acc_t>::infinity());
-      for (int64_t i = begin; i < end; ++i) {
-        const auto l = static_cast<int64_t>(lab[i]);
-        if (static_cast<uint64_t>(l) < limit)
-          a[l] = max_nan(a[l], sign * static_cast<acc_t>(v[i * p.stride_n]));
-      }
-    } else {
-      std::fill(a, a + p.K, acc_t(0));
-      for (int64_t i = begin; i < end; ++i) {
-        const auto l = static_cast<int64_t>(lab[i]);
-        if (static_cast<uint64_t>(l) < limit) a[l] += static_cast<acc_t>(v[i * p.stride_n]);
-      }
+    std::fill(lanes, lanes + kLanes * K, init);
+    if (c == 0 && extreme)
+      invalid = accumulate_lanes<true, true, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes, count_lanes);
+    else if (c == 0)
+      invalid = accumulate_lanes<false, true, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes, count_lanes);
+    else if (extreme)
+      accumulate_lanes<true, false, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes, count_lanes);
+    else
+      accumulate_lanes<false, false, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes, count_lanes);
+    acc_t* a = acc + c * K;
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t r = lanes[k];
+      for (int lane = 1; lane < kLanes; ++lane)
+        r = extreme ? max_nan(r, lanes[lane * K + k]) : r + lanes[lane * K + k];
+      a[k] = r;
     }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    int32_t n = 0;
+    for (int lane = 0; lane < kLanes; ++lane) n += count_lanes[lane * K + k];
+    cnt[k] = n;
   }
   return invalid;
 }
@@ -126,14 +167,17 @@ int64_t pool_all(const PoolProblem<scalar_t, label_t>& p, int64_t B, scalar_t* o
   using acc_t = double;
   const int64_t T = p.num_tiles, C = p.C, K = p.K;
   std::vector<acc_t> partial(static_cast<size_t>(B * T * C * K));
-  std::vector<int32_t> cnt_partial(static_cast<size_t>(B * T * K), 0);
+  std::vector<int32_t> cnt_partial(static_cast<size_t>(B * T * K));
   std::atomic<int64_t> invalid{0};
   at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
     int64_t local_invalid = 0;
+    std::vector<acc_t> lanes(static_cast<size_t>(kLanes * K));
+    std::vector<int32_t> count_lanes(static_cast<size_t>(kLanes * K));
     for (int64_t u = begin; u < end; ++u) {
       const int64_t b = u / T, t = u % T;
       local_invalid += pool_unit<scalar_t, label_t, acc_t>(
-          p, b, t, partial.data() + u * C * K, cnt_partial.data() + u * K);
+          p, b, t, partial.data() + u * C * K, cnt_partial.data() + u * K, lanes.data(),
+          count_lanes.data());
     }
     invalid += local_invalid;
   });
@@ -224,12 +268,14 @@ std::tuple<at::Tensor, at::Tensor> paint_cpu(const at::Tensor& segment_values,
           const scalar_t* s = sv + bc * K;
           const index_t* l = lab + b * N;
           scalar_t* row = o + bc * N;
+          int64_t row_bad = 0;
           for (int64_t i = 0; i < N; ++i) {
             const auto li = static_cast<int64_t>(l[i]);
             const bool ok = static_cast<uint64_t>(li) < limit;
             row[i] = ok ? s[li] : fill_value;
-            bad += (!ok && li != -1);
+            row_bad += (!ok && li != -1);
           }
+          if (bc % C == 0) bad += row_bad;  // each sample's pixels counted once
         }
         invalid += bad;
       });

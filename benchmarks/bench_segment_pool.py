@@ -1,0 +1,232 @@
+"""segment_pool and paint against what a user would otherwise write, in the same run.
+
+Run with ``pytest benchmarks --benchmark-only``; ``python benchmarks/summarize.py FILE``
+turns ``--benchmark-json FILE`` into the ratio table the README quotes.
+
+CPU case (issue 2): values [64, 224, 224] float32, 256 SLIC-like segments per image, mean.
+CUDA case: values [64, 3, 224, 224] float32, same labels; each timed call launches
+``CUDA_REPEAT`` ops and synchronises once, so launch overhead is amortised the same way
+for every contender.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import gswfast as gsw
+from gswfast.testing import grid_labels
+
+CUDA_REPEAT = 50
+
+
+def _offset_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat segment ids across the batch, for the 1-D peers (computed once, not timed)."""
+    b = labels.shape[0]
+    offsets = torch.arange(b, device=labels.device).view(b, *([1] * (labels.dim() - 1))) * k
+    return (labels.long() + offsets).reshape(-1)
+
+
+# ------------------------------------------------------------------------------ CPU
+
+
+@pytest.fixture(scope="module")
+def cpu_case():
+    gen = torch.Generator().manual_seed(0)
+    labels, k = grid_labels(64, 224, 224, cell=14, generator=gen)
+    values = torch.randn(64, 224, 224, generator=gen)
+    return values, labels, k
+
+
+@pytest.mark.benchmark(group="cpu-mean-64x224x224")
+def bench_cpu_gswfast_mean(benchmark, cpu_case):
+    values, labels, k = cpu_case
+    out = benchmark(gsw.segment_pool, values, labels, k, "mean")
+    benchmark.extra_info.update(role="gswfast", threads=torch.get_num_threads())
+    assert out.shape == (64, k)
+
+
+@pytest.mark.benchmark(group="cpu-mean-64x224x224")
+def bench_cpu_torch_index_add_mean(benchmark, cpu_case):
+    values, labels, k = cpu_case
+    flat = _offset_labels(labels, k)
+    ones = torch.ones_like(values).reshape(-1)
+
+    def index_add_mean():
+        sums = torch.zeros(64 * k).index_add_(0, flat, values.reshape(-1))
+        counts = torch.zeros(64 * k).index_add_(0, flat, ones)
+        return (sums / counts.clamp(min=1)).view(64, k)
+
+    out = benchmark(index_add_mean)
+    benchmark.extra_info.update(role="peer", threads=torch.get_num_threads())
+    torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, "mean"), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.benchmark(group="cpu-mean-64x224x224")
+def bench_cpu_numpy_bincount_mean(benchmark, cpu_case):
+    values, labels, k = cpu_case
+    flat = _offset_labels(labels, k).numpy()
+    weights = values.reshape(-1).numpy()
+
+    def bincount_mean():
+        sums = np.bincount(flat, weights=weights, minlength=64 * k)
+        counts = np.bincount(flat, minlength=64 * k)
+        return (sums / np.maximum(counts, 1)).reshape(64, k)
+
+    out = benchmark(bincount_mean)
+    benchmark.extra_info.update(role="peer")
+    np.testing.assert_allclose(out, gsw.segment_pool(values, labels, k, "mean").numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.benchmark(group="cpu-paint-64x224x224")
+def bench_cpu_gswfast_paint(benchmark, cpu_case):
+    _, labels, k = cpu_case
+    scores = torch.randn(64, k)
+    benchmark(gsw.paint, scores, labels)
+    benchmark.extra_info.update(role="gswfast")
+
+
+@pytest.mark.benchmark(group="cpu-paint-64x224x224")
+def bench_cpu_torch_gather_paint(benchmark, cpu_case):
+    _, labels, k = cpu_case
+    scores = torch.randn(64, k)
+    index = labels.long().reshape(64, -1)
+    out = benchmark(lambda: torch.gather(scores, 1, index).view(64, 224, 224))
+    benchmark.extra_info.update(role="peer")
+    assert torch.equal(out, gsw.paint(scores, labels))
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+@pytest.fixture(scope="module")
+def cuda_case():
+    gen = torch.Generator().manual_seed(0)
+    labels, k = grid_labels(64, 224, 224, cell=14, generator=gen)
+    values = torch.randn(64, 3, 224, 224, generator=gen)
+    return values.cuda(), labels.cuda(), k
+
+
+def _cuda_timed(fn):
+    def run():
+        for _ in range(CUDA_REPEAT):
+            out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    run()  # warm-up: allocator, module load
+    return run
+
+
+def _record_cuda(benchmark, role, values, labels):
+    moved = values.numel() * values.element_size() + labels.numel() * labels.element_size()
+    benchmark.extra_info.update(role=role, ops_per_call=CUDA_REPEAT, bytes_per_op=moved,
+                                device=torch.cuda.get_device_name())
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-sum-64x3x224x224")
+def bench_cuda_gswfast_sum(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    out = benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, "sum", validate=False)))
+    _record_cuda(benchmark, "gswfast", values, labels)
+    assert out.shape == (64, 3, k)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-sum-64x3x224x224")
+def bench_cuda_gswfast_sum_validated(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, "sum")))
+    _record_cuda(benchmark, "gswfast-validate", values, labels)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-sum-64x3x224x224")
+def bench_cuda_torch_scatter_add_sum(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
+    flat_values = values.reshape(64, 3, -1)
+
+    def scatter_add():
+        return torch.zeros(64, 3, k, device="cuda").scatter_add_(2, index, flat_values)
+
+    out = benchmark(_cuda_timed(scatter_add))
+    _record_cuda(benchmark, "peer", values, labels)
+    torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, "sum"), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-mean-64x3x224x224")
+def bench_cuda_gswfast_mean(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, "mean", validate=False)))
+    _record_cuda(benchmark, "gswfast", values, labels)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-mean-64x3x224x224")
+def bench_cuda_torch_scatter_reduce_mean(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
+    flat_values = values.reshape(64, 3, -1)
+
+    def scatter_mean():
+        return torch.zeros(64, 3, k, device="cuda").scatter_reduce_(2, index, flat_values, "mean", include_self=False)
+
+    out = benchmark(_cuda_timed(scatter_mean))
+    _record_cuda(benchmark, "peer", values, labels)
+    torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, "mean"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-max-64x3x224x224")
+def bench_cuda_gswfast_max(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, "max", validate=False)))
+    _record_cuda(benchmark, "gswfast", values, labels)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-max-64x3x224x224")
+def bench_cuda_torch_scatter_reduce_amax(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
+    flat_values = values.reshape(64, 3, -1)
+
+    def scatter_amax():
+        return torch.zeros(64, 3, k, device="cuda").scatter_reduce_(2, index, flat_values, "amax", include_self=False)
+
+    benchmark(_cuda_timed(scatter_amax))
+    _record_cuda(benchmark, "peer", values, labels)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-copy-bandwidth")
+def bench_cuda_copy_bandwidth(benchmark):
+    # The memory-bandwidth ceiling as this GPU achieves it: read + write of 1 GiB.
+    src = torch.empty(256 * 1024 * 1024, device="cuda")
+    dst = torch.empty_like(src)
+    benchmark(_cuda_timed(lambda: dst.copy_(src)))
+    benchmark.extra_info.update(role="ceiling", ops_per_call=CUDA_REPEAT, bytes_per_op=2 * src.numel() * 4,
+                                device=torch.cuda.get_device_name())
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-paint-64x3x224x224")
+def bench_cuda_gswfast_paint(benchmark, cuda_case):
+    _, labels, k = cuda_case
+    scores = torch.randn(64, 3, k, device="cuda")
+    benchmark(_cuda_timed(lambda: gsw.paint(scores, labels, validate=False)))
+    benchmark.extra_info.update(role="gswfast", ops_per_call=CUDA_REPEAT)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-paint-64x3x224x224")
+def bench_cuda_torch_gather_paint(benchmark, cuda_case):
+    _, labels, k = cuda_case
+    scores = torch.randn(64, 3, k, device="cuda")
+    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
+    benchmark(_cuda_timed(lambda: torch.gather(scores, 2, index)))
+    benchmark.extra_info.update(role="peer", ops_per_call=CUDA_REPEAT)
