@@ -306,6 +306,9 @@ void launch_tiles(const PoolArgs& a, const PoolPlan& plan, cudaStream_t stream) 
              a.num_invalid};
   t.vectorized = a.stride_n == 1 && a.num_pixels % kVec == 0 && a.stride_b % kVec == 0 &&
                  a.stride_c % kVec == 0 && aligned(a.values, vbytes) && aligned(a.labels, lbytes);
+  if (plan.label_chunks > 65535)
+    throw std::invalid_argument("num_segments: too many segments for the CUDA kernel (at most " +
+                                std::to_string(65535L * plan.label_chunk) + " with these channels)");
   dim3 grid(unsigned(a.batch * plan.num_tiles), unsigned(plan.label_chunks),
             unsigned(plan.channel_chunks));
   pool_tiles_kernel<T, L, CC, EXTREME><<<grid, kThreads, plan.smem_bytes, stream>>>(t);
