@@ -6,7 +6,8 @@ turns ``--benchmark-json FILE`` into the ratio table the README quotes.
 CPU case (issue 2): values [64, 224, 224] float32, 256 SLIC-like segments per image, mean.
 CUDA case: values [64, 3, 224, 224] float32, same labels; each timed call launches
 ``CUDA_REPEAT`` ops and synchronises once, so launch overhead is amortised the same way
-for every contender.
+for every contender ("cuda-*" groups, host overhead included). The "cuda-graph-*" groups
+replay the same calls from a CUDA graph: GPU time alone.
 """
 
 from __future__ import annotations
@@ -119,6 +120,26 @@ def _cuda_timed(fn):
     return run
 
 
+def _cuda_graphed(fn):
+    """Like _cuda_timed, but the CUDA_REPEAT calls replay from a CUDA graph: GPU time only."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(CUDA_REPEAT):
+            fn()
+
+    def run():
+        graph.replay()
+        torch.cuda.synchronize()
+
+    run()
+    return run
+
+
 def _record_cuda(benchmark, role, values, labels):
     moved = values.numel() * values.element_size() + labels.numel() * labels.element_size()
     benchmark.extra_info.update(role=role, ops_per_call=CUDA_REPEAT, bytes_per_op=moved,
@@ -155,6 +176,24 @@ def bench_cuda_torch_scatter_add_sum(benchmark, cuda_case):
     out = benchmark(_cuda_timed(scatter_add))
     _record_cuda(benchmark, "peer", values, labels)
     torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, "sum"), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-graph-sum-64x3x224x224")
+def bench_cuda_graph_gswfast_sum(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    benchmark(_cuda_graphed(lambda: gsw.segment_pool(values, labels, k, "sum", validate=False)))
+    _record_cuda(benchmark, "gswfast", values, labels)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-graph-sum-64x3x224x224")
+def bench_cuda_graph_torch_scatter_add_sum(benchmark, cuda_case):
+    values, labels, k = cuda_case
+    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
+    flat_values = values.reshape(64, 3, -1)
+    benchmark(_cuda_graphed(lambda: torch.zeros(64, 3, k, device="cuda").scatter_add_(2, index, flat_values)))
+    _record_cuda(benchmark, "peer", values, labels)
 
 
 @pytest.mark.cuda

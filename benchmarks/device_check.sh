@@ -1,47 +1,64 @@
 #!/usr/bin/env bash
 # Device check for a GPU machine that has its own torch (see README, "GPU check").
 # Builds gswfast for sm_90 only, runs the whole test suite (CUDA tests included), a
-# compute-sanitizer memcheck of the kernels on a small input, and the benchmarks.
-# Writes summary.json, tests.xml, bench.json, bench.md and logs under $OUT (or $1).
-# Takes about 5 minutes on an H100 machine with 16 cores.
+# compute-sanitizer memcheck of the kernels on a small input, the benchmarks, and a
+# graph-timed profile of segment_pool. Writes under $OUT (or $1): summary.json,
+# bench.json, bench.md, profile*.json and logs.txt (every stage's output).
+# GSWFAST_DEVICE_PROFILE=1 adds a tile-size sweep and an Nsight Compute report (ncu.log).
+# Takes about 4 minutes on an H100 machine with 16 cores (6 with the profile extras).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-device_out}}"
 mkdir -p "$out"
 PY="${PYTHON:-python3}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" GSWFAST_CUDA=ON PYTHONUNBUFFERED=1
-: > "$out/stages.txt"
+work=$(mktemp -d)
+logs="$out/logs.txt"
+: > "$logs"
 status=0
 
-stage() {  # stage NAME COMMAND...: runs it, logs to $out/NAME.log, records exit code and time
+stage() {  # stage NAME COMMAND...: runs it, appends its output to logs.txt, records exit and time
   local name=$1; shift
   local t0=$SECONDS
-  echo "== $name: $*"
-  "$@" > "$out/$name.log" 2>&1
+  echo "== $name: $*" | tee -a "$logs"
+  "$@" > "$work/$name.log" 2>&1
   local code=$?
-  echo "$name $code $((SECONDS - t0))" >> "$out/stages.txt"
-  echo "   exit $code after $((SECONDS - t0)) s"
-  tail -n 5 "$out/$name.log"
+  cat "$work/$name.log" >> "$logs"
+  echo "$name $code $((SECONDS - t0))" >> "$work/stages.txt"
+  echo "   exit $code after $((SECONDS - t0)) s" | tee -a "$logs"
+  tail -n 4 "$work/$name.log"
   [ "$code" = 0 ] || status=1
 }
 
-nvidia-smi > "$out/nvidia-smi.log" 2>&1
+stage gpu nvidia-smi
 stage build "$PY" -m pip install --no-build-isolation --no-deps -v -e .
-stage tests "$PY" -m pytest -p no:cacheprovider tests -q -rs --junitxml="$out/tests.xml"
+stage tests "$PY" -m pytest -p no:cacheprovider tests -q -rs --junitxml="$work/tests.xml"
 if command -v compute-sanitizer > /dev/null; then
   stage sanitizer timeout 240 compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" benchmarks/sanitize_case.py
 fi
 stage bench "$PY" -m pytest -p no:cacheprovider benchmarks --benchmark-only -q \
   --benchmark-json="$out/bench.json" --benchmark-max-time=0.5
 "$PY" benchmarks/summarize.py "$out/bench.json" --markdown > "$out/bench.md" 2>&1
+stage profile "$PY" benchmarks/profile_pool.py --json "$out/profile.json"
+if [ "${GSWFAST_DEVICE_PROFILE:-0}" = 1 ]; then
+  for tile in 4096 16384; do
+    GSWFAST_POOL_TILE=$tile stage "profile_tile$tile" "$PY" benchmarks/profile_pool.py --json "$out/profile_tile$tile.json"
+  done
+  if command -v ncu > /dev/null; then
+    stage ncu timeout 180 ncu --kernel-name regex:pool_tiles --launch-skip 3 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis "$PY" benchmarks/profile_pool.py --ncu
+    cp "$work/ncu.log" "$out/ncu.log"
+  fi
+fi
 
-"$PY" - "$out" <<'PYEOF'
+"$PY" - "$out" "$work" <<'PYEOF'
 import json, platform, sys
 import xml.etree.ElementTree as ET
 import torch
 import gswfast
-out = sys.argv[1]
-stages = [line.split() for line in open(f"{out}/stages.txt") if line.strip()]
+out, work = sys.argv[1], sys.argv[2]
+stages = [line.split() for line in open(f"{work}/stages.txt") if line.strip()]
 summary = {
     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
@@ -49,7 +66,7 @@ summary = {
     "stages": {name: {"exit": int(c), "seconds": int(t)} for name, c, t in stages},
 }
 try:
-    suite = ET.parse(f"{out}/tests.xml").getroot().find("testsuite")
+    suite = ET.parse(f"{work}/tests.xml").getroot().find("testsuite")
     summary["tests"] = {k: int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped")}
 except Exception as exc:  # no junit file: the build or pytest failed early
     summary["tests"] = {"error": str(exc)}
@@ -57,4 +74,5 @@ json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
 print(json.dumps(summary, indent=2))
 PYEOF
 cat "$out/bench.md"
+rm -rf "$work"
 exit $status

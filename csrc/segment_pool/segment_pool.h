@@ -18,10 +18,11 @@
 // * Accumulation: float64 for float64 values; otherwise float64 on the CPU and float32 on
 //   CUDA. Output has the dtype of values.
 // * Determinism: the result depends only on the input, bitwise, on a given device. The
-//   pixels are cut into tiles whose size depends only on the shape; each tile is reduced
-//   in a fixed order (CPU: sequentially; CUDA: per-warp private histograms, with equal
-//   labels combined across lanes by a fixed shuffle tree), and the tile partials are
-//   combined in tile order. No floating-point atomics are used.
+//   pixels are cut into tiles (CPU: size from the shape only, so independent of the thread
+//   count; CUDA: size from the shape and the GPU's SM count and occupancy); each tile is
+//   reduced in a fixed order (CPU: four interleaved sequential histograms; CUDA: per-warp
+//   private histograms, with equal labels combined across lanes by a fixed shuffle tree),
+//   and the tile partials are combined in tile order. No floating-point atomics are used.
 #pragma once
 
 #include <cstdint>
@@ -37,9 +38,9 @@ namespace gswfast {
 
 enum class Reduce : int { Sum = 0, Mean = 1, Max = 2, Min = 3 };
 
-// Pixels per tile of one sample: a function of the shape only (never of the thread or
-// SM count) so that results stay bitwise reproducible. Big enough to amortise the
-// per-tile partial histogram, small enough to give every core or SM some tiles.
+// CPU pixels per tile of one sample: a function of the shape only (never of the thread
+// count) so that results stay bitwise reproducible. Big enough to amortise the per-tile
+// partial histogram, small enough to give every core some tiles.
 inline int64_t pool_tile_size(int64_t batch, int64_t num_pixels, int64_t min_tile,
                               int64_t max_tile, int64_t align) {
   const int64_t target_tiles = 512;
@@ -76,8 +77,8 @@ struct PoolArgs {
   Reduce reduce;
   void* out;                 // [B, C, K], dtype of values
   int32_t* count;            // [B, K]
-  int32_t* num_invalid;      // [], zeroed by the caller
-  void* partial;             // workspace, pool_workspace_bytes()
+  int32_t* num_invalid;      // [], written by the launch
+  void* partial;             // workspace of pool_workspace_bytes(); no initialisation needed
 };
 
 // Bytes of device workspace the launch needs (tile partials).

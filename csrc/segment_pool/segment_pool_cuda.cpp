@@ -32,12 +32,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_pool_cuda(
 
   at::Tensor out = at::empty({B, C, K}, values.options());
   at::Tensor count = at::empty({B, K}, labels.options().dtype(at::kInt));
-  at::Tensor num_invalid = at::zeros({}, labels.options().dtype(at::kInt));
   if (B == 0 || N == 0) {
-    out.zero_();
-    count.zero_();
-    return {out, count, num_invalid};
+    return {out.zero_(), count.zero_(), at::zeros({}, labels.options().dtype(at::kInt))};
   }
+  at::Tensor num_invalid = at::empty({}, labels.options().dtype(at::kInt));  // set by the kernel
   cuda::PoolArgs args{values.const_data_ptr(), values.stride(0), values.stride(1),
                       values.stride(2), labels.const_data_ptr(),
                       limits ? limits->const_data_ptr<int64_t>() : nullptr,

@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -31,6 +32,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kVec = 4;                // consecutive pixels per lane per step
 constexpr int kMaxChannels = 4;        // channels per block
 constexpr int kSmemBytes = 48 * 1024;  // per block, no opt-in needed
+constexpr int64_t kMinTile = 4 * kThreads * kVec;  // amortises a block's histogram set-up
 constexpr unsigned kFull = 0xffffffffu;
 
 void check(cudaError_t err, const char* what) {
@@ -106,7 +108,7 @@ struct TileArgs {
   bool negate;             // min is computed as -max(-x)
   void* partial;           // [B, T, C, K] accumulator type
   int32_t* count_partial;  // [B, T, K]
-  int32_t* num_invalid;
+  int32_t* invalid_partial;  // [B, T]: invalid labels per unit, written by blockIdx.y/z == 0
 };
 
 template <typename T, typename L, int CC, bool EXTREME>
@@ -239,17 +241,46 @@ __global__ void __launch_bounds__(kThreads) pool_tiles_kernel(TileArgs a) {
     }
   }
   if (invalid_block) {
+    __shared__ int block_invalid;
+    if (threadIdx.x == 0) block_invalid = 0;
+    __syncthreads();
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) invalid += __shfl_xor_sync(kFull, invalid, off);
-    if (lane == 0 && invalid) atomicAdd(a.num_invalid, invalid);
+    if (lane == 0) atomicAdd(&block_invalid, invalid);  // integer: order does not matter
+    __syncthreads();
+    if (threadIdx.x == 0) a.invalid_partial[unit] = block_invalid;
   }
 }
 
+struct FinishArgs {
+  const void* partial;            // [B, T, C, K] accumulator type
+  const int32_t* count_partial;   // [B, T, K]
+  const int32_t* invalid_partial; // [B, T]
+  int64_t batch, num_tiles, channels, num_segments;
+  bool mean, negate;
+  void* out;                      // [B, C, K] value type
+  int32_t* count;                 // [B, K]
+  int32_t* num_invalid;           // []
+};
+
 template <typename T, bool EXTREME>
-__global__ void finish_kernel(const typename AccOf<T>::type* partial, const int32_t* count_partial,
-                              int64_t batch, int64_t num_tiles, int64_t channels, int64_t K,
-                              bool mean, bool negate, T* out, int32_t* count) {
+__global__ void finish_kernel(FinishArgs f) {
   using A = typename AccOf<T>::type;
+  const A* partial = static_cast<const A*>(f.partial);
+  const int32_t* count_partial = f.count_partial;
+  const int64_t batch = f.batch, num_tiles = f.num_tiles, channels = f.channels, K = f.num_segments;
+  const int32_t* invalid_partial = f.invalid_partial;
+  T* out = static_cast<T*>(f.out);
+  int32_t* count = f.count;
+  int32_t* num_invalid = f.num_invalid;
+  const bool mean = f.mean, negate = f.negate;
+  if (blockIdx.x == 0 && threadIdx.x < 32) {
+    int64_t bad = 0;
+    for (int64_t u = threadIdx.x; u < batch * num_tiles; u += 32) bad += invalid_partial[u];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) bad += __shfl_xor_sync(kFull, bad, off);
+    if (threadIdx.x == 0) *num_invalid = int32_t(bad < INT32_MAX ? bad : INT32_MAX);
+  }
   const int64_t planes = channels > 0 ? channels : 1;
   const int64_t total = batch * planes * K;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
@@ -269,87 +300,105 @@ __global__ void finish_kernel(const typename AccOf<T>::type* partial, const int3
   }
 }
 
+using TilesKernel = void (*)(TileArgs);
+using FinishKernel = void (*)(FinishArgs);
+
+template <typename T, typename L, bool EXTREME>
+TilesKernel tiles_kernel_for(int channel_chunk) {
+  switch (channel_chunk) {
+    case 1: return pool_tiles_kernel<T, L, 1, EXTREME>;
+    case 2: return pool_tiles_kernel<T, L, 2, EXTREME>;
+    case 3: return pool_tiles_kernel<T, L, 3, EXTREME>;
+    default: return pool_tiles_kernel<T, L, 4, EXTREME>;
+  }
+}
+
+template <typename T, bool EXTREME>
+void pick_kernels(const PoolArgs& a, int channel_chunk, TilesKernel& tiles, FinishKernel& finish) {
+  tiles = a.label_dtype == 1 ? tiles_kernel_for<T, int64_t, EXTREME>(channel_chunk)
+                             : tiles_kernel_for<T, int32_t, EXTREME>(channel_chunk);
+  finish = finish_kernel<T, EXTREME>;
+}
+
+template <typename T>
+void pick_kernels_reduce(const PoolArgs& a, int channel_chunk, TilesKernel& tiles, FinishKernel& finish) {
+  if (a.reduce == Reduce::Max || a.reduce == Reduce::Min) pick_kernels<T, true>(a, channel_chunk, tiles, finish);
+  else pick_kernels<T, false>(a, channel_chunk, tiles, finish);
+}
+
+int multiprocessor_count() {
+  static int cache[128] = {0};  // per device; a benign race writes the same value
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  if (device >= 128) device = 127;
+  if (cache[device] == 0) {
+    int n = 0;
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "SM count");
+    cache[device] = n;
+  }
+  return cache[device];
+}
+
+// Tuning knob for benchmarks: GSWFAST_POOL_TILE=<pixels> fixes the tile size.
+int64_t tile_override() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("GSWFAST_POOL_TILE");
+    return env ? std::atoll(env) : int64_t(0);
+  }();
+  return value;
+}
+
 struct PoolPlan {
-  int channel_chunk, label_chunk, label_chunks, channel_chunks;
+  TilesKernel tiles;
+  FinishKernel finish;
+  int channel_chunk, channel_chunks, label_chunk, label_chunks;
   int64_t tile, num_tiles;
-  size_t acc_bytes, smem_bytes;
+  size_t smem_bytes;
+  int64_t count_offset, invalid_offset, workspace_bytes;  // workspace layout, in bytes
 };
 
+// Tiles are sized so that one wave of resident blocks covers the input: each sample gets
+// floor(resident / B) tiles (at least one). The tile size thus depends on the shape and on
+// the GPU's SM count and occupancy, so results are bitwise reproducible on a given GPU.
 PoolPlan plan_pool(const PoolArgs& a) {
   PoolPlan p{};
-  p.acc_bytes = a.value_dtype == 3 ? sizeof(double) : sizeof(float);
+  const size_t acc_bytes = a.value_dtype == 3 ? sizeof(double) : sizeof(float);
   p.channel_chunk = int(a.channels < 1 ? 1 : (a.channels < kMaxChannels ? a.channels : kMaxChannels));
   p.channel_chunks = int(a.channels < 1 ? 1 : (a.channels + p.channel_chunk - 1) / p.channel_chunk);
-  const size_t per_label = kWarps * (p.channel_chunk * p.acc_bytes + sizeof(int));
+  const size_t per_label = kWarps * (p.channel_chunk * acc_bytes + sizeof(int));
   int64_t kc = int64_t(kSmemBytes / per_label);
-  if (kc > a.num_segments) kc = a.num_segments;
-  if (kc < 1) kc = 1;
+  kc = kc > a.num_segments ? a.num_segments : kc;
+  kc = kc < 1 ? 1 : kc;
   p.label_chunk = int(kc);
   p.label_chunks = int(a.num_segments > 0 ? (a.num_segments + kc - 1) / kc : 1);
-  p.tile = pool_tile_size(a.batch, a.num_pixels, 1024, 8192, kThreads * kVec);
-  p.num_tiles = (a.num_pixels + p.tile - 1) / p.tile;
   p.smem_bytes = per_label * size_t(kc);
+  switch (a.value_dtype) {
+    case 0: pick_kernels_reduce<__half>(a, p.channel_chunk, p.tiles, p.finish); break;
+    case 1: pick_kernels_reduce<__nv_bfloat16>(a, p.channel_chunk, p.tiles, p.finish); break;
+    case 2: pick_kernels_reduce<float>(a, p.channel_chunk, p.tiles, p.finish); break;
+    default: pick_kernels_reduce<double>(a, p.channel_chunk, p.tiles, p.finish); break;
+  }
+  int per_sm = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, p.tiles, kThreads, p.smem_bytes),
+        "occupancy");
+  const int64_t resident = int64_t(per_sm < 1 ? 1 : per_sm) * multiprocessor_count();
+  int64_t per_sample = resident / (int64_t(p.label_chunks) * p.channel_chunks) / a.batch;
+  per_sample = per_sample < 1 ? 1 : per_sample;
+  const int64_t step = kThreads * kVec;
+  int64_t tile = tile_override() > 0 ? tile_override() : (a.num_pixels + per_sample - 1) / per_sample;
+  tile = (tile + step - 1) / step * step;
+  p.tile = tile < kMinTile ? kMinTile : tile;
+  p.num_tiles = (a.num_pixels + p.tile - 1) / p.tile;
+  const int64_t units = a.batch * p.num_tiles;
+  p.count_offset = int64_t(acc_bytes) * units * a.channels * a.num_segments;
+  p.invalid_offset = p.count_offset + int64_t(sizeof(int32_t)) * units * a.num_segments;
+  p.workspace_bytes = p.invalid_offset + int64_t(sizeof(int32_t)) * units;
   return p;
 }
 
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
-template <typename T, typename L, int CC, bool EXTREME>
-void launch_tiles(const PoolArgs& a, const PoolPlan& plan, cudaStream_t stream) {
-  const size_t vbytes = sizeof(T) * kVec, lbytes = sizeof(L) * kVec;
-  TileArgs t{a.values, a.stride_b, a.stride_c, a.stride_n, a.labels, a.limits,
-             a.channels, a.num_pixels, a.num_segments, plan.tile, plan.num_tiles,
-             plan.label_chunk, false, a.reduce == Reduce::Min, a.partial,
-             reinterpret_cast<int32_t*>(static_cast<char*>(a.partial) +
-                                        plan.acc_bytes * a.batch * plan.num_tiles * a.channels *
-                                            a.num_segments),
-             a.num_invalid};
-  t.vectorized = a.stride_n == 1 && a.num_pixels % kVec == 0 && a.stride_b % kVec == 0 &&
-                 a.stride_c % kVec == 0 && aligned(a.values, vbytes) && aligned(a.labels, lbytes);
-  if (plan.label_chunks > 65535)
-    throw std::invalid_argument("num_segments: too many segments for the CUDA kernel (at most " +
-                                std::to_string(65535L * plan.label_chunk) + " with these channels)");
-  dim3 grid(unsigned(a.batch * plan.num_tiles), unsigned(plan.label_chunks),
-            unsigned(plan.channel_chunks));
-  pool_tiles_kernel<T, L, CC, EXTREME><<<grid, kThreads, plan.smem_bytes, stream>>>(t);
-  check(cudaGetLastError(), "segment_pool tiles");
-}
-
-template <typename T, typename L, bool EXTREME>
-void launch_tiles_cc(const PoolArgs& a, const PoolPlan& plan, cudaStream_t stream) {
-  switch (plan.channel_chunk) {
-    case 1: return launch_tiles<T, L, 1, EXTREME>(a, plan, stream);
-    case 2: return launch_tiles<T, L, 2, EXTREME>(a, plan, stream);
-    case 3: return launch_tiles<T, L, 3, EXTREME>(a, plan, stream);
-    default: return launch_tiles<T, L, 4, EXTREME>(a, plan, stream);
-  }
-}
-
-template <typename T, bool EXTREME>
-void launch_pool_typed(const PoolArgs& a, const PoolPlan& plan, cudaStream_t stream) {
-  if (a.label_dtype == 1) launch_tiles_cc<T, int64_t, EXTREME>(a, plan, stream);
-  else launch_tiles_cc<T, int32_t, EXTREME>(a, plan, stream);
-  using A = typename AccOf<T>::type;
-  const int64_t total = a.batch * (a.channels > 0 ? a.channels : 1) * a.num_segments;
-  if (total == 0) return;
-  const auto* partial = static_cast<const A*>(a.partial);
-  const auto* count_partial = reinterpret_cast<const int32_t*>(
-      static_cast<const char*>(a.partial) +
-      sizeof(A) * a.batch * plan.num_tiles * a.channels * a.num_segments);
-  const int threads = 256;
-  const int64_t blocks = (total + threads - 1) / threads;
-  finish_kernel<T, EXTREME><<<unsigned(blocks < 65535 ? blocks : 65535), threads, 0, stream>>>(
-      partial, count_partial, a.batch, plan.num_tiles, a.channels, a.num_segments,
-      a.reduce == Reduce::Mean, a.reduce == Reduce::Min, static_cast<T*>(a.out), a.count);
-  check(cudaGetLastError(), "segment_pool finish");
-}
-
-template <typename T>
-void launch_pool_reduce(const PoolArgs& a, const PoolPlan& plan, cudaStream_t stream) {
-  if (a.reduce == Reduce::Max || a.reduce == Reduce::Min) launch_pool_typed<T, true>(a, plan, stream);
-  else launch_pool_typed<T, false>(a, plan, stream);
-}
-
+size_t value_bytes(int dtype) { return dtype == 3 ? 8 : (dtype == 2 ? 4 : 2); }
 template <typename T, typename L>
 __global__ void paint_kernel(const T* seg, const L* labels, const int64_t* limits, int64_t batch,
                              int64_t channels, int64_t N, int64_t K, T fill, T* out,
@@ -395,22 +444,39 @@ void launch_paint_labels(const PaintArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-int64_t pool_workspace_bytes(const PoolArgs& a) {
-  const PoolPlan plan = plan_pool(a);
-  return int64_t(plan.acc_bytes) * a.batch * plan.num_tiles * a.channels * a.num_segments +
-         int64_t(sizeof(int32_t)) * a.batch * plan.num_tiles * a.num_segments;
-}
+int64_t pool_workspace_bytes(const PoolArgs& a) { return plan_pool(a).workspace_bytes; }
 
 void launch_segment_pool(const PoolArgs& a, void* stream_ptr) {
   if (a.batch == 0 || a.num_pixels == 0) return;
   const PoolPlan plan = plan_pool(a);
   auto stream = static_cast<cudaStream_t>(stream_ptr);
-  switch (a.value_dtype) {
-    case 0: return launch_pool_reduce<__half>(a, plan, stream);
-    case 1: return launch_pool_reduce<__nv_bfloat16>(a, plan, stream);
-    case 2: return launch_pool_reduce<float>(a, plan, stream);
-    default: return launch_pool_reduce<double>(a, plan, stream);
-  }
+  char* workspace = static_cast<char*>(a.partial);
+  auto* count_partial = reinterpret_cast<int32_t*>(workspace + plan.count_offset);
+  auto* invalid_partial = reinterpret_cast<int32_t*>(workspace + plan.invalid_offset);
+  if (plan.label_chunks > 65535)
+    throw std::invalid_argument("num_segments: too many segments for the CUDA kernel (at most " +
+                                std::to_string(65535L * plan.label_chunk) + " with these channels)");
+
+  TileArgs t{a.values, a.stride_b, a.stride_c, a.stride_n, a.labels, a.limits,
+             a.channels, a.num_pixels, a.num_segments, plan.tile, plan.num_tiles,
+             plan.label_chunk, false, a.reduce == Reduce::Min, workspace, count_partial,
+             invalid_partial};
+  t.vectorized = a.stride_n == 1 && a.num_pixels % kVec == 0 && a.stride_b % kVec == 0 &&
+                 a.stride_c % kVec == 0 && aligned(a.values, value_bytes(a.value_dtype) * kVec) &&
+                 aligned(a.labels, (a.label_dtype == 1 ? 8 : 4) * kVec);
+  const dim3 grid(unsigned(a.batch * plan.num_tiles), unsigned(plan.label_chunks),
+                  unsigned(plan.channel_chunks));
+  plan.tiles<<<grid, kThreads, plan.smem_bytes, stream>>>(t);
+  check(cudaGetLastError(), "segment_pool tiles");
+
+  const FinishArgs f{workspace, count_partial, invalid_partial, a.batch, plan.num_tiles,
+                     a.channels, a.num_segments, a.reduce == Reduce::Mean,
+                     a.reduce == Reduce::Min, a.out, a.count, a.num_invalid};
+  const int64_t total = a.batch * (a.channels > 0 ? a.channels : 1) * a.num_segments;
+  int64_t blocks = (total + 255) / 256;
+  blocks = blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks);  // block 0 also sums invalid counts
+  plan.finish<<<unsigned(blocks), 256, 0, stream>>>(f);
+  check(cudaGetLastError(), "segment_pool finish");
 }
 
 void launch_paint(const PaintArgs& a, void* stream_ptr) {
