@@ -31,7 +31,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kVec = 4;                // consecutive pixels per lane per step
 constexpr int kMaxChannels = 4;        // channels per block
-constexpr int kSmemBytes = 48 * 1024;  // per block, no opt-in needed
+constexpr int kSmemBytes = 47 * 1024;  // dynamic, per block: with the static bytes under the 48 KB default
 constexpr int64_t kMinTile = 4 * kThreads * kVec;  // amortises a block's histogram set-up
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -111,6 +111,44 @@ struct TileArgs {
   int32_t* invalid_partial;  // [B, T]: invalid labels per unit, written by blockIdx.y/z == 0
 };
 
+template <typename T, typename L, int CC>
+struct StepData {
+  L label[kVec];
+  T value[CC][kVec];
+};
+
+// Loads kVec consecutive pixels starting at p (labels, and CC channels from c0): 16-byte
+// vector loads where the layout allows, else element by element. Pixels at or past `end`
+// get label -1; channels past C get 0.
+template <typename T, typename L, int CC>
+__device__ __forceinline__ void load_step(const TileArgs& a, const L* labels, const T* values,
+                                          int64_t c0, int64_t p, int64_t end,
+                                          StepData<T, L, CC>& d) {
+  const bool vector = a.vectorized && p < end;
+  if (vector) {
+    const Vec<L, kVec> lv = *reinterpret_cast<const Vec<L, kVec>*>(labels + p);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) d.label[j] = lv.v[j];
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) d.label[j] = p + j < end ? labels[p + j] : L(-1);
+  }
+#pragma unroll
+  for (int c = 0; c < CC; ++c) {
+    const int64_t ch = c0 + c;
+    const T* v = values + ch * a.stride_c;
+    if (ch < a.channels && vector) {
+      const Vec<T, kVec> vv = *reinterpret_cast<const Vec<T, kVec>*>(v + p);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) d.value[c][j] = vv.v[j];
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j)
+        d.value[c][j] = (ch < a.channels && p + j < end) ? v[(p + j) * a.stride_n] : T(0.0f);
+    }
+  }
+}
+
 template <typename T, typename L, int CC, bool EXTREME>
 __global__ void __launch_bounds__(kThreads) pool_tiles_kernel(TileArgs a) {
   using A = typename AccOf<T>::type;
@@ -142,42 +180,32 @@ __global__ void __launch_bounds__(kThreads) pool_tiles_kernel(TileArgs a) {
   const A sign = a.negate ? A(-1) : A(1);
   int invalid = 0;
 
+  // Software pipelining: the loads of the next step are issued before the current step's
+  // shuffle rounds, so memory latency overlaps with them.
+  const int64_t lane_offset = int64_t(threadIdx.x) * kVec;
+  StepData<T, L, CC> next;
+  load_step(a, labels, values, c0, begin + lane_offset, end, next);
   for (int64_t step = begin; step < end; step += kThreads * kVec) {
-    const int64_t p = step + int64_t(threadIdx.x) * kVec;
-    int64_t raw[kVec];
-    if (a.vectorized && p < end) {
-      const Vec<L, kVec> lv = *reinterpret_cast<const Vec<L, kVec>*>(labels + p);
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) raw[j] = int64_t(lv.v[j]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) raw[j] = p + j < end ? int64_t(labels[p + j]) : -1;
-    }
+    const StepData<T, L, CC> cur = next;
+    if (step + kThreads * kVec < end)
+      load_step(a, labels, values, c0, step + kThreads * kVec + lane_offset, end, next);
     int lbl[kVec], cnt[kVec];
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      const bool valid = uint64_t(raw[j]) < limit;
-      invalid += (!valid && raw[j] != -1);
-      const int64_t local = raw[j] - k0;
+      const int64_t raw = int64_t(cur.label[j]);
+      const bool valid = uint64_t(raw) < limit;
+      invalid += (!valid && raw != -1);
+      const int64_t local = raw - k0;
       lbl[j] = (valid && local >= 0 && local < kc_here) ? int(local) : -1;
       cnt[j] = lbl[j] >= 0;
     }
+    // Pixels with lbl == -1 (ignored, out of range, past the tile, other label chunk) and
+    // channels past C are never written to the output, whatever their values.
     A val[CC][kVec];
 #pragma unroll
-    for (int c = 0; c < CC; ++c) {
-      const int64_t ch = c0 + c;
-      const T* v = values + ch * a.stride_c;
-      if (ch < a.channels && a.vectorized && p < end) {
-        const Vec<T, kVec> vv = *reinterpret_cast<const Vec<T, kVec>*>(v + p);
+    for (int c = 0; c < CC; ++c)
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) val[c][j] = sign * to_acc(vv.v[j]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j)
-          val[c][j] = (ch < a.channels && p + j < end) ? sign * to_acc(v[(p + j) * a.stride_n])
-                                                       : identity<EXTREME, A>();
-      }
-    }
+      for (int j = 0; j < kVec; ++j) val[c][j] = sign * to_acc(cur.value[c][j]);
     // Merge runs of equal labels inside the lane, last pixel into its left neighbour.
     unsigned pending = 0;
 #pragma unroll
