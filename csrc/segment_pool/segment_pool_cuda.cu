@@ -29,7 +29,17 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kVec = 4;                // consecutive pixels per lane per step
+// Build-time tuning knobs (CMake GSWFAST_POOL_VEC / GSWFAST_POOL_PREFETCH, see
+// benchmarks/pool_variants.sh): pixels per lane per step, and whether the next step's
+// loads are issued before the current step's shuffle rounds.
+#ifndef GSWFAST_POOL_VEC
+#define GSWFAST_POOL_VEC 4
+#endif
+#ifndef GSWFAST_POOL_PREFETCH
+#define GSWFAST_POOL_PREFETCH 1
+#endif
+constexpr int kVec = GSWFAST_POOL_VEC;  // consecutive pixels per lane per step
+constexpr bool kPrefetch = GSWFAST_POOL_PREFETCH != 0;
 constexpr int kMaxChannels = 4;        // channels per block
 constexpr int kSmemBytes = 47 * 1024;  // dynamic, per block: with the static bytes under the 48 KB default
 constexpr int64_t kMinTile = 4 * kThreads * kVec;  // amortises a block's histogram set-up
@@ -184,11 +194,16 @@ __global__ void __launch_bounds__(kThreads) pool_tiles_kernel(TileArgs a) {
   // shuffle rounds, so memory latency overlaps with them.
   const int64_t lane_offset = int64_t(threadIdx.x) * kVec;
   StepData<T, L, CC> next;
-  load_step(a, labels, values, c0, begin + lane_offset, end, next);
+  if constexpr (kPrefetch) load_step(a, labels, values, c0, begin + lane_offset, end, next);
   for (int64_t step = begin; step < end; step += kThreads * kVec) {
-    const StepData<T, L, CC> cur = next;
-    if (step + kThreads * kVec < end)
-      load_step(a, labels, values, c0, step + kThreads * kVec + lane_offset, end, next);
+    StepData<T, L, CC> cur;
+    if constexpr (kPrefetch) {
+      cur = next;
+      if (step + kThreads * kVec < end)
+        load_step(a, labels, values, c0, step + kThreads * kVec + lane_offset, end, next);
+    } else {
+      load_step(a, labels, values, c0, step + lane_offset, end, cur);
+    }
     int lbl[kVec], cnt[kVec];
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
