@@ -6,6 +6,7 @@ and ``K`` for the number of segments.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -136,7 +137,7 @@ def _check_labels(labels: object) -> None:
         raise ValueError(
             f"labels: expected [B, H, W] or [B, T, H, W], got shape {tuple(labels.shape)}"
         )
-    if labels.shape[0] == 0 or labels[0].numel() == 0:
+    if labels.shape[0] == 0 or math.prod(labels.shape[1:]) == 0:
         raise ValueError(f"labels: expected a non-empty batch and spatial size, got shape {tuple(labels.shape)}")
 
 
