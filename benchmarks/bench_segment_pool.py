@@ -109,6 +109,13 @@ def cuda_case():
     return values.cuda(), labels.cuda(), k
 
 
+def _scatter_inputs(cuda_case):
+    """values [64, 3, N] and the matching int64 index, as torch's scatter ops want them."""
+    values, labels, k = cuda_case
+    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
+    return values.reshape(64, 3, -1), index, k
+
+
 def _cuda_timed(fn):
     def run():
         for _ in range(CUDA_REPEAT):
@@ -166,9 +173,8 @@ def bench_cuda_gswfast_sum_validated(benchmark, cuda_case):
 @pytest.mark.cuda
 @pytest.mark.benchmark(group="cuda-sum-64x3x224x224")
 def bench_cuda_torch_scatter_add_sum(benchmark, cuda_case):
-    values, labels, k = cuda_case
-    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
-    flat_values = values.reshape(64, 3, -1)
+    values, labels, _ = cuda_case
+    flat_values, index, k = _scatter_inputs(cuda_case)
 
     def scatter_add():
         return torch.zeros(64, 3, k, device="cuda").scatter_add_(2, index, flat_values)
@@ -189,9 +195,8 @@ def bench_cuda_graph_gswfast_sum(benchmark, cuda_case):
 @pytest.mark.cuda
 @pytest.mark.benchmark(group="cuda-graph-sum-64x3x224x224")
 def bench_cuda_graph_torch_scatter_add_sum(benchmark, cuda_case):
-    values, labels, k = cuda_case
-    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
-    flat_values = values.reshape(64, 3, -1)
+    values, labels, _ = cuda_case
+    flat_values, index, k = _scatter_inputs(cuda_case)
     benchmark(_cuda_graphed(lambda: torch.zeros(64, 3, k, device="cuda").scatter_add_(2, index, flat_values)))
     _record_cuda(benchmark, "peer", values, labels)
 
@@ -207,9 +212,8 @@ def bench_cuda_gswfast_mean(benchmark, cuda_case):
 @pytest.mark.cuda
 @pytest.mark.benchmark(group="cuda-mean-64x3x224x224")
 def bench_cuda_torch_scatter_reduce_mean(benchmark, cuda_case):
-    values, labels, k = cuda_case
-    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
-    flat_values = values.reshape(64, 3, -1)
+    values, labels, _ = cuda_case
+    flat_values, index, k = _scatter_inputs(cuda_case)
 
     def scatter_mean():
         return torch.zeros(64, 3, k, device="cuda").scatter_reduce_(2, index, flat_values, "mean", include_self=False)
@@ -230,9 +234,8 @@ def bench_cuda_gswfast_max(benchmark, cuda_case):
 @pytest.mark.cuda
 @pytest.mark.benchmark(group="cuda-max-64x3x224x224")
 def bench_cuda_torch_scatter_reduce_amax(benchmark, cuda_case):
-    values, labels, k = cuda_case
-    index = labels.long().reshape(64, 1, -1).expand(64, 3, -1)
-    flat_values = values.reshape(64, 3, -1)
+    values, labels, _ = cuda_case
+    flat_values, index, k = _scatter_inputs(cuda_case)
 
     def scatter_amax():
         return torch.zeros(64, 3, k, device="cuda").scatter_reduce_(2, index, flat_values, "amax", include_self=False)

@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 namespace gswfast {
 
 inline void check_float_values(const at::Tensor& t, const char* name) {
@@ -35,6 +37,31 @@ inline void check_limits(const std::optional<at::Tensor>& limits, const at::Tens
               "num_segments: expected a contiguous int64 tensor [B]");
   TORCH_CHECK(limits->device() == labels.device(), "num_segments: expected device ",
               labels.device(), ", got ", limits->device());
+}
+
+// segment_pool's inputs: values [B, C, N], labels [B, N], limits [B]?, K.
+inline void check_pool_inputs(const at::Tensor& values, const at::Tensor& labels,
+                              const std::optional<at::Tensor>& limits, int64_t num_segments) {
+  check_float_values(values, "values");
+  TORCH_CHECK(values.dim() == 3, "values: expected [B, C, N], got ", values.sizes());
+  check_labels(labels, values, 2);
+  check_limits(limits, labels, num_segments);
+}
+
+// paint's inputs: segment_values [B, C, K], labels [B, N], limits [B]?.
+inline void check_paint_inputs(const at::Tensor& segment_values, const at::Tensor& labels,
+                               const std::optional<at::Tensor>& limits) {
+  check_float_values(segment_values, "segment_values");
+  TORCH_CHECK(segment_values.dim() == 3, "segment_values: expected [B, C, K], got ",
+              segment_values.sizes());
+  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == segment_values.size(0),
+              "labels: expected [B, N] with B = ", segment_values.size(0), ", got ",
+              labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
+              "labels: expected int32 or int64, got ", labels.scalar_type());
+  TORCH_CHECK(labels.device() == segment_values.device(), "labels: expected device ",
+              segment_values.device(), ", got ", labels.device());
+  check_limits(limits, labels, segment_values.size(2));
 }
 
 // dtype codes used by the raw CUDA launchers (see segment_pool.h).

@@ -199,10 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_pool_cpu(
     const at::Tensor& values, const at::Tensor& labels_in,
     const std::optional<at::Tensor>& limits, int64_t num_segments,
     std::string_view reduce_name) {
-  check_float_values(values, "values");
-  TORCH_CHECK(values.dim() == 3, "values: expected [B, C, N], got ", values.sizes());
-  check_labels(labels_in, values, 2);
-  check_limits(limits, labels_in, num_segments);
+  check_pool_inputs(values, labels_in, limits, num_segments);
   const Reduce reduce = parse_reduce(reduce_name);
   const at::Tensor labels = labels_in.contiguous();
   const int64_t B = values.size(0), C = values.size(1), N = values.size(2), K = num_segments;
@@ -236,19 +233,9 @@ std::tuple<at::Tensor, at::Tensor> paint_cpu(const at::Tensor& segment_values,
                                              const at::Tensor& labels_in,
                                              const std::optional<at::Tensor>& limits,
                                              double fill) {
-  check_float_values(segment_values, "segment_values");
-  TORCH_CHECK(segment_values.dim() == 3, "segment_values: expected [B, C, K], got ",
-              segment_values.sizes());
-  TORCH_CHECK(labels_in.dim() == 2 && labels_in.size(0) == segment_values.size(0),
-              "labels: expected [B, N] with B = ", segment_values.size(0), ", got ",
-              labels_in.sizes());
-  TORCH_CHECK(labels_in.scalar_type() == at::kInt || labels_in.scalar_type() == at::kLong,
-              "labels: expected int32 or int64, got ", labels_in.scalar_type());
-  TORCH_CHECK(labels_in.device() == segment_values.device(), "labels: expected device ",
-              segment_values.device(), ", got ", labels_in.device());
+  check_paint_inputs(segment_values, labels_in, limits);
   const int64_t B = segment_values.size(0), C = segment_values.size(1),
                 K = segment_values.size(2), N = labels_in.size(1);
-  check_limits(limits, labels_in, K);
   const at::Tensor seg = segment_values.contiguous();
   const at::Tensor labels = labels_in.contiguous();
   at::Tensor out = at::empty({B, C, N}, seg.options());

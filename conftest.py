@@ -1,3 +1,5 @@
+"""Shared pytest set-up for tests/ and benchmarks/: skip `cuda`-marked items without a GPU."""
+
 import pytest
 import torch
 
