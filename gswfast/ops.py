@@ -42,14 +42,15 @@ def segment_pool(
             int ``K``, or per-sample counts (a sequence or an integer tensor ``[B]``, as
             ``Segmentation.num_segments``), in which case ``K = max(num_segments)``.
         reduce: ``"sum"``, ``"mean"``, ``"max"``, ``"min"`` or ``"count"``.
-        validate: check for out-of-range labels and raise ``ValueError``. On CUDA this
-            reads one int back from the device (one sync); with ``validate=False`` such
-            pixels are skipped silently. Skipped under ``torch.compile``.
+        validate: raise ``ValueError`` for out-of-range labels and for NaN in ``values``.
+            On CUDA this reads two ints back from the device (one sync). With
+            ``validate=False`` out-of-range pixels are skipped and NaN propagates to its
+            segment's result. Skipped under ``torch.compile``.
 
     Returns:
         ``[B, K]`` for ``values [B, *S]``, ``[B, C, K]`` for ``values [B, C, *S]``, in the
         dtype of ``values`` (``count``: int64). Empty segments give 0 for every reduction.
-        A NaN pixel makes its segment's result NaN.
+        With ``validate=False`` a NaN pixel makes its segment's result NaN.
 
     Sums accumulate in float64 on the CPU and float32 on CUDA (float64 for float64
     values). The result is bitwise reproducible on a given device: pixels are reduced in
@@ -68,7 +69,8 @@ def segment_pool(
         count = count.to(torch.int64)
         return count.unsqueeze(1).expand(-1, values3.shape[1], -1) if has_channel else count
     out, _, invalid = torch.ops.gswfast.segment_pool(values3, labels2, limits, k, reduce)
-    _raise_on_invalid(invalid, validate)
+    # Every reduction propagates NaN, so a NaN in the (small) output marks a NaN input.
+    _raise_on_invalid(invalid, validate, nan_in=out, nan_name="values")
     return out if has_channel else out.squeeze(1)
 
 
@@ -85,8 +87,9 @@ def paint(
         segment_values: ``[B, K]`` or ``[B, C, K]``, float16, bfloat16, float32 or float64.
         labels: ``[B, *S]`` int32 or int64 on the same device, ``-1`` or ``0 <= l < K``.
         fill: value written to pixels labelled ``-1``.
-        validate: raise ``ValueError`` for labels outside ``[-1, K)`` (one device sync on
-            CUDA); with ``validate=False`` such pixels get ``fill``.
+        validate: raise ``ValueError`` for labels outside ``[-1, K)`` and for NaN in
+            ``segment_values`` (one device sync on CUDA); with ``validate=False`` such
+            pixels get ``fill`` and NaN is painted as is.
 
     Returns:
         ``[B, *S]`` for ``segment_values [B, K]``, ``[B, C, *S]`` for ``[B, C, K]``.
@@ -104,7 +107,7 @@ def paint(
     seg3 = segment_values if has_channel else segment_values.unsqueeze(1)
     spatial = labels.shape[1:]
     out, invalid = torch.ops.gswfast.paint(seg3, labels.reshape(labels.shape[0], -1), None, float(fill))
-    _raise_on_invalid(invalid, validate)
+    _raise_on_invalid(invalid, validate, nan_in=seg3, nan_name="segment_values")
     out = out.reshape(out.shape[0], out.shape[1], *spatial)
     return out if has_channel else out.squeeze(1)
 
@@ -195,14 +198,26 @@ def _resolve_num_segments(num_segments: NumSegments, labels: Tensor) -> tuple[in
     return k, limits.contiguous()
 
 
-def _raise_on_invalid(num_invalid: Tensor, validate: bool) -> None:
+def _raise_on_invalid(num_invalid: Tensor, validate: bool, nan_in: Tensor | None = None, nan_name: str = "") -> None:
+    """Raises for out-of-range labels (counted by the kernel) and NaN in `nan_in`.
+
+    Both facts come back from the device in one read (one sync on CUDA).
+    """
     if not validate or torch.compiler.is_compiling():
         return
-    bad = int(num_invalid.item())
+    if nan_in is None or nan_in.numel() == 0:
+        bad, nans = int(num_invalid.item()), 0
+    else:
+        bad, nans = (int(x) for x in torch.stack([num_invalid.long(), torch.isnan(nan_in).sum()]).tolist())
     if bad:
         raise ValueError(
             f"labels: {bad} pixel(s) have labels outside [-1, num_segments); "
             "use -1 for pixels to ignore"
+        )
+    if nans:
+        raise ValueError(
+            f"{nan_name}: contain NaN ({nans} NaN result(s)); pass validate=False to let NaN "
+            "propagate to the affected segments"
         )
 
 
