@@ -54,7 +54,8 @@ def segment_pool(
 
     Sums accumulate in float64 on the CPU and float32 on CUDA (float64 for float64
     values). The result is bitwise reproducible on a given device: pixels are reduced in
-    fixed-size tiles in a fixed order, without floating-point atomics.
+    tiles fixed by the shape (on CUDA also by the GPU model), each in a fixed order,
+    without floating-point atomics.
 
     Gradients: sum and mean scatter the output gradient back to every pixel of the
     segment (a gather); max and min send it to the first pixel (lowest flat index) that
