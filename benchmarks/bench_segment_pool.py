@@ -153,13 +153,34 @@ def _record_cuda(benchmark, role, values, labels):
                                 device=torch.cuda.get_device_name())
 
 
+# What a torch user writes for each reduction: out [64, 3, K], index [64, 3, N], values [64, 3, N].
+TORCH_PEERS = {
+    "sum": lambda out, index, values: out.scatter_add_(2, index, values),
+    "mean": lambda out, index, values: out.scatter_reduce_(2, index, values, "mean", include_self=False),
+    "max": lambda out, index, values: out.scatter_reduce_(2, index, values, "amax", include_self=False),
+}
+
+
 @pytest.mark.cuda
-@pytest.mark.benchmark(group="cuda-sum-64x3x224x224")
-def bench_cuda_gswfast_sum(benchmark, cuda_case):
+@pytest.mark.parametrize("reduce", TORCH_PEERS)
+def bench_cuda_gswfast(benchmark, cuda_case, reduce):
     values, labels, k = cuda_case
-    out = benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, "sum", validate=False)))
+    benchmark.group = f"cuda-{reduce}-64x3x224x224"
+    out = benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, reduce, validate=False)))
     _record_cuda(benchmark, "gswfast", values, labels)
     assert out.shape == (64, 3, k)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("reduce", TORCH_PEERS)
+def bench_cuda_torch_scatter(benchmark, cuda_case, reduce):
+    values, labels, _ = cuda_case
+    flat_values, index, k = _scatter_inputs(cuda_case)
+    benchmark.group = f"cuda-{reduce}-64x3x224x224"
+    peer = TORCH_PEERS[reduce]
+    out = benchmark(_cuda_timed(lambda: peer(torch.zeros(64, 3, k, device="cuda"), index, flat_values)))
+    _record_cuda(benchmark, "peer", values, labels)
+    torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, reduce), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.cuda
@@ -168,20 +189,6 @@ def bench_cuda_gswfast_sum_validated(benchmark, cuda_case):
     values, labels, k = cuda_case
     benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, "sum")))
     _record_cuda(benchmark, "gswfast-validate", values, labels)
-
-
-@pytest.mark.cuda
-@pytest.mark.benchmark(group="cuda-sum-64x3x224x224")
-def bench_cuda_torch_scatter_add_sum(benchmark, cuda_case):
-    values, labels, _ = cuda_case
-    flat_values, index, k = _scatter_inputs(cuda_case)
-
-    def scatter_add():
-        return torch.zeros(64, 3, k, device="cuda").scatter_add_(2, index, flat_values)
-
-    out = benchmark(_cuda_timed(scatter_add))
-    _record_cuda(benchmark, "peer", values, labels)
-    torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, "sum"), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.cuda
@@ -197,50 +204,8 @@ def bench_cuda_graph_gswfast_sum(benchmark, cuda_case):
 def bench_cuda_graph_torch_scatter_add_sum(benchmark, cuda_case):
     values, labels, _ = cuda_case
     flat_values, index, k = _scatter_inputs(cuda_case)
-    benchmark(_cuda_graphed(lambda: torch.zeros(64, 3, k, device="cuda").scatter_add_(2, index, flat_values)))
-    _record_cuda(benchmark, "peer", values, labels)
-
-
-@pytest.mark.cuda
-@pytest.mark.benchmark(group="cuda-mean-64x3x224x224")
-def bench_cuda_gswfast_mean(benchmark, cuda_case):
-    values, labels, k = cuda_case
-    benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, "mean", validate=False)))
-    _record_cuda(benchmark, "gswfast", values, labels)
-
-
-@pytest.mark.cuda
-@pytest.mark.benchmark(group="cuda-mean-64x3x224x224")
-def bench_cuda_torch_scatter_reduce_mean(benchmark, cuda_case):
-    values, labels, _ = cuda_case
-    flat_values, index, k = _scatter_inputs(cuda_case)
-
-    def scatter_mean():
-        return torch.zeros(64, 3, k, device="cuda").scatter_reduce_(2, index, flat_values, "mean", include_self=False)
-
-    out = benchmark(_cuda_timed(scatter_mean))
-    _record_cuda(benchmark, "peer", values, labels)
-    torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, "mean"), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.cuda
-@pytest.mark.benchmark(group="cuda-max-64x3x224x224")
-def bench_cuda_gswfast_max(benchmark, cuda_case):
-    values, labels, k = cuda_case
-    benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, "max", validate=False)))
-    _record_cuda(benchmark, "gswfast", values, labels)
-
-
-@pytest.mark.cuda
-@pytest.mark.benchmark(group="cuda-max-64x3x224x224")
-def bench_cuda_torch_scatter_reduce_amax(benchmark, cuda_case):
-    values, labels, _ = cuda_case
-    flat_values, index, k = _scatter_inputs(cuda_case)
-
-    def scatter_amax():
-        return torch.zeros(64, 3, k, device="cuda").scatter_reduce_(2, index, flat_values, "amax", include_self=False)
-
-    benchmark(_cuda_timed(scatter_amax))
+    peer = TORCH_PEERS["sum"]
+    benchmark(_cuda_graphed(lambda: peer(torch.zeros(64, 3, k, device="cuda"), index, flat_values)))
     _record_cuda(benchmark, "peer", values, labels)
 
 
