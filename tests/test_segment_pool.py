@@ -314,3 +314,18 @@ def test_cuda_matches_cpu(reduce, dtype):
         assert torch.equal(cpu, gpu)  # exact: no rounding involved
     else:
         torch.testing.assert_close(gpu, cpu, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
+def test_low_precision_gradients_match_float64(device, dtype, reduce):
+    labels, k = grid_labels(2, 12, 14, cell=4, device=device)
+    base = torch.randn(2, 2, 12, 14, device=device, dtype=torch.float64)
+    low = base.to(dtype).requires_grad_()
+    high = low.detach().double().requires_grad_()  # same values, so the same arg-extremes
+    weights = torch.randn(2, 2, k, device=device, dtype=torch.float64)
+    (gsw.segment_pool(low, labels, k, reduce) * weights.to(dtype)).sum().backward()
+    (gsw.segment_pool(high, labels, k, reduce) * weights).sum().backward()
+    assert low.grad.dtype == dtype
+    torch.testing.assert_close(low.grad.double(), high.grad, **TOLERANCES[dtype])
