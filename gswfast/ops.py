@@ -66,12 +66,12 @@ def segment_pool(
     k, limits = _resolve_num_segments(num_segments, labels2)
     if reduce == "count":
         _, count, invalid = torch.ops.gswfast.segment_pool(values3[:, :0], labels2, limits, k, "sum")
-        _raise_on_invalid(invalid, validate)
+        _raise_on_bad_input(invalid, validate)
         count = count.to(torch.int64)
         return count.unsqueeze(1).expand(-1, values3.shape[1], -1) if has_channel else count
     out, _, invalid = torch.ops.gswfast.segment_pool(values3, labels2, limits, k, reduce)
     # Every reduction propagates NaN, so a NaN in the (small) output marks a NaN input.
-    _raise_on_invalid(invalid, validate, nan_in=out, nan_name="values")
+    _raise_on_bad_input(invalid, validate, nan_in=out, nan_name="values")
     return out if has_channel else out.squeeze(1)
 
 
@@ -108,7 +108,7 @@ def paint(
     seg3 = segment_values if has_channel else segment_values.unsqueeze(1)
     spatial = labels.shape[1:]
     out, invalid = torch.ops.gswfast.paint(seg3, labels.reshape(labels.shape[0], -1), None, float(fill))
-    _raise_on_invalid(invalid, validate, nan_in=seg3, nan_name="segment_values")
+    _raise_on_bad_input(invalid, validate, nan_in=seg3, nan_name="segment_values")
     out = out.reshape(out.shape[0], out.shape[1], *spatial)
     return out if has_channel else out.squeeze(1)
 
@@ -199,7 +199,7 @@ def _resolve_num_segments(num_segments: NumSegments, labels: Tensor) -> tuple[in
     return k, limits.contiguous()
 
 
-def _raise_on_invalid(num_invalid: Tensor, validate: bool, nan_in: Tensor | None = None, nan_name: str = "") -> None:
+def _raise_on_bad_input(num_invalid: Tensor, validate: bool, nan_in: Tensor | None = None, nan_name: str = "") -> None:
     """Raises for out-of-range labels (counted by the kernel) and NaN in `nan_in`.
 
     Both facts come back from the device in one read (one sync on CUDA).
