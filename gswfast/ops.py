@@ -113,6 +113,39 @@ def paint(
     return out if has_channel else out.squeeze(1)
 
 
+def slic_kernel(
+    image: Tensor,
+    grid: Sequence[int],
+    weights: Sequence[float],
+    compactness: float,
+    convert_lab: bool,
+    max_iter: int,
+    connectivity: bool,
+    min_size: int,
+    max_centers: int,
+    init_centers: Tensor | None = None,
+    init_num: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The SLIC kernel on normalised inputs; ``gswfast.slic`` is the user-facing API.
+
+    Args:
+        image: ``[N, C, D, H, W]`` contiguous uint8 (0..255) or float (0..1), finite.
+        grid: ``(step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x)``.
+        weights: spatial distance weights ``(z, y, x)``: ``spacing**2 / step**2``.
+        init_centers, init_num: warm start, ``[N, K0, 3 + F]`` float32 and ``[N]`` int64.
+
+    Returns:
+        ``labels [N, D*H*W]`` int32, ``num_segments [N]`` int64,
+        ``centers [N, max_centers, 3 + F]`` float32, ``iterations [N]`` int32.
+        The contract is written once in ``csrc/slic/slic.h``.
+    """
+    return torch.ops.gswfast.slic(
+        image, init_centers, init_num, [int(v) for v in grid], [float(v) for v in weights],
+        float(compactness), bool(convert_lab), int(max_iter), bool(connectivity), int(min_size),
+        int(max_centers),
+    )
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -239,6 +272,19 @@ def _segment_pool_fake(values, labels, limits, num_segments, reduce):
 def _paint_fake(segment_values, labels, limits, fill):
     b, c, _ = segment_values.shape
     return segment_values.new_empty((b, c, labels.shape[1])), labels.new_empty((), dtype=torch.int32)
+
+
+@torch.library.register_fake("gswfast::slic")
+def _slic_fake(image, init_centers, init_num, grid, weights, compactness, convert_lab, max_iter,
+               connectivity, min_size, max_centers):
+    n, c = image.shape[:2]
+    pixels = math.prod(image.shape[2:])
+    return (
+        image.new_empty((n, pixels), dtype=torch.int32),
+        image.new_empty((n,), dtype=torch.int64),
+        image.new_empty((n, max_centers, 3 + c), dtype=torch.float32),
+        image.new_empty((n,), dtype=torch.int32),
+    )
 
 
 # --------------------------------------------------------------------- autograd

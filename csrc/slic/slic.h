@@ -1,0 +1,218 @@
+// SLIC superpixels (images) and supervoxels (frame stacks).
+//
+// Contract (both backends; the Python wrapper gswfast.segmentation normalises to this):
+//
+//   slic(image [N, C, D, H, W], init_centers [N, K0, 3 + F]?, init_num [N]?,
+//        grid [9], weights [3], compactness, convert_lab, max_iter, connectivity,
+//        min_size, max_centers)
+//       -> (labels [N, D*H*W] int32, num_segments [N] int64,
+//           centers [N, max_centers, 3 + F] float32, iterations [N] int32)
+//
+// * image: uint8 (0..255) or float16/bfloat16/float32/float64 (0..1), contiguous, finite
+//   (the Python layer checks). N samples are segmented independently: images are D = 1
+//   volumes; per-frame clips arrive as N = B * T samples.
+// * Features F: CIELAB (F = 3) when convert_lab (C must be 3), else the C channels scaled
+//   to 0..1. Distance of pixel p to cluster k, as in scikit-image's slic:
+//       d = |f_p - f_k|^2 / compactness^2 + sum_dim weight[dim] * (p_dim - k_dim)^2
+//   with weight = spacing^2 / S^2 and S the largest grid step.
+// * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x):
+//   seeds sit at start + i * step (scikit-image's regular_grid). Cells of size step tile the
+//   volume (the last cell runs to the border); a pixel considers every cluster whose centre
+//   lies in its cell or an adjacent one (3, 9 or 27 cells), so any centre position works
+//   (warm starts), and the nearest candidate wins, ties to the lower cluster index.
+// * Cold start (no init): one cluster per cell, seeded at the grid point moved to the
+//   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012).
+//   Warm start: the first init_num[n] rows of init_centers (z, y, x, features).
+// * Iterations: assign, then recompute centres; a sample stops early when no pixel
+//   changed cluster. iterations[n] counts its assignment passes.
+// * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
+//   union-find (root = lowest pixel index). Components smaller than min_size repeatedly
+//   join the adjacent component with the nearest mean feature (ties: lower root), at most
+//   kMergeRounds rounds. Without connectivity each non-empty cluster is one segment.
+// * Ids: 0..num_segments[n]-1. A segment takes the cluster of its largest original
+//   component; the segment holding the largest component of cluster k is that cluster's
+//   "main" segment and main segments are numbered in cluster order, so ids follow the
+//   (warm-start) cluster order and stay put where the scene does not change. Other
+//   segments (a cluster cut in two big pieces) follow in raster order of their first pixel.
+// * centers: mean (z, y, x, features) of each segment, rows >= num_segments are zero; a
+//   segment with id >= max_centers has no row. Sums are exact (integer coordinates,
+//   features in 2^-16 fixed point), so equal labels give bitwise equal centres on both
+//   backends.
+// * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
+//   CUDA uses no floating-point atomics (fixed reduction trees, integer atomics only).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define GSW_HD __host__ __device__ __forceinline__
+#else
+#define GSW_HD inline
+#include <ATen/core/Tensor.h>
+#include <optional>
+#include <tuple>
+#endif
+
+namespace gswfast {
+namespace slic {
+
+constexpr int kMergeRounds = 16;
+constexpr double kFixedScale = 65536.0;  // features are summed in 2^-16 fixed point
+
+struct Geometry {
+  int64_t N;            // samples
+  int32_t C, F;         // input channels, feature channels
+  int32_t D, H, W;      // spatial shape of one sample
+  int64_t P;            // D * H * W
+  int32_t step[3], start[3], cells[3];
+  float weight[3];      // spatial weights (z, y, x)
+  float inv_m2;         // 1 / compactness^2
+  int32_t K;            // cluster slots per sample
+  int32_t max_iter;
+  int32_t min_size;
+  int32_t max_centers;
+  bool convert_lab;
+  bool connectivity;
+  bool warm;
+};
+
+GSW_HD int32_t cell_of(float coordinate, int32_t step, int32_t cells) {
+  int32_t c = static_cast<int32_t>(coordinate >= 0.f ? coordinate / step : -1.f);
+  return c < 0 ? 0 : (c >= cells ? cells - 1 : c);
+}
+
+GSW_HD int32_t cell_of_pixel(int32_t coordinate, int32_t step, int32_t cells) {
+  const int32_t c = coordinate / step;
+  return c >= cells ? cells - 1 : c;
+}
+
+GSW_HD uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  return __builtin_bit_cast(uint32_t, v);
+#endif
+}
+
+GSW_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  return __builtin_bit_cast(float, u);
+#endif
+}
+
+// Cube root for x > 0 without libm: bit-level first guess (within ~5%), then two Halley
+// steps (cubic convergence: below float precision). Vectorises on the CPU; the same
+// arithmetic on CUDA.
+GSW_HD float fast_cbrt(float x) {
+  float y = bits_float(float_bits(x) / 3u + 0x2a5137a0u);
+  float y3 = y * y * y;
+  y = y * (y3 + 2.f * x) / (2.f * y3 + x);
+  y3 = y * y * y;
+  y = y * (y3 + 2.f * x) / (2.f * y3 + x);
+  return y;
+}
+
+// Both branches are computed and then selected with a bit mask: GCC 12 vectorises this
+// form only (a ternary, or clamping the root's argument, leaves a branch in the loop).
+// The root of t <= 0 is garbage but never selected.
+GSW_HD float lab_f(float t) {
+  const float root = fast_cbrt(t);
+  const float linear = 7.787f * t + 16.f / 116.f;
+  const uint32_t take_root = 0u - static_cast<uint32_t>(t > 0.008856f);
+  return bits_float((float_bits(root) & take_root) | (float_bits(linear) & ~take_root));
+}
+
+// Linear RGB -> CIELAB, D65 white, as scikit-image's rgb2lab.
+GSW_HD void linear_rgb_to_lab(float r, float g, float b, float* L, float* A, float* B) {
+  const float x = (0.412453f * r + 0.357580f * g + 0.180423f * b) * (1.f / 0.95047f);
+  const float y = 0.212671f * r + 0.715160f * g + 0.072169f * b;
+  const float z = (0.019334f * r + 0.119193f * g + 0.950227f * b) * (1.f / 1.08883f);
+  const float fx = lab_f(x), fy = lab_f(y), fz = lab_f(z);
+  *L = 116.f * fy - 16.f;
+  *A = 500.f * (fx - fy);
+  *B = 200.f * (fy - fz);
+}
+
+// Feature value in 2^-16 fixed point, rounded half away from zero. Integer sums of these
+// are exact and order-independent, so both backends get the same component statistics.
+GSW_HD int64_t to_fixed(float v) {
+  const double s = static_cast<double>(v) * kFixedScale;
+  return static_cast<int64_t>(s + copysign(0.5, s));  // branchless: vectorises
+}
+
+GSW_HD float fixed_mean(int64_t sum, int64_t count) {
+  return static_cast<float>(static_cast<double>(sum) / static_cast<double>(count) / kFixedScale);
+}
+
+// 64-bit key ordering (distance, id) pairs; distances are >= 0 so their bits sort as floats.
+GSW_HD uint64_t pack_distance(float distance, uint32_t id) {
+  return (static_cast<uint64_t>(float_bits(distance)) << 32) | id;
+}
+
+// 64-bit key ordering components by size, ties to the lower root.
+GSW_HD uint64_t pack_size(int64_t size, uint32_t root) {
+  return (static_cast<uint64_t>(size) << 32) | (0xFFFFFFFFu - root);
+}
+
+GSW_HD uint32_t unpack_size_root(uint64_t key) { return 0xFFFFFFFFu - static_cast<uint32_t>(key); }
+
+#if !defined(__CUDACC__)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> slic_cpu(
+    const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+    const std::optional<at::Tensor>& init_num, at::IntArrayRef grid, at::ArrayRef<double> weights,
+    double compactness, bool convert_lab, int64_t max_iter, bool connectivity, int64_t min_size,
+    int64_t max_centers);
+
+// Shared by both backends: argument checks and the geometry they imply.
+Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+                       const std::optional<at::Tensor>& init_num, at::IntArrayRef grid,
+                       at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                       int64_t max_iter, bool connectivity, int64_t min_size,
+                       int64_t max_centers);
+#endif
+
+namespace cuda {
+// Raw launchers (slic_cuda.cu). Buffers are allocated by the glue (slic_cuda.cpp).
+struct Buffers {
+  const void* image;            // [N, C, P]
+  int image_dtype;              // 0 uint8, 1 half, 2 bfloat16, 3 float, 4 double
+  const float* init_centers;    // [N, K0, 3 + F] or null
+  const int64_t* init_num;      // [N] or null
+  int32_t init_k;               // K0
+  float* features;              // [N, F, P]
+  float* centers;               // [N, K, 3 + F] working centres
+  int32_t* counts;              // [N, K]
+  int32_t* cell_start;          // [N, cells + 1]
+  int32_t* cell_items;          // [N, K]
+  int32_t* labels;              // [N, P] cluster, later segment id (output)
+  int32_t* parent;              // [N * P] union-find
+  int64_t* comp_size;           // [N * P] by root
+  int64_t* comp_sum;            // [N * P, F] fixed point, by root
+  int32_t* comp_cluster;        // [N * P] cluster of each original root (-1: not a root)
+  int64_t* orig_size;           // [N * P] size of each original component, by root
+  uint64_t* best;               // [N * P] merge choice, by root
+  uint64_t* main_of_cluster;    // [N, K]
+  uint64_t* largest_in;         // [N * P] by final root
+  int32_t* rank_main;           // [N, K] exclusive scan of main flags (filled by glue)
+  int32_t* flags;               // [N, P] extra-root flags, then their exclusive scan
+  int32_t* final_id;            // [N * P] by final root
+  int64_t* center_sum;          // [N, max_centers, 3 + F + 1] fixed point
+  int32_t* state;               // [N, 4]: done, changed, iterations, merged
+  int64_t* num_segments;        // [N]
+  float* out_centers;           // [N, max_centers, 3 + F]
+  int32_t* iterations;          // [N]
+};
+
+// Stages; the glue runs them in order, with two ATen scans in between.
+void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream);
+void launch_iterations(const Geometry& g, const Buffers& b, void* stream);
+void launch_components(const Geometry& g, const Buffers& b, void* stream);
+void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream);
+void launch_finish(const Geometry& g, const Buffers& b, void* stream);
+}  // namespace cuda
+
+}  // namespace slic
+}  // namespace gswfast

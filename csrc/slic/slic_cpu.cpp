@@ -1,0 +1,869 @@
+// CPU twin of the SLIC kernels. See slic.h for the contract.
+//
+// Parallel work is cut by shape only (pixel ranges for the features, (sample, z, cell row)
+// chunks for the iterations, samples for the connectivity pass), and every reduction runs
+// in a fixed order, so results do not depend on the number of threads.
+#include "slic.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Half.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace gswfast {
+namespace slic {
+
+Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+                       const std::optional<at::Tensor>& init_num, at::IntArrayRef grid,
+                       at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                       int64_t max_iter, bool connectivity, int64_t min_size,
+                       int64_t max_centers) {
+  TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
+  const auto s = image.scalar_type();
+  TORCH_CHECK(s == at::kByte || s == at::kHalf || s == at::kBFloat16 || s == at::kFloat ||
+                  s == at::kDouble,
+              "image: expected uint8, float16, bfloat16, float32 or float64, got ", s);
+  TORCH_CHECK(image.is_contiguous(), "image: expected a contiguous tensor");
+  TORCH_CHECK(grid.size() == 9, "grid: expected 9 integers, got ", grid.size());
+  TORCH_CHECK(weights.size() == 3, "weights: expected 3 floats, got ", weights.size());
+  TORCH_CHECK(compactness > 0, "compactness: expected > 0, got ", compactness);
+  TORCH_CHECK(max_iter >= 1, "max_iter: expected >= 1, got ", max_iter);
+  TORCH_CHECK(min_size >= 0, "min_size: expected >= 0, got ", min_size);
+  TORCH_CHECK(max_centers >= 1 && max_centers < (int64_t{1} << 31),
+              "max_centers: expected >= 1, got ", max_centers);
+  Geometry g{};
+  g.N = image.size(0);
+  g.C = static_cast<int32_t>(image.size(1));
+  TORCH_CHECK(g.C >= 1, "image: expected at least one channel");
+  TORCH_CHECK(!convert_lab || g.C == 3, "convert_lab: needs 3 channels, got ", g.C);
+  g.F = g.C;
+  g.D = static_cast<int32_t>(image.size(2));
+  g.H = static_cast<int32_t>(image.size(3));
+  g.W = static_cast<int32_t>(image.size(4));
+  g.P = int64_t{g.D} * g.H * g.W;
+  TORCH_CHECK(g.P >= 1, "image: expected a non-empty spatial extent, got ", image.sizes());
+  TORCH_CHECK(g.N * g.P < (int64_t{1} << 31), "image: at most 2^31 - 1 pixels per call");
+  const int32_t dims[3] = {g.D, g.H, g.W};
+  int64_t cells = 1;
+  for (int d = 0; d < 3; ++d) {
+    g.step[d] = static_cast<int32_t>(grid[d]);
+    g.start[d] = static_cast<int32_t>(grid[3 + d]);
+    g.cells[d] = static_cast<int32_t>(grid[6 + d]);
+    TORCH_CHECK(g.step[d] >= 1 && g.cells[d] >= 1 && g.start[d] >= 0 &&
+                    g.start[d] + int64_t{g.cells[d] - 1} * g.step[d] < dims[d],
+                "grid: seeds outside the image along dim ", d);
+    g.weight[d] = static_cast<float>(weights[d]);
+    cells *= g.cells[d];
+  }
+  g.inv_m2 = static_cast<float>(1.0 / (compactness * compactness));
+  g.max_iter = static_cast<int32_t>(max_iter);
+  g.min_size = static_cast<int32_t>(std::min<int64_t>(min_size, g.P));
+  g.max_centers = static_cast<int32_t>(max_centers);
+  g.convert_lab = convert_lab;
+  g.connectivity = connectivity;
+  g.warm = init_centers.has_value();
+  TORCH_CHECK(init_centers.has_value() == init_num.has_value(),
+              "init: expected both centres and counts");
+  if (g.warm) {
+    const at::Tensor& c = *init_centers;
+    TORCH_CHECK(c.scalar_type() == at::kFloat && c.dim() == 3 && c.size(0) == g.N &&
+                    c.size(2) == 3 + g.F && c.size(1) >= 1 && c.is_contiguous(),
+                "init: expected centres float32 [", g.N, ", K, ", 3 + g.F, "], got ",
+                c.sizes());
+    TORCH_CHECK(c.device() == image.device(), "init: expected device ", image.device());
+    const at::Tensor& n = *init_num;
+    TORCH_CHECK(n.scalar_type() == at::kLong && n.dim() == 1 && n.size(0) == g.N &&
+                    n.is_contiguous() && n.device() == image.device(),
+                "init: expected num_segments int64 [", g.N, "]");
+    g.K = static_cast<int32_t>(c.size(1));
+  } else {
+    TORCH_CHECK(cells < (int64_t{1} << 31), "grid: too many cells");
+    g.K = static_cast<int32_t>(cells);
+  }
+  return g;
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Features: image [N, C, P] -> float planes [N, F, P] (CIELAB or 0..1 values).
+
+float srgb_to_linear(float c) {
+  return c > 0.04045f ? std::pow((c + 0.055f) / 1.055f, 2.4f) : c / 12.92f;
+}
+
+template <typename T>
+float unit_value(T v) {
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    return static_cast<float>(v) * (1.f / 255.f);
+  } else {
+    return static_cast<float>(v);
+  }
+}
+
+template <typename T>
+void compute_features(const Geometry& g, const T* image, float* features) {
+  // sRGB gamma through a table: exact for uint8 inputs; for floats, the 4096-step table is
+  // used in range (interpolated, error ~1e-6) and pow outside it.
+  constexpr int kTable = 4096;
+  std::vector<float> gamma(kTable + 2);
+  for (int i = 0; i <= kTable + 1; ++i) gamma[i] = srgb_to_linear(static_cast<float>(i) / kTable);
+  std::vector<float> gamma_u8(256);
+  for (int i = 0; i < 256; ++i) gamma_u8[i] = srgb_to_linear(static_cast<float>(i) / 255.f);
+  auto linearise = [&](T v) -> float {
+    if constexpr (std::is_same_v<T, uint8_t>) {
+      return gamma_u8[v];
+    } else {
+      const float c = static_cast<float>(v);
+      if (!(c >= 0.f && c <= 1.f)) return srgb_to_linear(c);
+      const float t = c * kTable;
+      const int i = static_cast<int>(t);
+      return gamma[i] + (t - i) * (gamma[i + 1] - gamma[i]);
+    }
+  };
+  const int64_t P = g.P;
+  at::parallel_for(0, g.N * P, 16384, [&](int64_t begin, int64_t end) {
+    std::vector<float> r(1024), gg(1024), b(1024);
+    for (int64_t i = begin; i < end;) {
+      const int64_t n = i / P, p0 = i % P;
+      const int64_t len = std::min<int64_t>({end - i, P - p0, 1024});
+      const T* src = image + n * g.C * P + p0;
+      float* dst = features + n * g.F * P + p0;
+      if (g.convert_lab) {
+        for (int64_t j = 0; j < len; ++j) {
+          r[j] = linearise(src[j]);
+          gg[j] = linearise(src[P + j]);
+          b[j] = linearise(src[2 * P + j]);
+        }
+        float* L = dst;
+        float* A = dst + P;
+        float* B = dst + 2 * P;
+        for (int64_t j = 0; j < len; ++j) linear_rgb_to_lab(r[j], gg[j], b[j], L + j, A + j, B + j);
+      } else {
+        for (int32_t c = 0; c < g.C; ++c) {
+          for (int64_t j = 0; j < len; ++j) dst[c * P + j] = unit_value(src[c * P + j]);
+        }
+      }
+      i += len;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeds and centres. Centres are rows (z, y, x, f_0 .. f_{F-1}).
+
+float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_t y, int32_t x) {
+  const int64_t P = g.P;
+  const int32_t xl = std::max(x - 1, 0), xr = std::min(x + 1, g.W - 1);
+  const int32_t yu = std::max(y - 1, 0), yd = std::min(y + 1, g.H - 1);
+  const int64_t plane = int64_t{z} * g.H * g.W;
+  float sum = 0.f;
+  for (int32_t f = 0; f < g.F; ++f) {
+    const float* fp = feat + f * P + plane;
+    const float dx = fp[int64_t{y} * g.W + xr] - fp[int64_t{y} * g.W + xl];
+    const float dy = fp[int64_t{yd} * g.W + x] - fp[int64_t{yu} * g.W + x];
+    sum += dx * dx + dy * dy;
+  }
+  return sum;
+}
+
+// Cold start: each grid seed moves to the lowest gradient of its 3x3 neighbourhood.
+void seed_centers(const Geometry& g, const float* features, float* centers, int32_t* counts) {
+  const int32_t R = 3 + g.F;
+  at::parallel_for(0, g.N * g.K, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / g.K;
+      const int32_t k = static_cast<int32_t>(i % g.K);
+      const int32_t ix = k % g.cells[2], iy = (k / g.cells[2]) % g.cells[1],
+                    iz = k / (g.cells[2] * g.cells[1]);
+      const int32_t z = g.start[0] + iz * g.step[0];
+      int32_t y = g.start[1] + iy * g.step[1], x = g.start[2] + ix * g.step[2];
+      const float* feat = features + n * g.F * g.P;
+      float best = gradient_at(g, feat, z, y, x);
+      const int32_t y0 = y, x0 = x;
+      for (int32_t dy = -1; dy <= 1; ++dy) {
+        for (int32_t dx = -1; dx <= 1; ++dx) {
+          const int32_t yy = y0 + dy, xx = x0 + dx;
+          if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) continue;
+          const float grad = gradient_at(g, feat, z, yy, xx);
+          if (grad < best) {
+            best = grad;
+            y = yy;
+            x = xx;
+          }
+        }
+      }
+      float* c = centers + i * R;
+      c[0] = static_cast<float>(z);
+      c[1] = static_cast<float>(y);
+      c[2] = static_cast<float>(x);
+      const int64_t p = (int64_t{z} * g.H + y) * g.W + x;
+      for (int32_t f = 0; f < g.F; ++f) c[3 + f] = feat[f * g.P + p];
+      counts[i] = 1;
+    }
+  });
+}
+
+void warm_centers(const Geometry& g, const float* init, const int64_t* init_num, float* centers,
+                  int32_t* counts) {
+  const int32_t R = 3 + g.F;
+  std::copy(init, init + g.N * g.K * R, centers);
+  for (int64_t n = 0; n < g.N; ++n) {
+    TORCH_CHECK(init_num[n] >= 1, "init: sample ", n, " has no segments");
+    for (int32_t k = 0; k < g.K; ++k) counts[n * g.K + k] = k < init_num[n] ? 1 : 0;
+  }
+}
+
+// Counting sort of one sample's live clusters into the cells holding their centres.
+int32_t cell_index(const Geometry& g, const float* c) {
+  const int32_t cz = cell_of(c[0], g.step[0], g.cells[0]);
+  const int32_t cy = cell_of(c[1], g.step[1], g.cells[1]);
+  const int32_t cx = cell_of(c[2], g.step[2], g.cells[2]);
+  return (cz * g.cells[1] + cy) * g.cells[2] + cx;
+}
+
+void bin_centers(const Geometry& g, const float* centers, const int32_t* counts,
+                 int32_t* cell_start, int32_t* cell_items) {
+  const int32_t R = 3 + g.F;
+  const int32_t num_cells = g.cells[0] * g.cells[1] * g.cells[2];
+  std::fill(cell_start, cell_start + num_cells + 1, 0);
+  for (int32_t k = 0; k < g.K; ++k) {
+    if (counts[k] > 0) ++cell_start[cell_index(g, centers + k * R) + 1];
+  }
+  for (int32_t c = 0; c < num_cells; ++c) cell_start[c + 1] += cell_start[c];
+  std::vector<int32_t> cursor(cell_start, cell_start + num_cells);
+  for (int32_t k = 0; k < g.K; ++k) {  // ascending k within each cell
+    if (counts[k] > 0) cell_items[cursor[cell_index(g, centers + k * R)]++] = k;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// One assignment + accumulation pass over a chunk: the rows of one cell row of one frame.
+// The chunk visits its candidate clusters in ascending order and lets each one claim the
+// pixels of its search window (|offset| <= step in every dimension) that it is strictly
+// nearer to: the nearest cluster wins, ties to the lower index, as on CUDA, where each
+// pixel scans the same clusters through the 3 x 3 (x 3) cells around it.
+
+struct Chunk {
+  std::vector<int32_t> clusters;  // clusters of the chunk's pixels, by first pixel
+  std::vector<double> sums;       // per cluster: count, z, y, x, features
+  int64_t changed = 0;
+};
+
+struct Scratch {
+  std::vector<float> best;
+  std::vector<int32_t> winner;
+  std::vector<int32_t> cands;
+  std::vector<int32_t> local_of;  // cluster -> row of Chunk::sums, -1 when absent
+};
+
+// Window of a centre along one dimension: integer coordinates within step of c.
+inline void window(float c, int32_t step, int32_t lo, int32_t hi, int32_t* first, int32_t* last) {
+  *first = std::max(lo, static_cast<int32_t>(std::ceil(c - static_cast<float>(step))));
+  *last = std::min(hi - 1, static_cast<int32_t>(std::floor(c + static_cast<float>(step))));
+}
+
+// Clusters whose window reaches rows [y0, y1) of frame z, ascending.
+void chunk_candidates(const Geometry& g, const float* centers, const int32_t* cell_start,
+                      const int32_t* cell_items, int32_t z, int32_t cy, int32_t y0, int32_t y1,
+                      std::vector<int32_t>& out) {
+  const int32_t R = 3 + g.F;
+  const int32_t cz = cell_of_pixel(z, g.step[0], g.cells[0]);
+  out.clear();
+  for (int32_t iz = std::max(cz - 1, 0); iz <= std::min(cz + 1, g.cells[0] - 1); ++iz) {
+    for (int32_t iy = std::max(cy - 1, 0); iy <= std::min(cy + 1, g.cells[1] - 1); ++iy) {
+      const int32_t c0 = (iz * g.cells[1] + iy) * g.cells[2];
+      for (int32_t i = cell_start[c0]; i < cell_start[c0 + g.cells[2]]; ++i) {
+        const int32_t k = cell_items[i];
+        const float* c = centers + int64_t{k} * R;
+        int32_t zf, zl, yf, yl;
+        window(c[0], g.step[0], z, z + 1, &zf, &zl);
+        window(c[1], g.step[1], y0, y1, &yf, &yl);
+        if (zf <= zl && yf <= yl) out.push_back(k);
+      }
+    }
+  }
+  std::sort(out.begin(), out.end());
+}
+
+// Lets cluster k claim pixels [x0, x1) of rows [yf, yl] of the chunk where it is strictly
+// nearer. FC > 0 fixes the feature count at compile time (the x loop vectorises).
+template <int FC>
+__attribute__((always_inline)) inline void claim_body(
+    const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
+    int32_t y0, int32_t yf, int32_t yl, int32_t x0, int32_t x1, float* __restrict best,
+    int32_t* __restrict winner) {
+  constexpr int32_t kPlanes = FC > 0 ? FC : 1;
+  float cf[kPlanes];
+  for (int32_t f = 0; f < kPlanes; ++f) cf[f] = c[3 + f];
+  const float dz = z - c[0];
+  const float wx = g.weight[2], inv_m2 = g.inv_m2, cx = c[2];
+  for (int32_t y = yf; y <= yl; ++y) {
+    const int64_t row = int64_t{y - y0} * g.W;
+    const float dy = static_cast<float>(y) - c[1];
+    const float base = g.weight[0] * dz * dz + g.weight[1] * dy * dy;
+    const float* __restrict p[kPlanes];
+    for (int32_t f = 0; f < kPlanes; ++f) p[f] = planes[f] + row;
+    float* __restrict b_row = best + row;
+    int32_t* __restrict w_row = winner + row;
+    for (int32_t x = x0; x < x1; ++x) {
+      float colour = 0.f;
+      if constexpr (FC > 0) {
+#pragma GCC unroll 4
+        for (int32_t f = 0; f < FC; ++f) {
+          const float t = p[f][x] - cf[f];
+          colour += t * t;
+        }
+      } else {
+        for (int32_t f = 0; f < g.F; ++f) {
+          const float t = planes[f][row + x] - c[3 + f];
+          colour += t * t;
+        }
+      }
+      const float dx = static_cast<float>(x) - cx;
+      const float d = colour * inv_m2 + (base + wx * dx * dx);
+      // Integer-mask select: GCC 12 does not if-convert `d < b ? k : w`.
+      const float b = b_row[x];
+      const int32_t w = w_row[x];
+      const int32_t take = -static_cast<int32_t>(d < b);
+      b_row[x] = d < b ? d : b;
+      w_row[x] = w ^ ((w ^ k) & take);
+    }
+  }
+}
+
+using ClaimFn = void (*)(const Geometry&, const float* const*, const float*, int32_t, float,
+                         int32_t, int32_t, int32_t, int32_t, int32_t, float*, int32_t*);
+
+template <int FC>
+void claim(const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
+           int32_t y0, int32_t yf, int32_t yl, int32_t x0, int32_t x1, float* best,
+           int32_t* winner) {
+  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, x0, x1, best, winner);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same loop for AVX2 + FMA (8 lanes), picked at run time when the CPU has them.
+template <int FC>
+__attribute__((target("avx2,fma"))) void claim_avx2(
+    const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
+    int32_t y0, int32_t yf, int32_t yl, int32_t x0, int32_t x1, float* best, int32_t* winner) {
+  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, x0, x1, best, winner);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+ClaimFn pick_claim(int32_t F) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2()) {
+    switch (F) {
+      case 1: return &claim_avx2<1>;
+      case 2: return &claim_avx2<2>;
+      case 3: return &claim_avx2<3>;
+      case 4: return &claim_avx2<4>;
+      default: return &claim_avx2<0>;
+    }
+  }
+#endif
+  switch (F) {
+    case 1: return &claim<1>;
+    case 2: return &claim<2>;
+    case 3: return &claim<3>;
+    case 4: return &claim<4>;
+    default: return &claim<0>;
+  }
+}
+
+// Sum of v[x0..x1) with four interleaved accumulators (a fixed order: deterministic).
+double run_sum(const float* v, int32_t x0, int32_t x1) {
+  float a[4] = {0.f, 0.f, 0.f, 0.f};
+  int32_t x = x0;
+  for (; x + 4 <= x1; x += 4) {
+    a[0] += v[x];
+    a[1] += v[x + 1];
+    a[2] += v[x + 2];
+    a[3] += v[x + 3];
+  }
+  for (; x < x1; ++x) a[0] += v[x];
+  return (static_cast<double>(a[0]) + a[1]) + (static_cast<double>(a[2]) + a[3]);
+}
+
+void run_chunk(const Geometry& g, const float* features, const float* centers,
+               const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
+               int32_t cy, int32_t* labels, Chunk& chunk, Scratch& scratch) {
+  const int32_t R = 3 + g.F;
+  const int32_t y0 = cy * g.step[1];
+  const int32_t y1 = cy == g.cells[1] - 1 ? g.H : std::min(g.H, (cy + 1) * g.step[1]);
+  const int64_t pixels = int64_t{y1 - y0} * g.W;
+  const float* feat = features + n * g.F * g.P;
+  const int64_t first = (int64_t{z} * g.H + y0) * g.W;  // chunk's first pixel
+  scratch.best.assign(pixels, std::numeric_limits<float>::infinity());
+  scratch.winner.assign(pixels, -1);
+  chunk_candidates(g, centers, cell_start, cell_items, z, cy, y0, y1, scratch.cands);
+  std::vector<const float*> planes(g.F);
+  for (int32_t f = 0; f < g.F; ++f) planes[f] = feat + f * g.P + first;
+  const ClaimFn claim_fn = pick_claim(g.F);
+  for (const int32_t k : scratch.cands) {
+    const float* c = centers + int64_t{k} * R;
+    int32_t yf, yl, xf, xl;
+    window(c[1], g.step[1], y0, y1, &yf, &yl);
+    window(c[2], g.step[2], 0, g.W, &xf, &xl);
+    if (xf > xl) continue;
+    claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, yf, yl, xf, xl + 1,
+             scratch.best.data(), scratch.winner.data());
+  }
+  // Labels (unclaimed pixels keep their previous cluster) and the chunk's partial sums,
+  // accumulated run by run since neighbouring pixels mostly share a cluster.
+  const int32_t S = 4 + g.F;
+  chunk.clusters.clear();
+  chunk.sums.clear();
+  chunk.changed = 0;
+  std::vector<int32_t>& local_of = scratch.local_of;
+  int32_t* lab = labels + n * g.P + first;
+  for (int32_t y = y0; y < y1; ++y) {
+    const int64_t row = int64_t{y - y0} * g.W;
+    int32_t* __restrict l_row = lab + row;
+    const int32_t* __restrict w_row = scratch.winner.data() + row;
+    int64_t changed = 0;
+    for (int32_t x = 0; x < g.W; ++x) {
+      const int32_t k = w_row[x] >= 0 ? w_row[x] : l_row[x];
+      changed += k != l_row[x];
+      l_row[x] = k;
+    }
+    chunk.changed += changed;
+    for (int32_t x = 0; x < g.W;) {
+      const int32_t k = l_row[x];
+      int32_t e = x + 1;
+      while (e < g.W && l_row[e] == k) ++e;
+      if (k >= 0) {
+        if (local_of[k] < 0) {
+          local_of[k] = static_cast<int32_t>(chunk.clusters.size());
+          chunk.clusters.push_back(k);
+          chunk.sums.resize(chunk.sums.size() + S, 0.0);
+        }
+        double* s = chunk.sums.data() + int64_t{local_of[k]} * S;
+        const double count = e - x;
+        s[0] += count;
+        s[1] += count * z;
+        s[2] += count * y;
+        s[3] += 0.5 * count * (x + e - 1);
+        for (int32_t f = 0; f < g.F; ++f) s[4 + f] += run_sum(planes[f] + row, x, e);
+      }
+      x = e;
+    }
+  }
+  for (const int32_t k : chunk.clusters) local_of[k] = -1;
+}
+
+// Pixels that found no live cluster (possible only after clusters emptied) take the
+// cluster of the previous pixel in raster order, so every pixel ends up labelled.
+void fill_unassigned(const Geometry& g, int32_t* labels) {
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      int32_t* lab = labels + n * g.P;
+      int32_t last = -1;
+      for (int64_t p = 0; p < g.P; ++p) last = lab[p] >= 0 ? lab[p] : last;
+      int32_t fill = last;  // first labelled pixel for the leading gap
+      for (int64_t p = 0; p < g.P; ++p) {
+        if (lab[p] >= 0) {
+          fill = lab[p];
+          break;
+        }
+      }
+      for (int64_t p = 0; p < g.P; ++p) {
+        if (lab[p] < 0) lab[p] = fill;
+        else fill = lab[p];
+      }
+    }
+  });
+}
+
+void iterate(const Geometry& g, const float* features, float* centers, int32_t* counts,
+             int32_t* labels, int32_t* iterations) {
+  const int32_t R = 3 + g.F;
+  const int32_t num_cells = g.cells[0] * g.cells[1] * g.cells[2];
+  const int64_t chunks_per_sample = int64_t{g.D} * g.cells[1];
+  std::vector<int32_t> cell_start(g.N * (num_cells + 1)), cell_items(g.N * g.K);
+  std::vector<Chunk> chunks(g.N * chunks_per_sample);
+  std::vector<uint8_t> done(g.N, 0);
+  std::fill(labels, labels + g.N * g.P, -1);
+  for (int32_t it = 0; it < g.max_iter; ++it) {
+    if (std::all_of(done.begin(), done.end(), [](uint8_t d) { return d != 0; })) break;
+    for (int64_t n = 0; n < g.N; ++n) {
+      if (!done[n]) {
+        bin_centers(g, centers + n * g.K * R, counts + n * g.K,
+                    cell_start.data() + n * (num_cells + 1), cell_items.data() + n * g.K);
+      }
+    }
+    at::parallel_for(0, g.N * chunks_per_sample, 1, [&](int64_t begin, int64_t end) {
+      Scratch scratch;
+      scratch.local_of.assign(g.K, -1);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / chunks_per_sample;
+        if (done[n]) continue;
+        const int32_t z = static_cast<int32_t>((i % chunks_per_sample) / g.cells[1]);
+        const int32_t cy = static_cast<int32_t>(i % g.cells[1]);
+        run_chunk(g, features, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
+                  cell_items.data() + n * g.K, n, z, cy, labels, chunks[i], scratch);
+      }
+    });
+    // Combine the chunk partials in chunk order (fixed, thread-count independent).
+    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> total;
+      for (int64_t n = begin; n < end; ++n) {
+        if (done[n]) continue;
+        ++iterations[n];
+        int64_t changed = 0;
+        for (int64_t c = 0; c < chunks_per_sample; ++c) changed += chunks[n * chunks_per_sample + c].changed;
+        if (changed == 0) {
+          done[n] = 1;
+          continue;
+        }
+        const int32_t S = 4 + g.F;
+        total.assign(int64_t{g.K} * S, 0.0);
+        for (int64_t c = 0; c < chunks_per_sample; ++c) {
+          const Chunk& chunk = chunks[n * chunks_per_sample + c];
+          for (size_t i = 0; i < chunk.clusters.size(); ++i) {
+            double* t = total.data() + int64_t{chunk.clusters[i]} * S;
+            const double* s = chunk.sums.data() + i * S;
+            for (int32_t j = 0; j < S; ++j) t[j] += s[j];
+          }
+        }
+        for (int32_t k = 0; k < g.K; ++k) {
+          const double* t = total.data() + int64_t{k} * S;
+          counts[n * g.K + k] = static_cast<int32_t>(t[0]);
+          if (t[0] == 0.0) continue;  // an empty cluster dies; its centre is never used again
+          float* c = centers + (n * g.K + k) * R;
+          for (int32_t j = 0; j < R; ++j) c[j] = static_cast<float>(t[1 + j] / t[0]);
+        }
+      }
+    });
+  }
+  fill_unassigned(g, labels);
+}
+
+// ---------------------------------------------------------------------------------------
+// Connectivity: union-find components, small ones merged, then segment ids.
+
+int32_t find_root(std::vector<int32_t>& parent, int32_t p) {
+  while (parent[p] != p) {
+    parent[p] = parent[parent[p]];
+    p = parent[p];
+  }
+  return p;
+}
+
+// Links the two sets under their lower root, so a set's root is its lowest index whatever
+// the order of unions (the CUDA kernels rely on the same rule).
+void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
+  a = find_root(parent, a);
+  b = find_root(parent, b);
+  if (a == b) return;
+  if (a < b) parent[b] = a;
+  else parent[a] = b;
+}
+
+template <typename Fn>
+void for_each_forward_edge(const Geometry& g, Fn&& fn) {
+  for (int32_t z = 0; z < g.D; ++z) {
+    for (int32_t y = 0; y < g.H; ++y) {
+      for (int32_t x = 0; x < g.W; ++x) {
+        const int32_t p = (z * g.H + y) * g.W + x;
+        if (x > 0) fn(p - 1, p);
+        if (y > 0) fn(p - g.W, p);
+        if (z > 0) fn(p - g.H * g.W, p);
+      }
+    }
+  }
+}
+
+// Connected components of one sample's cluster map. Components are numbered in raster
+// order of their root (lowest pixel), so component order is root-pixel order.
+struct Components {
+  std::vector<int32_t> of_pixel;   // [P] component of each pixel
+  std::vector<int32_t> root;       // [M] root pixel
+  std::vector<int32_t> cluster;    // [M]
+  std::vector<int64_t> size;       // [M]
+  std::vector<int64_t> coord;      // [M, 3] sums of z, y, x
+  std::vector<int64_t> sum;        // [M, F] fixed point
+  std::vector<uint64_t> edges;     // adjacent component pairs (a << 32 | b), a < b
+};
+
+Components label_components(const Geometry& g, const float* feat, const int32_t* labels) {
+  const int32_t P = static_cast<int32_t>(g.P);
+  Components c;
+  std::vector<int32_t>& parent = c.of_pixel;
+  parent.resize(P);
+  // One raster pass: a pixel joins its left neighbour's set directly (the common case),
+  // and unions with the upper / previous-frame neighbour only when their sets differ.
+  const int32_t plane = g.H * g.W;
+  for (int32_t z = 0; z < g.D; ++z) {
+    for (int32_t y = 0; y < g.H; ++y) {
+      const int32_t row = z * plane + y * g.W;
+      for (int32_t x = 0; x < g.W; ++x) {
+        const int32_t p = row + x;
+        const int32_t k = labels[p];
+        parent[p] = (x > 0 && labels[p - 1] == k) ? parent[p - 1] : p;
+        if (y > 0 && labels[p - g.W] == k && parent[p - g.W] != parent[p]) unite(parent, p - g.W, p);
+        if (z > 0 && labels[p - plane] == k && parent[p - plane] != parent[p]) unite(parent, p - plane, p);
+      }
+    }
+  }
+  // Roots precede their pixels in raster order, so one pass turns parents into component
+  // numbers.
+  for (int32_t p = 0; p < P; ++p) {
+    if (parent[p] == p) {
+      parent[p] = static_cast<int32_t>(c.root.size());
+      c.root.push_back(p);
+      c.cluster.push_back(labels[p]);
+    } else {
+      parent[p] = parent[parent[p]];  // parent[p] < p already holds a number
+    }
+  }
+  const size_t M = c.root.size();
+  c.size.assign(M, 0);
+  c.coord.assign(M * 3, 0);
+  c.sum.assign(M * g.F, 0);
+  // Statistics run by run: pixels of a row mostly share their component.
+  std::vector<int64_t> fixed(int64_t{g.F} * g.W);
+  for (int32_t z = 0; z < g.D; ++z) {
+    for (int32_t y = 0; y < g.H; ++y) {
+      const int32_t row = (z * g.H + y) * g.W;
+      for (int32_t f = 0; f < g.F; ++f) {
+        const float* v = feat + f * g.P + row;
+        int64_t* out = fixed.data() + int64_t{f} * g.W;
+        for (int32_t x = 0; x < g.W; ++x) out[x] = to_fixed(v[x]);
+      }
+      const int32_t* comp = parent.data() + row;
+      for (int32_t x = 0; x < g.W;) {
+        const int32_t m = comp[x];
+        int32_t e = x + 1;
+        while (e < g.W && comp[e] == m) ++e;
+        const int64_t count = e - x;
+        c.size[m] += count;
+        c.coord[m * 3] += count * z;
+        c.coord[m * 3 + 1] += count * y;
+        c.coord[m * 3 + 2] += count * (x + e - 1) / 2;
+        for (int32_t f = 0; f < g.F; ++f) {
+          const int64_t* v = fixed.data() + int64_t{f} * g.W;
+          int64_t sum = 0;
+          for (int32_t q = x; q < e; ++q) sum += v[q];
+          c.sum[int64_t{m} * g.F + f] += sum;
+        }
+        x = e;
+      }
+    }
+  }
+  uint64_t last = ~uint64_t{0};
+  for_each_forward_edge(g, [&](int32_t a, int32_t b) {
+    const uint32_t ma = static_cast<uint32_t>(parent[a]), mb = static_cast<uint32_t>(parent[b]);
+    if (ma == mb) return;
+    const uint64_t key = ma < mb ? (uint64_t{ma} << 32 | mb) : (uint64_t{mb} << 32 | ma);
+    if (key != last) c.edges.push_back(key);  // runs along a boundary repeat the same pair
+    last = key;
+  });
+  return c;
+}
+
+// Components smaller than min_size join the adjacent set with the nearest mean feature,
+// round by round; returns the union-find parents over components.
+std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
+  const int32_t M = static_cast<int32_t>(c.root.size());
+  std::vector<int32_t> parent(M);
+  std::iota(parent.begin(), parent.end(), 0);
+  if (g.min_size <= 1) return parent;
+  std::vector<int64_t> size(M), sum(int64_t{M} * g.F);
+  std::vector<float> mean(int64_t{M} * g.F);
+  std::vector<uint64_t> best(M);
+  for (int32_t round = 0; round < kMergeRounds; ++round) {
+    std::fill(size.begin(), size.end(), 0);
+    std::fill(sum.begin(), sum.end(), 0);
+    for (int32_t m = 0; m < M; ++m) {
+      const int32_t r = parent[m];  // parents are flat after each round
+      size[r] += c.size[m];
+      for (int32_t f = 0; f < g.F; ++f) sum[int64_t{r} * g.F + f] += c.sum[int64_t{m} * g.F + f];
+    }
+    bool any_small = false;
+    for (int32_t r = 0; r < M; ++r) {
+      if (parent[r] != r) continue;
+      for (int32_t f = 0; f < g.F; ++f) mean[int64_t{r} * g.F + f] = fixed_mean(sum[int64_t{r} * g.F + f], size[r]);
+      best[r] = ~uint64_t{0};
+      any_small |= size[r] < g.min_size;
+    }
+    if (!any_small) break;
+    auto distance = [&](int32_t a, int32_t b) {
+      float d = 0.f;
+      for (int32_t f = 0; f < g.F; ++f) {
+        const float t = mean[int64_t{a} * g.F + f] - mean[int64_t{b} * g.F + f];
+        d += t * t;
+      }
+      return d;
+    };
+    for (uint64_t e : c.edges) {
+      const int32_t a = parent[static_cast<int32_t>(e >> 32)];
+      const int32_t b = parent[static_cast<int32_t>(e & 0xFFFFFFFFu)];
+      if (a == b) continue;
+      if (size[a] < g.min_size) best[a] = std::min(best[a], pack_distance(distance(a, b), static_cast<uint32_t>(b)));
+      if (size[b] < g.min_size) best[b] = std::min(best[b], pack_distance(distance(b, a), static_cast<uint32_t>(a)));
+    }
+    bool merged = false;
+    for (int32_t r = 0; r < M; ++r) {
+      if (parent[r] != r || size[r] >= g.min_size || best[r] == ~uint64_t{0}) continue;
+      unite(parent, r, static_cast<int32_t>(best[r] & 0xFFFFFFFFu));
+      merged = true;
+    }
+    if (!merged) break;
+    for (int32_t m = 0; m < M; ++m) parent[m] = find_root(parent, m);
+  }
+  return parent;
+}
+
+// Mean (z, y, x, features) of each segment from its components' exact integer sums; rows
+// past max_centers are dropped.
+void write_centers(const Geometry& g, const Components& c, const std::vector<int32_t>& final_id,
+                   float* out) {
+  const int32_t R = 3 + g.F;
+  const int32_t M = static_cast<int32_t>(c.root.size());
+  std::vector<int64_t> sums(int64_t{g.max_centers} * (R + 1), 0);
+  for (int32_t m = 0; m < M; ++m) {
+    const int32_t id = final_id[m];
+    if (id >= g.max_centers) continue;
+    int64_t* s = sums.data() + int64_t{id} * (R + 1);
+    s[0] += c.size[m];
+    for (int32_t j = 0; j < 3; ++j) s[1 + j] += c.coord[m * 3 + j];
+    for (int32_t f = 0; f < g.F; ++f) s[4 + f] += c.sum[int64_t{m} * g.F + f];
+  }
+  for (int32_t k = 0; k < g.max_centers; ++k) {
+    const int64_t* s = sums.data() + int64_t{k} * (R + 1);
+    if (s[0] == 0) continue;
+    float* o = out + int64_t{k} * R;
+    for (int32_t j = 0; j < 3; ++j) o[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
+    for (int32_t f = 0; f < g.F; ++f) o[3 + f] = fixed_mean(s[4 + f], s[0]);
+  }
+}
+
+// Connectivity and ids for one sample; labels hold clusters on entry, segment ids on exit.
+int64_t connect_sample(const Geometry& g, const float* feat, int32_t* labels, float* centers) {
+  const Components c = label_components(g, feat, labels);
+  const std::vector<int32_t> set = merge_small(g, c);
+  const int32_t M = static_cast<int32_t>(c.root.size());
+  // The set holding the largest component of cluster k is k's main segment.
+  std::vector<uint64_t> main_of(g.K, 0), largest(M, 0);
+  std::vector<int32_t> largest_comp(M, -1);
+  for (int32_t m = 0; m < M; ++m) {
+    const uint64_t key = pack_size(c.size[m], static_cast<uint32_t>(c.root[m]));
+    main_of[c.cluster[m]] = std::max(main_of[c.cluster[m]], key);
+    if (key > largest[set[m]]) {
+      largest[set[m]] = key;
+      largest_comp[set[m]] = m;
+    }
+  }
+  auto is_main = [&](int32_t r) { return main_of[c.cluster[largest_comp[r]]] == largest[r]; };
+  std::vector<int32_t> rank(g.K, -1);
+  for (int32_t r = 0; r < M; ++r) {
+    if (set[r] == r && is_main(r)) rank[c.cluster[largest_comp[r]]] = 0;
+  }
+  int32_t mains = 0;
+  for (int32_t k = 0; k < g.K; ++k) {
+    if (rank[k] == 0) rank[k] = mains++;
+  }
+  std::vector<int32_t> final_id(M, -1);
+  int32_t extras = 0;
+  for (int32_t r = 0; r < M; ++r) {  // sets in raster order of their root
+    if (set[r] != r) continue;
+    final_id[r] = is_main(r) ? rank[c.cluster[largest_comp[r]]] : mains + extras++;
+  }
+  for (int32_t m = 0; m < M; ++m) final_id[m] = final_id[set[m]];
+  for (int64_t p = 0; p < g.P; ++p) labels[p] = final_id[c.of_pixel[p]];
+  write_centers(g, c, final_id, centers);
+  return int64_t{mains} + extras;
+}
+
+// Without connectivity: every non-empty cluster is a segment, numbered in cluster order;
+// its centre is the cluster's (recomputed from these very labels after the last pass).
+int64_t relabel_clusters(const Geometry& g, int32_t* labels, const float* clusters, float* centers) {
+  const int32_t R = 3 + g.F;
+  std::vector<int32_t> rank(g.K, 0);
+  for (int64_t p = 0; p < g.P; ++p) rank[labels[p]] = 1;
+  int32_t n = 0;
+  for (int32_t k = 0; k < g.K; ++k) {
+    const int32_t used = rank[k];
+    rank[k] = n;
+    if (used && n < g.max_centers) std::copy(clusters + int64_t{k} * R, clusters + int64_t{k + 1} * R, centers + int64_t{n} * R);
+    n += used;
+  }
+  for (int64_t p = 0; p < g.P; ++p) labels[p] = rank[labels[p]];
+  return n;
+}
+
+template <typename T>
+const T* image_ptr(const at::Tensor& t) {
+  return reinterpret_cast<const T*>(t.const_data_ptr());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> slic_cpu(
+    const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+    const std::optional<at::Tensor>& init_num, at::IntArrayRef grid, at::ArrayRef<double> weights,
+    double compactness, bool convert_lab, int64_t max_iter, bool connectivity, int64_t min_size,
+    int64_t max_centers) {
+  TORCH_CHECK(image.device().is_cpu(), "image: expected a CPU tensor, got ", image.device());
+  const Geometry g = make_geometry(image, init_centers, init_num, grid, weights, compactness,
+                                   convert_lab, max_iter, connectivity, min_size, max_centers);
+  const int32_t R = 3 + g.F;
+  const auto f32 = image.options().dtype(at::kFloat);
+  at::Tensor features = at::empty({g.N, g.F, g.P}, f32);
+  switch (image.scalar_type()) {
+    case at::kByte: compute_features(g, image_ptr<uint8_t>(image), features.data_ptr<float>()); break;
+    case at::kHalf: compute_features(g, image_ptr<c10::Half>(image), features.data_ptr<float>()); break;
+    case at::kBFloat16: compute_features(g, image_ptr<c10::BFloat16>(image), features.data_ptr<float>()); break;
+    case at::kFloat: compute_features(g, image_ptr<float>(image), features.data_ptr<float>()); break;
+    default: compute_features(g, image_ptr<double>(image), features.data_ptr<float>()); break;
+  }
+  std::vector<float> centers(g.N * g.K * R);
+  std::vector<int32_t> counts(g.N * g.K);
+  if (g.warm) {
+    warm_centers(g, init_centers->const_data_ptr<float>(), init_num->const_data_ptr<int64_t>(),
+                 centers.data(), counts.data());
+  } else {
+    seed_centers(g, features.const_data_ptr<float>(), centers.data(), counts.data());
+  }
+  at::Tensor labels = at::empty({g.N, g.P}, image.options().dtype(at::kInt));
+  at::Tensor iterations = at::zeros({g.N}, image.options().dtype(at::kInt));
+  iterate(g, features.const_data_ptr<float>(), centers.data(), counts.data(),
+          labels.data_ptr<int32_t>(), iterations.data_ptr<int32_t>());
+
+  at::Tensor num_segments = at::empty({g.N}, image.options().dtype(at::kLong));
+  at::Tensor out_centers = at::zeros({g.N, g.max_centers, R}, f32);
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      int32_t* lab = labels.data_ptr<int32_t>() + n * g.P;
+      const float* feat = features.const_data_ptr<float>() + n * g.F * g.P;
+      float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
+      num_segments.data_ptr<int64_t>()[n] =
+          g.connectivity ? connect_sample(g, feat, lab, out)
+                         : relabel_clusters(g, lab, centers.data() + n * g.K * R, out);
+    }
+  });
+  return {labels, num_segments, out_centers, iterations};
+}
+
+TORCH_LIBRARY_IMPL(gswfast, CPU, m) { m.impl("slic", &slic_cpu); }
+
+}  // namespace slic
+}  // namespace gswfast

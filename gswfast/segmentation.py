@@ -1,0 +1,329 @@
+"""SLIC superpixels for image batches and supervoxels for frame stacks, on their device.
+
+``slic`` follows scikit-image's ``slic`` where the parameters mean the same (``n_segments``,
+``compactness``, ``max_iter``, ``spacing``, ``enforce_connectivity``, ``min_size_factor``,
+the seeding grid and the distance), and adds batches, clips, warm starts and CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from gswfast import ops
+
+Mode = Literal["auto", "image", "per_frame", "volume"]
+MODES: tuple[str, ...] = ("auto", "image", "per_frame", "volume")
+_IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Result of ``slic``: segment ids per pixel and what a warm start needs.
+
+    Attributes:
+        labels: int32 ``[B, H, W]`` (image mode) or ``[B, T, H, W]`` (clips); ids of sample
+            ``b`` are ``0 .. num_segments[b] - 1``. In ``per_frame`` mode the ids of frame
+            ``t`` follow those of frames ``0 .. t-1`` of the same clip.
+        num_segments: int64 ``[B]``.
+        centers: float32 ``[B, M, 3 + F]`` (``[B, T, M, 3 + F]`` per frame): the mean
+            ``(t, y, x, features)`` of each segment, rows past its count are zero. Features
+            are CIELAB when the input was converted, else the channels scaled to 0..1.
+        center_counts: int64 ``[B]`` (``[B, T]`` per frame): valid rows of ``centers``.
+        iterations: int32 ``[B]`` (``[B, T]``): k-means passes each sample used (fewer
+            when it converged, as warm starts usually do).
+        mode: ``"image"``, ``"per_frame"`` or ``"volume"``.
+    """
+
+    labels: Tensor
+    num_segments: Tensor
+    centers: Tensor
+    center_counts: Tensor
+    iterations: Tensor
+    mode: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
+
+    def to(self, device: torch.device | str) -> Segmentation:
+        """The same segmentation on another device."""
+        return replace(
+            self,
+            labels=self.labels.to(device),
+            num_segments=self.num_segments.to(device),
+            centers=self.centers.to(device),
+            center_counts=self.center_counts.to(device),
+            iterations=self.iterations.to(device),
+        )
+
+
+def slic(
+    images: Tensor,
+    n_segments: int = 200,
+    compactness: float = 10.0,
+    max_iter: int = 10,
+    *,
+    mode: Mode = "auto",
+    spacing: Sequence[float] | None = None,
+    convert_lab: bool | None = None,
+    enforce_connectivity: bool = True,
+    min_size_factor: float = 0.25,
+    init: Segmentation | None = None,
+    validate: bool = True,
+) -> Segmentation:
+    """Segments images into superpixels or clips into supervoxels (SLIC).
+
+    Args:
+        images: ``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 (0..255) or
+            float16/bfloat16/float32/float64 (0..1), any number of channels, CPU or CUDA.
+            Values are taken in their nominal range (no per-image stretch), so a frame's
+            segments never depend on the brightest pixel of another frame.
+        n_segments: approximate number of segments per image (``image``, ``per_frame``)
+            or per clip (``volume``). Seeds sit on scikit-image's regular grid.
+        compactness: weight of space against colour; larger gives squarer segments. Same
+            scale as scikit-image: colour distance in CIELAB units (or 0..1 values) divided
+            by ``compactness``, spatial distance divided by the grid step.
+        max_iter: k-means passes at most; a sample stops early once no pixel changes.
+        mode: ``"image"`` (4-D input), ``"per_frame"`` (each frame of a clip on its own),
+            ``"volume"`` (supervoxels over ``T x H x W``) or ``"auto"`` (4-D: image,
+            5-D: volume).
+        spacing: distance weights ``(t, y, x)`` (volume; ``(y, x)`` also accepted for
+            images), as scikit-image's ``spacing``. Default: all ones.
+        convert_lab: convert sRGB to CIELAB on the device; default True for 3 channels.
+        enforce_connectivity: make every segment one 4-connected (6-connected in volumes)
+            region: connected components are labelled, and components smaller than
+            ``min_size_factor * pixels / seeds`` join the adjacent segment with the nearest
+            mean colour.
+        min_size_factor: see ``enforce_connectivity``.
+        init: a previous ``Segmentation`` of an input of the same shape (for example the
+            previous window of a video): its centres seed the clusters, so k-means needs
+            fewer passes and segment ids stay put where the scene does not change.
+        validate: raise ``ValueError`` for NaN or infinite values (one device sync on CUDA).
+
+    Returns:
+        ``Segmentation`` with int32 labels ``[B, H, W]`` or ``[B, T, H, W]``.
+
+    Same input, same output, bitwise, on a given device.
+    """
+    _check_images(images)
+    mode = _resolve_mode(mode, images)
+    _check_parameters(n_segments, compactness, max_iter, min_size_factor)
+    channels = images.shape[1]
+    lab = _resolve_convert_lab(convert_lab, channels)
+    volume = _as_volume_batch(images, mode)  # [N, C, D, H, W]
+    n, _, d, h, w = volume.shape
+    steps, starts, cells = _seed_grid((d, h, w), n_segments, mode)
+    weights = _spatial_weights(spacing, steps, mode)
+    seeds = math.prod(cells)
+    pixels = d * h * w
+    min_size = int(min_size_factor * pixels / seeds) if enforce_connectivity else 0
+    max_centers = _max_centers(seeds, pixels, min_size, enforce_connectivity)
+    if validate:
+        _check_finite(images)
+    init_centers, init_num = _warm_start(init, images, mode, volume, channels)
+    labels, num, centers, iterations = ops.slic_kernel(
+        volume, (*steps, *starts, *cells), weights, compactness, lab, max_iter,
+        enforce_connectivity, min_size, max_centers, init_centers, init_num,
+    )
+    return _assemble(images, mode, labels, num, centers, iterations)
+
+
+# ------------------------------------------------------------------------ shapes
+
+
+def _resolve_mode(mode: str, images: Tensor) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if mode == "auto":
+        return "image" if images.dim() == 4 else "volume"
+    if mode == "image" and images.dim() != 4:
+        raise ValueError(f"mode: 'image' expects images [B, C, H, W], got shape {tuple(images.shape)}")
+    if mode in ("per_frame", "volume") and images.dim() != 5:
+        raise ValueError(f"mode: {mode!r} expects clips [B, C, T, H, W], got shape {tuple(images.shape)}")
+    return mode
+
+
+def _as_volume_batch(images: Tensor, mode: str) -> Tensor:
+    """images -> [N, C, D, H, W] contiguous: images and frames are D = 1 volumes."""
+    if mode == "image":
+        return images.unsqueeze(2).contiguous()
+    if mode == "per_frame":
+        b, c, t, h, w = images.shape
+        return images.permute(0, 2, 1, 3, 4).reshape(b * t, c, 1, h, w).contiguous()
+    return images.contiguous()
+
+
+def _assemble(images: Tensor, mode: str, labels: Tensor, num: Tensor, centers: Tensor,
+              iterations: Tensor) -> Segmentation:
+    if mode == "image":
+        b, _, h, w = images.shape
+        return Segmentation(labels.view(b, h, w), num, centers, num, iterations, mode)
+    b, _, t, h, w = images.shape
+    if mode == "volume":
+        return Segmentation(labels.view(b, t, h, w), num, centers, num, iterations, mode)
+    # per_frame: shift each frame's ids past those of the clip's earlier frames.
+    frame_num = num.view(b, t)
+    offsets = torch.cumsum(frame_num, dim=1) - frame_num
+    clip_labels = labels.view(b, t, h * w) + offsets.to(torch.int32).unsqueeze(2)
+    return Segmentation(
+        clip_labels.view(b, t, h, w), frame_num.sum(dim=1), centers.view(b, t, *centers.shape[1:]),
+        frame_num, iterations.view(b, t), mode,
+    )
+
+
+# ------------------------------------------------------------------------ the grid
+
+
+def _seed_grid(shape: tuple[int, int, int], n_segments: int, mode: str) -> tuple[list[int], list[int], list[int]]:
+    """Seed grid as scikit-image's ``regular_grid``: steps, starts and seed counts (z, y, x).
+
+    The grid spreads ``n_segments`` seeds isotropically; a dimension shorter than the step
+    gets a single layer of seeds. That is expected along time (and the unit depth of an
+    image), but an image thinner than the step cannot hold the requested segments.
+    """
+    pixels = math.prod(shape)
+    if n_segments > pixels:
+        raise ValueError(f"n_segments: expected at most the {pixels} pixels per {'clip' if shape[0] > 1 and mode == 'volume' else 'image'}, got {n_segments}")
+    order = sorted(range(3), key=lambda i: shape[i])
+    dims = [shape[i] for i in order]
+    steps = [(pixels / n_segments) ** (1.0 / 3.0)] * 3
+    clamped = []
+    if any(dim < step for dim, step in zip(dims, steps)):
+        for i in range(3):
+            steps[i] = float(dims[i])
+            clamped.append(order[i])
+            rest = math.prod(dims[i + 1:])
+            if i < 2:
+                steps[i + 1:] = [(rest / n_segments) ** (1.0 / (2 - i))] * (2 - i)
+            if all(dim >= step for dim, step in zip(dims, steps)):
+                break
+    if 1 in clamped or 2 in clamped:
+        step = (shape[1] * shape[2] / n_segments) ** 0.5
+        raise ValueError(
+            f"n_segments: {n_segments} segments need a grid step of about {step:.0f} pixels, "
+            f"more than the image's H x W = {shape[1]} x {shape[2]} allows; ask for at least "
+            f"{math.ceil(shape[1] * shape[2] / min(shape[1], shape[2]) ** 2)} segments"
+        )
+    if pixels <= n_segments:  # one seed per pixel
+        sorted_steps, sorted_starts = [1, 1, 1], [0, 0, 0]
+    else:
+        sorted_starts = [int(s // 2) for s in steps]
+        sorted_steps = [max(1, int(round(s))) for s in steps]
+    out_steps, out_starts = [0, 0, 0], [0, 0, 0]
+    for i, dim_index in enumerate(order):
+        out_steps[dim_index] = sorted_steps[i]
+        out_starts[dim_index] = sorted_starts[i]
+    cells = [len(range(start, dim, step)) for start, dim, step in zip(out_starts, shape, out_steps)]
+    return out_steps, out_starts, cells
+
+
+def _spatial_weights(spacing: Sequence[float] | None, steps: Sequence[int], mode: str) -> list[float]:
+    """Weights of the squared (z, y, x) distances: spacing**2 / S**2 (S = largest step)."""
+    if spacing is None:
+        values = [1.0, 1.0, 1.0]
+    else:
+        try:
+            values = [float(v) for v in spacing]
+        except (TypeError, ValueError):
+            raise TypeError(f"spacing: expected a sequence of floats, got {spacing!r}") from None
+        if len(values) == 2 and mode != "volume":
+            values = [1.0, *values]
+        if len(values) != 3:
+            raise ValueError(f"spacing: expected (t, y, x){' or (y, x)' if mode != 'volume' else ''}, got {spacing!r}")
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"spacing: expected positive finite values, got {spacing!r}")
+    step = float(max(steps))
+    return [v * v / (step * step) for v in values]
+
+
+def _max_centers(seeds: int, pixels: int, min_size: int, connectivity: bool) -> int:
+    """Rows of the centres table: an upper bound on the segment count in practice.
+
+    Without connectivity there is at most one segment per seed. With it, every segment
+    but a lone leftover holds at least ``min_size`` pixels, and extra pieces of split
+    clusters are rare: a cluster's largest piece keeps its id.
+    """
+    if not connectivity:
+        return seeds
+    return min(pixels, seeds + pixels // max(min_size, 1) + 1)
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def _check_images(images: object) -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
+    if images.dtype not in _IMAGE_DTYPES:
+        raise TypeError(f"images: expected dtype uint8, float16, bfloat16, float32 or float64, got {images.dtype}")
+    if images.dim() not in (4, 5):
+        raise ValueError(f"images: expected [B, C, H, W] or [B, C, T, H, W], got shape {tuple(images.shape)}")
+    if images.numel() == 0:
+        raise ValueError(f"images: expected a non-empty tensor, got shape {tuple(images.shape)}")
+    if images.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"images: expected a CPU or CUDA tensor, got {images.device}")
+    if images.device.type == "cuda" and not ops._extension.built_with_cuda():
+        raise RuntimeError(
+            f"images: is on {images.device} but this gswfast build has no CUDA kernels; "
+            "reinstall with GSWFAST_CUDA=ON (see README)"
+        )
+
+
+def _check_parameters(n_segments: int, compactness: float, max_iter: int, min_size_factor: float) -> None:
+    if isinstance(n_segments, bool) or not isinstance(n_segments, int):
+        raise TypeError(f"n_segments: expected an int, got {type(n_segments).__name__}")
+    if n_segments < 1:
+        raise ValueError(f"n_segments: expected >= 1, got {n_segments}")
+    if not (isinstance(compactness, (int, float)) and math.isfinite(compactness) and compactness > 0):
+        raise ValueError(f"compactness: expected a finite number > 0, got {compactness!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+    if not (isinstance(min_size_factor, (int, float)) and 0 <= min_size_factor <= 1):
+        raise ValueError(f"min_size_factor: expected a number in [0, 1], got {min_size_factor!r}")
+
+
+def _resolve_convert_lab(convert_lab: bool | None, channels: int) -> bool:
+    if convert_lab is None:
+        return channels == 3
+    if convert_lab and channels != 3:
+        raise ValueError(f"convert_lab: CIELAB needs 3 (RGB) channels, got {channels}")
+    return bool(convert_lab)
+
+
+def _check_finite(images: Tensor) -> None:
+    if images.dtype == torch.uint8 or torch.compiler.is_compiling():
+        return
+    bad = int((~torch.isfinite(images)).sum().item())
+    if bad:
+        raise ValueError(f"images: contain {bad} NaN or infinite value(s); expected finite values in 0..1")
+
+
+def _warm_start(init: Segmentation | None, images: Tensor, mode: str, volume: Tensor,
+                channels: int) -> tuple[Tensor | None, Tensor | None]:
+    """The previous segmentation's centres as [N, M, 3 + F] and counts [N]."""
+    if init is None:
+        return None, None
+    if not isinstance(init, Segmentation):
+        raise TypeError(f"init: expected a Segmentation, got {type(init).__name__}")
+    expected = (images.shape[0], *images.shape[2:])
+    if init.mode != mode or tuple(init.labels.shape) != tuple(expected):
+        raise ValueError(
+            f"init: expected a {mode!r} segmentation of labels shape {tuple(expected)}, got a "
+            f"{init.mode!r} one of shape {tuple(init.labels.shape)}"
+        )
+    if init.centers.shape[-1] != 3 + channels:
+        raise ValueError(
+            f"init: its centres hold {init.centers.shape[-1] - 3} feature channels, the images have {channels}"
+        )
+    if init.labels.device != images.device:
+        raise ValueError(f"init: expected device {images.device} (like the images), got {init.labels.device}")
+    n = volume.shape[0]
+    centers = init.centers.reshape(n, init.centers.shape[-2], init.centers.shape[-1])
+    counts = init.center_counts.reshape(n).clamp(max=centers.shape[1])
+    return centers.to(torch.float32).contiguous(), counts.to(torch.int64).contiguous()
