@@ -124,25 +124,32 @@ def slic_kernel(
     min_size: int,
     max_centers: int,
     init_centers: Tensor | None = None,
-    init_num: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    init_counts: Tensor | None = None,
+    init_labels: Tensor | None = None,
+    tol: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The SLIC kernel on normalised inputs; ``gswfast.slic`` is the user-facing API.
 
     Args:
         image: ``[N, C, D, H, W]`` contiguous uint8 (0..255) or float (0..1), finite.
         grid: ``(step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x)``.
         weights: spatial distance weights ``(z, y, x)``: ``spacing**2 / step**2``.
-        init_centers, init_num: warm start, ``[N, K0, 3 + F]`` float32 and ``[N]`` int64.
+        init_centers, init_counts, init_labels: warm start, the k-means state of a previous
+            call: cluster centres ``[N, K0, 3 + F]`` float32, cluster sizes ``[N, K0]``
+            int32 (0: dead) and each pixel's cluster ``[N, D*H*W]`` int32.
+        tol: a sample has converged when at most ``tol * D*H*W`` pixels change cluster.
 
     Returns:
         ``labels [N, D*H*W]`` int32, ``num_segments [N]`` int64,
-        ``centers [N, max_centers, 3 + F]`` float32, ``iterations [N]`` int32.
+        ``centers [N, max_centers, 3 + F]`` float32, ``iterations [N]`` int32, and the
+        k-means state: ``clusters [N, K, 3 + F]``, ``cluster_counts [N, K]`` int32,
+        ``cluster_labels [N, D*H*W]`` int32.
         The contract is written once in ``csrc/slic/slic.h``.
     """
     return torch.ops.gswfast.slic(
-        image, init_centers, init_num, [int(v) for v in grid], [float(v) for v in weights],
-        float(compactness), bool(convert_lab), int(max_iter), bool(connectivity), int(min_size),
-        int(max_centers),
+        image, init_centers, init_counts, init_labels, [int(v) for v in grid],
+        [float(v) for v in weights], float(compactness), bool(convert_lab), int(max_iter), float(tol),
+        bool(connectivity), int(min_size), int(max_centers),
     )
 
 
@@ -275,15 +282,19 @@ def _paint_fake(segment_values, labels, limits, fill):
 
 
 @torch.library.register_fake("gswfast::slic")
-def _slic_fake(image, init_centers, init_num, grid, weights, compactness, convert_lab, max_iter,
-               connectivity, min_size, max_centers):
+def _slic_fake(image, init_centers, init_counts, init_labels, grid, weights, compactness, convert_lab,
+               max_iter, tol, connectivity, min_size, max_centers):
     n, c = image.shape[:2]
     pixels = math.prod(image.shape[2:])
+    k = init_centers.shape[1] if init_centers is not None else math.prod(grid[6:9])
     return (
         image.new_empty((n, pixels), dtype=torch.int32),
         image.new_empty((n,), dtype=torch.int64),
         image.new_empty((n, max_centers, 3 + c), dtype=torch.float32),
         image.new_empty((n,), dtype=torch.int32),
+        image.new_empty((n, k, 3 + c), dtype=torch.float32),
+        image.new_empty((n, k), dtype=torch.int32),
+        image.new_empty((n, pixels), dtype=torch.int32),
     )
 
 

@@ -38,6 +38,11 @@ class Segmentation:
         iterations: int32 ``[B]`` (``[B, T]``): k-means passes each sample used (fewer
             when it converged, as warm starts usually do).
         mode: ``"image"``, ``"per_frame"`` or ``"volume"``.
+        clusters, cluster_counts, cluster_labels: the k-means state before connectivity
+            (cluster centres ``[N, K, 3 + F]``, sizes ``[N, K]``, each pixel's cluster
+            ``[N, D*H*W]``, with ``N = B``, or ``B * T`` per frame) that ``init=`` resumes
+            from. The segment that holds the largest piece of cluster ``k`` has id ``k``
+            whenever ``k < num_segments``.
     """
 
     labels: Tensor
@@ -46,6 +51,9 @@ class Segmentation:
     center_counts: Tensor
     iterations: Tensor
     mode: str
+    clusters: Tensor
+    cluster_counts: Tensor
+    cluster_labels: Tensor
 
     @property
     def device(self) -> torch.device:
@@ -60,6 +68,9 @@ class Segmentation:
             centers=self.centers.to(device),
             center_counts=self.center_counts.to(device),
             iterations=self.iterations.to(device),
+            clusters=self.clusters.to(device),
+            cluster_counts=self.cluster_counts.to(device),
+            cluster_labels=self.cluster_labels.to(device),
         )
 
 
@@ -75,6 +86,7 @@ def slic(
     enforce_connectivity: bool = True,
     min_size_factor: float = 0.25,
     init: Segmentation | None = None,
+    tol: float = 0.02,
     validate: bool = True,
 ) -> Segmentation:
     """Segments images into superpixels or clips into supervoxels (SLIC).
@@ -102,8 +114,14 @@ def slic(
             mean colour.
         min_size_factor: see ``enforce_connectivity``.
         init: a previous ``Segmentation`` of an input of the same shape (for example the
-            previous window of a video): its centres seed the clusters, so k-means needs
-            fewer passes and segment ids stay put where the scene does not change.
+            previous window of a video): its segments are the starting clusters (centres
+            and pixels), so k-means needs fewer passes, and a segment that is still there
+            keeps its id.
+        tol: a sample stops iterating once at most ``tol`` times its pixel count changed
+            cluster in a pass (0: only when none did, as scikit-image). SLIC's k-means
+            keeps flipping about 1-2% of the pixels (boundary pixels) long after the
+            segments have settled, so the default 0.02 ends it there: a warm start on an
+            unchanged scene then takes a single pass.
         validate: raise ``ValueError`` for NaN or infinite values (one device sync on CUDA).
 
     Returns:
@@ -113,7 +131,7 @@ def slic(
     """
     _check_images(images)
     mode = _resolve_mode(mode, images)
-    _check_parameters(n_segments, compactness, max_iter, min_size_factor)
+    _check_parameters(n_segments, compactness, max_iter, min_size_factor, tol)
     channels = images.shape[1]
     lab = _resolve_convert_lab(convert_lab, channels)
     volume = _as_volume_batch(images, mode)  # [N, C, D, H, W]
@@ -126,12 +144,12 @@ def slic(
     max_centers = _max_centers(seeds, pixels, min_size, enforce_connectivity)
     if validate:
         _check_finite(images)
-    init_centers, init_num = _warm_start(init, images, mode, volume, channels)
-    labels, num, centers, iterations = ops.slic_kernel(
+    init_centers, init_counts, init_labels = _warm_start(init, images, mode, volume, channels)
+    outputs = ops.slic_kernel(
         volume, (*steps, *starts, *cells), weights, compactness, lab, max_iter,
-        enforce_connectivity, min_size, max_centers, init_centers, init_num,
+        enforce_connectivity, min_size, max_centers, init_centers, init_counts, init_labels, tol,
     )
-    return _assemble(images, mode, labels, num, centers, iterations)
+    return _assemble(images, mode, *outputs)
 
 
 # ------------------------------------------------------------------------ shapes
@@ -160,20 +178,20 @@ def _as_volume_batch(images: Tensor, mode: str) -> Tensor:
 
 
 def _assemble(images: Tensor, mode: str, labels: Tensor, num: Tensor, centers: Tensor,
-              iterations: Tensor) -> Segmentation:
+              iterations: Tensor, *state: Tensor) -> Segmentation:
     if mode == "image":
         b, _, h, w = images.shape
-        return Segmentation(labels.view(b, h, w), num, centers, num, iterations, mode)
+        return Segmentation(labels.view(b, h, w), num, centers, num, iterations, mode, *state)
     b, _, t, h, w = images.shape
     if mode == "volume":
-        return Segmentation(labels.view(b, t, h, w), num, centers, num, iterations, mode)
+        return Segmentation(labels.view(b, t, h, w), num, centers, num, iterations, mode, *state)
     # per_frame: shift each frame's ids past those of the clip's earlier frames.
     frame_num = num.view(b, t)
     offsets = torch.cumsum(frame_num, dim=1) - frame_num
     clip_labels = labels.view(b, t, h * w) + offsets.to(torch.int32).unsqueeze(2)
     return Segmentation(
         clip_labels.view(b, t, h, w), frame_num.sum(dim=1), centers.view(b, t, *centers.shape[1:]),
-        frame_num, iterations.view(b, t), mode,
+        frame_num, iterations.view(b, t), mode, *state,
     )
 
 
@@ -275,7 +293,8 @@ def _check_images(images: object) -> None:
         )
 
 
-def _check_parameters(n_segments: int, compactness: float, max_iter: int, min_size_factor: float) -> None:
+def _check_parameters(n_segments: int, compactness: float, max_iter: int, min_size_factor: float,
+                      tol: float) -> None:
     if isinstance(n_segments, bool) or not isinstance(n_segments, int):
         raise TypeError(f"n_segments: expected an int, got {type(n_segments).__name__}")
     if n_segments < 1:
@@ -286,6 +305,8 @@ def _check_parameters(n_segments: int, compactness: float, max_iter: int, min_si
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
     if not (isinstance(min_size_factor, (int, float)) and 0 <= min_size_factor <= 1):
         raise ValueError(f"min_size_factor: expected a number in [0, 1], got {min_size_factor!r}")
+    if not (isinstance(tol, (int, float)) and 0 <= tol <= 1):
+        raise ValueError(f"tol: expected a number in [0, 1], got {tol!r}")
 
 
 def _resolve_convert_lab(convert_lab: bool | None, channels: int) -> bool:
@@ -305,10 +326,10 @@ def _check_finite(images: Tensor) -> None:
 
 
 def _warm_start(init: Segmentation | None, images: Tensor, mode: str, volume: Tensor,
-                channels: int) -> tuple[Tensor | None, Tensor | None]:
-    """The previous segmentation's centres as [N, M, 3 + F] and counts [N]."""
+                channels: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The previous segmentation's centres [N, M, 3 + F], counts [N] and labels [N, P]."""
     if init is None:
-        return None, None
+        return None, None, None
     if not isinstance(init, Segmentation):
         raise TypeError(f"init: expected a Segmentation, got {type(init).__name__}")
     expected = (images.shape[0], *images.shape[2:])
@@ -317,13 +338,14 @@ def _warm_start(init: Segmentation | None, images: Tensor, mode: str, volume: Te
             f"init: expected a {mode!r} segmentation of labels shape {tuple(expected)}, got a "
             f"{init.mode!r} one of shape {tuple(init.labels.shape)}"
         )
-    if init.centers.shape[-1] != 3 + channels:
+    if init.clusters.shape[-1] != 3 + channels:
         raise ValueError(
-            f"init: its centres hold {init.centers.shape[-1] - 3} feature channels, the images have {channels}"
+            f"init: its centres hold {init.clusters.shape[-1] - 3} feature channels, the images have {channels}"
         )
     if init.labels.device != images.device:
         raise ValueError(f"init: expected device {images.device} (like the images), got {init.labels.device}")
     n = volume.shape[0]
-    centers = init.centers.reshape(n, init.centers.shape[-2], init.centers.shape[-1])
-    counts = init.center_counts.reshape(n).clamp(max=centers.shape[1])
-    return centers.to(torch.float32).contiguous(), counts.to(torch.int64).contiguous()
+    if init.clusters.shape[0] != n or tuple(init.cluster_labels.shape) != (n, math.prod(volume.shape[2:])):
+        raise ValueError("init: its k-means state does not match the images' shape")
+    return (init.clusters.to(torch.float32).contiguous(), init.cluster_counts.to(torch.int32).contiguous(),
+            init.cluster_labels.to(torch.int32).contiguous())

@@ -2,7 +2,7 @@
 //
 // Contract (both backends; the Python wrapper gswfast.segmentation normalises to this):
 //
-//   slic(image [N, C, D, H, W], init_centers [N, K0, 3 + F]?, init_num [N]?,
+//   slic(image [N, C, D, H, W], init_centers [N, K0, 3 + F]?, init_counts [N]?,
 //        grid [9], weights [3], compactness, convert_lab, max_iter, connectivity,
 //        min_size, max_centers)
 //       -> (labels [N, D*H*W] int32, num_segments [N] int64,
@@ -22,7 +22,7 @@
 //   (warm starts), and the nearest candidate wins, ties to the lower cluster index.
 // * Cold start (no init): one cluster per cell, seeded at the grid point moved to the
 //   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012).
-//   Warm start: the first init_num[n] rows of init_centers (z, y, x, features).
+//   Warm start: the first init_counts[n] rows of init_centers (z, y, x, features).
 // * Iterations: assign, then recompute centres; a sample stops early when no pixel
 //   changed cluster. iterations[n] counts its assignment passes.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
@@ -70,6 +70,7 @@ struct Geometry {
   float inv_m2;         // 1 / compactness^2
   int32_t K;            // cluster slots per sample
   int32_t max_iter;
+  int64_t max_changed;  // a sample has converged when at most this many pixels changed
   int32_t min_size;
   int32_t max_centers;
   bool convert_lab;
@@ -160,17 +161,21 @@ GSW_HD uint64_t pack_size(int64_t size, uint32_t root) {
 GSW_HD uint32_t unpack_size_root(uint64_t key) { return 0xFFFFFFFFu - static_cast<uint32_t>(key); }
 
 #if !defined(__CUDACC__)
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> slic_cpu(
+using SlicOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                               at::Tensor, at::Tensor>;
+
+SlicOutputs slic_cpu(
     const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-    const std::optional<at::Tensor>& init_num, at::IntArrayRef grid, at::ArrayRef<double> weights,
-    double compactness, bool convert_lab, int64_t max_iter, bool connectivity, int64_t min_size,
-    int64_t max_centers);
+    const std::optional<at::Tensor>& init_counts, const std::optional<at::Tensor>& init_labels,
+    at::IntArrayRef grid, at::ArrayRef<double> weights, double compactness, bool convert_lab,
+    int64_t max_iter, double tol, bool connectivity, int64_t min_size, int64_t max_centers);
 
 // Shared by both backends: argument checks and the geometry they imply.
 Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-                       const std::optional<at::Tensor>& init_num, at::IntArrayRef grid,
+                       const std::optional<at::Tensor>& init_counts,
+                       const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                        at::ArrayRef<double> weights, double compactness, bool convert_lab,
-                       int64_t max_iter, bool connectivity, int64_t min_size,
+                       int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                        int64_t max_centers);
 #endif
 
@@ -180,7 +185,8 @@ struct Buffers {
   const void* image;            // [N, C, P]
   int image_dtype;              // 0 uint8, 1 half, 2 bfloat16, 3 float, 4 double
   const float* init_centers;    // [N, K0, 3 + F] or null
-  const int64_t* init_num;      // [N] or null
+  const int64_t* init_counts;      // [N] or null
+  const int32_t* init_labels;   // [N, P] or null
   int32_t init_k;               // K0
   float* features;              // [N, F, P]
   float* centers;               // [N, K, 3 + F] working centres

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -24,9 +25,10 @@ namespace gswfast {
 namespace slic {
 
 Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-                       const std::optional<at::Tensor>& init_num, at::IntArrayRef grid,
+                       const std::optional<at::Tensor>& init_counts,
+                       const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                        at::ArrayRef<double> weights, double compactness, bool convert_lab,
-                       int64_t max_iter, bool connectivity, int64_t min_size,
+                       int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                        int64_t max_centers) {
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const auto s = image.scalar_type();
@@ -38,6 +40,7 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   TORCH_CHECK(weights.size() == 3, "weights: expected 3 floats, got ", weights.size());
   TORCH_CHECK(compactness > 0, "compactness: expected > 0, got ", compactness);
   TORCH_CHECK(max_iter >= 1, "max_iter: expected >= 1, got ", max_iter);
+  TORCH_CHECK(tol >= 0 && tol <= 1, "tol: expected 0 <= tol <= 1, got ", tol);
   TORCH_CHECK(min_size >= 0, "min_size: expected >= 0, got ", min_size);
   TORCH_CHECK(max_centers >= 1 && max_centers < (int64_t{1} << 31),
               "max_centers: expected >= 1, got ", max_centers);
@@ -67,13 +70,15 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   }
   g.inv_m2 = static_cast<float>(1.0 / (compactness * compactness));
   g.max_iter = static_cast<int32_t>(max_iter);
+  g.max_changed = static_cast<int64_t>(tol * static_cast<double>(g.P));
   g.min_size = static_cast<int32_t>(std::min<int64_t>(min_size, g.P));
   g.max_centers = static_cast<int32_t>(max_centers);
   g.convert_lab = convert_lab;
   g.connectivity = connectivity;
   g.warm = init_centers.has_value();
-  TORCH_CHECK(init_centers.has_value() == init_num.has_value(),
-              "init: expected both centres and counts");
+  TORCH_CHECK(init_centers.has_value() == init_counts.has_value() &&
+                  init_centers.has_value() == init_labels.has_value(),
+              "init: expected centres, counts and labels together");
   if (g.warm) {
     const at::Tensor& c = *init_centers;
     TORCH_CHECK(c.scalar_type() == at::kFloat && c.dim() == 3 && c.size(0) == g.N &&
@@ -81,11 +86,15 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
                 "init: expected centres float32 [", g.N, ", K, ", 3 + g.F, "], got ",
                 c.sizes());
     TORCH_CHECK(c.device() == image.device(), "init: expected device ", image.device());
-    const at::Tensor& n = *init_num;
-    TORCH_CHECK(n.scalar_type() == at::kLong && n.dim() == 1 && n.size(0) == g.N &&
-                    n.is_contiguous() && n.device() == image.device(),
-                "init: expected num_segments int64 [", g.N, "]");
+    const at::Tensor& n = *init_counts;
+    TORCH_CHECK(n.scalar_type() == at::kInt && n.dim() == 2 && n.size(0) == g.N &&
+                    n.size(1) == c.size(1) && n.is_contiguous() && n.device() == image.device(),
+                "init: expected cluster counts int32 [", g.N, ", ", c.size(1), "]");
     g.K = static_cast<int32_t>(c.size(1));
+    const at::Tensor& l = *init_labels;
+    TORCH_CHECK(l.scalar_type() == at::kInt && l.dim() == 2 && l.size(0) == g.N &&
+                    l.size(1) == g.P && l.is_contiguous() && l.device() == image.device(),
+                "init: expected labels int32 [", g.N, ", ", g.P, "]");
   } else {
     TORCH_CHECK(cells < (int64_t{1} << 31), "grid: too many cells");
     g.K = static_cast<int32_t>(cells);
@@ -214,13 +223,17 @@ void seed_centers(const Geometry& g, const float* features, float* centers, int3
   });
 }
 
-void warm_centers(const Geometry& g, const float* init, const int64_t* init_num, float* centers,
+void warm_centers(const Geometry& g, const float* init, const int32_t* init_counts, float* centers,
                   int32_t* counts) {
   const int32_t R = 3 + g.F;
   std::copy(init, init + g.N * g.K * R, centers);
   for (int64_t n = 0; n < g.N; ++n) {
-    TORCH_CHECK(init_num[n] >= 1, "init: sample ", n, " has no segments");
-    for (int32_t k = 0; k < g.K; ++k) counts[n * g.K + k] = k < init_num[n] ? 1 : 0;
+    int64_t live = 0;
+    for (int32_t k = 0; k < g.K; ++k) {
+      counts[n * g.K + k] = init_counts[n * g.K + k] > 0 ? 1 : 0;
+      live += counts[n * g.K + k];
+    }
+    TORCH_CHECK(live >= 1, "init: sample ", n, " has no live cluster");
   }
 }
 
@@ -493,14 +506,23 @@ void fill_unassigned(const Geometry& g, int32_t* labels) {
 }
 
 void iterate(const Geometry& g, const float* features, float* centers, int32_t* counts,
-             int32_t* labels, int32_t* iterations) {
+             const int32_t* init_labels, int32_t* labels, int32_t* iterations) {
   const int32_t R = 3 + g.F;
   const int32_t num_cells = g.cells[0] * g.cells[1] * g.cells[2];
   const int64_t chunks_per_sample = int64_t{g.D} * g.cells[1];
   std::vector<int32_t> cell_start(g.N * (num_cells + 1)), cell_items(g.N * g.K);
   std::vector<Chunk> chunks(g.N * chunks_per_sample);
   std::vector<uint8_t> done(g.N, 0);
-  std::fill(labels, labels + g.N * g.P, -1);
+  if (init_labels) {
+    // Warm start: pixels begin in their previous segment (= cluster); out-of-range ids,
+    // like a pixel no window reaches, stay unassigned until a cluster claims them.
+    for (int64_t i = 0; i < g.N * g.P; ++i) {
+      const int32_t k = init_labels[i];
+      labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0) ? k : -1;
+    }
+  } else {
+    std::fill(labels, labels + g.N * g.P, -1);
+  }
   for (int32_t it = 0; it < g.max_iter; ++it) {
     if (std::all_of(done.begin(), done.end(), [](uint8_t d) { return d != 0; })) break;
     for (int64_t n = 0; n < g.N; ++n) {
@@ -529,7 +551,7 @@ void iterate(const Geometry& g, const float* features, float* centers, int32_t* 
         ++iterations[n];
         int64_t changed = 0;
         for (int64_t c = 0; c < chunks_per_sample; ++c) changed += chunks[n * chunks_per_sample + c].changed;
-        if (changed == 0) {
+        if (changed <= g.max_changed) {
           done[n] = 1;
           continue;
         }
@@ -732,6 +754,35 @@ std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
   return parent;
 }
 
+// Stable ids: with n segments, the main segment of cluster k keeps id k when k < n. The
+// ids below n left free go, ascending, first to the extra segments (raster order of their
+// first pixel) and then to the mains of clusters k >= n (ascending k). Where the scene
+// does not change nothing moves; a vanished segment frees one id instead of shifting
+// every later one.
+std::vector<int32_t> free_slots(const std::vector<uint8_t>& has_main, int32_t n) {
+  std::vector<uint8_t> taken(n, 0);
+  for (int32_t k = 0; k < std::min<int32_t>(n, static_cast<int32_t>(has_main.size())); ++k) taken[k] = has_main[k];
+  std::vector<int32_t> slots;
+  for (int32_t i = 0; i < n; ++i) {
+    if (!taken[i]) slots.push_back(i);
+  }
+  return slots;
+}
+
+// Ids of the main segments (by cluster); extras take free_slots() from the front.
+std::vector<int32_t> stable_ids(const std::vector<uint8_t>& has_main, int32_t n) {
+  const int32_t K = static_cast<int32_t>(has_main.size());
+  const std::vector<int32_t> slots = free_slots(has_main, n);
+  int32_t mains = 0;
+  for (int32_t k = 0; k < K; ++k) mains += has_main[k];
+  int32_t next = n - mains;  // extras use slots[0 .. n - mains)
+  std::vector<int32_t> id(K, -1);
+  for (int32_t k = 0; k < K; ++k) {
+    if (has_main[k]) id[k] = k < n ? k : slots[next++];
+  }
+  return id;
+}
+
 // Mean (z, y, x, features) of each segment from its components' exact integer sums; rows
 // past max_centers are dropped.
 void write_centers(const Geometry& g, const Components& c, const std::vector<int32_t>& final_id,
@@ -773,40 +824,42 @@ int64_t connect_sample(const Geometry& g, const float* feat, int32_t* labels, fl
     }
   }
   auto is_main = [&](int32_t r) { return main_of[c.cluster[largest_comp[r]]] == largest[r]; };
-  std::vector<int32_t> rank(g.K, -1);
+  std::vector<uint8_t> has_main(g.K, 0);
+  int32_t count = 0;
   for (int32_t r = 0; r < M; ++r) {
-    if (set[r] == r && is_main(r)) rank[c.cluster[largest_comp[r]]] = 0;
+    if (set[r] != r) continue;
+    ++count;
+    if (is_main(r)) has_main[c.cluster[largest_comp[r]]] = 1;
   }
-  int32_t mains = 0;
-  for (int32_t k = 0; k < g.K; ++k) {
-    if (rank[k] == 0) rank[k] = mains++;
-  }
+  const std::vector<int32_t> id_of_cluster = stable_ids(has_main, count);
   std::vector<int32_t> final_id(M, -1);
-  int32_t extras = 0;
+  int32_t next_free = 0;
+  const std::vector<int32_t> free_ids = free_slots(has_main, count);
   for (int32_t r = 0; r < M; ++r) {  // sets in raster order of their root
     if (set[r] != r) continue;
-    final_id[r] = is_main(r) ? rank[c.cluster[largest_comp[r]]] : mains + extras++;
+    final_id[r] = is_main(r) ? id_of_cluster[c.cluster[largest_comp[r]]] : free_ids[next_free++];
   }
   for (int32_t m = 0; m < M; ++m) final_id[m] = final_id[set[m]];
   for (int64_t p = 0; p < g.P; ++p) labels[p] = final_id[c.of_pixel[p]];
   write_centers(g, c, final_id, centers);
-  return int64_t{mains} + extras;
+  return count;
 }
 
 // Without connectivity: every non-empty cluster is a segment, numbered in cluster order;
 // its centre is the cluster's (recomputed from these very labels after the last pass).
 int64_t relabel_clusters(const Geometry& g, int32_t* labels, const float* clusters, float* centers) {
   const int32_t R = 3 + g.F;
-  std::vector<int32_t> rank(g.K, 0);
-  for (int64_t p = 0; p < g.P; ++p) rank[labels[p]] = 1;
+  std::vector<uint8_t> used(g.K, 0);
+  for (int64_t p = 0; p < g.P; ++p) used[labels[p]] = 1;
   int32_t n = 0;
+  for (int32_t k = 0; k < g.K; ++k) n += used[k];
+  const std::vector<int32_t> id = stable_ids(used, n);
   for (int32_t k = 0; k < g.K; ++k) {
-    const int32_t used = rank[k];
-    rank[k] = n;
-    if (used && n < g.max_centers) std::copy(clusters + int64_t{k} * R, clusters + int64_t{k + 1} * R, centers + int64_t{n} * R);
-    n += used;
+    if (used[k] && id[k] < g.max_centers) {
+      std::copy(clusters + int64_t{k} * R, clusters + int64_t{k + 1} * R, centers + int64_t{id[k]} * R);
+    }
   }
-  for (int64_t p = 0; p < g.P; ++p) labels[p] = rank[labels[p]];
+  for (int64_t p = 0; p < g.P; ++p) labels[p] = id[labels[p]];
   return n;
 }
 
@@ -817,14 +870,15 @@ const T* image_ptr(const at::Tensor& t) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> slic_cpu(
+SlicOutputs slic_cpu(
     const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-    const std::optional<at::Tensor>& init_num, at::IntArrayRef grid, at::ArrayRef<double> weights,
-    double compactness, bool convert_lab, int64_t max_iter, bool connectivity, int64_t min_size,
-    int64_t max_centers) {
+    const std::optional<at::Tensor>& init_counts, const std::optional<at::Tensor>& init_labels,
+    at::IntArrayRef grid, at::ArrayRef<double> weights, double compactness, bool convert_lab,
+    int64_t max_iter, double tol, bool connectivity, int64_t min_size, int64_t max_centers) {
   TORCH_CHECK(image.device().is_cpu(), "image: expected a CPU tensor, got ", image.device());
-  const Geometry g = make_geometry(image, init_centers, init_num, grid, weights, compactness,
-                                   convert_lab, max_iter, connectivity, min_size, max_centers);
+  const Geometry g = make_geometry(image, init_centers, init_counts, init_labels, grid, weights,
+                                   compactness, convert_lab, max_iter, tol, connectivity,
+                                   min_size, max_centers);
   const int32_t R = 3 + g.F;
   const auto f32 = image.options().dtype(at::kFloat);
   at::Tensor features = at::empty({g.N, g.F, g.P}, f32);
@@ -835,18 +889,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> slic_cpu(
     case at::kFloat: compute_features(g, image_ptr<float>(image), features.data_ptr<float>()); break;
     default: compute_features(g, image_ptr<double>(image), features.data_ptr<float>()); break;
   }
-  std::vector<float> centers(g.N * g.K * R);
-  std::vector<int32_t> counts(g.N * g.K);
+  at::Tensor clusters = at::zeros({g.N, g.K, R}, f32);
+  at::Tensor cluster_counts = at::empty({g.N, g.K}, image.options().dtype(at::kInt));
+  float* centers = clusters.data_ptr<float>();
+  int32_t* counts = cluster_counts.data_ptr<int32_t>();
   if (g.warm) {
-    warm_centers(g, init_centers->const_data_ptr<float>(), init_num->const_data_ptr<int64_t>(),
-                 centers.data(), counts.data());
+    warm_centers(g, init_centers->const_data_ptr<float>(), init_counts->const_data_ptr<int32_t>(),
+                 centers, counts);
   } else {
-    seed_centers(g, features.const_data_ptr<float>(), centers.data(), counts.data());
+    seed_centers(g, features.const_data_ptr<float>(), centers, counts);
   }
   at::Tensor labels = at::empty({g.N, g.P}, image.options().dtype(at::kInt));
   at::Tensor iterations = at::zeros({g.N}, image.options().dtype(at::kInt));
-  iterate(g, features.const_data_ptr<float>(), centers.data(), counts.data(),
+  iterate(g, features.const_data_ptr<float>(), centers, counts,
+          init_labels ? init_labels->const_data_ptr<int32_t>() : nullptr,
           labels.data_ptr<int32_t>(), iterations.data_ptr<int32_t>());
+  at::Tensor cluster_labels = labels.clone();
 
   at::Tensor num_segments = at::empty({g.N}, image.options().dtype(at::kLong));
   at::Tensor out_centers = at::zeros({g.N, g.max_centers, R}, f32);
@@ -857,10 +915,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> slic_cpu(
       float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
       num_segments.data_ptr<int64_t>()[n] =
           g.connectivity ? connect_sample(g, feat, lab, out)
-                         : relabel_clusters(g, lab, centers.data() + n * g.K * R, out);
+                         : relabel_clusters(g, lab, centers + n * g.K * R, out);
     }
   });
-  return {labels, num_segments, out_centers, iterations};
+  return {labels, num_segments, out_centers, iterations, clusters, cluster_counts, cluster_labels};
 }
 
 TORCH_LIBRARY_IMPL(gswfast, CPU, m) { m.impl("slic", &slic_cpu); }
