@@ -180,42 +180,46 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
 #endif
 
 namespace cuda {
-// Raw launchers (slic_cuda.cu). Buffers are allocated by the glue (slic_cuda.cpp).
+// Raw launchers (slic_cuda.cu); the tensor glue (slic_cuda.cpp) allocates every buffer.
+// R = 3 + F. Root-indexed arrays use the global pixel index n * P + p.
 struct Buffers {
   const void* image;            // [N, C, P]
   int image_dtype;              // 0 uint8, 1 half, 2 bfloat16, 3 float, 4 double
-  const float* init_centers;    // [N, K0, 3 + F] or null
-  const int64_t* init_counts;      // [N] or null
-  const int32_t* init_labels;   // [N, P] or null
-  int32_t init_k;               // K0
+  const float* init_centers;    // [N, K, R] or null (then cold start)
+  const int32_t* init_counts;   // [N, K]
+  const int32_t* init_labels;   // [N, P]
   float* features;              // [N, F, P]
-  float* centers;               // [N, K, 3 + F] working centres
-  int32_t* counts;              // [N, K]
+  float* clusters;              // [N, K, R] k-means centres (output)
+  int32_t* counts;              // [N, K] cluster sizes (output)
+  int32_t* labels;              // [N, P] clusters, then segment ids (output)
+  int32_t* cluster_labels;      // [N, P] the k-means labels (output)
   int32_t* cell_start;          // [N, cells + 1]
+  int32_t* cell_cursor;         // [N, cells]
   int32_t* cell_items;          // [N, K]
-  int32_t* labels;              // [N, P] cluster, later segment id (output)
+  int64_t* sums;                // [N, max(K, max_centers), R + 1] fixed-point sums
+  int32_t* state;               // [N, 4]: done, changed, merging, merged
+  int32_t* iterations;          // [N] (output)
   int32_t* parent;              // [N * P] union-find
-  int64_t* comp_size;           // [N * P] by root
-  int64_t* comp_sum;            // [N * P, F] fixed point, by root
-  int32_t* comp_cluster;        // [N * P] cluster of each original root (-1: not a root)
-  int64_t* orig_size;           // [N * P] size of each original component, by root
-  uint64_t* best;               // [N * P] merge choice, by root
-  uint64_t* main_of_cluster;    // [N, K]
-  uint64_t* largest_in;         // [N * P] by final root
-  int32_t* rank_main;           // [N, K] exclusive scan of main flags (filled by glue)
-  int32_t* flags;               // [N, P] extra-root flags, then their exclusive scan
+  int64_t* stats;               // [N * P, 1 + F] by root: size, feature sums
+  int32_t* orig_size;           // [N * P] size of each original component, by its root
+  uint8_t* was_root;            // [N * P]
+  uint64_t* best;               // [N * P] merge choice, then the largest original component
+  uint64_t* main_of;            // [N, K]
+  int32_t* has_main;            // [N, K]
+  int32_t* extra_rank;          // [N, P] 1 at extra final roots; the glue makes it a cumsum
+  int32_t* num_roots;           // [N]
+  int32_t* free_list;           // [N, K]
+  int32_t* free_low;            // [N] length of each free_list
+  int32_t* id_of_cluster;       // [N, K]
   int32_t* final_id;            // [N * P] by final root
-  int64_t* center_sum;          // [N, max_centers, 3 + F + 1] fixed point
-  int32_t* state;               // [N, 4]: done, changed, iterations, merged
-  int64_t* num_segments;        // [N]
-  float* out_centers;           // [N, max_centers, 3 + F]
-  int32_t* iterations;          // [N]
+  int64_t* num_segments;        // [N] (output)
+  float* out_centers;           // [N, max_centers, R] (output, zero-filled by the glue)
 };
 
-// Stages; the glue runs them in order, with two ATen scans in between.
+// Stages, run in this order by the glue; between mark_segments and finish the glue turns
+// extra_rank into its inclusive cumsum along P. Nothing reads back to the host.
 void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream);
 void launch_iterations(const Geometry& g, const Buffers& b, void* stream);
-void launch_components(const Geometry& g, const Buffers& b, void* stream);
 void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream);
 void launch_finish(const Geometry& g, const Buffers& b, void* stream);
 }  // namespace cuda

@@ -482,25 +482,29 @@ void run_chunk(const Geometry& g, const float* features, const float* centers,
   for (const int32_t k : chunk.clusters) local_of[k] = -1;
 }
 
-// Pixels that found no live cluster (possible only after clusters emptied) take the
-// cluster of the previous pixel in raster order, so every pixel ends up labelled.
-void fill_unassigned(const Geometry& g, int32_t* labels) {
-  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      int32_t* lab = labels + n * g.P;
-      int32_t last = -1;
-      for (int64_t p = 0; p < g.P; ++p) last = lab[p] >= 0 ? lab[p] : last;
-      int32_t fill = last;  // first labelled pixel for the leading gap
-      for (int64_t p = 0; p < g.P; ++p) {
-        if (lab[p] >= 0) {
-          fill = lab[p];
-          break;
+// A pixel no cluster ever claimed (possible only in warm starts) joins the live cluster
+// with the nearest centre in space, ties to the lower index (as on CUDA).
+void fill_unassigned(const Geometry& g, const float* centers, const int32_t* counts, int32_t* labels) {
+  const int32_t R = 3 + g.F;
+  at::parallel_for(0, g.N * g.P, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (labels[i] >= 0) continue;
+      const int64_t n = i / g.P, p = i % g.P;
+      const float z = static_cast<float>(p / (int64_t{g.H} * g.W));
+      const float y = static_cast<float>((p / g.W) % g.H), x = static_cast<float>(p % g.W);
+      float best = std::numeric_limits<float>::infinity();
+      int32_t best_k = 0;
+      for (int32_t k = 0; k < g.K; ++k) {
+        if (counts[n * g.K + k] <= 0) continue;
+        const float* c = centers + (n * g.K + k) * R;
+        const float dz = z - c[0], dy = y - c[1], dx = x - c[2];
+        const float d = g.weight[0] * dz * dz + g.weight[1] * dy * dy + g.weight[2] * dx * dx;
+        if (d < best) {
+          best = d;
+          best_k = k;
         }
       }
-      for (int64_t p = 0; p < g.P; ++p) {
-        if (lab[p] < 0) lab[p] = fill;
-        else fill = lab[p];
-      }
+      labels[i] = best_k;
     }
   });
 }
@@ -575,7 +579,7 @@ void iterate(const Geometry& g, const float* features, float* centers, int32_t* 
       }
     });
   }
-  fill_unassigned(g, labels);
+  fill_unassigned(g, centers, counts, labels);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,742 @@
+// CUDA kernels of SLIC (raw pointers, no ATen). See slic.h for the contract and
+// slic_cuda.cpp for the tensor glue. Each stage mirrors the CPU twin in slic_cpu.cpp:
+//
+// * assignment is pixel-centric: a thread scans the clusters binned in the 3 x 3 (x 3)
+//   cells around its pixel, keeps those whose window (|offset| <= step) holds it, and
+//   takes the nearest, ties to the lower index (the CPU lets clusters claim their windows
+//   in ascending order: the same rule);
+// * every sum (cluster and component statistics, centres) is an integer sum (coordinates,
+//   features in 2^-16 fixed point) added with warp-aggregated integer atomics, so results
+//   are bitwise reproducible whatever the scheduling;
+// * connected components use union-find with atomicMin links (root = lowest index, the
+//   CPU's rule), and small components merge round by round as on the CPU;
+// * per-sample flags (converged, still merging) live on the device, so nothing is read
+//   back to the host: kernels of a finished sample return at once.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "slic.h"
+
+namespace gswfast {
+namespace slic {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+enum State { kDone = 0, kChanged = 1, kMerging = 2, kMerged = 3 };
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("gswfast slic (") + what + "): " + cudaGetErrorString(err));
+  }
+}
+
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+// Grid of (pixel blocks, samples): every warp belongs to one sample.
+dim3 pixel_grid(const Geometry& g) { return dim3(blocks_for(g.P), static_cast<unsigned>(g.N)); }
+
+__device__ __forceinline__ void pixel_coords(const Geometry& g, int64_t p, int32_t* z, int32_t* y,
+                                             int32_t* x) {
+  *x = static_cast<int32_t>(p % g.W);
+  *y = static_cast<int32_t>((p / g.W) % g.H);
+  *z = static_cast<int32_t>(p / (int64_t{g.W} * g.H));
+}
+
+// Sum of v over the lanes of `group` (all lanes of the group get it).
+__device__ __forceinline__ int32_t group_sum(unsigned group, int32_t v) {
+#if __CUDA_ARCH__ >= 800
+  return static_cast<int32_t>(__reduce_add_sync(group, static_cast<unsigned>(v)));
+#else
+  int32_t sum = 0;
+  for (int lane = 0; lane < 32; ++lane) {
+    const int32_t other = __shfl_sync(0xFFFFFFFFu, v, lane);
+    if (group & (1u << lane)) sum += other;
+  }
+  return sum;
+#endif
+}
+
+__device__ __forceinline__ void atomic_add_i64(int64_t* address, int64_t v) {
+  atomicAdd(reinterpret_cast<unsigned long long*>(address), static_cast<unsigned long long>(v));
+}
+
+// Adds `value` of every lane into slot[key]: lanes with equal keys first sum in the warp,
+// then one lane per key adds atomically. Integer sums: any order gives the same result.
+// Must be called by all 32 lanes; key < 0 contributes nothing.
+__device__ __forceinline__ void warp_add(int64_t* slot, int64_t key, int32_t value, int32_t stride,
+                                         int32_t column) {
+  const unsigned group = __match_any_sync(0xFFFFFFFFu, key);
+  const int32_t sum = group_sum(group, value);
+  const int lane = threadIdx.x & 31;
+  if (key >= 0 && lane == __ffs(group) - 1) atomic_add_i64(slot + key * stride + column, sum);
+}
+
+__device__ __forceinline__ int32_t clamp_fixed(float v) {
+  const float c = fminf(fmaxf(v, -32767.f), 32767.f);  // keeps warp sums within int32
+  return static_cast<int32_t>(to_fixed(c));
+}
+
+// ------------------------------------------------------------------------- features
+
+__device__ __forceinline__ float srgb_to_linear(float c) {
+  return c > 0.04045f ? powf((c + 0.055f) / 1.055f, 2.4f) : c / 12.92f;
+}
+
+template <typename T>
+__device__ __forceinline__ float unit_value(T v);
+template <>
+__device__ __forceinline__ float unit_value<uint8_t>(uint8_t v) { return static_cast<float>(v) * (1.f / 255.f); }
+template <>
+__device__ __forceinline__ float unit_value<__half>(__half v) { return __half2float(v); }
+template <>
+__device__ __forceinline__ float unit_value<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <>
+__device__ __forceinline__ float unit_value<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float unit_value<double>(double v) { return static_cast<float>(v); }
+
+template <typename T>
+__global__ void features_kernel(Geometry g, const T* __restrict__ image, float* __restrict__ feat) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P) return;
+  const int64_t n = i / g.P, p = i % g.P;
+  const T* src = image + n * g.C * g.P + p;
+  float* dst = feat + n * g.F * g.P + p;
+  if (g.convert_lab) {
+    float L, A, B;
+    linear_rgb_to_lab(srgb_to_linear(unit_value(src[0])), srgb_to_linear(unit_value(src[g.P])),
+                      srgb_to_linear(unit_value(src[2 * g.P])), &L, &A, &B);
+    dst[0] = L;
+    dst[g.P] = A;
+    dst[2 * g.P] = B;
+  } else {
+    for (int32_t c = 0; c < g.C; ++c) dst[c * g.P] = unit_value(src[c * g.P]);
+  }
+}
+
+__device__ float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_t y, int32_t x) {
+  const int32_t xl = max(x - 1, 0), xr = min(x + 1, g.W - 1);
+  const int32_t yu = max(y - 1, 0), yd = min(y + 1, g.H - 1);
+  const int64_t plane = int64_t{z} * g.H * g.W;
+  float sum = 0.f;
+  for (int32_t f = 0; f < g.F; ++f) {
+    const float* fp = feat + f * g.P + plane;
+    const float dx = fp[int64_t{y} * g.W + xr] - fp[int64_t{y} * g.W + xl];
+    const float dy = fp[int64_t{yd} * g.W + x] - fp[int64_t{yu} * g.W + x];
+    sum += dx * dx + dy * dy;
+  }
+  return sum;
+}
+
+// Cold start: each grid seed moves to the lowest gradient of its 3x3 neighbourhood.
+__global__ void seed_kernel(Geometry g, const float* __restrict__ features, float* clusters,
+                            int32_t* counts) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.K) return;
+  const int64_t n = i / g.K;
+  const int32_t k = static_cast<int32_t>(i % g.K);
+  const int32_t ix = k % g.cells[2], iy = (k / g.cells[2]) % g.cells[1],
+                iz = k / (g.cells[2] * g.cells[1]);
+  const int32_t z = g.start[0] + iz * g.step[0];
+  int32_t y = g.start[1] + iy * g.step[1], x = g.start[2] + ix * g.step[2];
+  const float* feat = features + n * g.F * g.P;
+  float best = gradient_at(g, feat, z, y, x);
+  const int32_t y0 = y, x0 = x;
+  for (int32_t dy = -1; dy <= 1; ++dy) {
+    for (int32_t dx = -1; dx <= 1; ++dx) {
+      const int32_t yy = y0 + dy, xx = x0 + dx;
+      if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) continue;
+      const float grad = gradient_at(g, feat, z, yy, xx);
+      if (grad < best) {
+        best = grad;
+        y = yy;
+        x = xx;
+      }
+    }
+  }
+  const int32_t R = 3 + g.F;
+  float* c = clusters + i * R;
+  c[0] = static_cast<float>(z);
+  c[1] = static_cast<float>(y);
+  c[2] = static_cast<float>(x);
+  const int64_t p = (int64_t{z} * g.H + y) * g.W + x;
+  for (int32_t f = 0; f < g.F; ++f) c[3 + f] = feat[f * g.P + p];
+  counts[i] = 1;
+}
+
+// Warm start: live clusters and each pixel's starting cluster (-1 when not a live one).
+__global__ void warm_counts_kernel(Geometry g, const int32_t* init_counts, int32_t* counts) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i < g.N * g.K) counts[i] = init_counts[i] > 0 ? 1 : 0;
+}
+
+__global__ void warm_labels_kernel(Geometry g, const int32_t* init_labels, const int32_t* counts,
+                                   int32_t* labels) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P) return;
+  const int32_t k = init_labels[i];
+  labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0) ? k : -1;
+}
+
+// ------------------------------------------------------------------------- iterations
+
+__device__ __forceinline__ int32_t cell_index(const Geometry& g, const float* c) {
+  const int32_t cz = cell_of(c[0], g.step[0], g.cells[0]);
+  const int32_t cy = cell_of(c[1], g.step[1], g.cells[1]);
+  const int32_t cx = cell_of(c[2], g.step[2], g.cells[2]);
+  return (cz * g.cells[1] + cy) * g.cells[2] + cx;
+}
+
+// One block per sample: counting sort of the live clusters into the cells of their centres.
+__global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* counts,
+                           const int32_t* state, int32_t* cell_start, int32_t* cell_cursor,
+                           int32_t* cell_items) {
+  const int64_t n = blockIdx.x;
+  if (state[n * 4 + kDone]) return;
+  const int32_t R = 3 + g.F;
+  const int32_t cells = g.cells[0] * g.cells[1] * g.cells[2];
+  int32_t* start = cell_start + n * (cells + 1);
+  int32_t* cursor = cell_cursor + n * cells;
+  for (int32_t c = threadIdx.x; c <= cells; c += blockDim.x) start[c] = 0;
+  __syncthreads();
+  for (int32_t k = threadIdx.x; k < g.K; k += blockDim.x) {
+    if (counts[n * g.K + k] > 0) atomicAdd(&start[cell_index(g, clusters + (n * g.K + k) * R) + 1], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int32_t c = 0; c < cells; ++c) start[c + 1] += start[c];
+  }
+  __syncthreads();
+  for (int32_t c = threadIdx.x; c < cells; c += blockDim.x) cursor[c] = start[c];
+  __syncthreads();
+  // The order inside a cell is not fixed, and need not be: the assignment's tie-break
+  // (lower index) does not depend on it.
+  for (int32_t k = threadIdx.x; k < g.K; k += blockDim.x) {
+    if (counts[n * g.K + k] > 0) {
+      const int32_t slot = atomicAdd(&cursor[cell_index(g, clusters + (n * g.K + k) * R)], 1);
+      cell_items[n * g.K + slot] = k;
+    }
+  }
+}
+
+constexpr int kCachedFeatures = 8;
+
+__global__ void assign_kernel(Geometry g, const float* __restrict__ features,
+                              const float* __restrict__ clusters, const int32_t* cell_start,
+                              const int32_t* cell_items, int32_t* state, int32_t* labels) {
+  const int64_t n = blockIdx.y;
+  if (state[n * 4 + kDone]) return;  // the whole block belongs to sample n
+  const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  int changed = 0;
+  if (p < g.P) {
+    int32_t z, y, x;
+    pixel_coords(g, p, &z, &y, &x);
+    const float* feat = features + n * g.F * g.P + p;
+    float fv[kCachedFeatures];
+    for (int32_t f = 0; f < min(g.F, kCachedFeatures); ++f) fv[f] = feat[f * g.P];
+    const int32_t cells = g.cells[0] * g.cells[1] * g.cells[2];
+    const int32_t* start = cell_start + n * (cells + 1);
+    const int32_t* items = cell_items + n * g.K;
+    const int32_t cz = cell_of_pixel(z, g.step[0], g.cells[0]);
+    const int32_t cy = cell_of_pixel(y, g.step[1], g.cells[1]);
+    const int32_t cx = cell_of_pixel(x, g.step[2], g.cells[2]);
+    const int32_t R = 3 + g.F;
+    float best = __int_as_float(0x7f800000);  // +inf
+    int32_t best_k = -1;
+    for (int32_t iz = max(cz - 1, 0); iz <= min(cz + 1, g.cells[0] - 1); ++iz) {
+      for (int32_t iy = max(cy - 1, 0); iy <= min(cy + 1, g.cells[1] - 1); ++iy) {
+        for (int32_t ix = max(cx - 1, 0); ix <= min(cx + 1, g.cells[2] - 1); ++ix) {
+          const int32_t c = (iz * g.cells[1] + iy) * g.cells[2] + ix;
+          for (int32_t i = start[c]; i < start[c + 1]; ++i) {
+            const int32_t k = items[i];
+            const float* cen = clusters + (n * g.K + k) * R;
+            const float dz = static_cast<float>(z) - cen[0];
+            const float dy = static_cast<float>(y) - cen[1];
+            const float dx = static_cast<float>(x) - cen[2];
+            if (fabsf(dz) > g.step[0] || fabsf(dy) > g.step[1] || fabsf(dx) > g.step[2]) continue;
+            float colour = 0.f;
+            for (int32_t f = 0; f < g.F; ++f) {
+              const float v = f < kCachedFeatures ? fv[f] : feat[f * g.P];
+              const float t = v - cen[3 + f];
+              colour += t * t;
+            }
+            const float base = g.weight[0] * dz * dz + g.weight[1] * dy * dy;
+            const float d = colour * g.inv_m2 + (base + g.weight[2] * dx * dx);
+            if (d < best || (d == best && k < best_k)) {
+              best = d;
+              best_k = k;
+            }
+          }
+        }
+      }
+    }
+    const int32_t old = labels[n * g.P + p];
+    const int32_t now = best_k >= 0 ? best_k : old;  // unclaimed pixels keep their cluster
+    changed = now != old;
+    labels[n * g.P + p] = now;
+  }
+  const int block_changed = __syncthreads_count(changed);
+  if (threadIdx.x == 0 && block_changed) atomicAdd(&state[n * 4 + kChanged], block_changed);
+}
+
+// Per sample, after an assignment: count the pass and stop once converged.
+__global__ void step_kernel(Geometry g, int32_t* state, int32_t* iterations) {
+  const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (n >= g.N || state[n * 4 + kDone]) return;
+  ++iterations[n];
+  if (state[n * 4 + kChanged] <= g.max_changed) state[n * 4 + kDone] = 1;
+  state[n * 4 + kChanged] = 0;
+}
+
+__global__ void zero_sums_kernel(Geometry g, const int32_t* state, int64_t* sums, int32_t rows,
+                                 bool skip_done) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int32_t S = 4 + g.F;
+  if (i >= g.N * rows * S) return;
+  if (skip_done && state[(i / (int64_t{rows} * S)) * 4 + kDone]) return;
+  sums[i] = 0;
+}
+
+// sums[n, label, :] += (1, z, y, x, fixed features) over the sample's pixels.
+__global__ void accumulate_kernel(Geometry g, const float* __restrict__ features,
+                                  const int32_t* __restrict__ labels, const int32_t* state,
+                                  bool skip_done, int32_t rows, int64_t* sums) {
+  const int64_t n = blockIdx.y;
+  if (skip_done && state[n * 4 + kDone]) return;
+  const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  int64_t key = -1;
+  int32_t z = 0, y = 0, x = 0;
+  if (p < g.P) {
+    const int32_t l = labels[n * g.P + p];
+    if (l >= 0 && l < rows) key = n * rows + l;
+    pixel_coords(g, p, &z, &y, &x);
+  }
+  const int32_t S = 4 + g.F;
+  warp_add(sums, key, 1, S, 0);
+  warp_add(sums, key, z, S, 1);
+  warp_add(sums, key, y, S, 2);
+  warp_add(sums, key, x, S, 3);
+  for (int32_t f = 0; f < g.F; ++f) {
+    const int32_t v = p < g.P ? clamp_fixed(features[(n * g.F + f) * g.P + p]) : 0;
+    warp_add(sums, key, v, S, 4 + f);
+  }
+}
+
+// Means from the sums: the new cluster centres (an empty cluster dies and keeps its row).
+__global__ void update_kernel(Geometry g, const int64_t* sums, const int32_t* state,
+                              float* clusters, int32_t* counts) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.K || state[(i / g.K) * 4 + kDone]) return;
+  const int32_t S = 4 + g.F, R = 3 + g.F;
+  const int64_t* s = sums + i * S;
+  counts[i] = static_cast<int32_t>(s[0]);
+  if (s[0] == 0) return;
+  float* c = clusters + i * R;
+  for (int32_t j = 0; j < 3; ++j) c[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
+  for (int32_t f = 0; f < g.F; ++f) c[3 + f] = fixed_mean(s[4 + f], s[0]);
+}
+
+// A pixel no cluster ever claimed (possible only in warm starts) joins the live cluster
+// with the nearest centre in space, ties to the lower index (as on the CPU).
+__global__ void fill_unassigned_kernel(Geometry g, const float* clusters, const int32_t* counts,
+                                       int32_t* labels) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P || labels[i] >= 0) return;
+  const int64_t n = i / g.P;
+  int32_t z, y, x;
+  pixel_coords(g, i % g.P, &z, &y, &x);
+  const int32_t R = 3 + g.F;
+  float best = __int_as_float(0x7f800000);
+  int32_t best_k = 0;
+  for (int32_t k = 0; k < g.K; ++k) {
+    if (counts[n * g.K + k] <= 0) continue;
+    const float* c = clusters + (n * g.K + k) * R;
+    const float dz = z - c[0], dy = y - c[1], dx = x - c[2];
+    const float d = g.weight[0] * dz * dz + g.weight[1] * dy * dy + g.weight[2] * dx * dx;
+    if (d < best) {
+      best = d;
+      best_k = k;
+    }
+  }
+  labels[i] = best_k;
+}
+
+// ------------------------------------------------------------------------- components
+
+__device__ __forceinline__ int32_t find_root(const int32_t* parent, int32_t a) {
+  while (parent[a] != a) a = parent[a];
+  return a;
+}
+
+// Union under the lower root (Playne & Hawick's atomicMin merge).
+__device__ void merge_sets(int32_t* parent, int32_t a, int32_t b) {
+  while (true) {
+    a = find_root(parent, a);
+    b = find_root(parent, b);
+    if (a == b) return;
+    if (a < b) {
+      const int32_t old = atomicMin(&parent[b], a);
+      if (old == b) return;
+      b = old;
+    } else {
+      const int32_t old = atomicMin(&parent[a], b);
+      if (old == a) return;
+      a = old;
+    }
+  }
+}
+
+__global__ void ccl_init_kernel(Geometry g, int32_t* parent) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i < g.N * g.P) parent[i] = static_cast<int32_t>(i);
+}
+
+__global__ void ccl_merge_kernel(Geometry g, const int32_t* labels, int32_t* parent) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P) return;
+  int32_t z, y, x;
+  pixel_coords(g, i % g.P, &z, &y, &x);
+  const int32_t l = labels[i];
+  const int64_t plane = int64_t{g.H} * g.W;
+  if (x > 0 && labels[i - 1] == l) merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - 1));
+  if (y > 0 && labels[i - g.W] == l) merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - g.W));
+  if (z > 0 && labels[i - plane] == l) merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - plane));
+}
+
+__global__ void compress_kernel(Geometry g, const int32_t* state, bool only_merging, int32_t* parent) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P) return;
+  if (only_merging && !state[(i / g.P) * 4 + kMerging]) return;
+  parent[i] = find_root(parent, static_cast<int32_t>(i));
+}
+
+// Size and fixed-point feature sums of every component, by root.
+__global__ void component_stats_kernel(Geometry g, const float* __restrict__ features,
+                                       const int32_t* parent, int64_t* stats) {
+  const int64_t n = blockIdx.y;
+  const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t key = p < g.P ? parent[n * g.P + p] : -1;
+  const int32_t S = 1 + g.F;
+  warp_add(stats, key, 1, S, 0);
+  for (int32_t f = 0; f < g.F; ++f) {
+    const int32_t v = p < g.P ? clamp_fixed(features[(n * g.F + f) * g.P + p]) : 0;
+    warp_add(stats, key, v, S, 1 + f);
+  }
+}
+
+__global__ void roots_kernel(Geometry g, const int32_t* parent, const int64_t* stats,
+                             int32_t* orig_size, uint8_t* was_root) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P) return;
+  const bool root = parent[i] == i;
+  was_root[i] = root;
+  orig_size[i] = root ? static_cast<int32_t>(stats[i * (1 + g.F)]) : 0;
+}
+
+__global__ void reset_best_kernel(Geometry g, const int32_t* parent, const int32_t* state,
+                                  uint64_t* best) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P || !state[(i / g.P) * 4 + kMerging]) return;
+  if (parent[i] == i) best[i] = ~0ull;
+}
+
+// Squared distance of two sets' mean features; _rn intrinsics keep the CPU's rounding
+// (no fused multiply-add), so both backends take the same merge decisions.
+__device__ float set_distance(const Geometry& g, const int64_t* stats, int64_t a, int64_t b) {
+  const int32_t S = 1 + g.F;
+  float d = 0.f;
+  for (int32_t f = 0; f < g.F; ++f) {
+    const float t = __fsub_rn(fixed_mean(stats[a * S + 1 + f], stats[a * S]),
+                              fixed_mean(stats[b * S + 1 + f], stats[b * S]));
+    d = __fadd_rn(d, __fmul_rn(t, t));
+  }
+  return d;
+}
+
+__device__ __forceinline__ void offer(const Geometry& g, const int64_t* stats, uint64_t* best,
+                                      int64_t small, int64_t other, int64_t base) {
+  if (stats[small * (1 + g.F)] >= g.min_size) return;
+  atomicMin(reinterpret_cast<unsigned long long*>(&best[small]),
+            static_cast<unsigned long long>(pack_distance(set_distance(g, stats, small, other),
+                                                          static_cast<uint32_t>(other - base))));
+}
+
+// Every edge between two sets offers each small side the other side.
+__global__ void merge_edges_kernel(Geometry g, const int32_t* parent, const int64_t* stats,
+                                   const int32_t* state, uint64_t* best) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P) return;
+  const int64_t n = i / g.P;
+  if (!state[n * 4 + kMerging]) return;
+  int32_t z, y, x;
+  pixel_coords(g, i % g.P, &z, &y, &x);
+  const int64_t plane = int64_t{g.H} * g.W;
+  const int64_t a = parent[i];
+  const int64_t neighbours[3] = {x > 0 ? i - 1 : -1, y > 0 ? i - g.W : -1, z > 0 ? i - plane : -1};
+  for (int j = 0; j < 3; ++j) {
+    if (neighbours[j] < 0) continue;
+    const int64_t b = parent[neighbours[j]];
+    if (a == b) continue;
+    offer(g, stats, best, a, b, n * g.P);
+    offer(g, stats, best, b, a, n * g.P);
+  }
+}
+
+__global__ void merge_link_kernel(Geometry g, const int64_t* stats, const uint64_t* best,
+                                  int32_t* state, int32_t* parent) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P) return;
+  const int64_t n = i / g.P;
+  if (!state[n * 4 + kMerging] || parent[i] != i) return;
+  if (stats[i * (1 + g.F)] >= g.min_size || best[i] == ~0ull) return;
+  const int64_t target = n * g.P + static_cast<int64_t>(best[i] & 0xFFFFFFFFull);
+  merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(target));
+  state[n * 4 + kMerged] = 1;
+}
+
+// Sets that stopped being roots hand their statistics to their new root.
+__global__ void merge_fold_kernel(Geometry g, const int32_t* parent, const int32_t* state,
+                                  uint8_t* was_root, int64_t* stats) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P || !state[(i / g.P) * 4 + kMerging]) return;
+  if (!was_root[i] || parent[i] == i) return;
+  was_root[i] = 0;
+  const int32_t S = 1 + g.F;
+  for (int32_t j = 0; j < S; ++j) atomic_add_i64(&stats[int64_t{parent[i]} * S + j], stats[i * S + j]);
+}
+
+__global__ void merge_step_kernel(Geometry g, int32_t* state) {
+  const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (n >= g.N || !state[n * 4 + kMerging]) return;
+  if (!state[n * 4 + kMerged]) state[n * 4 + kMerging] = 0;
+  state[n * 4 + kMerged] = 0;
+}
+
+// The largest original component of each cluster, and of each final set.
+__global__ void largest_kernel(Geometry g, const int32_t* parent, const int32_t* orig_size,
+                               const int32_t* cluster_labels, uint64_t* main_of, uint64_t* largest) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P || orig_size[i] == 0) return;
+  const int64_t n = i / g.P;
+  const uint64_t key = pack_size(orig_size[i], static_cast<uint32_t>(i - n * g.P));
+  atomicMax(reinterpret_cast<unsigned long long*>(&main_of[n * g.K + cluster_labels[i]]),
+            static_cast<unsigned long long>(key));
+  atomicMax(reinterpret_cast<unsigned long long*>(&largest[parent[i]]), static_cast<unsigned long long>(key));
+}
+
+// Final sets: count them, and flag each as its cluster's main segment or as an extra.
+__global__ void mark_kernel(Geometry g, const int32_t* parent, const uint64_t* largest,
+                            const uint64_t* main_of, const int32_t* cluster_labels,
+                            int32_t* has_main, int32_t* extra_rank, int32_t* num_roots) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P || parent[i] != i) return;
+  const int64_t n = i / g.P;
+  atomicAdd(&num_roots[n], 1);
+  const int32_t k = cluster_labels[n * g.P + unpack_size_root(largest[i])];
+  if (main_of[n * g.K + k] == largest[i]) has_main[n * g.K + k] = 1;
+  else extra_rank[i] = 1;
+}
+
+// Without connectivity every used cluster is a segment.
+__global__ void used_clusters_kernel(Geometry g, const int32_t* labels, int32_t* has_main) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i < g.N * g.P) has_main[(i / g.P) * g.K + labels[i]] = 1;
+}
+
+// ------------------------------------------------------------------------- ids
+
+// slot(j): the j-th id below num_segments left free by the main segments (slic_cpu.cpp,
+// stable_ids): the free ids below K in ascending order, then K, K + 1, ...
+__device__ __forceinline__ int32_t free_slot(const int32_t* free_list, int32_t free_low, int32_t K,
+                                             int32_t j) {
+  return j < free_low ? free_list[j] : K + (j - free_low);
+}
+
+// One thread per sample: ids of the main segments and the free-slot list.
+__global__ void id_table_kernel(Geometry g, const int32_t* has_main, const int32_t* num_roots,
+                                bool connectivity, int32_t* free_list, int32_t* id_of_cluster,
+                                int32_t* free_low_out, int64_t* num_segments) {
+  const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (n >= g.N) return;
+  const int32_t* main = has_main + n * g.K;
+  int32_t mains = 0;
+  for (int32_t k = 0; k < g.K; ++k) mains += main[k];
+  const int32_t count = connectivity ? num_roots[n] : mains;
+  num_segments[n] = count;
+  int32_t free_low = 0;
+  for (int32_t i = 0; i < min(count, g.K); ++i) {
+    if (!main[i]) free_list[n * g.K + free_low++] = i;
+  }
+  free_low_out[n] = free_low;
+  int32_t next = count - mains;  // extras use slots [0, count - mains)
+  for (int32_t k = 0; k < g.K; ++k) {
+    id_of_cluster[n * g.K + k] =
+        main[k] ? (k < count ? k : free_slot(free_list + n * g.K, free_low, g.K, next++)) : -1;
+  }
+}
+
+__global__ void final_id_kernel(Geometry g, const int32_t* parent, const uint64_t* largest,
+                                const uint64_t* main_of, const int32_t* cluster_labels,
+                                const int32_t* id_of_cluster, const int32_t* extra_rank,
+                                const int32_t* free_list, const int32_t* free_low,
+                                int32_t* final_id) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P || parent[i] != i) return;
+  const int64_t n = i / g.P;
+  const int32_t k = cluster_labels[n * g.P + unpack_size_root(largest[i])];
+  final_id[i] = main_of[n * g.K + k] == largest[i]
+                    ? id_of_cluster[n * g.K + k]
+                    : free_slot(free_list + n * g.K, free_low[n], g.K, extra_rank[i] - 1);
+}
+
+__global__ void relabel_kernel(Geometry g, const int32_t* parent, const int32_t* final_id,
+                               const int32_t* id_of_cluster, bool connectivity, int32_t* labels) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.P) return;
+  labels[i] = connectivity ? final_id[parent[i]] : id_of_cluster[(i / g.P) * g.K + labels[i]];
+}
+
+__global__ void centers_kernel(Geometry g, const int64_t* sums, float* out) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.max_centers) return;
+  const int32_t S = 4 + g.F, R = 3 + g.F;
+  const int64_t* s = sums + i * S;
+  if (s[0] == 0) return;
+  float* o = out + i * R;
+  for (int32_t j = 0; j < 3; ++j) o[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
+  for (int32_t f = 0; f < g.F; ++f) o[3 + f] = fixed_mean(s[4 + f], s[0]);
+}
+
+// Without connectivity a segment's centre is its cluster's (as on the CPU).
+__global__ void copy_cluster_centers_kernel(Geometry g, const float* clusters,
+                                            const int32_t* id_of_cluster, float* out) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= g.N * g.K) return;
+  const int32_t id = id_of_cluster[i];
+  if (id < 0 || id >= g.max_centers) return;
+  const int32_t R = 3 + g.F;
+  const int64_t n = i / g.K;
+  for (int32_t j = 0; j < R; ++j) out[(n * g.max_centers + id) * R + j] = clusters[i * R + j];
+}
+
+template <typename T>
+void launch_features(const Geometry& g, const Buffers& b, cudaStream_t stream) {
+  features_kernel<T><<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(
+      g, static_cast<const T*>(b.image), b.features);
+}
+
+}  // namespace
+
+void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  switch (b.image_dtype) {
+    case 0: launch_features<uint8_t>(g, b, stream); break;
+    case 1: launch_features<__half>(g, b, stream); break;
+    case 2: launch_features<__nv_bfloat16>(g, b, stream); break;
+    case 3: launch_features<float>(g, b, stream); break;
+    default: launch_features<double>(g, b, stream); break;
+  }
+  check(cudaGetLastError(), "features");
+  if (g.warm) {
+    // The glue copied init_centers into clusters.
+    warm_counts_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.init_counts, b.counts);
+    warm_labels_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.init_labels, b.counts, b.labels);
+  } else {
+    seed_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.features, b.clusters, b.counts);
+    check(cudaMemsetAsync(b.labels, 0xFF, sizeof(int32_t) * g.N * g.P, stream), "labels");
+  }
+  check(cudaGetLastError(), "seeds");
+}
+
+void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const int32_t S = 4 + g.F;
+  for (int32_t it = 0; it < g.max_iter; ++it) {
+    bin_kernel<<<static_cast<unsigned>(g.N), kThreads, 0, stream>>>(
+        g, b.clusters, b.counts, b.state, b.cell_start, b.cell_cursor, b.cell_items);
+    assign_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.clusters, b.cell_start,
+                                                          b.cell_items, b.state, b.labels);
+    step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state, b.iterations);
+    zero_sums_kernel<<<blocks_for(g.N * g.K * S), kThreads, 0, stream>>>(g, b.state, b.sums, g.K, true);
+    accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, true,
+                                                              g.K, b.sums);
+    update_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.sums, b.state, b.clusters, b.counts);
+    check(cudaGetLastError(), "iteration");
+  }
+  fill_unassigned_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.clusters, b.counts, b.labels);
+  check(cudaMemcpyAsync(b.cluster_labels, b.labels, sizeof(int32_t) * g.N * g.P,
+                        cudaMemcpyDeviceToDevice, stream), "cluster labels");
+  check(cudaGetLastError(), "fill");
+}
+
+void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const unsigned pixel_blocks = blocks_for(g.N * g.P);
+  if (!g.connectivity) {
+    used_clusters_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.labels, b.has_main);
+    check(cudaGetLastError(), "used clusters");
+    return;
+  }
+  ccl_init_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent);
+  ccl_merge_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.labels, b.parent);
+  compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, false, b.parent);
+  component_stats_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.parent, b.stats);
+  roots_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.orig_size, b.was_root);
+  check(cudaGetLastError(), "components");
+  if (g.min_size > 1) {
+    for (int32_t round = 0; round < kMergeRounds; ++round) {
+      reset_best_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.best);
+      merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.state, b.best);
+      merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.state, b.parent);
+      compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, true, b.parent);
+      merge_fold_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.was_root, b.stats);
+      merge_step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state);
+      check(cudaGetLastError(), "merge round");
+    }
+  }
+  check(cudaMemsetAsync(b.best, 0, sizeof(uint64_t) * g.N * g.P, stream), "largest");
+  largest_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.orig_size, b.cluster_labels,
+                                                        b.main_of, b.best);
+  mark_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.best, b.main_of, b.cluster_labels,
+                                                     b.has_main, b.extra_rank, b.num_roots);
+  check(cudaGetLastError(), "mark");
+}
+
+void launch_finish(const Geometry& g, const Buffers& b, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const unsigned pixel_blocks = blocks_for(g.N * g.P);
+  id_table_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.has_main, b.num_roots, g.connectivity,
+                                                            b.free_list, b.id_of_cluster, b.free_low,
+                                                            b.num_segments);
+  if (g.connectivity) {
+    final_id_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.best, b.main_of,
+                                                           b.cluster_labels, b.id_of_cluster,
+                                                           b.extra_rank, b.free_list, b.free_low,
+                                                           b.final_id);
+  }
+  relabel_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.final_id, b.id_of_cluster,
+                                                        g.connectivity, b.labels);
+  check(cudaGetLastError(), "ids");
+  if (g.connectivity) {
+    const int32_t S = 4 + g.F;
+    zero_sums_kernel<<<blocks_for(g.N * g.max_centers * S), kThreads, 0, stream>>>(
+        g, b.state, b.sums, g.max_centers, false);
+    accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, false,
+                                                              g.max_centers, b.sums);
+    centers_kernel<<<blocks_for(g.N * g.max_centers), kThreads, 0, stream>>>(g, b.sums, b.out_centers);
+  } else {
+    copy_cluster_centers_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(
+        g, b.clusters, b.id_of_cluster, b.out_centers);
+  }
+  check(cudaGetLastError(), "centres");
+}
+
+}  // namespace cuda
+}  // namespace slic
+}  // namespace gswfast
