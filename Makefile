@@ -10,7 +10,7 @@ export GSWFAST_CUDA
 .PHONY: demo test bench install clean
 
 demo: install
-	$(PY) examples/pool_example.py
+	$(PY) examples/segment_and_pool.py
 
 test: install
 	$(PY) -m pytest -p no:cacheprovider tests benchmarks --benchmark-disable

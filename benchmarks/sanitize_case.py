@@ -1,5 +1,6 @@
 """A small CUDA workload for compute-sanitizer: every reduction, dtype and label dtype,
-valid and out-of-range labels, both kernel paths (vectorised and strided).
+valid and out-of-range labels, both kernel paths (vectorised and strided); SLIC in every
+mode, cold and warm, with and without connectivity.
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize_case.py
 """
@@ -31,5 +32,13 @@ for label_dtype in (torch.int32, torch.int64):
             raise SystemExit("out-of-range labels were not reported by paint")
         except ValueError:
             pass
+images = torch.rand(2, 3, 6, 40, 52, device="cuda")
+for mode in ("per_frame", "volume"):
+    for connectivity in (True, False):
+        seg = gsw.slic(images, 30, mode=mode, enforce_connectivity=connectivity)
+        gsw.slic(images, 30, mode=mode, enforce_connectivity=connectivity, init=seg)
+seg = gsw.slic((images[:, :, 0] * 255).to(torch.uint8), 25)
+gsw.slic(images[:, :, 0], 25, init=seg, max_iter=3)
+gsw.slic(images[:, :2, 0].double(), 25)
 torch.cuda.synchronize()
 print("sanitize_case: ok")

@@ -1,0 +1,163 @@
+"""gswfast.slic against scikit-image's slic and fast-slic, in the same run.
+
+Run with ``pytest benchmarks --benchmark-only``; ``python benchmarks/summarize.py FILE``
+turns ``--benchmark-json FILE`` into the ratio table the README quotes.
+
+CPU (issue 3): one 640x480 RGB photo, n_segments=400, compactness 10, at most 10
+iterations, CIELAB, connectivity enforced, for every contender. ``gswfast`` uses its
+default stopping rule (tol=0.02: it stops once fewer than 2% of the pixels change);
+``gswfast_10_iterations`` runs all 10 passes like fast-slic does. Batches and clips:
+8 images of 320x240 in one call, and a 16x112x112 clip as supervoxels.
+CUDA: 64 frames of 640x480 in one call (frames/s in extra_info), and a 16x112x112 clip;
+each timed call runs ``CUDA_REPEAT`` segmentations and synchronises once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import gswfast as gsw
+
+skimage_data = pytest.importorskip("skimage.data")
+from skimage.segmentation import slic as skimage_slic  # noqa: E402
+
+CUDA_REPEAT = 10
+N_SEGMENTS = 400
+
+
+def _photo(height: int, width: int, name: str = "astronaut") -> torch.Tensor:
+    """A scikit-image sample photo resized to H x W, uint8 [3, H, W]."""
+    image = torch.from_numpy(getattr(skimage_data, name)()).permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)[0].contiguous()
+
+
+@pytest.fixture(scope="module")
+def vga():
+    return _photo(480, 640)
+
+
+def _record(benchmark, role, frames=1):
+    benchmark.extra_info.update(role=role, threads=torch.get_num_threads(), frames_per_call=frames)
+
+
+# ------------------------------------------------------------------------------ CPU
+
+
+@pytest.mark.benchmark(group="cpu-slic-640x480")
+def bench_cpu_gswfast(benchmark, vga):
+    seg = benchmark(gsw.slic, vga[None], N_SEGMENTS, 10.0, 10)
+    _record(benchmark, "gswfast")
+    assert abs(int(seg.num_segments[0]) - N_SEGMENTS) < 0.15 * N_SEGMENTS
+
+
+@pytest.mark.benchmark(group="cpu-slic-640x480")
+def bench_cpu_gswfast_10_iterations(benchmark, vga):
+    seg = benchmark(gsw.slic, vga[None], N_SEGMENTS, 10.0, 10, tol=0.0)
+    _record(benchmark, "gswfast_10_iterations")
+    assert int(seg.iterations[0]) == 10
+
+
+@pytest.mark.benchmark(group="cpu-slic-640x480")
+def bench_cpu_skimage(benchmark, vga):
+    image = vga.permute(1, 2, 0).numpy()
+    labels = benchmark(skimage_slic, image, n_segments=N_SEGMENTS, compactness=10.0, max_num_iter=10,
+                       start_label=0)
+    _record(benchmark, "skimage")
+    assert labels.shape == (480, 640)
+
+
+@pytest.mark.benchmark(group="cpu-slic-640x480")
+@pytest.mark.parametrize("variant", ("avx2", "portable"))
+def bench_cpu_fast_slic(benchmark, vga, variant):
+    fast_slic = pytest.importorskip("fast_slic")
+    if variant == "avx2":
+        from fast_slic.avx2 import SlicAvx2 as Slic
+    else:
+        Slic = fast_slic.Slic
+    image = np.ascontiguousarray(vga.permute(1, 2, 0).numpy())
+    model = Slic(num_components=N_SEGMENTS, compactness=10, convert_to_lab=True)
+    labels = benchmark(model.iterate, image)
+    _record(benchmark, f"fast_slic_{variant}")
+    assert labels.shape == (480, 640)
+
+
+@pytest.fixture(scope="module")
+def batch8():
+    names = ("astronaut", "coffee", "chelsea", "rocket")
+    return torch.stack([_photo(240, 320, names[i % 4]) for i in range(8)])
+
+
+@pytest.mark.benchmark(group="cpu-slic-batch8-320x240")
+def bench_cpu_gswfast_batch(benchmark, batch8):
+    seg = benchmark(gsw.slic, batch8, 200)
+    _record(benchmark, "gswfast", frames=8)
+    assert seg.labels.shape == (8, 240, 320)
+
+
+@pytest.mark.benchmark(group="cpu-slic-batch8-320x240")
+def bench_cpu_skimage_batch(benchmark, batch8):
+    images = [img.permute(1, 2, 0).numpy() for img in batch8]
+    out = benchmark(lambda: [skimage_slic(img, n_segments=200, compactness=10.0, start_label=0) for img in images])
+    _record(benchmark, "skimage", frames=8)
+    assert len(out) == 8
+
+
+@pytest.fixture(scope="module")
+def clip16():
+    """16 frames of 112x112: a photo crop panning right 2 px per frame, float [1, 3, T, H, W]."""
+    photo = _photo(112, 160, "coffee").float() / 255
+    return torch.stack([photo[:, :, 2 * t:2 * t + 112] for t in range(16)], dim=1)[None].contiguous()
+
+
+@pytest.mark.benchmark(group="cpu-slic-volume-16x112x112")
+def bench_cpu_gswfast_volume(benchmark, clip16):
+    seg = benchmark(gsw.slic, clip16, 200, mode="volume")
+    _record(benchmark, "gswfast", frames=16)
+    assert seg.labels.shape == (1, 16, 112, 112)
+
+
+@pytest.mark.benchmark(group="cpu-slic-volume-16x112x112")
+def bench_cpu_skimage_volume(benchmark, clip16):
+    volume = clip16[0].permute(1, 2, 3, 0).numpy()  # [T, H, W, C]
+    labels = benchmark(skimage_slic, volume, n_segments=200, compactness=10.0, start_label=0)
+    _record(benchmark, "skimage", frames=16)
+    assert labels.shape == (16, 112, 112)
+
+
+# ------------------------------------------------------------------------------ CUDA
+
+
+def _cuda_timed(fn):
+    def run():
+        for _ in range(CUDA_REPEAT):
+            out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    run()  # warm-up
+    return run
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-slic-batch64-640x480")
+def bench_cuda_gswfast_batch64(benchmark, vga):
+    frames = vga[None].expand(64, -1, -1, -1).contiguous().cuda()
+    run = _cuda_timed(lambda: gsw.slic(frames, N_SEGMENTS, validate=False))
+    seg = benchmark(run)
+    benchmark.extra_info.update(role="gswfast", ops_per_call=CUDA_REPEAT, frames_per_call=64 * CUDA_REPEAT,
+                                device=torch.cuda.get_device_name())
+    assert seg.labels.shape == (64, 480, 640)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group="cuda-slic-volume-16x112x112")
+def bench_cuda_gswfast_volume(benchmark, clip16):
+    clip = clip16.cuda()
+    run = _cuda_timed(lambda: gsw.slic(clip, 200, mode="volume", validate=False))
+    seg = benchmark(run)
+    benchmark.extra_info.update(role="gswfast", ops_per_call=CUDA_REPEAT, frames_per_call=16 * CUDA_REPEAT,
+                                device=torch.cuda.get_device_name())
+    assert seg.labels.shape == (1, 16, 112, 112)
