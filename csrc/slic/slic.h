@@ -2,11 +2,12 @@
 //
 // Contract (both backends; the Python wrapper gswfast.segmentation normalises to this):
 //
-//   slic(image [N, C, D, H, W], init_centers [N, K0, 3 + F]?, init_counts [N]?,
-//        grid [9], weights [3], compactness, convert_lab, max_iter, connectivity,
-//        min_size, max_centers)
-//       -> (labels [N, D*H*W] int32, num_segments [N] int64,
-//           centers [N, max_centers, 3 + F] float32, iterations [N] int32)
+//   slic(image [N, C, D, H, W], init_centers [N, K, 3 + F]?, init_counts [N, K]?,
+//        init_labels [N, P]?, grid [9], weights [3], compactness, convert_lab, max_iter,
+//        tol, connectivity, min_size, max_centers)
+//       -> (labels [N, P] int32, num_segments [N] int64, centers [N, max_centers, 3 + F],
+//           iterations [N] int32, clusters [N, K, 3 + F], cluster_counts [N, K] int32,
+//           cluster_labels [N, P] int32)          with P = D * H * W
 //
 // * image: uint8 (0..255) or float16/bfloat16/float32/float64 (0..1), contiguous, finite
 //   (the Python layer checks). N samples are segmented independently: images are D = 1
@@ -16,30 +17,31 @@
 //       d = |f_p - f_k|^2 / compactness^2 + sum_dim weight[dim] * (p_dim - k_dim)^2
 //   with weight = spacing^2 / S^2 and S the largest grid step.
 // * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x):
-//   seeds sit at start + i * step (scikit-image's regular_grid). Cells of size step tile the
-//   volume (the last cell runs to the border); a pixel considers every cluster whose centre
-//   lies in its cell or an adjacent one (3, 9 or 27 cells), so any centre position works
-//   (warm starts), and the nearest candidate wins, ties to the lower cluster index.
+//   seeds sit at start + i * step (scikit-image's regular_grid). Cluster k may take the
+//   pixels of its window, |p_dim - k_dim| <= step_dim in every dimension (SLIC's 2S x 2S
+//   region); among the clusters whose window holds a pixel the nearest wins, ties to the
+//   lower index. A pixel no window holds keeps its previous cluster. The CPU lets clusters
+//   claim their windows in ascending order; CUDA threads scan the clusters binned in the
+//   3 x 3 (x 3) cells (of size step) around their pixel: the same rule, for any centres.
 // * Cold start (no init): one cluster per cell, seeded at the grid point moved to the
 //   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012).
-//   Warm start: the first init_counts[n] rows of init_centers (z, y, x, features).
-// * Iterations: assign, then recompute centres; a sample stops early when no pixel
-//   changed cluster. iterations[n] counts its assignment passes.
+//   Warm start: the k-means state of a previous call (centres, live flags, labels).
+// * Iterations: assign, then recompute centres; a sample stops once at most tol * P pixels
+//   changed cluster in a pass. iterations[n] counts its assignment passes. Pixels still
+//   unassigned at the end join the live cluster with the nearest centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
 //   union-find (root = lowest pixel index). Components smaller than min_size repeatedly
-//   join the adjacent component with the nearest mean feature (ties: lower root), at most
+//   join the adjacent set with the nearest mean feature (ties: lower root), at most
 //   kMergeRounds rounds. Without connectivity each non-empty cluster is one segment.
-// * Ids: 0..num_segments[n]-1. A segment takes the cluster of its largest original
-//   component; the segment holding the largest component of cluster k is that cluster's
-//   "main" segment and main segments are numbered in cluster order, so ids follow the
-//   (warm-start) cluster order and stay put where the scene does not change. Other
-//   segments (a cluster cut in two big pieces) follow in raster order of their first pixel.
-// * centers: mean (z, y, x, features) of each segment, rows >= num_segments are zero; a
-//   segment with id >= max_centers has no row. Sums are exact (integer coordinates,
-//   features in 2^-16 fixed point), so equal labels give bitwise equal centres on both
-//   backends.
+// * Ids 0..n-1 (n = num_segments[n]), stable: a set takes the cluster of its largest
+//   original component; the set holding the largest component of cluster k is k's main
+//   segment and gets id k when k < n. The ids below n left free go, ascending, to the other
+//   sets (raster order of their root), then to the mains of clusters k >= n.
+// * centers: mean (z, y, x, features) of each segment; rows >= num_segments are zero and
+//   a segment with id >= max_centers has no row. Sums are exact (integer coordinates,
+//   features in 2^-16 fixed point), so equal labels give equal centres on both backends.
 // * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
-//   CUDA uses no floating-point atomics (fixed reduction trees, integer atomics only).
+//   CUDA uses no floating-point atomics (integer atomics only).
 #pragma once
 
 #include <cmath>
