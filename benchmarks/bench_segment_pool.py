@@ -18,6 +18,7 @@ import torch
 
 import gswfast as gsw
 from gswfast.testing import grid_labels
+from timing import cuda_timed
 
 CUDA_REPEAT = 50
 
@@ -117,14 +118,7 @@ def _scatter_inputs(cuda_case):
 
 
 def _cuda_timed(fn):
-    def run():
-        for _ in range(CUDA_REPEAT):
-            out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    run()  # warm-up: allocator, module load
-    return run
+    return cuda_timed(fn, CUDA_REPEAT)
 
 
 def _cuda_graphed(fn):

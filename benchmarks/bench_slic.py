@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import gswfast as gsw
+from timing import cuda_timed
 
 skimage_data = pytest.importorskip("skimage.data")
 from skimage.segmentation import slic as skimage_slic  # noqa: E402
@@ -130,22 +131,11 @@ def bench_cpu_skimage_volume(benchmark, clip16):
 # ------------------------------------------------------------------------------ CUDA
 
 
-def _cuda_timed(fn):
-    def run():
-        for _ in range(CUDA_REPEAT):
-            out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    run()  # warm-up
-    return run
-
-
 @pytest.mark.cuda
 @pytest.mark.benchmark(group="cuda-slic-batch64-640x480")
 def bench_cuda_gswfast_batch64(benchmark, vga):
     frames = vga[None].expand(64, -1, -1, -1).contiguous().cuda()
-    run = _cuda_timed(lambda: gsw.slic(frames, N_SEGMENTS, validate=False))
+    run = cuda_timed(lambda: gsw.slic(frames, N_SEGMENTS, validate=False), CUDA_REPEAT)
     seg = benchmark(run)
     benchmark.extra_info.update(role="gswfast", ops_per_call=CUDA_REPEAT, frames_per_call=64 * CUDA_REPEAT,
                                 device=torch.cuda.get_device_name())
@@ -156,7 +146,7 @@ def bench_cuda_gswfast_batch64(benchmark, vga):
 @pytest.mark.benchmark(group="cuda-slic-volume-16x112x112")
 def bench_cuda_gswfast_volume(benchmark, clip16):
     clip = clip16.cuda()
-    run = _cuda_timed(lambda: gsw.slic(clip, 200, mode="volume", validate=False))
+    run = cuda_timed(lambda: gsw.slic(clip, 200, mode="volume", validate=False), CUDA_REPEAT)
     seg = benchmark(run)
     benchmark.extra_info.update(role="gswfast", ops_per_call=CUDA_REPEAT, frames_per_call=16 * CUDA_REPEAT,
                                 device=torch.cuda.get_device_name())

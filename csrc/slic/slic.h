@@ -150,6 +150,75 @@ GSW_HD float fixed_mean(int64_t sum, int64_t count) {
   return static_cast<float>(static_cast<double>(sum) / static_cast<double>(count) / kFixedScale);
 }
 
+GSW_HD float srgb_to_linear(float c) {
+  return c > 0.04045f ? powf((c + 0.055f) / 1.055f, 2.4f) : c / 12.92f;
+}
+
+// Squared feature gradient at (z, y, x), central differences clamped at the borders.
+GSW_HD float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_t y, int32_t x) {
+  const int32_t xl = x > 0 ? x - 1 : 0, xr = x < g.W - 1 ? x + 1 : g.W - 1;
+  const int32_t yu = y > 0 ? y - 1 : 0, yd = y < g.H - 1 ? y + 1 : g.H - 1;
+  const int64_t plane = int64_t{z} * g.H * g.W;
+  float sum = 0.f;
+  for (int32_t f = 0; f < g.F; ++f) {
+    const float* fp = feat + f * g.P + plane;
+    const float dx = fp[int64_t{y} * g.W + xr] - fp[int64_t{y} * g.W + xl];
+    const float dy = fp[int64_t{yd} * g.W + x] - fp[int64_t{yu} * g.W + x];
+    sum += dx * dx + dy * dy;
+  }
+  return sum;
+}
+
+// Cold start: the centre row (z, y, x, features) of grid seed k, moved to the lowest
+// gradient of its 3x3 neighbourhood (first in raster order on ties).
+GSW_HD void seed_center(const Geometry& g, const float* feat, int32_t k, float* c) {
+  const int32_t ix = k % g.cells[2], iy = (k / g.cells[2]) % g.cells[1],
+                iz = k / (g.cells[2] * g.cells[1]);
+  const int32_t z = g.start[0] + iz * g.step[0];
+  const int32_t y0 = g.start[1] + iy * g.step[1], x0 = g.start[2] + ix * g.step[2];
+  int32_t y = y0, x = x0;
+  float best = gradient_at(g, feat, z, y, x);
+  for (int32_t dy = -1; dy <= 1; ++dy) {
+    for (int32_t dx = -1; dx <= 1; ++dx) {
+      const int32_t yy = y0 + dy, xx = x0 + dx;
+      if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) continue;
+      const float grad = gradient_at(g, feat, z, yy, xx);
+      if (grad < best) {
+        best = grad;
+        y = yy;
+        x = xx;
+      }
+    }
+  }
+  c[0] = static_cast<float>(z);
+  c[1] = static_cast<float>(y);
+  c[2] = static_cast<float>(x);
+  const int64_t p = (int64_t{z} * g.H + y) * g.W + x;
+  for (int32_t f = 0; f < g.F; ++f) c[3 + f] = feat[f * g.P + p];
+}
+
+// The live cluster (counts > 0) whose centre is nearest to pixel p in space, ties to the
+// lower index: where a pixel that no window ever reached goes.
+GSW_HD int32_t nearest_live_cluster(const Geometry& g, const float* centers, const int32_t* counts,
+                                    int64_t p) {
+  const float z = static_cast<float>(p / (int64_t{g.H} * g.W));
+  const float y = static_cast<float>((p / g.W) % g.H), x = static_cast<float>(p % g.W);
+  const int32_t R = 3 + g.F;
+  float best = INFINITY;
+  int32_t best_k = 0;
+  for (int32_t k = 0; k < g.K; ++k) {
+    if (counts[k] <= 0) continue;
+    const float* c = centers + int64_t{k} * R;
+    const float dz = z - c[0], dy = y - c[1], dx = x - c[2];
+    const float d = g.weight[0] * dz * dz + g.weight[1] * dy * dy + g.weight[2] * dx * dx;
+    if (d < best) {
+      best = d;
+      best_k = k;
+    }
+  }
+  return best_k;
+}
+
 // 64-bit key ordering (distance, id) pairs; distances are >= 0 so their bits sort as floats.
 GSW_HD uint64_t pack_distance(float distance, uint32_t id) {
   return (static_cast<uint64_t>(float_bits(distance)) << 32) | id;

@@ -14,7 +14,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -107,10 +106,6 @@ namespace {
 // ---------------------------------------------------------------------------------------
 // Features: image [N, C, P] -> float planes [N, F, P] (CIELAB or 0..1 values).
 
-float srgb_to_linear(float c) {
-  return c > 0.04045f ? std::pow((c + 0.055f) / 1.055f, 2.4f) : c / 12.92f;
-}
-
 template <typename T>
 float unit_value(T v) {
   if constexpr (std::is_same_v<T, uint8_t>) {
@@ -171,53 +166,11 @@ void compute_features(const Geometry& g, const T* image, float* features) {
 // ---------------------------------------------------------------------------------------
 // Seeds and centres. Centres are rows (z, y, x, f_0 .. f_{F-1}).
 
-float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_t y, int32_t x) {
-  const int64_t P = g.P;
-  const int32_t xl = std::max(x - 1, 0), xr = std::min(x + 1, g.W - 1);
-  const int32_t yu = std::max(y - 1, 0), yd = std::min(y + 1, g.H - 1);
-  const int64_t plane = int64_t{z} * g.H * g.W;
-  float sum = 0.f;
-  for (int32_t f = 0; f < g.F; ++f) {
-    const float* fp = feat + f * P + plane;
-    const float dx = fp[int64_t{y} * g.W + xr] - fp[int64_t{y} * g.W + xl];
-    const float dy = fp[int64_t{yd} * g.W + x] - fp[int64_t{yu} * g.W + x];
-    sum += dx * dx + dy * dy;
-  }
-  return sum;
-}
-
-// Cold start: each grid seed moves to the lowest gradient of its 3x3 neighbourhood.
 void seed_centers(const Geometry& g, const float* features, float* centers, int32_t* counts) {
   const int32_t R = 3 + g.F;
   at::parallel_for(0, g.N * g.K, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / g.K;
-      const int32_t k = static_cast<int32_t>(i % g.K);
-      const int32_t ix = k % g.cells[2], iy = (k / g.cells[2]) % g.cells[1],
-                    iz = k / (g.cells[2] * g.cells[1]);
-      const int32_t z = g.start[0] + iz * g.step[0];
-      int32_t y = g.start[1] + iy * g.step[1], x = g.start[2] + ix * g.step[2];
-      const float* feat = features + n * g.F * g.P;
-      float best = gradient_at(g, feat, z, y, x);
-      const int32_t y0 = y, x0 = x;
-      for (int32_t dy = -1; dy <= 1; ++dy) {
-        for (int32_t dx = -1; dx <= 1; ++dx) {
-          const int32_t yy = y0 + dy, xx = x0 + dx;
-          if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) continue;
-          const float grad = gradient_at(g, feat, z, yy, xx);
-          if (grad < best) {
-            best = grad;
-            y = yy;
-            x = xx;
-          }
-        }
-      }
-      float* c = centers + i * R;
-      c[0] = static_cast<float>(z);
-      c[1] = static_cast<float>(y);
-      c[2] = static_cast<float>(x);
-      const int64_t p = (int64_t{z} * g.H + y) * g.W + x;
-      for (int32_t f = 0; f < g.F; ++f) c[3 + f] = feat[f * g.P + p];
+      seed_center(g, features + (i / g.K) * g.F * g.P, static_cast<int32_t>(i % g.K), centers + i * R);
       counts[i] = 1;
     }
   });
@@ -482,29 +435,14 @@ void run_chunk(const Geometry& g, const float* features, const float* centers,
   for (const int32_t k : chunk.clusters) local_of[k] = -1;
 }
 
-// A pixel no cluster ever claimed (possible only in warm starts) joins the live cluster
-// with the nearest centre in space, ties to the lower index (as on CUDA).
+// A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
+// cluster (as on CUDA).
 void fill_unassigned(const Geometry& g, const float* centers, const int32_t* counts, int32_t* labels) {
   const int32_t R = 3 + g.F;
   at::parallel_for(0, g.N * g.P, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      if (labels[i] >= 0) continue;
-      const int64_t n = i / g.P, p = i % g.P;
-      const float z = static_cast<float>(p / (int64_t{g.H} * g.W));
-      const float y = static_cast<float>((p / g.W) % g.H), x = static_cast<float>(p % g.W);
-      float best = std::numeric_limits<float>::infinity();
-      int32_t best_k = 0;
-      for (int32_t k = 0; k < g.K; ++k) {
-        if (counts[n * g.K + k] <= 0) continue;
-        const float* c = centers + (n * g.K + k) * R;
-        const float dz = z - c[0], dy = y - c[1], dx = x - c[2];
-        const float d = g.weight[0] * dz * dz + g.weight[1] * dy * dy + g.weight[2] * dx * dx;
-        if (d < best) {
-          best = d;
-          best_k = k;
-        }
-      }
-      labels[i] = best_k;
+      const int64_t n = i / g.P;
+      if (labels[i] < 0) labels[i] = nearest_live_cluster(g, centers + n * g.K * R, counts + n * g.K, i % g.P);
     }
   });
 }

@@ -84,10 +84,6 @@ __device__ __forceinline__ int32_t clamp_fixed(float v) {
 
 // ------------------------------------------------------------------------- features
 
-__device__ __forceinline__ float srgb_to_linear(float c) {
-  return c > 0.04045f ? powf((c + 0.055f) / 1.055f, 2.4f) : c / 12.92f;
-}
-
 template <typename T>
 __device__ __forceinline__ float unit_value(T v);
 template <>
@@ -120,53 +116,13 @@ __global__ void features_kernel(Geometry g, const T* __restrict__ image, float* 
   }
 }
 
-__device__ float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_t y, int32_t x) {
-  const int32_t xl = max(x - 1, 0), xr = min(x + 1, g.W - 1);
-  const int32_t yu = max(y - 1, 0), yd = min(y + 1, g.H - 1);
-  const int64_t plane = int64_t{z} * g.H * g.W;
-  float sum = 0.f;
-  for (int32_t f = 0; f < g.F; ++f) {
-    const float* fp = feat + f * g.P + plane;
-    const float dx = fp[int64_t{y} * g.W + xr] - fp[int64_t{y} * g.W + xl];
-    const float dy = fp[int64_t{yd} * g.W + x] - fp[int64_t{yu} * g.W + x];
-    sum += dx * dx + dy * dy;
-  }
-  return sum;
-}
-
 // Cold start: each grid seed moves to the lowest gradient of its 3x3 neighbourhood.
 __global__ void seed_kernel(Geometry g, const float* __restrict__ features, float* clusters,
                             int32_t* counts) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.K) return;
-  const int64_t n = i / g.K;
-  const int32_t k = static_cast<int32_t>(i % g.K);
-  const int32_t ix = k % g.cells[2], iy = (k / g.cells[2]) % g.cells[1],
-                iz = k / (g.cells[2] * g.cells[1]);
-  const int32_t z = g.start[0] + iz * g.step[0];
-  int32_t y = g.start[1] + iy * g.step[1], x = g.start[2] + ix * g.step[2];
-  const float* feat = features + n * g.F * g.P;
-  float best = gradient_at(g, feat, z, y, x);
-  const int32_t y0 = y, x0 = x;
-  for (int32_t dy = -1; dy <= 1; ++dy) {
-    for (int32_t dx = -1; dx <= 1; ++dx) {
-      const int32_t yy = y0 + dy, xx = x0 + dx;
-      if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) continue;
-      const float grad = gradient_at(g, feat, z, yy, xx);
-      if (grad < best) {
-        best = grad;
-        y = yy;
-        x = xx;
-      }
-    }
-  }
-  const int32_t R = 3 + g.F;
-  float* c = clusters + i * R;
-  c[0] = static_cast<float>(z);
-  c[1] = static_cast<float>(y);
-  c[2] = static_cast<float>(x);
-  const int64_t p = (int64_t{z} * g.H + y) * g.W + x;
-  for (int32_t f = 0; f < g.F; ++f) c[3 + f] = feat[f * g.P + p];
+  seed_center(g, features + (i / g.K) * g.F * g.P, static_cast<int32_t>(i % g.K),
+              clusters + i * (3 + g.F));
   counts[i] = 1;
 }
 
@@ -342,29 +298,14 @@ __global__ void update_kernel(Geometry g, const int64_t* sums, const int32_t* st
   for (int32_t f = 0; f < g.F; ++f) c[3 + f] = fixed_mean(s[4 + f], s[0]);
 }
 
-// A pixel no cluster ever claimed (possible only in warm starts) joins the live cluster
-// with the nearest centre in space, ties to the lower index (as on the CPU).
+// A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
+// cluster (as on the CPU).
 __global__ void fill_unassigned_kernel(Geometry g, const float* clusters, const int32_t* counts,
                                        int32_t* labels) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P || labels[i] >= 0) return;
   const int64_t n = i / g.P;
-  int32_t z, y, x;
-  pixel_coords(g, i % g.P, &z, &y, &x);
-  const int32_t R = 3 + g.F;
-  float best = __int_as_float(0x7f800000);
-  int32_t best_k = 0;
-  for (int32_t k = 0; k < g.K; ++k) {
-    if (counts[n * g.K + k] <= 0) continue;
-    const float* c = clusters + (n * g.K + k) * R;
-    const float dz = z - c[0], dy = y - c[1], dx = x - c[2];
-    const float d = g.weight[0] * dz * dz + g.weight[1] * dy * dy + g.weight[2] * dx * dx;
-    if (d < best) {
-      best = d;
-      best_k = k;
-    }
-  }
-  labels[i] = best_k;
+  labels[i] = nearest_live_cluster(g, clusters + n * g.K * (3 + g.F), counts + n * g.K, i % g.P);
 }
 
 // ------------------------------------------------------------------------- components
