@@ -349,3 +349,33 @@ def _warm_start(init: Segmentation | None, images: Tensor, mode: str, volume: Te
         raise ValueError("init: its k-means state does not match the images' shape")
     return (init.clusters.to(torch.float32).contiguous(), init.cluster_counts.to(torch.int32).contiguous(),
             init.cluster_labels.to(torch.int32).contiguous())
+
+
+# ------------------------------------------------------------------------ colour
+
+# sRGB (D65) -> XYZ, divided by the D65 white point, as scikit-image's rgb2lab.
+_RGB_TO_XYZ_D65 = (
+    (0.412453 / 0.95047, 0.357580 / 0.95047, 0.180423 / 0.95047),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334 / 1.08883, 0.119193 / 1.08883, 0.950227 / 1.08883),
+)
+
+
+def rgb_to_lab(images: Tensor) -> Tensor:
+    """sRGB to CIELAB (D65, 2 degree observer) on the device, as scikit-image's ``rgb2lab``.
+
+    Args:
+        images: ``[B, 3, ...]`` uint8 (0..255) or float (0..1).
+
+    Returns:
+        float32 ``[B, 3, ...]``: L in 0..100, a and b roughly -128..127.
+    """
+    if not isinstance(images, Tensor) or images.dim() < 2 or images.shape[1] != 3:
+        raise ValueError(f"images: expected [B, 3, ...] sRGB, got {getattr(images, 'shape', type(images))}")
+    rgb = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    matrix = torch.tensor(_RGB_TO_XYZ_D65, device=rgb.device)
+    xyz = torch.einsum("ij,bj...->bi...", matrix, linear)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack((116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)), dim=1)

@@ -18,3 +18,43 @@ TOLERANCES = {
     torch.float32: dict(rtol=1e-5, atol=1e-5),
     torch.float64: dict(rtol=1e-12, atol=1e-12),
 }
+
+
+class TinyCNN(torch.nn.Module):
+    """conv -> ReLU -> conv -> ReLU -> global mean -> linear; 2-D or 3-D (``dims=3``)."""
+
+    def __init__(self, dims: int = 2, channels: int = 3, classes: int = 5, width: int = 4) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+        self.conv1 = conv(channels, width, 3, padding=1)
+        self.relu1 = torch.nn.ReLU()
+        self.conv2 = conv(width, width, 3, padding=1, stride=2)
+        self.relu2 = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(h.flatten(2).mean(2))
+
+
+class SmoothNet(torch.nn.Module):
+    """A smooth (tanh) net, on which integrated gradients' quadrature converges fast."""
+
+    def __init__(self, channels: int = 3, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, 6, 3, padding=1)
+        self.fc = torch.nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.conv(x)).mean((2, 3)))
+
+
+def photos(size: int = 64, count: int = 4) -> torch.Tensor:
+    """scikit-image's sample photos, float ``[count, 3, size, size]`` in 0..1."""
+    import skimage.data as data
+    import torch.nn.functional as F
+
+    images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()][:count]
+    batch = [F.interpolate(torch.from_numpy(i).permute(2, 0, 1)[None].float(), size=(size, size),
+                           mode="bilinear", antialias=True)[0] for i in images]
+    return (torch.stack(batch) / 255).clamp(0, 1)

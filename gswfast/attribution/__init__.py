@@ -1,0 +1,179 @@
+"""Pixel attributions from a model's backward passes.
+
+``attribute(model, inputs, target, method=..., **options)`` returns the attribution of every
+input value ``[B, C, (T), H, W]`` (Grad-CAM: ``[B, 1, (T), H, W]``) and the targets ``[B]``.
+``gswfast.explain`` pools it per segment; it can also be used on its own, as Captum's
+``attribute``. Methods and their options:
+
+- ``gradient``: saliency.
+- ``input_x_gradient``: ``baseline="zeros"``.
+- ``integrated_gradients``: ``baseline="zeros"``, ``n_steps=32``,
+  ``integration="gausslegendre"`` (or ``riemann_trapezoid|middle|left|right``),
+  ``internal_batch_size=None``.
+- ``lime_ig``: integrated gradients from the ``segment_mean`` baseline (each segment
+  filled with its mean colour, LIME's default for hidden segments). Summed per segment it
+  approximates LIME's segment weights (Garreau & Mardaoui, ICML 2021).
+- ``smoothgrad``: ``base="gradient"`` (any other method but itself), ``n_samples=25``,
+  ``noise_level=0.15``, ``square=False``, ``seed=None``, ``internal_batch_size=None``,
+  plus the base method's options.
+- ``gradcam``: ``layer=None`` (a module or dotted name; default: the last Conv2d/Conv3d
+  that runs with a spatial output).
+- ``guided_backprop``: guided ReLU gradients.
+
+Baselines (``baseline=``): ``"zeros"``, ``"blur"`` (``blur_sigma=``), ``"segment_mean"``
+(needs ``labels``) or a tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gswfast.attribution._model import (
+    ModelForward, Preprocess, Target, check_target_range, model_session, resolve_target,
+)
+from gswfast.attribution.baselines import BASELINES, check_baseline, make_baseline, needs_segmentation
+from gswfast.attribution.channels import CHANNEL_REDUCTIONS, reduce_channels
+from gswfast.attribution.gradcam import GradCAM, find_layer, last_conv_layer
+from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient
+from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGradients
+from gswfast.attribution.smoothgrad import SmoothGrad
+
+METHODS: tuple[str, ...] = (
+    "gradient", "input_x_gradient", "integrated_gradients", "lime_ig", "smoothgrad", "gradcam",
+    "guided_backprop",
+)
+
+_IG_OPTIONS = ("n_steps", "integration", "internal_batch_size")
+_SMOOTH_OPTIONS = ("base", "n_samples", "noise_level", "square", "seed", "internal_batch_size")
+_BASELINE_OPTIONS = ("baseline", "blur_sigma")
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "gradient": (),
+    "input_x_gradient": _BASELINE_OPTIONS,
+    "integrated_gradients": _BASELINE_OPTIONS + _IG_OPTIONS,
+    "lime_ig": _BASELINE_OPTIONS + _IG_OPTIONS,
+    "gradcam": ("layer",),
+    "guided_backprop": (),
+}
+_DEFAULT_BASELINE = {"input_x_gradient": "zeros", "integrated_gradients": "zeros", "lime_ig": "segment_mean"}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method with its options checked, before any input is seen."""
+
+    method: str
+    options: dict[str, Any]
+
+    @property
+    def base(self) -> str:
+        return self.options.get("base", "gradient") if self.method == "smoothgrad" else self.method
+
+    @property
+    def baseline(self) -> Any:
+        return self.options.get("baseline", _DEFAULT_BASELINE.get(self.base))
+
+    @property
+    def needs_segmentation(self) -> bool:
+        return self.baseline is not None and needs_segmentation(self.baseline)
+
+    @property
+    def default_channel_reduce(self) -> str:
+        return "sum" if self.base in _DEFAULT_BASELINE or self.base == "gradcam" else "abs_sum"
+
+
+def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
+    """Checks ``method`` and that every option belongs to it (``TypeError`` otherwise)."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    allowed = set(_OPTIONS.get(method, ()))
+    if method == "smoothgrad":
+        base = options.get("base", "gradient")
+        if base not in METHODS or base == "smoothgrad":
+            raise ValueError(f"base: expected one of {tuple(m for m in METHODS if m != 'smoothgrad')}, got {base!r}")
+        allowed = set(_SMOOTH_OPTIONS) | set(_OPTIONS[base])
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(f"method {method!r} got unexpected option(s) {unknown}; it takes {sorted(allowed)}")
+    spec = MethodSpec(method, dict(options))
+    if spec.baseline is not None:
+        check_baseline(spec.baseline)
+    return spec
+
+
+class Attributor:
+    """Builds the scorer of a ``MethodSpec`` for one batch and runs it in a model session."""
+
+    def __init__(self, model: nn.Module, spec: MethodSpec, preprocess: Preprocess | None = None,
+                 autocast: Any = None, eval_mode: bool = True) -> None:
+        self.model = model
+        self.spec = spec
+        self.forward = ModelForward(model, preprocess, autocast)
+        self.eval_mode = eval_mode
+        self._layer: nn.Module | None = None
+        self._layer_key: tuple | None = None
+
+    def __call__(self, x: Tensor, target: Tensor | None, labels: Tensor | None = None,
+                 num_segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Attribution ``[B, C|1, (T), H, W]`` and targets ``[B]`` of float inputs ``x``."""
+        self.forward.check_targets = target is not None
+        with model_session(self.model, self.eval_mode) as handles:
+            scorer = self._scorer(self.spec.base, x, labels, num_segments, handles)
+            if self.spec.method == "smoothgrad":
+                smooth = {k: v for k, v in self.spec.options.items() if k in _SMOOTH_OPTIONS and k != "base"}
+                scorer = SmoothGrad(scorer, **smooth)
+            return scorer(self.forward, x, target)
+
+    def _scorer(self, method: str, x: Tensor, labels: Tensor | None, num_segments: Tensor | None,
+                handles: list):
+        options = self.spec.options
+        if method == "gradient":
+            return Gradient()
+        if method == "guided_backprop":
+            scorer = GuidedBackprop(self.model)
+            scorer.register(handles)
+            return scorer
+        if method == "gradcam":
+            scorer = GradCAM(self._gradcam_layer(x))
+            scorer.register(handles)
+            return scorer
+        baseline = make_baseline(self.spec.baseline, x, labels, num_segments, options.get("blur_sigma"))
+        if method == "input_x_gradient":
+            return InputXGradient(baseline)
+        ig = {k: v for k, v in options.items() if k in _IG_OPTIONS}
+        return IntegratedGradients(baseline, **ig)
+
+    def _gradcam_layer(self, x: Tensor) -> nn.Module:
+        layer = self.spec.options.get("layer")
+        if layer is not None:
+            return find_layer(self.model, layer)
+        key = tuple(x.shape[1:])
+        if self._layer is None or self._layer_key != key:  # found once per input shape
+            self._layer = last_conv_layer(self.model, self.forward, x)
+            self._layer_key = key
+        return self._layer
+
+
+def attribute(model: nn.Module, inputs: Tensor, target: Target = None, method: str = "gradient", *,
+              labels: Tensor | None = None, num_segments: Tensor | None = None,
+              preprocess: Preprocess | None = None, autocast: Any = None, eval_mode: bool = True,
+              **options: Any) -> tuple[Tensor, Tensor]:
+    """Pixel attribution of float ``inputs [B, C, (T), H, W]`` for ``target`` (None: the
+    predicted class). Returns ``(attribution, target)``; see the module docstring."""
+    spec = method_spec(method, options)
+    if spec.needs_segmentation and labels is None:
+        raise ValueError("labels: baseline 'segment_mean' needs a segmentation")
+    with torch.inference_mode(False):
+        x = inputs.clone() if inputs.is_inference() else inputs
+        resolved = resolve_target(target, x.shape[0], x.device)
+        return Attributor(model, spec, preprocess, autocast, eval_mode)(x, resolved, labels, num_segments)
+
+
+__all__ = [
+    "BASELINES", "CHANNEL_REDUCTIONS", "INTEGRATIONS", "METHODS", "Attributor", "MethodSpec",
+    "ModelForward", "attribute", "check_target_range", "find_layer", "make_baseline", "method_spec",
+    "model_session", "reduce_channels", "resolve_target",
+]

@@ -1,0 +1,65 @@
+"""Scorers made of one backward pass: gradient, input x gradient, guided backprop.
+
+A scorer is called as ``scorer(forward, x, target, sample)``: ``x [N, C, (T), H, W]`` are
+the rows to score, ``target [N]`` their classes (``None``: predicted) and ``sample [N]``
+the row's sample in the original batch (``None``: row ``i`` is sample ``i``), used to pick
+per-sample tensors such as baselines when a wrapper (smoothgrad) adds rows. It returns
+the attribution ``[N, C, (T), H, W]`` and the targets ``[N]``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from gswfast.attribution._model import ModelForward, input_gradient
+
+
+def pick(per_sample: Tensor, sample: Tensor | None) -> Tensor:
+    """The rows of a per-sample tensor that belong to ``sample`` (all rows if None)."""
+    return per_sample if sample is None else per_sample.index_select(0, sample)
+
+
+class Gradient:
+    """d(target logit)/d(input) (saliency, Simonyan et al. 2014)."""
+
+    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
+                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return input_gradient(forward, x, target)
+
+
+class InputXGradient:
+    """``(x - baseline) * gradient``: the first-order Taylor term of each input value."""
+
+    def __init__(self, baseline: Tensor) -> None:
+        self.baseline = baseline  # [B, C, (T), H, W]
+
+    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
+                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        grad, target = input_gradient(forward, x, target)
+        return (x - pick(self.baseline, sample)) * grad, target
+
+
+class GuidedBackprop:
+    """Gradient with every ``nn.ReLU``'s backward also zeroing negative incoming gradients
+    (Springenberg et al. 2015). ReLUs called as functions (``F.relu``) are not guided."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+        if not self.relus:
+            raise ValueError("method: guided_backprop needs nn.ReLU modules, the model has none")
+
+    def register(self, handles: list) -> None:
+        """Hooks every ReLU module (the caller removes the handles)."""
+        for relu in self.relus:
+            handles.append(relu.register_forward_hook(_guide_relu_output))
+
+    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
+                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return input_gradient(forward, x, target)
+
+
+def _guide_relu_output(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+    # ReLU's own backward keeps the gradient where its input was positive; clamping the
+    # gradient that reaches its output also drops negative gradients: guided backprop.
+    if isinstance(output, Tensor) and output.requires_grad:
+        output.register_hook(lambda grad: grad.clamp(min=0))

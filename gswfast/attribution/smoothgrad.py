@@ -1,0 +1,64 @@
+"""SmoothGrad (Smilkov et al. 2017): any scorer averaged over noisy copies of the input."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from gswfast.attribution._model import ModelForward
+from gswfast.attribution.integrated_gradients import check_batch_size, chunk_rows
+
+
+class SmoothGrad:
+    """Mean (or mean square) of ``base`` over ``n_samples`` copies of each input with
+    Gaussian noise of standard deviation ``noise_level * (max - min)`` of that input.
+
+    Noisy copies go through the model in chunks of ``internal_batch_size`` rows; ``seed``
+    makes the noise reproducible (a generator on the input's device).
+    """
+
+    def __init__(self, base, n_samples: int = 25, noise_level: float = 0.15, square: bool = False,
+                 seed: int | None = None, internal_batch_size: int | None = None) -> None:
+        if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+            raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
+        if not (isinstance(noise_level, (int, float)) and math.isfinite(noise_level) and noise_level >= 0):
+            raise ValueError(f"noise_level: expected a finite number >= 0, got {noise_level!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+        self.base = base
+        self.n_samples = n_samples
+        self.noise_level = float(noise_level)
+        self.square = bool(square)
+        self.seed = seed
+        self.internal_batch_size = check_batch_size(internal_batch_size)
+
+    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
+                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if sample is not None:
+            raise ValueError("method: smoothgrad cannot wrap smoothgrad")
+        if target is None:
+            target = forward.predicted(x)
+        n = x.shape[0]
+        flat = x.detach().flatten(1).float()
+        sigma = self.noise_level * (flat.amax(1) - flat.amin(1))  # [B]
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        total: Tensor | None = None
+        view = (-1,) + (1,) * (x.dim() - 1)
+        chunk = chunk_rows(self.internal_batch_size, n)
+        for start in range(0, n * self.n_samples, chunk):
+            rows = torch.arange(start, min(start + chunk, n * self.n_samples), device=x.device)
+            row = rows % n
+            noise = torch.randn((rows.numel(), *x.shape[1:]), generator=generator, device=x.device, dtype=torch.float32)
+            noisy = (x[row].float() + noise * sigma[row].view(view)).to(x.dtype)
+            attribution, _ = self.base(forward, noisy, target[row], row)
+            attribution = attribution.float()
+            if self.square:
+                attribution = attribution * attribution
+            if total is None:
+                total = torch.zeros((n, *attribution.shape[1:]), device=x.device, dtype=torch.float32)
+            total.index_add_(0, row, attribution)
+        return (total / self.n_samples).to(x.dtype), target

@@ -1,0 +1,269 @@
+"""Pixel scorers against independent references: torch.autograd.grad, Captum, hand math."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gswfast.attribution import METHODS, attribute, find_layer, make_baseline
+from gswfast.attribution.baselines import gaussian_blur, segment_mean_image
+from gswfast.attribution.integrated_gradients import integration_points
+from gswfast.testing import grid_labels
+from helpers import SmoothNet, TinyCNN, cpu_and_cuda
+
+
+def _net(device, dims=2, **kw):
+    return TinyCNN(dims, **kw).double().to(device).eval()
+
+
+def _inputs(device, shape=(3, 3, 12, 12)):
+    return torch.rand(shape, dtype=torch.float64, device=device)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dims", [2, 3])
+def test_gradient_equals_autograd(device, dims):
+    model = _net(device, dims)
+    x = _inputs(device, (3, 3, 12, 12) if dims == 2 else (2, 3, 4, 8, 8))
+    target = torch.tensor([1, 4, 0][: x.shape[0]], device=device)
+    attr, got_target = attribute(model, x, target, "gradient")
+    xr = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(model(xr).gather(1, target[:, None]).sum(), xr)
+    torch.testing.assert_close(attr, expected)
+    assert torch.equal(got_target, target)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_predicted_class_is_the_default_target(device):
+    model, x = _net(device), _inputs(device)
+    _, target = attribute(model, x, None, "gradient")
+    torch.testing.assert_close(target, model(x).argmax(1))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_input_x_gradient(device):
+    model, x = _net(device), _inputs(device)
+    baseline = torch.full_like(x, 0.25)
+    grad, _ = attribute(model, x, 2, "gradient")
+    plain, _ = attribute(model, x, 2, "input_x_gradient")
+    shifted, _ = attribute(model, x, 2, "input_x_gradient", baseline=baseline)
+    torch.testing.assert_close(plain, x * grad)
+    torch.testing.assert_close(shifted, (x - baseline) * grad)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid", "riemann_middle"])
+def test_integrated_gradients_completeness(device, integration):
+    model = SmoothNet().double().to(device).eval()
+    x, baseline = _inputs(device, (2, 3, 10, 10)), torch.zeros(2, 3, 10, 10, dtype=torch.float64, device=device)
+    target = torch.tensor([1, 3], device=device)
+    attr, _ = attribute(model, x, target, "integrated_gradients", n_steps=64, integration=integration)
+    with torch.no_grad():
+        delta = (model(x) - model(baseline)).gather(1, target[:, None]).squeeze(1)
+    total = attr.flatten(1).sum(1)
+    assert torch.all((total - delta).abs() <= 0.02 * delta.abs()), (total, delta)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right"])
+def test_integrated_gradients_matches_captum(device, integration):
+    from captum.attr import IntegratedGradients
+
+    model, x = _net(device), _inputs(device)
+    baseline = torch.rand_like(x)
+    target = torch.tensor([0, 2, 4], device=device)
+    ours, _ = attribute(model, x, target, "integrated_gradients", baseline=baseline, n_steps=20,
+                        integration=integration, internal_batch_size=7)
+    theirs = IntegratedGradients(model).attribute(x, baselines=baseline, target=target, n_steps=20,
+                                                  method=integration)
+    if integration == "riemann_trapezoid":
+        # Captum weighs every trapezoid point 1/n (halving the ends), so its weights sum to
+        # (n-1)/n; the trapezoid rule's sum to 1.
+        theirs = theirs * 20 / 19
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_integrated_gradients_chunks_do_not_change_the_result():
+    model, x = _net("cpu"), _inputs("cpu")
+    whole, _ = attribute(model, x, 1, "integrated_gradients", n_steps=9)
+    chunked, _ = attribute(model, x, 1, "integrated_gradients", n_steps=9, internal_batch_size=2)
+    torch.testing.assert_close(whole, chunked)
+
+
+def test_integration_points_integrate_polynomials():
+    for method, n, degree in [("gausslegendre", 4, 7), ("riemann_trapezoid", 200, 2), ("riemann_middle", 200, 2)]:
+        alphas, weights = integration_points(n, method)
+        approx = sum(w * a**degree for a, w in zip(alphas, weights))
+        assert abs(approx - 1 / (degree + 1)) < 1e-4, method
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_smoothgrad(device):
+    model, x = _net(device), _inputs(device)
+    grad, _ = attribute(model, x, 3, "gradient")
+    noiseless, _ = attribute(model, x, 3, "smoothgrad", noise_level=0.0, n_samples=3)
+    torch.testing.assert_close(noiseless, grad)
+    a, _ = attribute(model, x, 3, "smoothgrad", n_samples=6, seed=7, internal_batch_size=4)
+    b, _ = attribute(model, x, 3, "smoothgrad", n_samples=6, seed=7)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, grad)
+
+
+def test_smoothgrad_equals_the_mean_over_its_noisy_inputs():
+    model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
+    n, level = 5, 0.2
+    ours, _ = attribute(model, x, 1, "smoothgrad", n_samples=n, noise_level=level, seed=3, square=True,
+                        base="input_x_gradient")
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn((n * 2, 3, 8, 8), generator=generator, dtype=torch.float32).double()
+    sigma = level * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
+    noisy = (x.repeat(n, 1, 1, 1) + noise * sigma.repeat(n).view(-1, 1, 1, 1)).requires_grad_()
+    (grad,) = torch.autograd.grad(model(noisy)[:, 1].sum(), noisy)
+    expected = ((noisy.detach() * grad) ** 2).view(n, 2, 3, 8, 8).mean(0)
+    torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_gradcam_equals_hand_computation(device):
+    model, x = _net(device), _inputs(device, (2, 3, 12, 12))
+    target = torch.tensor([3, 1], device=device)
+    cam, _ = attribute(model, x, target, "gradcam", layer="conv2")
+    act = model.conv2(model.relu1(model.conv1(x))).detach().requires_grad_()
+    out = model.fc(torch.relu(act).flatten(2).mean(2))
+    (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), act)
+    expected = torch.relu((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
+    expected = F.interpolate(expected.detach(), size=(12, 12), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(cam, expected.to(cam.dtype))
+
+
+def test_gradcam_finds_the_last_convolution_and_upsamples_over_time():
+    model, x = _net("cpu", 3), _inputs("cpu", (2, 3, 4, 8, 8))
+    auto, _ = attribute(model, x, 0, "gradcam")
+    named, _ = attribute(model, x, 0, "gradcam", layer=model.conv2)
+    assert auto.shape == (2, 1, 4, 8, 8)
+    torch.testing.assert_close(auto, named)
+    assert auto.min() >= 0
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_guided_backprop_matches_captum(device):
+    from captum.attr import GuidedBackprop
+
+    model, x = _net(device), _inputs(device)
+    ours, _ = attribute(model, x, 2, "guided_backprop")
+    theirs = GuidedBackprop(model).attribute(x.clone(), target=2)
+    torch.testing.assert_close(ours, theirs)
+    grad, _ = attribute(model, x, 2, "gradient")
+    assert not torch.allclose(ours, grad)
+
+
+def test_guided_backprop_with_inplace_relu():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=4).eval()  # ReLU(inplace=True) everywhere
+    attr, _ = attribute(model, torch.rand(1, 3, 32, 32), 0, "guided_backprop")
+    assert torch.isfinite(attr).all() and attr.abs().sum() > 0
+
+
+def test_baselines():
+    x = torch.rand(2, 3, 8, 10)
+    labels, k = grid_labels(2, 8, 10, cell=4)
+    mean_image = segment_mean_image(x, labels)
+    for b in range(2):
+        for s in range(k):
+            mask = labels[b] == s
+            if mask.any():
+                torch.testing.assert_close(mean_image[b][:, mask], x[b][:, mask].mean(1, keepdim=True).expand(-1, int(mask.sum())))
+    assert torch.equal(make_baseline("zeros", x), torch.zeros_like(x))
+    blurred = gaussian_blur(x, 2.0)
+    assert blurred.shape == x.shape and blurred.std() < x.std()
+    torch.testing.assert_close(gaussian_blur(torch.ones(1, 1, 9, 9), 2.0), torch.ones(1, 1, 9, 9))
+
+
+def test_model_is_left_as_found_even_when_it_raises():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    model.train()
+    model[0].weight.requires_grad_(False)
+    stats = model[1].running_mean.clone()
+    for method in METHODS:
+        options = {"baseline": "zeros"} if method == "lime_ig" else {}
+        attribute(model, torch.rand(2, 3, 8, 8), 1, method, **options)
+        assert model.training and all(m.training for m in model.modules())
+        assert [p.requires_grad for p in model.parameters()] == [False] + [True] * 5
+        assert all(p.grad is None for p in model.parameters())
+        assert torch.equal(model[1].running_mean, stats)
+        assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    broken = torch.nn.Sequential(TinyCNN(), Boom())
+    for method in ("gradient", "guided_backprop"):
+        with pytest.raises(RuntimeError, match="boom"):
+            attribute(broken, torch.rand(1, 3, 8, 8), 0, method)
+    with pytest.raises(RuntimeError, match="boom"):
+        attribute(broken, torch.rand(1, 3, 8, 8), 0, "gradcam", layer="0.conv2")
+    assert all(not m._forward_hooks for m in broken.modules())
+    assert all(p.requires_grad for p in broken.parameters())
+
+
+def test_find_layer_through_wrappers():
+    model = TinyCNN()
+    wrapped = torch.nn.DataParallel(model)
+    assert find_layer(wrapped, "conv2") is model.conv2
+    assert find_layer(wrapped, "module.conv2") is model.conv2
+    assert find_layer(model, "module.conv2") is model.conv2
+    with pytest.raises(ValueError, match="no module named 'conv9'"):
+        find_layer(model, "conv9")
+    with pytest.raises(ValueError, match="not part of the model"):
+        find_layer(model, torch.nn.Conv2d(1, 1, 1))
+
+
+def test_bad_input():
+    model, x = _net("cpu"), _inputs("cpu")
+    with pytest.raises(ValueError, match="target: class 5 is out of range"):
+        attribute(model, x, 5, "gradient")
+    with pytest.raises(ValueError, match="target: class -1"):
+        attribute(model, x, [0, -1, 0], "integrated_gradients", n_steps=2)
+    with pytest.raises(ValueError, match=r"target: expected one class per sample \(\[3\]\)"):
+        attribute(model, x, [0, 1], "gradient")
+    with pytest.raises(TypeError, match="target: expected an integer tensor"):
+        attribute(model, x, torch.zeros(3), "gradient")
+    with pytest.raises(ValueError, match=r"model: expected logits \[B, classes\]"):
+        attribute(torch.nn.Conv2d(3, 2, 1).double(), x, 0, "gradient")
+    with pytest.raises(ValueError, match="does not depend differentiably"):
+        attribute(_Detached(model), x, 0, "gradient")
+    with pytest.raises(ValueError, match="method: expected one of"):
+        attribute(model, x, 0, "lrp")
+    with pytest.raises(TypeError, match="unexpected option"):
+        attribute(model, x, 0, "gradient", n_steps=3)
+    with pytest.raises(ValueError, match="n_steps: expected an int >= 1"):
+        attribute(model, x, 0, "integrated_gradients", n_steps=0)
+    with pytest.raises(ValueError, match="integration: expected one of"):
+        attribute(model, x, 0, "integrated_gradients", integration="simpson")
+    with pytest.raises(ValueError, match="baseline: expected one of"):
+        attribute(model, x, 0, "integrated_gradients", baseline="ones")
+    with pytest.raises(ValueError, match="baseline: shape"):
+        attribute(model, x, 0, "input_x_gradient", baseline=torch.zeros(2, 3, 5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="labels: baseline 'segment_mean' needs a segmentation"):
+        attribute(model, x, 0, "lime_ig")
+    with pytest.raises(ValueError, match="base: expected one of"):
+        attribute(model, x, 0, "smoothgrad", base="smoothgrad")
+    with pytest.raises(ValueError, match="noise_level"):
+        attribute(model, x, 0, "smoothgrad", noise_level=-1.0)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        attribute(model, x, 0, "integrated_gradients", baseline="blur", blur_sigma=0.0)
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+        attribute(lambda t: t, x, 0, "gradient")
+
+
+class _Detached(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).detach()
