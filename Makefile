@@ -10,7 +10,7 @@ export GSWFAST_CUDA
 .PHONY: demo test bench install clean
 
 demo: install
-	$(PY) examples/segment_and_pool.py
+	$(PY) examples/explain_photos.py
 
 test: install
 	$(PY) -m pytest -p no:cacheprovider tests benchmarks --benchmark-disable

@@ -15,42 +15,10 @@ import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
-from scipy.stats import spearmanr
 
 import gswfast as gsw
-
-
-def photos(size: int) -> torch.Tensor:
-    import skimage.data as data
-
-    images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    batch = [F.interpolate(torch.from_numpy(i).permute(2, 0, 1)[None].float(), size=(size, size),
-                           mode="bilinear", antialias=True)[0] for i in images]
-    return (torch.stack(batch) / 255).clamp(0, 1)
-
-
-def lime_weights(model, image: torch.Tensor, labels: np.ndarray, target: int, seed: int,
-                 n_samples: int, output: str) -> np.ndarray:
-    from lime import lime_image
-
-    def classify(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
-        with torch.no_grad():
-            logits = torch.cat([model(c) for c in x.split(64)])
-        return (logits.softmax(1) if output == "probability" else logits).numpy()
-
-    explainer = lime_image.LimeImageExplainer(random_state=seed)
-    result = explainer.explain_instance(
-        image.permute(1, 2, 0).double().numpy(), classify, labels=(target,), top_labels=None,
-        hide_color=None, num_samples=n_samples, batch_size=64, segmentation_fn=lambda _: labels,
-        random_seed=seed,
-    )
-    weights = np.zeros(int(labels.max()) + 1)
-    for segment, weight in result.local_exp[target]:
-        weights[segment] = weight
-    return weights
+from gswfast.testing import lime_weights, photos, spearman
 
 
 def main() -> None:
@@ -71,20 +39,18 @@ def main() -> None:
         "abs_gradient": dict(method="gradient", reduce="sum"),
         "gradcam": dict(method="gradcam", reduce="sum"),
     }
-    if args.output == "probability":
+    if args.output == "probability":  # LIME and gswfast both explain the class probability
         model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
     scores = {name: gsw.explain(model, x, segmentation=seg, **kw) for name, kw in methods.items()}
     target = scores["lime_ig"].target
-    inner = model[0] if args.output == "probability" else model
     rho: dict[str, list[float]] = {name: [] for name in [*methods, "lime_seed1"]}
     for b in range(x.shape[0]):
-        labels = seg.labels[b].numpy()
         k = int(seg.num_segments[b])
-        ref = lime_weights(inner, x[b], labels, int(target[b]), 0, args.samples, args.output)
-        other = lime_weights(inner, x[b], labels, int(target[b]), 1, args.samples, args.output)
-        rho["lime_seed1"].append(spearmanr(ref, other).statistic)
+        ref = lime_weights(model, x[b], seg.labels[b], int(target[b]), 0, args.samples)
+        other = lime_weights(model, x[b], seg.labels[b], int(target[b]), 1, args.samples)
+        rho["lime_seed1"].append(spearman(ref, other))
         for name, expl in scores.items():
-            rho[name].append(spearmanr(ref, expl.segment_scores[b, :k].numpy()).statistic)
+            rho[name].append(spearman(ref, expl.segment_scores[b, :k]))
     print(json.dumps({name: round(float(np.mean(v)), 3) for name, v in rho.items()}, indent=1))
 
 

@@ -145,3 +145,48 @@ def is_connected(labels: Tensor) -> bool:
     array = labels.cpu().numpy()
     components = connected(array + 1, background=0, connectivity=1)
     return int(components.max()) == len(set(array.reshape(-1).tolist()))
+
+
+def lime_weights(model: torch.nn.Module, image: Tensor, labels: Tensor, target: int, seed: int = 0,
+                 n_samples: int = 1000, batch_size: int = 64) -> Tensor:
+    """Segment weights ``[K]`` from the real ``lime`` package for one float image
+    ``[3, H, W]`` (0..1) and its segments ``labels [H, W]``, with LIME's defaults (hidden
+    segments take their mean colour, cosine kernel of width 0.25, ridge regression) on the
+    model's raw outputs."""
+    from lime import lime_image  # heavy and optional: imported here
+
+    def classify(batch):
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+        with torch.no_grad():
+            return torch.cat([model(chunk) for chunk in x.split(batch_size)]).numpy()
+
+    segments = labels.cpu().numpy()
+    explainer = lime_image.LimeImageExplainer(random_state=seed)
+    result = explainer.explain_instance(
+        image.permute(1, 2, 0).double().cpu().numpy(), classify, labels=(target,), top_labels=None,
+        hide_color=None, num_samples=n_samples, batch_size=batch_size, segmentation_fn=lambda _: segments,
+        random_seed=seed,
+    )
+    weights = torch.zeros(int(segments.max()) + 1, dtype=torch.float64)
+    for segment, weight in result.local_exp[target]:
+        weights[segment] = weight
+    return weights
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (ties get their mean rank)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic)
+
+
+def photos(size: int = 64, count: int = 4) -> Tensor:
+    """scikit-image's sample photos (astronaut, chelsea, coffee, rocket, repeated to
+    ``count``) resized to ``size x size``: float ``[count, 3, size, size]`` in 0..1."""
+    import skimage.data as data
+
+    images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    resized = [torch.nn.functional.interpolate(torch.from_numpy(i).permute(2, 0, 1)[None].float(), size=(size, size),
+                                               mode="bilinear", antialias=True)[0] for i in images]
+    batch = (torch.stack(resized) / 255).clamp(0, 1)
+    return batch.repeat((count + 3) // 4, 1, 1, 1)[:count].contiguous()

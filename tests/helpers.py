@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gswfast.testing import grid_labels, reference_pool  # noqa: F401  (re-exported for tests)
+from gswfast.testing import grid_labels, photos, reference_pool  # noqa: F401  (re-exported for tests)
 
 
 def cpu_and_cuda():
@@ -48,13 +48,3 @@ class SmoothNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.tanh(self.conv(x)).mean((2, 3)))
 
-
-def photos(size: int = 64, count: int = 4) -> torch.Tensor:
-    """scikit-image's sample photos, float ``[count, 3, size, size]`` in 0..1."""
-    import skimage.data as data
-    import torch.nn.functional as F
-
-    images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()][:count]
-    batch = [F.interpolate(torch.from_numpy(i).permute(2, 0, 1)[None].float(), size=(size, size),
-                           mode="bilinear", antialias=True)[0] for i in images]
-    return (torch.stack(batch) / 255).clamp(0, 1)

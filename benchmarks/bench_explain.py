@@ -1,0 +1,237 @@
+"""gswfast.explain against a bare forward+backward, Captum and pytorch-grad-cam, in one run.
+
+Overhead (issue 4): resnet18, batch 16, 224x224 photos on the CPU (resnet50, batch 64 on
+CUDA). ``bare`` is what any gradient explanation must at least pay: one forward pass and
+the backward pass to the input for the predicted class (``torch.autograd.grad``).
+``gswfast`` is the whole pipeline: SLIC (50 segments), the attribution, channel
+reduction and segment pooling. Goal: at most 1.25x ``bare`` for ``gradient`` and ``gradcam``.
+
+Video: r2plus1d_18 on 16x112x112 clips with the ``gradient`` method, SLIC supervoxels
+included; ``clips_per_s`` in extra_info (CUDA: batch 16 under float16 autocast).
+
+Peers, given the same segmentation: Captum's ``IntegratedGradients`` (same steps, same
+internal batch) pooled with ``torch.index_add_``, and pytorch-grad-cam's ``GradCAM`` on the
+same layer (it returns numpy maps) pooled the same way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import gswfast as gsw
+from gswfast.testing import photos
+from timing import cuda_timed
+
+pytest.importorskip("skimage.data")
+
+CUDA_REPEAT = 5
+
+
+def _photos(batch: int, size: int = 224, device: str = "cpu") -> torch.Tensor:
+    return photos(size, batch).to(device)
+
+
+def _model(name: str, device: str = "cpu", video: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    zoo = torchvision.models.video if video else torchvision.models
+    return getattr(zoo, name)().to(device).eval()
+
+
+def bare_forward_backward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The floor of any gradient explanation: forward, backward to the input."""
+    x = x.detach().requires_grad_(True)
+    out = model(x)
+    (grad,) = torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), x)
+    return grad
+
+
+def index_add_pool(pixel: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean per segment with plain torch, as a user of Captum or pytorch-grad-cam would."""
+    b = pixel.shape[0]
+    flat = (labels.long() + k * torch.arange(b, device=labels.device).view(-1, *[1] * (labels.dim() - 1))).flatten()
+    sums = torch.zeros(b * k, device=pixel.device).index_add_(0, flat, pixel.flatten().float())
+    counts = torch.zeros(b * k, device=pixel.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    return (sums / counts.clamp(min=1)).view(b, k)
+
+
+def _record(benchmark, role: str, items: int = 1, unit: str = "images") -> None:
+    benchmark.extra_info.update(role=role, threads=torch.get_num_threads(), **{f"{unit}_per_call": items})
+
+
+def _rate(benchmark, items: int, unit: str) -> None:
+    if benchmark.stats is not None:  # absent with --benchmark-disable
+        benchmark.extra_info[f"{unit}_per_s"] = items / benchmark.stats.stats.median
+
+
+# ------------------------------------------------------------------ CPU overhead
+
+
+@pytest.fixture(scope="module")
+def resnet18_batch16():
+    return _model("resnet18"), _photos(16)
+
+
+@pytest.mark.parametrize("method", ["gradient", "gradcam"])
+def bench_cpu_overhead_bare(benchmark, resnet18_batch16, method):
+    benchmark.group = f"cpu-explain-overhead-{method}-resnet18-b16"
+    model, x = resnet18_batch16
+    benchmark(bare_forward_backward, model, x)
+    _record(benchmark, "bare_forward_backward", 16)
+
+
+@pytest.mark.parametrize("method", ["gradient", "gradcam"])
+def bench_cpu_overhead_gswfast(benchmark, resnet18_batch16, method):
+    benchmark.group = f"cpu-explain-overhead-{method}-resnet18-b16"
+    model, x = resnet18_batch16
+    expl = benchmark(gsw.explain, model, x, method=method)
+    _record(benchmark, "gswfast", 16)
+    assert expl.segment_scores.shape[0] == 16 and torch.isfinite(expl.segment_scores).all()
+
+
+# ------------------------------------------------------------------ CPU video
+
+
+@pytest.fixture(scope="module")
+def r2plus1d_clips():
+    torch.manual_seed(0)
+    frames = _photos(2, 112)  # two photos, each panned over 16 frames
+    clips = torch.stack([torch.stack([torch.roll(f, shifts=2 * t, dims=-1) for t in range(16)], 1) for f in frames])
+    return _model("r2plus1d_18", video=True), clips
+
+
+@pytest.mark.benchmark(group="cpu-explain-video-r2plus1d_18-16x112x112")
+def bench_cpu_video_bare(benchmark, r2plus1d_clips):
+    model, clips = r2plus1d_clips
+    benchmark.pedantic(bare_forward_backward, (model, clips), rounds=3, warmup_rounds=1)
+    _record(benchmark, "bare_forward_backward", 2, "clips")
+    _rate(benchmark, 2, "clips")
+
+
+@pytest.mark.benchmark(group="cpu-explain-video-r2plus1d_18-16x112x112")
+def bench_cpu_video_gswfast(benchmark, r2plus1d_clips):
+    model, clips = r2plus1d_clips
+    expl = benchmark.pedantic(gsw.explain, (model, clips), {"method": "gradient"}, rounds=3, warmup_rounds=1)
+    _record(benchmark, "gswfast", 2, "clips")
+    _rate(benchmark, 2, "clips")
+    assert expl.labels.shape == (2, 16, 112, 112)
+
+
+# ------------------------------------------------------------------ peers (CPU)
+
+
+@pytest.fixture(scope="module")
+def peer_inputs():
+    model, x = _model("resnet18"), _photos(4)
+    return model, x, gsw.slic(x, n_segments=50)
+
+
+@pytest.mark.benchmark(group="cpu-integrated-gradients-resnet18-b4-16steps")
+def bench_cpu_ig_gswfast(benchmark, peer_inputs):
+    model, x, seg = peer_inputs
+    expl = benchmark.pedantic(gsw.explain, (model, x, 1), dict(method="integrated_gradients", n_steps=16,
+                              internal_batch_size=64, segmentation=seg), rounds=3, warmup_rounds=1)
+    _record(benchmark, "gswfast", 4)
+    assert torch.isfinite(expl.segment_scores).all()
+
+
+@pytest.mark.benchmark(group="cpu-integrated-gradients-resnet18-b4-16steps")
+def bench_cpu_ig_captum(benchmark, peer_inputs):
+    IntegratedGradients = pytest.importorskip("captum.attr").IntegratedGradients
+
+    model, x, seg = peer_inputs
+    k = int(seg.num_segments.max())
+    ig = IntegratedGradients(model)
+
+    def captum_and_pool():
+        attr = ig.attribute(x, target=1, n_steps=16, internal_batch_size=64)
+        return index_add_pool(attr.sum(1), seg.labels, k)
+
+    scores = benchmark.pedantic(captum_and_pool, rounds=3, warmup_rounds=1)
+    _record(benchmark, "captum_integrated_gradients", 4)
+    assert scores.shape == (4, k)
+
+
+@pytest.fixture(scope="module")
+def gradcam_inputs():
+    model, x = _model("resnet18"), _photos(16)
+    return model, x, gsw.slic(x, n_segments=50)
+
+
+@pytest.mark.benchmark(group="cpu-gradcam-resnet18-b16")
+def bench_cpu_gradcam_gswfast(benchmark, gradcam_inputs):
+    model, x, seg = gradcam_inputs
+    expl = benchmark(gsw.explain, model, x, 1, method="gradcam", layer="layer4.1", segmentation=seg)
+    _record(benchmark, "gswfast", 16)
+    assert torch.isfinite(expl.segment_scores).all()
+
+
+@pytest.mark.benchmark(group="cpu-gradcam-resnet18-b16")
+def bench_cpu_gradcam_pytorch_grad_cam(benchmark, gradcam_inputs):
+    GradCAM = pytest.importorskip("pytorch_grad_cam").GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, x, seg = gradcam_inputs
+    k = int(seg.num_segments.max())
+    cam = GradCAM(model=model, target_layers=[model.layer4[-1]])
+    targets = [ClassifierOutputTarget(1)] * x.shape[0]
+
+    def grad_cam_and_pool():
+        maps = torch.from_numpy(cam(input_tensor=x, targets=targets))
+        return index_add_pool(maps, seg.labels, k)
+
+    scores = benchmark(grad_cam_and_pool)
+    _record(benchmark, "pytorch_grad_cam", 16)
+    assert scores.shape == (16, k)
+    for p in model.parameters():
+        p.grad = None  # pytorch-grad-cam's backward accumulates parameter gradients
+
+
+# ------------------------------------------------------------------ CUDA
+
+
+@pytest.fixture(scope="module")
+def resnet50_batch64_cuda():
+    return _model("resnet50", "cuda"), _photos(64, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["gradient", "gradcam"])
+def bench_cuda_overhead_bare(benchmark, resnet50_batch64_cuda, method):
+    benchmark.group = f"cuda-explain-overhead-{method}-resnet50-b64"
+    model, x = resnet50_batch64_cuda
+    benchmark(cuda_timed(lambda: bare_forward_backward(model, x), CUDA_REPEAT))
+    _record(benchmark, "bare_forward_backward", 64)
+    benchmark.extra_info["ops_per_call"] = CUDA_REPEAT
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["gradient", "gradcam"])
+def bench_cuda_overhead_gswfast(benchmark, resnet50_batch64_cuda, method):
+    benchmark.group = f"cuda-explain-overhead-{method}-resnet50-b64"
+    model, x = resnet50_batch64_cuda
+    explainer = gsw.Explainer(model, method, validate=False)
+    benchmark(cuda_timed(lambda: explainer(x), CUDA_REPEAT))
+    _record(benchmark, "gswfast", 64)
+    benchmark.extra_info["ops_per_call"] = CUDA_REPEAT
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("role", ["bare_forward_backward", "gswfast"])
+def bench_cuda_video_amp(benchmark, role):
+    benchmark.group = "cuda-explain-video-r2plus1d_18-b16-fp16"
+    model = _model("r2plus1d_18", "cuda", video=True)
+    clips = torch.rand(16, 3, 16, 112, 112, device="cuda")
+    if role == "gswfast":
+        explainer = gsw.Explainer(model, "gradient", autocast=torch.float16, validate=False)
+        fn = lambda: explainer(clips)  # noqa: E731
+    else:
+        def fn():
+            with torch.autocast("cuda", dtype=torch.float16):
+                return bare_forward_backward(model, clips)
+    benchmark(cuda_timed(fn, CUDA_REPEAT))
+    _record(benchmark, role, 16, "clips")
+    benchmark.extra_info["ops_per_call"] = CUDA_REPEAT
+    if benchmark.stats is not None:
+        benchmark.extra_info["clips_per_s"] = 16 * CUDA_REPEAT / benchmark.stats.stats.median
