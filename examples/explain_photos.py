@@ -2,9 +2,11 @@
 
     python examples/explain_photos.py [--device cuda] [--out demo_output]
 
-No pretrained weights can be downloaded on the build machines, so the models have random
-weights: the timings, shapes and the agreement with LIME are real, what the model "looks
-at" is not meaningful. Pass your own model to ``gsw.explain`` for meaning.
+No pretrained weights can be downloaded on the build machines, so the torchvision models
+have random weights: their timings, shapes and overlays are real, what they "look at" is
+not meaningful. For meaning, the demo ends with a small CNN it trains in seconds to tell
+red squares from blue ones on grey texture, and counts how often each method's best
+superpixel is the square (the pointing game).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torchvision
 from torchvision.io import write_png
 
 import gswfast as gsw
-from gswfast.testing import photos
+from gswfast.testing import photos, pointing_hits, square_images, train_square_classifier
 
 IMAGENET = torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -62,6 +64,18 @@ def explain_clip(device: str, out: pathlib.Path) -> None:
     write_png(torch.cat(list(frames.unbind(1)), dim=2), str(out / "clip_gradient_frames.png"))
 
 
+def explain_trained(device: str) -> None:
+    model = train_square_classifier().to(device)
+    images, classes, masks = square_images(64, generator=torch.Generator().manual_seed(1))
+    images, classes = images.to(device), classes.to(device)
+    print("trained square classifier, 64 test images, best superpixel on the square:")
+    for method in ("integrated_gradients", "gradcam", "input_x_gradient", "gradient", "lime_ig"):
+        expl = gsw.explain(model, images, classes, method=method, n_segments=20)
+        print(f"  {method:>20}: {float(pointing_hits(expl, masks).float().mean()):.0%}")
+    print("  (lime_ig, like LIME itself, cannot see a superpixel that is all square: filling it\n"
+          "   with its mean colour changes nothing. Gradients measure sensitivity, not evidence.)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() and gsw.cuda_available() else "cpu")
@@ -71,6 +85,7 @@ def main() -> None:
     print(f"gswfast {gsw.__version__} on {args.device} ({torch.get_num_threads()} CPU threads)")
     explain_photos(args.device, args.out)
     explain_clip(args.device, args.out)
+    explain_trained(args.device)
     print(f"overlays written to {args.out}/")
 
 

@@ -99,7 +99,9 @@ class Explainer:
 
     It checks its options once, finds the Grad-CAM layer once per input shape, and puts the
     model back as it found it after each call (train/eval state, ``requires_grad`` flags,
-    no hooks left), even when the model raises.
+    no hooks left), even when the model raises. While a call runs, the model's parameters
+    are frozen and hooks may be attached: do not train or explain the same model from
+    another thread at the same time (inference under ``no_grad`` is unaffected).
 
     Args:
         model: any ``nn.Module`` returning logits ``[B, classes]`` (wrappers such as
@@ -151,7 +153,7 @@ class Explainer:
         self.channel_reduce = channel_reduce or self.spec.default_channel_reduce
         if self.channel_reduce not in CHANNEL_REDUCTIONS:
             raise ValueError(f"channel_reduce: expected one of {CHANNEL_REDUCTIONS}, got {self.channel_reduce!r}")
-        if swag and self.spec.needs_segmentation:
+        if swag and self.spec.needs_segmentation:  # a cycle: baseline <- segments <- attribution
             raise ValueError("swag: the segment_mean baseline needs the segmentation that SWAG builds "
                              "from the attribution; use another baseline or swag=False")
         if not swag_weight > 0:
@@ -180,6 +182,9 @@ class Explainer:
     def _explain(self, inputs: Tensor, target: Target, segmentation: Segmentation | Tensor | None,
                  attribution: Tensor | None) -> Explanation:
         images = _check_inputs(inputs)
+        if self.swag and segmentation is not None:
+            raise ValueError("segmentation: swag=True builds its own segmentation from the attribution; "
+                             "pass segmentation=None or swag=False")
         x = _as_float(images)
         if self.validate:
             _check_values(x, needs_unit_range=segmentation is None and images.dtype != torch.uint8)
@@ -193,7 +198,7 @@ class Explainer:
                 raise ValueError("model: None needs an attribution= tensor")
             raw, resolved = self._attributor(x, resolved, labels, num)
             pixel = reduce_channels(raw.float(), self.channel_reduce)
-        if self.swag and segmentation is None:
+        if self.swag:
             seg = slic(_swag_features(images, pixel, self.swag_weight), **self._slic_keywords(images), validate=False)
             labels, num = seg.labels, seg.num_segments
         return Explanation(
@@ -252,10 +257,8 @@ def pool_scores(pixel: Tensor, labels: Tensor, num_segments: Tensor, reduce: str
         pixel, reduce = pixel.clamp(min=0), "mean"
     elif reduce == "abs_mean":
         pixel, reduce = pixel.abs(), "mean"
-    scores = ops.segment_pool(pixel, labels, num_segments, reduce, validate=False)
-    # Padding segments (past a sample's count) of max are -inf-like fill; keep them 0.
-    valid = torch.arange(scores.shape[1], device=scores.device) < num_segments.unsqueeze(1)
-    return torch.where(valid, scores, 0.0)
+    # Segments past a sample's count are empty, and empty segments pool to 0.
+    return ops.segment_pool(pixel, labels, num_segments, reduce, validate=False)
 
 
 # ------------------------------------------------------------------------ checks

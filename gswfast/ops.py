@@ -233,10 +233,10 @@ def _resolve_num_segments(num_segments: NumSegments, labels: Tensor) -> tuple[in
         )
     if limits.numel() != labels.shape[0]:
         raise ValueError(f"num_segments: expected {labels.shape[0]} per-sample counts (one per batch item), got {limits.numel()}")
-    k = int(limits.max().item())
-    if int(limits.min().item()) < 0:
+    low, high = torch.stack(torch.aminmax(limits)).tolist()  # one device sync for both
+    if low < 0:
         raise ValueError("num_segments: expected counts >= 0")
-    return k, limits.contiguous()
+    return int(high), limits.contiguous()
 
 
 def _raise_on_bad_input(num_invalid: Tensor, validate: bool, nan_in: Tensor | None = None, nan_name: str = "") -> None:

@@ -8,7 +8,10 @@ import torchvision
 
 import gswfast as gsw
 from gswfast.explain import SEGMENT_REDUCTIONS
-from gswfast.testing import boundary_recall, is_connected, lime_weights, reference_pool, spearman
+from gswfast.testing import (
+    boundary_recall, is_connected, lime_weights, pointing_hits, reference_pool, spearman, square_images,
+    train_square_classifier,
+)
 from helpers import TinyCNN, cpu_and_cuda, photos
 
 NORMALIZE = torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -100,6 +103,35 @@ def test_lime_ig_ranks_segments_like_lime():
         rho_ours = spearman(reference, ours.segment_scores[b, :k])
         rho_plain = spearman(reference, plain.segment_scores[b, :k])
         assert rho_ours > 0.8 and rho_ours > rho_plain + 0.2, (rho_ours, rho_plain)
+
+
+@pytest.fixture(scope="module")
+def square_classifier():
+    model = train_square_classifier()
+    images, classes, masks = square_images(32, generator=torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        assert (model(images).argmax(1) == classes).float().mean() > 0.95
+    return model, images, classes, masks
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "gradcam"])
+def test_trained_model_explanations_point_at_the_evidence(square_classifier, method):
+    # The model tells red squares from blue ones: the best segment should be the square.
+    model, images, classes, masks = square_classifier
+    expl = gsw.explain(model, images, classes, method=method, n_segments=20)
+    assert pointing_hits(expl, masks).float().mean() >= 0.9
+
+
+def test_lime_ig_shares_lime_blind_spot_on_the_trained_model(square_classifier):
+    # A segment that is all square looks the same when LIME "hides" it with its mean
+    # colour, so LIME cannot see it, and neither can lime_ig: they agree, blind spot included.
+    pytest.importorskip("lime")
+    model, images, classes, masks = square_classifier
+    expl = gsw.explain(model, images[:3], classes[:3], method="lime_ig", n_segments=20)
+    for b in range(3):
+        k = int(expl.num_segments[b])
+        reference = lime_weights(model, images[b], expl.labels[b], int(classes[b]), n_samples=500)
+        assert spearman(reference, expl.segment_scores[b, :k]) > 0.9
 
 
 def test_given_attribution_and_segmentation_are_pooled():
@@ -304,6 +336,8 @@ def test_bad_input():
         gsw.explain(model, x, 1, method="gradient", channel_reduce="mean")
     with pytest.raises(ValueError, match="swag: the segment_mean baseline"):
         gsw.explain(model, x, 1, method="lime_ig", swag=True)
+    with pytest.raises(ValueError, match="segmentation: swag=True builds its own"):
+        gsw.explain(model, x, 1, method="gradient", swag=True, segmentation=torch.zeros(2, 64, 64, dtype=torch.int32))
     with pytest.raises(ValueError, match="attribution: expected"):
         gsw.explain(None, x, 1, attribution=torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match="model: None needs an attribution"):

@@ -137,6 +137,7 @@ class Attributor:
             scorer.register(handles)
             return scorer
         if method == "gradcam":
+            _check_single_replica(self.model)
             scorer = GradCAM(self._gradcam_layer(x))
             scorer.register(handles)
             return scorer
@@ -155,6 +156,15 @@ class Attributor:
             self._layer = last_conv_layer(self.model, self.forward, x)
             self._layer_key = key
         return self._layer
+
+
+def _check_single_replica(model: nn.Module) -> None:
+    # Over several GPUs nn.DataParallel runs hooked replicas in threads, each overwriting
+    # the captured activation; with one device it just calls the module.
+    for m in model.modules():
+        if isinstance(m, nn.DataParallel) and len(m.device_ids) > 1:
+            raise ValueError("model: Grad-CAM through nn.DataParallel over several GPUs is not supported; "
+                             "explain model.module, or split the batch per GPU")
 
 
 def attribute(model: nn.Module, inputs: Tensor, target: Target = None, method: str = "gradient", *,
