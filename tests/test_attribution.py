@@ -110,6 +110,17 @@ def test_smoothgrad(device):
     assert not torch.allclose(a, grad)
 
 
+@pytest.mark.parametrize("base", [m for m in METHODS if m != "smoothgrad"])
+def test_smoothgrad_wraps_every_method(base):
+    model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
+    labels, _ = grid_labels(2, 8, 8, cell=4)
+    options = {"n_steps": 4} if base in ("integrated_gradients", "lime_ig") else {}
+    plain, _ = attribute(model, x, 1, base, labels=labels, **options)
+    smooth, _ = attribute(model, x, 1, "smoothgrad", base=base, labels=labels, n_samples=3, noise_level=0.0,
+                          internal_batch_size=4, **options)
+    torch.testing.assert_close(smooth, plain)
+
+
 def test_smoothgrad_equals_the_mean_over_its_noisy_inputs():
     model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
     n, level = 5, 0.2

@@ -28,12 +28,12 @@ class ModelForward:
         self.check_targets = True  # checked once against the logits, then cleared
 
     def logits(self, x: Tensor) -> Tensor:
-        """``[B, classes]`` float32 logits of ``x [B, C, (T), H, W]``."""
+        """``[B, classes]`` logits of ``x [B, C, (T), H, W]``, float32 or float64."""
         inputs = self.preprocess(x) if self.preprocess is not None else x
         with self._autocast(x.device):
             out = self.model(inputs)
         _check_logits(out, x.shape[0])
-        return out.float()
+        return out.to(accumulation_dtype(out.dtype))
 
     def selected(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
         """The target logit of each sample ``[B]`` and the targets ``[B]`` (argmax if None)."""
@@ -63,6 +63,11 @@ def input_gradient(forward: ModelForward, x: Tensor, target: Tensor | None) -> t
     _check_differentiable(score)
     (grad,) = torch.autograd.grad(score.sum(), x)
     return grad, target
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums run in float32 at least, and in float64 for float64 inputs."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def resolve_target(target: Target, batch: int, device: torch.device) -> Tensor | None:

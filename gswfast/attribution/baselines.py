@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gswfast import ops
+from gswfast.attribution._model import accumulation_dtype
 
 BASELINES: tuple[str, ...] = ("zeros", "blur", "segment_mean")
 Baseline = str | Tensor
@@ -50,7 +51,7 @@ def make_baseline(baseline: Baseline, x: Tensor, labels: Tensor | None = None,
 
 def segment_mean_image(x: Tensor, labels: Tensor, num_segments: Tensor | None = None) -> Tensor:
     """``x [B, C, *S]`` with every segment of ``labels [B, *S]`` replaced by its mean."""
-    means = ops.segment_pool(x.float(), labels, num_segments, "mean", validate=False)  # [B, C, K]
+    means = ops.segment_pool(x.to(accumulation_dtype(x.dtype)), labels, num_segments, "mean", validate=False)  # [B, C, K]
     return ops.paint(means, labels, validate=False).to(x.dtype)
 
 
@@ -59,12 +60,12 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     if not (sigma > 0 and math.isfinite(sigma)):
         raise ValueError(f"blur_sigma: expected a positive number of pixels, got {sigma}")
     shape = x.shape
-    planes = x.reshape(-1, 1, shape[-2], shape[-1]).float()
+    planes = x.reshape(-1, 1, shape[-2], shape[-1]).to(accumulation_dtype(x.dtype))
     for dim, size in ((-1, shape[-1]), (-2, shape[-2])):
         radius = min(int(math.ceil(3 * sigma)), size - 1)
         if radius < 1:
             continue
-        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=planes.dtype)
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
         kernel = (kernel / kernel.sum()).view(1, 1, 1, -1) if dim == -1 else (kernel / kernel.sum()).view(1, 1, -1, 1)
         pad = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gswfast.attribution._model import ModelForward
+from gswfast.attribution._model import ModelForward, accumulation_dtype
 
 _CONVS = (nn.Conv2d, nn.Conv3d)
 
@@ -57,7 +57,7 @@ def last_conv_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> nn.Mo
 class GradCAM:
     """``relu(sum_k mean(dS/dA_k) * A_k)`` over the activations ``A [B, K, (t), h, w]`` of
     ``layer``, upsampled (bilinear, trilinear over time for 3-D CNNs) to the input's
-    ``[(T), H, W]``. Returns ``[B, 1, (T), H, W]``.
+    ``[(T), H, W]``. Returns ``[B, 1, (T), H, W]`` in the inputs' dtype.
 
     Only the layers after ``layer`` take part in the backward pass: the hook makes the
     activation the leaf of the graph when nothing before it needs gradients.
@@ -95,7 +95,8 @@ class GradCAM:
             (grad,) = torch.autograd.grad(score.sum(), activation)
         finally:
             self._activation = None
-        weights = grad.float().mean(dim=tuple(range(2, grad.dim())), keepdim=True)
-        cam = torch.relu((weights * activation.detach().float()).sum(1, keepdim=True))
+        acc = accumulation_dtype(activation.dtype)
+        weights = grad.to(acc).mean(dim=tuple(range(2, grad.dim())), keepdim=True)
+        cam = torch.relu((weights * activation.detach().to(acc)).sum(1, keepdim=True))
         mode = "trilinear" if x.dim() == 5 else "bilinear"
-        return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False), target
+        return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).to(x.dtype), target

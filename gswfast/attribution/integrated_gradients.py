@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gswfast.attribution._model import ModelForward, input_gradient
+from gswfast.attribution._model import ModelForward, accumulation_dtype, input_gradient
 from gswfast.attribution.gradients import pick
 
 INTEGRATIONS: tuple[str, ...] = (
@@ -56,10 +56,10 @@ class IntegratedGradients:
             target = forward.predicted(x)
         baseline = pick(self.baseline, sample)
         diff = x - baseline
-        n, steps = x.shape[0], len(self.alphas)
+        n, steps, acc = x.shape[0], len(self.alphas), accumulation_dtype(x.dtype)
         alphas = torch.tensor(self.alphas, device=x.device, dtype=x.dtype)
-        weights = torch.tensor(self.weights, device=x.device, dtype=torch.float32)
-        total = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
+        weights = torch.tensor(self.weights, device=x.device, dtype=acc)
+        total = torch.zeros(x.shape, device=x.device, dtype=acc)
         chunk = chunk_rows(self.internal_batch_size, n)
         for start in range(0, n * steps, chunk):
             rows = torch.arange(start, min(start + chunk, n * steps), device=x.device)
@@ -67,8 +67,8 @@ class IntegratedGradients:
             view = (-1,) + (1,) * (x.dim() - 1)
             points = baseline[row] + alphas[step].view(view) * diff[row]
             grad, _ = input_gradient(forward, points, target[row])
-            total.index_add_(0, row, grad.float() * weights[step].view(view))
-        return (diff.float() * total).to(x.dtype), target
+            total.index_add_(0, row, grad.to(acc) * weights[step].view(view))
+        return (diff.to(acc) * total).to(x.dtype), target
 
 
 def check_batch_size(internal_batch_size: int | None) -> int | None:

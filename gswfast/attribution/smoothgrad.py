@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from gswfast.attribution._model import ModelForward
+from gswfast.attribution._model import ModelForward, accumulation_dtype
 from gswfast.attribution.integrated_gradients import check_batch_size, chunk_rows
 
 
@@ -40,8 +40,8 @@ class SmoothGrad:
             raise ValueError("method: smoothgrad cannot wrap smoothgrad")
         if target is None:
             target = forward.predicted(x)
-        n = x.shape[0]
-        flat = x.detach().flatten(1).float()
+        n, acc = x.shape[0], accumulation_dtype(x.dtype)
+        flat = x.detach().flatten(1).to(acc)
         sigma = self.noise_level * (flat.amax(1) - flat.amin(1))  # [B]
         generator = None
         if self.seed is not None:
@@ -53,12 +53,12 @@ class SmoothGrad:
             rows = torch.arange(start, min(start + chunk, n * self.n_samples), device=x.device)
             row = rows % n
             noise = torch.randn((rows.numel(), *x.shape[1:]), generator=generator, device=x.device, dtype=torch.float32)
-            noisy = (x[row].float() + noise * sigma[row].view(view)).to(x.dtype)
+            noisy = (x[row].to(acc) + noise * sigma[row].view(view)).to(x.dtype)
             attribution, _ = self.base(forward, noisy, target[row], row)
-            attribution = attribution.float()
+            attribution = attribution.to(acc)
             if self.square:
                 attribution = attribution * attribution
             if total is None:
-                total = torch.zeros((n, *attribution.shape[1:]), device=x.device, dtype=torch.float32)
+                total = torch.zeros((n, *attribution.shape[1:]), device=x.device, dtype=acc)
             total.index_add_(0, row, attribution)
         return (total / self.n_samples).to(x.dtype), target
