@@ -38,10 +38,12 @@ def cuda_available() -> bool:
 
 
 def build_info() -> dict[str, object]:
-    """Facts about the compiled extension: torch and CUDA versions, GPU architectures."""
+    """Facts about the compiled extension: torch and CUDA versions, GPU architectures, and
+    whether its CPU kernels run in parallel (OpenMP)."""
     return {
         "torch_version": _build_info.TORCH_VERSION,
         "cuda_built": built_with_cuda(),
         "cuda_version": _build_info.CUDA_VERSION,
         "cuda_architectures": _build_info.CUDA_ARCHITECTURES,
+        "openmp": _build_info.OPENMP,
     }

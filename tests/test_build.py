@@ -49,3 +49,10 @@ def test_build_info_describes_this_build():
     if os.environ.get("GSWFAST_CUDA", "").upper() == "ON":
         assert gsw.built_with_cuda(), "GSWFAST_CUDA=ON was requested but the CUDA kernels are missing"
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenMP is required on Linux builds only")
+def test_cpu_kernels_are_built_with_openmp():
+    # at::parallel_for is inline: built without -fopenmp, every CPU kernel silently runs on
+    # one thread (it did, until issue 4 found it).
+    assert gsw.build_info()["openmp"] is True
