@@ -174,6 +174,10 @@ def test_channels_last_inputs():
     strided = gsw.explain(model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last), 2,
                           method="gradient", segmentation=seg)
     torch.testing.assert_close(dense.segment_scores, strided.segment_scores, rtol=1e-4, atol=1e-6)
+    clip, net = torch.rand(2, 3, 4, 16, 16), TinyCNN(dims=3)
+    dense = gsw.explain(net, clip, 1, method="gradient", n_segments=12)
+    strided = gsw.explain(net, clip.to(memory_format=torch.channels_last_3d), 1, method="gradient", n_segments=12)
+    torch.testing.assert_close(dense.segment_scores, strided.segment_scores, rtol=1e-4, atol=1e-6)
 
 
 def test_data_parallel_wrapper():
