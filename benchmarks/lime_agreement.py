@@ -45,6 +45,9 @@ def main() -> None:
     seg = gsw.slic(x, n_segments=args.segments)
     methods = {
         "lime_ig": dict(method="lime_ig", n_steps=32),
+        "lime_ig_16_steps": dict(method="lime_ig", n_steps=16),
+        "lime_ig_8_steps": dict(method="lime_ig", n_steps=8),
+        "lime_ig_4_steps": dict(method="lime_ig", n_steps=4),
         "ig_zeros": dict(method="integrated_gradients", n_steps=32, reduce="sum"),
         "abs_gradient": dict(method="gradient", reduce="sum"),
         "gradcam": dict(method="gradcam", reduce="sum"),

@@ -40,7 +40,7 @@ def explain_photos(device: str, out: pathlib.Path) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18().to(device).eval()
     images = photos(224, 4).to(device)  # astronaut, chelsea, coffee, rocket
-    for method, options in [("lime_ig", {"n_steps": 16}), ("gradcam", {}), ("gradient", {})]:
+    for method, options in [("lime_ig", {}), ("gradcam", {}), ("gradient", {})]:
         explainer = gsw.Explainer(model, method, preprocess=IMAGENET, **options)
         expl, seconds = timed(lambda: explainer(images), device)
         best = expl.ranking()[:, :3].tolist()
