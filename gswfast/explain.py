@@ -7,7 +7,7 @@ over channels and pools it per segment into an ``Explanation``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ class Explanation:
             without a target).
         method, reduce: how the scores were made.
         segmentation: the ``Segmentation`` when gswfast computed it (None when given labels).
+        info: method-specific extras, such as LIME's ``intercept`` and ``score`` (R^2).
     """
 
     segment_scores: Tensor
@@ -49,6 +50,7 @@ class Explanation:
     method: str
     reduce: str
     segmentation: Segmentation | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def ranking(self) -> Tensor:
         """int64 ``[B, K]``: segment ids by decreasing score; padding ids come last."""
@@ -84,12 +86,14 @@ class Explanation:
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
                  if isinstance(getattr(self, f.name), Tensor)}
         seg = self.segmentation.to(device) if self.segmentation is not None else None
-        return replace(self, segmentation=seg, **moved)
+        info = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.info.items()}
+        return replace(self, segmentation=seg, info=info, **moved)
 
     def numpy(self) -> dict[str, Any]:
         """The tensors as numpy arrays (copied to the host), plus ``method`` and ``reduce``."""
         out: dict[str, Any] = {f.name: getattr(self, f.name).detach().cpu().numpy() for f in fields(self)
                                if isinstance(getattr(self, f.name), Tensor)}
+        out.update({k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v for k, v in self.info.items()})
         out.update(method=self.method, reduce=self.reduce)
         return out
 
@@ -129,6 +133,8 @@ class Explainer:
             ``torch.autocast``; scores are accumulated in float32.
         eval_mode: run the model in eval mode (BatchNorm with running statistics, no
             dropout, samples independent of each other), restored afterwards.
+        channels_last: give the model channels-last inputs (None: on the CPU and under
+            autocast, where convolutions run faster so; see ``ModelForward``).
         validate: check the inputs (finite, in 0..1 when SLIC needs them) and the targets,
             with one device sync.
         method_options: options of the method (``n_steps``, ``baseline``, ``layer``...).
@@ -139,7 +145,7 @@ class Explainer:
                  swag_weight: float = 1.0, n_segments: int | None = None, compactness: float = 10.0,
                  slic_options: dict[str, Any] | None = None, preprocess: Preprocess | None = None,
                  autocast: torch.dtype | None = None, eval_mode: bool = True, validate: bool = True,
-                 **method_options: Any) -> None:
+                 channels_last: bool | None = None, **method_options: Any) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if preprocess is not None and not callable(preprocess):
@@ -165,7 +171,8 @@ class Explainer:
         if n_segments is not None:
             self.slic_options["n_segments"] = n_segments
         self.validate = validate
-        self._attributor = Attributor(model, self.spec, preprocess, autocast, eval_mode) if model is not None else None
+        self._attributor = (Attributor(model, self.spec, preprocess, autocast, eval_mode, channels_last)
+                            if model is not None else None)
 
     def __call__(self, inputs: Tensor, target: Target = None, segmentation: Segmentation | Tensor | None = None,
                  attribution: Tensor | None = None) -> Explanation:
@@ -181,13 +188,13 @@ class Explainer:
 
     def _explain(self, inputs: Tensor, target: Target, segmentation: Segmentation | Tensor | None,
                  attribution: Tensor | None) -> Explanation:
-        images = _check_inputs(inputs)
+        images = check_inputs(inputs)
         if self.swag and segmentation is not None:
             raise ValueError("segmentation: swag=True builds its own segmentation from the attribution; "
                              "pass segmentation=None or swag=False")
-        x = _as_float(images)
+        x = unit_float(images)
         if self.validate:
-            _check_values(x, needs_unit_range=segmentation is None and images.dtype != torch.uint8)
+            check_input_values(x, needs_unit_range=segmentation is None and images.dtype != torch.uint8)
         resolved = resolve_target(target, x.shape[0], x.device)
         seg, labels, num = self._segmentation(images, segmentation)
         if attribution is not None:
@@ -209,7 +216,7 @@ class Explainer:
 
     def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> tuple[Segmentation | None, Tensor | None, Tensor | None]:
         if segmentation is not None:
-            return _given_segmentation(segmentation, images)
+            return resolve_given_segmentation(segmentation, images)
         if self.swag:
             return None, None, None  # built from the attribution afterwards
         seg = slic(images, **self._slic_keywords(images), validate=False)
@@ -264,7 +271,7 @@ def pool_scores(pixel: Tensor, labels: Tensor, num_segments: Tensor, reduce: str
 # ------------------------------------------------------------------------ checks
 
 
-def _check_inputs(inputs: object) -> Tensor:
+def check_inputs(inputs: object) -> Tensor:
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs: expected a tensor, got {type(inputs).__name__}")
     if inputs.dim() not in (4, 5):
@@ -276,11 +283,11 @@ def _check_inputs(inputs: object) -> Tensor:
     return inputs.clone() if inputs.is_inference() else inputs
 
 
-def _as_float(images: Tensor) -> Tensor:
+def unit_float(images: Tensor) -> Tensor:
     return images.float() / 255 if images.dtype == torch.uint8 else images.detach()
 
 
-def _check_values(x: Tensor, needs_unit_range: bool) -> None:
+def check_input_values(x: Tensor, needs_unit_range: bool) -> None:
     """NaN/inf, and values outside 0..1 when SLIC segments the inputs: one device sync."""
     flags = [~torch.isfinite(x).all()]
     if needs_unit_range:
@@ -296,7 +303,7 @@ def _check_values(x: Tensor, needs_unit_range: bool) -> None:
         )
 
 
-def _given_segmentation(segmentation: Segmentation | Tensor, images: Tensor) -> tuple[Segmentation | None, Tensor, Tensor]:
+def resolve_given_segmentation(segmentation: Segmentation | Tensor, images: Tensor) -> tuple[Segmentation | None, Tensor, Tensor]:
     seg = segmentation if isinstance(segmentation, Segmentation) else None
     labels = seg.labels if seg is not None else segmentation
     expected = (images.shape[0], *images.shape[2:])
@@ -323,7 +330,7 @@ def _swag_features(images: Tensor, pixel: Tensor, weight: float) -> Tensor:
     rank = max(1, round(0.99 * flat.shape[1]))  # kthvalue: no size limit, unlike quantile
     scale = flat.kthvalue(rank, dim=1).values.clamp(min=1e-12).view(-1, *([1] * (pixel.dim() - 1)))
     extra = (magnitude / scale).clamp(max=1).unsqueeze(1) * (100.0 * weight)
-    colour = rgb_to_lab(images) if images.shape[1] == 3 else _as_float(images).float() * 100
+    colour = rgb_to_lab(images) if images.shape[1] == 3 else unit_float(images).float() * 100
     return torch.cat([colour, extra], dim=1)
 
 

@@ -138,14 +138,17 @@ def test_given_attribution_and_segmentation_are_pooled():
     captum = pytest.importorskip("captum.attr")
     IntegratedGradients = captum.IntegratedGradients
 
-    model, x = _resnet(), photos(64, 2)
+    # Noise breaks the max-pool ties of flat photo regions, which contiguous (Captum) and
+    # channels-last (gswfast) convolutions may break differently.
+    model, x = _resnet(), (photos(64, 2) + 0.01 * torch.rand(2, 3, 64, 64)).clamp(0, 1)
     seg = gsw.slic(x, n_segments=30)
     captum = IntegratedGradients(model).attribute(x, target=[4, 5], n_steps=8)
     from_tensor = gsw.explain(None, x, [4, 5], segmentation=seg.labels, attribution=captum)
     ours = gsw.explain(model, x, [4, 5], method="integrated_gradients", segmentation=seg, n_steps=8)
-    torch.testing.assert_close(from_tensor.segment_scores, ours.segment_scores, rtol=1e-4, atol=1e-6)
+    tolerance = dict(rtol=1e-3, atol=1e-4 * float(ours.segment_scores.abs().max()))
+    torch.testing.assert_close(from_tensor.segment_scores, ours.segment_scores, **tolerance)
     reduced = gsw.explain(None, x, segmentation=seg, attribution=captum.sum(1))
-    torch.testing.assert_close(reduced.segment_scores, ours.segment_scores, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(reduced.segment_scores, from_tensor.segment_scores)
     assert reduced.target.tolist() == [-1, -1]
 
 
@@ -372,3 +375,28 @@ class _NoGrad(torch.nn.Module):
     def forward(self, x):
         with torch.no_grad():
             return self.inner(x)
+
+
+class _FlattensWithView(torch.nn.Module):
+    """A model that cannot take channels-last inputs (``view`` after a convolution)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return h.view(h.shape[0], -1)[:, :3]
+
+
+def test_models_that_need_contiguous_inputs_fall_back_once():
+    x, model = photos(16, 2), _FlattensWithView()
+    explainer = gsw.Explainer(model, "gradient", n_segments=4)
+    with pytest.warns(RuntimeWarning, match="failed on a channels-last input"):
+        first = explainer(x, 1)
+    second = explainer(x, 1)  # no second attempt, no warning
+    torch.testing.assert_close(first.segment_scores, second.segment_scores)
+    forced = gsw.Explainer(model, "gradient", n_segments=4, channels_last=False)(x, 1)
+    torch.testing.assert_close(forced.segment_scores, first.segment_scores)
+    with pytest.raises(RuntimeError, match="view size"):
+        gsw.Explainer(model, "gradient", n_segments=4, channels_last=True)(x, 1)

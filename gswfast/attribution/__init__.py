@@ -111,10 +111,10 @@ class Attributor:
     """Builds the scorer of a ``MethodSpec`` for one batch and runs it in a model session."""
 
     def __init__(self, model: nn.Module, spec: MethodSpec, preprocess: Preprocess | None = None,
-                 autocast: Any = None, eval_mode: bool = True) -> None:
+                 autocast: Any = None, eval_mode: bool = True, channels_last: bool | None = None) -> None:
         self.model = model
         self.spec = spec
-        self.forward = ModelForward(model, preprocess, autocast)
+        self.forward = ModelForward(model, preprocess, autocast, channels_last)
         self.eval_mode = eval_mode
         self._layer: nn.Module | None = None
         self._layer_key: tuple | None = None
@@ -173,7 +173,7 @@ def _check_single_replica(model: nn.Module) -> None:
 def attribute(model: nn.Module, inputs: Tensor, target: Target = None, method: str = "gradient", *,
               labels: Tensor | None = None, num_segments: Tensor | None = None,
               preprocess: Preprocess | None = None, autocast: Any = None, eval_mode: bool = True,
-              **options: Any) -> tuple[Tensor, Tensor]:
+              channels_last: bool | None = None, **options: Any) -> tuple[Tensor, Tensor]:
     """Pixel attribution of float ``inputs [B, C, (T), H, W]`` for ``target`` (None: the
     predicted class). Returns ``(attribution, target)``; see the module docstring."""
     spec = method_spec(method, options)
@@ -182,7 +182,8 @@ def attribute(model: nn.Module, inputs: Tensor, target: Target = None, method: s
     with torch.inference_mode(False):
         x = inputs.clone() if inputs.is_inference() else inputs
         resolved = resolve_target(target, x.shape[0], x.device)
-        return Attributor(model, spec, preprocess, autocast, eval_mode)(x, resolved, labels, num_segments)
+        attributor = Attributor(model, spec, preprocess, autocast, eval_mode, channels_last)
+        return attributor(x, resolved, labels, num_segments)
 
 
 __all__ = [
