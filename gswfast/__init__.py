@@ -4,6 +4,8 @@
     expl = gsw.explain(model, images, method="lime_ig")    # images [B, 3, H, W] in 0..1
     expl.segment_scores                                     # [B, K] score per superpixel
     expl.heatmap(), expl.top_k(5), expl.overlay(images)
+    reference = gsw.lime(model, images, expl.segmentation)   # LIME on the device
+    gsw.metrics.agreement(expl, reference, k=5)             # Spearman, Kendall, top-k IoU
 
 The parts can be used on their own::
 
@@ -12,10 +14,11 @@ The parts can be used on their own::
     heatmap = gsw.paint(scores, seg.labels)                         # [B, H, W]
 """
 
-from gswfast import attribution
+from gswfast import attribution, metrics
 from gswfast._extension import build_info, built_with_cuda, cuda_available
 from gswfast.attribution import METHODS, attribute
 from gswfast.explain import SEGMENT_REDUCTIONS, Explainer, Explanation, explain
+from gswfast.lime import lime
 from gswfast.ops import REDUCTIONS, paint, segment_pool
 from gswfast.segmentation import Segmentation, rgb_to_lab, slic
 
@@ -34,6 +37,8 @@ __all__ = [
     "built_with_cuda",
     "cuda_available",
     "explain",
+    "lime",
+    "metrics",
     "paint",
     "rgb_to_lab",
     "segment_pool",

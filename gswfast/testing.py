@@ -147,12 +147,13 @@ def is_connected(labels: Tensor) -> bool:
     return int(components.max()) == len(set(array.reshape(-1).tolist()))
 
 
-def lime_weights(model: torch.nn.Module, image: Tensor, labels: Tensor, target: int, seed: int = 0,
-                 n_samples: int = 1000, batch_size: int = 64) -> Tensor:
-    """Segment weights ``[K]`` from the real ``lime`` package for one float image
-    ``[3, H, W]`` (0..1) and its segments ``labels [H, W]``, with LIME's defaults (hidden
-    segments take their mean colour, cosine kernel of width 0.25, ridge regression) on the
-    model's raw outputs."""
+def lime_package(model: torch.nn.Module, image: Tensor, labels: Tensor, target: int, seed: int = 0,
+                 n_samples: int = 1000, batch_size: int = 64, hide_color: float | None = None) -> dict[str, Tensor]:
+    """The real ``lime`` package on one float image ``[3, H, W]`` (0..1) and its segments
+    ``labels [H, W]``, with LIME's defaults (hidden segments take their mean colour unless
+    ``hide_color``, cosine kernel of width 0.25, ridge regression) on the model's raw
+    outputs. Returns ``weights [K]``, ``intercept`` and ``score`` (R^2), float64; its masks
+    are ``lime_masks(seed, n_samples, K)``."""
     from lime import lime_image  # heavy and optional: imported here
 
     def classify(batch):
@@ -164,13 +165,30 @@ def lime_weights(model: torch.nn.Module, image: Tensor, labels: Tensor, target: 
     explainer = lime_image.LimeImageExplainer(random_state=seed)
     result = explainer.explain_instance(
         image.permute(1, 2, 0).double().cpu().numpy(), classify, labels=(target,), top_labels=None,
-        hide_color=None, num_samples=n_samples, batch_size=batch_size, segmentation_fn=lambda _: segments,
+        hide_color=hide_color, num_samples=n_samples, batch_size=batch_size, segmentation_fn=lambda _: segments,
         random_seed=seed,
     )
     weights = torch.zeros(int(segments.max()) + 1, dtype=torch.float64)
     for segment, weight in result.local_exp[target]:
         weights[segment] = weight
-    return weights
+    return {"weights": weights, "intercept": torch.tensor(float(result.intercept[target]), dtype=torch.float64),
+            "score": torch.tensor(float(result.score), dtype=torch.float64)}  # one value: the last label's
+
+
+def lime_masks(seed: int, n_samples: int, segments: int) -> Tensor:
+    """The masks ``[n_samples, segments]`` the ``lime`` package draws with ``random_state=seed``
+    (numpy's legacy generator; the first row keeps every segment)."""
+    import numpy as np
+
+    data = np.random.RandomState(seed).randint(0, 2, n_samples * segments).reshape((n_samples, segments))
+    data[0, :] = 1
+    return torch.from_numpy(data)
+
+
+def lime_weights(model: torch.nn.Module, image: Tensor, labels: Tensor, target: int, seed: int = 0,
+                 n_samples: int = 1000, batch_size: int = 64) -> Tensor:
+    """Segment weights ``[K]`` of the real ``lime`` package (see ``lime_package``)."""
+    return lime_package(model, image, labels, target, seed, n_samples, batch_size)["weights"]
 
 
 def spearman(a: Tensor, b: Tensor) -> float:

@@ -1,0 +1,218 @@
+"""How good is an explanation: deletion/insertion curves, agreement between two
+explanations, and the pointing game and relevance mass against known object masks.
+
+Everything runs on the explanation's device and takes batches of images or clips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gswfast.attribution import ModelForward, model_session
+from gswfast.attribution._model import Preprocess
+from gswfast.attribution.baselines import gaussian_blur
+from gswfast.explain import Explanation, check_inputs, unit_float
+
+OUTPUTS: tuple[str, ...] = ("probability", "logit")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A deletion or insertion curve per sample.
+
+    Attributes:
+        fractions: float32 ``[B, S]``: the fraction of each sample's segments deleted
+            (inserted) at each point, from 0 to 1.
+        scores: float32 ``[B, S]``: the model's output for the target at each point.
+        auc: float32 ``[B]``: area under the curve over ``fractions`` (trapezoids).
+    """
+
+    fractions: Tensor
+    scores: Tensor
+    auc: Tensor
+
+
+def deletion(model: nn.Module, inputs: Tensor, explanation: Explanation, *, steps: int | None = None,
+             baseline: str | Tensor = "zeros", output: str = "probability", batch_size: int = 64,
+             preprocess: Preprocess | None = None, channels_last: bool | None = None) -> Curve:
+    """Deletion curve (RISE, Petsiuk et al. 2018): segments are replaced by ``baseline``
+    (``"zeros"``, ``"blur"`` or a tensor like ``inputs``) in the explanation's ranking, best
+    first. A good explanation makes the target's score fall fast: low AUC is better.
+
+    ``steps``: points after the start (None: one per segment of the sample with the most);
+    point ``i`` removes ``round(i / steps * num_segments[b])`` segments of sample ``b``.
+    ``output``: ``"probability"`` (softmax, as RISE) or ``"logit"``.
+    """
+    return _curve(model, inputs, explanation, steps, baseline, output, batch_size, preprocess,
+                  channels_last, insert=False)
+
+
+def insertion(model: nn.Module, inputs: Tensor, explanation: Explanation, *, steps: int | None = None,
+              baseline: str | Tensor = "blur", output: str = "probability", batch_size: int = 64,
+              preprocess: Preprocess | None = None, channels_last: bool | None = None) -> Curve:
+    """Insertion curve (RISE): starts from ``baseline`` (default the blurred input) and puts
+    the input's segments back in the explanation's ranking, best first. High AUC is better."""
+    return _curve(model, inputs, explanation, steps, baseline, output, batch_size, preprocess,
+                  channels_last, insert=True)
+
+
+def agreement(a: Explanation | Tensor, b: Explanation | Tensor, k: int = 5,
+              num_segments: Tensor | None = None) -> dict[str, Tensor]:
+    """How similarly two explanations of the same segments score them, per sample.
+
+    ``a``, ``b``: ``Explanation``s or segment scores ``[B, K]`` (then ``num_segments [B]``,
+    default all ``K``). Returns float64 ``[B]`` tensors: ``spearman`` and ``kendall`` (tau-b)
+    rank correlations (ties get mean ranks, as SciPy), and ``top_k_iou``: the overlap of
+    the ``k`` best segments of each, as intersection over union.
+    """
+    scores_a, count = _scores(a, num_segments, "a")
+    scores_b, count_b = _scores(b, num_segments, "b")
+    if scores_a.shape != scores_b.shape:
+        raise ValueError(f"b: expected scores of shape {tuple(scores_a.shape)} like a's, got {tuple(scores_b.shape)}")
+    if not torch.equal(count, count_b.to(count.device)):
+        raise ValueError("b: explains other segments than a (num_segments differ)")
+    counts = count.tolist()
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > min(counts):
+        raise ValueError(f"k: expected an int in [1, {min(counts)}] (the fewest segments of a sample), got {k!r}")
+    rows = [_agreement_row(scores_a[i, :n], scores_b[i, :n].to(scores_a.device), k) for i, n in enumerate(counts)]
+    return {name: torch.stack([row[name] for row in rows]) for name in ("spearman", "kendall", "top_k_iou")}
+
+
+def pointing_game(explanation: Explanation, masks: Tensor, min_overlap: float = 0.5) -> Tensor:
+    """bool ``[B]``: a hit when the explanation's best segment lies on the object, that is
+    when more than ``min_overlap`` of its pixels are in ``masks [B, (T), H, W]`` (the
+    pointing game of Zhang et al. 2016, at the level of segments, whose pixels all share
+    the maximum)."""
+    object_mask = _check_masks(masks, explanation)
+    best = explanation.ranking()[:, :1].to(explanation.labels.dtype)
+    in_best = explanation.labels.flatten(1) == best
+    on_object = (in_best & object_mask.flatten(1)).sum(1)
+    return on_object > min_overlap * in_best.sum(1)
+
+
+def relevance_mass(explanation: Explanation, masks: Tensor) -> Tensor:
+    """float32 ``[B]``: the share of the positive relevance (the heatmap's positive part)
+    that falls on the object ``masks [B, (T), H, W]`` (Arras et al. 2022); 0 without any."""
+    object_mask = _check_masks(masks, explanation)
+    positive = explanation.heatmap().clamp(min=0).flatten(1)
+    total = positive.sum(1)
+    inside = (positive * object_mask.flatten(1)).sum(1)
+    return torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), 0.0)
+
+
+# ------------------------------------------------------------------------ curves
+
+
+def _curve(model: nn.Module, inputs: Tensor, explanation: Explanation, steps: int | None, baseline: str | Tensor,
+           output: str, batch_size: int, preprocess: Preprocess | None, channels_last: bool | None,
+           insert: bool) -> Curve:
+    x = unit_float(check_inputs(inputs))
+    _check_curve_options(x, explanation, steps, output, batch_size)
+    other = _baseline(baseline, x)
+    num = explanation.num_segments
+    points = steps if steps is not None else int(num.max())
+    fractions = torch.arange(points + 1, device=x.device, dtype=torch.float32) / points  # [S]
+    counts = torch.round(fractions.unsqueeze(0) * num.unsqueeze(1)).long()  # [B, S] segments changed
+    order = _rank_positions(explanation)  # [B, K]: each segment's place in the ranking
+    forward = ModelForward(model, preprocess, None, channels_last)
+    scores = torch.empty(counts.shape, dtype=torch.float32, device=x.device)
+    flat_labels = explanation.labels.reshape(x.shape[0], -1).long()
+    with model_session(model), torch.inference_mode():
+        for start in range(0, counts.numel(), batch_size):
+            rows = torch.arange(start, min(start + batch_size, counts.numel()), device=x.device)
+            sample, point = rows // counts.shape[1], rows % counts.shape[1]
+            changed = order[sample] < counts[sample, point].unsqueeze(1)  # [rows, K]
+            changed_pixels = changed.gather(1, flat_labels[sample]).view(rows.numel(), 1, *x.shape[2:])
+            start_image, end_image = (other, x) if insert else (x, other)
+            images = torch.where(changed_pixels, end_image[sample], start_image[sample])
+            logits = forward.logits(images)
+            values = logits.softmax(1) if output == "probability" else logits
+            scores.view(-1)[rows] = values.gather(1, explanation.target[sample].view(-1, 1)).squeeze(1).float()
+    auc = torch.trapezoid(scores, fractions.unsqueeze(0).expand_as(scores), dim=1)
+    return Curve(fractions.unsqueeze(0).expand_as(scores).contiguous(), scores, auc)
+
+
+def _rank_positions(explanation: Explanation) -> Tensor:
+    """``[B, K]``: 0 for each sample's best segment, 1 for the next, ..."""
+    ranking = explanation.ranking()
+    positions = torch.empty_like(ranking)
+    steps = torch.arange(ranking.shape[1], device=ranking.device).expand_as(ranking)
+    return positions.scatter_(1, ranking, steps)
+
+
+def _baseline(baseline: str | Tensor, x: Tensor) -> Tensor:
+    if isinstance(baseline, Tensor):
+        if baseline.shape != x.shape or baseline.device != x.device:
+            raise ValueError(f"baseline: expected a tensor of shape {tuple(x.shape)} on {x.device}, "
+                             f"got {tuple(baseline.shape)} on {baseline.device}")
+        return baseline.to(x.dtype)
+    if baseline == "zeros":
+        return torch.zeros_like(x)
+    if baseline == "blur":
+        return gaussian_blur(x, max(x.shape[-2:]) / 25)
+    raise ValueError(f"baseline: expected 'zeros', 'blur' or a tensor, got {baseline!r}")
+
+
+def _check_curve_options(x: Tensor, explanation: Explanation, steps: int | None, output: str, batch_size: int) -> None:
+    if not isinstance(explanation, Explanation):
+        raise TypeError(f"explanation: expected an Explanation, got {type(explanation).__name__}")
+    if tuple(explanation.labels.shape) != (x.shape[0], *x.shape[2:]):
+        raise ValueError(f"inputs: expected the explained inputs' shape [B, C, {tuple(explanation.labels.shape[1:])}], "
+                         f"got {tuple(x.shape)}")
+    if explanation.labels.device != x.device:
+        raise ValueError(f"inputs: expected them on the explanation's device {explanation.labels.device}, got {x.device}")
+    if bool((explanation.target < 0).any()):
+        raise ValueError("explanation: its target is unknown (-1); explain with a target")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise ValueError(f"steps: expected an int >= 1 or None, got {steps!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+
+
+# ------------------------------------------------------------------------ agreement
+
+
+def _scores(e: Explanation | Tensor, num_segments: Tensor | None, name: str) -> tuple[Tensor, Tensor]:
+    if isinstance(e, Explanation):
+        return e.segment_scores, e.num_segments
+    if not isinstance(e, Tensor) or e.dim() != 2 or not e.is_floating_point():
+        raise ValueError(f"{name}: expected an Explanation or float segment scores [B, K], got {getattr(e, 'shape', type(e).__name__)}")
+    if num_segments is None:
+        return e, torch.full((e.shape[0],), e.shape[1], dtype=torch.int64, device=e.device)
+    return e, num_segments.to(e.device)
+
+
+def _agreement_row(a: Tensor, b: Tensor, k: int) -> dict[str, Any]:
+    a, b = a.double(), b.double()
+    rank_a, rank_b = _mean_ranks(a), _mean_ranks(b)
+    ca, cb = rank_a - rank_a.mean(), rank_b - rank_b.mean()
+    spearman = (ca * cb).sum() / torch.sqrt((ca * ca).sum() * (cb * cb).sum())
+    sign_a = torch.sign(a.unsqueeze(0) - a.unsqueeze(1))
+    sign_b = torch.sign(b.unsqueeze(0) - b.unsqueeze(1))
+    kendall = (sign_a * sign_b).sum() / torch.sqrt((sign_a**2).sum() * (sign_b**2).sum())
+    top_a = torch.zeros(a.shape, dtype=torch.bool, device=a.device)
+    top_b = torch.zeros_like(top_a)
+    top_a[torch.sort(a, descending=True, stable=True).indices[:k]] = True
+    top_b[torch.sort(b, descending=True, stable=True).indices[:k]] = True
+    iou = (top_a & top_b).sum() / (top_a | top_b).sum()
+    return {"spearman": spearman, "kendall": kendall, "top_k_iou": iou.double()}
+
+
+def _mean_ranks(v: Tensor) -> Tensor:
+    """1-based ranks, ties sharing their mean rank (O(K^2); K is a few hundred at most)."""
+    less = (v.unsqueeze(0) < v.unsqueeze(1)).sum(1, dtype=torch.float64)
+    equal = (v.unsqueeze(0) == v.unsqueeze(1)).sum(1, dtype=torch.float64)
+    return less + (equal + 1) / 2
+
+
+def _check_masks(masks: Tensor, explanation: Explanation) -> Tensor:
+    if not isinstance(masks, Tensor) or tuple(masks.shape) != tuple(explanation.labels.shape):
+        raise ValueError(f"masks: expected [B, (T), H, W] = {tuple(explanation.labels.shape)} like the labels, "
+                         f"got {tuple(getattr(masks, 'shape', ()))}")
+    return masks.to(device=explanation.labels.device, dtype=torch.bool)
