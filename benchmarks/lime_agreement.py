@@ -1,80 +1,126 @@
-"""How closely gswfast's segment scores rank segments like the real ``lime`` package.
+"""The report: how well, and how fast, gswfast's scorers approximate LIME.
 
-Runs LIME (``lime.lime_image``, given our SLIC segments, ``hide_color=None`` = segment-mean
-colour, 1000 samples) twice with different seeds, and gswfast's methods once, on
-scikit-image photos with a random-weight torchvision model, and prints the mean Spearman
-correlation of each method's segment scores with LIME's weights.
+For each scorer, on the same SLIC segments: Spearman correlation and top-5 IoU of its
+segment scores with LIME's weights (1000 samples; mean and standard deviation over the
+inputs), the LIME-vs-LIME agreement between two seeds (the noise floor), deletion and
+insertion AUC (softmax probability of the target), and the time per explanation with the
+speed-up over ``gsw.lime`` and over the ``lime`` package (timed on the first input).
+LIME itself is ``gsw.lime``, which returns the package's weights given the same masks
+(``tests/test_lime.py``); scores are summed per segment, as LIME's weights are.
 
-    python benchmarks/lime_agreement.py [--model resnet18] [--size 224] [--segments 50]
-    python benchmarks/lime_agreement.py --model square --segments 20
+    python benchmarks/lime_agreement.py [--out report.md]            # resnet18, photos
+    python benchmarks/lime_agreement.py --model square --segments 20 # the trained CNN
 
-``--model square`` trains ``gswfast.testing.train_square_classifier`` and explains 8 of its
-``square_images`` instead; it also prints how often each method's best segment is the
-square (``best_on_square``), LIME's included.
+Inputs: scikit-image's four photos and their mirror images (224x224), resnet18 with random
+weights; ``--model square``: 8 synthetic images and the small CNN trained on them, with
+how often each method's best segment is the square (``on square``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import time
 
-import numpy as np
 import torch
 import torchvision
 
 import gswfast as gsw
-from gswfast.testing import lime_weights, photos, spearman, square_images, train_square_classifier
+from gswfast.testing import lime_weights, photos, square_images, train_square_classifier
+
+SCORERS: dict[str, dict] = {
+    "gradient": dict(method="gradient"),
+    "input_x_gradient, zeros": dict(method="input_x_gradient", baseline="zeros"),
+    "input_x_gradient, segment_mean": dict(method="input_x_gradient", baseline="segment_mean"),
+    "integrated_gradients, zeros": dict(method="integrated_gradients", baseline="zeros"),
+    "integrated_gradients, segment_mean (lime_ig)": dict(method="lime_ig"),
+    "smoothgrad": dict(method="smoothgrad", seed=0),
+    "gradcam": dict(method="gradcam"),
+    "swag (gradient)": dict(method="gradient", swag=True),
+}
+
+
+def inputs_and_model(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]:
+    torch.manual_seed(0)
+    if name == "square":
+        images, _, masks = square_images(8, generator=torch.Generator().manual_seed(123))
+        return train_square_classifier(), images, masks
+    x = photos(size, 4)
+    return getattr(torchvision.models, name)().eval(), torch.cat([x, x.flip(-1)]), None
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def evaluate(model, x, expl, reference, masks) -> dict[str, float]:
+    counts = expl.num_segments
+    rows = gsw.metrics.agreement(expl.segment_scores, reference.segment_scores, k=5, num_segments=counts)
+    row = {
+        "spearman": float(rows["spearman"].mean()), "spearman_sd": float(rows["spearman"].std()),
+        "top5_iou": float(rows["top_k_iou"].mean()),
+        "deletion_auc": float(gsw.metrics.deletion(model, x, expl).auc.mean()),
+        "insertion_auc": float(gsw.metrics.insertion(model, x, expl).auc.mean()),
+    }
+    if masks is not None:
+        row["on_square"] = f"{int(gsw.metrics.pointing_game(expl, masks).sum())}/{x.shape[0]}"
+    return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--segments", type=int, default=50)
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--output", choices=("logit", "probability"), default="logit")
+    parser.add_argument("--out", help="also write the Markdown table to this file")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    masks = None
-    if args.model == "square":
-        model = train_square_classifier()
-        x, _, masks = square_images(8, generator=torch.Generator().manual_seed(123))
-    else:
-        model = getattr(torchvision.models, args.model)().eval()
-        x = photos(args.size)
+    model, x, masks = inputs_and_model(args.model, args.size)
     seg = gsw.slic(x, n_segments=args.segments)
-    methods = {
-        "lime_ig": dict(method="lime_ig", n_steps=32),
-        "lime_ig_16_steps": dict(method="lime_ig", n_steps=16),
-        "lime_ig_8_steps": dict(method="lime_ig", n_steps=8),
-        "lime_ig_4_steps": dict(method="lime_ig", n_steps=4),
-        "ig_zeros": dict(method="integrated_gradients", n_steps=32, reduce="sum"),
-        "abs_gradient": dict(method="gradient", reduce="sum"),
-        "gradcam": dict(method="gradcam", reduce="sum"),
-    }
-    if args.output == "probability":  # LIME and gswfast both explain the class probability
-        model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
-    scores = {name: gsw.explain(model, x, segmentation=seg, **kw) for name, kw in methods.items()}
-    target = scores["lime_ig"].target
-    rho: dict[str, list[float]] = {name: [] for name in [*methods, "lime_seed1"]}
-    on_square: dict[str, list[bool]] = {name: [] for name in [*methods, "lime"]}
-    for b in range(x.shape[0]):
-        k = int(seg.num_segments[b])
-        ref = lime_weights(model, x[b], seg.labels[b], int(target[b]), 0, args.samples)
-        other = lime_weights(model, x[b], seg.labels[b], int(target[b]), 1, args.samples)
-        rho["lime_seed1"].append(spearman(ref, other))
-        best = {"lime": int(ref.argmax())}
-        for name, expl in scores.items():
-            rho[name].append(spearman(ref, expl.segment_scores[b, :k]))
-            best[name] = int(expl.ranking()[b, 0])
-        if masks is not None:
-            for name, segment in best.items():
-                pixels = seg.labels[b] == segment
-                on_square[name].append(bool((pixels & masks[b]).sum() * 2 > pixels.sum()))
-    result = {"spearman_with_lime": {name: round(float(np.mean(v)), 3) for name, v in rho.items()}}
-    if masks is not None:
-        result["best_on_square"] = {name: f"{sum(v)}/{len(v)}" for name, v in on_square.items()}
-    print(json.dumps(result, indent=1))
+    target = gsw.explain(model, x, method="gradient", segmentation=seg).target
+    lime, lime_s = timed(lambda: gsw.lime(model, x, seg, target, n_samples=args.samples, seed=0))
+    other = gsw.lime(model, x, seg, target, n_samples=args.samples, seed=1)
+    bf16 = gsw.lime(model, x, seg, target, n_samples=args.samples, seed=0, autocast=torch.bfloat16)
+    _, package_s = timed(lambda: lime_weights(model, x[0], seg.labels[0], int(target[0]), 0, args.samples))
+    per_lime = lime_s / x.shape[0]
+    results: dict[str, dict] = {"LIME, seed 1 (noise floor)": evaluate(model, x, other, lime, masks)}
+    results["LIME, bfloat16 autocast"] = evaluate(model, x, bf16, lime, masks)
+    results["LIME, seed 0 (the reference)"] = evaluate(model, x, lime, lime, masks)
+    results["LIME, seed 0 (the reference)"]["seconds"] = per_lime
+    for name, options in SCORERS.items():
+        explainer = gsw.Explainer(model, reduce="sum", **options)
+        given = None if options.get("swag") else seg
+        explainer(x, target, given)  # warm-up (the Grad-CAM layer search, allocator)
+        expl, seconds = timed(lambda: explainer(x, target, given))
+        reference = lime
+        if options.get("swag"):  # its own segments: LIME on those
+            reference = gsw.lime(model, x, expl.segmentation, target, n_samples=args.samples, seed=0)
+        results[name] = {**evaluate(model, x, expl, reference, masks), "seconds": seconds / x.shape[0]}
+    table = markdown(results, per_lime, package_s, args, x)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(table + "\n")
+
+
+def markdown(results: dict[str, dict], per_lime: float, package_s: float, args, x) -> str:
+    square = args.model == "square"
+    head = "| scorer | Spearman with LIME (sd) | top-5 IoU | deletion AUC (lower better) | insertion AUC | ms per input | vs gsw.lime | vs lime package |"
+    lines = [head + (" on square |" if square else ""), "|---" * (8 + square) + "|"]
+    for name, r in results.items():
+        seconds = r.get("seconds")
+        timing = (f"{seconds * 1e3:.1f} | {per_lime / seconds:.0f}x | {package_s / seconds:.0f}x" if seconds and "seed 0" not in name
+                  else f"{per_lime * 1e3:.0f} | 1x | {package_s / per_lime:.1f}x" if seconds else " | | ")
+        line = (f"| {name} | {r['spearman']:.3f} ({r['spearman_sd']:.3f}) | {r['top5_iou']:.2f} | "
+                f"{r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | {timing} |")
+        lines.append(line + (f" {r['on_square']} |" if square else ""))
+    threads = torch.get_num_threads()
+    lines.append("")
+    lines.append(f"{args.model}, {x.shape[0]} inputs of {tuple(x.shape[1:])}, {args.segments} SLIC segments, "
+                 f"LIME {args.samples} samples; the lime package took {package_s:.1f} s per input; "
+                 f"{threads} CPU threads, torch {torch.__version__}.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -249,11 +249,3 @@ def train_square_classifier(steps: int = 150, size: int = 48, seed: int = 0) -> 
         optimiser.step()
     return model.eval()
 
-
-def pointing_hits(expl, masks: Tensor) -> Tensor:
-    """bool ``[B]``: whether each sample's best segment lies mostly (over half its pixels)
-    on the evidence ``masks [B, H, W]`` (the pointing game, at segment level)."""
-    best = expl.ranking()[:, :1].to(expl.labels.dtype)  # [B, 1]
-    in_best = expl.labels.flatten(1) == best
-    on_mask = (in_best & masks.to(in_best.device).flatten(1)).sum(1)
-    return on_mask * 2 > in_best.sum(1)

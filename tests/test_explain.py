@@ -9,7 +9,7 @@ import torchvision
 import gswfast as gsw
 from gswfast.explain import SEGMENT_REDUCTIONS
 from gswfast.testing import (
-    boundary_recall, is_connected, lime_weights, pointing_hits, reference_pool, spearman, square_images,
+    boundary_recall, is_connected, lime_weights, reference_pool, spearman, square_images,
     train_square_classifier,
 )
 from helpers import TinyCNN, cpu_and_cuda, photos
@@ -119,7 +119,7 @@ def test_trained_model_explanations_point_at_the_evidence(square_classifier, met
     # The model tells red squares from blue ones: the best segment should be the square.
     model, images, classes, masks = square_classifier
     expl = gsw.explain(model, images, classes, method=method, n_segments=20)
-    assert pointing_hits(expl, masks).float().mean() >= 0.9
+    assert gsw.metrics.pointing_game(expl, masks).float().mean() >= 0.9
 
 
 def test_lime_ig_shares_lime_blind_spot_on_the_trained_model(square_classifier):
