@@ -10,7 +10,7 @@ export GSWFAST_CUDA
 .PHONY: demo test bench install clean
 
 demo: install
-	$(PY) examples/explain_photos.py
+	$(VENV)/bin/gswfast demo --out gswfast_demo
 
 test: install
 	$(PY) -m pytest -p no:cacheprovider tests benchmarks --benchmark-disable

@@ -17,9 +17,9 @@ import time
 
 import torch
 import torchvision
-from torchvision.io import write_png
 
 import gswfast as gsw
+from gswfast.viz import save_png as write_png
 from gswfast.testing import photos, square_images, train_square_classifier
 
 IMAGENET = torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
