@@ -42,12 +42,6 @@ def _border(mask: Tensor) -> Tensor:
     return edge
 
 
-def upscale(images: Tensor, size: int) -> Tensor:
-    """Nearest-neighbour enlargement of uint8 ``[..., H, W]`` so the longer side is ``size``."""
-    factor = max(1, size // max(images.shape[-2:]))
-    return images.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
-
-
 def save_png(image: Tensor, path: str | Path) -> None:
     """Writes uint8 ``[3, H, W]`` as PNG (Pillow)."""
     from PIL import Image
