@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--normalize", choices=("auto", "imagenet", "kinetics", "none"), default="auto",
                          help="input normalisation (auto: ImageNet/Kinetics for torchvision models, none otherwise)")
     explain.add_argument("--frames", type=int, default=16, help="frames per video window (default 16)")
-    explain.add_argument("--stride", type=int, help="frames between video windows (default: --frames)")
+    explain.add_argument("--stride", type=int, help="frames between video windows (default: --frames; 4 with --stream)")
+    explain.add_argument("--stream", action="store_true",
+                         help="explain videos as a stream: supervoxels warm-started window to window, a JSON timeline")
     explain.add_argument("--out", type=Path, default=Path("gswfast_out"), help="output folder (default: gswfast_out)")
     _common(explain)
     explain.set_defaults(run=_run_explain)
@@ -151,8 +153,11 @@ def _run_explain(args: argparse.Namespace) -> int:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         if is_video != (kind == "video") and kind != "any":
             raise UserError(f"{path}: a {'video' if is_video else 'image'} cannot go through the {kind} model {args.model}")
-        run = _explain_video if is_video else _explain_image
-        results.append(run(explainer, path, size, args, device, say))
+        if is_video and args.stream:
+            results.append(_stream_video(model, path, size, args, device, preprocess, say))
+        else:
+            run = _explain_video if is_video else _explain_image
+            results.append(run(explainer, path, size, args, device, say))
     (args.out / "explanations.json").write_text(json.dumps(results, indent=1))
     say(f"wrote {args.out}/explanations.json and the pictures beside it")
     return 0
@@ -202,6 +207,48 @@ def _explain_video(explainer, path: Path, size: int, args, device, say) -> dict:
         raise UserError(f"{path}: shorter than one window of --frames {args.frames}")
     viz.save_gif(torch.cat(preview, 1)[:, :64], args.out / f"{path.stem}.gif", fps)
     return {"input": str(path), "output": str(out), "fps": fps, "windows": windows}
+
+
+def _stream_video(model, path: Path, size: int, args, device, preprocess, say) -> dict:
+    """``--stream``: frames go through ``StreamExplainer`` one by one (warm-started
+    supervoxels); the MP4 shows each frame once, with the heatmap of the newest window
+    holding it; ``<name>.timeline.jsonl`` gets one JSON line per window as it finishes."""
+    from gswfast import viz
+    from gswfast.video import MediaError, Mp4Writer, StreamExplainer, read_video
+
+    stride = args.stride or 4
+    if args.frames < 1 or stride < 1 or stride > args.frames:
+        raise UserError("--stream needs 1 <= --stride <= --frames")
+    stream = StreamExplainer(model, window=args.frames, stride=stride, method=_method(args.method),
+                             n_segments=args.segments, device=device, preprocess=preprocess)
+    out, timeline_path, windows = args.out / f"{path.stem}.mp4", args.out / f"{path.stem}.timeline.jsonl", 0
+    try:
+        frames, fps = read_video(path)
+        with Mp4Writer(out, fps) as movie, open(timeline_path, "w") as timeline:
+            for frame in frames:
+                for result in stream.push(viz.resize(frame[None], size)[0].to(device)):
+                    clip = result.clip
+                    fresh = clip.shape[2] if result.index == 0 else stride  # frames not shown yet
+                    movie.write(viz.picture(result.explanation, clip, args.top_k, size=448)[0][:, -fresh:].cpu())
+                    timeline.write(json.dumps(_timeline_entry(result)) + "\n")  # streamed: constant memory
+                    windows += 1
+                    say(f"  window {result.index} (frames {result.first_frame}-{result.last_frame}): "
+                        f"class {result.target}, {result.latency * 1e3:.0f} ms")
+    except MediaError as error:
+        raise UserError(str(error)) from None
+    if not windows:
+        out.unlink(missing_ok=True)
+        timeline_path.unlink(missing_ok=True)
+        raise UserError(f"{path}: shorter than one window of --frames {args.frames}")
+    return {"input": str(path), "output": str(out), "fps": fps, "stride": stride, "windows": windows,
+            "timeline": str(timeline_path)}
+
+
+def _timeline_entry(result) -> dict:
+    return {"window": result.index, "first_frame": result.first_frame, "last_frame": result.last_frame,
+            "target": result.target, "score": round(float(result.logits[result.target]), 6),
+            "latency_ms": round(result.latency * 1e3, 3),
+            "segment_scores": [round(v, 6) for v in result.explanation.segment_scores[0].tolist()]}
 
 
 def _windows(frames, length: int, stride: int, size: int):

@@ -39,7 +39,9 @@ class Explanation:
             without a target).
         method, reduce: how the scores were made.
         segmentation: the ``Segmentation`` when gswfast computed it (None when given labels).
-        info: method-specific extras, such as LIME's ``intercept`` and ``score`` (R^2).
+        info: method-specific extras: ``logits [B, classes]`` (the model's output on the
+            inputs, for the methods that run the model on them once: gradient,
+            input_x_gradient, gradcam, guided_backprop), LIME's ``intercept`` and ``score``.
     """
 
     segment_scores: Tensor
@@ -197,6 +199,7 @@ class Explainer:
             check_input_values(x, needs_unit_range=segmentation is None and images.dtype != torch.uint8)
         resolved = resolve_target(target, x.shape[0], x.device)
         seg, labels, num = self._segmentation(images, segmentation)
+        info: dict[str, Any] = {}
         if attribution is not None:
             pixel = self._given_attribution(attribution, x)
             resolved = resolved if resolved is not None else torch.full((x.shape[0],), -1, device=x.device)
@@ -205,13 +208,15 @@ class Explainer:
                 raise ValueError("model: None needs an attribution= tensor")
             raw, resolved = self._attributor(x, resolved, labels, num)
             pixel = reduce_channels(raw.float(), self.channel_reduce)
+            if self._attributor.logits is not None:
+                info["logits"] = self._attributor.logits
         if self.swag:
             seg = slic(_swag_features(images, pixel, self.swag_weight), **self._slic_keywords(images), validate=False)
             labels, num = seg.labels, seg.num_segments
         return Explanation(
             segment_scores=pool_scores(pixel, labels, num, self.reduce),
             labels=labels, num_segments=num, pixel_scores=pixel, target=resolved,
-            method=self.spec.method, reduce=self.reduce, segmentation=seg,
+            method=self.spec.method, reduce=self.reduce, segmentation=seg, info=info,
         )
 
     def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> tuple[Segmentation | None, Tensor | None, Tensor | None]:

@@ -77,6 +77,20 @@ def test_explain_video_in_windows(files, tmp_path):
     assert (tmp_path / "action.gif").stat().st_size > 0
 
 
+def test_stream_writes_every_frame_once_and_a_timeline(files, tmp_path):
+    code = main(["explain", str(files / "action.mp4"), "--model", "demo:actions", "--stream", "--stride", "4",
+                 "--method", "gradient", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    result = json.loads((tmp_path / "explanations.json").read_text())[0]
+    timeline = [json.loads(line) for line in Path(result["timeline"]).read_text().splitlines()]
+    assert result["windows"] == 7 and [w["first_frame"] for w in timeline] == list(range(0, 25, 4))
+    assert all(w["target"] == timeline[0]["target"] and w["latency_ms"] >= 0 for w in timeline)
+    from gswfast.video import read_video
+
+    frames, _ = read_video(tmp_path / "action.mp4")
+    assert sum(1 for _ in frames) == 40
+
+
 def test_model_files(files, tmp_path):
     image = str(files / "shape.png")
     assert main(["explain", image, "--model", str(files / "shapes_state.pt"), "--arch", "demo:shapes",

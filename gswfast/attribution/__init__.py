@@ -61,6 +61,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
 # lime_ig: 16 Gauss-Legendre steps rank segments like LIME as well as 32 do (Spearman 0.972
 # both, benchmarks/lime_agreement.py), at half the cost.
 _DEFAULT_STEPS = {"integrated_gradients": 32, "lime_ig": 16}
+_SINGLE_PASS = ("gradient", "input_x_gradient", "gradcam", "guided_backprop")  # one model pass on x
 _DEFAULT_BASELINE = {"input_x_gradient": "zeros", "integrated_gradients": "zeros", "lime_ig": "segment_mean"}
 
 
@@ -121,14 +122,21 @@ class Attributor:
 
     def __call__(self, x: Tensor, target: Tensor | None, labels: Tensor | None = None,
                  num_segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Attribution ``[B, C|1, (T), H, W]`` and targets ``[B]`` of float inputs ``x``."""
+        """Attribution ``[B, C|1, (T), H, W]`` and targets ``[B]`` of float inputs ``x``.
+        Afterwards ``logits`` holds the model's ``[B, classes]`` output on ``x`` when the
+        method ran the model on ``x`` itself once (None otherwise)."""
         self.forward.check_targets = target is not None
+        self.forward.last_logits = None
         with model_session(self.model, self.eval_mode) as handles:
             scorer = self._scorer(self.spec.base, x, labels, num_segments, handles)
             if self.spec.method == "smoothgrad":
                 smooth = {k: v for k, v in self.spec.options.items() if k in _SMOOTH_OPTIONS and k != "base"}
                 scorer = SmoothGrad(scorer, **smooth)
             return scorer(self.forward, x, target)
+
+    @property
+    def logits(self) -> Tensor | None:
+        return self.forward.last_logits if self.spec.method in _SINGLE_PASS else None
 
     def _scorer(self, method: str, x: Tensor, labels: Tensor | None, num_segments: Tensor | None,
                 handles: list):

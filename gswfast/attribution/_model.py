@@ -35,6 +35,7 @@ class ModelForward:
         self.autocast = autocast
         self.channels_last = channels_last
         self.check_targets = True  # checked once against the logits, then cleared
+        self.last_logits: Tensor | None = None  # of the latest selected() call, detached
 
     def logits(self, x: Tensor) -> Tensor:
         """``[B, classes]`` logits of ``x [B, C, (T), H, W]``, float32 or float64."""
@@ -71,6 +72,7 @@ class ModelForward:
     def selected(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
         """The target logit of each sample ``[B]`` and the targets ``[B]`` (argmax if None)."""
         out = self.logits(x)
+        self.last_logits = out.detach()
         if target is None:
             target = out.detach().argmax(1)
         elif self.check_targets:

@@ -1,0 +1,284 @@
+"""Explaining a video stream window by window, as its frames arrive.
+
+``StreamExplainer(model, window=16, stride=4)`` takes frames one at a time (``push``) or
+many (``push_many``), keeps the last ``window`` of them in a ring buffer on the device,
+and explains every ``stride``-th complete window: class scores, supervoxel scores, and
+per-frame heatmaps. Each window's supervoxels are warm-started from the previous window's
+(``slic(init=...)``), so labels stay stable over time and SLIC needs fewer passes.
+
+With ``background=True`` a worker thread explains while the caller keeps pushing. When it
+falls behind, ``policy="block"`` makes ``push`` wait, ``policy="drop_oldest"`` drops the
+oldest waiting window (counted in ``dropped``); at most ``max_pending`` windows wait, so
+memory never grows with the stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gswfast.explain import DEFAULT_SEGMENTS, Explainer, Explanation
+from gswfast.segmentation import Segmentation, slic
+
+POLICIES: tuple[str, ...] = ("block", "drop_oldest")
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """One explained window.
+
+    Attributes:
+        index: the window's number in the stream (0, 1, ...; dropped ones leave gaps).
+        first_frame, last_frame: the stream indices of its frames (inclusive).
+        logits: float32 ``[classes]``: the model's output on the window.
+        explanation: ``Explanation`` of the window as a batch of one (``labels [1, T, H, W]``).
+        latency: seconds from the window's last frame arriving to its result being ready.
+        clip: the window's frames ``[1, C, T, H, W]`` as explained (for drawing them).
+    """
+
+    index: int
+    first_frame: int
+    last_frame: int
+    logits: Tensor
+    explanation: Explanation
+    latency: float
+    clip: Tensor
+
+    @property
+    def heatmaps(self) -> Tensor:
+        """float32 ``[T, H, W]``: each frame's pixels carry their supervoxel's score."""
+        return self.explanation.heatmap()[0]
+
+    @property
+    def target(self) -> int:
+        return int(self.explanation.target[0])
+
+
+class StreamExplainer:
+    """Explains a stream of frames ``[C, H, W]`` in windows of ``window`` frames.
+
+    Args:
+        model: a video model taking ``[B, C, T, H, W]`` clips (float 0..1 after
+            ``preprocess``) and returning ``[B, classes]``.
+        window, stride: frames per window and frames between window starts.
+        method: any ``gsw.explain`` method (default ``gradient``).
+        policy, max_pending, background: see the module docstring. ``background=False``
+            explains inside ``push`` (no thread, no drops).
+        warm_start: start each window's SLIC from the previous window's supervoxels.
+        n_segments: supervoxels per window (default 200).
+        device: where the ring buffer and the work live (default: the first frame's).
+        explain_options: more ``Explainer`` options (``preprocess``, ``autocast``, ...).
+    """
+
+    def __init__(self, model: nn.Module, window: int = 16, stride: int = 1, method: str = "gradient", *,
+                 policy: str = "block", max_pending: int = 2, background: bool = False, warm_start: bool = True,
+                 n_segments: int | None = None, compactness: float = 10.0, device: torch.device | str | None = None,
+                 **explain_options: Any) -> None:
+        for name, value in (("window", window), ("stride", stride), ("max_pending", max_pending)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+        self.window, self.stride, self.policy, self.max_pending = window, stride, policy, max_pending
+        self.warm_start = warm_start
+        self.slic_options = {"n_segments": n_segments or DEFAULT_SEGMENTS[5], "compactness": compactness}
+        self.explainer = Explainer(model, method, **explain_options)
+        self.device = torch.device(device) if device is not None else None
+        self.frames_seen = 0
+        self.windows_seen = 0
+        self.dropped = 0
+        self._ring: Tensor | None = None  # [C, window, H, W]
+        self._previous: tuple[int, Segmentation] | None = None  # (first frame, supervoxels)
+        self._pending: collections.deque = collections.deque()
+        self._done: collections.deque = collections.deque()
+        self._lock = threading.Condition()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._cuda_stream: Any = None
+        self._worker = threading.Thread(target=self._work, daemon=True) if background else None
+        if self._worker is not None:
+            self._worker.start()
+
+    # ------------------------------------------------------------------ frames in
+
+    def push(self, frame: Any) -> list[WindowResult]:
+        """Adds one frame ``[C, H, W]`` (uint8 or float 0..1; a tensor on any device, or any
+        ``__dlpack__`` object such as a CuPy array, taken without a copy). Returns the
+        results finished since the last call."""
+        frame = self._as_frame(frame)
+        self._store(frame)
+        self.frames_seen += 1
+        if self.frames_seen >= self.window and (self.frames_seen - self.window) % self.stride == 0:
+            self._submit(self._snapshot())
+        return self._collect()
+
+    def push_many(self, frames: Any) -> list[WindowResult]:
+        """Adds frames ``[T, C, H, W]`` (or an iterable of frames), in order."""
+        results: list[WindowResult] = []
+        for frame in frames:
+            results.extend(self.push(frame))
+        return results
+
+    def flush(self) -> list[WindowResult]:
+        """Waits for every submitted window and returns the results not yet returned."""
+        if self._worker is not None:
+            with self._lock:
+                self._lock.wait_for(lambda: not self._pending and not self._busy or self._error is not None)
+        return self._collect()
+
+    def close(self) -> None:
+        """Stops the worker thread (after the windows it holds)."""
+        if self._worker is not None and not self._closed:
+            self.flush()
+            with self._lock:
+                self._closed = True
+                self._lock.notify_all()
+            self._worker.join()
+        self._closed = True
+
+    def __enter__(self) -> StreamExplainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _as_frame(self, frame: Any) -> Tensor:
+        if not isinstance(frame, Tensor):
+            if not hasattr(frame, "__dlpack__"):
+                raise TypeError(f"frame: expected a tensor or a __dlpack__ array, got {type(frame).__name__}")
+            frame = torch.from_dlpack(frame)
+        if frame.dim() != 3:
+            raise ValueError(f"frame: expected [C, H, W], got shape {tuple(frame.shape)}")
+        if frame.dtype != torch.uint8 and not frame.is_floating_point():
+            raise TypeError(f"frame: expected uint8 or float, got {frame.dtype}")
+        if self._ring is not None and (frame.shape != (self._ring.shape[0], *self._ring.shape[2:])
+                                       or frame.dtype != self._ring.dtype):
+            raise ValueError(f"frame: expected {tuple(self._ring.shape[:1] + self._ring.shape[2:])} {self._ring.dtype} "
+                             f"like the stream's first frame, got {tuple(frame.shape)} {frame.dtype}")
+        return frame
+
+    def _store(self, frame: Tensor) -> None:
+        if self._ring is None:
+            device = self.device or frame.device
+            self._ring = torch.empty((frame.shape[0], self.window, *frame.shape[1:]), dtype=frame.dtype, device=device)
+        if self._ring.is_cuda and not frame.is_cuda:
+            # Through pinned memory the copy runs asynchronously; torch's caching host
+            # allocator keeps the pinned block alive until the copy is done.
+            frame = frame.pin_memory()
+        self._ring[:, self.frames_seen % self.window].copy_(frame, non_blocking=True)  # no host sync
+
+    def _snapshot(self) -> tuple[int, int, Tensor, float, Any]:
+        """The window in time order, copied out of the ring (which the next frames overwrite),
+        and on CUDA an event marking the copy, which the worker's stream waits for."""
+        start = self.frames_seen - self.window
+        order = (torch.arange(self.window) + start) % self.window
+        clip = self._ring.index_select(1, order.to(self._ring.device)).unsqueeze(0)  # [1, C, T, H, W]
+        ready = None
+        if clip.is_cuda:
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(clip.device))
+        index = self.windows_seen
+        self.windows_seen += 1
+        return index, start, clip, time.perf_counter(), ready
+
+    def _submit(self, job: tuple) -> None:
+        if self._worker is None:
+            self._done.append(self._explain(*job))
+            return
+        with self._lock:
+            self._raise_worker_error()
+            if self.policy == "block":
+                self._lock.wait_for(lambda: len(self._pending) < self.max_pending or self._error is not None)
+            elif len(self._pending) >= self.max_pending:
+                self._pending.popleft()
+                self.dropped += 1
+            self._pending.append(job)
+            self._lock.notify_all()
+
+    def _collect(self) -> list[WindowResult]:
+        with self._lock:
+            self._raise_worker_error()
+            results = list(self._done)
+            self._done.clear()
+        return results
+
+    _busy = False
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                job = self._pending.popleft()
+                self._busy = True
+                self._lock.notify_all()
+            try:
+                result = self._explain(*job)
+            except BaseException as error:  # handed to the caller's next push/flush
+                with self._lock:
+                    self._error, self._busy = error, False
+                    self._pending.clear()
+                    self._lock.notify_all()
+                return
+            with self._lock:
+                self._done.append(result)
+                self._busy = False
+                self._lock.notify_all()
+
+    def _explain(self, index: int, start: int, clip: Tensor, arrived: float, ready: Any = None) -> WindowResult:
+        if ready is None or threading.current_thread() is not self._worker:
+            return self._explain_window(index, start, clip, arrived)
+        # The worker explains on its own CUDA stream, after the window's copy is done, so
+        # frames keep flowing into the ring on the caller's stream meanwhile.
+        if self._cuda_stream is None:
+            self._cuda_stream = torch.cuda.Stream(clip.device)
+        self._cuda_stream.wait_event(ready)
+        clip.record_stream(self._cuda_stream)  # made on the caller's stream, used on this one
+        with torch.cuda.stream(self._cuda_stream):
+            return self._explain_window(index, start, clip, arrived)
+
+    def _explain_window(self, index: int, start: int, clip: Tensor, arrived: float) -> WindowResult:
+        seg = slic(clip, **self.slic_options, init=self._warm_start_from(start), validate=False)
+        expl = self.explainer(clip, segmentation=seg)
+        self._previous = (start, seg)
+        logits = expl.info.get("logits")
+        if logits is None:  # methods that never ran the model on the window itself
+            with torch.no_grad():
+                logits = self.explainer._attributor.forward.logits(clip.float() / 255 if clip.dtype == torch.uint8 else clip)
+        if clip.is_cuda:
+            torch.cuda.current_stream(clip.device).synchronize()  # per window: latency means "result ready"
+        return WindowResult(index, start, start + self.window - 1, logits[0].float(), expl, time.perf_counter() - arrived,
+                            clip)
+
+    def _warm_start_from(self, start: int) -> Segmentation | None:
+        """The previous window's k-means state moved back in time by the frames the window
+        slid (its first frames left, the new last ones start as copies of its last frame),
+        or None (cold start) without a previous window within reach."""
+        if not self.warm_start or self._previous is None:
+            return None
+        previous_start, seg = self._previous
+        shift = start - previous_start
+        if shift == 0:
+            return seg
+        if shift >= self.window:
+            return None
+        n, frames = seg.cluster_labels.shape[0], self.window
+        labels = seg.cluster_labels.view(n, frames, -1)
+        labels = torch.cat([labels[:, shift:], labels[:, -1:].expand(-1, shift, -1)], 1).reshape(n, -1)
+        clusters = seg.clusters.clone()
+        clusters[..., 0] = (clusters[..., 0] - shift).clamp(min=0)  # (t, y, x, features...)
+        return replace(seg, clusters=clusters, cluster_labels=labels.contiguous())
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError("the stream's explainer failed on a window") from error
