@@ -67,7 +67,38 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", type=Path, default=Path("gswfast_out"), help="output folder (default: gswfast_out)")
     _common(explain)
     explain.set_defaults(run=_run_explain)
+    dataset = commands.add_parser("explain-dataset", help="explain a folder or list of images/videos; torchrun-aware")
+    dataset.add_argument("source", type=Path, help="a folder of images/videos, or a text file with one path per line")
+    dataset.add_argument("--out", type=Path, required=True, help="output folder (items/*.npz, manifest.json)")
+    dataset.add_argument("--model", default="torchvision:resnet18", help="as for explain")
+    dataset.add_argument("--arch", help="as for explain")
+    dataset.add_argument("--weights", type=Path, help="as for explain")
+    dataset.add_argument("--size", type=int, help="as for explain")
+    dataset.add_argument("--normalize", choices=("auto", "imagenet", "kinetics", "none"), default="auto")
+    dataset.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    dataset.add_argument("--frames", type=int, default=16, help="frames per video window (default 16)")
+    dataset.add_argument("--stride", type=int, help="frames between video windows (default: --frames)")
+    dataset.add_argument("--pictures", action="store_true", help="also write an overlay per item")
+    _common(dataset)
+    dataset.set_defaults(run=_run_dataset)
     return parser
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    from gswfast.dataset import explain_dataset
+
+    if args.batch_size < 1 or args.frames < 1 or (args.stride is not None and args.stride < 1):
+        raise UserError("--batch-size, --frames and --stride must be >= 1")
+    manifest = explain_dataset(
+        args.source, args.out, args.model, arch=args.arch, weights=args.weights, method=check_method(args.method),
+        segments=args.segments, size=args.size, normalize=args.normalize, batch_size=args.batch_size,
+        frames=args.frames, stride=args.stride, pictures=args.pictures, device=args.device, quiet=args.quiet,
+    )
+    if manifest is not None and not args.quiet:
+        totals = manifest["totals"]
+        print(f"\n{totals['done']} items done, {totals['failed']} failed, {totals['missing']} missing "
+              f"({totals['processes']} processes); wrote {args.out}/manifest.json", file=sys.stderr)
+    return 0 if manifest is None or manifest["totals"]["missing"] == 0 else 1
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +118,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     import gswfast as gsw
     from gswfast.demo import ACTIONS, SHAPES, action_clips, load, shape_images
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     say = _printer(args.quiet)
     report: dict[str, Any] = {"device": str(device), "method": args.method}
@@ -96,7 +127,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     for name, batch, labels, segments in (("images", images, SHAPES, 20), ("clips", clips, ACTIONS, 60)):
         model = load("shapes" if name == "images" else "actions", device)
         x, masks = batch.images.to(device), batch.masks.to(device)
-        explainer = gsw.Explainer(model, _method(args.method), n_segments=args.segments or segments)
+        explainer = gsw.Explainer(model, check_method(args.method), n_segments=args.segments or segments)
         expl, seconds = _timed(lambda: explainer(x), device)
         files = _write_pictures(expl, x, args.out, name, args.top_k)
         report[name] = _records(expl, batch.classes, labels, files, masks)
@@ -137,13 +168,12 @@ def _summary(name: str, rows: list[dict], seconds: float) -> str:
 def _run_explain(args: argparse.Namespace) -> int:
     import gswfast as gsw
 
-    device = _device(args.device)
-    model, kind, normalize = _load_model(args)
+    device = resolve_device(args.device)
+    model, kind, normalize = load_model(args.model, args.arch, args.weights)
     model = model.to(device).eval()
-    size = args.size or (64 if args.model.startswith("demo:") or (args.arch or "").startswith("demo:") else
-                         112 if kind == "video" else 224)
-    preprocess = _normaliser(args.normalize, normalize, device)
-    explainer = gsw.Explainer(model, _method(args.method), preprocess=preprocess,
+    size = args.size or default_size(args.model, args.arch, kind)
+    preprocess = normaliser(args.normalize, normalize, device)
+    explainer = gsw.Explainer(model, check_method(args.method), preprocess=preprocess,
                               n_segments=args.segments, channels_last=None)
     args.out.mkdir(parents=True, exist_ok=True)
     say = _printer(args.quiet)
@@ -219,7 +249,7 @@ def _stream_video(model, path: Path, size: int, args, device, preprocess, say) -
     stride = args.stride or 4
     if args.frames < 1 or stride < 1 or stride > args.frames:
         raise UserError("--stream needs 1 <= --stride <= --frames")
-    stream = StreamExplainer(model, window=args.frames, stride=stride, method=_method(args.method),
+    stream = StreamExplainer(model, window=args.frames, stride=stride, method=check_method(args.method),
                              n_segments=args.segments, device=device, preprocess=preprocess)
     out, timeline_path, windows = args.out / f"{path.stem}.mp4", args.out / f"{path.stem}.timeline.jsonl", 0
     try:
@@ -288,15 +318,23 @@ def _scores(expl, b: int) -> dict:
 # ------------------------------------------------------------------------ models
 
 
-def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, str]:
-    """The model, its input kind (``image``, ``video`` or ``any``) and its normalisation."""
-    spec = args.model
+def load_model(spec: str, arch: str | None = None, weights: Path | None = None) -> tuple[torch.nn.Module, str, str]:
+    """The model named by ``spec`` (``torchvision:NAME``, ``demo:NAME`` or a .pt file), its
+    input kind (``image``, ``video`` or ``any``) and its normalisation; ``UserError`` for
+    anything that does not load."""
     if spec.endswith((".pt", ".pth")) or Path(spec).exists():
-        return _model_file(Path(spec), args.arch, args.weights)
+        return _model_file(Path(spec), arch, weights)
     model, kind, normalize = _named_model(spec)
-    if args.weights is not None:
-        _load_weights(model, args.weights, spec)
+    if weights is not None:
+        _load_weights(model, weights, spec)
     return model, kind, normalize
+
+
+def default_size(spec: str, arch: str | None, kind: str) -> int:
+    """Input side: 64 for the demo models, 112 for video models, 224 for the rest."""
+    if spec.startswith("demo:") or (arch or "").startswith("demo:"):
+        return 64
+    return 112 if kind == "video" else 224
 
 
 def _named_model(spec: str) -> tuple[torch.nn.Module, str, str]:
@@ -350,7 +388,8 @@ def _load_weights(model: torch.nn.Module, path: Path, name: str) -> None:
         raise UserError(f"--weights: {path} does not fit {name}: {' '.join(first)}") from None
 
 
-def _normaliser(choice: str, default: str, device: torch.device):
+def normaliser(choice: str, default: str, device: torch.device):
+    """The ``preprocess`` for ``--normalize`` (None for ``none``)."""
     name = default if choice == "auto" else choice
     if name == "none":
         return None
@@ -366,7 +405,8 @@ def _normaliser(choice: str, default: str, device: torch.device):
 # ------------------------------------------------------------------------ helpers
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; ``UserError`` when it is not there."""
     import gswfast as gsw
 
     if name == "auto":
@@ -384,7 +424,7 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _method(name: str) -> str:
+def check_method(name: str) -> str:
     from gswfast.attribution import METHODS
 
     if name not in METHODS:

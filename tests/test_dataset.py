@@ -1,0 +1,134 @@
+"""explain-dataset, launched for real: one process, and two with torchrun (gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gswfast.dataset import explain_dataset, list_items
+
+pytest.importorskip("av")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from gswfast import viz
+    from gswfast.demo import action_clips, shape_images
+    from gswfast.video import write_mp4
+
+    folder = tmp_path_factory.mktemp("dataset")
+    images = shape_images(12, generator=torch.Generator().manual_seed(1)).images
+    for i, image in enumerate(images):
+        viz.save_png((image * 255).to(torch.uint8), folder / f"shape{i:02d}.png")
+    clip = action_clips(1, frames=40, generator=torch.Generator().manual_seed(2)).images[0]
+    write_mp4((clip * 255).to(torch.uint8), folder / "clip.mp4", fps=8)
+    (folder / "corrupt.png").write_bytes(b"junk")
+    return folder
+
+
+def _run(argv, env_threads=True, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1") if env_threads else None
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180, **kwargs)
+
+
+def _outputs(out: Path) -> dict[str, dict]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {row["item"]: row for row in manifest["items"]}
+
+
+def test_items_are_listed_deterministically(dataset):
+    items = list_items(dataset, frames=16, stride=8)
+    assert [i.key for i in items] == [i.key for i in list_items(dataset, frames=16, stride=8)]
+    windows = [i.start for i in items if i.is_video]
+    assert windows == [0, 8, 16, 24] and len(items) == 12 + 1 + 4
+
+
+def test_two_processes_equal_one(dataset, tmp_path):
+    common = ["explain-dataset", str(dataset), "--model", "demo:shapes", "--method", "gradient", "--quiet",
+              "--batch-size", "3"]
+    single = _run([sys.executable, "-m", "gswfast", *common, "--out", str(tmp_path / "one")])
+    double = _run([*TORCHRUN, "-m", "gswfast", *common, "--out", str(tmp_path / "two")])
+    assert single.returncode == 0 and double.returncode == 0, double.stderr[-2000:]
+    one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
+    assert list(one) == list(two) and len(two) == 15  # every item exactly once: 12 images, 1 corrupt, 2 windows
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["totals"]["processes"] == 2
+    for key, row in one.items():
+        assert row["status"] == two[key]["status"]
+        if row["status"] == "done":
+            a, b = np.load(row["output"]), np.load(two[key]["output"])
+            assert np.array_equal(a["labels"], b["labels"]) and int(a["target"]) == int(b["target"])
+            np.testing.assert_allclose(a["segment_scores"], b["segment_scores"], rtol=1e-4, atol=1e-6)
+    assert two["corrupt.png"]["status"] == "failed" and "cannot read it as an image" in two["corrupt.png"]["reason"]
+    assert "cannot go through the image model" in two["clip.mp4@0000016"]["reason"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers in /proc")
+def test_a_killed_worker_loses_only_its_items_in_flight(dataset, tmp_path):
+    out = tmp_path / "out"
+    argv = [*TORCHRUN, "-m", "gswfast", "explain-dataset", str(dataset), "--model", "torchvision:resnet18",
+            "--size", "64", "--batch-size", "1", "--quiet", "--out", str(out)]
+    launcher = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    items = out / "items"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(items.glob("*.npz"))) < 3:
+        time.sleep(0.02)
+    workers = _children(launcher.pid)
+    assert workers, "no worker processes found"
+    os.kill(workers[0], signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0
+    before = {p.name: p.stat().st_mtime_ns for p in items.glob("*.npz")}
+    assert 3 <= len(before) < 12
+    for name in before:
+        np.load(items / name)["segment_scores"]  # every finished file is whole
+    rerun = _run(argv)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    rows = _outputs(out)
+    assert sorted(rows) == sorted(i.key for i in list_items(dataset))
+    assert sum(r["status"] == "done" for r in rows.values()) == 12 and rows["corrupt.png"]["status"] == "failed"
+    assert all(items.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())  # not recomputed
+    assert not list(items.glob(".*.tmp"))
+
+
+def test_videos_are_explained_in_windows(dataset, tmp_path):
+    manifest = explain_dataset(dataset, tmp_path / "out", "demo:actions", method="gradient", stride=8, quiet=True)
+    rows = {row["item"]: row for row in manifest["items"]}
+    windows = [key for key in rows if key.startswith("clip.mp4@")]
+    assert windows == [f"clip.mp4@{s:07d}" for s in (0, 8, 16, 24)]
+    assert all(rows[w]["status"] == "done" for w in windows)
+    labels = np.load(rows[windows[0]]["output"])["labels"]
+    assert labels.shape == (16, 64, 64)
+    assert "cannot go through the video model" in rows["shape00.png"]["reason"]
+
+
+def test_python_function_and_missing_files(dataset, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{dataset / 'shape00.png'}\n{dataset / 'nowhere.png'}\n# a comment\n{dataset / 'corrupt.png'}\n")
+    manifest = explain_dataset(listing, tmp_path / "out", "demo:shapes", method="gradient", quiet=True)
+    statuses = [(row["item"].split("__")[-1], row["status"]) for row in manifest["items"]]
+    assert statuses == [("shape00.png", "done"), ("nowhere.png", "failed"), ("corrupt.png", "failed")]
+    assert manifest["totals"]["done"] == 1 and manifest["totals"]["failed"] == 2
+    again = explain_dataset(listing, tmp_path / "out", "demo:shapes", method="gradient", quiet=True)
+    assert again["items"][0]["seconds"] == manifest["items"][0]["seconds"]  # finished: skipped, not redone
