@@ -251,7 +251,8 @@ def _source_paths(source: Path) -> tuple[list[Path], Path]:
         return paths, source
     if source.is_file():
         lines = [line.strip() for line in source.read_text().splitlines()]
-        paths = [Path(line) if Path(line).is_absolute() else source.parent / line for line in lines if line and not line.startswith("#")]
+        listed = [line for line in lines if line and not line.startswith("#")]
+        paths = [Path(line) if Path(line).is_absolute() else source.parent / line for line in listed]
         return paths, source.parent
     raise UserError(f"{source}: no such folder or list file")
 

@@ -23,6 +23,7 @@ from gswfast.segmentation import Segmentation, rgb_to_lab, slic
 SEGMENT_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "max", "positive_mean", "abs_mean")
 DEFAULT_SEGMENTS = {4: 50, 5: 200}  # images [B, C, H, W]; 16-frame clips [B, C, T, H, W]
 _INPUT_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_Segments = tuple[Segmentation | None, Tensor | None, Tensor | None]  # segmentation, labels, counts
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class Explainer:
             method=self.spec.method, reduce=self.reduce, segmentation=seg, info=info,
         )
 
-    def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> tuple[Segmentation | None, Tensor | None, Tensor | None]:
+    def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> _Segments:
         if segmentation is not None:
             return resolve_given_segmentation(segmentation, images)
         if self.swag:
@@ -232,13 +233,15 @@ class Explainer:
 
     def _given_attribution(self, attribution: Tensor, x: Tensor) -> Tensor:
         if not isinstance(attribution, Tensor) or not attribution.is_floating_point():
-            raise TypeError(f"attribution: expected a float tensor, got {getattr(attribution, 'dtype', type(attribution).__name__)}")
+            got = getattr(attribution, "dtype", type(attribution).__name__)
+            raise TypeError(f"attribution: expected a float tensor, got {got}")
         if attribution.device != x.device:
             raise ValueError(f"attribution: expected a tensor on {x.device}, got {attribution.device}")
         spatial = tuple(x.shape[2:])
-        if attribution.dim() == x.dim() and attribution.shape[0] == x.shape[0] and tuple(attribution.shape[2:]) == spatial:
+        same_batch = attribution.shape[0] == x.shape[0]
+        if attribution.dim() == x.dim() and same_batch and tuple(attribution.shape[2:]) == spatial:
             return reduce_channels(attribution.float(), self.channel_reduce)
-        if attribution.dim() == x.dim() - 1 and attribution.shape[0] == x.shape[0] and tuple(attribution.shape[1:]) == spatial:
+        if attribution.dim() == x.dim() - 1 and same_batch and tuple(attribution.shape[1:]) == spatial:
             return attribution.float()
         raise ValueError(
             f"attribution: expected [B, C, {_dims(spatial)}] or [B, {_dims(spatial)}] with B = {x.shape[0]}, "
@@ -308,14 +311,16 @@ def check_input_values(x: Tensor, needs_unit_range: bool) -> None:
         )
 
 
-def resolve_given_segmentation(segmentation: Segmentation | Tensor, images: Tensor) -> tuple[Segmentation | None, Tensor, Tensor]:
+def resolve_given_segmentation(segmentation: Segmentation | Tensor, images: Tensor) -> _Segments:
     seg = segmentation if isinstance(segmentation, Segmentation) else None
     labels = seg.labels if seg is not None else segmentation
     expected = (images.shape[0], *images.shape[2:])
     if not isinstance(labels, Tensor) or labels.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"segmentation: expected a Segmentation or int32/int64 labels, got {getattr(labels, 'dtype', type(labels).__name__)}")
+        got = getattr(labels, "dtype", type(labels).__name__)
+        raise TypeError(f"segmentation: expected a Segmentation or int32/int64 labels, got {got}")
     if tuple(labels.shape) != expected:
-        raise ValueError(f"segmentation: expected labels of shape {expected} (the inputs' [B, (T), H, W]), got {tuple(labels.shape)}")
+        raise ValueError(f"segmentation: expected labels of shape {expected} (the inputs' [B, (T), H, W]), "
+                         f"got {tuple(labels.shape)}")
     if labels.device != images.device:
         raise ValueError(f"segmentation: expected labels on {images.device}, got {labels.device}")
     if seg is not None:

@@ -182,7 +182,8 @@ def _scores(e: Explanation | Tensor, num_segments: Tensor | None, name: str) -> 
     if isinstance(e, Explanation):
         return e.segment_scores, e.num_segments
     if not isinstance(e, Tensor) or e.dim() != 2 or not e.is_floating_point():
-        raise ValueError(f"{name}: expected an Explanation or float segment scores [B, K], got {getattr(e, 'shape', type(e).__name__)}")
+        got = getattr(e, "shape", type(e).__name__)
+        raise ValueError(f"{name}: expected an Explanation or float segment scores [B, K], got {got}")
     if num_segments is None:
         return e, torch.full((e.shape[0],), e.shape[1], dtype=torch.int64, device=e.device)
     return e, num_segments.to(e.device)
