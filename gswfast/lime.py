@@ -22,13 +22,14 @@ from torch import Tensor, nn
 from gswfast import ops
 from gswfast.attribution import ModelForward, model_session, resolve_target
 from gswfast.attribution._model import Preprocess, Target, check_target_range
-from gswfast.attribution.baselines import gaussian_blur, segment_mean_image
+from gswfast.attribution.baselines import stand_in_image
 from gswfast.explain import (
     DEFAULT_SEGMENTS, Explanation, check_input_values, check_inputs, resolve_given_segmentation, unit_float,
 )
 from gswfast.segmentation import Segmentation, slic
 
-HIDES: tuple[str, ...] = ("mean", "zero", "blur")
+_HIDE_BASELINES = {"mean": "segment_mean", "zero": "zeros", "blur": "blur"}  # hide -> make_baseline
+HIDES: tuple[str, ...] = tuple(_HIDE_BASELINES)
 Progress = bool | Callable[[int, int], None]
 
 
@@ -162,18 +163,7 @@ def _given_masks(masks: Tensor, batch: int, n_samples: int, k: int, device: torc
 
 
 def _hide_image(hide: str | Tensor, x: Tensor, labels: Tensor, num: Tensor) -> Tensor:
-    if isinstance(hide, Tensor):
-        if hide.shape != x.shape or hide.device != x.device:
-            raise ValueError(f"hide: expected a tensor of shape {tuple(x.shape)} on {x.device}, "
-                             f"got {tuple(hide.shape)} on {hide.device}")
-        return hide.to(x.dtype)
-    if hide == "mean":
-        return segment_mean_image(x, labels, num)
-    if hide == "zero":
-        return torch.zeros_like(x)
-    if hide == "blur":
-        return gaussian_blur(x, max(x.shape[-2:]) / 25)
-    raise ValueError(f"hide: expected one of {HIDES} or a tensor, got {hide!r}")
+    return stand_in_image(hide, x, "hide", _HIDE_BASELINES, labels, num)
 
 
 def _perturbed_outputs(forward: ModelForward, x: Tensor, hidden: Tensor, labels: Tensor, keep: Tensor,

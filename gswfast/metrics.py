@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from gswfast.attribution import ModelForward, model_session
 from gswfast.attribution._model import Preprocess
-from gswfast.attribution.baselines import gaussian_blur
+from gswfast.attribution.baselines import stand_in_image
 from gswfast.explain import Explanation, check_inputs, unit_float
 
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
@@ -112,7 +112,7 @@ def _curve(model: nn.Module, inputs: Tensor, explanation: Explanation, steps: in
            insert: bool) -> Curve:
     x = unit_float(check_inputs(inputs))
     _check_curve_options(x, explanation, steps, output, batch_size)
-    other = _baseline(baseline, x)
+    other = stand_in_image(baseline, x, "baseline", {"zeros": "zeros", "blur": "blur"})
     num = explanation.num_segments
     points = steps if steps is not None else int(num.max())
     fractions = torch.arange(points + 1, device=x.device, dtype=torch.float32) / points  # [S]
@@ -142,19 +142,6 @@ def _rank_positions(explanation: Explanation) -> Tensor:
     positions = torch.empty_like(ranking)
     steps = torch.arange(ranking.shape[1], device=ranking.device).expand_as(ranking)
     return positions.scatter_(1, ranking, steps)
-
-
-def _baseline(baseline: str | Tensor, x: Tensor) -> Tensor:
-    if isinstance(baseline, Tensor):
-        if baseline.shape != x.shape or baseline.device != x.device:
-            raise ValueError(f"baseline: expected a tensor of shape {tuple(x.shape)} on {x.device}, "
-                             f"got {tuple(baseline.shape)} on {baseline.device}")
-        return baseline.to(x.dtype)
-    if baseline == "zeros":
-        return torch.zeros_like(x)
-    if baseline == "blur":
-        return gaussian_blur(x, max(x.shape[-2:]) / 25)
-    raise ValueError(f"baseline: expected 'zeros', 'blur' or a tensor, got {baseline!r}")
 
 
 def _check_curve_options(x: Tensor, explanation: Explanation, steps: int | None, output: str, batch_size: int) -> None:

@@ -49,6 +49,21 @@ def make_baseline(baseline: Baseline, x: Tensor, labels: Tensor | None = None,
     return segment_mean_image(x, labels, num_segments)
 
 
+def stand_in_image(choice: str | Tensor, x: Tensor, name: str, names: dict[str, str],
+                   labels: Tensor | None = None, num_segments: Tensor | None = None) -> Tensor:
+    """The image that replaces parts of ``x`` (LIME's hidden segments, the deletion and
+    insertion curves' other end): a tensor of exactly ``x``'s shape on its device, or one of
+    ``names``, the caller's words for ``make_baseline``'s (``{"zero": "zeros", ...}``)."""
+    if isinstance(choice, Tensor):
+        if choice.shape != x.shape or choice.device != x.device:
+            raise ValueError(f"{name}: expected a tensor of shape {tuple(x.shape)} on {x.device}, "
+                             f"got {tuple(choice.shape)} on {choice.device}")
+        return choice.to(x.dtype)
+    if not isinstance(choice, str) or choice not in names:
+        raise ValueError(f"{name}: expected one of {tuple(names)} or a tensor, got {choice!r}")
+    return make_baseline(names[choice], x, labels, num_segments)
+
+
 def segment_mean_image(x: Tensor, labels: Tensor, num_segments: Tensor | None = None) -> Tensor:
     """``x [B, C, *S]`` with every segment of ``labels [B, *S]`` replaced by its mean."""
     means = ops.segment_pool(x.to(accumulation_dtype(x.dtype)), labels, num_segments, "mean", validate=False)  # [B, C, K]
