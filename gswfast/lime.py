@@ -176,13 +176,19 @@ def _perturbed_outputs(forward: ModelForward, x: Tensor, hidden: Tensor, labels:
     for start in range(0, batch * n_samples, batch_size):
         rows = torch.arange(start, min(start + batch_size, batch * n_samples), device=x.device)
         sample, draw = rows // n_samples, rows % n_samples
-        kept_pixels = keep[sample, draw].gather(1, flat_labels[sample]).bool()  # [rows, P]
-        kept_pixels = kept_pixels.view(rows.numel(), 1, *x.shape[2:])
-        perturbed = torch.where(kept_pixels, x[sample], hidden[sample])
-        logits = forward.logits(perturbed)
+        logits = composite_logits(forward, x, hidden, flat_labels, sample, keep[sample, draw].bool())
         outputs.view(-1)[rows] = logits.gather(1, target[sample].view(-1, 1)).squeeze(1).float()
         report(int(rows[-1]) + 1 if rows.numel() else start)
     return outputs
+
+
+def composite_logits(forward: ModelForward, inside: Tensor, outside: Tensor, flat_labels: Tensor, sample: Tensor,
+                     segments: Tensor) -> Tensor:
+    """The model's logits ``[rows, classes]`` on composites: row ``i`` shows sample
+    ``sample[i]`` of ``inside`` on its segments where ``segments [rows, K]`` is True, and of
+    ``outside`` elsewhere (``inside``/``outside [B, C, *S]``, ``flat_labels`` int64 ``[B, P]``)."""
+    pixels = segments.gather(1, flat_labels[sample]).view(sample.numel(), 1, *inside.shape[2:])
+    return forward.logits(torch.where(pixels, inside[sample], outside[sample]))
 
 
 def _reporter(progress: Progress, total: int) -> Callable[[int], None]:

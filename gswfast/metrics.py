@@ -16,6 +16,7 @@ from gswfast.attribution import ModelForward, model_session
 from gswfast.attribution._model import Preprocess
 from gswfast.attribution.baselines import stand_in_image
 from gswfast.explain import Explanation, check_inputs, unit_float
+from gswfast.lime import composite_logits
 
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
 
@@ -126,10 +127,8 @@ def _curve(model: nn.Module, inputs: Tensor, explanation: Explanation, steps: in
             rows = torch.arange(start, min(start + batch_size, counts.numel()), device=x.device)
             sample, point = rows // counts.shape[1], rows % counts.shape[1]
             changed = order[sample] < counts[sample, point].unsqueeze(1)  # [rows, K]
-            changed_pixels = changed.gather(1, flat_labels[sample]).view(rows.numel(), 1, *x.shape[2:])
             start_image, end_image = (other, x) if insert else (x, other)
-            images = torch.where(changed_pixels, end_image[sample], start_image[sample])
-            logits = forward.logits(images)
+            logits = composite_logits(forward, end_image, start_image, flat_labels, sample, changed)
             values = logits.softmax(1) if output == "probability" else logits
             scores.view(-1)[rows] = values.gather(1, explanation.target[sample].view(-1, 1)).squeeze(1).float()
     auc = torch.trapezoid(scores, fractions.unsqueeze(0).expand_as(scores), dim=1)
