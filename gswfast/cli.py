@@ -18,11 +18,15 @@ from typing import Any
 
 import torch
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif"}
+from gswfast.video.io import VIDEO_SUFFIXES
+
 NORMALISATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
 }
+
+
+_VIDEO_FILES = VIDEO_SUFFIXES | {".gif"}  # explain also reads animated GIFs as video
 
 
 class UserError(Exception):
@@ -180,7 +184,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     results = []
     for index, path in enumerate(args.paths, 1):
         say(f"[{index}/{len(args.paths)}] {path}")
-        is_video = path.suffix.lower() in VIDEO_SUFFIXES
+        is_video = path.suffix.lower() in _VIDEO_FILES
         if is_video != (kind == "video") and kind != "any":
             raise UserError(f"{path}: a {'video' if is_video else 'image'} cannot go through the {kind} model {args.model}")
         if is_video and args.stream:
@@ -211,32 +215,32 @@ def _explain_video(explainer, path: Path, size: int, args, device, say) -> dict:
     """Window by window: decode, explain, write the pictures to the MP4; memory holds one
     window (and the first 64 frames for the GIF preview)."""
     from gswfast import viz
-    from gswfast.video import MediaError, Mp4Writer, read_video
+    from gswfast.video import MediaError, Mp4Writer, read_video, windows
 
     stride = args.stride or args.frames
     if args.frames < 1 or stride < 1:
         raise UserError("--frames and --stride must be >= 1")
     out = args.out / f"{path.stem}.mp4"
-    windows, preview = [], []
+    explained, preview = [], []
     try:
         frames, fps = read_video(path)
         with Mp4Writer(out, fps) as movie:
-            for start, clip in _windows(frames, args.frames, stride, size):
+            for start, clip in windows(frames, args.frames, stride, size):
                 x = clip.to(device)[None]  # [1, 3, T, H, W]
                 expl, seconds = _timed(lambda: _call(explainer, x, args.target), device)
-                windows.append({"first_frame": start, "frames": args.frames, **_scores(expl, 0), "seconds": seconds})
+                explained.append({"first_frame": start, "frames": args.frames, **_scores(expl, 0), "seconds": seconds})
                 shown = viz.picture(expl, x, args.top_k, size=448)[0][:, :stride].cpu()  # frames up to the next window
                 movie.write(shown)
                 if sum(p.shape[1] for p in preview) < 64:
                     preview.append(shown)
-                say(f"  window at frame {start}: class {windows[-1]['target']}, {seconds * 1e3:.0f} ms")
+                say(f"  window at frame {start}: class {explained[-1]['target']}, {seconds * 1e3:.0f} ms")
     except MediaError as error:
         raise UserError(str(error)) from None
-    if not windows:
+    if not explained:
         out.unlink(missing_ok=True)
         raise UserError(f"{path}: shorter than one window of --frames {args.frames}")
     viz.save_gif(torch.cat(preview, 1)[:, :64], args.out / f"{path.stem}.gif", fps)
-    return {"input": str(path), "output": str(out), "fps": fps, "windows": windows}
+    return {"input": str(path), "output": str(out), "fps": fps, "windows": explained}
 
 
 def _stream_video(model, path: Path, size: int, args, device, preprocess, say) -> dict:
@@ -279,25 +283,6 @@ def _timeline_entry(result) -> dict:
             "target": result.target, "score": round(float(result.logits[result.target]), 6),
             "latency_ms": round(result.latency * 1e3, 3),
             "segment_scores": [round(v, 6) for v in result.explanation.segment_scores[0].tolist()]}
-
-
-def _windows(frames, length: int, stride: int, size: int):
-    """(first frame index, clip uint8 [3, T, size, size]) for each full window, keeping only
-    one window of frames in memory."""
-    from gswfast import viz
-
-    buffer: list[torch.Tensor] = []
-    start = 0
-    for frame in frames:
-        buffer.append(viz.resize(frame[None], size)[0])
-        if len(buffer) == length:
-            yield start, torch.stack(buffer, 1)
-            buffer = buffer[stride:] if stride < length else []
-            start += stride
-            if stride > length:  # skip the frames between windows
-                for _ in range(stride - length):
-                    if next(frames, None) is None:
-                        return
 
 
 def _call(explainer, x: torch.Tensor, target: int | None):

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+from gswfast.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ def explain_dataset(source: str | Path, out: str | Path, model: str = "torchvisi
         explainer = gsw.Explainer(net, check_method(method), n_segments=segments,
                                   preprocess=normaliser(normalize, default_norm, target_device), **method_options)
         mine = [item for i, item in enumerate(items) if i % world == rank and not _finished(folder, item)]
-        work = _Work(explainer, folder, size or default_size(model, arch, kind), frames, batch_size, pictures,
-                     target_device, _progress(quiet, rank, folder, len(items)))
+        work = _Work(explainer, folder, size or default_size(model, arch, kind), frames, stride or frames,
+                     batch_size, pictures, target_device, _progress(quiet, rank, folder, len(items)))
         work.run(_refuse_other_kind(mine, kind, model, folder))
         _barrier(world)
         manifest = _write_manifest(Path(out), items, world) if rank == 0 else None
@@ -94,9 +94,9 @@ def explain_dataset(source: str | Path, out: str | Path, model: str = "torchvisi
 
 
 class _Work:
-    def __init__(self, explainer, folder: Path, size: int, frames: int, batch_size: int, pictures: bool,
-                 device: torch.device, progress: Callable[[], None]) -> None:
-        self.explainer, self.folder, self.size, self.frames = explainer, folder, size, frames
+    def __init__(self, explainer, folder: Path, size: int, frames: int, stride: int, batch_size: int,
+                 pictures: bool, device: torch.device, progress: Callable[[], None]) -> None:
+        self.explainer, self.folder, self.size, self.frames, self.stride = explainer, folder, size, frames, stride
         self.batch_size, self.pictures, self.device, self.progress = batch_size, pictures, device, progress
 
     def run(self, items: Sequence[Item]) -> None:
@@ -126,23 +126,17 @@ class _Work:
         if loaded:
             self._explain(loaded, torch.stack(pixels).to(self.device))
 
-    def _video(self, path: Path, windows: Sequence[Item]) -> None:
+    def _video(self, path: Path, items: Sequence[Item]) -> None:
         """Decodes the video once, explaining this rank's windows as they fill."""
-        from gswfast import viz
-        from gswfast.video import MediaError, read_video
+        from gswfast.video import MediaError, read_video, windows
 
-        wanted = {item.start: item for item in windows}
+        wanted = {item.start: item for item in items}
         last = max(wanted)
-        buffer: list[torch.Tensor] = []
         try:
             frames, _ = read_video(path)
-            for index, frame in enumerate(frames):
-                buffer.append(viz.resize(frame[None], self.size)[0])
-                start = index - self.frames + 1
-                if len(buffer) > self.frames:
-                    buffer.pop(0)
+            for start, clip in windows(frames, self.frames, self.stride, self.size):
                 if start in wanted:
-                    self._explain([wanted.pop(start)], torch.stack(buffer, 1)[None].to(self.device))
+                    self._explain([wanted.pop(start)], clip[None].to(self.device))
                 if start >= last:
                     break
         except MediaError as error:

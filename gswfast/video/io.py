@@ -13,6 +13,10 @@ import torch
 from torch import Tensor
 
 
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+
+
 class MediaError(ValueError):
     """A file that is missing, unreadable or not the media it claims to be."""
 
@@ -56,6 +60,25 @@ def read_video(path: str | Path) -> tuple[Iterator[Tensor], float]:
             container.close()
 
     return frames(), rate
+
+
+def windows(frames: Iterator[Tensor], length: int, stride: int, size: int) -> Iterator[tuple[int, Tensor]]:
+    """(first frame index, clip uint8 ``[3, T, size, size]``) for each full window of
+    ``length`` frames every ``stride`` frames, resized; only one window of frames is held."""
+    from gswfast.viz import resize
+
+    buffer: list[Tensor] = []
+    start = 0
+    for frame in frames:
+        buffer.append(resize(frame[None], size)[0])
+        if len(buffer) == length:
+            yield start, torch.stack(buffer, 1)
+            buffer = buffer[stride:] if stride < length else []
+            start += stride
+            if stride > length:  # skip the frames between windows
+                for _ in range(stride - length):
+                    if next(frames, None) is None:
+                        return
 
 
 class Mp4Writer:
