@@ -147,13 +147,14 @@ def _records(expl, classes: torch.Tensor, labels: Sequence[str], files: list[lis
 
     hits = gsw.metrics.pointing_game(expl, masks).tolist()
     mass = gsw.metrics.relevance_mass(expl, masks).tolist()
+    ranking = expl.ranking()
     rows = []
     for b in range(expl.segment_scores.shape[0]):
         n = int(expl.num_segments[b])
         rows.append({
             "files": files[b], "class": labels[int(classes[b])], "predicted": labels[int(expl.target[b])],
             "segment_scores": [round(v, 6) for v in expl.segment_scores[b, :n].tolist()],
-            "ranking": expl.ranking()[b, :n].tolist(), "pointing_game": hits[b], "relevance_mass": round(mass[b], 4),
+            "ranking": ranking[b, :n].tolist(), "pointing_game": hits[b], "relevance_mass": round(mass[b], 4),
         })
     return rows
 

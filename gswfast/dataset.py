@@ -155,8 +155,9 @@ class _Work:
                 _fail(self.folder, item, f"{type(error).__name__}: {error}")
             return
         seconds = (time.perf_counter() - begin) / len(items)
+        ranking = expl.ranking()
         for b, item in enumerate(items):
-            _write_result(self.folder, item, expl, b, seconds)
+            _write_result(self.folder, item, expl, ranking, b, seconds)
             if self.pictures:
                 from gswfast import viz
 
@@ -178,11 +179,11 @@ def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Pat
     return kept
 
 
-def _write_result(folder: Path, item: Item, expl, b: int, seconds: float) -> None:
+def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int, seconds: float) -> None:
     n = int(expl.num_segments[b])
     arrays = {
         "segment_scores": expl.segment_scores[b, :n].cpu().numpy(),
-        "ranking": expl.ranking()[b, :n].cpu().numpy().astype(np.int32),
+        "ranking": ranking[b, :n].cpu().numpy().astype(np.int32),
         "labels": expl.labels[b].cpu().numpy().astype(np.int32),
         "target": np.int64(expl.target[b]),
         "seconds": np.float64(seconds),

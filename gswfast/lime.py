@@ -150,7 +150,7 @@ def _masks(masks: Tensor | None, batch: int, n_samples: int, k: int, num: Tensor
 
 
 def _given_masks(masks: Tensor, batch: int, n_samples: int, k: int, device: torch.device) -> Tensor:
-    if not isinstance(masks, Tensor) or masks.is_floating_point() and not torch.all((masks == 0) | (masks == 1)):
+    if not isinstance(masks, Tensor) or not bool(torch.all((masks == 0) | (masks == 1))):
         raise ValueError("masks: expected a tensor of 0/1 (or bool) values")
     if masks.dim() == 2:
         masks = masks.unsqueeze(0).expand(batch, -1, -1)

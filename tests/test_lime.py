@@ -135,6 +135,8 @@ def test_bad_input():
         gsw.lime(model, x, labels, 1, n_samples=4, masks=torch.ones(3, k))
     with pytest.raises(ValueError, match="masks: expected a tensor of 0/1"):
         gsw.lime(model, x, labels, 1, n_samples=4, masks=torch.full((4, k), 0.5))
+    with pytest.raises(ValueError, match="masks: expected a tensor of 0/1"):
+        gsw.lime(model, x, labels, 1, n_samples=4, masks=torch.full((4, k), 2))
     with pytest.raises(ValueError, match="hide: expected one of"):
         gsw.lime(model, x, labels, 1, n_samples=4, hide="noise")
     with pytest.raises(ValueError, match="kernel_width"):

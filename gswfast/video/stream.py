@@ -100,6 +100,7 @@ class StreamExplainer:
         self._lock = threading.Condition()
         self._error: BaseException | None = None
         self._closed = False
+        self._busy = False  # the worker holds a window (popped from pending, not yet done)
         self._cuda_stream: Any = None
         self._worker = threading.Thread(target=self._work, daemon=True) if background else None
         if self._worker is not None:
@@ -209,8 +210,6 @@ class StreamExplainer:
             results = list(self._done)
             self._done.clear()
         return results
-
-    _busy = False
 
     def _work(self) -> None:
         while True:
