@@ -73,7 +73,8 @@ def bench_cpu_skimage(benchmark, vga):
 @pytest.mark.benchmark(group="cpu-slic-640x480")
 @pytest.mark.parametrize("variant", ("avx2", "portable"))
 def bench_cpu_fast_slic(benchmark, vga, variant):
-    fast_slic = pytest.importorskip("fast_slic")
+    fast_slic = pytest.importorskip(
+        "fast_slic", reason="fast-slic is an optional benchmark peer; `make bench` builds and installs it")
     if variant == "avx2":
         from fast_slic.avx2 import SlicAvx2 as Slic
     else:

@@ -2,17 +2,61 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
+
+
+def missing_extension_message(package: Path, search_path: list[str], error: str) -> str:
+    """Says why ``gswfast._C`` did not load from ``package`` (the imported gswfast folder).
+
+    The usual cause is not a missing build: Python was started in the repository root, whose
+    ``gswfast/`` source folder (no compiled extension) comes first on ``sys.path`` and
+    shadows the copy that ``pip install`` put in site-packages.
+    """
+    installed = [str(other) for other in _other_builds(package, search_path)]
+    if _is_source_tree(package) and installed:
+        return (
+            f"gswfast is being imported from its source tree {package}, which has no compiled "
+            f"extension: the current directory (or PYTHONPATH) comes first on sys.path and shadows "
+            f"the installed gswfast at {installed[0]}. Run Python from another directory, or "
+            "install in place with `pip install --no-build-isolation -e .` (what `make install` "
+            f"does). Original error: {error}"
+        )
+    if _is_source_tree(package):
+        return (
+            f"gswfast's compiled extension (gswfast._C) is not built in the source tree {package}. "
+            "Build it in place with `make install` or `pip install --no-build-isolation -e .`, or "
+            "install the package and run Python from another directory. Original error: " + error
+        )
+    return (
+        "gswfast's compiled extension (gswfast._C) could not be loaded. Build and install the "
+        "package against the torch you run with: `pip install --no-build-isolation .` (see "
+        "README). Original error: " + error
+    )
+
+
+def _is_source_tree(package: Path) -> bool:
+    root = package.parent
+    return (root / "pyproject.toml").is_file() and (root / "csrc").is_dir()
+
+
+def _other_builds(package: Path, search_path: list[str]) -> list[Path]:
+    """gswfast folders with a compiled extension elsewhere on the search path."""
+    found = []
+    for entry in search_path:
+        candidate = (Path(entry or ".") / "gswfast").resolve()
+        if candidate != package and any(candidate.glob("_C.*")):
+            found.append(candidate)
+    return found
+
 
 try:
     from gswfast import _C  # noqa: F401  (importing it registers the ops)
     from gswfast import _build_info
-except ImportError as exc:  # pragma: no cover - exercised only on broken installs
-    raise ImportError(
-        "gswfast's compiled extension (gswfast._C) could not be loaded. Build and install "
-        "the package against the torch you run with: "
-        "`pip install --no-build-isolation .` (see README). Original error: " + str(exc)
-    ) from exc
+except ImportError as exc:
+    raise ImportError(missing_extension_message(Path(__file__).resolve().parent, sys.path, str(exc))) from exc
 
 
 def _release(version: str) -> str:

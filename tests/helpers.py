@@ -20,6 +20,21 @@ TOLERANCES = {
 }
 
 
+def untied(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``images`` plus 1% seeded uniform noise, clamped to 0..1, in float64.
+
+    For tests that compare the gradients of two numerical paths (batched and single,
+    channels-last and contiguous, gswfast and Captum): flat photo regions give max-pool
+    ties, and which tied pixel receives the gradient depends on rounding that differs
+    between the paths and between CPUs (Intel or AMD, with or without AVX-512). The noise
+    removes exact ties; float64 (use a ``.double()`` model) keeps both paths' rounding,
+    about 1e-16, far below the noise's gaps, so no near-tie can flip either.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(images.shape, generator=generator, dtype=torch.float64)
+    return (images.double().cpu() + 0.01 * noise).clamp(0, 1).to(images.device)
+
+
 class TinyCNN(torch.nn.Module):
     """conv -> ReLU -> conv -> ReLU -> global mean -> linear; 2-D or 3-D (``dims=3``)."""
 

@@ -23,6 +23,7 @@ def _inputs(device, shape=(3, 3, 12, 12)):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.paths
 def test_gradient_equals_autograd(device, dims):
     model = _net(device, dims)
     x = _inputs(device, (3, 3, 12, 12) if dims == 2 else (2, 3, 4, 8, 8))
@@ -67,6 +68,7 @@ def test_integrated_gradients_completeness(device, integration):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right"])
+@pytest.mark.paths
 def test_integrated_gradients_matches_captum(device, integration):
     IntegratedGradients = pytest.importorskip("captum.attr").IntegratedGradients
 
@@ -84,6 +86,7 @@ def test_integrated_gradients_matches_captum(device, integration):
     torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.paths
 def test_integrated_gradients_chunks_do_not_change_the_result():
     model, x = _net("cpu"), _inputs("cpu")
     whole, _ = attribute(model, x, 1, "integrated_gradients", n_steps=9)
@@ -158,6 +161,7 @@ def test_gradcam_finds_the_last_convolution_and_upsamples_over_time():
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.paths
 def test_guided_backprop_matches_captum(device):
     GuidedBackprop = pytest.importorskip("captum.attr").GuidedBackprop
 

@@ -56,3 +56,48 @@ def test_cpu_kernels_are_built_with_openmp():
     # at::parallel_for is inline: built without -fopenmp, every CPU kernel silently runs on
     # one thread (it did, until issue 4 found it).
     assert gsw.build_info()["openmp"] is True
+
+
+def _source_copy(tmp_path: Path) -> Path:
+    """The repository's Python sources without the compiled extension, as a fresh clone has."""
+    tree = tmp_path / "clone"
+    shutil.copytree(ROOT / "gswfast", tree / "gswfast",
+                    ignore=shutil.ignore_patterns("_C.*", "_build_info.py", "__pycache__"))
+    (tree / "csrc").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", tree)
+    return tree
+
+
+def test_a_source_tree_that_shadows_the_installed_package_is_named(tmp_path):
+    # `pip install .` then `python -c "import gswfast"` in the repository root: the source
+    # folder comes first on sys.path. The message must say so, not "build and install".
+    import gswfast._C
+
+    tree = _source_copy(tmp_path)
+    site = tmp_path / "site"  # what `pip install .` leaves in site-packages
+    shutil.copytree(Path(gsw.__file__).parent, site / "gswfast", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(gswfast._C.__file__, site / "gswfast")
+    script = ("import sys\n"
+              "sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]\n"
+              f"sys.path[:0] = ['', {str(site)!r}]\n"
+              "import gswfast\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tree, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "ImportError" in last and f"imported from its source tree {tree / 'gswfast'}" in last
+    assert f"shadows the installed gswfast at {site / 'gswfast'}" in last and "Run Python from another directory" in last
+
+
+def test_missing_extension_messages(tmp_path):
+    from gswfast._extension import missing_extension_message
+
+    tree = _source_copy(tmp_path)
+    alone = missing_extension_message(tree / "gswfast", [str(tree)], "no _C")
+    assert "not built in the source tree" in alone and "make install" in alone
+    site = tmp_path / "site" / "gswfast"
+    site.mkdir(parents=True)
+    (site / "_C.cpython-311-x86_64-linux-gnu.so").touch()
+    shadowed = missing_extension_message(tree / "gswfast", ["", str(tree), str(site.parent)], "no _C")
+    assert f"shadows the installed gswfast at {site}" in shadowed
+    installed_only = missing_extension_message(site, [str(site.parent)], "undefined symbol")
+    assert "could not be loaded" in installed_only and "undefined symbol" in installed_only

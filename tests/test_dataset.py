@@ -53,6 +53,7 @@ def test_items_are_listed_deterministically(dataset):
     assert windows == [0, 8, 16, 24] and len(items) == 12 + 1 + 4
 
 
+@pytest.mark.paths
 def test_two_processes_equal_one(dataset, tmp_path):
     common = ["explain-dataset", str(dataset), "--model", "demo:shapes", "--method", "gradient", "--quiet",
               "--batch-size", "3"]

@@ -19,6 +19,7 @@ def _resnet(device="cpu"):
 
 
 @pytest.mark.parametrize("hide,hide_color", [("mean", None), ("zero", 0.0)])
+@pytest.mark.paths
 def test_matches_the_lime_package_given_its_masks(hide, hide_color):
     pytest.importorskip("lime")
     model, x = _resnet(), photos(64, 2)

@@ -81,6 +81,7 @@ def test_random_labels_many_segments_and_tiles(device, reduce):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.paths
 def test_sum_matches_index_add_and_numpy_bincount(device):
     labels, k = grid_labels(4, 64, 64, device=device, dtype=torch.int64)
     values = torch.randn(4, 64, 64, device=device, dtype=torch.float64)
@@ -126,6 +127,7 @@ def test_nan_propagates_to_its_segment_only(device, reduce):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.paths
 def test_non_contiguous_and_channels_last(device):
     labels, k = grid_labels(2, 24, 28, cell=5, device=device)
     base = torch.randn(2, 4, 24, 28, device=device)
@@ -169,6 +171,7 @@ def test_bitwise_deterministic(device, reduce):
         assert torch.equal(gsw.segment_pool(values, labels, k, reduce), first)
 
 
+@pytest.mark.paths
 def test_cpu_result_does_not_depend_on_thread_count():
     labels, k = grid_labels(3, 300, 310, dtype=torch.int64)
     values = torch.randn(3, 2, 300, 310, dtype=torch.float32) * 100

@@ -63,6 +63,7 @@ def _check_contract(seg: gsw.Segmentation, shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("seed", (0, 1, 2))
 @pytest.mark.parametrize("n_segments", (100, 400))
+@pytest.mark.paths
 def test_quality_on_synthetic_regions_matches_or_beats_skimage(seed, n_segments):
     image, truth = synthetic_regions(seed=seed)
     ours = gsw.slic(image[None], n_segments=n_segments).labels[0]
@@ -75,6 +76,7 @@ def test_quality_on_synthetic_regions_matches_or_beats_skimage(seed, n_segments)
 
 @pytest.mark.parametrize("seed", (0, 1))
 @pytest.mark.parametrize("n_segments", (100, 400))
+@pytest.mark.paths
 def test_quality_on_photo_textures_matches_or_beats_skimage(seed, n_segments):
     image, truth = _photo_mosaic(seed)
     ours = gsw.slic(image, n_segments=n_segments).labels[0]
@@ -148,6 +150,7 @@ def test_image_batch_contract_and_centres(device):
         assert bool((seg.centers[b, k:] == 0).all())
 
 
+@pytest.mark.paths
 def test_per_frame_mode_equals_frames_segmented_one_by_one():
     clip, _ = _moving_square_clip(frames=4, step=3)
     seg = gsw.slic(clip, n_segments=50, mode="per_frame")
@@ -181,6 +184,7 @@ def test_any_number_of_channels(channels):
     assert undersegmentation_error(seg.labels[0], truth) < 0.1
 
 
+@pytest.mark.paths
 def test_uint8_and_float_inputs_agree():
     image = _photo("chelsea")
     a = gsw.slic(image, n_segments=200).labels
@@ -265,6 +269,7 @@ def test_warm_start_volume_and_per_frame():
 # ------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.paths
 def test_deterministic_and_independent_of_thread_count():
     images = torch.cat([_photo("astronaut")[:, :, :240, :320], _photo("chelsea")[:, :, :240, :320]])
     first = gsw.slic(images, n_segments=200)

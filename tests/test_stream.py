@@ -28,6 +28,7 @@ def _frames(count: int = 40, seed: int = 4) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["gradient", "gradcam", "integrated_gradients"])
+@pytest.mark.paths
 def test_cold_windows_equal_explain(model, method):
     frames = _frames()
     options = {"n_steps": 4} if method == "integrated_gradients" else {}
