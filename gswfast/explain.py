@@ -18,12 +18,11 @@ from gswfast.attribution import (
     CHANNEL_REDUCTIONS, Attributor, MethodSpec, method_spec, reduce_channels, resolve_target,
 )
 from gswfast.attribution._model import Preprocess, Target
+from gswfast.checks import Segments, check_input_values, check_inputs, resolve_given_segmentation, unit_float
 from gswfast.segmentation import Segmentation, rgb_to_lab, slic
 
 SEGMENT_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "max", "positive_mean", "abs_mean")
 DEFAULT_SEGMENTS = {4: 50, 5: 200}  # images [B, C, H, W]; 16-frame clips [B, C, T, H, W]
-_INPUT_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_Segments = tuple[Segmentation | None, Tensor | None, Tensor | None]  # segmentation, labels, counts
 
 
 @dataclass(frozen=True)
@@ -220,7 +219,7 @@ class Explainer:
             method=self.spec.method, reduce=self.reduce, segmentation=seg, info=info,
         )
 
-    def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> _Segments:
+    def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> Segments:
         if segmentation is not None:
             return resolve_given_segmentation(segmentation, images)
         if self.swag:
@@ -274,62 +273,6 @@ def pool_scores(pixel: Tensor, labels: Tensor, num_segments: Tensor, reduce: str
         pixel, reduce = pixel.abs(), "mean"
     # Segments past a sample's count are empty, and empty segments pool to 0.
     return ops.segment_pool(pixel, labels, num_segments, reduce, validate=False)
-
-
-# ------------------------------------------------------------------------ checks
-
-
-def check_inputs(inputs: object) -> Tensor:
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs: expected a tensor, got {type(inputs).__name__}")
-    if inputs.dim() not in (4, 5):
-        raise ValueError(f"inputs: expected images [B, C, H, W] or clips [B, C, T, H, W], got shape {tuple(inputs.shape)}")
-    if inputs.dtype not in _INPUT_DTYPES:
-        raise TypeError(f"inputs: expected uint8 or a float dtype, got {inputs.dtype}")
-    if inputs.numel() == 0:
-        raise ValueError(f"inputs: expected a non-empty tensor, got shape {tuple(inputs.shape)}")
-    return inputs.clone() if inputs.is_inference() else inputs
-
-
-def unit_float(images: Tensor) -> Tensor:
-    return images.float() / 255 if images.dtype == torch.uint8 else images.detach()
-
-
-def check_input_values(x: Tensor, needs_unit_range: bool) -> None:
-    """NaN/inf, and values outside 0..1 when SLIC segments the inputs: one device sync."""
-    flags = [~torch.isfinite(x).all()]
-    if needs_unit_range:
-        low, high = torch.aminmax(x)
-        flags.append((low < 0) | (high > 1))
-    bad = torch.stack(flags).tolist()
-    if bad[0]:
-        raise ValueError("inputs: contains NaN or infinite values")
-    if needs_unit_range and bad[1]:
-        raise ValueError(
-            "inputs: SLIC needs images in 0..1 (or uint8); these look normalised. Pass the raw "
-            "images with preprocess=<normalisation>, or give segmentation="
-        )
-
-
-def resolve_given_segmentation(segmentation: Segmentation | Tensor, images: Tensor) -> _Segments:
-    seg = segmentation if isinstance(segmentation, Segmentation) else None
-    labels = seg.labels if seg is not None else segmentation
-    expected = (images.shape[0], *images.shape[2:])
-    if not isinstance(labels, Tensor) or labels.dtype not in (torch.int32, torch.int64):
-        got = getattr(labels, "dtype", type(labels).__name__)
-        raise TypeError(f"segmentation: expected a Segmentation or int32/int64 labels, got {got}")
-    if tuple(labels.shape) != expected:
-        raise ValueError(f"segmentation: expected labels of shape {expected} (the inputs' [B, (T), H, W]), "
-                         f"got {tuple(labels.shape)}")
-    if labels.device != images.device:
-        raise ValueError(f"segmentation: expected labels on {images.device}, got {labels.device}")
-    if seg is not None:
-        return seg, seg.labels, seg.num_segments
-    flat = labels.reshape(labels.shape[0], -1)
-    low = flat.amin()
-    if bool(low < 0):  # one sync; label ranges past this are checked by segment_pool
-        raise ValueError("segmentation: labels must be >= 0")
-    return None, labels, flat.amax(1).to(torch.int64) + 1
 
 
 def _swag_features(images: Tensor, pixel: Tensor, weight: float) -> Tensor:

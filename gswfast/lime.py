@@ -23,9 +23,8 @@ from gswfast import ops
 from gswfast.attribution import ModelForward, model_session, resolve_target
 from gswfast.attribution._model import Preprocess, Target, check_target_range
 from gswfast.attribution.baselines import stand_in_image
-from gswfast.explain import (
-    DEFAULT_SEGMENTS, Explanation, check_input_values, check_inputs, resolve_given_segmentation, unit_float,
-)
+from gswfast.checks import check_input_values, check_inputs, composite_logits, resolve_given_segmentation, unit_float
+from gswfast.explain import DEFAULT_SEGMENTS, Explanation
 from gswfast.segmentation import Segmentation, slic
 
 _HIDE_BASELINES = {"mean": "segment_mean", "zero": "zeros", "blur": "blur"}  # hide -> make_baseline
@@ -180,15 +179,6 @@ def _perturbed_outputs(forward: ModelForward, x: Tensor, hidden: Tensor, labels:
         outputs.view(-1)[rows] = logits.gather(1, target[sample].view(-1, 1)).squeeze(1).float()
         report(int(rows[-1]) + 1 if rows.numel() else start)
     return outputs
-
-
-def composite_logits(forward: ModelForward, inside: Tensor, outside: Tensor, flat_labels: Tensor, sample: Tensor,
-                     segments: Tensor) -> Tensor:
-    """The model's logits ``[rows, classes]`` on composites: row ``i`` shows sample
-    ``sample[i]`` of ``inside`` on its segments where ``segments [rows, K]`` is True, and of
-    ``outside`` elsewhere (``inside``/``outside [B, C, *S]``, ``flat_labels`` int64 ``[B, P]``)."""
-    pixels = segments.gather(1, flat_labels[sample]).view(sample.numel(), 1, *inside.shape[2:])
-    return forward.logits(torch.where(pixels, inside[sample], outside[sample]))
 
 
 def _reporter(progress: Progress, total: int) -> Callable[[int], None]:

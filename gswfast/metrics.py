@@ -1,7 +1,9 @@
 """How good is an explanation: deletion/insertion curves, agreement between two
-explanations, and the pointing game and relevance mass against known object masks.
+explanations, and the pointing game and relevance mass against known object masks; and how
+good is a segmentation: boundary recall, under-segmentation error, explained variation.
 
-Everything runs on the explanation's device and takes batches of images or clips.
+The explanation metrics run on the explanation's device and take batches of images or
+clips; the segmentation metrics take one label map ``[H, W]`` and return a float.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from torch import Tensor, nn
 from gswfast.attribution import ModelForward, model_session
 from gswfast.attribution._model import Preprocess
 from gswfast.attribution.baselines import stand_in_image
-from gswfast.explain import Explanation, check_inputs, unit_float
-from gswfast.lime import composite_logits
+from gswfast.checks import check_inputs, composite_logits, unit_float
+from gswfast.explain import Explanation
 
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
 
@@ -203,3 +205,49 @@ def _check_masks(masks: Tensor, explanation: Explanation) -> Tensor:
         raise ValueError(f"masks: expected [B, (T), H, W] = {tuple(explanation.labels.shape)} like the labels, "
                          f"got {tuple(getattr(masks, 'shape', ()))}")
     return masks.to(device=explanation.labels.device, dtype=torch.bool)
+
+
+# ------------------------------------------------------------------------ segmentation quality
+
+
+def boundary_map(labels: Tensor) -> Tensor:
+    """Pixels ``[..., H, W]`` whose right or lower neighbour has another label."""
+    edge = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    edge[..., :, :-1] |= labels[..., :, 1:] != labels[..., :, :-1]
+    edge[..., :-1, :] |= labels[..., 1:, :] != labels[..., :-1, :]
+    return edge
+
+
+def boundary_recall(segments: Tensor, truth: Tensor, tolerance: int = 2) -> float:
+    """Fraction of the truth's boundary pixels within ``tolerance`` (Chebyshev) pixels of a
+    segment boundary. ``segments`` and ``truth``: ``[H, W]``."""
+    truth_edges = boundary_map(truth)
+    seg_edges = boundary_map(segments).float()[None, None]
+    near = torch.nn.functional.max_pool2d(seg_edges, 2 * tolerance + 1, stride=1, padding=tolerance)[0, 0] > 0
+    return float((near & truth_edges).sum() / truth_edges.sum().clamp(min=1))
+
+
+def undersegmentation_error(segments: Tensor, truth: Tensor) -> float:
+    """Neubert & Protzel's under-segmentation error: for every truth region and every
+    segment overlapping it, the smaller of the overlap and the segment's part outside the
+    region, summed and divided by the pixel count. ``[H, W]`` inputs; lower is better."""
+    s = segments.reshape(-1).long()
+    t = truth.reshape(-1).long()
+    k_s, k_t = int(s.max()) + 1, int(t.max()) + 1
+    overlap = torch.bincount(t * k_s + s, minlength=k_t * k_s).view(k_t, k_s)
+    outside = overlap.sum(0, keepdim=True) - overlap
+    leak = torch.minimum(overlap, outside)[overlap > 0]
+    return float(leak.sum() / s.numel())
+
+
+def explained_variation(segments: Tensor, image: Tensor) -> float:
+    """Fraction of the image's colour variance explained by segment means (no truth
+    needed; 1 is perfect). ``segments [H, W]``, ``image [C, H, W]``."""
+    s = segments.reshape(-1).long()
+    pixels = image.reshape(image.shape[0], -1).double()
+    k = int(s.max()) + 1
+    count = torch.bincount(s, minlength=k).clamp(min=1).double()
+    means = torch.zeros(image.shape[0], k, dtype=torch.float64).index_add_(1, s, pixels) / count
+    total = ((pixels - pixels.mean(1, keepdim=True)) ** 2).sum()
+    explained = ((means[:, s] - pixels.mean(1, keepdim=True)) ** 2).sum()
+    return float(explained / total)

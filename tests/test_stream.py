@@ -13,7 +13,7 @@ import torch
 
 import gswfast as gsw
 from gswfast.demo import action_clips, load
-from gswfast.testing import explained_variation
+from gswfast.metrics import explained_variation
 from gswfast.video import StreamExplainer
 
 
