@@ -41,7 +41,9 @@ class Explanation:
         segmentation: the ``Segmentation`` when gswfast computed it (None when given labels).
         info: method-specific extras: ``logits [B, classes]`` (the model's output on the
             inputs, for the methods that run the model on them once: gradient,
-            input_x_gradient, gradcam, guided_backprop), LIME's ``intercept`` and ``score``.
+            input_x_gradient, gradcam, guided_backprop), ``delta [B]`` (integrated
+            gradients' convergence delta: summed attribution minus ``f(x) - f(baseline)``),
+            LIME's ``intercept`` and ``score``.
     """
 
     segment_scores: Tensor
@@ -139,6 +141,9 @@ class Explainer:
             autocast, where convolutions run faster so; see ``ModelForward``).
         validate: check the inputs (finite, in 0..1 when SLIC needs them) and the targets,
             with one device sync.
+        additional_forward_args: more arguments for the model after the batch (Captum's
+            convention): ``model(preprocess(x), *args)``; tensors among them have one row
+            per sample and follow the batch through the method's chunks.
         method_options: options of the method (``n_steps``, ``baseline``, ``layer``...).
     """
 
@@ -147,7 +152,8 @@ class Explainer:
                  swag_weight: float = 1.0, n_segments: int | None = None, compactness: float = 10.0,
                  slic_options: dict[str, Any] | None = None, preprocess: Preprocess | None = None,
                  autocast: torch.dtype | None = None, eval_mode: bool = True, validate: bool = True,
-                 channels_last: bool | None = None, **method_options: Any) -> None:
+                 channels_last: bool | None = None, additional_forward_args: Any = None,
+                 **method_options: Any) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if preprocess is not None and not callable(preprocess):
@@ -173,14 +179,16 @@ class Explainer:
         if n_segments is not None:
             self.slic_options["n_segments"] = n_segments
         self.validate = validate
-        self._attributor = (Attributor(model, self.spec, preprocess, autocast, eval_mode, channels_last)
-                            if model is not None else None)
+        self._attributor = (Attributor(model, self.spec, preprocess, autocast, eval_mode, channels_last,
+                                       additional_forward_args) if model is not None else None)
 
     def __call__(self, inputs: Tensor, target: Target = None, segmentation: Segmentation | Tensor | None = None,
                  attribution: Tensor | None = None) -> Explanation:
         """Explains ``inputs`` (``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 or
-        float 0..1) for ``target`` (None: the predicted class; an int, a list or an int tensor
-        ``[B]``). ``segmentation``: a ``Segmentation`` or labels ``[B, (T), H, W]`` (default:
+        float 0..1) for ``target``: None (the predicted class); an int, a list, a NumPy array
+        or an int tensor ``[B]`` of classes; for models whose output is not ``[B, classes]``,
+        a tuple (an index into each sample's output) or a function of the model's output
+        returning the ``[B]`` scores to explain (``Explanation.target`` is then -1). ``segmentation``: a ``Segmentation`` or labels ``[B, (T), H, W]`` (default:
         SLIC). ``attribution``: a pixel attribution ``[B, C, (T), H, W]`` or ``[B, (T), H, W]``
         to pool instead of running the method (from Captum, for example)."""
         # Works inside torch.no_grad() and torch.inference_mode() callers: every tensor made
@@ -202,7 +210,8 @@ class Explainer:
         info: dict[str, Any] = {}
         if attribution is not None:
             pixel = self._given_attribution(attribution, x)
-            resolved = resolved if resolved is not None else torch.full((x.shape[0],), -1, device=x.device)
+            if not isinstance(resolved, Tensor):
+                resolved = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
         else:
             if self._attributor is None:
                 raise ValueError("model: None needs an attribution= tensor")
@@ -210,6 +219,8 @@ class Explainer:
             pixel = reduce_channels(raw.float(), self.channel_reduce)
             if self._attributor.logits is not None:
                 info["logits"] = self._attributor.logits
+            if self._attributor.delta is not None:
+                info["delta"] = self._attributor.delta
         if self.swag:
             seg = slic(_swag_features(images, pixel, self.swag_weight), **self._slic_keywords(images), validate=False)
             labels, num = seg.labels, seg.num_segments
