@@ -407,9 +407,9 @@ def test_cuda_results_are_safe_on_the_callers_stream():
                 copies.append((result.index, result.explanation.segment_scores * 1, result.logits * 1))
     caller.synchronize()
     assert [i for i, *_ in copies] == list(range(len(expected)))
-    for (_, scores, logits), want in zip(copies, expected):
-        torch.testing.assert_close(scores, want.explanation.segment_scores)
-        torch.testing.assert_close(logits, want.logits)
+    for (_, scores, logits), want in zip(copies, expected):  # cuDNN may sum in another order: float32 slack
+        torch.testing.assert_close(scores, want.explanation.segment_scores, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(logits, want.logits, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.cuda
