@@ -12,35 +12,68 @@ The parts can be used on their own::
     seg = gsw.slic(images, n_segments=200)                          # labels [B, H, W]
     scores = gsw.segment_pool(attribution, seg.labels, seg.num_segments)   # [B, K]
     heatmap = gsw.paint(scores, seg.labels)                         # [B, H, W]
+
+Importing the package loads the compiled extension (and checks it matches torch); every
+other public name is imported on first use (PEP 562), so ``import gswfast.ops`` does not
+pull in the model layers above it.
 """
 
-from gswfast import attribution, metrics
+import importlib as _importlib
+import sys as _sys
+import types as _types
+from typing import Any as _Any
+
 from gswfast._extension import build_info, built_with_cuda, cuda_available
-from gswfast.attribution import METHODS, attribute
-from gswfast.explain import SEGMENT_REDUCTIONS, Explainer, Explanation, explain
-from gswfast.lime import lime
-from gswfast.ops import REDUCTIONS, paint, segment_pool
-from gswfast.segmentation import Segmentation, rgb_to_lab, slic
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "METHODS",
-    "REDUCTIONS",
-    "SEGMENT_REDUCTIONS",
-    "Explainer",
-    "Explanation",
-    "Segmentation",
-    "attribute",
-    "attribution",
-    "build_info",
-    "built_with_cuda",
-    "cuda_available",
-    "explain",
-    "lime",
-    "metrics",
-    "paint",
-    "rgb_to_lab",
-    "segment_pool",
-    "slic",
-]
+# public name -> the module that defines it (a module itself where the name is a module)
+_LAZY: dict[str, str] = {
+    "METHODS": "gswfast.attribution",
+    "REDUCTIONS": "gswfast.ops",
+    "SEGMENT_REDUCTIONS": "gswfast.explain",
+    "Explainer": "gswfast.explain",
+    "Explanation": "gswfast.explain",
+    "Segmentation": "gswfast.segmentation",
+    "attribute": "gswfast.attribution",
+    "attribution": "gswfast.attribution",
+    "explain": "gswfast.explain",
+    "lime": "gswfast.lime",
+    "metrics": "gswfast.metrics",
+    "paint": "gswfast.ops",
+    "rgb_to_lab": "gswfast.segmentation",
+    "segment_pool": "gswfast.ops",
+    "slic": "gswfast.segmentation",
+}
+_MODULES = ("attribution", "metrics")  # names that are modules, not attributes of one
+
+__all__ = sorted([*_LAZY, "build_info", "built_with_cuda", "cuda_available"])
+
+
+def __getattr__(name: str) -> _Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'gswfast' has no attribute {name!r}")
+    module = _importlib.import_module(_LAZY[name])
+    # "lime" is both a module and the function in it: the package's name is the function.
+    value = module if name in _MODULES else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    loaded = {name for name, value in globals().items() if isinstance(value, _types.ModuleType) and name[0] != "_"}
+    return sorted({*__all__, "__version__", *loaded})
+
+
+class _Package(_types.ModuleType):
+    """The package module. Loading a submodule binds it on its package (``gswfast.explain =
+    <module>``); ``explain`` and ``lime`` name functions here, so the function in that
+    submodule is bound instead, as the eager imports of earlier versions did."""
+
+    def __setattr__(self, name: str, value: _Any) -> None:
+        if name in _LAZY and name not in _MODULES and isinstance(value, _types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -18,12 +18,11 @@ from gswfast.attribution import (
     CHANNEL_REDUCTIONS, Attributor, MethodSpec, method_spec, reduce_channels, resolve_target,
 )
 from gswfast.attribution._model import Preprocess, Target
+from gswfast.checks import Segments, check_input_values, check_inputs, resolve_given_segmentation, unit_float
 from gswfast.segmentation import Segmentation, rgb_to_lab, slic
 
 SEGMENT_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "max", "positive_mean", "abs_mean")
 DEFAULT_SEGMENTS = {4: 50, 5: 200}  # images [B, C, H, W]; 16-frame clips [B, C, T, H, W]
-_INPUT_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_Segments = tuple[Segmentation | None, Tensor | None, Tensor | None]  # segmentation, labels, counts
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,9 @@ class Explanation:
         segmentation: the ``Segmentation`` when gswfast computed it (None when given labels).
         info: method-specific extras: ``logits [B, classes]`` (the model's output on the
             inputs, for the methods that run the model on them once: gradient,
-            input_x_gradient, gradcam, guided_backprop), LIME's ``intercept`` and ``score``.
+            input_x_gradient, gradcam, guided_backprop), ``delta [B]`` (integrated
+            gradients' convergence delta: summed attribution minus ``f(x) - f(baseline)``),
+            LIME's ``intercept`` and ``score``.
     """
 
     segment_scores: Tensor
@@ -140,6 +141,9 @@ class Explainer:
             autocast, where convolutions run faster so; see ``ModelForward``).
         validate: check the inputs (finite, in 0..1 when SLIC needs them) and the targets,
             with one device sync.
+        additional_forward_args: more arguments for the model after the batch (Captum's
+            convention): ``model(preprocess(x), *args)``; tensors among them have one row
+            per sample and follow the batch through the method's chunks.
         method_options: options of the method (``n_steps``, ``baseline``, ``layer``...).
     """
 
@@ -148,7 +152,8 @@ class Explainer:
                  swag_weight: float = 1.0, n_segments: int | None = None, compactness: float = 10.0,
                  slic_options: dict[str, Any] | None = None, preprocess: Preprocess | None = None,
                  autocast: torch.dtype | None = None, eval_mode: bool = True, validate: bool = True,
-                 channels_last: bool | None = None, **method_options: Any) -> None:
+                 channels_last: bool | None = None, additional_forward_args: Any = None,
+                 **method_options: Any) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if preprocess is not None and not callable(preprocess):
@@ -174,14 +179,16 @@ class Explainer:
         if n_segments is not None:
             self.slic_options["n_segments"] = n_segments
         self.validate = validate
-        self._attributor = (Attributor(model, self.spec, preprocess, autocast, eval_mode, channels_last)
-                            if model is not None else None)
+        self._attributor = (Attributor(model, self.spec, preprocess, autocast, eval_mode, channels_last,
+                                       additional_forward_args) if model is not None else None)
 
     def __call__(self, inputs: Tensor, target: Target = None, segmentation: Segmentation | Tensor | None = None,
                  attribution: Tensor | None = None) -> Explanation:
         """Explains ``inputs`` (``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 or
-        float 0..1) for ``target`` (None: the predicted class; an int, a list or an int tensor
-        ``[B]``). ``segmentation``: a ``Segmentation`` or labels ``[B, (T), H, W]`` (default:
+        float 0..1) for ``target``: None (the predicted class); an int, a list, a NumPy array
+        or an int tensor ``[B]`` of classes; for models whose output is not ``[B, classes]``,
+        a tuple (an index into each sample's output) or a function of the model's output
+        returning the ``[B]`` scores to explain (``Explanation.target`` is then -1). ``segmentation``: a ``Segmentation`` or labels ``[B, (T), H, W]`` (default:
         SLIC). ``attribution``: a pixel attribution ``[B, C, (T), H, W]`` or ``[B, (T), H, W]``
         to pool instead of running the method (from Captum, for example)."""
         # Works inside torch.no_grad() and torch.inference_mode() callers: every tensor made
@@ -203,7 +210,8 @@ class Explainer:
         info: dict[str, Any] = {}
         if attribution is not None:
             pixel = self._given_attribution(attribution, x)
-            resolved = resolved if resolved is not None else torch.full((x.shape[0],), -1, device=x.device)
+            if not isinstance(resolved, Tensor):
+                resolved = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
         else:
             if self._attributor is None:
                 raise ValueError("model: None needs an attribution= tensor")
@@ -211,6 +219,8 @@ class Explainer:
             pixel = reduce_channels(raw.float(), self.channel_reduce)
             if self._attributor.logits is not None:
                 info["logits"] = self._attributor.logits
+            if self._attributor.delta is not None:
+                info["delta"] = self._attributor.delta
         if self.swag:
             seg = slic(_swag_features(images, pixel, self.swag_weight), **self._slic_keywords(images), validate=False)
             labels, num = seg.labels, seg.num_segments
@@ -220,7 +230,7 @@ class Explainer:
             method=self.spec.method, reduce=self.reduce, segmentation=seg, info=info,
         )
 
-    def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> _Segments:
+    def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> Segments:
         if segmentation is not None:
             return resolve_given_segmentation(segmentation, images)
         if self.swag:
@@ -274,62 +284,6 @@ def pool_scores(pixel: Tensor, labels: Tensor, num_segments: Tensor, reduce: str
         pixel, reduce = pixel.abs(), "mean"
     # Segments past a sample's count are empty, and empty segments pool to 0.
     return ops.segment_pool(pixel, labels, num_segments, reduce, validate=False)
-
-
-# ------------------------------------------------------------------------ checks
-
-
-def check_inputs(inputs: object) -> Tensor:
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs: expected a tensor, got {type(inputs).__name__}")
-    if inputs.dim() not in (4, 5):
-        raise ValueError(f"inputs: expected images [B, C, H, W] or clips [B, C, T, H, W], got shape {tuple(inputs.shape)}")
-    if inputs.dtype not in _INPUT_DTYPES:
-        raise TypeError(f"inputs: expected uint8 or a float dtype, got {inputs.dtype}")
-    if inputs.numel() == 0:
-        raise ValueError(f"inputs: expected a non-empty tensor, got shape {tuple(inputs.shape)}")
-    return inputs.clone() if inputs.is_inference() else inputs
-
-
-def unit_float(images: Tensor) -> Tensor:
-    return images.float() / 255 if images.dtype == torch.uint8 else images.detach()
-
-
-def check_input_values(x: Tensor, needs_unit_range: bool) -> None:
-    """NaN/inf, and values outside 0..1 when SLIC segments the inputs: one device sync."""
-    flags = [~torch.isfinite(x).all()]
-    if needs_unit_range:
-        low, high = torch.aminmax(x)
-        flags.append((low < 0) | (high > 1))
-    bad = torch.stack(flags).tolist()
-    if bad[0]:
-        raise ValueError("inputs: contains NaN or infinite values")
-    if needs_unit_range and bad[1]:
-        raise ValueError(
-            "inputs: SLIC needs images in 0..1 (or uint8); these look normalised. Pass the raw "
-            "images with preprocess=<normalisation>, or give segmentation="
-        )
-
-
-def resolve_given_segmentation(segmentation: Segmentation | Tensor, images: Tensor) -> _Segments:
-    seg = segmentation if isinstance(segmentation, Segmentation) else None
-    labels = seg.labels if seg is not None else segmentation
-    expected = (images.shape[0], *images.shape[2:])
-    if not isinstance(labels, Tensor) or labels.dtype not in (torch.int32, torch.int64):
-        got = getattr(labels, "dtype", type(labels).__name__)
-        raise TypeError(f"segmentation: expected a Segmentation or int32/int64 labels, got {got}")
-    if tuple(labels.shape) != expected:
-        raise ValueError(f"segmentation: expected labels of shape {expected} (the inputs' [B, (T), H, W]), "
-                         f"got {tuple(labels.shape)}")
-    if labels.device != images.device:
-        raise ValueError(f"segmentation: expected labels on {images.device}, got {labels.device}")
-    if seg is not None:
-        return seg, seg.labels, seg.num_segments
-    flat = labels.reshape(labels.shape[0], -1)
-    low = flat.amin()
-    if bool(low < 0):  # one sync; label ranges past this are checked by segment_pool
-        raise ValueError("segmentation: labels must be >= 0")
-    return None, labels, flat.amax(1).to(torch.int64) + 1
 
 
 def _swag_features(images: Tensor, pixel: Tensor, weight: float) -> Tensor:

@@ -1,7 +1,9 @@
 """How good is an explanation: deletion/insertion curves, agreement between two
-explanations, and the pointing game and relevance mass against known object masks.
+explanations, and the pointing game and relevance mass against known object masks; and how
+good is a segmentation: boundary recall, under-segmentation error, explained variation.
 
-Everything runs on the explanation's device and takes batches of images or clips.
+The explanation metrics run on the explanation's device and take batches of images or
+clips; the segmentation metrics take one label map ``[H, W]`` and return a float.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from torch import Tensor, nn
 
 from gswfast.attribution import ModelForward, model_session
 from gswfast.attribution._model import Preprocess
-from gswfast.attribution.baselines import stand_in_image
-from gswfast.explain import Explanation, check_inputs, unit_float
-from gswfast.lime import composite_logits
+from gswfast.attribution.baselines import BASELINES, stand_in_image
+from gswfast.checks import check_inputs, composite_logits, unit_float
+from gswfast.explain import Explanation
 
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
 
@@ -39,26 +41,34 @@ class Curve:
 
 def deletion(model: nn.Module, inputs: Tensor, explanation: Explanation, *, steps: int | None = None,
              baseline: str | Tensor = "zeros", output: str = "probability", batch_size: int = 64,
-             preprocess: Preprocess | None = None, channels_last: bool | None = None) -> Curve:
+             preprocess: Preprocess | None = None, autocast: torch.dtype | None = None, eval_mode: bool = True,
+             channels_last: bool | None = None, additional_forward_args: Any = None) -> Curve:
     """Deletion curve (RISE, Petsiuk et al. 2018): segments are replaced by ``baseline``
-    (``"zeros"``, ``"blur"`` or a tensor like ``inputs``) in the explanation's ranking, best
-    first. A good explanation makes the target's score fall fast: low AUC is better.
+    (``"zeros"``, ``"blur"``, ``"segment_mean"`` or a tensor like ``inputs``: the words of
+    ``explain``'s ``baseline=``) in the explanation's ranking, best first. A good
+    explanation makes the target's score fall fast: low AUC is better.
 
     ``steps``: points after the start (None: one per segment of the sample with the most);
     point ``i`` removes ``round(i / steps * num_segments[b])`` segments of sample ``b``.
-    ``output``: ``"probability"`` (softmax, as RISE) or ``"logit"``.
+    ``output``: ``"probability"`` (softmax, as RISE) or ``"logit"``. ``batch_size``: model
+    rows per call. ``preprocess``, ``autocast``, ``eval_mode``, ``channels_last`` and
+    ``additional_forward_args``: how the model runs, as in ``gsw.explain``.
     """
-    return _curve(model, inputs, explanation, steps, baseline, output, batch_size, preprocess,
-                  channels_last, insert=False)
+    model_options = dict(preprocess=preprocess, autocast=autocast, eval_mode=eval_mode, channels_last=channels_last,
+                         additional_forward_args=additional_forward_args)
+    return _curve(model, inputs, explanation, steps, baseline, output, batch_size, model_options, insert=False)
 
 
 def insertion(model: nn.Module, inputs: Tensor, explanation: Explanation, *, steps: int | None = None,
               baseline: str | Tensor = "blur", output: str = "probability", batch_size: int = 64,
-              preprocess: Preprocess | None = None, channels_last: bool | None = None) -> Curve:
+              preprocess: Preprocess | None = None, autocast: torch.dtype | None = None, eval_mode: bool = True,
+              channels_last: bool | None = None, additional_forward_args: Any = None) -> Curve:
     """Insertion curve (RISE): starts from ``baseline`` (default the blurred input) and puts
-    the input's segments back in the explanation's ranking, best first. High AUC is better."""
-    return _curve(model, inputs, explanation, steps, baseline, output, batch_size, preprocess,
-                  channels_last, insert=True)
+    the input's segments back in the explanation's ranking, best first. High AUC is better.
+    Options as ``deletion``'s."""
+    model_options = dict(preprocess=preprocess, autocast=autocast, eval_mode=eval_mode, channels_last=channels_last,
+                         additional_forward_args=additional_forward_args)
+    return _curve(model, inputs, explanation, steps, baseline, output, batch_size, model_options, insert=True)
 
 
 def agreement(a: Explanation | Tensor, b: Explanation | Tensor, k: int = 5,
@@ -109,20 +119,22 @@ def relevance_mass(explanation: Explanation, masks: Tensor) -> Tensor:
 
 
 def _curve(model: nn.Module, inputs: Tensor, explanation: Explanation, steps: int | None, baseline: str | Tensor,
-           output: str, batch_size: int, preprocess: Preprocess | None, channels_last: bool | None,
-           insert: bool) -> Curve:
+           output: str, batch_size: int, model_options: dict[str, Any], insert: bool) -> Curve:
+    eval_mode = model_options.pop("eval_mode")
     x = unit_float(check_inputs(inputs))
     _check_curve_options(x, explanation, steps, output, batch_size)
-    other = stand_in_image(baseline, x, "baseline", {"zeros": "zeros", "blur": "blur"})
+    other = stand_in_image(baseline, x, "baseline", {name: name for name in BASELINES},
+                           explanation.labels, explanation.num_segments)
     num = explanation.num_segments
     points = steps if steps is not None else int(num.max())
     fractions = torch.arange(points + 1, device=x.device, dtype=torch.float32) / points  # [S]
     counts = torch.round(fractions.unsqueeze(0) * num.unsqueeze(1)).long()  # [B, S] segments changed
     order = _rank_positions(explanation)  # [B, K]: each segment's place in the ranking
-    forward = ModelForward(model, preprocess, None, channels_last)
+    forward = ModelForward(model, **model_options)
+    forward.check_extra_args(x.shape[0], x.device)
     scores = torch.empty(counts.shape, dtype=torch.float32, device=x.device)
     flat_labels = explanation.labels.reshape(x.shape[0], -1).long()
-    with model_session(model), torch.inference_mode():
+    with model_session(model, eval_mode), torch.inference_mode():
         for start in range(0, counts.numel(), batch_size):
             rows = torch.arange(start, min(start + batch_size, counts.numel()), device=x.device)
             sample, point = rows // counts.shape[1], rows % counts.shape[1]
@@ -203,3 +215,49 @@ def _check_masks(masks: Tensor, explanation: Explanation) -> Tensor:
         raise ValueError(f"masks: expected [B, (T), H, W] = {tuple(explanation.labels.shape)} like the labels, "
                          f"got {tuple(getattr(masks, 'shape', ()))}")
     return masks.to(device=explanation.labels.device, dtype=torch.bool)
+
+
+# ------------------------------------------------------------------------ segmentation quality
+
+
+def boundary_map(labels: Tensor) -> Tensor:
+    """Pixels ``[..., H, W]`` whose right or lower neighbour has another label."""
+    edge = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    edge[..., :, :-1] |= labels[..., :, 1:] != labels[..., :, :-1]
+    edge[..., :-1, :] |= labels[..., 1:, :] != labels[..., :-1, :]
+    return edge
+
+
+def boundary_recall(segments: Tensor, truth: Tensor, tolerance: int = 2) -> float:
+    """Fraction of the truth's boundary pixels within ``tolerance`` (Chebyshev) pixels of a
+    segment boundary. ``segments`` and ``truth``: ``[H, W]``."""
+    truth_edges = boundary_map(truth)
+    seg_edges = boundary_map(segments).float()[None, None]
+    near = torch.nn.functional.max_pool2d(seg_edges, 2 * tolerance + 1, stride=1, padding=tolerance)[0, 0] > 0
+    return float((near & truth_edges).sum() / truth_edges.sum().clamp(min=1))
+
+
+def undersegmentation_error(segments: Tensor, truth: Tensor) -> float:
+    """Neubert & Protzel's under-segmentation error: for every truth region and every
+    segment overlapping it, the smaller of the overlap and the segment's part outside the
+    region, summed and divided by the pixel count. ``[H, W]`` inputs; lower is better."""
+    s = segments.reshape(-1).long()
+    t = truth.reshape(-1).long()
+    k_s, k_t = int(s.max()) + 1, int(t.max()) + 1
+    overlap = torch.bincount(t * k_s + s, minlength=k_t * k_s).view(k_t, k_s)
+    outside = overlap.sum(0, keepdim=True) - overlap
+    leak = torch.minimum(overlap, outside)[overlap > 0]
+    return float(leak.sum() / s.numel())
+
+
+def explained_variation(segments: Tensor, image: Tensor) -> float:
+    """Fraction of the image's colour variance explained by segment means (no truth
+    needed; 1 is perfect). ``segments [H, W]``, ``image [C, H, W]``."""
+    s = segments.reshape(-1).long()
+    pixels = image.reshape(image.shape[0], -1).double()
+    k = int(s.max()) + 1
+    count = torch.bincount(s, minlength=k).clamp(min=1).double()
+    means = torch.zeros(image.shape[0], k, dtype=torch.float64).index_add_(1, s, pixels) / count
+    total = ((pixels - pixels.mean(1, keepdim=True)) ** 2).sum()
+    explained = ((means[:, s] - pixels.mean(1, keepdim=True)) ** 2).sum()
+    return float(explained / total)

@@ -1,4 +1,6 @@
-"""Helpers for tests and benchmarks: SLIC-like label maps and plain-torch references."""
+"""Helpers for tests and benchmarks: SLIC-like label maps, plain-torch references, the
+``lime`` package as a reference, and synthetic data. Not part of the library's API; the
+segmentation quality metrics users want are in ``gswfast.metrics``."""
 
 from __future__ import annotations
 
@@ -92,49 +94,6 @@ def synthetic_regions(
     colours = torch.rand(regions, 3, generator=g)
     image = colours[truth].permute(2, 0, 1) + noise * torch.randn(3, height, width, generator=g)
     return image.clamp(0, 1), truth
-
-
-def boundary_map(labels: Tensor) -> Tensor:
-    """Pixels ``[..., H, W]`` whose right or lower neighbour has another label."""
-    edge = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
-    edge[..., :, :-1] |= labels[..., :, 1:] != labels[..., :, :-1]
-    edge[..., :-1, :] |= labels[..., 1:, :] != labels[..., :-1, :]
-    return edge
-
-
-def boundary_recall(segments: Tensor, truth: Tensor, tolerance: int = 2) -> float:
-    """Fraction of the truth's boundary pixels within ``tolerance`` (Chebyshev) pixels of a
-    segment boundary. ``segments`` and ``truth``: ``[H, W]``."""
-    truth_edges = boundary_map(truth)
-    seg_edges = boundary_map(segments).float()[None, None]
-    near = torch.nn.functional.max_pool2d(seg_edges, 2 * tolerance + 1, stride=1, padding=tolerance)[0, 0] > 0
-    return float((near & truth_edges).sum() / truth_edges.sum().clamp(min=1))
-
-
-def undersegmentation_error(segments: Tensor, truth: Tensor) -> float:
-    """Neubert & Protzel's under-segmentation error: for every truth region and every
-    segment overlapping it, the smaller of the overlap and the segment's part outside the
-    region, summed and divided by the pixel count. ``[H, W]`` inputs; lower is better."""
-    s = segments.reshape(-1).long()
-    t = truth.reshape(-1).long()
-    k_s, k_t = int(s.max()) + 1, int(t.max()) + 1
-    overlap = torch.bincount(t * k_s + s, minlength=k_t * k_s).view(k_t, k_s)
-    outside = overlap.sum(0, keepdim=True) - overlap
-    leak = torch.minimum(overlap, outside)[overlap > 0]
-    return float(leak.sum() / s.numel())
-
-
-def explained_variation(segments: Tensor, image: Tensor) -> float:
-    """Fraction of the image's colour variance explained by segment means (no truth
-    needed; 1 is perfect). ``segments [H, W]``, ``image [C, H, W]``."""
-    s = segments.reshape(-1).long()
-    pixels = image.reshape(image.shape[0], -1).double()
-    k = int(s.max()) + 1
-    count = torch.bincount(s, minlength=k).clamp(min=1).double()
-    means = torch.zeros(image.shape[0], k, dtype=torch.float64).index_add_(1, s, pixels) / count
-    total = ((pixels - pixels.mean(1, keepdim=True)) ** 2).sum()
-    explained = ((means[:, s] - pixels.mean(1, keepdim=True)) ** 2).sum()
-    return float(explained / total)
 
 
 def is_connected(labels: Tensor) -> bool:

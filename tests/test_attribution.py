@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,13 +126,33 @@ def test_smoothgrad_wraps_every_method(base):
     torch.testing.assert_close(smooth, plain)
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_smoothgrad_noise_does_not_depend_on_chunks_batch_or_device(device):
+    # float64 model and inputs: only the noise can make a difference, not the arithmetic.
+    # 3x7x9 values per copy: not a multiple of the CPU generator's block of 16.
+    model, x = _net(device), _inputs(device, (3, 3, 7, 9))
+    options = dict(n_samples=5, seed=11, noise_level=0.3)
+    whole, _ = attribute(model, x, 1, "smoothgrad", **options)
+    for size in (1, 2, 4, 7):
+        chunked, _ = attribute(model, x, 1, "smoothgrad", batch_size=size, **options)
+        torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+    alone, _ = attribute(model, x[1:2], 1, "smoothgrad", **options)
+    first, _ = attribute(model, x[:1], 1, "smoothgrad", **options)
+    torch.testing.assert_close(first[0], whole[0], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(alone[0], whole[1])  # the noise belongs to a sample's place in the batch
+    if device == "cuda":
+        on_cpu, _ = attribute(copy.deepcopy(model).cpu(), x.cpu(), 1, "smoothgrad", **options)
+        torch.testing.assert_close(whole.cpu(), on_cpu, rtol=1e-9, atol=1e-9)
+
+
 def test_smoothgrad_equals_the_mean_over_its_noisy_inputs():
     model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
     n, level = 5, 0.2
     ours, _ = attribute(model, x, 1, "smoothgrad", n_samples=n, noise_level=level, seed=3, square=True,
                         base="input_x_gradient")
-    generator = torch.Generator().manual_seed(3)
-    noise = torch.randn((n * 2, 3, 8, 8), generator=generator, dtype=torch.float32).double()
+    # copy d of sample b: a host generator seeded by (seed, b, d), whatever the chunks and the device
+    noise = torch.stack([torch.randn((3, 8, 8), generator=torch.Generator().manual_seed(
+        ((3 * 1_000_003 + b) * 1_000_003 + d) % 2**63)) for d in range(n) for b in range(2)]).double()
     sigma = level * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
     noisy = (x.repeat(n, 1, 1, 1) + noise * sigma.repeat(n).view(-1, 1, 1, 1)).requires_grad_()
     (grad,) = torch.autograd.grad(model(noisy)[:, 1].sum(), noisy)

@@ -8,8 +8,9 @@ import torchvision
 
 import gswfast as gsw
 from gswfast.explain import SEGMENT_REDUCTIONS
+from gswfast.metrics import boundary_recall
 from gswfast.testing import (
-    boundary_recall, is_connected, lime_weights, reference_pool, spearman, square_images,
+    is_connected, lime_weights, reference_pool, spearman, square_images,
     train_square_classifier,
 )
 from helpers import TinyCNN, cpu_and_cuda, photos, untied

@@ -18,7 +18,7 @@ def _resnet(device="cpu"):
     return torchvision.models.resnet18(num_classes=10).to(device).eval()
 
 
-@pytest.mark.parametrize("hide,hide_color", [("mean", None), ("zero", 0.0)])
+@pytest.mark.parametrize("hide,hide_color", [("segment_mean", None), ("zeros", 0.0)])
 @pytest.mark.paths
 def test_matches_the_lime_package_given_its_masks(hide, hide_color):
     pytest.importorskip("lime")
@@ -107,7 +107,7 @@ def test_lime_recovers_a_linear_model(device):
             return torch.stack([(per_segment * weight).sum(1), torch.zeros_like(per_segment[:, 0])], 1)
 
     x = torch.ones(1, 3, 16, 16, device=device)
-    expl = gsw.lime(Linear(), x, labels, 0, n_samples=500, hide="zero", alpha=0.0)
+    expl = gsw.lime(Linear(), x, labels, 0, n_samples=500, hide="zeros", alpha=0.0)
     pixels = torch.bincount(labels[0].flatten().long(), minlength=k).to(weight)
     torch.testing.assert_close(expl.segment_scores[0], weight * pixels, rtol=1e-4, atol=1e-3)
     assert float(expl.info["score"][0]) > 0.9999

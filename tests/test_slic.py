@@ -10,13 +10,8 @@ import pytest
 import torch
 
 import gswfast as gsw
-from gswfast.testing import (
-    boundary_recall,
-    explained_variation,
-    is_connected,
-    synthetic_regions,
-    undersegmentation_error,
-)
+from gswfast.metrics import boundary_map, boundary_recall, explained_variation, undersegmentation_error
+from gswfast.testing import is_connected, synthetic_regions
 from helpers import cpu_and_cuda
 
 skimage = pytest.importorskip("skimage")
@@ -214,7 +209,6 @@ def test_spacing_weights_time_in_volumes():
 def test_compactness_makes_segments_squarer():
     image = _photo("astronaut")
     def perimeter(labels):
-        from gswfast.testing import boundary_map
         return int(boundary_map(labels).sum())
     assert perimeter(gsw.slic(image, n_segments=200, compactness=40).labels[0]) < perimeter(
         gsw.slic(image, n_segments=200, compactness=2).labels[0])

@@ -9,12 +9,14 @@ input value ``[B, C, (T), H, W]`` (Grad-CAM: ``[B, 1, (T), H, W]``) and the targ
 - ``input_x_gradient``: ``baseline="zeros"``.
 - ``integrated_gradients``: ``baseline="zeros"``, ``n_steps=32``,
   ``integration="gausslegendre"`` (or ``riemann_trapezoid|middle|left|right``),
-  ``internal_batch_size=None``.
+  ``batch_size=None`` (model rows per call; Captum's ``internal_batch_size`` works too).
+  Its convergence delta (sum of attributions minus ``f(x) - f(baseline)``) is
+  ``Attributor.delta`` / ``Explanation.info["delta"]``.
 - ``lime_ig``: integrated gradients from the ``segment_mean`` baseline (each segment
   filled with its mean colour, LIME's default for hidden segments), ``n_steps=16``. Summed per segment it
   approximates LIME's segment weights (Garreau & Mardaoui, ICML 2021).
 - ``smoothgrad``: ``base="gradient"`` (any other method but itself), ``n_samples=25``,
-  ``noise_level=0.15``, ``square=False``, ``seed=None``, ``internal_batch_size=None``,
+  ``noise_level=0.15``, ``square=False``, ``seed=None``, ``batch_size=None``,
   plus the base method's options.
 - ``gradcam``: ``layer=None`` (a module or dotted name; default: the last Conv2d/Conv3d
   that runs with a spatial output).
@@ -22,6 +24,12 @@ input value ``[B, C, (T), H, W]`` (Grad-CAM: ``[B, 1, (T), H, W]``) and the targ
 
 Baselines (``baseline=``): ``"zeros"``, ``"blur"`` (``blur_sigma=``), ``"segment_mean"``
 (needs ``labels``) or a tensor.
+
+Targets follow Captum: None (the predicted class), an int, a list, NumPy array or tensor of
+classes (one per sample), a tuple (an index into each sample's output, for models whose
+output is not ``[B, classes]``) or a function of the model's output returning the scores
+``[B]`` to explain. ``additional_forward_args`` (one argument or a tuple) follow the batch
+into the model: ``model(preprocess(x), *args)``, tensors among them with one row per sample.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from gswfast.attribution._model import (
-    ModelForward, Preprocess, Target, check_target_range, model_session, resolve_target,
+    ModelForward, OutputTarget, Preprocess, Target, check_target_range, model_session, resolve_target,
 )
 from gswfast.attribution.baselines import BASELINES, check_baseline, make_baseline, needs_segmentation
 from gswfast.attribution.channels import CHANNEL_REDUCTIONS, reduce_channels
@@ -47,8 +55,9 @@ METHODS: tuple[str, ...] = (
     "guided_backprop",
 )
 
-_IG_OPTIONS = ("n_steps", "integration", "internal_batch_size")
-_SMOOTH_OPTIONS = ("base", "n_samples", "noise_level", "square", "seed", "internal_batch_size")
+_IG_OPTIONS = ("n_steps", "integration", "batch_size")
+_SMOOTH_OPTIONS = ("base", "n_samples", "noise_level", "square", "seed", "batch_size")
+_ALIASES = {"internal_batch_size": "batch_size"}  # Captum's spelling, accepted as is
 _BASELINE_OPTIONS = ("baseline", "blur_sigma")
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "gradient": (),
@@ -93,6 +102,7 @@ def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
     """Checks ``method`` and that every option belongs to it (``TypeError`` otherwise)."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    options = _unalias(options)
     allowed = set(_OPTIONS.get(method, ()))
     if method == "smoothgrad":
         base = options.get("base", "gradient")
@@ -108,31 +118,54 @@ def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
     return spec
 
 
+def _unalias(options: dict[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    for alias, name in _ALIASES.items():
+        if alias in out:
+            if name in out:
+                raise TypeError(f"{alias}: the same option as {name}; pass one of them")
+            out[name] = out.pop(alias)
+    return out
+
+
 class Attributor:
     """Builds the scorer of a ``MethodSpec`` for one batch and runs it in a model session."""
 
     def __init__(self, model: nn.Module, spec: MethodSpec, preprocess: Preprocess | None = None,
-                 autocast: Any = None, eval_mode: bool = True, channels_last: bool | None = None) -> None:
+                 autocast: Any = None, eval_mode: bool = True, channels_last: bool | None = None,
+                 additional_forward_args: Any = None) -> None:
         self.model = model
         self.spec = spec
-        self.forward = ModelForward(model, preprocess, autocast, channels_last)
+        self.forward = ModelForward(model, preprocess, autocast, channels_last, additional_forward_args)
         self.eval_mode = eval_mode
+        self.delta: Tensor | None = None
         self._layer: nn.Module | None = None
         self._layer_key: tuple | None = None
 
-    def __call__(self, x: Tensor, target: Tensor | None, labels: Tensor | None = None,
+    def __call__(self, x: Tensor, target: Tensor | OutputTarget | None, labels: Tensor | None = None,
                  num_segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Attribution ``[B, C|1, (T), H, W]`` and targets ``[B]`` of float inputs ``x``.
-        Afterwards ``logits`` holds the model's ``[B, classes]`` output on ``x`` when the
-        method ran the model on ``x`` itself once (None otherwise)."""
-        self.forward.check_targets = target is not None
+        """Attribution ``[B, C|1, (T), H, W]`` and targets int64 ``[B]`` (-1 for an
+        ``OutputTarget``) of float inputs ``x``. Afterwards ``logits`` holds the model's
+        ``[B, classes]`` output on ``x`` when the method ran the model on ``x`` itself once
+        (None otherwise), and ``delta [B]`` integrated gradients' convergence delta."""
+        self.forward.check_extra_args(x.shape[0], x.device)
+        self.forward.check_targets = isinstance(target, Tensor)
         self.forward.last_logits = None
+        self.delta = None
         with model_session(self.model, self.eval_mode) as handles:
             scorer = self._scorer(self.spec.base, x, labels, num_segments, handles)
+            top = scorer
             if self.spec.method == "smoothgrad":
                 smooth = {k: v for k, v in self.spec.options.items() if k in _SMOOTH_OPTIONS and k != "base"}
-                scorer = SmoothGrad(scorer, **smooth)
-            return scorer(self.forward, x, target)
+                if isinstance(scorer, IntegratedGradients):
+                    scorer.convergence_delta = False
+                top = SmoothGrad(scorer, **smooth)
+            attribution, resolved = top(self.forward, x, target)
+        if top is scorer and isinstance(scorer, IntegratedGradients):
+            self.delta = scorer.delta
+        if isinstance(resolved, OutputTarget):
+            resolved = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
+        return attribution, resolved
 
     @property
     def logits(self) -> Tensor | None:
@@ -178,24 +211,33 @@ def _check_single_replica(model: nn.Module) -> None:
                              "explain model.module, or split the batch per GPU")
 
 
-def attribute(model: nn.Module, inputs: Tensor, target: Target = None, method: str = "gradient", *,
+def attribute(model: nn.Module, inputs: Tensor, target: Target = None, method: str = "integrated_gradients", *,
               labels: Tensor | None = None, num_segments: Tensor | None = None,
               preprocess: Preprocess | None = None, autocast: Any = None, eval_mode: bool = True,
-              channels_last: bool | None = None, **options: Any) -> tuple[Tensor, Tensor]:
+              channels_last: bool | None = None, additional_forward_args: Any = None,
+              return_convergence_delta: bool = False, **options: Any) -> tuple[Tensor, ...]:
     """Pixel attribution of float ``inputs [B, C, (T), H, W]`` for ``target`` (None: the
-    predicted class). Returns ``(attribution, target)``; see the module docstring."""
+    predicted class; see the module docstring for targets and the methods' options).
+
+    Returns ``(attribution, target)``, target int64 ``[B]`` (-1 for a tuple or function
+    target), and with ``return_convergence_delta=True`` (integrated gradients and lime_ig)
+    also the convergence delta ``[B]``: each sample's summed attribution minus
+    ``f(x) - f(baseline)``, as Captum's."""
     spec = method_spec(method, options)
     if spec.needs_segmentation and labels is None:
         raise ValueError("labels: baseline 'segment_mean' needs a segmentation")
+    if return_convergence_delta and spec.method not in _DEFAULT_STEPS:
+        raise ValueError(f"return_convergence_delta: only integrated_gradients and lime_ig have one, not {method!r}")
     with torch.inference_mode(False):
         x = inputs.clone() if inputs.is_inference() else inputs
         resolved = resolve_target(target, x.shape[0], x.device)
-        attributor = Attributor(model, spec, preprocess, autocast, eval_mode, channels_last)
-        return attributor(x, resolved, labels, num_segments)
+        attributor = Attributor(model, spec, preprocess, autocast, eval_mode, channels_last, additional_forward_args)
+        attribution, resolved = attributor(x, resolved, labels, num_segments)
+        return (attribution, resolved, attributor.delta) if return_convergence_delta else (attribution, resolved)
 
 
 __all__ = [
     "BASELINES", "CHANNEL_REDUCTIONS", "INTEGRATIONS", "METHODS", "Attributor", "MethodSpec",
-    "ModelForward", "attribute", "check_target_range", "find_layer", "make_baseline", "method_spec",
+    "ModelForward", "OutputTarget", "attribute", "check_target_range", "find_layer", "make_baseline", "method_spec",
     "model_session", "reduce_channels", "resolve_target",
 ]

@@ -4,21 +4,67 @@ leaves the model as it found it (train/eval state, ``requires_grad`` flags, no h
 from __future__ import annotations
 
 import contextlib
+import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-Target = int | Sequence[int] | Tensor | None
 Preprocess = Callable[[Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class OutputTarget:
+    """A target for models whose output is not ``[B, classes]`` (Captum's conventions):
+    ``index``, a tuple into each sample's output (``output[b][index]``), or ``score``, a
+    function of the model's whole output returning one differentiable score per sample
+    ``[B]``. The same for every row, so ``target[rows]`` is the target itself."""
+
+    index: tuple[int, ...] | None = None
+    score: Callable[[Any], Tensor] | None = None
+
+    def __getitem__(self, rows: object) -> OutputTarget:
+        return self
+
+    def select(self, output: object, batch: int) -> Tensor:
+        """The ``[batch]`` scores to explain, out of the model's output."""
+        if self.score is not None:
+            value = self.score(output)
+            if not isinstance(value, Tensor) or value.shape != (batch,) or not value.is_floating_point():
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"target: the function of the model's output must return float scores [B] "
+                                 f"with B = {batch}, got {got}")
+            return value
+        if not isinstance(output, Tensor) or output.dim() != 1 + len(self.index) or output.shape[0] != batch:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(f"target: the tuple {self.index} indexes each sample's output, so the model must return "
+                             f"[B, {', '.join(f'd{i + 1}' for i in range(len(self.index)))}] with B = {batch}, got {got}; "
+                             "for one class per sample pass a list, an array or a tensor")
+        for i, (position, size) in enumerate(zip(self.index, output.shape[1:])):
+            if not -size <= position < size:
+                raise ValueError(f"target: index {position} at position {i} of {self.index} is out of range for "
+                                 f"the model's output of shape {tuple(output.shape)}")
+        return output[(slice(None), *self.index)]
+
+
+Target = int | Sequence[int] | Tensor | np.ndarray | tuple | Callable[[Any], Tensor] | None
+Resolved = Tensor | OutputTarget | None
+
+
 class ModelForward:
-    """``model(preprocess(x))`` with checked logits, optionally under autocast.
+    """``model(preprocess(x), *additional_forward_args)`` with checked outputs, optionally
+    under autocast.
 
     Attributions are taken with respect to ``x`` (the un-preprocessed input), so a
     ``preprocess`` such as ImageNet normalisation is part of the differentiated function.
+
+    ``additional_forward_args`` follow the batch, as Captum's: each tensor among them has
+    one row per sample (``[B, ...]``) and the model gets the rows of the samples it sees
+    (``rows=``: each input row's sample); anything else is passed as is.
 
     ``channels_last``: hand the model a channels-last copy of its input (the weights are
     left alone; convolutions follow the input's layout). None: on the CPU, where oneDNN's
@@ -29,34 +75,95 @@ class ModelForward:
     """
 
     def __init__(self, model: nn.Module, preprocess: Preprocess | None = None,
-                 autocast: torch.dtype | None = None, channels_last: bool | None = None) -> None:
+                 autocast: torch.dtype | None = None, channels_last: bool | None = None,
+                 additional_forward_args: Any = None) -> None:
         self.model = model
         self.preprocess = preprocess
         self.autocast = autocast
         self.channels_last = channels_last
+        self.extra_args = _as_args(additional_forward_args)
         self.check_targets = True  # checked once against the logits, then cleared
         self.last_logits: Tensor | None = None  # of the latest selected() call, detached
 
-    def logits(self, x: Tensor) -> Tensor:
-        """``[B, classes]`` logits of ``x [B, C, (T), H, W]``, float32 or float64."""
-        inputs = self.preprocess(x) if self.preprocess is not None else x
+    def check_extra_args(self, batch: int, device: torch.device) -> None:
+        """Every tensor among the additional forward args has ``batch`` rows on ``device``."""
+        for i, arg in enumerate(self.extra_args):
+            if isinstance(arg, Tensor) and (arg.dim() == 0 or arg.shape[0] != batch or arg.device != device):
+                raise ValueError(f"additional_forward_args: argument {i} is a tensor, so it must have one row per "
+                                 f"sample ([{batch}, ...]) on {device}, got shape {tuple(arg.shape)} on {arg.device}")
+
+    def output(self, x: Tensor, rows: Tensor | None = None) -> Any:
+        """The model's raw output on ``x [N, C, (T), H, W]``; ``rows [N]``: each row's sample
+        (for the additional forward args; None: row ``i`` is sample ``i``)."""
+        inputs = self._preprocessed(x)
         with self._autocast(x.device):
-            out = self._run(inputs)
+            return self._run(inputs, self._args(rows))
+
+    def logits(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``[B, classes]`` logits of ``x [B, C, (T), H, W]``, float32 or float64."""
+        out = self.output(x, rows)
         _check_logits(out, x.shape[0])
         return out.to(accumulation_dtype(out.dtype))
 
-    def _run(self, inputs: Tensor) -> object:
+    def scores(self, x: Tensor, target: Tensor | OutputTarget, rows: Tensor | None = None) -> Tensor:
+        """The target's score of each row ``[N]``: its class's logit, or an ``OutputTarget``'s."""
+        if isinstance(target, OutputTarget):
+            out = self.output(x, rows)
+            score = target.select(out, x.shape[0])
+            self.last_logits = out.detach() if isinstance(out, Tensor) and out.dim() == 2 else None
+            return score.to(accumulation_dtype(score.dtype))
+        out = self.logits(x, rows)
+        self.last_logits = out.detach()
+        if self.check_targets:
+            check_target_range(target, out.shape[1])
+            self.check_targets = False
+        return out.gather(1, target.view(-1, 1)).squeeze(1)
+
+    def selected(self, x: Tensor, target: Tensor | OutputTarget | None,
+                 rows: Tensor | None = None) -> tuple[Tensor, Tensor | OutputTarget]:
+        """The target score of each sample ``[B]`` and the targets (argmax if None)."""
+        if target is not None:
+            return self.scores(x, target, rows), target
+        out = self.logits(x, rows)
+        self.last_logits = out.detach()
+        target = out.detach().argmax(1)
+        return out.gather(1, target.view(-1, 1)).squeeze(1), target
+
+    def predicted(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The predicted class ``[B]`` (one forward pass without a graph)."""
+        with torch.no_grad():
+            return self.logits(x, rows).argmax(1)
+
+    def _preprocessed(self, x: Tensor) -> Tensor:
+        if self.preprocess is None:
+            return x
+        try:
+            return self.preprocess(x)
+        except RuntimeError as error:
+            hint = (" A 1-channel (grey) image needs a 1-channel preprocess, or repeat it to 3 channels: "
+                    "inputs.expand(-1, 3, *inputs.shape[2:])." if x.shape[1] == 1 else
+                    " Does preprocess expect another number of channels than the inputs' "
+                    f"{x.shape[1]}?")
+            raise ValueError(f"preprocess: failed on inputs of shape {tuple(x.shape)} ([B, C, (T), H, W], "
+                             f"{x.shape[1]} channel(s)): {error}.{hint}") from error
+
+    def _args(self, rows: Tensor | None) -> tuple:
+        if rows is None:
+            return self.extra_args
+        return tuple(a.index_select(0, rows) if isinstance(a, Tensor) else a for a in self.extra_args)
+
+    def _run(self, inputs: Tensor, args: tuple = ()) -> object:
         if not self._wants_channels_last(inputs):
-            return self.model(inputs)
+            return self.model(inputs, *args)
         layout = torch.channels_last if inputs.dim() == 4 else torch.channels_last_3d
         try:
-            return self.model(inputs.contiguous(memory_format=layout))
+            return self.model(inputs.contiguous(memory_format=layout), *args)
         except RuntimeError:
             if self.channels_last is not None:
                 raise
         # Outside the except block: if the model fails on contiguous inputs too, its own
         # error surfaces alone, and the layout choice stays open.
-        out = self.model(inputs)
+        out = self.model(inputs, *args)
         self.channels_last = False
         warnings.warn("gswfast: the model failed on a channels-last input; using contiguous inputs "
                       "(pass channels_last=False to skip the attempt)", RuntimeWarning, stacklevel=4)
@@ -69,32 +176,29 @@ class ModelForward:
             return self.channels_last
         return inputs.device.type == "cpu" or self.autocast is not None
 
-    def selected(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The target logit of each sample ``[B]`` and the targets ``[B]`` (argmax if None)."""
-        out = self.logits(x)
-        self.last_logits = out.detach()
-        if target is None:
-            target = out.detach().argmax(1)
-        elif self.check_targets:
-            check_target_range(target, out.shape[1])
-            self.check_targets = False
-        return out.gather(1, target.view(-1, 1)).squeeze(1), target
-
-    def predicted(self, x: Tensor) -> Tensor:
-        """The predicted class ``[B]`` (one forward pass without a graph)."""
-        with torch.no_grad():
-            return self.logits(x).argmax(1)
-
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.autocast)
 
 
-def input_gradient(forward: ModelForward, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
-    """d(target logit)/dx ``[B, C, ...]`` and the targets ``[B]``."""
+def _as_args(additional_forward_args: Any) -> tuple:
+    """Captum's convention: None (nothing), one argument, or a tuple of them."""
+    if additional_forward_args is None:
+        return ()
+    return additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+
+
+def rows_of(sample: Tensor | None, rows: Tensor) -> Tensor:
+    """Each of ``rows``' sample in the original batch, when the rows are ``sample``'s rows."""
+    return rows if sample is None else sample.index_select(0, rows)
+
+
+def input_gradient(forward: ModelForward, x: Tensor, target: Tensor | OutputTarget | None,
+                   rows: Tensor | None = None) -> tuple[Tensor, Tensor | OutputTarget]:
+    """d(target score)/dx ``[B, C, ...]`` and the targets ``[B]``; ``rows``: each row's sample."""
     x = x.detach().requires_grad_(True)
-    score, target = forward.selected(x, target)
+    score, target = forward.selected(x, target, rows)
     _check_differentiable(score)
     (grad,) = torch.autograd.grad(score.sum(), x)
     return grad, target
@@ -105,25 +209,44 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def resolve_target(target: Target, batch: int, device: torch.device) -> Tensor | None:
-    """``None`` stays None (predicted class); an int, sequence or tensor becomes int64 ``[B]``."""
+def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved:
+    """``None`` stays None (predicted class). One class per sample, int64 ``[B]``: an int
+    (Python or NumPy), a list of them, a NumPy integer array or an integer tensor (``[B]``,
+    or one value for all). Captum's targets for other outputs, an ``OutputTarget``: a tuple
+    (an index into each sample's output) or a function of the model's output returning the
+    ``[B]`` scores to explain."""
     if target is None:
         return None
+    if isinstance(target, tuple):
+        if not target or not all(_is_int(v) for v in target):
+            raise TypeError(f"target: a tuple indexes each sample's output and must hold ints, got {target!r}")
+        return OutputTarget(index=tuple(int(v) for v in target))
+    if callable(target) and not isinstance(target, Tensor):
+        return OutputTarget(score=target)
+    if isinstance(target, np.ndarray):
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"target: expected an integer array, got dtype {target.dtype}")
+        target = torch.from_numpy(np.ascontiguousarray(target))
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target: expected an integer tensor, got {target.dtype}")
         t = target.to(device=device, dtype=torch.int64)
-    elif isinstance(target, int) and not isinstance(target, bool):
-        t = torch.full((batch,), target, dtype=torch.int64, device=device)
-    elif isinstance(target, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in target):
-        t = torch.tensor(list(target), dtype=torch.int64, device=device)
+    elif _is_int(target):
+        t = torch.full((batch,), int(target), dtype=torch.int64, device=device)
+    elif isinstance(target, Sequence) and not isinstance(target, str) and all(_is_int(v) for v in target):
+        t = torch.tensor([int(v) for v in target], dtype=torch.int64, device=device)
     else:
-        raise TypeError(f"target: expected None, an int, a sequence of ints or a tensor, got {type(target).__name__}")
+        raise TypeError("target: expected None, an int, a list/array/tensor of ints (one per sample), a tuple "
+                        f"(an index into each sample's output) or a function of the output, got {target!r}")
     if t.dim() == 0:
         t = t.expand(batch)
     if t.shape != (batch,):
         raise ValueError(f"target: expected one class per sample ([{batch}]), got shape {tuple(t.shape)}")
     return t.contiguous()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def check_target_range(target: Tensor, classes: int) -> None:
@@ -166,11 +289,14 @@ def model_session(model: nn.Module, eval_mode: bool = True) -> Iterator[list]:
             m.training = mode
 
 
+_OTHER = "; for other outputs pass target= as a tuple (an index into each sample's output) or a function of the output"
+
+
 def _check_logits(out: object, batch: int) -> None:
     if not isinstance(out, Tensor):
-        raise ValueError(f"model: expected it to return a logits tensor [B, classes], got {type(out).__name__}")
+        raise ValueError(f"model: expected it to return a logits tensor [B, classes], got {type(out).__name__}{_OTHER}")
     if out.dim() != 2 or out.shape[0] != batch:
-        raise ValueError(f"model: expected logits [B, classes] with B = {batch}, got shape {tuple(out.shape)}")
+        raise ValueError(f"model: expected logits [B, classes] with B = {batch}, got shape {tuple(out.shape)}{_OTHER}")
     if not out.is_floating_point():
         raise ValueError(f"model: expected floating-point logits, got {out.dtype}")
 

@@ -45,7 +45,8 @@ def last_conv_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> nn.Mo
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _CONVS)]
     try:
-        forward.predicted(x[:1])
+        with torch.no_grad():
+            forward.output(x[:1], torch.zeros(1, dtype=torch.int64, device=x.device))
     finally:
         for handle in handles:
             handle.remove()
@@ -83,7 +84,7 @@ class GradCAM:
                  sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._activation = None
         try:
-            score, target = forward.selected(x.detach(), target)
+            score, target = forward.selected(x.detach(), target, sample)
             activation = self._activation
             if activation is None:
                 raise ValueError("layer: the model did not run the Grad-CAM layer")

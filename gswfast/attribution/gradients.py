@@ -1,9 +1,10 @@
 """Scorers made of one backward pass: gradient, input x gradient, guided backprop.
 
 A scorer is called as ``scorer(forward, x, target, sample)``: ``x [N, C, (T), H, W]`` are
-the rows to score, ``target [N]`` their classes (``None``: predicted) and ``sample [N]``
-the row's sample in the original batch (``None``: row ``i`` is sample ``i``), used to pick
-per-sample tensors such as baselines when a wrapper (smoothgrad) adds rows. It returns
+the rows to score, ``target [N]`` their classes (``None``: predicted; or an
+``OutputTarget``) and ``sample [N]`` the row's sample in the original batch (``None``: row
+``i`` is sample ``i``), used to pick per-sample tensors such as baselines and additional
+forward args when a wrapper (smoothgrad) adds rows. It returns
 the attribution ``[N, C, (T), H, W]`` and the targets ``[N]``.
 """
 
@@ -24,7 +25,7 @@ class Gradient:
 
     def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
                  sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return input_gradient(forward, x, target)
+        return input_gradient(forward, x, target, sample)
 
 
 class InputXGradient:
@@ -35,7 +36,7 @@ class InputXGradient:
 
     def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
                  sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        grad, target = input_gradient(forward, x, target)
+        grad, target = input_gradient(forward, x, target, sample)
         return (x - pick(self.baseline, sample)) * grad, target
 
 
@@ -55,7 +56,7 @@ class GuidedBackprop:
 
     def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
                  sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return input_gradient(forward, x, target)
+        return input_gradient(forward, x, target, sample)
 
 
 def _guide_relu_output(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gswfast.attribution._model import ModelForward, accumulation_dtype, input_gradient
+from gswfast.attribution._model import ModelForward, accumulation_dtype, input_gradient, rows_of
 from gswfast.attribution.gradients import pick
 
 INTEGRATIONS: tuple[str, ...] = (
@@ -39,46 +39,68 @@ class IntegratedGradients:
     """``(x - baseline) * mean over the path of the gradient``.
 
     The ``n_steps`` points of every sample go through the model in chunks of at most
-    ``internal_batch_size`` rows (default: 128, or the batch if larger), so memory stays
-    bounded whatever the step count. Completeness: the attributions of a sample sum to
-    ``f(x) - f(baseline)`` up to the quadrature error.
+    ``batch_size`` rows (default: 128, or the batch if larger), so memory stays bounded
+    whatever the step count. Completeness: the attributions of a sample sum to
+    ``f(x) - f(baseline)`` up to the quadrature error; with ``convergence_delta`` that
+    error (Captum's convergence delta, sum of attributions minus ``f(x) - f(baseline)``) is
+    kept in ``delta [B]`` after each call, for two more forward passes.
     """
 
     def __init__(self, baseline: Tensor, n_steps: int = 32, integration: str = "gausslegendre",
-                 internal_batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, convergence_delta: bool = True) -> None:
         self.baseline = baseline
-        self.alphas, self.weights = integration_points(n_steps, integration)
-        self.internal_batch_size = check_batch_size(internal_batch_size)
+        alphas, weights = integration_points(n_steps, integration)
+        # on the host once; copied to the device without a sync (pinned, non_blocking)
+        self._alphas, self._weights = torch.tensor(alphas, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+        self.batch_size = check_batch_size(batch_size)
+        self.convergence_delta = convergence_delta
+        self.delta: Tensor | None = None
 
     def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
                  sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if target is None:
-            target = forward.predicted(x)
+            target = forward.predicted(x, sample)
         baseline = pick(self.baseline, sample)
         diff = x - baseline
-        n, steps, acc = x.shape[0], len(self.alphas), accumulation_dtype(x.dtype)
-        alphas = torch.tensor(self.alphas, device=x.device, dtype=x.dtype)
-        weights = torch.tensor(self.weights, device=x.device, dtype=acc)
+        n, steps, acc = x.shape[0], len(self._alphas), accumulation_dtype(x.dtype)
+        alphas, weights = to_device(self._alphas, x.device, x.dtype), to_device(self._weights, x.device, acc)
         total = torch.zeros(x.shape, device=x.device, dtype=acc)
-        chunk = chunk_rows(self.internal_batch_size, n)
+        chunk = chunk_rows(self.batch_size, n)
         for start in range(0, n * steps, chunk):
             rows = torch.arange(start, min(start + chunk, n * steps), device=x.device)
             step, row = rows // n, rows % n
             view = (-1,) + (1,) * (x.dim() - 1)
             points = baseline[row] + alphas[step].view(view) * diff[row]
-            grad, _ = input_gradient(forward, points, target[row])
+            grad, _ = input_gradient(forward, points, target[row], rows_of(sample, row))
             total.index_add_(0, row, grad.to(acc) * weights[step].view(view))
-        return (diff.to(acc) * total).to(x.dtype), target
+        attribution = diff.to(acc) * total
+        self.delta = self._delta(forward, x, baseline, target, sample, attribution) if self.convergence_delta else None
+        return attribution.to(x.dtype), target
+
+    @staticmethod
+    def _delta(forward: ModelForward, x: Tensor, baseline: Tensor, target: Tensor, sample: Tensor | None,
+               attribution: Tensor) -> Tensor:
+        """Sum of each sample's attributions minus ``f(x) - f(baseline)``: ``[B]``."""
+        with torch.no_grad():
+            ends = forward.scores(x, target, sample) - forward.scores(baseline, target, sample)
+        return attribution.flatten(1).sum(1) - ends.to(attribution.dtype)
 
 
-def check_batch_size(internal_batch_size: int | None) -> int | None:
-    if internal_batch_size is None:
+def to_device(values: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A small host tensor on ``device`` without a host sync (through pinned memory)."""
+    if device.type == "cuda":
+        return values.to(dtype).pin_memory().to(device, non_blocking=True)
+    return values.to(device=device, dtype=dtype)
+
+
+def check_batch_size(batch_size: int | None) -> int | None:
+    if batch_size is None:
         return None
-    if not isinstance(internal_batch_size, int) or isinstance(internal_batch_size, bool) or internal_batch_size < 1:
-        raise ValueError(f"internal_batch_size: expected an int >= 1 or None, got {internal_batch_size!r}")
-    return internal_batch_size
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1 or None, got {batch_size!r}")
+    return batch_size
 
 
-def chunk_rows(internal_batch_size: int | None, batch: int) -> int:
+def chunk_rows(batch_size: int | None, batch: int) -> int:
     """Rows per model call: the given size, else 128 or the batch if larger."""
-    return internal_batch_size if internal_batch_size is not None else max(128, batch)
+    return batch_size if batch_size is not None else max(128, batch)
