@@ -55,7 +55,8 @@ def _import_graph() -> dict[str, set[str]]:
     """gswfast module -> the gswfast modules it imports, anywhere in the file (function-level
     imports included: they hide a cycle, they do not remove it)."""
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    compiled = {f"gswfast.{p.name.split('.')[0]}" for p in PACKAGE.glob("*.so")} | {"gswfast._C"}
+    # Built, not in the source tree (an editable install keeps them in its build folder).
+    compiled = {f"gswfast.{p.name.split('.')[0]}" for p in PACKAGE.glob("*.so")} | {"gswfast._C", "gswfast._build_info"}
     graph: dict[str, set[str]] = {name: set() for name in compiled}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
