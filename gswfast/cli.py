@@ -33,7 +33,10 @@ EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command; returns its exit code (0 done, 1 some inputs failed, 2 a mistake)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or an option argparse refused (one line, 2)
+        return int(done.code or 0)
     try:
         _check_options(args)
         return args.run(args)
@@ -239,16 +242,19 @@ class InputFailed(Exception):
 def _run_explain(args: argparse.Namespace) -> int:
     from gswfast.video import media_kind
 
-    kinds = {path: media_kind(path) for path in args.paths}
+    kinds = [media_kind(path) for path in args.paths]
     job = _ExplainJob(args)
     results: list[dict] = []
-    with job.progress(kinds) as progress:
-        for path, stem in zip(args.paths, _unique_stems(args.paths)):
+    counts = job.item_counts(args.paths, kinds)
+    with job.progress(sum(counts)) as progress:
+        for path, kind, stem, count in zip(args.paths, kinds, _unique_stems(args.paths), counts):
+            before = progress.done
             try:
-                results.append(job.explain(path, kinds[path], stem, progress))
+                results.append(job.explain(path, kind, stem, progress))
             except InputFailed as failure:
                 progress.write(f"gswfast: error: {failure}", always=True)
                 results.append({"input": str(path), "error": str(failure)})
+            progress.set(max(progress.done, before + count))  # a failed input counts as done
     failed = sum("error" in r for r in results)
     if failed == len(results):
         return EXIT_USER_ERROR
@@ -291,20 +297,26 @@ class _ExplainJob:
         self.preprocess = normaliser(args.normalize, self.loaded.normalisation, self.device)
         self._explainers: dict[str, Any] = {}
 
-    def progress(self, kinds: dict[Path, str | None]):
-        """Counts items: one per image, one per video window."""
-        from gswfast.progress import Progress
+    def item_counts(self, paths: Sequence[Path], kinds: Sequence[str | None]) -> list[int]:
+        """Items per input, for the progress: one per image, one per video window (frame
+        counts from the videos' headers where they have them)."""
         from gswfast.video import frame_count
         from gswfast.video.io import window_starts
 
-        total = 0
-        for path, kind in kinds.items():
+        counts = []
+        for path, kind in zip(paths, kinds):
             if kind == "video":
                 stride = self.args.stride or (4 if self.args.stream else self.args.frames)
-                total += len(window_starts(frame_count(path), self.args.frames, stride, tail=not self.args.stream))
+                windows = window_starts(frame_count(path), self.args.frames, stride, tail=not self.args.stream)
+                counts.append(max(1, len(windows)))
             else:
-                total += 1
-        return Progress("gswfast explain", max(total, 1), "item", quiet=self.args.quiet)
+                counts.append(1)
+        return counts
+
+    def progress(self, total: int):
+        from gswfast.progress import Progress
+
+        return Progress("gswfast explain", total, "item", quiet=self.args.quiet)
 
     def explain(self, path: Path, kind: str | None, stem: str, progress) -> dict:
         if kind is None:
@@ -464,9 +476,9 @@ class _ExplainJob:
         """Option mistakes (target, layer) stop the run; a model that fails on one input
         fails that input."""
         message = str(error).strip()
-        if message.startswith(("target:", "layer:")):
+        if message.startswith(("target:", "layer:", "method:", "model:")):
             return UserError(message.replace("pass layer=", "pass --layer NAME"))
-        if isinstance(error, ValueError) and not message.startswith("model:"):
+        if isinstance(error, ValueError):
             raise error  # not a user mistake: a bug, with its traceback
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         reason = lines[-1] if lines else type(error).__name__
