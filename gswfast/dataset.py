@@ -356,8 +356,13 @@ def _source_paths(source: Path) -> tuple[list[Path], Path]:
     if source.is_dir():
         paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
         return paths, source
+    if source.is_file() and source.suffix.lower() in MEDIA_SUFFIXES:  # one image or video
+        return [source], source.parent
     if source.is_file():
-        lines = [line.strip() for line in source.read_text().splitlines()]
+        try:
+            lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError:
+            raise UserError(f"{source}: expected a folder, an image or video, or a text file of paths") from None
         listed = [line for line in lines if line and not line.startswith("#")]
         paths = [Path(line) if Path(line).is_absolute() else source.parent / line for line in listed]
         return paths, source.parent
