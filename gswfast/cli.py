@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gswfast import __version__
-from gswfast.models import DEFAULT_METHODS, UserError, check_method
+from gswfast.models import DEFAULT_METHODS, UserError, check_method, layer_option
 
 __all__ = ["UserError", "main"]
 
@@ -343,7 +343,7 @@ class _ExplainJob:
 
         method = _method(self.args, kind)
         if method not in self._explainers:
-            options = {"layer": self.args.layer} if self.args.layer is not None else {}
+            options = layer_option(self.args.layer, method)
             self._explainers[method] = gsw.Explainer(self.model, method, preprocess=self.preprocess,
                                                      n_segments=self.args.segments, channels_last=None, **options)
         return self._explainers[method]
@@ -414,9 +414,9 @@ class _ExplainJob:
         from gswfast.video import MediaError, Mp4Writer, StreamExplainer, read_video
 
         args, stride = self.args, self.args.stride or 4
-        options = {"target": args.target} if args.target is not None else {}  # StreamExplainer(target=): branch api
-        if args.layer is not None:
-            options["layer"] = args.layer
+        options = layer_option(args.layer, _method(args, "video"))
+        if args.target is not None:
+            options["target"] = args.target  # StreamExplainer(target=) comes with branch api
         try:
             stream = StreamExplainer(self.model, window=args.frames, stride=stride, method=_method(args, "video"),
                                      n_segments=args.segments, device=self.device, preprocess=self.preprocess,

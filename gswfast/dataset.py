@@ -35,7 +35,8 @@ import torch
 import gswfast as gsw
 from gswfast import render, viz
 from gswfast.models import (
-    DEFAULT_METHODS, UserError, check_method, check_video_input, default_size, load_model, normaliser, resolve_device,
+    DEFAULT_METHODS, UserError, check_method, check_video_input, default_size, layer_option, load_model, normaliser,
+    resolve_device,
 )
 from gswfast.progress import Progress
 from gswfast.video.io import MEDIA_SUFFIXES, MediaError, frame_count, media_kind, read_image, read_video, window_starts, windows
@@ -97,14 +98,14 @@ def explain_dataset(source: str | Path, out: str | Path, model: str = "torchvisi
         target_device = resolve_device(device, local_rank)
         loaded = load_model(model, arch, weights, seed=seed)
         method = check_method(method or DEFAULT_METHODS["video" if loaded.kind == "video" else "image"])
+        options = dict(method_options, **layer_option(layer, method))
         size = size or default_size(model, arch, loaded.kind)
         if loaded.kind == "video":
             check_video_input(model, arch, frames, size)
-        settings = {"model": model, "arch": arch, "weights": str(weights) if weights else None,
-                    "seed": seed if loaded.random_weights else None, "method": method, "method_options": method_options,
-                    "layer": layer, "segments": segments, "size": size, "normalize": normalize, "frames": frames,
-                    "stride": stride or frames, "target": target}
-        settings = json.loads(json.dumps(settings, default=str))
+        settings = _settings(model=model, arch=arch, weights=str(weights) if weights else None,
+                             seed=seed if loaded.random_weights else None, method=method,
+                             method_options=method_options, layer=layer, segments=segments, size=size,
+                             normalize=normalize, frames=frames, stride=stride or frames, target=target)
         out = Path(out)
         _check_settings(out, settings, overwrite)
         if loaded.random_weights and rank == 0 and not quiet:
@@ -116,7 +117,6 @@ def explain_dataset(source: str | Path, out: str | Path, model: str = "torchvisi
         _barrier(world, group)  # every rank has checked the old settings before rank 0 records the new ones
         if rank == 0:
             _write_json(out / "settings.json", settings)
-        options = dict(method_options, **({"layer": layer} if layer is not None else {}))
         explainer = gsw.Explainer(loaded.module.to(target_device), method, n_segments=segments,
                                   preprocess=normaliser(normalize, loaded.normalisation, target_device), **options)
         shard = [item for i, item in enumerate(items) if i % world == rank]
@@ -258,6 +258,11 @@ def _item_settings(path: Path) -> dict | None:
             return json.loads(str(data["settings"])) if "settings" in data.files else {}
     except (OSError, ValueError, KeyError):  # a file from elsewhere: not ours to skip
         return {}
+
+
+def _settings(**values: Any) -> dict[str, Any]:
+    """The settings that make an item's result, as JSON values (recorded and compared)."""
+    return json.loads(json.dumps(values, default=str))
 
 
 def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:

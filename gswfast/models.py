@@ -17,6 +17,11 @@ from pathlib import Path
 
 import torch
 
+from gswfast._extension import cuda_available
+from gswfast.attribution import METHODS
+from gswfast.demo.models import ARCHITECTURES
+from gswfast.demo.models import load as load_demo
+
 NORMALISATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
@@ -128,8 +133,6 @@ def normaliser(choice: str, default: str, device: torch.device | str) -> Callabl
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` (``cuda:local_rank`` when the CUDA kernels are built and a GPU is visible,
     else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``UserError`` when it is not there."""
-    from gswfast import cuda_available
-
     gpu = torch.cuda.is_available() and cuda_available()
     if name == "auto":
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count())) if gpu else torch.device("cpu")
@@ -148,11 +151,19 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def check_method(name: str) -> str:
     """``name`` if it is a method of ``gswfast.explain``, else ``UserError``."""
-    from gswfast.attribution import METHODS
-
     if name not in METHODS:
         raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {name!r}")
     return name
+
+
+def layer_option(layer: str | None, method: str) -> dict[str, str]:
+    """``{"layer": layer}`` for Grad-CAM (empty without a layer); ``UserError`` for a layer
+    given to another method."""
+    if layer is None:
+        return {}
+    if method != "gradcam":
+        raise UserError(f"--layer: only --method gradcam uses a layer, and this input's method is {method}")
+    return {"layer": layer}
 
 
 # ------------------------------------------------------------------------ helpers
@@ -176,11 +187,9 @@ def _torchvision_name(spec: str, arch: str | None) -> str | None:
 def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
     source, _, name = spec.partition(":")
     if source == "demo":
-        from gswfast.demo.models import ARCHITECTURES, load
-
         if name not in ARCHITECTURES:
             raise UserError(f"{flag}: unknown demo model {name!r} (choose from {', '.join(sorted(ARCHITECTURES))})")
-        return LoadedModel(load(name), "video" if name == "actions" else "image", "none", spec)
+        return LoadedModel(load_demo(name), "video" if name == "actions" else "image", "none", spec)
     if source == "torchvision":
         kind = _torchvision_kind(name, flag)
         with torch.random.fork_rng(devices=[]):  # the same random weights on every run

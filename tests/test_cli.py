@@ -177,6 +177,7 @@ def _one_line_error(capsys, *fragments: str) -> str:
     (["explain-dataset", "{png}", "--out", "{out}", "--batch-size", "0"], "--batch-size"),
     (["explain", "{mp4}", "--stream", "--frames", "4", "--stride", "8"], "--stride"),
     (["explain", "{png}", "--method", "gradient", "--layer", "features.6"], "--layer"),
+    (["explain", "{png}", "--layer", "features.6"], "--layer: only --method gradcam"),  # images default to IG
 ])
 def test_invalid_numbers_are_one_clear_error_before_any_work(files, tmp_path, capsys, argv, argument):
     names = {"png": files / "shape.png", "mp4": files / "action.mp4", "out": tmp_path / "d"}

@@ -200,11 +200,11 @@ def test_exit_codes_when_items_fail(dataset, tmp_path, capsys):
 
 
 def test_auto_device_on_a_build_without_cuda_kernels_is_the_cpu(monkeypatch):
-    import gswfast
+    from gswfast import models
     from gswfast.models import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU is visible...
-    monkeypatch.setattr(gswfast, "cuda_available", lambda: False)  # ...but gswfast has no CUDA kernels
+    monkeypatch.setattr(models, "cuda_available", lambda: False)  # ...but gswfast has no CUDA kernels
     assert resolve_device("auto", local_rank=1) == torch.device("cpu")
 
 
