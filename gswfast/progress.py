@@ -54,12 +54,13 @@ class Progress:
         else:
             print(message, file=self.stream, flush=True)
 
-    def close(self) -> None:
-        """The final count (a last line, or the bar closed)."""
+    def close(self, final_line: bool = True) -> None:
+        """The final count (a last line, or the bar closed); no last line when the work
+        stopped on an error (``final_line=False``)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif not self.quiet and self._printed != self.done:
+        elif final_line and not self.quiet and self._printed != self.done:
             self._line()
 
     def _line(self) -> None:
@@ -75,8 +76,8 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        self.close(final_line=kind is None)
 
 
 def _is_terminal(stream: TextIO) -> bool:
