@@ -242,19 +242,22 @@ class InputFailed(Exception):
 def _run_explain(args: argparse.Namespace) -> int:
     from gswfast.video import media_kind
 
-    kinds = [media_kind(path) for path in args.paths]
+    kinds = [media_kind(path) or "image" for path in args.paths]  # other suffixes: Pillow says what they are
     job = _ExplainJob(args)
     results: list[dict] = []
     counts = job.item_counts(args.paths, kinds)
-    with job.progress(sum(counts)) as progress:
-        for path, kind, stem, count in zip(args.paths, kinds, _unique_stems(args.paths), counts):
-            before = progress.done
-            try:
-                results.append(job.explain(path, kind, stem, progress))
-            except InputFailed as failure:
-                progress.write(f"gswfast: error: {failure}", always=True)
-                results.append({"input": str(path), "error": str(failure)})
-            progress.set(max(progress.done, before + count))  # a failed input counts as done
+    try:
+        with job.progress(sum(counts)) as progress:
+            for path, kind, stem, count in zip(args.paths, kinds, _unique_stems(args.paths), counts):
+                before = progress.done
+                try:
+                    results.append(job.explain(path, kind, stem, progress))
+                except InputFailed as failure:
+                    progress.write(f"gswfast: error: {failure}", always=True)
+                    results.append({"input": str(path), "error": str(failure)})
+                progress.set(max(progress.done, before + count))  # a failed input counts as done
+    finally:
+        job.remove_empty_folder()
     failed = sum("error" in r for r in results)
     if failed == len(results):
         return EXIT_USER_ERROR
@@ -296,6 +299,7 @@ class _ExplainJob:
         self.size = args.size or default_size(args.model, args.arch, self.loaded.kind)
         self.preprocess = normaliser(args.normalize, self.loaded.normalisation, self.device)
         self._explainers: dict[str, Any] = {}
+        self._folder_existed = args.out.exists()
 
     def item_counts(self, paths: Sequence[Path], kinds: Sequence[str | None]) -> list[int]:
         """Items per input, for the progress: one per image, one per video window (frame
@@ -318,9 +322,7 @@ class _ExplainJob:
 
         return Progress("gswfast explain", total, "item", quiet=self.args.quiet)
 
-    def explain(self, path: Path, kind: str | None, stem: str, progress) -> dict:
-        if kind is None:
-            raise InputFailed(f"{path}: not an image or video file (suffixes: PNG, JPEG, ..., MP4, WebM, MKV, GIF)")
+    def explain(self, path: Path, kind: str, stem: str, progress) -> dict:
         self._check_kind(path, kind)
         if kind == "video" and self.args.stream:
             return self._stream_video(path, stem, progress)
@@ -351,6 +353,12 @@ class _ExplainJob:
     def folder(self) -> Path:
         self.args.out.mkdir(parents=True, exist_ok=True)  # made when the first output is written
         return self.args.out
+
+    def remove_empty_folder(self) -> None:
+        """No empty output folder left behind when nothing could be written."""
+        out = self.args.out
+        if not self._folder_existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
     def _explain_image(self, path: Path, stem: str, progress) -> dict:
         from gswfast import render, viz

@@ -239,6 +239,18 @@ def test_video_models_that_need_larger_inputs_say_so(files, tmp_path, capsys):
     assert default_size("torchvision:s3d", None, "video") == 224 and default_size("torchvision:r3d_18", None, "video") == 112
 
 
+def test_no_empty_output_folder_after_errors(files, tmp_path, capsys):
+    renamed = tmp_path / "clip.dat"
+    renamed.write_bytes((files / "action.mp4").read_bytes())  # not an image, whatever its suffix says
+    for argv, message in ((["explain", str(files / "corrupt.mp4"), "--model", "demo:actions"], "cannot decode it"),
+                          (["explain", str(renamed), "--model", "demo:shapes"], "cannot read it as an image"),
+                          (["explain", str(files / "action.mp4"), "--model", "demo:actions", "--target", "99"],
+                           "out of range")):
+        assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+        _one_line_error(capsys, message)
+        assert not (tmp_path / "out").exists()
+
+
 def test_out_naming_a_file(files, tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("mine")
