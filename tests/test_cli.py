@@ -463,3 +463,43 @@ def test_progress_bar_on_a_terminal():
     with Progress("work", 3, quiet=True, stream=quiet) as progress:
         progress.update(3)
     assert quiet.getvalue() == ""
+
+
+def test_every_image_and_video_format_goes_through(files, tmp_path):
+    import av
+    from PIL import Image
+
+    shape = Image.open(files / "shape.png").convert("RGB")
+    made = tmp_path / "made"
+    made.mkdir()
+    shape.convert("L").save(made / "grey.png")
+    shape.convert("RGBA").save(made / "rgba.png")
+    shape.convert("CMYK").save(made / "cmyk.jpg")
+    shape.resize((500, 1)).save(made / "strip.png")
+    shape.resize((8, 8)).save(made / "tiny.png")
+    images = sorted(made.iterdir())
+    assert main(["explain", *map(str, images), "--model", "demo:shapes", "--method", "gradient",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    results = json.loads((tmp_path / "out" / "explanations.json").read_text())
+    from gswfast.video import read_image
+
+    shapes = {Path(r["input"]).name: tuple(read_image(r["output"]).shape[1:]) for r in results}
+    assert shapes == {"cmyk.jpg": (448, 448), "grey.png": (448, 448), "rgba.png": (448, 448), "strip.png": (1, 448),
+                      "tiny.png": (448, 448)}
+    from gswfast.video import read_video
+
+    frames = list(read_video(files / "short.mp4")[0])
+    for suffix, codec in ((".webm", "libvpx-vp9"), (".mkv", "mpeg4")):
+        with av.open(str(made / f"clip{suffix}"), mode="w") as container:
+            stream = container.add_stream(codec, rate=8)
+            stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+            for frame in frames[:12]:
+                picture = av.VideoFrame.from_ndarray(frame.permute(1, 2, 0).numpy(), format="rgb24")
+                for packet in stream.encode(picture):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    assert main(["explain", str(made / "clip.webm"), str(made / "clip.mkv"), "--model", "demo:actions", "--frames",
+                 "8", "--out", str(tmp_path / "video"), "--quiet"]) == 0
+    results = json.loads((tmp_path / "video" / "explanations.json").read_text())
+    assert [[w["first_frame"] for w in r["windows"]] for r in results] == [[0, 4], [0, 4]]  # 12 frames: tail at 4
