@@ -39,7 +39,9 @@ from gswfast.models import (
     resolve_device,
 )
 from gswfast.progress import Progress
-from gswfast.video.io import MEDIA_SUFFIXES, MediaError, frame_count, media_kind, read_image, read_video, window_starts, windows
+from gswfast.video.io import (
+    MEDIA_SUFFIXES, MediaError, frame_count, media_kind, read_image, read_video, window_starts, windows,
+)
 
 BARRIER_TIMEOUT = datetime.timedelta(days=7)  # ranks wait for each other however uneven the shards
 
@@ -217,13 +219,15 @@ def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Pat
     kept = []
     for item in items:
         if kind != "any" and item.is_video != (kind == "video"):
-            _fail(folder, item, f"{'a video' if item.is_video else 'an image'} cannot go through the {kind} model {model}")
+            what = "a video" if item.is_video else "an image"
+            _fail(folder, item, f"{what} cannot go through the {kind} model {model}")
         else:
             kept.append(item)
     return kept
 
 
-def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int, seconds: float, settings: dict) -> None:
+def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int, seconds: float,
+                  settings: dict) -> None:
     n = int(expl.num_segments[b])
     arrays = {
         "segment_scores": expl.segment_scores[b, :n].cpu().numpy(),

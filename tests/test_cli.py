@@ -236,7 +236,8 @@ def test_video_models_that_need_larger_inputs_say_so(files, tmp_path, capsys):
     assert main(["explain", str(files / "action.mp4"), "--model", "torchvision:mvit_v2_s", "--size", "112",
                  "--quiet", "--out", str(tmp_path)]) == 2
     _one_line_error(capsys, "exactly 16 frames of 224x224")
-    assert default_size("torchvision:s3d", None, "video") == 224 and default_size("torchvision:r3d_18", None, "video") == 112
+    assert default_size("torchvision:s3d", None, "video") == 224
+    assert default_size("torchvision:r3d_18", None, "video") == 112
 
 
 def test_no_empty_output_folder_after_errors(files, tmp_path, capsys):
@@ -270,7 +271,8 @@ def test_16_bit_pngs_are_read_in_their_range(files, tmp_path):
     pixels = read_image(files / "grey16.png")
     assert pixels.shape == (3, 64, 64) and int(raw.min()) >= 1028 and int(raw.max()) > 255
     assert torch.equal(pixels[0].long(), (raw.double() / 257).round().long())
-    assert main(["explain", str(files / "grey16.png"), "--model", "demo:shapes", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["explain", str(files / "grey16.png"), "--model", "demo:shapes", "--out", str(tmp_path),
+                 "--quiet"]) == 0
     picture = read_image(tmp_path / "grey16.png").float()
     assert picture.std() > 20  # not a blank white image
 
@@ -353,7 +355,8 @@ def test_random_weights_are_seeded_and_announced_once(files, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("random weights") == 1 and "--weights" in err
         runs.append(torch.tensor(json.loads((out / "explanations.json").read_text())[0]["segment_scores"]))
-    torch.testing.assert_close(runs[0], runs[1], rtol=1e-4, atol=1e-6)  # the same weights (CPU kernels may round differently)
+    # the same weights (CPU kernels may round differently from run to run)
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(runs[0], runs[2], rtol=1e-2)
     assert main(["explain", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
@@ -385,7 +388,8 @@ def test_pictures_keep_the_aspect_ratio(files, tmp_path):
 def test_animated_gifs_are_videos_everywhere(files, tmp_path):
     from gswfast.dataset import list_items
 
-    assert main(["explain", str(files / "action.gif"), "--model", "demo:actions", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["explain", str(files / "action.gif"), "--model", "demo:actions", "--out", str(tmp_path),
+                 "--quiet"]) == 0
     result = json.loads((tmp_path / "explanations.json").read_text())[0]
     assert [w["first_frame"] for w in result["windows"]] == [0, 4]
     listing = tmp_path / "list.txt"
@@ -437,7 +441,8 @@ def test_version_and_fast_argument_checks(tmp_path):
 
 
 def test_progress_plain_lines_in_logs(files, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "gswfast", "explain", str(files / "action.mp4"), str(files / "shape.png"),
+    inputs = [str(files / "action.mp4"), str(files / "shape.png")]
+    done = subprocess.run([sys.executable, "-m", "gswfast", "explain", *inputs,
                            "--model", str(files / "shapes_script.pt"), "--size", "64", "--method", "gradient",
                            "--out", str(tmp_path)], capture_output=True, text=True)
     lines = [line for line in done.stderr.splitlines() if line.startswith("gswfast explain: ")]
