@@ -225,3 +225,21 @@ def test_each_rank_counts_only_its_share_of_the_videos(dataset, tmp_path):
     assert sorted(Path(p).name for p in counted[0]) == ["a.mp4", "c.mp4"]
     assert [i.key for i in items] == [f"{v}.mp4@{s:07d}" for v in "abc" for s in (0, 16, 24)]
     assert frame_count(dataset / "clip.mp4") == 40  # from the MP4 header, no demuxing
+
+
+def test_imports_flow_one_way():
+    """models below dataset below cli; no module of these imports one above it, at any depth
+    of a function (no imports inside functions to dodge a cycle)."""
+    import ast
+
+    root = Path(__file__).parents[1] / "gswfast"
+    above = {"models.py": {"gswfast.cli", "gswfast.dataset", "gswfast.viz"},
+             "dataset.py": {"gswfast.cli"}, "render.py": {"gswfast.viz", "gswfast.cli", "gswfast.dataset"},
+             "viz.py": {"gswfast.cli", "gswfast.dataset"}}
+    for name, forbidden in above.items():
+        tree = ast.parse((root / name).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                     for a in n.names}
+        assert not imported & forbidden, (name, imported & forbidden)
