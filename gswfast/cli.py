@@ -1,8 +1,11 @@
-"""The ``gswfast`` command: ``gswfast demo`` and ``gswfast explain PATH...``.
+"""The ``gswfast`` command: ``gswfast demo``, ``gswfast explain PATH...`` and
+``gswfast explain-dataset SOURCE`` (arguments and printing; models come from
+``gswfast.models``, dataset jobs from ``gswfast.dataset``).
 
-User mistakes (missing or corrupt files, unknown models, weights that do not fit, a device
-that is not there) end with one line on stderr and exit code 2; nothing else prints a
-traceback unless ``--debug``.
+User mistakes (bad options, missing or corrupt files, unknown models, weights that do not
+fit, a device that is not there) end with one line ``gswfast: error: ...`` on stderr and
+exit code 2. Options are checked before any model loads; torchvision, PyAV, Pillow and tqdm
+load only when used.
 """
 
 from __future__ import annotations
@@ -11,108 +14,151 @@ import argparse
 import json
 import sys
 import time
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from gswfast.video.io import VIDEO_SUFFIXES
+from gswfast import __version__
+from gswfast.models import DEFAULT_METHODS, UserError, check_method, layer_option
 
-NORMALISATION = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
-}
+__all__ = ["UserError", "main"]
 
-
-_VIDEO_FILES = VIDEO_SUFFIXES | {".gif"}  # explain also reads animated GIFs as video
-
-
-class UserError(Exception):
-    """A mistake in the command line or its files: reported in one line, exit code 2."""
+PICTURE_SIDE = 448  # longer side of the pictures `explain` writes
+NORMALIZE_CHOICES = ("auto", "imagenet", "kinetics", "none")
+EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Runs the command; returns its exit code (0 done, 1 some inputs failed, 2 a mistake)."""
     try:
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or an option argparse refused (one line, 2)
+        return int(done.code or 0)
+    try:
+        _check_options(args)
         return args.run(args)
     except UserError as error:
         print(f"gswfast: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("gswfast: interrupted", file=sys.stderr)
         return 130
 
 
+# ------------------------------------------------------------------------ arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, ``gswfast: error: ...``, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"gswfast: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gswfast", description="Gradient weighted superpixel explanations.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="gswfast", description="Gradient weighted superpixel explanations of image and video CNNs.")
+    parser.add_argument("--version", action="version", version=f"gswfast {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = commands.add_parser("demo", help="explain the demo images and clips, write pictures and JSON")
     demo.add_argument("--out", type=Path, default=Path("gswfast_demo"), help="output folder (default: gswfast_demo)")
-    _common(demo)
+    _common(demo, method_help="default: integrated_gradients for the demo images and clips alike (the demo "
+                              "models are small enough)")
     demo.set_defaults(run=_run_demo)
+
     explain = commands.add_parser("explain", help="explain images and videos with a model")
-    explain.add_argument("paths", nargs="+", type=Path, help="images (PNG, JPEG, ...) and videos (MP4, ...)")
-    explain.add_argument("--model", default="torchvision:resnet18",
-                         help="torchvision:NAME, demo:shapes, demo:actions, or a .pt file (TorchScript, or a "
-                              "state_dict with --arch)")
-    explain.add_argument("--arch", help="architecture of a state_dict .pt file (torchvision:NAME or demo:NAME)")
-    explain.add_argument("--weights", type=Path, help="a state_dict to load into --model")
-    explain.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
-    explain.add_argument("--size", type=int, help="input size (default: 224 for images, 112 for video, 64 for demo)")
-    explain.add_argument("--normalize", choices=("auto", "imagenet", "kinetics", "none"), default="auto",
-                         help="input normalisation (auto: ImageNet/Kinetics for torchvision models, none otherwise)")
-    explain.add_argument("--frames", type=int, default=16, help="frames per video window (default 16)")
-    explain.add_argument("--stride", type=int, help="frames between video windows (default: --frames; 4 with --stream)")
+    explain.add_argument("paths", nargs="+", type=Path,
+                         help="images (PNG, JPEG, 16-bit PNG, ...) and videos (MP4, WebM, MKV, animated GIF, ...)")
+    _model_options(explain)
+    explain.add_argument("--stride", type=_count(1),
+                         help="frames between video windows (default: --frames; 4 with --stream)")
     explain.add_argument("--stream", action="store_true",
                          help="explain videos as a stream: supervoxels warm-started window to window, a JSON timeline")
     explain.add_argument("--out", type=Path, default=Path("gswfast_out"), help="output folder (default: gswfast_out)")
     _common(explain)
     explain.set_defaults(run=_run_explain)
+
     dataset = commands.add_parser("explain-dataset", help="explain a folder or list of images/videos; torchrun-aware")
     dataset.add_argument("source", type=Path, help="a folder of images/videos, or a text file with one path per line")
     dataset.add_argument("--out", type=Path, required=True, help="output folder (items/*.npz, manifest.json)")
-    dataset.add_argument("--model", default="torchvision:resnet18", help="as for explain")
-    dataset.add_argument("--arch", help="as for explain")
-    dataset.add_argument("--weights", type=Path, help="as for explain")
-    dataset.add_argument("--size", type=int, help="as for explain")
-    dataset.add_argument("--normalize", choices=("auto", "imagenet", "kinetics", "none"), default="auto")
-    dataset.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
-    dataset.add_argument("--frames", type=int, default=16, help="frames per video window (default 16)")
-    dataset.add_argument("--stride", type=int, help="frames between video windows (default: --frames)")
+    _model_options(dataset)
+    dataset.add_argument("--stride", type=_count(1), help="frames between video windows (default: --frames)")
+    dataset.add_argument("--batch-size", type=_count(1), default=16, help="images per model call (default 16)")
     dataset.add_argument("--pictures", action="store_true", help="also write an overlay per item")
+    dataset.add_argument("--overwrite", action="store_true",
+                         help="recompute items made with other settings (without it, a rerun with other settings "
+                              "than the ones recorded in --out refuses)")
     _common(dataset)
     dataset.set_defaults(run=_run_dataset)
     return parser
 
 
-def _run_dataset(args: argparse.Namespace) -> int:
-    from gswfast.dataset import explain_dataset
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="torchvision:resnet18",
+                        help="torchvision:NAME (a classification or video model), demo:shapes, demo:actions, or a "
+                             ".pt file (TorchScript, or a state_dict with --arch). Default: torchvision:resnet18 "
+                             "with RANDOM weights: torchvision models have random weights (drawn from --seed) "
+                             "unless --weights is given; nothing is downloaded")
+    parser.add_argument("--arch", help="architecture of a state_dict .pt file (torchvision:NAME or demo:NAME)")
+    parser.add_argument("--weights", type=Path, help="a state_dict to load into --model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0: the same every run)")
+    parser.add_argument("--target", type=_count(0), help="class to explain (default: the predicted one)")
+    parser.add_argument("--size", type=_count(1),
+                        help="the model sees SIZE x SIZE inputs (default: 224 for images; 112 for video, 224 for "
+                             "s3d and MViT; 64 for the demo models); pictures keep the input's aspect ratio")
+    parser.add_argument("--normalize", choices=NORMALIZE_CHOICES, default="auto",
+                        help="input normalisation (auto: ImageNet/Kinetics for torchvision models, none otherwise)")
+    parser.add_argument("--frames", type=_count(1), default=16, help="frames per video window (default 16)")
+    parser.add_argument("--layer", help="the Grad-CAM layer, a dotted module name such as layer4 (default: the "
+                                        "last convolution with a spatial output)")
 
-    if args.batch_size < 1 or args.frames < 1 or (args.stride is not None and args.stride < 1):
-        raise UserError("--batch-size, --frames and --stride must be >= 1")
-    manifest = explain_dataset(
-        args.source, args.out, args.model, arch=args.arch, weights=args.weights, method=check_method(args.method),
-        segments=args.segments, size=args.size, normalize=args.normalize, batch_size=args.batch_size,
-        frames=args.frames, stride=args.stride, pictures=args.pictures, device=args.device, quiet=args.quiet,
-    )
-    if manifest is not None and not args.quiet:
-        totals = manifest["totals"]
-        print(f"\n{totals['done']} items done, {totals['failed']} failed, {totals['missing']} missing "
-              f"({totals['processes']} processes); wrote {args.out}/manifest.json", file=sys.stderr)
-    return 0 if manifest is None or manifest["totals"]["missing"] == 0 else 1
 
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="integrated_gradients",
-                        help="gradient, input_x_gradient, integrated_gradients, lime_ig, smoothgrad, gradcam, "
-                             "guided_backprop (default: integrated_gradients)")
-    parser.add_argument("--segments", type=int, help="superpixels per image / supervoxels per clip")
-    parser.add_argument("--top-k", type=int, default=3, help="segments outlined in the pictures (default 3)")
+def _common(parser: argparse.ArgumentParser, method_help: str | None = None) -> None:
+    parser.add_argument("--method", help=method_help or (
+        "gradient, input_x_gradient, integrated_gradients, lime_ig, smoothgrad, gradcam or guided_backprop; "
+        "default: integrated_gradients for images, gradcam for videos (integrated gradients cost 32 forward+backward "
+        "passes of a 3-D CNN per window, Grad-CAM one forward and a partial backward)"))
+    parser.add_argument("--segments", type=_count(1), help="superpixels per image / supervoxels per clip")
+    parser.add_argument("--top-k", type=_count(0), default=3, help="segments outlined in the pictures (default 3)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--quiet", action="store_true", help="no progress or summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress, warnings or summary; only errors")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The checks that need no model: before anything heavy loads."""
+    if args.method is not None:
+        check_method(args.method)
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out: {args.out} exists and is not a folder")
+    if getattr(args, "layer", None) is not None and (args.method or "gradcam") != "gradcam":
+        raise UserError(f"--layer: only --method gradcam uses a layer, not {args.method}")
+    if getattr(args, "stream", False) and args.stride is not None and args.stride > args.frames:
+        raise UserError(f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})")
+
+
+def _method(args: argparse.Namespace, kind: str) -> str:
+    return args.method or DEFAULT_METHODS["video" if kind == "video" else "image"]
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------ demo
@@ -121,24 +167,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     import gswfast as gsw
     from gswfast.demo import ACTIONS, SHAPES, action_clips, load, shape_images
+    from gswfast.models import resolve_device
 
     device = resolve_device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    say = _printer(args.quiet)
-    report: dict[str, Any] = {"device": str(device), "method": args.method}
+    method = args.method or "integrated_gradients"
+    report: dict[str, Any] = {"device": str(device), "method": method}
     images = shape_images(8, generator=torch.Generator().manual_seed(2026))
     clips = action_clips(2, generator=torch.Generator().manual_seed(2026))
     for name, batch, labels, segments in (("images", images, SHAPES, 20), ("clips", clips, ACTIONS, 60)):
         model = load("shapes" if name == "images" else "actions", device)
         x, masks = batch.images.to(device), batch.masks.to(device)
-        explainer = gsw.Explainer(model, check_method(args.method), n_segments=args.segments or segments)
+        explainer = gsw.Explainer(model, method, n_segments=args.segments or segments)
         expl, seconds = _timed(lambda: explainer(x), device)
-        files = _write_pictures(expl, x, args.out, name, args.top_k)
+        args.out.mkdir(parents=True, exist_ok=True)
+        files = _write_demo_pictures(expl, x, args.out, name, args.top_k)
         report[name] = _records(expl, batch.classes, labels, files, masks)
         report[f"{name}_seconds"] = seconds
-        say(_summary(name, report[name], seconds))
+        _say(args, _summary(name, report[name], seconds))
     (args.out / "demo.json").write_text(json.dumps(report, indent=1))
-    say(f"wrote {args.out}/demo.json and the pictures beside it")
+    _say(args, f"wrote {args.out}/demo.json and the pictures beside it")
     return 0
 
 
@@ -153,7 +200,7 @@ def _records(expl, classes: torch.Tensor, labels: Sequence[str], files: list[lis
         n = int(expl.num_segments[b])
         rows.append({
             "files": files[b], "class": labels[int(classes[b])], "predicted": labels[int(expl.target[b])],
-            "segment_scores": [round(v, 6) for v in expl.segment_scores[b, :n].tolist()],
+            "segment_scores": float32_list(expl.segment_scores[b, :n]),
             "ranking": ranking[b, :n].tolist(), "pointing_game": hits[b], "relevance_mass": round(mass[b], 4),
         })
     return rows
@@ -167,262 +214,10 @@ def _summary(name: str, rows: list[dict], seconds: float) -> str:
             f"mean relevance mass {mass:.2f}; explained in {seconds * 1e3:.0f} ms")
 
 
-# ------------------------------------------------------------------------ explain
+def _write_demo_pictures(expl, x: torch.Tensor, out: Path, name: str, k: int) -> list[list[str]]:
+    from gswfast import render, viz
 
-
-def _run_explain(args: argparse.Namespace) -> int:
-    import gswfast as gsw
-
-    device = resolve_device(args.device)
-    model, kind, normalize = load_model(args.model, args.arch, args.weights)
-    model = model.to(device).eval()
-    size = args.size or default_size(args.model, args.arch, kind)
-    preprocess = normaliser(args.normalize, normalize, device)
-    explainer = gsw.Explainer(model, check_method(args.method), preprocess=preprocess,
-                              n_segments=args.segments, channels_last=None)
-    args.out.mkdir(parents=True, exist_ok=True)
-    say = _printer(args.quiet)
-    results = []
-    for index, path in enumerate(args.paths, 1):
-        say(f"[{index}/{len(args.paths)}] {path}")
-        is_video = path.suffix.lower() in _VIDEO_FILES
-        if is_video != (kind == "video") and kind != "any":
-            raise UserError(f"{path}: a {'video' if is_video else 'image'} cannot go through the {kind} model {args.model}")
-        if is_video and args.stream:
-            results.append(_stream_video(model, path, size, args, device, preprocess, say))
-        else:
-            run = _explain_video if is_video else _explain_image
-            results.append(run(explainer, path, size, args, device, say))
-    (args.out / "explanations.json").write_text(json.dumps(results, indent=1))
-    say(f"wrote {args.out}/explanations.json and the pictures beside it")
-    return 0
-
-
-def _explain_image(explainer, path: Path, size: int, args, device, say) -> dict:
-    from gswfast import viz
-    from gswfast.video import MediaError, read_image
-
-    try:
-        image = viz.resize(read_image(path)[None], size).to(device)
-    except MediaError as error:
-        raise UserError(str(error)) from None
-    expl, seconds = _timed(lambda: _call(explainer, image, args.target), device)
-    out = args.out / f"{path.stem}.png"
-    viz.save_png(viz.picture(expl, image, args.top_k, size=448)[0], out)
-    return {"input": str(path), "output": str(out), **_scores(expl, 0), "seconds": seconds}
-
-
-def _explain_video(explainer, path: Path, size: int, args, device, say) -> dict:
-    """Window by window: decode, explain, write the pictures to the MP4; memory holds one
-    window (and the first 64 frames for the GIF preview)."""
-    from gswfast import viz
-    from gswfast.video import MediaError, Mp4Writer, read_video, windows
-
-    stride = args.stride or args.frames
-    if args.frames < 1 or stride < 1:
-        raise UserError("--frames and --stride must be >= 1")
-    out = args.out / f"{path.stem}.mp4"
-    explained, preview = [], []
-    try:
-        frames, fps = read_video(path)
-        with Mp4Writer(out, fps) as movie:
-            for start, clip in windows(frames, args.frames, stride, size):
-                x = clip.to(device)[None]  # [1, 3, T, H, W]
-                expl, seconds = _timed(lambda: _call(explainer, x, args.target), device)
-                explained.append({"first_frame": start, "frames": args.frames, **_scores(expl, 0), "seconds": seconds})
-                shown = viz.picture(expl, x, args.top_k, size=448)[0][:, :stride].cpu()  # frames up to the next window
-                movie.write(shown)
-                if sum(p.shape[1] for p in preview) < 64:
-                    preview.append(shown)
-                say(f"  window at frame {start}: class {explained[-1]['target']}, {seconds * 1e3:.0f} ms")
-    except MediaError as error:
-        raise UserError(str(error)) from None
-    if not explained:
-        out.unlink(missing_ok=True)
-        raise UserError(f"{path}: shorter than one window of --frames {args.frames}")
-    viz.save_gif(torch.cat(preview, 1)[:, :64], args.out / f"{path.stem}.gif", fps)
-    return {"input": str(path), "output": str(out), "fps": fps, "windows": explained}
-
-
-def _stream_video(model, path: Path, size: int, args, device, preprocess, say) -> dict:
-    """``--stream``: frames go through ``StreamExplainer`` one by one (warm-started
-    supervoxels); the MP4 shows each frame once, with the heatmap of the newest window
-    holding it; ``<name>.timeline.jsonl`` gets one JSON line per window as it finishes."""
-    from gswfast import viz
-    from gswfast.video import MediaError, Mp4Writer, StreamExplainer, read_video
-
-    stride = args.stride or 4
-    if args.frames < 1 or stride < 1 or stride > args.frames:
-        raise UserError("--stream needs 1 <= --stride <= --frames")
-    stream = StreamExplainer(model, window=args.frames, stride=stride, method=check_method(args.method),
-                             n_segments=args.segments, device=device, preprocess=preprocess)
-    out, timeline_path, windows = args.out / f"{path.stem}.mp4", args.out / f"{path.stem}.timeline.jsonl", 0
-    try:
-        frames, fps = read_video(path)
-        with Mp4Writer(out, fps) as movie, open(timeline_path, "w") as timeline:
-            for frame in frames:
-                for result in stream.push(viz.resize(frame[None], size)[0].to(device)):
-                    clip = result.clip
-                    fresh = clip.shape[2] if result.index == 0 else stride  # frames not shown yet
-                    movie.write(viz.picture(result.explanation, clip, args.top_k, size=448)[0][:, -fresh:].cpu())
-                    timeline.write(json.dumps(_timeline_entry(result)) + "\n")  # streamed: constant memory
-                    windows += 1
-                    say(f"  window {result.index} (frames {result.first_frame}-{result.last_frame}): "
-                        f"class {result.target}, {result.latency * 1e3:.0f} ms")
-    except MediaError as error:
-        raise UserError(str(error)) from None
-    if not windows:
-        out.unlink(missing_ok=True)
-        timeline_path.unlink(missing_ok=True)
-        raise UserError(f"{path}: shorter than one window of --frames {args.frames}")
-    return {"input": str(path), "output": str(out), "fps": fps, "stride": stride, "windows": windows,
-            "timeline": str(timeline_path)}
-
-
-def _timeline_entry(result) -> dict:
-    return {"window": result.index, "first_frame": result.first_frame, "last_frame": result.last_frame,
-            "target": result.target, "score": round(float(result.logits[result.target]), 6),
-            "latency_ms": round(result.latency * 1e3, 3),
-            "segment_scores": [round(v, 6) for v in result.explanation.segment_scores[0].tolist()]}
-
-
-def _call(explainer, x: torch.Tensor, target: int | None):
-    try:
-        return explainer(x, target)
-    except ValueError as error:
-        if str(error).startswith(("target:", "model:", "layer:")):
-            raise UserError(str(error)) from None
-        raise
-
-
-def _scores(expl, b: int) -> dict:
-    n = int(expl.num_segments[b])
-    return {"target": int(expl.target[b]), "segment_scores": [round(v, 6) for v in expl.segment_scores[b, :n].tolist()],
-            "ranking": expl.ranking()[b, :n].tolist()}
-
-
-# ------------------------------------------------------------------------ models
-
-
-def load_model(spec: str, arch: str | None = None, weights: Path | None = None) -> tuple[torch.nn.Module, str, str]:
-    """The model named by ``spec`` (``torchvision:NAME``, ``demo:NAME`` or a .pt file), its
-    input kind (``image``, ``video`` or ``any``) and its normalisation; ``UserError`` for
-    anything that does not load."""
-    if spec.endswith((".pt", ".pth")) or Path(spec).exists():
-        return _model_file(Path(spec), arch, weights)
-    model, kind, normalize = _named_model(spec)
-    if weights is not None:
-        _load_weights(model, weights, spec)
-    return model, kind, normalize
-
-
-def default_size(spec: str, arch: str | None, kind: str) -> int:
-    """Input side: 64 for the demo models, 112 for video models, 224 for the rest."""
-    if spec.startswith("demo:") or (arch or "").startswith("demo:"):
-        return 64
-    return 112 if kind == "video" else 224
-
-
-def _named_model(spec: str) -> tuple[torch.nn.Module, str, str]:
-    source, _, name = spec.partition(":")
-    if source == "demo":
-        from gswfast.demo.models import ARCHITECTURES, load
-
-        if name not in ARCHITECTURES:
-            raise UserError(f"--model: unknown demo model {name!r} (choose from {sorted(ARCHITECTURES)})")
-        return load(name), "video" if name == "actions" else "image", "none"
-    if source == "torchvision":
-        import torchvision
-
-        video = set(torchvision.models.list_models(module=torchvision.models.video))
-        if name not in torchvision.models.list_models():
-            raise UserError(f"--model: unknown torchvision model {name!r}")
-        model = torchvision.models.get_model(name, weights=None)  # no downloads: pass --weights
-        return model, "video" if name in video else "image", "kinetics" if name in video else "imagenet"
-    raise UserError(f"--model: expected torchvision:NAME, demo:NAME or a .pt file, got {spec!r}")
-
-
-def _model_file(path: Path, arch: str | None, weights: Path | None) -> tuple[torch.nn.Module, str, str]:
-    if not path.is_file():
-        raise UserError(f"--model: {path}: no such file")
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated, and still what users have
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(path), map_location="cpu"), "any", "none"
-    except (RuntimeError, ValueError):
-        pass  # not TorchScript: a state_dict for --arch
-    if arch is None:
-        raise UserError(f"--model: {path} is not TorchScript; give its architecture with --arch")
-    model, kind, normalize = _named_model(arch)
-    _load_weights(model, path, arch)
-    return model, kind, normalize
-
-
-def _load_weights(model: torch.nn.Module, path: Path, name: str) -> None:
-    if not path.is_file():
-        raise UserError(f"--weights: {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and format errors all mean: not a weights file
-        raise UserError(f"--weights: {path}: cannot read it as a state_dict ({type(error).__name__})") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        first = str(error).strip().splitlines()[0:2]
-        raise UserError(f"--weights: {path} does not fit {name}: {' '.join(first)}") from None
-
-
-def normaliser(choice: str, default: str, device: torch.device):
-    """The ``preprocess`` for ``--normalize`` (None for ``none``)."""
-    name = default if choice == "auto" else choice
-    if name == "none":
-        return None
-    mean, std = (torch.tensor(v, device=device).view(1, 3, *([1] * 3)) for v in NORMALISATION[name])
-
-    def normalise(x: torch.Tensor) -> torch.Tensor:
-        shape = (1, 3) + (1,) * (x.dim() - 2)
-        return (x - mean.view(shape)) / std.view(shape)
-
-    return normalise
-
-
-# ------------------------------------------------------------------------ helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; ``UserError`` when it is not there."""
-    import gswfast as gsw
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() and gsw.cuda_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {name!r}") from None
-    if device.type == "cuda" and not (torch.cuda.is_available() and gsw.cuda_available()):
-        raise UserError(f"--device {name}: no CUDA device (or gswfast was built without CUDA kernels)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}")
-    return device
-
-
-def check_method(name: str) -> str:
-    from gswfast.attribution import METHODS
-
-    if name not in METHODS:
-        raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {name!r}")
-    return name
-
-
-def _write_pictures(expl, x: torch.Tensor, out: Path, name: str, k: int) -> list[list[str]]:
-    from gswfast import viz
-    from gswfast.video import write_mp4
-
-    pictures = viz.picture(expl, x, k, size=256).cpu()
+    pictures = render.draw_picture(expl, x, k, size=256).cpu()
     files = []
     for b, picture in enumerate(pictures):
         if picture.dim() == 3:
@@ -432,9 +227,358 @@ def _write_pictures(expl, x: torch.Tensor, out: Path, name: str, k: int) -> list
         else:
             gif, mp4 = out / f"{name}_{b}.gif", out / f"{name}_{b}.mp4"
             viz.save_gif(picture, gif)
-            write_mp4(picture, mp4)
+            viz.save_mp4(picture, mp4)
             files.append([str(gif), str(mp4)])
     return files
+
+
+# ------------------------------------------------------------------------ explain
+
+
+class InputFailed(Exception):
+    """One input could not be explained; the others go on."""
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from gswfast.video import media_kind
+
+    kinds = [media_kind(path) or "image" for path in args.paths]  # other suffixes: Pillow says what they are
+    job = _ExplainJob(args)
+    results: list[dict] = []
+    counts = job.item_counts(args.paths, kinds)
+    try:
+        with job.progress(sum(counts)) as progress:
+            for path, kind, stem, count in zip(args.paths, kinds, _unique_stems(args.paths), counts):
+                before = progress.done
+                try:
+                    results.append(job.explain(path, kind, stem, progress))
+                except InputFailed as failure:
+                    progress.write(f"gswfast: error: {failure}", always=True)
+                    results.append({"input": str(path), "error": str(failure)})
+                progress.set(max(progress.done, before + count))  # a failed input counts as done
+    finally:
+        job.remove_empty_folder()
+    failed = sum("error" in r for r in results)
+    if failed == len(results):
+        return EXIT_USER_ERROR
+    (args.out / "explanations.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    _say(args, f"wrote {args.out}/explanations.json and the pictures beside it"
+               + (f"; {failed} of {len(results)} inputs failed (listed there)" if failed else ""))
+    return EXIT_PARTIAL if failed else 0
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names: each input's stem, with ``-2``, ``-3``... when stems repeat
+    (``a/x.png`` and ``b/x.jpg`` give ``x`` and ``x-2``)."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, n = path.stem, 1
+        while (stem if n == 1 else f"{stem}-{n}").lower() in used:
+            n += 1
+        stem = stem if n == 1 else f"{stem}-{n}"
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
+class _ExplainJob:
+    """The model, its settings and the output folder of one ``gswfast explain`` run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from gswfast.models import default_size, load_model, normaliser, resolve_device
+
+        self.args = args
+        self.device = resolve_device(args.device)
+        self.loaded = load_model(args.model, args.arch, args.weights, seed=args.seed)
+        if self.loaded.random_weights:
+            _say(args, f"gswfast: warning: {self.loaded.name} has random weights (drawn from --seed "
+                       f"{self.loaded.seed}): the explanations show how gswfast works, not what a trained model "
+                       "sees; pass --weights FILE for trained weights")
+        self.model = self.loaded.module.to(self.device)
+        self.size = args.size or default_size(args.model, args.arch, self.loaded.kind)
+        self.preprocess = normaliser(args.normalize, self.loaded.normalisation, self.device)
+        self._explainers: dict[str, Any] = {}
+        self._folder_existed = args.out.exists()
+
+    def item_counts(self, paths: Sequence[Path], kinds: Sequence[str | None]) -> list[int]:
+        """Items per input, for the progress: one per image, one per video window (frame
+        counts from the videos' headers where they have them)."""
+        from gswfast.video import frame_count
+        from gswfast.video.io import window_starts
+
+        counts = []
+        for path, kind in zip(paths, kinds):
+            if kind == "video":
+                stride = self.args.stride or (4 if self.args.stream else self.args.frames)
+                windows = window_starts(frame_count(path), self.args.frames, stride, tail=not self.args.stream)
+                counts.append(max(1, len(windows)))
+            else:
+                counts.append(1)
+        return counts
+
+    def progress(self, total: int):
+        from gswfast.progress import Progress
+
+        return Progress("gswfast explain", total, "item", quiet=self.args.quiet)
+
+    def explain(self, path: Path, kind: str, stem: str, progress) -> dict:
+        self._check_kind(path, kind)
+        if kind == "video" and self.args.stream:
+            return self._stream_video(path, stem, progress)
+        if kind == "video":
+            return self._explain_video(path, stem, progress)
+        return self._explain_image(path, stem, progress)
+
+    def _check_kind(self, path: Path, kind: str) -> None:
+        from gswfast.models import check_video_input
+
+        model_kind = self.loaded.kind
+        if model_kind != "any" and kind != model_kind:
+            raise InputFailed(f"{path}: {'a video' if kind == 'video' else 'an image'} cannot go through the "
+                              f"{model_kind} model {self.args.model}")
+        if kind == "video":
+            check_video_input(self.args.model, self.args.arch, self.args.frames, self.size)
+
+    def explainer(self, kind: str):
+        import gswfast as gsw
+
+        method = _method(self.args, kind)
+        if method not in self._explainers:
+            options = layer_option(self.args.layer, method)
+            self._explainers[method] = gsw.Explainer(self.model, method, preprocess=self.preprocess,
+                                                     n_segments=self.args.segments, channels_last=None, **options)
+        return self._explainers[method]
+
+    def folder(self) -> Path:
+        self.args.out.mkdir(parents=True, exist_ok=True)  # made when the first output is written
+        return self.args.out
+
+    def remove_empty_folder(self) -> None:
+        """No empty output folder left behind when nothing could be written."""
+        out = self.args.out
+        if not self._folder_existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+    def _explain_image(self, path: Path, stem: str, progress) -> dict:
+        from gswfast import render, viz
+        from gswfast.video import MediaError, read_image
+
+        try:
+            original = read_image(path)
+        except MediaError as error:
+            raise InputFailed(str(error)) from None
+        image = render.resize_frames(original[None], self.size).to(self.device)
+        expl, seconds = _timed(lambda: self._call(self.explainer("image"), image, path), self.device)
+        shape = render.picture_shape(*original.shape[-2:], PICTURE_SIDE)
+        out = self.folder() / f"{stem}.png"
+        viz.save_png(render.draw_picture(expl, image, self.args.top_k, shape=shape)[0], out)
+        progress.update()
+        return {"input": str(path), "output": str(out), "method": expl.method, **_scores(expl, 0), "seconds": seconds}
+
+    def _explain_video(self, path: Path, stem: str, progress) -> dict:
+        """Window by window: decode, explain, write the pictures to the MP4; memory holds one
+        window (and the first 64 frames for the GIF preview). The last window is aligned to
+        the end of the video, so every frame is shown once."""
+        from gswfast import render, viz
+        from gswfast.video import MediaError, Mp4Writer, read_video, windows
+
+        explained: list[dict] = []
+        show = _FrameShower()
+        out = self.folder() / f"{stem}.mp4"
+        try:
+            frames, fps = read_video(path)
+            frames, shape = _remember_shape(frames)
+            with Mp4Writer(out, fps) as movie:
+                for start, clip in windows(frames, self.args.frames, self.args.stride or self.args.frames, self.size):
+                    x = clip.to(self.device)[None]  # [1, 3, T, H, W]
+                    expl, seconds = _timed(lambda: self._call(self.explainer("video"), x, path), self.device)
+                    explained.append({"first_frame": start, "frames": self.args.frames, **_scores(expl, 0),
+                                      "seconds": seconds})
+                    picture = render.draw_picture(expl, x, self.args.top_k,
+                                                  shape=render.picture_shape(*shape[0], PICTURE_SIDE))[0].cpu()
+                    show.next_window(movie, start, picture)
+                    progress.update()
+                show.finish(movie)
+        except MediaError as error:
+            out.unlink(missing_ok=True)
+            raise InputFailed(str(error)) from None
+        except InputFailed:
+            out.unlink(missing_ok=True)
+            raise
+        if not explained:
+            out.unlink(missing_ok=True)
+            raise InputFailed(f"{path}: shorter than one window of --frames {self.args.frames}")
+        viz.save_gif(torch.cat(show.preview, 1)[:, :64], self.folder() / f"{stem}.gif", fps)
+        return {"input": str(path), "output": str(out), "fps": fps, "method": _method(self.args, "video"),
+                "windows": explained}
+
+    def _stream_video(self, path: Path, stem: str, progress) -> dict:
+        """``--stream``: frames go through ``StreamExplainer`` one by one (warm-started
+        supervoxels); the MP4 shows each frame once, with the heatmap of the newest window
+        holding it; ``<name>.timeline.jsonl`` gets one JSON line per window as it finishes.
+        Frames after the last full window are not shown (counted in the JSON)."""
+        from gswfast import render
+        from gswfast.video import MediaError, Mp4Writer, StreamExplainer, read_video
+
+        args, stride = self.args, self.args.stride or 4
+        options = layer_option(args.layer, _method(args, "video"))
+        if args.target is not None:
+            options["target"] = args.target  # StreamExplainer(target=) comes with branch api
+        try:
+            stream = StreamExplainer(self.model, window=args.frames, stride=stride, method=_method(args, "video"),
+                                     n_segments=args.segments, device=self.device, preprocess=self.preprocess,
+                                     **options)
+        except (ValueError, TypeError) as error:
+            raise UserError(str(error)) from None
+        folder = self.folder()
+        out, timeline_path, windows, frames_seen = folder / f"{stem}.mp4", folder / f"{stem}.timeline.jsonl", 0, 0
+        try:
+            frames, fps = read_video(path)
+            with Mp4Writer(out, fps) as movie, open(timeline_path, "w") as timeline:
+                for frame in frames:
+                    frames_seen += 1
+                    shape = render.picture_shape(*frame.shape[-2:], PICTURE_SIDE)
+                    x = render.resize_frames(frame[None], self.size)[0].to(self.device)
+                    for result in self._push(stream, x, path):
+                        self._check_target_width(result.logits.shape[-1])
+                        fresh = result.clip.shape[2] if result.index == 0 else stride  # frames not shown yet
+                        picture = render.draw_picture(result.explanation, result.clip, args.top_k, shape=shape)[0]
+                        movie.write(picture[:, -fresh:].cpu())
+                        timeline.write(json.dumps(_timeline_entry(result)) + "\n")  # streamed: constant memory
+                        windows += 1
+                        progress.update()
+        except MediaError as error:
+            raise InputFailed(str(error)) from None
+        finally:
+            stream.close()
+        if not windows:
+            out.unlink(missing_ok=True)
+            timeline_path.unlink(missing_ok=True)
+            raise InputFailed(f"{path}: shorter than one window of --frames {args.frames}")
+        left_out = frames_seen - (args.frames + (windows - 1) * stride)
+        if left_out:
+            progress.write(f"gswfast: note: {path}: its last {left_out} frame(s) come after the last full window "
+                           f"(--stride {stride}); they are not in {out.name}")
+        return {"input": str(path), "output": str(out), "fps": fps, "method": _method(args, "video"), "stride": stride,
+                "windows": windows, "frames_not_explained": left_out, "timeline": str(timeline_path)}
+
+    def _push(self, stream, frame: torch.Tensor, path: Path):
+        try:
+            return stream.push(frame)
+        except (ValueError, RuntimeError) as error:
+            raise self._model_error(error, path, frame) from None
+
+    def _call(self, explainer, x: torch.Tensor, path: Path):
+        try:
+            expl = explainer(x, self.args.target)
+        except (ValueError, RuntimeError) as error:
+            raise self._model_error(error, path, x) from None
+        return expl
+
+    def _check_target_width(self, classes: int) -> None:
+        if self.args.target is not None and self.args.target >= classes:
+            raise UserError(f"--target {self.args.target}: out of range for a model with {classes} outputs")
+
+    def _model_error(self, error: Exception, path: Path, x: torch.Tensor) -> Exception:
+        """Option mistakes (target, layer) stop the run; a model that fails on one input
+        fails that input."""
+        message = str(error).strip()
+        if message.startswith(("target:", "layer:", "method:", "model:")):
+            return UserError(message.replace("pass layer=", "pass --layer NAME"))
+        if isinstance(error, ValueError):
+            raise error  # not a user mistake: a bug, with its traceback
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(error).__name__
+        return InputFailed(f"{path}: the model {self.args.model} failed on an input of shape "
+                           f"{list(x.shape)}: {reason[:300]}")
+
+
+class _FrameShower:
+    """Writes each frame of a video once: a window's frames up to the next window's first
+    frame (the last window's to its end), and keeps the first 64 for the GIF preview."""
+
+    def __init__(self) -> None:
+        self.shown = 0  # frames before this one are in the MP4 (or skipped by --stride)
+        self.pending: tuple[int, torch.Tensor] | None = None  # (first frame, picture [3, T, H, W])
+        self.preview: list[torch.Tensor] = []
+
+    def next_window(self, movie, start: int, picture: torch.Tensor) -> None:
+        if self.pending is not None:
+            self._write(movie, until=start)
+        self.pending = (start, picture)
+
+    def finish(self, movie) -> None:
+        if self.pending is not None:
+            self._write(movie, until=None)
+            self.pending = None
+
+    def _write(self, movie, until: int | None) -> None:
+        start, picture = self.pending
+        first = max(0, self.shown - start)
+        last = picture.shape[1] if until is None else min(picture.shape[1], until - start)
+        if last > first:
+            movie.write(picture[:, first:last])
+            if sum(p.shape[1] for p in self.preview) < 64:
+                self.preview.append(picture[:, first:last])
+        self.shown = max(self.shown, start + last)
+
+
+def _remember_shape(frames: Iterator[torch.Tensor]) -> tuple[Iterator[torch.Tensor], list]:
+    """The frames, and a list that holds the first frame's ``(H, W)`` once it is read."""
+    shape: list = []
+
+    def walk() -> Iterator[torch.Tensor]:
+        for frame in frames:
+            if not shape:
+                shape.append(tuple(frame.shape[-2:]))
+            yield frame
+
+    return walk(), shape
+
+
+def _timeline_entry(result) -> dict:
+    return {"window": result.index, "first_frame": result.first_frame, "last_frame": result.last_frame,
+            "target": result.target, "score": float32_list(result.logits[result.target : result.target + 1])[0],
+            "latency_ms": round(result.latency * 1e3, 3),
+            "segment_scores": float32_list(result.explanation.segment_scores[0])}
+
+
+def _scores(expl, b: int) -> dict:
+    n = int(expl.num_segments[b])
+    return {"target": int(expl.target[b]), "segment_scores": float32_list(expl.segment_scores[b, :n]),
+            "ranking": expl.ranking()[b, :n].tolist()}
+
+
+def float32_list(values: torch.Tensor) -> list[float]:
+    """Python floats that print as the shortest decimals giving back each float32 value
+    exactly (``0.1`` for float32 0.1, no 6-decimal rounding)."""
+    return [float(str(v)) for v in values.detach().float().cpu().numpy().astype(np.float32)]
+
+
+# ------------------------------------------------------------------------ explain-dataset
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    from gswfast.dataset import explain_dataset
+
+    manifest = explain_dataset(
+        args.source, args.out, args.model, arch=args.arch, weights=args.weights, method=args.method,
+        segments=args.segments, size=args.size, normalize=args.normalize, batch_size=args.batch_size,
+        frames=args.frames, stride=args.stride, target=args.target, seed=args.seed, layer=args.layer,
+        pictures=args.pictures, overwrite=args.overwrite, device=args.device, quiet=args.quiet,
+    )
+    if manifest is None:  # not rank 0
+        return 0
+    totals = manifest["totals"]
+    _say(args, f"{totals['done']} items done, {totals['failed']} failed, {totals['missing']} missing "
+               f"({totals['processes']} processes); wrote {args.out}/manifest.json")
+    if totals["done"] == 0 and totals["items"] > 0:
+        return EXIT_USER_ERROR if totals["missing"] == 0 else EXIT_PARTIAL
+    return EXIT_PARTIAL if totals["failed"] or totals["missing"] else 0
+
+
+# ------------------------------------------------------------------------ helpers
 
 
 def _timed(fn, device: torch.device):
@@ -445,10 +589,6 @@ def _timed(fn, device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return out, time.perf_counter() - start
-
-
-def _printer(quiet: bool):
-    return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
 
 
 if __name__ == "__main__":

@@ -3,21 +3,28 @@
 ``explain_dataset(source, out, ...)`` (and ``gswfast explain-dataset``) lists the work
 items of ``source`` (a folder of images/videos, or a text file of paths): one per image,
 one per window of each video. Under ``torchrun`` rank ``r`` of ``W`` takes items
-``r, r + W, r + 2W, ...`` of the sorted list, on ``cuda:LOCAL_RANK`` or the CPU.
+``r, r + W, r + 2W, ...`` of the sorted list, on ``cuda:LOCAL_RANK`` or the CPU (``auto``
+on a build without CUDA kernels). Frame counts come from each video's header where it has
+one; videos without one are counted by one rank each and shared.
 
 Every item's result is written atomically (a temporary file, then a rename) to
-``out/items/<key>.npz`` (or ``<key>.failed.json`` with the reason), so a rerun skips
-finished items and a killed worker loses only the items it had in flight. After a barrier,
-rank 0 writes ``out/manifest.json``, which lists every item exactly once.
+``out/items/<key>.npz`` (or ``<key>.failed.json`` with the reason), with the job's
+settings, so a rerun skips finished items made with the same settings and a killed worker
+loses only the items it had in flight. ``out/settings.json`` records the settings: a rerun
+with others refuses unless ``overwrite``. After a barrier, rank 0 writes
+``out/manifest.json``, which lists every item exactly once. The ranks meet only in
+barriers on a gloo group whose timeout is sized for the job (days), so a rank that
+finishes long before the others waits instead of timing out.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from gswfast.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+import gswfast as gsw
+from gswfast import render, viz
+from gswfast.models import (
+    DEFAULT_METHODS, UserError, check_method, check_video_input, default_size, layer_option, load_model, normaliser,
+    resolve_device,
+)
+from gswfast.progress import Progress
+from gswfast.video.io import (
+    MEDIA_SUFFIXES, MediaError, frame_count, media_kind, read_image, read_video, window_starts, windows,
+)
 
+BARRIER_TIMEOUT = datetime.timedelta(days=7)  # ranks wait for each other however uneven the shards
 
 
 @dataclass(frozen=True)
@@ -42,52 +59,82 @@ class Item:
         return self.start is not None
 
 
-def list_items(source: str | Path, frames: int = 16, stride: int | None = None) -> list[Item]:
-    """The work items of ``source``, in a deterministic order (sorted paths, then windows).
-    A video that cannot be opened becomes one item, which will fail with its reason."""
+def list_items(source: str | Path, frames: int = 16, stride: int | None = None, rank: int = 0, world: int = 1,
+               share=None) -> list[Item]:
+    """The work items of ``source``, in a deterministic order (sorted paths, then windows;
+    the last window of a video is aligned to its end). A video that cannot be opened, or
+    is shorter than a window, becomes one item, which fails with its reason.
+
+    ``rank``/``world``/``share``: under torchrun each rank counts the frames of its share
+    of the videos without a frame count in their header, and ``share`` (all-gather) gives
+    every rank all counts."""
     paths, root = _source_paths(Path(source))
+    kinds = [media_kind(path) or "image" for path in paths]
+    counts = _frame_counts([p for p, k in zip(paths, kinds) if k == "video"], rank, world, share)
     items: list[Item] = []
-    for path in paths:
+    for path, kind in zip(paths, kinds):
         name = _key(path, root)
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
+        if kind != "video":
             items.append(Item(name, path))
             continue
-        count = _frame_count(path)
-        starts = range(0, count - frames + 1, stride or frames) if count >= frames else [0]
+        starts = window_starts(counts[path], frames, stride or frames) or [0]
         items.extend(Item(f"{name}@{start:07d}", path, start) for start in starts)
     return items
 
 
 def explain_dataset(source: str | Path, out: str | Path, model: str = "torchvision:resnet18", *,
-                    arch: str | None = None, weights: Path | None = None, method: str = "integrated_gradients",
+                    arch: str | None = None, weights: Path | None = None, method: str | None = None,
                     segments: int | None = None, size: int | None = None, normalize: str = "auto",
-                    batch_size: int = 16, frames: int = 16, stride: int | None = None, pictures: bool = False,
+                    batch_size: int = 16, frames: int = 16, stride: int | None = None, target: int | None = None,
+                    seed: int = 0, layer: str | None = None, pictures: bool = False, overwrite: bool = False,
                     device: str = "auto", quiet: bool = False, **method_options: Any) -> dict[str, Any] | None:
     """Explains every item of ``source`` into ``out``; returns the manifest on rank 0 (None
-    on the other ranks). See the module docstring."""
-    import gswfast as gsw
-    from gswfast.cli import check_method, default_size, load_model, normaliser, resolve_device
-
-    rank, world, local_rank = _start_distributed()
+    on the other ranks). ``method`` None: integrated gradients for image models, Grad-CAM
+    for video models. See the module docstring."""
+    for name, value in (("batch_size", batch_size), ("frames", frames), ("stride", stride or 1),
+                        ("segments", segments or 1), ("size", size or 1)):
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"--{name.replace('_', '-')}: expected an int >= 1, got {value!r}")
+    rank, world, local_rank, group, started = _start_distributed(device)
     try:
-        target_device = resolve_device(device if device != "auto" or not torch.cuda.is_available() else f"cuda:{local_rank}")
-        net, kind, default_norm = load_model(model, arch, weights)
-        net = net.to(target_device).eval()
-        items = list_items(source, frames, stride)
-        folder = Path(out) / "items"
+        target_device = resolve_device(device, local_rank)
+        loaded = load_model(model, arch, weights, seed=seed)
+        method = check_method(method or DEFAULT_METHODS["video" if loaded.kind == "video" else "image"])
+        options = dict(method_options, **layer_option(layer, method))
+        size = size or default_size(model, arch, loaded.kind)
+        if loaded.kind == "video":
+            check_video_input(model, arch, frames, size)
+        settings = _settings(model=model, arch=arch, weights=str(weights) if weights else None,
+                             seed=seed if loaded.random_weights else None, method=method,
+                             method_options=method_options, layer=layer, segments=segments, size=size,
+                             normalize=normalize, frames=frames, stride=stride or frames, target=target)
+        out = Path(out)
+        _check_settings(out, settings, overwrite)
+        if loaded.random_weights and rank == 0 and not quiet:
+            print(f"gswfast: warning: {loaded.name} has random weights (drawn from --seed {seed}); pass --weights "
+                  "FILE for trained weights", file=sys.stderr)
+        items = list_items(source, frames, stride, rank, world, lambda value: _all_gather(value, world, group))
+        folder = out / "items"
         folder.mkdir(parents=True, exist_ok=True)
-        explainer = gsw.Explainer(net, check_method(method), n_segments=segments,
-                                  preprocess=normaliser(normalize, default_norm, target_device), **method_options)
-        mine = [item for i, item in enumerate(items) if i % world == rank and not _finished(folder, item)]
-        work = _Work(explainer, folder, size or default_size(model, arch, kind), frames, stride or frames,
-                     batch_size, pictures, target_device, _progress(quiet, rank, folder, len(items)))
-        work.run(_refuse_other_kind(mine, kind, model, folder))
-        _barrier(world)
-        manifest = _write_manifest(Path(out), items, world) if rank == 0 else None
-        _barrier(world)
+        _barrier(world, group)  # every rank has checked the old settings before rank 0 records the new ones
+        if rank == 0:
+            _write_json(out / "settings.json", settings)
+        explainer = gsw.Explainer(loaded.module.to(target_device), method, n_segments=segments,
+                                  preprocess=normaliser(normalize, loaded.normalisation, target_device), **options)
+        shard = [item for i, item in enumerate(items) if i % world == rank]
+        mine = [item for item in shard if not _finished(folder, item, settings)]
+        progress = _RankProgress(out, rank, world, len(items), len(shard) - len(mine), quiet)
+        work = _Work(explainer, folder, size, frames, stride or frames, batch_size, pictures, target_device,
+                     target, settings, progress)
+        work.run(_refuse_other_kind(mine, loaded.kind, model, folder))
+        _barrier(world, group)
+        manifest = _write_manifest(out, items, world, settings) if rank == 0 else None
+        progress.finish(manifest)
+        _barrier(world, group)
         return manifest
     finally:
-        _stop_distributed(world)
+        if started:
+            torch.distributed.destroy_process_group()
 
 
 # ------------------------------------------------------------------------ work
@@ -95,31 +142,29 @@ def explain_dataset(source: str | Path, out: str | Path, model: str = "torchvisi
 
 class _Work:
     def __init__(self, explainer, folder: Path, size: int, frames: int, stride: int, batch_size: int,
-                 pictures: bool, device: torch.device, progress: Callable[[], None]) -> None:
+                 pictures: bool, device: torch.device, target: int | None, settings: dict, progress) -> None:
         self.explainer, self.folder, self.size, self.frames, self.stride = explainer, folder, size, frames, stride
         self.batch_size, self.pictures, self.device, self.progress = batch_size, pictures, device, progress
+        self.target, self.settings = target, settings
 
     def run(self, items: Sequence[Item]) -> None:
         images = [item for item in items if not item.is_video]
         for start in range(0, len(images), self.batch_size):
-            self._images(images[start : start + self.batch_size])
-            self.progress()
+            batch = images[start : start + self.batch_size]
+            self._images(batch)
+            self.progress.add(len(batch))
         videos: dict[Path, list[Item]] = {}
         for item in items:
             if item.is_video:
                 videos.setdefault(item.path, []).append(item)
-        for path, windows in videos.items():
-            self._video(path, windows)
-            self.progress()
+        for path, windows_wanted in videos.items():
+            self._video(path, windows_wanted)
 
     def _images(self, batch: Sequence[Item]) -> None:
-        from gswfast import viz
-        from gswfast.video import MediaError, read_image
-
         loaded, pixels = [], []
         for item in batch:
             try:
-                pixels.append(viz.resize(read_image(item.path)[None], self.size)[0])
+                pixels.append(render.resize_frames(read_image(item.path)[None], self.size)[0])
                 loaded.append(item)
             except MediaError as error:
                 _fail(self.folder, item, str(error))
@@ -128,8 +173,6 @@ class _Work:
 
     def _video(self, path: Path, items: Sequence[Item]) -> None:
         """Decodes the video once, explaining this rank's windows as they fill."""
-        from gswfast.video import MediaError, read_video, windows
-
         wanted = {item.start: item for item in items}
         last = max(wanted)
         try:
@@ -137,31 +180,34 @@ class _Work:
             for start, clip in windows(frames, self.frames, self.stride, self.size):
                 if start in wanted:
                     self._explain([wanted.pop(start)], clip[None].to(self.device))
+                    self.progress.add(1)
                 if start >= last:
                     break
         except MediaError as error:
             for item in wanted.values():
                 _fail(self.folder, item, str(error))
+            self.progress.add(len(wanted))
             return
         for item in wanted.values():
             _fail(self.folder, item, f"{path}: fewer frames than a window of {self.frames}")
+        self.progress.add(len(wanted))
 
     def _explain(self, items: Sequence[Item], x: torch.Tensor) -> None:
         begin = time.perf_counter()
         try:
-            expl = self.explainer(x)
+            expl = self.explainer(x, self.target)
         except (ValueError, RuntimeError) as error:
+            if str(error).startswith(("target:", "layer:")):  # the same for every item: stop the job
+                raise UserError(str(error)) from None
             for item in items:
                 _fail(self.folder, item, f"{type(error).__name__}: {error}")
             return
         seconds = (time.perf_counter() - begin) / len(items)
         ranking = expl.ranking()
         for b, item in enumerate(items):
-            _write_result(self.folder, item, expl, ranking, b, seconds)
+            _write_result(self.folder, item, expl, ranking, b, seconds, self.settings)
             if self.pictures:
-                from gswfast import viz
-
-                picture = viz.picture(expl, x, size=448)[b]
+                picture = render.draw_picture(expl, x, size=448)[b]
                 if picture.dim() == 3:
                     viz.save_png(picture, self.folder / f"{item.key}.png")
                 else:
@@ -173,13 +219,15 @@ def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Pat
     kept = []
     for item in items:
         if kind != "any" and item.is_video != (kind == "video"):
-            _fail(folder, item, f"a {'video' if item.is_video else 'image'} cannot go through the {kind} model {model}")
+            what = "a video" if item.is_video else "an image"
+            _fail(folder, item, f"{what} cannot go through the {kind} model {model}")
         else:
             kept.append(item)
     return kept
 
 
-def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int, seconds: float) -> None:
+def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int, seconds: float,
+                  settings: dict) -> None:
     n = int(expl.num_segments[b])
     arrays = {
         "segment_scores": expl.segment_scores[b, :n].cpu().numpy(),
@@ -187,6 +235,7 @@ def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int,
         "labels": expl.labels[b].cpu().numpy().astype(np.int32),
         "target": np.int64(expl.target[b]),
         "seconds": np.float64(seconds),
+        "settings": np.array(json.dumps(settings, sort_keys=True)),
     }
     final = folder / f"{item.key}.npz"
     temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -197,20 +246,48 @@ def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int,
 
 
 def _fail(folder: Path, item: Item, reason: str) -> None:
-    final = folder / f"{item.key}.failed.json"
-    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"item": item.key, "path": str(item.path), "reason": reason}))
-    os.replace(temporary, final)
+    _write_json(folder / f"{item.key}.failed.json", {"item": item.key, "path": str(item.path), "reason": reason})
 
 
-def _finished(folder: Path, item: Item) -> bool:
-    return (folder / f"{item.key}.npz").exists()
+def _finished(folder: Path, item: Item, settings: dict) -> bool:
+    """Done before with the same settings (so skipped)."""
+    return _item_settings(folder / f"{item.key}.npz") == settings
+
+
+def _item_settings(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            return json.loads(str(data["settings"])) if "settings" in data.files else {}
+    except (OSError, ValueError, KeyError):  # a file from elsewhere: not ours to skip
+        return {}
+
+
+def _settings(**values: Any) -> dict[str, Any]:
+    """The settings that make an item's result, as JSON values (recorded and compared)."""
+    return json.loads(json.dumps(values, default=str))
+
+
+def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuses an ``out`` that holds results made with other settings, unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a folder")
+    recorded = out / "settings.json"
+    if overwrite or not recorded.exists():
+        return
+    old = json.loads(recorded.read_text())
+    changed = [f"{key} {old.get(key)!r} -> {settings.get(key)!r}" for key in sorted(set(old) | set(settings))
+               if old.get(key) != settings.get(key)]
+    if changed:
+        raise UserError(f"--out: {out} holds results made with other settings ({'; '.join(changed)}); pass "
+                        "--overwrite to recompute them, or choose another --out")
 
 
 # ------------------------------------------------------------------------ manifest
 
 
-def _write_manifest(out: Path, items: Sequence[Item], world: int) -> dict[str, Any]:
+def _write_manifest(out: Path, items: Sequence[Item], world: int, settings: dict) -> dict[str, Any]:
     folder = out / "items"
     for stale in folder.glob(".*.tmp"):  # left by killed workers; every rank is past the barrier
         stale.unlink(missing_ok=True)
@@ -218,7 +295,7 @@ def _write_manifest(out: Path, items: Sequence[Item], world: int) -> dict[str, A
     for item in items:
         row: dict[str, Any] = {"item": item.key, "path": str(item.path)}
         done, failed = folder / f"{item.key}.npz", folder / f"{item.key}.failed.json"
-        if done.exists():
+        if done.exists() and _item_settings(done) == settings:
             with np.load(done) as data:
                 row.update(status="done", output=str(done), target=int(data["target"]), seconds=float(data["seconds"]))
             seconds += row["seconds"]
@@ -228,24 +305,73 @@ def _write_manifest(out: Path, items: Sequence[Item], world: int) -> dict[str, A
             row.update(status="missing")
         rows.append(row)
     counts = {status: sum(r["status"] == status for r in rows) for status in ("done", "failed", "missing")}
-    manifest = {"items": rows, "totals": {**counts, "items": len(rows), "explain_seconds": seconds, "processes": world}}
-    temporary = out / f".manifest.json.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=1))
-    os.replace(temporary, out / "manifest.json")
+    manifest = {"settings": settings, "items": rows,
+                "totals": {**counts, "items": len(rows), "explain_seconds": seconds, "processes": world}}
+    _write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)
+
+
+# ------------------------------------------------------------------------ progress
+
+
+class _RankProgress:
+    """Rank 0 shows the items finished by every rank. Each rank writes its own count to
+    ``out/.progress/rank<r>`` (one small file, rewritten per batch); rank 0 reads the
+    ``world`` counts, so following the job costs O(ranks) per batch, not a glob of the
+    output. The bar ends at the manifest's count (done + failed) after the last barrier."""
+
+    def __init__(self, out: Path, rank: int, world: int, total: int, skipped: int, quiet: bool) -> None:
+        self.folder, self.rank, self.world = out / ".progress", rank, world
+        self.folder.mkdir(exist_ok=True)
+        self.count = skipped
+        self.bar = Progress("gswfast explain-dataset", total, "item", quiet=quiet) if rank == 0 else None
+        self.add(0)
+
+    def add(self, count: int) -> None:
+        self.count += count
+        if self.world > 1:
+            _write_json(self.folder / f"rank{self.rank}", self.count)
+        if self.bar is not None:
+            self.bar.set(self._everyone())
+
+    def finish(self, manifest: dict | None) -> None:
+        if self.bar is not None and manifest is not None:
+            totals = manifest["totals"]
+            self.bar.set(totals["done"] + totals["failed"])
+            self.bar.close()
+
+    def _everyone(self) -> int:
+        if self.world == 1:
+            return self.count
+        total = 0
+        for r in range(self.world):
+            try:
+                total += self.count if r == self.rank else int((self.folder / f"rank{r}").read_text())
+            except (OSError, ValueError):
+                continue  # not written yet
+        return total
 
 
 # ------------------------------------------------------------------------ helpers
 
 
 def _source_paths(source: Path) -> tuple[list[Path], Path]:
-    from gswfast.cli import UserError
-
     if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
         return paths, source
+    if source.is_file() and source.suffix.lower() in MEDIA_SUFFIXES:  # one image or video
+        return [source], source.parent
     if source.is_file():
-        lines = [line.strip() for line in source.read_text().splitlines()]
+        try:
+            lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError:
+            raise UserError(f"{source}: expected a folder, an image or video, or a text file of paths") from None
         listed = [line for line in lines if line and not line.startswith("#")]
         paths = [Path(line) if Path(line).is_absolute() else source.parent / line for line in listed]
         return paths, source.parent
@@ -260,46 +386,42 @@ def _key(path: Path, root: Path) -> str:
     return str(relative).replace(os.sep, "__")
 
 
-def _frame_count(path: Path) -> int:
-    """Frames of a video, counted from its packets (no decoding); 0 if it cannot be read."""
-    try:
-        import av
+def _frame_counts(videos: Sequence[Path], rank: int, world: int, share) -> dict[Path, int]:
+    """Frames of each video. Each rank counts its share (videos ``rank, rank + world,
+    ...``), from the header where it has a count; ``share`` gathers every rank's counts."""
+    mine = {str(path): frame_count(path) for i, path in enumerate(videos) if i % world == rank}
+    if world > 1 and share is not None:
+        merged: dict[str, int] = {}
+        for part in share(mine):
+            merged.update(part)
+        mine = merged
+    return {path: mine.get(str(path), 0) for path in videos}
 
-        with av.open(str(path)) as container:
-            stream = next(s for s in container.streams if s.type == "video")
-            return sum(1 for packet in container.demux(stream) if packet.size)
-    except Exception:  # unreadable: one item that fails with the reader's message later
-        return 0
 
-
-def _start_distributed() -> tuple[int, int, int]:
+def _start_distributed(device: str) -> tuple[int, int, int, Any, bool]:
+    """(rank, world, local rank, barrier group, whether this call started the process
+    group). The GPU is chosen before the process group
+    starts; the group is gloo (only barriers and small gathers run on it) with a timeout of
+    days, so uneven shards never time out."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world == 1:
+        return rank, world, local_rank, None, False
+    chosen = resolve_device(device, local_rank)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+        return rank, world, local_rank, None, True
+    return rank, world, local_rank, torch.distributed.new_group(backend="gloo", timeout=BARRIER_TIMEOUT), False
 
 
-def _barrier(world: int) -> None:
+def _barrier(world: int, group) -> None:
     if world > 1:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=group)
 
 
-def _stop_distributed(world: int) -> None:
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def _progress(quiet: bool, rank: int, folder: Path, total: int) -> Callable[[], None]:
-    """Rank 0 reports the items finished by every rank (counted in the shared output)."""
-    if quiet or rank != 0:
-        return lambda: None
-
-    def report() -> None:
-        done = sum(1 for _ in folder.glob("*.npz")) + sum(1 for _ in folder.glob("*.failed.json"))
-        print(f"\rgswfast explain-dataset: {done}/{total} items", end="", file=sys.stderr, flush=True)
-
-    return report
-
+def _all_gather(value: Any, world: int, group) -> list[Any]:
+    parts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(parts, value, group=group)
+    return parts

@@ -6,6 +6,7 @@ PyAV (FFmpeg) decodes and encodes video; Pillow reads images. Both load on first
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from torch import Tensor
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+# GIFs are videos when animated (more than one frame), images otherwise.
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES | {".gif"}
 
 
 class MediaError(ValueError):
@@ -28,13 +31,66 @@ def read_image(path: str | Path) -> Tensor:
     path = _existing(path)
     try:
         with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I"):  # 16-bit (or 32-bit) grey: scale, do not clip at 255
+                return _grey_to_rgb8(image)
             rgb = image.convert("RGB")
-            rgb.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise MediaError(f"{path}: cannot read it as an image ({error})") from None
     import numpy as np
 
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+def _grey_to_rgb8(image) -> Tensor:
+    """uint8 ``[3, H, W]`` of a Pillow ``I;16*`` or ``I`` image (16-bit range 0..65535)."""
+    import numpy as np
+
+    values = np.asarray(image).astype(np.float64)
+    grey = torch.from_numpy(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8))
+    return grey.expand(3, *grey.shape).contiguous()
+
+
+def media_kind(path: str | Path) -> str | None:
+    """``"image"``, ``"video"`` or None (not a media suffix), from the suffix; a GIF is a
+    video when it has more than one frame (an unreadable GIF counts as an image, whose
+    reader then says what is wrong)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix == ".gif":
+        return "video" if _gif_frames(Path(path)) > 1 else "image"
+    return None
+
+
+def _gif_frames(path: Path) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except Exception:  # missing or corrupt: the reader reports it
+        return 1
+
+
+def frame_count(path: str | Path) -> int:
+    """Frames of a video: from the container's header when it has the count (MP4, MOV,
+    AVI), else counted from its packets (no decoding); 0 if it cannot be read."""
+    path = Path(path)
+    if path.suffix.lower() == ".gif":
+        return _gif_frames(path) if path.is_file() else 0
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            stream = next(s for s in container.streams if s.type == "video")
+            if stream.frames > 0:
+                return int(stream.frames)
+            return sum(1 for packet in container.demux(stream) if packet.size)
+    except Exception:  # unreadable: the reader reports why when the video is explained
+        return 0
 
 
 def read_video(path: str | Path) -> tuple[Iterator[Tensor], float]:
@@ -62,23 +118,34 @@ def read_video(path: str | Path) -> tuple[Iterator[Tensor], float]:
     return frames(), rate
 
 
+def window_starts(count: int, length: int, stride: int, tail: bool = True) -> list[int]:
+    """First frames of the windows ``windows()`` yields for a video of ``count`` frames:
+    every ``stride`` frames, plus (``tail``) one aligned to the end when the regular windows
+    leave frames after their end. Empty when the video is shorter than one window."""
+    if count < length:
+        return []
+    starts = list(range(0, count - length + 1, stride))
+    if tail and starts[-1] + length < count:
+        starts.append(count - length)
+    return starts
+
+
 def windows(frames: Iterator[Tensor], length: int, stride: int, size: int) -> Iterator[tuple[int, Tensor]]:
     """(first frame index, clip uint8 ``[3, T, size, size]``) for each full window of
-    ``length`` frames every ``stride`` frames, resized; only one window of frames is held."""
-    from gswfast.viz import resize
+    ``length`` frames every ``stride`` frames, resized, and a last window aligned to the end
+    of the video when the regular ones leave frames after their end (so every frame at the
+    end is covered); only one window of frames is held."""
+    from gswfast.render import resize_frames
 
-    buffer: list[Tensor] = []
-    start = 0
-    for frame in frames:
-        buffer.append(resize(frame[None], size)[0])
-        if len(buffer) == length:
-            yield start, torch.stack(buffer, 1)
-            buffer = buffer[stride:] if stride < length else []
-            start += stride
-            if stride > length:  # skip the frames between windows
-                for _ in range(stride - length):
-                    if next(frames, None) is None:
-                        return
+    recent: collections.deque[Tensor] = collections.deque(maxlen=length)
+    start, last_end, index = 0, -1, -1
+    for index, frame in enumerate(frames):
+        recent.append(resize_frames(frame[None], size)[0])
+        if index == start + length - 1:
+            yield start, torch.stack(tuple(recent), 1)
+            last_end, start = index, start + stride
+    if index > last_end and index + 1 >= length:  # the tail: a window ending at the last frame
+        yield index + 1 - length, torch.stack(tuple(recent), 1)
 
 
 class Mp4Writer:

@@ -1,0 +1,283 @@
+"""Models for the command and dataset jobs: loading, normalisation, input sizes, devices.
+
+``load_model(spec)`` builds ``torchvision:NAME`` (classifiers and video classifiers only,
+random weights unless given, never downloaded), ``demo:NAME`` (the shipped demo models) or
+a ``.pt`` file (TorchScript, or a state_dict with ``arch``). Everything the user can get
+wrong raises ``UserError`` with a one-line message naming the option; the command prints it
+as ``gswfast: error: ...`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gswfast._extension import cuda_available
+from gswfast.attribution import METHODS
+from gswfast.demo.models import ARCHITECTURES
+from gswfast.demo.models import load as load_demo
+
+NORMALISATION = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
+}
+# Per input kind: integrated gradients for images; Grad-CAM for video, where integrated
+# gradients cost 32 forward+backward passes of a 3-D CNN per window (48 s on a 2-core CPU
+# for r2plus1d_18, against 1-5 s for Grad-CAM).
+DEFAULT_METHODS = {"image": "integrated_gradients", "video": "gradcam"}
+# What torchvision's video models take, probed with torchvision 0.29 (every other video
+# model runs at 112x112 with 8 or more frames): s3d pools 7x7 (and 2 in time) after its
+# /32 (/8 in time) strides; MViT's position embeddings fix its input at 16 x 224 x 224.
+VIDEO_MIN_INPUTS = {"s3d": (16, 224)}  # (frames, side): at least
+VIDEO_EXACT_INPUTS = {"mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}  # (frames, side): exactly
+# torchvision model families that do not return class scores [B, classes].
+_NOT_CLASSIFIERS = {"detection": "a detection model (it returns boxes, not class scores)",
+                    "segmentation": "a semantic segmentation model (it returns per-pixel maps, not class scores)",
+                    "optical_flow": "an optical flow model (it returns flow fields, not class scores)",
+                    "quantization": "a quantized model (quantized layers have no gradients)"}
+
+
+class UserError(ValueError):
+    """A mistake in the options or the files: reported in one line, exit code 2."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to explain: ``module`` in eval mode on the CPU, its input ``kind``
+    (``image``, ``video`` or ``any`` for TorchScript), its ``normalisation`` name
+    (``imagenet``, ``kinetics`` or ``none``), its ``name`` for messages, and whether its
+    weights are random (``seed`` drew them)."""
+
+    module: torch.nn.Module
+    kind: str
+    normalisation: str
+    name: str
+    random_weights: bool = False
+    seed: int | None = None
+
+    def eval_mode(self) -> LoadedModel:
+        self.module.eval()
+        return self
+
+
+def load_model(spec: str, arch: str | None = None, weights: str | Path | None = None, seed: int = 0) -> LoadedModel:
+    """The model named by ``spec`` (``torchvision:NAME``, ``demo:NAME`` or a .pt file).
+
+    torchvision models get random weights drawn from ``seed`` (the same on every run)
+    unless ``weights`` names a state_dict; nothing is ever downloaded."""
+    if spec.endswith((".pt", ".pth")) or Path(spec).exists():
+        return _model_file(Path(spec), arch, weights, seed)
+    loaded = _named_model(spec, seed, "--model")
+    if weights is not None:
+        _load_weights(loaded.module, Path(weights), spec, "--weights")
+        loaded.random_weights, loaded.seed = False, None
+    return loaded.eval_mode()
+
+
+def model_kind(spec: str) -> str | None:
+    """``image`` or ``video`` for a named model, None for files (known once loaded)."""
+    source, _, name = spec.partition(":")
+    if source == "demo":
+        return "video" if name == "actions" else "image"
+    if source == "torchvision":
+        return "video" if name in _torchvision_names("video") else "image"
+    return None
+
+
+def default_size(spec: str, arch: str | None, kind: str) -> int:
+    """Input side: 64 for the demo models; 112 for video models (224 for s3d and MViT, which
+    need it); 224 for the rest."""
+    if spec.startswith("demo:") or (arch or "").startswith("demo:"):
+        return 64
+    if kind != "video":
+        return 224
+    name = _torchvision_name(spec, arch) or ""
+    return {**VIDEO_MIN_INPUTS, **VIDEO_EXACT_INPUTS}.get(name, (0, 112))[1]
+
+
+def check_video_input(spec: str, arch: str | None, frames: int, size: int) -> None:
+    """``UserError`` when a torchvision video model cannot take ``frames`` x ``size`` x
+    ``size`` clips (found by probing each model; see ``VIDEO_MIN_INPUTS``)."""
+    name = _torchvision_name(spec, arch) or ""
+    if name in VIDEO_EXACT_INPUTS and (frames, size) != VIDEO_EXACT_INPUTS[name]:
+        t, side = VIDEO_EXACT_INPUTS[name]
+        raise UserError(f"--frames {frames} --size {size}: torchvision:{name} takes clips of exactly {t} frames "
+                        f"of {side}x{side} (--frames {t} --size {side})")
+    t, side = VIDEO_MIN_INPUTS.get(name, (1, 1))
+    if frames < t or size < side:
+        raise UserError(f"--frames {frames} --size {size}: too small for torchvision:{name}, which needs at least "
+                        f"{t} frames of {side}x{side} (--frames {t} --size {side})")
+
+
+def normaliser(choice: str, default: str, device: torch.device | str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The ``preprocess`` for ``--normalize`` (None for ``none``); ``auto`` takes ``default``."""
+    name = default if choice == "auto" else choice
+    if name == "none":
+        return None
+    if name not in NORMALISATION:
+        raise UserError(f"--normalize: expected auto, imagenet, kinetics or none, got {choice!r}")
+    mean, std = (torch.tensor(v, device=device) for v in NORMALISATION[name])
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        shape = (1, 3) + (1,) * (x.dim() - 2)
+        return (x - mean.view(shape)) / std.view(shape)
+
+    return normalise
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (``cuda:local_rank`` when the CUDA kernels are built and a GPU is visible,
+    else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``UserError`` when it is not there."""
+    gpu = torch.cuda.is_available() and cuda_available()
+    if name == "auto":
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count())) if gpu else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}")
+    if device.type == "cuda" and not gpu:
+        raise UserError(f"--device {name}: no CUDA device (or gswfast was built without CUDA kernels)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_method(name: str) -> str:
+    """``name`` if it is a method of ``gswfast.explain``, else ``UserError``."""
+    if name not in METHODS:
+        raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {name!r}")
+    return name
+
+
+def layer_option(layer: str | None, method: str) -> dict[str, str]:
+    """``{"layer": layer}`` for Grad-CAM (empty without a layer); ``UserError`` for a layer
+    given to another method."""
+    if layer is None:
+        return {}
+    if method != "gradcam":
+        raise UserError(f"--layer: only --method gradcam uses a layer, and this input's method is {method}")
+    return {"layer": layer}
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _torchvision_names(family: str) -> list[str]:
+    import torchvision
+
+    module = torchvision.models if family == "classification" else getattr(torchvision.models, family)
+    return torchvision.models.list_models(module=module)
+
+
+def _torchvision_name(spec: str, arch: str | None) -> str | None:
+    for text in (spec, arch or ""):
+        source, _, name = text.partition(":")
+        if source == "torchvision":
+            return name
+    return None
+
+
+def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
+    source, _, name = spec.partition(":")
+    if source == "demo":
+        if name not in ARCHITECTURES:
+            raise UserError(f"{flag}: unknown demo model {name!r} (choose from {', '.join(sorted(ARCHITECTURES))})")
+        return LoadedModel(load_demo(name), "video" if name == "actions" else "image", "none", spec)
+    if source == "torchvision":
+        kind = _torchvision_kind(name, flag)
+        with torch.random.fork_rng(devices=[]):  # the same random weights on every run
+            torch.manual_seed(seed)
+            module = _build_torchvision(name)
+        return LoadedModel(module, kind, "kinetics" if kind == "video" else "imagenet", spec, True, seed)
+    raise UserError(f"{flag}: expected torchvision:NAME, demo:NAME or a .pt file, got {spec!r}")
+
+
+def _torchvision_kind(name: str, flag: str) -> str:
+    import torchvision
+
+    if name in _torchvision_names("video"):
+        return "video"
+    if name in _torchvision_names("classification"):
+        return "image"
+    for family, why in _NOT_CLASSIFIERS.items():
+        if name in _torchvision_names(family):
+            raise UserError(f"{flag}: torchvision:{name} is {why}; gswfast explains classifiers "
+                            f"(torchvision's classification and video models)")
+    if name in torchvision.models.list_models():
+        raise UserError(f"{flag}: torchvision:{name} is not a classifier; gswfast explains classifiers")
+    raise UserError(f"{flag}: unknown torchvision model {name!r}")
+
+
+def _build_torchvision(name: str) -> torch.nn.Module:
+    """torchvision's builder with no weights at all (nor backbone weights): no download."""
+    import torchvision
+
+    builder = torchvision.models.get_model_builder(name)
+    options = {"weights": None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        options["weights_backbone"] = None
+    return builder(**options)
+
+
+def _model_file(path: Path, arch: str | None, weights: str | Path | None, seed: int) -> LoadedModel:
+    if not path.is_file():
+        raise UserError(f"--model: {path}: no such file")
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated, and still what users have
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError):
+        module = None  # not TorchScript: a state_dict for --arch
+    if module is not None:
+        if arch is not None or weights is not None:
+            raise UserError(f"--model: {path} is TorchScript, which carries its own architecture and weights; "
+                            "drop --arch and --weights")
+        return LoadedModel(module.eval(), "any", "none", str(path))
+    if arch is None:
+        raise UserError(f"--model: {path} is not TorchScript; give its architecture with --arch")
+    if weights is not None:
+        raise UserError(f"--weights: --model {path} is already the weights file of --arch {arch}; drop --weights")
+    loaded = _named_model(arch, seed, "--arch")
+    _load_weights(loaded.module, path, arch, "--model")
+    loaded.random_weights, loaded.seed, loaded.name = False, None, f"{path} ({arch})"
+    return loaded.eval_mode()
+
+
+def _load_weights(model: torch.nn.Module, path: Path, name: str, flag: str) -> None:
+    if not path.is_file():
+        raise UserError(f"{flag}: {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and format errors all mean: not a weights file
+        raise UserError(f"{flag}: {path}: cannot read it as a state_dict ({type(error).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{flag}: {path}: expected a state_dict, got {type(state).__name__}")
+    problem = weight_mismatch(model, state)
+    if problem:
+        raise UserError(f"{flag}: {path} does not fit {name}: {problem}")
+    model.load_state_dict(state)
+
+
+def weight_mismatch(model: torch.nn.Module, state: dict) -> str:
+    """A short account of how ``state`` does not fit ``model`` ('' when it fits): counts of
+    missing, unexpected and differently shaped tensors, with the first two names of each."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {list(getattr(state[k], 'shape', []))} vs {list(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)]
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes)):
+        if names:
+            more = f", ... ({len(names)} in all)" if len(names) > 2 else ""
+            parts.append(f"{len(names)} tensor(s) {label} ({', '.join(names[:2])}{more})")
+    return "; ".join(parts)
