@@ -97,7 +97,7 @@ def test_missing_extension_messages(tmp_path):
     site = tmp_path / "site" / "gswfast"
     site.mkdir(parents=True)
     (site / "_C.cpython-311-x86_64-linux-gnu.so").touch()
-    shadowed = missing_extension_message(tree / "gswfast", ["", str(tree), str(site.parent)], "no _C")
+    shadowed = missing_extension_message(tree / "gswfast", [str(tree), str(site.parent)], "no _C")
     assert f"shadows the installed gswfast at {site}" in shadowed
     installed_only = missing_extension_message(site, [str(site.parent)], "undefined symbol")
     assert "could not be loaded" in installed_only and "undefined symbol" in installed_only
