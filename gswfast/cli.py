@@ -423,8 +423,7 @@ class _ExplainJob:
 
         args, stride = self.args, self.args.stride or 4
         options = layer_option(args.layer, _method(args, "video"))
-        if args.target is not None:
-            options["target"] = args.target  # StreamExplainer(target=) comes with branch api
+        options["target"] = args.target
         try:
             stream = StreamExplainer(self.model, window=args.frames, stride=stride, method=_method(args, "video"),
                                      n_segments=args.segments, device=self.device, preprocess=self.preprocess,
@@ -467,7 +466,9 @@ class _ExplainJob:
         try:
             return stream.push(frame)
         except (ValueError, RuntimeError) as error:
-            raise self._model_error(error, path, frame) from None
+            # A failed window breaks the stream; what failed is the error's cause.
+            cause = error.__cause__ if isinstance(error.__cause__, (ValueError, RuntimeError)) else error
+            raise self._model_error(cause, path, frame) from None
 
     def _call(self, explainer, x: torch.Tensor, path: Path):
         try:

@@ -325,17 +325,6 @@ def test_target_out_of_range_and_stream_path(files, tmp_path, capsys):
     _one_line_error(capsys, "class 99 is out of range")
 
 
-def _stream_takes_target() -> bool:
-    import inspect
-
-    from gswfast.video import StreamExplainer
-
-    return "target" in inspect.signature(StreamExplainer).parameters
-
-
-# Needs StreamExplainer(target=...) from branch `api` (the CLI passes --target through when
-# given); runs once both branches are merged.
-@pytest.mark.skipif(not _stream_takes_target(), reason="StreamExplainer(target=) comes with branch api")
 def test_stream_explains_the_given_target(files, tmp_path, capsys):
     assert main(["explain", str(files / "action.mp4"), "--model", "demo:actions", "--stream", "--target", "1",
                  "--out", str(tmp_path), "--quiet"]) == 0
