@@ -142,9 +142,9 @@ def slic(
     pixels = d * h * w
     min_size = int(min_size_factor * pixels / seeds) if enforce_connectivity else 0
     max_centers = _max_centers(seeds, pixels, min_size, enforce_connectivity)
-    if validate:
-        _check_finite(images)
     init_centers, init_counts, init_labels = _warm_start(init, images, mode, volume, channels)
+    if validate:
+        _validate_values(images, init_counts)
     outputs = ops.slic_kernel(
         volume, (*steps, *starts, *cells), weights, compactness, lab, max_iter,
         enforce_connectivity, min_size, max_centers, init_centers, init_counts, init_labels, tol,
@@ -317,12 +317,26 @@ def _resolve_convert_lab(convert_lab: bool | None, channels: int) -> bool:
     return bool(convert_lab)
 
 
-def _check_finite(images: Tensor) -> None:
-    if images.dtype == torch.uint8 or torch.compiler.is_compiling():
+def _validate_values(images: Tensor, init_counts: Tensor | None) -> None:
+    """NaN/inf pixels, and warm-start samples without a live cluster (the kernel would put
+    every pixel in cluster 0): one device sync for both."""
+    if torch.compiler.is_compiling():
         return
-    bad = int((~torch.isfinite(images)).sum().item())
-    if bad:
-        raise ValueError(f"images: contain {bad} NaN or infinite value(s); expected finite values in 0..1")
+    checks = []
+    if images.dtype != torch.uint8:
+        checks.append((~torch.isfinite(images)).sum())
+    if init_counts is not None:
+        checks.append((~(init_counts > 0).any(dim=1)).sum())
+    if not checks:
+        return
+    counts = torch.stack(checks).tolist()
+    if images.dtype != torch.uint8 and counts[0]:
+        raise ValueError(f"images: contain {counts[0]} NaN or infinite value(s); expected finite values in 0..1")
+    if init_counts is not None and counts[-1]:
+        raise ValueError(
+            f"init: {counts[-1]} sample(s) have no live cluster (all cluster_counts are 0); "
+            "expected a Segmentation returned by slic"
+        )
 
 
 def _warm_start(init: Segmentation | None, images: Tensor, mode: str, volume: Tensor,

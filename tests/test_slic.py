@@ -3,6 +3,7 @@ determinism, CPU/CUDA parity and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 import gswfast as gsw
+from gswfast import _slic_reference as reference
+from gswfast.segmentation import _seed_grid
 from gswfast.testing import (
     boundary_recall,
     explained_variation,
@@ -314,6 +317,106 @@ def test_cuda_warm_start():
     warm = gsw.slic(image, n_segments=300, init=cold)
     assert int(warm.iterations[0]) <= 3 < int(cold.iterations[0])
     assert (warm.labels == cold.labels).float().mean() > 0.9
+
+
+# ------------------------------------------------------------------------- the twin
+# gswfast._slic_reference restates the kernel's exact stages in plain torch; each backend
+# is compared with it exactly. Features are the float32 channels themselves
+# (convert_lab=False), so the twin sees the very values the kernel sums.
+
+
+def _min_size(shape: tuple[int, int, int], n_segments: int, factor: float, mode: str) -> int:
+    _, _, cells = _seed_grid(shape, n_segments, mode)
+    return int(factor * math.prod(shape) / math.prod(cells))
+
+
+def _blocky_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Quantised noise plus a little jitter: k-means leaves many small components."""
+    g = torch.Generator().manual_seed(seed)
+    image = (torch.rand(shape, generator=g) * 4).round() / 4
+    return image + 0.05 * torch.rand(shape, generator=g)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("case", ("image-0", "image-1", "image-2", "image-3", "volume-0", "volume-1"))
+def test_merge_rounds_and_centres_equal_the_reference(device, case):
+    # The old CPU loop linked roots in ascending order and skipped a root already linked
+    # under a lower one this round, so its partition depended on visiting order (and CUDA's
+    # on thread timing); all six cases differ from the snapshot rule under that loop.
+    kind, seed = case.split("-")
+    shape = (1, 2, 24, 30) if kind == "image" else (1, 2, 4, 16, 18)
+    image = _blocky_noise(shape, int(seed))
+    n_segments, factor = (40, 0.9) if kind == "image" else (30, 0.9)
+    seg = gsw.slic(image.to(device), n_segments=n_segments, compactness=0.05, min_size_factor=factor,
+                   convert_lab=False)
+    volume = image[0].unsqueeze(1) if kind == "image" else image[0]  # features [F, D, H, W]
+    dims = tuple(volume.shape[1:])
+    min_size = _min_size(dims, n_segments, factor, kind)
+    assert min_size > 1
+    components = reference.components(seg.cluster_labels[0].cpu().view(dims))
+    sets = reference.connected_sets(seg.cluster_labels[0].cpu().view(dims), volume, min_size)
+    assert torch.unique(sets).numel() < torch.unique(components).numel()  # merges happened
+    assert reference.same_partition(sets, seg.labels[0].cpu())
+    expected = reference.centers(seg.labels[0].cpu().view(dims), volume, seg.centers.shape[1])
+    assert torch.equal(seg.centers[0].cpu(), expected)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("connectivity", (True, False))
+def test_centres_are_exact_means_for_large_features(device, connectivity):
+    # Feature scales that overflowed CUDA's 32-bit warp sums (RGB in 0..255, a SWAG channel
+    # of 100 * weight) and one past the clamp (+-1e5 -> +-65535). Without connectivity the
+    # centres used to be the k-means centres of the pass before the last labels.
+    g = torch.Generator().manual_seed(5)
+    base, _ = synthetic_regions(48, 64, regions=6, seed=4)
+    image = torch.cat([
+        base * 255,
+        base[:1] * 3000 + torch.rand(1, 48, 64, generator=g),
+        (torch.rand(1, 48, 64, generator=g) - 0.5) * 2e5,
+    ])[None].float()
+    seg = gsw.slic(image.to(device), n_segments=30, compactness=500.0, convert_lab=False,
+                   enforce_connectivity=connectivity)
+    _check_contract(seg, (1, 48, 64))
+    features = image[0].unsqueeze(1)
+    expected = reference.centers(seg.labels[0].cpu().view(1, 48, 64), features, seg.centers.shape[1])
+    assert torch.equal(seg.centers[0].cpu(), expected)
+    # The clamp: the last channel's centres stay within +-65535 (the mean of the clamped values).
+    assert float(seg.centers[0, :, 3 + 4].abs().max()) <= 65535
+    labels = seg.labels[0].cpu().reshape(-1).long()
+    k = int(seg.num_segments[0])
+    exact = torch.zeros(k, 4, dtype=torch.float64).index_add_(0, labels, image[0, :4].reshape(4, -1).T.double())
+    exact /= torch.bincount(labels, minlength=k)[:, None].double()
+    torch.testing.assert_close(seg.centers[0, :k, 3:7].cpu().double(), exact, rtol=1e-6, atol=2**-16)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_more_samples_than_a_cuda_grid_dimension(device):
+    # 65537 samples > 65535, the most blocks gridDim.y takes; each sample as if alone.
+    images = torch.rand(65537, 1, 4, 4, generator=torch.Generator().manual_seed(0)).to(device)
+    seg = gsw.slic(images, n_segments=2, compactness=0.1)
+    assert seg.labels.shape == (65537, 4, 4)
+    for i in (0, 1, 65534, 65535, 65536):
+        single = gsw.slic(images[i:i + 1], n_segments=2, compactness=0.1)
+        assert torch.equal(seg.labels[i], single.labels[0])
+        assert torch.equal(seg.centers[i], single.centers[0])
+        assert int(seg.num_segments[i]) == int(single.num_segments[0])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_warm_start_without_a_live_cluster(device):
+    image = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(1)).to(device)
+    seg = gsw.slic(image, n_segments=12)
+    counts = seg.cluster_counts.clone()
+    counts[1] = 0
+    dead = dataclasses.replace(seg, cluster_counts=counts)
+    with pytest.raises(ValueError, match="init: 1 sample.*no live cluster"):
+        gsw.slic(image, n_segments=12, init=dead)
+    # Unvalidated, both backends give the kernel's rule: every pixel joins cluster 0.
+    out = gsw.slic(image, n_segments=12, init=dead, validate=False)
+    assert bool((out.labels[1] == 0).all()) and int(out.num_segments[1]) == 1
+    assert torch.equal(out.labels[0], gsw.slic(image[:1], n_segments=12, init=dataclasses.replace(
+        seg, cluster_counts=counts[:1], clusters=seg.clusters[:1], cluster_labels=seg.cluster_labels[:1],
+        labels=seg.labels[:1]), validate=False).labels[0])
 
 
 # ------------------------------------------------------------------------- the op

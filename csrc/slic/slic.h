@@ -11,9 +11,10 @@
 //
 // * image: uint8 (0..255) or float16/bfloat16/float32/float64 (0..1), contiguous, finite
 //   (the Python layer checks). N samples are segmented independently: images are D = 1
-//   volumes; per-frame clips arrive as N = B * T samples.
+//   volumes; per-frame clips arrive as N = B * T samples. Any N: calls of 2^31 pixels or
+//   more run in groups of samples (slic_in_chunks); one sample has fewer than 2^31 pixels.
 // * Features F: CIELAB (F = 3) when convert_lab (C must be 3), else the C channels scaled
-//   to 0..1. Distance of pixel p to cluster k, as in scikit-image's slic:
+//   to 0..1 (uint8) or as given (floats), then clamped to +-kMaxFeature. Distance of pixel p to cluster k, as in scikit-image's slic:
 //       d = |f_p - f_k|^2 / compactness^2 + sum_dim weight[dim] * (p_dim - k_dim)^2
 //   with weight = spacing^2 / S^2 and S the largest grid step.
 // * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x):
@@ -25,21 +26,29 @@
 //   3 x 3 (x 3) cells (of size step) around their pixel: the same rule, for any centres.
 // * Cold start (no init): one cluster per cell, seeded at the grid point moved to the
 //   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012).
-//   Warm start: the k-means state of a previous call (centres, live flags, labels).
+//   Warm start: the k-means state of a previous call (centres, live flags, labels). A
+//   sample with no live cluster is not an error: no pixel is claimed and every pixel joins
+//   cluster 0 (one segment); the Python layer raises ValueError for it when validating.
 // * Iterations: assign, then recompute centres; a sample stops once at most tol * P pixels
 //   changed cluster in a pass. iterations[n] counts its assignment passes. Pixels still
 //   unassigned at the end join the live cluster with the nearest centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
-//   union-find (root = lowest pixel index). Components smaller than min_size repeatedly
-//   join the adjacent set with the nearest mean feature (ties: lower root), at most
-//   kMergeRounds rounds. Without connectivity each non-empty cluster is one segment.
+//   union-find (root = lowest pixel index). Then merge rounds, at most kMergeRounds, until
+//   no set is smaller than min_size or nothing merges. A round decides every choice from
+//   its snapshot (sets, sizes, mean features in fixed point): each set smaller than
+//   min_size picks the adjacent set with the nearest mean feature (squared distance in
+//   float, one rounding per product and sum; ties: lower root); then all picked pairs are
+//   united (root = lowest pixel). The partition depends on no visiting order or thread
+//   timing. Without connectivity each non-empty cluster is one segment.
 // * Ids 0..n-1 (n = num_segments[n]), stable: a set takes the cluster of its largest
 //   original component; the set holding the largest component of cluster k is k's main
 //   segment and gets id k when k < n. The ids below n left free go, ascending, to the other
 //   sets (raster order of their root), then to the mains of clusters k >= n.
-// * centers: mean (z, y, x, features) of each segment; rows >= num_segments are zero and
-//   a segment with id >= max_centers has no row. Sums are exact (integer coordinates,
-//   features in 2^-16 fixed point), so equal labels give equal centres on both backends.
+// * centers: mean (z, y, x, features) of each segment of the final labels, with or without
+//   connectivity; rows >= num_segments are zero and a segment with id >= max_centers has
+//   no row. Sums are exact (integer coordinates, features in 2^-16 fixed point, int64:
+//   clamped features keep them in range), so equal labels give equal centres on both
+//   backends. gswfast/_slic_reference.py is the plain-torch twin of the exact stages.
 // * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
 //   CUDA uses no floating-point atomics (integer atomics only).
 #pragma once
@@ -61,6 +70,9 @@ namespace slic {
 
 constexpr int kMergeRounds = 16;
 constexpr double kFixedScale = 65536.0;  // features are summed in 2^-16 fixed point
+// Features are clamped to +-kMaxFeature when computed, on both backends: a fixed-point
+// value then stays below 2^32 in magnitude, so sums over up to 2^31 pixels fit int64.
+constexpr float kMaxFeature = 65535.f;
 
 struct Geometry {
   int64_t N;            // samples
@@ -137,6 +149,11 @@ GSW_HD void linear_rgb_to_lab(float r, float g, float b, float* L, float* A, flo
   *L = 116.f * fy - 16.f;
   *A = 500.f * (fx - fy);
   *B = 200.f * (fy - fz);
+}
+
+// Comparisons rather than fminf/fmaxf: the same on both backends, and it vectorises.
+GSW_HD float clamp_feature(float v) {
+  return v < -kMaxFeature ? -kMaxFeature : (v > kMaxFeature ? kMaxFeature : v);
 }
 
 // Feature value in 2^-16 fixed point, rounded half away from zero. Integer sums of these
@@ -234,6 +251,23 @@ GSW_HD uint32_t unpack_size_root(uint64_t key) { return 0xFFFFFFFFu - static_cas
 #if !defined(__CUDACC__)
 using SlicOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                at::Tensor, at::Tensor>;
+using SlicFn = SlicOutputs (*)(const at::Tensor&, const std::optional<at::Tensor>&,
+                               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                               at::IntArrayRef, at::ArrayRef<double>, double, bool, int64_t,
+                               double, bool, int64_t, int64_t);
+
+// Pixels per kernel call: every root-indexed array uses int32 indices n * P + p.
+constexpr int64_t kMaxPixels = int64_t{1} << 31;
+
+// Runs fn on consecutive groups of samples of fewer than kMaxPixels pixels each and
+// concatenates the outputs (samples are independent): both backends take any N.
+SlicOutputs slic_in_chunks(SlicFn fn, const at::Tensor& image,
+                           const std::optional<at::Tensor>& init_centers,
+                           const std::optional<at::Tensor>& init_counts,
+                           const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                           at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                           int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                           int64_t max_centers);
 
 SlicOutputs slic_cpu(
     const at::Tensor& image, const std::optional<at::Tensor>& init_centers,

@@ -38,8 +38,13 @@ void check(cudaError_t err, const char* what) {
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// Grid of (pixel blocks, samples): every warp belongs to one sample.
-dim3 pixel_grid(const Geometry& g) { return dim3(blocks_for(g.P), static_cast<unsigned>(g.N)); }
+// Grid of (pixel blocks, sample slots): every block belongs to one sample at a time, and
+// the kernels loop over samples blockIdx.y, blockIdx.y + gridDim.y, ... (gridDim.y is at
+// most 65535).
+constexpr int64_t kMaxGridY = 65535;
+dim3 pixel_grid(const Geometry& g) {
+  return dim3(blocks_for(g.P), static_cast<unsigned>(g.N < kMaxGridY ? g.N : kMaxGridY));
+}
 
 __device__ __forceinline__ void pixel_coords(const Geometry& g, int64_t p, int32_t* z, int32_t* y,
                                              int32_t* x) {
@@ -66,20 +71,40 @@ __device__ __forceinline__ void atomic_add_i64(int64_t* address, int64_t v) {
   atomicAdd(reinterpret_cast<unsigned long long*>(address), static_cast<unsigned long long>(v));
 }
 
-// Adds `value` of every lane into slot[key]: lanes with equal keys first sum in the warp,
-// then one lane per key adds atomically. Integer sums: any order gives the same result.
-// Must be called by all 32 lanes; key < 0 contributes nothing.
-__device__ __forceinline__ void warp_add(int64_t* slot, int64_t key, int32_t value, int32_t stride,
-                                         int32_t column) {
-  const unsigned group = __match_any_sync(0xFFFFFFFFu, key);
-  const int32_t sum = group_sum(group, value);
-  const int lane = threadIdx.x & 31;
-  if (key >= 0 && lane == __ffs(group) - 1) atomic_add_i64(slot + key * stride + column, sum);
+// Sum of a 64-bit v over the lanes of `group`, exact for |v| < 2^42 (fixed-point features
+// stay below 2^32, coordinates below 2^31): v = hi * 2^16 + lo with 0 <= lo < 2^16, and
+// each half is summed in 32 bits without overflow over 32 lanes.
+__device__ __forceinline__ int64_t group_sum64(unsigned group, int64_t v) {
+  const int32_t hi = static_cast<int32_t>(v >> 16);
+  const int32_t lo = static_cast<int32_t>(v & 0xFFFF);
+  return static_cast<int64_t>(group_sum(group, hi)) * 65536 + group_sum(group, lo);
 }
 
-__device__ __forceinline__ int32_t clamp_fixed(float v) {
-  const float c = fminf(fmaxf(v, -32767.f), 32767.f);  // keeps warp sums within int32
-  return static_cast<int32_t>(to_fixed(c));
+// Warp-aggregated integer sums into the rows of a table: lanes with equal keys are one
+// group (found once per pixel), each group sums its values in the warp and its first lane
+// adds them atomically. Integer sums: any order gives the same result. Built by all 32
+// lanes; key < 0 contributes nothing.
+struct WarpRow {
+  unsigned group;
+  bool leader;
+  int64_t* row;  // slot + key * stride, or null
+  // All lanes call add for the same columns in the same order.
+  __device__ __forceinline__ void add(int32_t column, int64_t value) const {
+    const int64_t sum = group_sum64(group, value);
+    if (leader) atomic_add_i64(row + column, sum);
+  }
+  __device__ __forceinline__ void add_count(int32_t column) const {
+    const int32_t sum = group_sum(group, 1);
+    if (leader) atomic_add_i64(row + column, sum);
+  }
+};
+
+__device__ __forceinline__ WarpRow warp_row(int64_t* slot, int64_t key, int32_t stride) {
+  WarpRow r;
+  r.group = __match_any_sync(0xFFFFFFFFu, key);
+  r.leader = key >= 0 && static_cast<int>(threadIdx.x & 31) == __ffs(r.group) - 1;
+  r.row = key >= 0 ? slot + key * stride : nullptr;
+  return r;
 }
 
 // ------------------------------------------------------------------------- features
@@ -108,11 +133,11 @@ __global__ void features_kernel(Geometry g, const T* __restrict__ image, float* 
     float L, A, B;
     linear_rgb_to_lab(srgb_to_linear(unit_value(src[0])), srgb_to_linear(unit_value(src[g.P])),
                       srgb_to_linear(unit_value(src[2 * g.P])), &L, &A, &B);
-    dst[0] = L;
-    dst[g.P] = A;
-    dst[2 * g.P] = B;
+    dst[0] = clamp_feature(L);
+    dst[g.P] = clamp_feature(A);
+    dst[2 * g.P] = clamp_feature(B);
   } else {
-    for (int32_t c = 0; c < g.C; ++c) dst[c * g.P] = unit_value(src[c * g.P]);
+    for (int32_t c = 0; c < g.C; ++c) dst[c * g.P] = clamp_feature(unit_value(src[c * g.P]));
   }
 }
 
@@ -183,10 +208,11 @@ __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* cou
 
 constexpr int kCachedFeatures = 8;
 
-__global__ void assign_kernel(Geometry g, const float* __restrict__ features,
-                              const float* __restrict__ clusters, const int32_t* cell_start,
-                              const int32_t* cell_items, int32_t* state, int32_t* labels) {
-  const int64_t n = blockIdx.y;
+__device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
+                                              const float* __restrict__ features,
+                                              const float* __restrict__ clusters,
+                                              const int32_t* cell_start, const int32_t* cell_items,
+                                              int32_t* state, int32_t* labels) {
   if (state[n * 4 + kDone]) return;  // the whole block belongs to sample n
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   int changed = 0;
@@ -241,6 +267,14 @@ __global__ void assign_kernel(Geometry g, const float* __restrict__ features,
   if (threadIdx.x == 0 && block_changed) atomicAdd(&state[n * 4 + kChanged], block_changed);
 }
 
+__global__ void assign_kernel(Geometry g, const float* __restrict__ features,
+                              const float* __restrict__ clusters, const int32_t* cell_start,
+                              const int32_t* cell_items, int32_t* state, int32_t* labels) {
+  for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
+    assign_sample(n, g, features, clusters, cell_start, cell_items, state, labels);
+  }
+}
+
 // Per sample, after an assignment: count the pass and stop once converged.
 __global__ void step_kernel(Geometry g, int32_t* state, int32_t* iterations) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -260,10 +294,11 @@ __global__ void zero_sums_kernel(Geometry g, const int32_t* state, int64_t* sums
 }
 
 // sums[n, label, :] += (1, z, y, x, fixed features) over the sample's pixels.
-__global__ void accumulate_kernel(Geometry g, const float* __restrict__ features,
-                                  const int32_t* __restrict__ labels, const int32_t* state,
-                                  bool skip_done, int32_t rows, int64_t* sums) {
-  const int64_t n = blockIdx.y;
+__device__ __forceinline__ void accumulate_sample(int64_t n, const Geometry& g,
+                                                  const float* __restrict__ features,
+                                                  const int32_t* __restrict__ labels,
+                                                  const int32_t* state, bool skip_done,
+                                                  int32_t rows, int64_t* sums) {
   if (skip_done && state[n * 4 + kDone]) return;
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   int64_t key = -1;
@@ -273,14 +308,21 @@ __global__ void accumulate_kernel(Geometry g, const float* __restrict__ features
     if (l >= 0 && l < rows) key = n * rows + l;
     pixel_coords(g, p, &z, &y, &x);
   }
-  const int32_t S = 4 + g.F;
-  warp_add(sums, key, 1, S, 0);
-  warp_add(sums, key, z, S, 1);
-  warp_add(sums, key, y, S, 2);
-  warp_add(sums, key, x, S, 3);
+  const WarpRow row = warp_row(sums, key, 4 + g.F);
+  row.add_count(0);
+  row.add(1, z);
+  row.add(2, y);
+  row.add(3, x);
   for (int32_t f = 0; f < g.F; ++f) {
-    const int32_t v = p < g.P ? clamp_fixed(features[(n * g.F + f) * g.P + p]) : 0;
-    warp_add(sums, key, v, S, 4 + f);
+    row.add(4 + f, p < g.P ? to_fixed(features[(n * g.F + f) * g.P + p]) : 0);
+  }
+}
+
+__global__ void accumulate_kernel(Geometry g, const float* __restrict__ features,
+                                  const int32_t* __restrict__ labels, const int32_t* state,
+                                  bool skip_done, int32_t rows, int64_t* sums) {
+  for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
+    accumulate_sample(n, g, features, labels, state, skip_done, rows, sums);
   }
 }
 
@@ -358,16 +400,22 @@ __global__ void compress_kernel(Geometry g, const int32_t* state, bool only_merg
 }
 
 // Size and fixed-point feature sums of every component, by root.
-__global__ void component_stats_kernel(Geometry g, const float* __restrict__ features,
-                                       const int32_t* parent, int64_t* stats) {
-  const int64_t n = blockIdx.y;
+__device__ __forceinline__ void component_stats_sample(int64_t n, const Geometry& g,
+                                                       const float* __restrict__ features,
+                                                       const int32_t* parent, int64_t* stats) {
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t key = p < g.P ? parent[n * g.P + p] : -1;
-  const int32_t S = 1 + g.F;
-  warp_add(stats, key, 1, S, 0);
+  const WarpRow row = warp_row(stats, key, 1 + g.F);
+  row.add_count(0);
   for (int32_t f = 0; f < g.F; ++f) {
-    const int32_t v = p < g.P ? clamp_fixed(features[(n * g.F + f) * g.P + p]) : 0;
-    warp_add(stats, key, v, S, 1 + f);
+    row.add(1 + f, p < g.P ? to_fixed(features[(n * g.F + f) * g.P + p]) : 0);
+  }
+}
+
+__global__ void component_stats_kernel(Geometry g, const float* __restrict__ features,
+                                       const int32_t* parent, int64_t* stats) {
+  for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
+    component_stats_sample(n, g, features, parent, stats);
   }
 }
 
@@ -429,12 +477,16 @@ __global__ void merge_edges_kernel(Geometry g, const int32_t* parent, const int6
   }
 }
 
+// Links every small set of the round's snapshot to its choice. Whether i is a set is read
+// from was_root (the roots at the start of the round), never from parent, which other
+// threads' merge_sets change during this kernel: the links made, and so the partition, do
+// not depend on thread timing (the CPU's rule, slic.h).
 __global__ void merge_link_kernel(Geometry g, const int64_t* stats, const uint64_t* best,
-                                  int32_t* state, int32_t* parent) {
+                                  const uint8_t* was_root, int32_t* state, int32_t* parent) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
   const int64_t n = i / g.P;
-  if (!state[n * 4 + kMerging] || parent[i] != i) return;
+  if (!state[n * 4 + kMerging] || !was_root[i]) return;
   if (stats[i * (1 + g.F)] >= g.min_size || best[i] == ~0ull) return;
   const int64_t target = n * g.P + static_cast<int64_t>(best[i] & 0xFFFFFFFFull);
   merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(target));
@@ -554,18 +606,6 @@ __global__ void centers_kernel(Geometry g, const int64_t* sums, float* out) {
   for (int32_t f = 0; f < g.F; ++f) o[3 + f] = fixed_mean(s[4 + f], s[0]);
 }
 
-// Without connectivity a segment's centre is its cluster's (as on the CPU).
-__global__ void copy_cluster_centers_kernel(Geometry g, const float* clusters,
-                                            const int32_t* id_of_cluster, float* out) {
-  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.K) return;
-  const int32_t id = id_of_cluster[i];
-  if (id < 0 || id >= g.max_centers) return;
-  const int32_t R = 3 + g.F;
-  const int64_t n = i / g.K;
-  for (int32_t j = 0; j < R; ++j) out[(n * g.max_centers + id) * R + j] = clusters[i * R + j];
-}
-
 template <typename T>
 void launch_features(const Geometry& g, const Buffers& b, cudaStream_t stream) {
   features_kernel<T><<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(
@@ -634,7 +674,8 @@ void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr)
     for (int32_t round = 0; round < kMergeRounds; ++round) {
       reset_best_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.best);
       merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.state, b.best);
-      merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.state, b.parent);
+      merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.was_root, b.state,
+                                                                 b.parent);
       compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, true, b.parent);
       merge_fold_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.was_root, b.stats);
       merge_step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state);
@@ -664,17 +705,13 @@ void launch_finish(const Geometry& g, const Buffers& b, void* stream_ptr) {
   relabel_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.final_id, b.id_of_cluster,
                                                         g.connectivity, b.labels);
   check(cudaGetLastError(), "ids");
-  if (g.connectivity) {
-    const int32_t S = 4 + g.F;
-    zero_sums_kernel<<<blocks_for(g.N * g.max_centers * S), kThreads, 0, stream>>>(
-        g, b.state, b.sums, g.max_centers, false);
-    accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, false,
-                                                              g.max_centers, b.sums);
-    centers_kernel<<<blocks_for(g.N * g.max_centers), kThreads, 0, stream>>>(g, b.sums, b.out_centers);
-  } else {
-    copy_cluster_centers_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(
-        g, b.clusters, b.id_of_cluster, b.out_centers);
-  }
+  // Centres: exact means of the final labels, with or without connectivity.
+  const int32_t S = 4 + g.F;
+  zero_sums_kernel<<<blocks_for(g.N * g.max_centers * S), kThreads, 0, stream>>>(
+      g, b.state, b.sums, g.max_centers, false);
+  accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, false,
+                                                            g.max_centers, b.sums);
+  centers_kernel<<<blocks_for(g.N * g.max_centers), kThreads, 0, stream>>>(g, b.sums, b.out_centers);
   check(cudaGetLastError(), "centres");
 }
 

@@ -1,0 +1,166 @@
+"""Plain-torch twin of the SLIC kernel's exact stages (csrc/slic/slic.h states the rules).
+
+Tests compare the CPU kernel with these functions exactly (``torch.equal``), and the
+CUDA-marked tests compare the CUDA kernel with the same functions, so both backends are
+held to one written-down rule rather than to each other. It lives in the library, beside
+the wrapper it mirrors (as gsplat's ``_torch_impl``), so that a GPU machine, a notebook or
+a later kernel can use it without the test tree. Slow (Python loops over merge rounds,
+label propagation): meant for small inputs.
+
+Every stage here is exact where the kernels are exact: features in 2^-16 fixed point
+(``to_fixed``), integer sums, means divided in float64 and rounded once to float32, and
+merge distances in float32 with one rounding per multiply and per add (no fused
+multiply-add), which the kernels use too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FIXED_SCALE = 65536.0  # kFixedScale
+MAX_FEATURE = 65535.0  # kMaxFeature: features are clamped to +-this before anything else
+MERGE_ROUNDS = 16  # kMergeRounds
+
+
+def clamp_features(features: Tensor) -> Tensor:
+    """float32 features clamped to ``[-MAX_FEATURE, MAX_FEATURE]`` (slic.h, clamp_feature)."""
+    return features.float().clamp(-MAX_FEATURE, MAX_FEATURE)
+
+
+def to_fixed(features: Tensor) -> Tensor:
+    """float32 -> int64 in 2^-16 fixed point, rounded half away from zero (slic.h, to_fixed)."""
+    s = features.float().double() * FIXED_SCALE
+    return (s + torch.copysign(torch.full_like(s, 0.5), s)).trunc().long()
+
+
+def fixed_mean(sums: Tensor, counts: Tensor) -> Tensor:
+    """float32 mean of fixed-point sums: one float64 quotient, rounded once (slic.h, fixed_mean)."""
+    return (sums.double() / counts.double() / FIXED_SCALE).float()
+
+
+def _coordinates(shape: tuple[int, int, int]) -> Tensor:
+    d, h, w = shape
+    z, y, x = torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([z.reshape(-1), y.reshape(-1), x.reshape(-1)], dim=1)  # [P, 3] int64
+
+
+def segment_sums(labels: Tensor, features: Tensor, rows: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact integer sums by label: counts [rows], coordinate sums [rows, 3] and fixed-point
+    feature sums [rows, F] (int64). labels [D, H, W] (ids < rows), features [F, D, H, W]."""
+    shape = tuple(labels.shape)
+    flat = labels.reshape(-1).long()
+    fixed = to_fixed(clamp_features(features).reshape(features.shape[0], -1)).T  # [P, F]
+    counts = torch.zeros(rows, dtype=torch.int64).index_add_(0, flat, torch.ones_like(flat))
+    coords = torch.zeros(rows, 3, dtype=torch.int64).index_add_(0, flat, _coordinates(shape))
+    sums = torch.zeros(rows, fixed.shape[1], dtype=torch.int64).index_add_(0, flat, fixed)
+    return counts, coords, sums
+
+
+def centers(labels: Tensor, features: Tensor, rows: int) -> Tensor:
+    """Centre rows (z, y, x, features) of labels 0..rows-1 as the kernel writes them: the
+    exact means of the labelled pixels (coordinates as float64 quotients, features from
+    fixed-point sums), rounded once to float32; empty rows are zero. float32 [rows, 3 + F]."""
+    counts, coords, sums = segment_sums(labels, features, rows)
+    out = torch.zeros(rows, 3 + sums.shape[1], dtype=torch.float32)
+    live = counts > 0
+    out[live, :3] = (coords[live].double() / counts[live, None].double()).float()
+    out[live, 3:] = fixed_mean(sums[live], counts[live, None])
+    return out
+
+
+def _neighbour_pairs(shape: tuple[int, int, int]) -> Tensor:
+    """All 4-connected (6 in volumes) pixel pairs (p, q), q the earlier one in raster order."""
+    d, h, w = shape
+    index = torch.arange(d * h * w).reshape(d, h, w)
+    pairs = [
+        torch.stack([index[:, :, 1:].reshape(-1), index[:, :, :-1].reshape(-1)], 1),
+        torch.stack([index[:, 1:, :].reshape(-1), index[:, :-1, :].reshape(-1)], 1),
+        torch.stack([index[1:].reshape(-1), index[:-1].reshape(-1)], 1),
+    ]
+    return torch.cat(pairs)
+
+
+def _components_of_graph(nodes: int, pairs: Tensor) -> Tensor:
+    """Root (lowest node) of every node's connected component in the graph ``pairs``."""
+    root = torch.arange(nodes)
+    if pairs.numel() == 0:
+        return root
+    a, b = pairs[:, 0], pairs[:, 1]
+    while True:
+        low = torch.minimum(root[a], root[b])
+        new = root.clone().scatter_reduce_(0, a, low, "amin").scatter_reduce_(0, b, low, "amin")
+        new = new[new]  # pointer jumping: new[p] <= p lies in p's component
+        if torch.equal(new, root):
+            return root
+        root = new
+
+
+def components(cluster_labels: Tensor) -> Tensor:
+    """Connected components of a cluster map [D, H, W]: each pixel's root (lowest pixel
+    index of its component), int64 [P]."""
+    shape = tuple(cluster_labels.shape)
+    flat = cluster_labels.reshape(-1)
+    pairs = _neighbour_pairs(shape)
+    same = flat[pairs[:, 0]] == flat[pairs[:, 1]]
+    return _components_of_graph(flat.numel(), pairs[same])
+
+
+def merge_round(sets: Tensor, shape: tuple[int, int, int], fixed: Tensor, min_size: int) -> tuple[Tensor, bool]:
+    """One round of the small-segment merge (slic.h, Connectivity).
+
+    sets: int64 [P], each pixel's set, named by its root (lowest pixel); fixed: int64
+    [P, F] fixed-point features. From a snapshot of the round (sizes, mean features), every
+    set smaller than ``min_size`` picks the adjacent set with the nearest mean feature
+    (squared distance in float32, ties to the lower root); then all the picked pairs are
+    united at once, each new set named by its lowest pixel. Returns the new sets and
+    whether anything merged."""
+    P = sets.numel()
+    size = torch.zeros(P, dtype=torch.int64).index_add_(0, sets, torch.ones_like(sets))
+    sums = torch.zeros(P, fixed.shape[1], dtype=torch.int64).index_add_(0, sets, fixed)
+    mean = fixed_mean(sums, size.clamp(min=1)[:, None])
+    pairs = _neighbour_pairs(shape)
+    a, b = sets[pairs[:, 0]], sets[pairs[:, 1]]
+    differ = a != b
+    a, b = torch.cat([a[differ], b[differ]]), torch.cat([b[differ], a[differ]])
+    small = size[a] < min_size
+    a, b = a[small], b[small]
+    if a.numel() == 0:
+        return sets, False
+    t = mean[a] - mean[b]
+    distance = torch.zeros(a.numel(), dtype=torch.float32)
+    for f in range(t.shape[1]):  # one rounding per product and per sum, in feature order
+        distance = distance + t[:, f] * t[:, f]
+    key = (distance.view(torch.int32).long() << 32) | b
+    best = torch.full((P,), torch.iinfo(torch.int64).max, dtype=torch.int64).scatter_reduce_(0, a, key, "amin")
+    chooser = torch.unique(a)
+    chosen = best[chooser] & 0xFFFFFFFF
+    root = _components_of_graph(P, torch.stack([chooser, chosen], 1))
+    return root[sets], True
+
+
+def merge_small(sets: Tensor, shape: tuple[int, int, int], features: Tensor, min_size: int) -> Tensor:
+    """Merge rounds until no set is smaller than ``min_size``, nothing merges, or
+    ``MERGE_ROUNDS`` rounds ran. features: [F, D, H, W]. Returns the final sets [P]."""
+    if min_size <= 1:
+        return sets
+    fixed = to_fixed(clamp_features(features).reshape(features.shape[0], -1)).T
+    for _ in range(MERGE_ROUNDS):
+        sets, merged = merge_round(sets, shape, fixed, min_size)
+        if not merged:
+            break
+    return sets
+
+
+def connected_sets(cluster_labels: Tensor, features: Tensor, min_size: int) -> Tensor:
+    """The partition the connectivity pass makes of a cluster map [D, H, W]: each pixel's
+    final set, named by its lowest pixel, int64 [D, H, W]. features: [F, D, H, W]."""
+    shape = tuple(cluster_labels.shape)
+    return merge_small(components(cluster_labels), shape, features, min_size).reshape(shape)
+
+
+def same_partition(a: Tensor, b: Tensor) -> bool:
+    """Whether two label maps split the pixels the same way (ids may differ)."""
+    a, b = a.reshape(-1).long(), b.reshape(-1).long()
+    pairs = torch.unique(torch.stack([a, b]), dim=1).shape[1]
+    return pairs == torch.unique(a).numel() == torch.unique(b).numel()
