@@ -16,9 +16,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <c10/cuda/CUDAException.h>  // launch checks only (c10, not ATen)
+
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 #include "slic.h"
 
@@ -29,12 +29,6 @@ namespace {
 
 constexpr int kThreads = 256;
 enum State { kDone = 0, kChanged = 1, kMerging = 2, kMerged = 3 };
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("gswfast slic (") + what + "): " + cudaGetErrorString(err));
-  }
-}
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
@@ -174,6 +168,25 @@ __device__ __forceinline__ int32_t cell_index(const Geometry& g, const float* c)
   return (cz * g.cells[1] + cy) * g.cells[2] + cx;
 }
 
+// Exclusive prefix sum of v over the threads of a block of kThreads, in thread order;
+// *total gets the block's sum. Every thread of the block calls it (it synchronises).
+__device__ int32_t block_exclusive_scan(int32_t v, int32_t* total) {
+  __shared__ int32_t buf[kThreads];
+  const int t = threadIdx.x;
+  buf[t] = v;
+  __syncthreads();
+  for (int offset = 1; offset < kThreads; offset <<= 1) {
+    const int32_t add = t >= offset ? buf[t - offset] : 0;
+    __syncthreads();
+    buf[t] += add;
+    __syncthreads();
+  }
+  const int32_t inclusive = buf[t];
+  *total = buf[kThreads - 1];
+  __syncthreads();  // buf is reused by the next call
+  return inclusive - v;
+}
+
 // One block per sample: counting sort of the live clusters into the cells of their centres.
 __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* counts,
                            const int32_t* state, int32_t* cell_start, int32_t* cell_cursor,
@@ -190,8 +203,18 @@ __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* cou
     if (counts[n * g.K + k] > 0) atomicAdd(&start[cell_index(g, clusters + (n * g.K + k) * R) + 1], 1);
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int32_t c = 0; c < cells; ++c) start[c + 1] += start[c];
+  // Prefix sum of the counts start[1..cells]: each thread sums a contiguous range of cells,
+  // the block scans the range totals, then each thread writes its range.
+  const int64_t per = (int64_t{cells} + kThreads - 1) / kThreads;
+  const int64_t c0 = min(int64_t{cells}, int64_t{threadIdx.x} * per);
+  const int64_t c1 = min(int64_t{cells}, c0 + per);
+  int32_t local = 0;
+  for (int64_t c = c0; c < c1; ++c) local += start[c + 1];
+  int32_t total;
+  int32_t run = block_exclusive_scan(local, &total);
+  for (int64_t c = c0; c < c1; ++c) {
+    run += start[c + 1];
+    start[c + 1] = run;
   }
   __syncthreads();
   for (int32_t c = threadIdx.x; c < cells; c += blockDim.x) cursor[c] = start[c];
@@ -551,26 +574,48 @@ __device__ __forceinline__ int32_t free_slot(const int32_t* free_list, int32_t f
   return j < free_low ? free_list[j] : K + (j - free_low);
 }
 
-// One thread per sample: ids of the main segments and the free-slot list.
+// One block (of kThreads) per sample: ids of the main segments and the free-slot list,
+// as the CPU's stable_ids, with block-wide counts and scans over the K clusters.
 __global__ void id_table_kernel(Geometry g, const int32_t* has_main, const int32_t* num_roots,
                                 bool connectivity, int32_t* free_list, int32_t* id_of_cluster,
                                 int32_t* free_low_out, int64_t* num_segments) {
-  const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (n >= g.N) return;
+  const int64_t n = blockIdx.x;
   const int32_t* main = has_main + n * g.K;
-  int32_t mains = 0;
-  for (int32_t k = 0; k < g.K; ++k) mains += main[k];
+  int32_t* free = free_list + n * g.K;
+  int32_t local = 0;
+  for (int32_t k = threadIdx.x; k < g.K; k += blockDim.x) local += main[k];
+  int32_t mains;
+  block_exclusive_scan(local, &mains);
   const int32_t count = connectivity ? num_roots[n] : mains;
-  num_segments[n] = count;
+  // The ids below min(count, K) no main segment holds, ascending.
+  const int32_t low = min(count, g.K);
   int32_t free_low = 0;
-  for (int32_t i = 0; i < min(count, g.K); ++i) {
-    if (!main[i]) free_list[n * g.K + free_low++] = i;
+  for (int32_t base = 0; base < low; base += kThreads) {
+    const int32_t i = base + static_cast<int32_t>(threadIdx.x);
+    const int32_t is_free = i < low && !main[i];
+    int32_t chunk;
+    const int32_t rank = block_exclusive_scan(is_free, &chunk);
+    if (is_free) free[free_low + rank] = i;
+    free_low += chunk;
   }
-  free_low_out[n] = free_low;
-  int32_t next = count - mains;  // extras use slots [0, count - mains)
-  for (int32_t k = 0; k < g.K; ++k) {
-    id_of_cluster[n * g.K + k] =
-        main[k] ? (k < count ? k : free_slot(free_list + n * g.K, free_low, g.K, next++)) : -1;
+  __syncthreads();  // the free list is complete before free_slot reads it
+  // Extras use slots [0, count - mains); mains of clusters k >= count take the next ones in
+  // ascending k.
+  int32_t next = count - mains;
+  for (int32_t base = 0; base < g.K; base += kThreads) {
+    const int32_t k = base + static_cast<int32_t>(threadIdx.x);
+    const int32_t late = k < g.K && main[k] && k >= count;
+    int32_t chunk;
+    const int32_t rank = block_exclusive_scan(late, &chunk);
+    if (k < g.K) {
+      id_of_cluster[n * g.K + k] =
+          main[k] ? (k < count ? k : free_slot(free, free_low, g.K, next + rank)) : -1;
+    }
+    next += chunk;
+  }
+  if (threadIdx.x == 0) {
+    num_segments[n] = count;
+    free_low_out[n] = free_low;
   }
 }
 
@@ -610,6 +655,7 @@ template <typename T>
 void launch_features(const Geometry& g, const Buffers& b, cudaStream_t stream) {
   features_kernel<T><<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(
       g, static_cast<const T*>(b.image), b.features);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -623,16 +669,17 @@ void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream
     case 3: launch_features<float>(g, b, stream); break;
     default: launch_features<double>(g, b, stream); break;
   }
-  check(cudaGetLastError(), "features");
   if (g.warm) {
     // The glue copied init_centers into clusters.
     warm_counts_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.init_counts, b.counts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     warm_labels_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.init_labels, b.counts, b.labels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     seed_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.features, b.clusters, b.counts);
-    check(cudaMemsetAsync(b.labels, 0xFF, sizeof(int32_t) * g.N * g.P, stream), "labels");
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_CHECK(cudaMemsetAsync(b.labels, 0xFF, sizeof(int32_t) * g.N * g.P, stream));
   }
-  check(cudaGetLastError(), "seeds");
 }
 
 void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
@@ -641,19 +688,24 @@ void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
   for (int32_t it = 0; it < g.max_iter; ++it) {
     bin_kernel<<<static_cast<unsigned>(g.N), kThreads, 0, stream>>>(
         g, b.clusters, b.counts, b.state, b.cell_start, b.cell_cursor, b.cell_items);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     assign_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.clusters, b.cell_start,
                                                           b.cell_items, b.state, b.labels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state, b.iterations);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     zero_sums_kernel<<<blocks_for(g.N * g.K * S), kThreads, 0, stream>>>(g, b.state, b.sums, g.K, true);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, true,
                                                               g.K, b.sums);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     update_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.sums, b.state, b.clusters, b.counts);
-    check(cudaGetLastError(), "iteration");
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   fill_unassigned_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.clusters, b.counts, b.labels);
-  check(cudaMemcpyAsync(b.cluster_labels, b.labels, sizeof(int32_t) * g.N * g.P,
-                        cudaMemcpyDeviceToDevice, stream), "cluster labels");
-  check(cudaGetLastError(), "fill");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(cudaMemcpyAsync(b.cluster_labels, b.labels, sizeof(int32_t) * g.N * g.P,
+                                 cudaMemcpyDeviceToDevice, stream));
 }
 
 void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr) {
@@ -661,58 +713,72 @@ void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr)
   const unsigned pixel_blocks = blocks_for(g.N * g.P);
   if (!g.connectivity) {
     used_clusters_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.labels, b.has_main);
-    check(cudaGetLastError(), "used clusters");
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
   ccl_init_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   ccl_merge_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.labels, b.parent);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, false, b.parent);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   component_stats_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.parent, b.stats);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   roots_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.orig_size, b.was_root);
-  check(cudaGetLastError(), "components");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.min_size > 1) {
     for (int32_t round = 0; round < kMergeRounds; ++round) {
       reset_best_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.best);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.state, b.best);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.was_root, b.state,
                                                                  b.parent);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, true, b.parent);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_fold_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.was_root, b.stats);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state);
-      check(cudaGetLastError(), "merge round");
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
-  check(cudaMemsetAsync(b.best, 0, sizeof(uint64_t) * g.N * g.P, stream), "largest");
+  C10_CUDA_CHECK(cudaMemsetAsync(b.best, 0, sizeof(uint64_t) * g.N * g.P, stream));
   largest_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.orig_size, b.cluster_labels,
                                                         b.main_of, b.best);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   mark_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.best, b.main_of, b.cluster_labels,
                                                      b.has_main, b.extra_rank, b.num_roots);
-  check(cudaGetLastError(), "mark");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void launch_finish(const Geometry& g, const Buffers& b, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const unsigned pixel_blocks = blocks_for(g.N * g.P);
-  id_table_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.has_main, b.num_roots, g.connectivity,
-                                                            b.free_list, b.id_of_cluster, b.free_low,
-                                                            b.num_segments);
+  id_table_kernel<<<static_cast<unsigned>(g.N), kThreads, 0, stream>>>(
+      g, b.has_main, b.num_roots, g.connectivity, b.free_list, b.id_of_cluster, b.free_low,
+      b.num_segments);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.connectivity) {
     final_id_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.best, b.main_of,
                                                            b.cluster_labels, b.id_of_cluster,
                                                            b.extra_rank, b.free_list, b.free_low,
                                                            b.final_id);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   relabel_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.final_id, b.id_of_cluster,
                                                         g.connectivity, b.labels);
-  check(cudaGetLastError(), "ids");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Centres: exact means of the final labels, with or without connectivity.
   const int32_t S = 4 + g.F;
   zero_sums_kernel<<<blocks_for(g.N * g.max_centers * S), kThreads, 0, stream>>>(
       g, b.state, b.sums, g.max_centers, false);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, false,
                                                             g.max_centers, b.sums);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   centers_kernel<<<blocks_for(g.N * g.max_centers), kThreads, 0, stream>>>(g, b.sums, b.out_centers);
-  check(cudaGetLastError(), "centres");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace cuda
