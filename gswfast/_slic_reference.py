@@ -159,6 +159,69 @@ def connected_sets(cluster_labels: Tensor, features: Tensor, min_size: int) -> T
     return merge_small(components(cluster_labels), shape, features, min_size).reshape(shape)
 
 
+def _stable_ids(has_main: list[bool], count: int) -> list[int]:
+    """Ids of the main segments by cluster (-1: none): cluster k keeps id k when k < count;
+    the mains of clusters k >= count take the free ids below count after the extras'."""
+    free = [i for i in range(count) if i >= len(has_main) or not has_main[i]]
+    nxt = count - sum(has_main)
+    ids = []
+    for k, main in enumerate(has_main):
+        if main and k >= count:
+            ids.append(free[nxt])
+            nxt += 1
+        else:
+            ids.append(k if main else -1)
+    return ids
+
+
+def segment_ids(cluster_labels: Tensor, sets: Tensor | None) -> Tensor:
+    """Final ids (slic.h, Ids) of the partition ``sets`` (from ``connected_sets``) of a
+    cluster map [D, H, W] with K clusters; ``sets=None``: without connectivity (every
+    non-empty cluster is a segment). int32 [D, H, W]."""
+    shape = tuple(cluster_labels.shape)
+    cluster = cluster_labels.reshape(-1).long()
+    if sets is None:
+        used = torch.zeros(int(cluster.max()) + 1, dtype=torch.bool)
+        used[cluster] = True
+        ids = torch.tensor(_stable_ids(used.tolist(), int(used.sum())))
+        return ids[cluster].to(torch.int32).reshape(shape)
+    comps = components(cluster_labels)
+    sets = sets.reshape(-1)
+    P = cluster.numel()
+    size = torch.bincount(comps, minlength=P)
+    roots = torch.unique(comps).tolist()  # ascending: component order is root-pixel order
+    key = {r: (int(size[r]), -r) for r in roots}  # largest, ties to the lower root
+    main_of: dict[int, tuple[int, int]] = {}
+    largest: dict[int, int] = {}  # set -> its largest component
+    for r in roots:
+        k, s = int(cluster[r]), int(sets[r])
+        if k not in main_of or key[r] > main_of[k]:
+            main_of[k] = key[r]
+        if s not in largest or key[r] > key[largest[s]]:
+            largest[s] = r
+    set_roots = sorted(largest)  # raster order of the set's root
+    K = int(cluster.max()) + 1
+    has_main = [False] * K
+    is_main = {}
+    for s in set_roots:
+        r = largest[s]
+        is_main[s] = main_of[int(cluster[r])] == key[r]
+        if is_main[s]:
+            has_main[int(cluster[r])] = True
+    count = len(set_roots)
+    ids = _stable_ids(has_main, count)
+    free = [i for i in range(count) if i >= K or not has_main[i]]
+    final = torch.full((P,), -1, dtype=torch.int64)
+    extra = 0
+    for s in set_roots:
+        if is_main[s]:
+            final[s] = ids[int(cluster[largest[s]])]
+        else:
+            final[s] = free[extra]
+            extra += 1
+    return final[sets].to(torch.int32).reshape(shape)
+
+
 def same_partition(a: Tensor, b: Tensor) -> bool:
     """Whether two label maps split the pixels the same way (ids may differ)."""
     a, b = a.reshape(-1).long(), b.reshape(-1).long()

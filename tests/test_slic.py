@@ -337,28 +337,51 @@ def _blocky_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return image + 0.05 * torch.rand(shape, generator=g)
 
 
+MERGE_CASES = ("image-0", "image-1", "image-2", "image-3", "volume-0", "volume-1")
+
+
+def _twin_case(kind: str, seed: int, device: str, factor: float, connectivity: bool = True):
+    """A k-means result with many small components, and what the twin makes of it."""
+    shape = (1, 2, 24, 30) if kind == "image" else (1, 2, 4, 16, 18)
+    image = _blocky_noise(shape, seed)
+    n_segments = 40 if kind == "image" else 30
+    seg = gsw.slic(image.to(device), n_segments=n_segments, compactness=0.05, min_size_factor=factor,
+                   convert_lab=False, enforce_connectivity=connectivity)
+    features = image[0].unsqueeze(1) if kind == "image" else image[0]  # [F, D, H, W]
+    dims = tuple(features.shape[1:])
+    clusters = seg.cluster_labels[0].cpu().view(dims)
+    min_size = _min_size(dims, n_segments, factor, kind)
+    sets = reference.connected_sets(clusters, features, min_size) if connectivity else None
+    return seg, features, dims, clusters, min_size, sets
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("case", ("image-0", "image-1", "image-2", "image-3", "volume-0", "volume-1"))
-def test_merge_rounds_and_centres_equal_the_reference(device, case):
+@pytest.mark.parametrize("case", MERGE_CASES)
+def test_merge_rounds_ids_and_centres_equal_the_reference(device, case):
     # The old CPU loop linked roots in ascending order and skipped a root already linked
     # under a lower one this round, so its partition depended on visiting order (and CUDA's
     # on thread timing); all six cases differ from the snapshot rule under that loop.
     kind, seed = case.split("-")
-    shape = (1, 2, 24, 30) if kind == "image" else (1, 2, 4, 16, 18)
-    image = _blocky_noise(shape, int(seed))
-    n_segments, factor = (40, 0.9) if kind == "image" else (30, 0.9)
-    seg = gsw.slic(image.to(device), n_segments=n_segments, compactness=0.05, min_size_factor=factor,
-                   convert_lab=False)
-    volume = image[0].unsqueeze(1) if kind == "image" else image[0]  # features [F, D, H, W]
-    dims = tuple(volume.shape[1:])
-    min_size = _min_size(dims, n_segments, factor, kind)
+    seg, features, dims, clusters, min_size, sets = _twin_case(kind, int(seed), device, 0.9)
     assert min_size > 1
-    components = reference.components(seg.cluster_labels[0].cpu().view(dims))
-    sets = reference.connected_sets(seg.cluster_labels[0].cpu().view(dims), volume, min_size)
-    assert torch.unique(sets).numel() < torch.unique(components).numel()  # merges happened
-    assert reference.same_partition(sets, seg.labels[0].cpu())
-    expected = reference.centers(seg.labels[0].cpu().view(dims), volume, seg.centers.shape[1])
+    assert torch.unique(sets).numel() < torch.unique(reference.components(clusters)).numel()  # merges
+    labels = seg.labels[0].cpu().view(dims)
+    assert reference.same_partition(sets, labels)
+    assert torch.equal(labels, reference.segment_ids(clusters, sets))
+    expected = reference.centers(labels, features, seg.centers.shape[1])
     assert torch.equal(seg.centers[0].cpu(), expected)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("connectivity, factor", [(True, 0.0), (True, 0.3), (False, 0.0)])
+@pytest.mark.parametrize("case", ("image-0", "image-1", "volume-0"))
+def test_ids_equal_the_reference(device, case, connectivity, factor):
+    # Split clusters (extra segments), clusters k >= num_segments, no connectivity.
+    kind, seed = case.split("-")
+    seg, features, dims, clusters, _, sets = _twin_case(kind, int(seed), device, factor, connectivity)
+    labels = seg.labels[0].cpu().view(dims)
+    assert torch.equal(labels, reference.segment_ids(clusters, sets))
+    assert torch.equal(seg.centers[0].cpu(), reference.centers(labels, features, seg.centers.shape[1]))
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
