@@ -19,7 +19,7 @@ from gswfast import ops
 
 Mode = Literal["auto", "image", "per_frame", "volume"]
 MODES: tuple[str, ...] = ("auto", "image", "per_frame", "volume")
-_IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_IMAGE_DTYPES = (torch.uint8, torch.uint16, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,16 @@ def slic(
     """Segments images into superpixels or clips into supervoxels (SLIC).
 
     Args:
-        images: ``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 (0..255) or
-            float16/bfloat16/float32/float64 (0..1), any number of channels, CPU or CUDA.
-            Values are taken in their nominal range (no per-image stretch), so a frame's
-            segments never depend on the brightest pixel of another frame.
+        images: ``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 (0..255),
+            uint16 (0..65535) or float16/bfloat16/float32/float64 (0..1), any number of
+            channels, CPU or CUDA. Values are taken in their nominal range (no per-image
+            stretch, unlike scikit-image), so a frame's segments never depend on the
+            brightest pixel of another frame; float sRGB outside 0..1 is an error when
+            converted to CIELAB (with ``validate``). Without CIELAB, float channels are
+            used as given (features), clamped to +-65535.
         n_segments: approximate number of segments per image (``image``, ``per_frame``)
-            or per clip (``volume``). Seeds sit on scikit-image's regular grid.
+            or per clip (``volume``). Seeds sit on scikit-image's regular grid; more
+            segments than pixels give one per pixel, and a thin image gets one row of seeds.
         compactness: weight of space against colour; larger gives squarer segments. Same
             scale as scikit-image: colour distance in CIELAB units (or 0..1 values) divided
             by ``compactness``, spatial distance divided by the grid step.
@@ -122,7 +126,9 @@ def slic(
             keeps flipping about 1-2% of the pixels (boundary pixels) long after the
             segments have settled, so the default 0.02 ends it there: a warm start on an
             unchanged scene then takes a single pass.
-        validate: raise ``ValueError`` for NaN or infinite values (one device sync on CUDA).
+        validate: raise ``ValueError`` for NaN or infinite values, float sRGB outside 0..1
+            with CIELAB, and an ``init`` sample without a live cluster (one device sync on
+            CUDA). Unvalidated, such an ``init`` sample comes out as one segment.
 
     Returns:
         ``Segmentation`` with int32 labels ``[B, H, W]`` or ``[B, T, H, W]``.
@@ -130,6 +136,8 @@ def slic(
     Same input, same output, bitwise, on a given device.
     """
     _check_images(images)
+    if images.dtype == torch.uint16:  # nominal range 0..65535, as scikit-image's img_as_float
+        images = images.float() / 65535
     mode = _resolve_mode(mode, images)
     _check_parameters(n_segments, compactness, max_iter, min_size_factor, tol)
     channels = images.shape[1]
@@ -144,7 +152,7 @@ def slic(
     max_centers = _max_centers(seeds, pixels, min_size, enforce_connectivity)
     init_centers, init_counts, init_labels = _warm_start(init, images, mode, volume, channels)
     if validate:
-        _validate_values(images, init_counts)
+        _validate_values(images, init_counts, lab)
     outputs = ops.slic_kernel(
         volume, (*steps, *starts, *cells), weights, compactness, lab, max_iter,
         enforce_connectivity, min_size, max_centers, init_centers, init_counts, init_labels, tol,
@@ -202,32 +210,22 @@ def _seed_grid(shape: tuple[int, int, int], n_segments: int, mode: str) -> tuple
     """Seed grid as scikit-image's ``regular_grid``: steps, starts and seed counts (z, y, x).
 
     The grid spreads ``n_segments`` seeds isotropically; a dimension shorter than the step
-    gets a single layer of seeds. That is expected along time (and the unit depth of an
-    image), but an image thinner than the step cannot hold the requested segments.
+    gets a single layer of seeds (time, the unit depth of an image, or a thin image, as
+    scikit-image), and more segments than pixels give one seed per pixel.
     """
     pixels = math.prod(shape)
-    if n_segments > pixels:
-        raise ValueError(f"n_segments: expected at most the {pixels} pixels per {'clip' if shape[0] > 1 and mode == 'volume' else 'image'}, got {n_segments}")
+    n_segments = min(n_segments, pixels)
     order = sorted(range(3), key=lambda i: shape[i])
     dims = [shape[i] for i in order]
     steps = [(pixels / n_segments) ** (1.0 / 3.0)] * 3
-    clamped = []
     if any(dim < step for dim, step in zip(dims, steps)):
         for i in range(3):
             steps[i] = float(dims[i])
-            clamped.append(order[i])
             rest = math.prod(dims[i + 1:])
             if i < 2:
                 steps[i + 1:] = [(rest / n_segments) ** (1.0 / (2 - i))] * (2 - i)
             if all(dim >= step for dim, step in zip(dims, steps)):
                 break
-    if 1 in clamped or 2 in clamped:
-        step = (shape[1] * shape[2] / n_segments) ** 0.5
-        raise ValueError(
-            f"n_segments: {n_segments} segments need a grid step of about {step:.0f} pixels, "
-            f"more than the image's H x W = {shape[1]} x {shape[2]} allows; ask for at least "
-            f"{math.ceil(shape[1] * shape[2] / min(shape[1], shape[2]) ** 2)} segments"
-        )
     if pixels <= n_segments:  # one seed per pixel
         sorted_steps, sorted_starts = [1, 1, 1], [0, 0, 0]
     else:
@@ -279,7 +277,10 @@ def _check_images(images: object) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
     if images.dtype not in _IMAGE_DTYPES:
-        raise TypeError(f"images: expected dtype uint8, float16, bfloat16, float32 or float64, got {images.dtype}")
+        raise TypeError(
+            f"images: expected dtype uint8, uint16, float16, bfloat16, float32 or float64, got "
+            f"{images.dtype} (convert other integer images to float in 0..1)"
+        )
     if images.dim() not in (4, 5):
         raise ValueError(f"images: expected [B, C, H, W] or [B, C, T, H, W], got shape {tuple(images.shape)}")
     if images.numel() == 0:
@@ -317,21 +318,31 @@ def _resolve_convert_lab(convert_lab: bool | None, channels: int) -> bool:
     return bool(convert_lab)
 
 
-def _validate_values(images: Tensor, init_counts: Tensor | None) -> None:
-    """NaN/inf pixels, and warm-start samples without a live cluster (the kernel would put
-    every pixel in cluster 0): one device sync for both."""
+def _validate_values(images: Tensor, init_counts: Tensor | None, lab: bool) -> None:
+    """NaN/inf pixels, float sRGB outside 0..1 when converting to CIELAB, and warm-start
+    samples without a live cluster (the kernel would put every pixel in cluster 0): one
+    device sync for all."""
     if torch.compiler.is_compiling():
         return
+    floats = images.dtype != torch.uint8
     checks = []
-    if images.dtype != torch.uint8:
+    if floats:
         checks.append((~torch.isfinite(images)).sum())
+        checks.append(((images < 0) | (images > 1)).sum() if lab else checks[0] * 0)
     if init_counts is not None:
         checks.append((~(init_counts > 0).any(dim=1)).sum())
     if not checks:
         return
     counts = torch.stack(checks).tolist()
-    if images.dtype != torch.uint8 and counts[0]:
+    if floats and counts[0]:
         raise ValueError(f"images: contain {counts[0]} NaN or infinite value(s); expected finite values in 0..1")
+    if floats and counts[1]:
+        raise ValueError(
+            f"images: {counts[1]} value(s) outside 0..1; CIELAB conversion (convert_lab, the default "
+            "for 3 channels) expects float sRGB in 0..1 (scikit-image would stretch each image to "
+            "0..1, gswfast does not): divide 0..255 floats by 255, or pass convert_lab=False to "
+            "use the values as features"
+        )
     if init_counts is not None and counts[-1]:
         raise ValueError(
             f"init: {counts[-1]} sample(s) have no live cluster (all cluster_counts are 0); "

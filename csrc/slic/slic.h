@@ -25,7 +25,8 @@
 //   claim their windows in ascending order; CUDA threads scan the clusters binned in the
 //   3 x 3 (x 3) cells (of size step) around their pixel: the same rule, for any centres.
 // * Cold start (no init): one cluster per cell, seeded at the grid point moved to the
-//   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012).
+//   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012); not
+//   moved along y or x where the step is below 3 (seeds must not meet).
 //   Warm start: the k-means state of a previous call (centres, live flags, labels). A
 //   sample with no live cluster is not an error: no pixel is claimed and every pixel joins
 //   cluster 0 (one segment); the Python layer raises ValueError for it when validating.
@@ -187,16 +188,19 @@ GSW_HD float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_
 }
 
 // Cold start: the centre row (z, y, x, features) of grid seed k, moved to the lowest
-// gradient of its 3x3 neighbourhood (first in raster order on ties).
+// gradient of its 3x3 neighbourhood (first in raster order on ties). Along a dimension
+// with a step below 3 the seed stays put: seeds one or two pixels apart would otherwise
+// meet on the same pixel, and all but one would die (n_segments near the pixel count).
 GSW_HD void seed_center(const Geometry& g, const float* feat, int32_t k, float* c) {
   const int32_t ix = k % g.cells[2], iy = (k / g.cells[2]) % g.cells[1],
                 iz = k / (g.cells[2] * g.cells[1]);
   const int32_t z = g.start[0] + iz * g.step[0];
   const int32_t y0 = g.start[1] + iy * g.step[1], x0 = g.start[2] + ix * g.step[2];
+  const int32_t ry = g.step[1] >= 3 ? 1 : 0, rx = g.step[2] >= 3 ? 1 : 0;
   int32_t y = y0, x = x0;
   float best = gradient_at(g, feat, z, y, x);
-  for (int32_t dy = -1; dy <= 1; ++dy) {
-    for (int32_t dx = -1; dx <= 1; ++dx) {
+  for (int32_t dy = -ry; dy <= ry; ++dy) {
+    for (int32_t dx = -rx; dx <= rx; ++dx) {
       const int32_t yy = y0 + dy, xx = x0 + dx;
       if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) continue;
       const float grad = gradient_at(g, feat, z, yy, xx);
