@@ -69,6 +69,64 @@ def centers(labels: Tensor, features: Tensor, rows: int) -> Tensor:
     return out
 
 
+def gradient(features: Tensor) -> Tensor:
+    """Squared feature gradient of every pixel [D, H, W] (slic.h, gradient_at): central
+    differences clamped at the borders, summed over features in order, float32."""
+    f = clamp_features(features)
+    _, _, h, w = f.shape
+    xs, ys = torch.arange(w), torch.arange(h)
+    xl, xr = (xs - 1).clamp(min=0), (xs + 1).clamp(max=w - 1)
+    yu, yd = (ys - 1).clamp(min=0), (ys + 1).clamp(max=h - 1)
+    total = torch.zeros(f.shape[1:], dtype=torch.float32)
+    for plane in f:
+        dx = plane[:, :, xr] - plane[:, :, xl]
+        dy = plane[:, yd, :] - plane[:, yu, :]
+        total = total + (dx * dx + dy * dy)
+    return total
+
+
+def seeds(features: Tensor, steps: list[int], starts: list[int], cells: list[int]) -> Tensor:
+    """Cold-start centres [K, 3 + F] (slic.h, seed_center): grid point start + i * step,
+    moved to the lowest gradient of its 3x3 neighbourhood (first in raster order; not along
+    y or x where the step is below 3)."""
+    f = clamp_features(features)
+    grad = gradient(f)
+    _, _, h, w = f.shape
+    ry, rx = int(steps[1] >= 3), int(steps[2] >= 3)
+    rows = []
+    for iz in range(cells[0]):
+        for iy in range(cells[1]):
+            for ix in range(cells[2]):
+                z = starts[0] + iz * steps[0]
+                y0, x0 = starts[1] + iy * steps[1], starts[2] + ix * steps[2]
+                y, x, best = y0, x0, grad[z, y0, x0]
+                for dy in range(-ry, ry + 1):
+                    for dx in range(-rx, rx + 1):
+                        yy, xx = y0 + dy, x0 + dx
+                        if 0 <= yy < h and 0 <= xx < w and grad[z, yy, xx] < best:
+                            y, x, best = yy, xx, grad[z, yy, xx]
+                rows.append(torch.cat([torch.tensor([z, y, x], dtype=torch.float32), f[:, z, y, x]]))
+    return torch.stack(rows)
+
+
+def assignment_distances(features: Tensor, centers: Tensor, steps: list[int], weights: list[float],
+                         compactness: float) -> Tensor:
+    """float64 distance [K, D, H, W] of every pixel to every centre (slic.h, Distance), inf
+    outside the centre's window (|offset| <= step in every dimension). The kernels compute
+    it in float32, so only gaps above float32 rounding are decided alike."""
+    f = clamp_features(features).double()
+    d, h, w = f.shape[1:]
+    grid = torch.stack(torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")).double()
+    out = []
+    for c in centers.double():
+        offset = grid - c[:3, None, None, None]
+        spatial = sum(weights[i] * offset[i] ** 2 for i in range(3))
+        colour = ((f - c[3:, None, None, None]) ** 2).sum(0) / compactness**2
+        inside = (offset.abs() <= torch.tensor(steps, dtype=torch.float64)[:, None, None, None]).all(0)
+        out.append(torch.where(inside, colour + spatial, torch.inf))
+    return torch.stack(out)
+
+
 def _neighbour_pairs(shape: tuple[int, int, int]) -> Tensor:
     """All 4-connected (6 in volumes) pixel pairs (p, q), q the earlier one in raster order."""
     d, h, w = shape

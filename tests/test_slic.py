@@ -12,7 +12,7 @@ import torch
 
 import gswfast as gsw
 from gswfast import _slic_reference as reference
-from gswfast.segmentation import _seed_grid
+from gswfast.segmentation import _seed_grid, _spatial_weights
 from gswfast.testing import (
     boundary_recall,
     explained_variation,
@@ -382,6 +382,30 @@ def test_ids_equal_the_reference(device, case, connectivity, factor):
     labels = seg.labels[0].cpu().view(dims)
     assert torch.equal(labels, reference.segment_ids(clusters, sets))
     assert torch.equal(seg.centers[0].cpu(), reference.centers(labels, features, seg.centers.shape[1]))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("n_segments", (30, 120, 400))  # grid steps 8, 4 and 2 (seeds stay put)
+def test_seeds_and_first_assignment_equal_the_reference(device, n_segments):
+    image = _photo("coffee")[:, :, 50:90, 100:150].float() / 255  # [1, 3, 40, 50]
+    # tol=1: the first pass counts as converged, so no update: the clusters are the seeds.
+    seg = gsw.slic(image.to(device), n_segments=n_segments, compactness=0.1, max_iter=1, tol=1.0,
+                   convert_lab=False, enforce_connectivity=False)
+    features = image[0].unsqueeze(1)
+    steps, starts, cells = _seed_grid((1, 40, 50), n_segments, "image")
+    seeds = reference.seeds(features, steps, starts, cells)
+    assert torch.equal(seg.clusters[0].cpu(), seeds)
+    # Assignment: the nearest centre whose window holds the pixel. The kernels' float32
+    # distances (fused or not, by CPU and backend) decide near-ties, the twin's float64 the
+    # rest: equal wherever the best centre is clearly best, and never a worse one.
+    dist = reference.assignment_distances(features, seeds, steps, _spatial_weights(None, steps, "image"), 0.1)
+    best, second = dist.topk(2, dim=0, largest=False).values
+    labels = seg.cluster_labels[0].cpu().view(1, 40, 50).long()
+    slack = 1e-5 * (1 + best)
+    clear = (second - best) > slack
+    assert clear.float().mean() > 0.99
+    assert torch.equal(labels[clear], dist.argmin(0)[clear])
+    assert bool((dist.gather(0, labels[None])[0] <= best + slack).all())
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

@@ -111,6 +111,25 @@ GSW_HD uint32_t float_bits(float v) {
 #endif
 }
 
+// Products and sums rounded one at a time on both backends (nvcc would otherwise fuse
+// a * b + c into one FMA where the CPU build rounds twice): for the stages the contract
+// makes exact (seeds, nearest live cluster).
+GSW_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+GSW_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 GSW_HD float bits_float(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
@@ -182,7 +201,7 @@ GSW_HD float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_
     const float* fp = feat + f * g.P + plane;
     const float dx = fp[int64_t{y} * g.W + xr] - fp[int64_t{y} * g.W + xl];
     const float dy = fp[int64_t{yd} * g.W + x] - fp[int64_t{yu} * g.W + x];
-    sum += dx * dx + dy * dy;
+    sum = add_rn(sum, add_rn(mul_rn(dx, dx), mul_rn(dy, dy)));
   }
   return sum;
 }
@@ -231,7 +250,8 @@ GSW_HD int32_t nearest_live_cluster(const Geometry& g, const float* centers, con
     if (counts[k] <= 0) continue;
     const float* c = centers + int64_t{k} * R;
     const float dz = z - c[0], dy = y - c[1], dx = x - c[2];
-    const float d = g.weight[0] * dz * dz + g.weight[1] * dy * dy + g.weight[2] * dx * dx;
+    const float d = add_rn(add_rn(mul_rn(mul_rn(g.weight[0], dz), dz), mul_rn(mul_rn(g.weight[1], dy), dy)),
+                           mul_rn(mul_rn(g.weight[2], dx), dx));
     if (d < best) {
       best = d;
       best_k = k;
