@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 FIXED_SCALE = 65536.0  # kFixedScale
-MAX_FEATURE = 65535.0  # kMaxFeature: features are clamped to +-this before anything else
+MAX_FEATURE = 32767.0  # kMaxFeature: features are clamped to +-this before anything else
 MERGE_ROUNDS = 16  # kMergeRounds
 
 

@@ -98,7 +98,7 @@ def slic(
             stretch, unlike scikit-image), so a frame's segments never depend on the
             brightest pixel of another frame; float sRGB outside 0..1 is an error when
             converted to CIELAB (with ``validate``). Without CIELAB, float channels are
-            used as given (features), clamped to +-65535.
+            used as given (features), clamped to +-32767.
         n_segments: approximate number of segments per image (``image``, ``per_frame``)
             or per clip (``volume``). Seeds sit on scikit-image's regular grid; more
             segments than pixels give one per pixel, and a thin image gets one row of seeds.

@@ -409,10 +409,28 @@ def test_seeds_and_first_assignment_equal_the_reference(device, n_segments):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("max_iter", (1, 4))
+def test_kmeans_centres_are_the_exact_means_of_their_clusters(device, max_iter):
+    # tol=0: a sample stops only when nothing changed, so the last update saw the final
+    # cluster labels. The CPU used to sum features in float (run by run) and CUDA in fixed
+    # point: now both add fixed-point integers.
+    image = _photo("chelsea")[:, :, 60:120, 100:180].float() / 255 * 40  # features 0..40
+    seg = gsw.slic(image.to(device), n_segments=50, compactness=40.0, max_iter=max_iter, tol=0.0,
+                   convert_lab=False)
+    clusters = seg.cluster_labels[0].cpu().view(1, 60, 80)
+    K = seg.clusters.shape[1]
+    expected = reference.centers(clusters, image[0].unsqueeze(1), K)
+    counts = torch.bincount(clusters.reshape(-1).long(), minlength=K)
+    assert torch.equal(seg.cluster_counts[0].cpu().long(), counts)
+    live = counts > 0
+    assert torch.equal(seg.clusters[0].cpu()[live], expected[live])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("connectivity", (True, False))
 def test_centres_are_exact_means_for_large_features(device, connectivity):
     # Feature scales that overflowed CUDA's 32-bit warp sums (RGB in 0..255, a SWAG channel
-    # of 100 * weight) and one past the clamp (+-1e5 -> +-65535). Without connectivity the
+    # of 100 * weight) and one past the clamp (+-1e5 -> +-32767). Without connectivity the
     # centres used to be the k-means centres of the pass before the last labels.
     g = torch.Generator().manual_seed(5)
     base, _ = synthetic_regions(48, 64, regions=6, seed=4)
@@ -427,8 +445,8 @@ def test_centres_are_exact_means_for_large_features(device, connectivity):
     features = image[0].unsqueeze(1)
     expected = reference.centers(seg.labels[0].cpu().view(1, 48, 64), features, seg.centers.shape[1])
     assert torch.equal(seg.centers[0].cpu(), expected)
-    # The clamp: the last channel's centres stay within +-65535 (the mean of the clamped values).
-    assert float(seg.centers[0, :, 3 + 4].abs().max()) <= 65535
+    # The clamp: the last channel's centres stay within +-32767 (the mean of the clamped values).
+    assert float(seg.centers[0, :, 3 + 4].abs().max()) <= 32767
     labels = seg.labels[0].cpu().reshape(-1).long()
     k = int(seg.num_segments[0])
     exact = torch.zeros(k, 4, dtype=torch.float64).index_add_(0, labels, image[0, :4].reshape(4, -1).T.double())

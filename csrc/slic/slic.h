@@ -30,8 +30,9 @@
 //   Warm start: the k-means state of a previous call (centres, live flags, labels). A
 //   sample with no live cluster is not an error: no pixel is claimed and every pixel joins
 //   cluster 0 (one segment); the Python layer raises ValueError for it when validating.
-// * Iterations: assign, then recompute centres; a sample stops once at most tol * P pixels
-//   changed cluster in a pass. iterations[n] counts its assignment passes. Pixels still
+// * Iterations: assign, then recompute centres as the exact means of each cluster's pixels
+//   (integer sums, mean_row; an empty cluster dies); a sample stops once at most tol * P
+//   pixels changed cluster in a pass (that pass updates nothing). iterations[n] counts its assignment passes. Pixels still
 //   unassigned at the end join the live cluster with the nearest centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
 //   union-find (root = lowest pixel index). Then merge rounds, at most kMergeRounds, until
@@ -72,8 +73,9 @@ namespace slic {
 constexpr int kMergeRounds = 16;
 constexpr double kFixedScale = 65536.0;  // features are summed in 2^-16 fixed point
 // Features are clamped to +-kMaxFeature when computed, on both backends: a fixed-point
-// value then stays below 2^32 in magnitude, so sums over up to 2^31 pixels fit int64.
-constexpr float kMaxFeature = 65535.f;
+// value then fits int32 (the CPU precomputes them so), and sums over up to 2^31 pixels
+// fit int64.
+constexpr float kMaxFeature = 32767.f;
 
 struct Geometry {
   int64_t N;            // samples
@@ -183,8 +185,28 @@ GSW_HD int64_t to_fixed(float v) {
   return static_cast<int64_t>(s + copysign(0.5, s));  // branchless: vectorises
 }
 
+// to_fixed for a clamped feature (|v| <= kMaxFeature), in float and int32 arithmetic that
+// vectorises: v * 2^16 is exact in float, truncation is exact below 2^31, and the
+// fraction s - t is exact, so this rounds half away from zero like to_fixed, bit for bit.
+GSW_HD int32_t to_fixed32(float v) {
+  const float s = v * static_cast<float>(kFixedScale);
+  const int32_t t = static_cast<int32_t>(s);
+  const float frac = s - static_cast<float>(t);
+  return t + static_cast<int32_t>(frac >= 0.5f) - static_cast<int32_t>(frac <= -0.5f);
+}
+
 GSW_HD float fixed_mean(int64_t sum, int64_t count) {
   return static_cast<float>(static_cast<double>(sum) / static_cast<double>(count) / kFixedScale);
+}
+
+// Centre row (z, y, x, features) from exact sums s = (count > 0, z, y, x, fixed-point
+// features): coordinates as float64 quotients, features through fixed_mean. Every centre
+// both backends write (k-means updates, segment centres) comes from here.
+GSW_HD void mean_row(const int64_t* s, int32_t F, float* c) {
+  for (int32_t j = 0; j < 3; ++j) {
+    c[j] = static_cast<float>(static_cast<double>(s[1 + j]) / static_cast<double>(s[0]));
+  }
+  for (int32_t f = 0; f < F; ++f) c[3 + f] = fixed_mean(s[4 + f], s[0]);
 }
 
 GSW_HD float srgb_to_linear(float c) {

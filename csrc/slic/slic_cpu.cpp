@@ -223,7 +223,7 @@ void bin_centers(const Geometry& g, const float* centers, const int32_t* counts,
 
 struct Chunk {
   std::vector<int32_t> clusters;  // clusters of the chunk's pixels, by first pixel
-  std::vector<double> sums;       // per cluster: count, z, y, x, features
+  std::vector<int64_t> sums;      // per cluster: count, z, y, x, fixed-point features
   int64_t changed = 0;
 };
 
@@ -355,22 +355,8 @@ ClaimFn pick_claim(int32_t F) {
   }
 }
 
-// Sum of v[x0..x1) with four interleaved accumulators (a fixed order: deterministic).
-double run_sum(const float* v, int32_t x0, int32_t x1) {
-  float a[4] = {0.f, 0.f, 0.f, 0.f};
-  int32_t x = x0;
-  for (; x + 4 <= x1; x += 4) {
-    a[0] += v[x];
-    a[1] += v[x + 1];
-    a[2] += v[x + 2];
-    a[3] += v[x + 3];
-  }
-  for (; x < x1; ++x) a[0] += v[x];
-  return (static_cast<double>(a[0]) + a[1]) + (static_cast<double>(a[2]) + a[3]);
-}
-
-void run_chunk(const Geometry& g, const float* features, const float* centers,
-               const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
+void run_chunk(const Geometry& g, const float* features, const int32_t* fixed,
+               const float* centers, const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
                int32_t cy, int32_t* labels, Chunk& chunk, Scratch& scratch) {
   const int32_t R = 3 + g.F;
   const int32_t y0 = cy * g.step[1];
@@ -378,6 +364,7 @@ void run_chunk(const Geometry& g, const float* features, const float* centers,
   const int64_t pixels = int64_t{y1 - y0} * g.W;
   const float* feat = features + n * g.F * g.P;
   const int64_t first = (int64_t{z} * g.H + y0) * g.W;  // chunk's first pixel
+  const int32_t* fixed_feat = fixed + n * g.F * g.P + first;
   scratch.best.assign(pixels, std::numeric_limits<float>::infinity());
   scratch.winner.assign(pixels, -1);
   chunk_candidates(g, centers, cell_start, cell_items, z, cy, y0, y1, scratch.cands);
@@ -420,15 +407,20 @@ void run_chunk(const Geometry& g, const float* features, const float* centers,
         if (local_of[k] < 0) {
           local_of[k] = static_cast<int32_t>(chunk.clusters.size());
           chunk.clusters.push_back(k);
-          chunk.sums.resize(chunk.sums.size() + S, 0.0);
+          chunk.sums.resize(chunk.sums.size() + S, 0);
         }
-        double* s = chunk.sums.data() + int64_t{local_of[k]} * S;
-        const double count = e - x;
+        int64_t* s = chunk.sums.data() + int64_t{local_of[k]} * S;
+        const int64_t count = e - x;
         s[0] += count;
         s[1] += count * z;
         s[2] += count * y;
-        s[3] += 0.5 * count * (x + e - 1);
-        for (int32_t f = 0; f < g.F; ++f) s[4 + f] += run_sum(planes[f] + row, x, e);
+        s[3] += count * (x + e - 1) / 2;  // x + .. + (e - 1)
+        for (int32_t f = 0; f < g.F; ++f) {
+          const int32_t* v = fixed_feat + int64_t{f} * g.P + row;
+          int64_t sum = 0;
+          for (int32_t q = x; q < e; ++q) sum += v[q];
+          s[4 + f] += sum;
+        }
       }
       x = e;
     }
@@ -448,7 +440,8 @@ void fill_unassigned(const Geometry& g, const float* centers, const int32_t* cou
   });
 }
 
-void iterate(const Geometry& g, const float* features, float* centers, int32_t* counts,
+void iterate(const Geometry& g, const float* features, const int32_t* fixed, float* centers,
+             int32_t* counts,
              const int32_t* init_labels, int32_t* labels, int32_t* iterations) {
   const int32_t R = 3 + g.F;
   const int32_t num_cells = g.cells[0] * g.cells[1] * g.cells[2];
@@ -482,13 +475,13 @@ void iterate(const Geometry& g, const float* features, float* centers, int32_t* 
         if (done[n]) continue;
         const int32_t z = static_cast<int32_t>((i % chunks_per_sample) / g.cells[1]);
         const int32_t cy = static_cast<int32_t>(i % g.cells[1]);
-        run_chunk(g, features, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
+        run_chunk(g, features, fixed, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
                   cell_items.data() + n * g.K, n, z, cy, labels, chunks[i], scratch);
       }
     });
     // Combine the chunk partials in chunk order (fixed, thread-count independent).
     at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<double> total;
+      std::vector<int64_t> total;
       for (int64_t n = begin; n < end; ++n) {
         if (done[n]) continue;
         ++iterations[n];
@@ -499,21 +492,20 @@ void iterate(const Geometry& g, const float* features, float* centers, int32_t* 
           continue;
         }
         const int32_t S = 4 + g.F;
-        total.assign(int64_t{g.K} * S, 0.0);
+        total.assign(int64_t{g.K} * S, 0);
         for (int64_t c = 0; c < chunks_per_sample; ++c) {
           const Chunk& chunk = chunks[n * chunks_per_sample + c];
           for (size_t i = 0; i < chunk.clusters.size(); ++i) {
-            double* t = total.data() + int64_t{chunk.clusters[i]} * S;
-            const double* s = chunk.sums.data() + i * S;
+            int64_t* t = total.data() + int64_t{chunk.clusters[i]} * S;
+            const int64_t* s = chunk.sums.data() + i * S;
             for (int32_t j = 0; j < S; ++j) t[j] += s[j];
           }
         }
         for (int32_t k = 0; k < g.K; ++k) {
-          const double* t = total.data() + int64_t{k} * S;
+          const int64_t* t = total.data() + int64_t{k} * S;
           counts[n * g.K + k] = static_cast<int32_t>(t[0]);
-          if (t[0] == 0.0) continue;  // an empty cluster dies; its centre is never used again
-          float* c = centers + (n * g.K + k) * R;
-          for (int32_t j = 0; j < R; ++j) c[j] = static_cast<float>(t[1 + j] / t[0]);
+          if (t[0] == 0) continue;  // an empty cluster dies; its centre is never used again
+          mean_row(t, g.F, centers + (n * g.K + k) * R);
         }
       }
     });
@@ -747,10 +739,7 @@ void write_centers(const Geometry& g, const Components& c, const std::vector<int
   }
   for (int32_t k = 0; k < g.max_centers; ++k) {
     const int64_t* s = sums.data() + int64_t{k} * (R + 1);
-    if (s[0] == 0) continue;
-    float* o = out + int64_t{k} * R;
-    for (int32_t j = 0; j < 3; ++j) o[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
-    for (int32_t f = 0; f < g.F; ++f) o[3 + f] = fixed_mean(s[4 + f], s[0]);
+    if (s[0] != 0) mean_row(s, g.F, out + int64_t{k} * R);
   }
 }
 
@@ -822,10 +811,7 @@ void centers_from_labels(const Geometry& g, const float* feat, const int32_t* la
   }
   for (int32_t k = 0; k < g.max_centers; ++k) {
     const int64_t* s = sums.data() + int64_t{k} * (R + 1);
-    if (s[0] == 0) continue;
-    float* o = out + int64_t{k} * R;
-    for (int32_t j = 0; j < 3; ++j) o[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
-    for (int32_t f = 0; f < g.F; ++f) o[3 + f] = fixed_mean(s[4 + f], s[0]);
+    if (s[0] != 0) mean_row(s, g.F, out + int64_t{k} * R);
   }
 }
 
@@ -918,7 +904,17 @@ SlicOutputs slic_cpu_chunk(
   }
   at::Tensor labels = at::empty({g.N, g.P}, image.options().dtype(at::kInt));
   at::Tensor iterations = at::zeros({g.N}, image.options().dtype(at::kInt));
-  iterate(g, features.const_data_ptr<float>(), centers, counts,
+  // Features in fixed point once per call (int32: clamped features fit): the k-means sums
+  // add integers, exactly and in any order, as on CUDA.
+  at::Tensor fixed = at::empty({g.N, g.F, g.P}, image.options().dtype(at::kInt));
+  {
+    const float* src = features.const_data_ptr<float>();
+    int32_t* dst = fixed.data_ptr<int32_t>();
+    at::parallel_for(0, g.N * g.F * g.P, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) dst[i] = to_fixed32(src[i]);
+    });
+  }
+  iterate(g, features.const_data_ptr<float>(), fixed.const_data_ptr<int32_t>(), centers, counts,
           init_labels ? init_labels->const_data_ptr<int32_t>() : nullptr,
           labels.data_ptr<int32_t>(), iterations.data_ptr<int32_t>());
   at::Tensor cluster_labels = labels.clone();

@@ -357,10 +357,7 @@ __global__ void update_kernel(Geometry g, const int64_t* sums, const int32_t* st
   const int32_t S = 4 + g.F, R = 3 + g.F;
   const int64_t* s = sums + i * S;
   counts[i] = static_cast<int32_t>(s[0]);
-  if (s[0] == 0) return;
-  float* c = clusters + i * R;
-  for (int32_t j = 0; j < 3; ++j) c[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
-  for (int32_t f = 0; f < g.F; ++f) c[3 + f] = fixed_mean(s[4 + f], s[0]);
+  if (s[0] != 0) mean_row(s, g.F, clusters + i * R);
 }
 
 // A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
@@ -645,10 +642,7 @@ __global__ void centers_kernel(Geometry g, const int64_t* sums, float* out) {
   if (i >= g.N * g.max_centers) return;
   const int32_t S = 4 + g.F, R = 3 + g.F;
   const int64_t* s = sums + i * S;
-  if (s[0] == 0) return;
-  float* o = out + i * R;
-  for (int32_t j = 0; j < 3; ++j) o[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
-  for (int32_t f = 0; f < g.F; ++f) o[3 + f] = fixed_mean(s[4 + f], s[0]);
+  if (s[0] != 0) mean_row(s, g.F, out + i * R);
 }
 
 template <typename T>
