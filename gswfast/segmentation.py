@@ -19,7 +19,7 @@ from gswfast import ops
 
 Mode = Literal["auto", "image", "per_frame", "volume"]
 MODES: tuple[str, ...] = ("auto", "image", "per_frame", "volume")
-_IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_IMAGE_DTYPES = (torch.uint8, torch.uint16, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -88,16 +88,21 @@ def slic(
     init: Segmentation | None = None,
     tol: float = 0.02,
     validate: bool = True,
+    sigma: float | Sequence[float] = 0.0,
 ) -> Segmentation:
     """Segments images into superpixels or clips into supervoxels (SLIC).
 
     Args:
-        images: ``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 (0..255) or
-            float16/bfloat16/float32/float64 (0..1), any number of channels, CPU or CUDA.
-            Values are taken in their nominal range (no per-image stretch), so a frame's
-            segments never depend on the brightest pixel of another frame.
+        images: ``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 (0..255),
+            uint16 (0..65535) or float16/bfloat16/float32/float64 (0..1), any number of
+            channels, CPU or CUDA. Values are taken in their nominal range (no per-image
+            stretch, unlike scikit-image), so a frame's segments never depend on the
+            brightest pixel of another frame; float sRGB outside 0..1 is an error when
+            converted to CIELAB (with ``validate``). Without CIELAB, float channels are
+            used as given (features), clamped to +-32767.
         n_segments: approximate number of segments per image (``image``, ``per_frame``)
-            or per clip (``volume``). Seeds sit on scikit-image's regular grid.
+            or per clip (``volume``). Seeds sit on scikit-image's regular grid; more
+            segments than pixels give one per pixel, and a thin image gets one row of seeds.
         compactness: weight of space against colour; larger gives squarer segments. Same
             scale as scikit-image: colour distance in CIELAB units (or 0..1 values) divided
             by ``compactness``, spatial distance divided by the grid step.
@@ -122,7 +127,13 @@ def slic(
             keeps flipping about 1-2% of the pixels (boundary pixels) long after the
             segments have settled, so the default 0.02 ends it there: a warm start on an
             unchanged scene then takes a single pass.
-        validate: raise ``ValueError`` for NaN or infinite values (one device sync on CUDA).
+        sigma: Gaussian smoothing before segmenting, as scikit-image's ``sigma``: the
+            standard deviation in pixels, divided by ``spacing`` when a scalar, or one value
+            per dimension (``(y, x)`` or ``(t, y, x)``); scipy's ``reflect`` borders,
+            truncated at 4 sigma. Time is smoothed in ``volume`` mode only. 0: none.
+        validate: raise ``ValueError`` for NaN or infinite values, float sRGB outside 0..1
+            with CIELAB, and an ``init`` sample without a live cluster (one device sync on
+            CUDA). Unvalidated, such an ``init`` sample comes out as one segment.
 
     Returns:
         ``Segmentation`` with int32 labels ``[B, H, W]`` or ``[B, T, H, W]``.
@@ -130,6 +141,8 @@ def slic(
     Same input, same output, bitwise, on a given device.
     """
     _check_images(images)
+    if images.dtype == torch.uint16:  # nominal range 0..65535, as scikit-image's img_as_float
+        images = images.float() / 65535
     mode = _resolve_mode(mode, images)
     _check_parameters(n_segments, compactness, max_iter, min_size_factor, tol)
     channels = images.shape[1]
@@ -138,13 +151,16 @@ def slic(
     n, _, d, h, w = volume.shape
     steps, starts, cells = _seed_grid((d, h, w), n_segments, mode)
     weights = _spatial_weights(spacing, steps, mode)
+    blur = _resolve_sigma(sigma, spacing, mode)
     seeds = math.prod(cells)
     pixels = d * h * w
     min_size = int(min_size_factor * pixels / seeds) if enforce_connectivity else 0
     max_centers = _max_centers(seeds, pixels, min_size, enforce_connectivity)
-    if validate:
-        _check_finite(images)
     init_centers, init_counts, init_labels = _warm_start(init, images, mode, volume, channels)
+    if validate:
+        _validate_values(images, init_counts, lab)
+    if any(s > 0 for s in blur):
+        volume = _smooth(volume, blur)
     outputs = ops.slic_kernel(
         volume, (*steps, *starts, *cells), weights, compactness, lab, max_iter,
         enforce_connectivity, min_size, max_centers, init_centers, init_counts, init_labels, tol,
@@ -202,32 +218,22 @@ def _seed_grid(shape: tuple[int, int, int], n_segments: int, mode: str) -> tuple
     """Seed grid as scikit-image's ``regular_grid``: steps, starts and seed counts (z, y, x).
 
     The grid spreads ``n_segments`` seeds isotropically; a dimension shorter than the step
-    gets a single layer of seeds. That is expected along time (and the unit depth of an
-    image), but an image thinner than the step cannot hold the requested segments.
+    gets a single layer of seeds (time, the unit depth of an image, or a thin image, as
+    scikit-image), and more segments than pixels give one seed per pixel.
     """
     pixels = math.prod(shape)
-    if n_segments > pixels:
-        raise ValueError(f"n_segments: expected at most the {pixels} pixels per {'clip' if shape[0] > 1 and mode == 'volume' else 'image'}, got {n_segments}")
+    n_segments = min(n_segments, pixels)
     order = sorted(range(3), key=lambda i: shape[i])
     dims = [shape[i] for i in order]
     steps = [(pixels / n_segments) ** (1.0 / 3.0)] * 3
-    clamped = []
     if any(dim < step for dim, step in zip(dims, steps)):
         for i in range(3):
             steps[i] = float(dims[i])
-            clamped.append(order[i])
             rest = math.prod(dims[i + 1:])
             if i < 2:
                 steps[i + 1:] = [(rest / n_segments) ** (1.0 / (2 - i))] * (2 - i)
             if all(dim >= step for dim, step in zip(dims, steps)):
                 break
-    if 1 in clamped or 2 in clamped:
-        step = (shape[1] * shape[2] / n_segments) ** 0.5
-        raise ValueError(
-            f"n_segments: {n_segments} segments need a grid step of about {step:.0f} pixels, "
-            f"more than the image's H x W = {shape[1]} x {shape[2]} allows; ask for at least "
-            f"{math.ceil(shape[1] * shape[2] / min(shape[1], shape[2]) ** 2)} segments"
-        )
     if pixels <= n_segments:  # one seed per pixel
         sorted_steps, sorted_starts = [1, 1, 1], [0, 0, 0]
     else:
@@ -272,6 +278,49 @@ def _max_centers(seeds: int, pixels: int, min_size: int, connectivity: bool) -> 
     return min(pixels, seeds + pixels // max(min_size, 1) + 1)
 
 
+def _resolve_sigma(sigma: float | Sequence[float], spacing: Sequence[float] | None, mode: str) -> list[float]:
+    """Per-dimension (t, y, x) standard deviations, as scikit-image: a scalar is divided by
+    the spacing; frames of ``image`` and ``per_frame`` inputs are never smoothed together."""
+    try:
+        values = [float(sigma)] * 3 if isinstance(sigma, (int, float)) else [float(v) for v in sigma]
+    except (TypeError, ValueError):
+        raise TypeError(f"sigma: expected a float or a sequence of floats, got {sigma!r}") from None
+    if isinstance(sigma, bool) or len(values) not in (2, 3) or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"sigma: expected finite values >= 0, one or (y, x) or (t, y, x), got {sigma!r}")
+    if len(values) == 2:
+        values = [0.0, *values]
+    if isinstance(sigma, (int, float)) and spacing is not None:
+        space = [float(v) for v in spacing]
+        space = [1.0, *space] if len(space) == 2 else space
+        values = [v / p for v, p in zip(values, space)]
+    if mode != "volume":
+        values[0] = 0.0
+    return values
+
+
+def _smooth(volume: Tensor, sigma: Sequence[float]) -> Tensor:
+    """Separable Gaussian filter of [N, C, D, H, W] along (D, H, W), float32 values in the
+    nominal 0..1 range (uint8 / 255), as scipy.ndimage.gaussian_filter(mode="reflect",
+    truncate=4.0) on the device."""
+    x = volume.float() / 255 if volume.dtype == torch.uint8 else volume.float()
+    for dim, s in zip((2, 3, 4), sigma):
+        n = x.shape[dim]
+        if s <= 0 or n == 1:
+            continue
+        radius = int(4.0 * s + 0.5)
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        weights = torch.exp(-0.5 * (offsets / s) ** 2)
+        weights = (weights / weights.sum()).tolist()
+        index = torch.arange(-radius, n + radius) % (2 * n)  # scipy "reflect": d c b a | a b c d
+        index = torch.where(index >= n, 2 * n - 1 - index, index).to(x.device)
+        padded = x.index_select(dim, index)
+        out = torch.zeros_like(x)
+        for k, w in enumerate(weights):
+            out += w * padded.narrow(dim, k, n)
+        x = out
+    return x.contiguous()
+
+
 # ------------------------------------------------------------------------ checks
 
 
@@ -279,7 +328,10 @@ def _check_images(images: object) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
     if images.dtype not in _IMAGE_DTYPES:
-        raise TypeError(f"images: expected dtype uint8, float16, bfloat16, float32 or float64, got {images.dtype}")
+        raise TypeError(
+            f"images: expected dtype uint8, uint16, float16, bfloat16, float32 or float64, got "
+            f"{images.dtype} (convert other integer images to float in 0..1)"
+        )
     if images.dim() not in (4, 5):
         raise ValueError(f"images: expected [B, C, H, W] or [B, C, T, H, W], got shape {tuple(images.shape)}")
     if images.numel() == 0:
@@ -317,12 +369,36 @@ def _resolve_convert_lab(convert_lab: bool | None, channels: int) -> bool:
     return bool(convert_lab)
 
 
-def _check_finite(images: Tensor) -> None:
-    if images.dtype == torch.uint8 or torch.compiler.is_compiling():
+def _validate_values(images: Tensor, init_counts: Tensor | None, lab: bool) -> None:
+    """NaN/inf pixels, float sRGB outside 0..1 when converting to CIELAB, and warm-start
+    samples without a live cluster (the kernel would put every pixel in cluster 0): one
+    device sync for all."""
+    if torch.compiler.is_compiling():
         return
-    bad = int((~torch.isfinite(images)).sum().item())
-    if bad:
-        raise ValueError(f"images: contain {bad} NaN or infinite value(s); expected finite values in 0..1")
+    floats = images.dtype != torch.uint8
+    checks = []
+    if floats:
+        checks.append((~torch.isfinite(images)).sum())
+        checks.append(((images < 0) | (images > 1)).sum() if lab else checks[0] * 0)
+    if init_counts is not None:
+        checks.append((~(init_counts > 0).any(dim=1)).sum())
+    if not checks:
+        return
+    counts = torch.stack(checks).tolist()
+    if floats and counts[0]:
+        raise ValueError(f"images: contain {counts[0]} NaN or infinite value(s); expected finite values in 0..1")
+    if floats and counts[1]:
+        raise ValueError(
+            f"images: {counts[1]} value(s) outside 0..1; CIELAB conversion (convert_lab, the default "
+            "for 3 channels) expects float sRGB in 0..1 (scikit-image would stretch each image to "
+            "0..1, gswfast does not): divide 0..255 floats by 255, or pass convert_lab=False to "
+            "use the values as features"
+        )
+    if init_counts is not None and counts[-1]:
+        raise ValueError(
+            f"init: {counts[-1]} sample(s) have no live cluster (all cluster_counts are 0); "
+            "expected a Segmentation returned by slic"
+        )
 
 
 def _warm_start(init: Segmentation | None, images: Tensor, mode: str, volume: Tensor,

@@ -11,9 +11,10 @@
 //
 // * image: uint8 (0..255) or float16/bfloat16/float32/float64 (0..1), contiguous, finite
 //   (the Python layer checks). N samples are segmented independently: images are D = 1
-//   volumes; per-frame clips arrive as N = B * T samples.
+//   volumes; per-frame clips arrive as N = B * T samples. Any N: calls of 2^31 pixels or
+//   more run in groups of samples (slic_in_chunks); one sample has fewer than 2^31 pixels.
 // * Features F: CIELAB (F = 3) when convert_lab (C must be 3), else the C channels scaled
-//   to 0..1. Distance of pixel p to cluster k, as in scikit-image's slic:
+//   to 0..1 (uint8) or as given (floats), then clamped to +-kMaxFeature. Distance of pixel p to cluster k, as in scikit-image's slic:
 //       d = |f_p - f_k|^2 / compactness^2 + sum_dim weight[dim] * (p_dim - k_dim)^2
 //   with weight = spacing^2 / S^2 and S the largest grid step.
 // * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x):
@@ -24,22 +25,32 @@
 //   claim their windows in ascending order; CUDA threads scan the clusters binned in the
 //   3 x 3 (x 3) cells (of size step) around their pixel: the same rule, for any centres.
 // * Cold start (no init): one cluster per cell, seeded at the grid point moved to the
-//   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012).
-//   Warm start: the k-means state of a previous call (centres, live flags, labels).
-// * Iterations: assign, then recompute centres; a sample stops once at most tol * P pixels
-//   changed cluster in a pass. iterations[n] counts its assignment passes. Pixels still
+//   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012); not
+//   moved along y or x where the step is below 3 (seeds must not meet).
+//   Warm start: the k-means state of a previous call (centres, live flags, labels). A
+//   sample with no live cluster is not an error: no pixel is claimed and every pixel joins
+//   cluster 0 (one segment); the Python layer raises ValueError for it when validating.
+// * Iterations: assign, then recompute centres as the exact means of each cluster's pixels
+//   (integer sums, mean_row; an empty cluster dies); a sample stops once at most tol * P
+//   pixels changed cluster in a pass (that pass updates nothing). iterations[n] counts its assignment passes. Pixels still
 //   unassigned at the end join the live cluster with the nearest centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
-//   union-find (root = lowest pixel index). Components smaller than min_size repeatedly
-//   join the adjacent set with the nearest mean feature (ties: lower root), at most
-//   kMergeRounds rounds. Without connectivity each non-empty cluster is one segment.
+//   union-find (root = lowest pixel index). Then merge rounds, at most kMergeRounds, until
+//   no set is smaller than min_size or nothing merges. A round decides every choice from
+//   its snapshot (sets, sizes, mean features in fixed point): each set smaller than
+//   min_size picks the adjacent set with the nearest mean feature (squared distance in
+//   float, one rounding per product and sum; ties: lower root); then all picked pairs are
+//   united (root = lowest pixel). The partition depends on no visiting order or thread
+//   timing. Without connectivity each non-empty cluster is one segment.
 // * Ids 0..n-1 (n = num_segments[n]), stable: a set takes the cluster of its largest
 //   original component; the set holding the largest component of cluster k is k's main
 //   segment and gets id k when k < n. The ids below n left free go, ascending, to the other
 //   sets (raster order of their root), then to the mains of clusters k >= n.
-// * centers: mean (z, y, x, features) of each segment; rows >= num_segments are zero and
-//   a segment with id >= max_centers has no row. Sums are exact (integer coordinates,
-//   features in 2^-16 fixed point), so equal labels give equal centres on both backends.
+// * centers: mean (z, y, x, features) of each segment of the final labels, with or without
+//   connectivity; rows >= num_segments are zero and a segment with id >= max_centers has
+//   no row. Sums are exact (integer coordinates, features in 2^-16 fixed point, int64:
+//   clamped features keep them in range), so equal labels give equal centres on both
+//   backends. gswfast/_slic_reference.py is the plain-torch twin of the exact stages.
 // * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
 //   CUDA uses no floating-point atomics (integer atomics only).
 #pragma once
@@ -61,6 +72,10 @@ namespace slic {
 
 constexpr int kMergeRounds = 16;
 constexpr double kFixedScale = 65536.0;  // features are summed in 2^-16 fixed point
+// Features are clamped to +-kMaxFeature when computed, on both backends: a fixed-point
+// value then fits int32 (the CPU precomputes them so), and sums over up to 2^31 pixels
+// fit int64.
+constexpr float kMaxFeature = 32767.f;
 
 struct Geometry {
   int64_t N;            // samples
@@ -95,6 +110,25 @@ GSW_HD uint32_t float_bits(float v) {
   return __float_as_uint(v);
 #else
   return __builtin_bit_cast(uint32_t, v);
+#endif
+}
+
+// Products and sums rounded one at a time on both backends (nvcc would otherwise fuse
+// a * b + c into one FMA where the CPU build rounds twice): for the stages the contract
+// makes exact (seeds, nearest live cluster).
+GSW_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+GSW_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
 #endif
 }
 
@@ -139,6 +173,11 @@ GSW_HD void linear_rgb_to_lab(float r, float g, float b, float* L, float* A, flo
   *B = 200.f * (fy - fz);
 }
 
+// Comparisons rather than fminf/fmaxf: the same on both backends, and it vectorises.
+GSW_HD float clamp_feature(float v) {
+  return v < -kMaxFeature ? -kMaxFeature : (v > kMaxFeature ? kMaxFeature : v);
+}
+
 // Feature value in 2^-16 fixed point, rounded half away from zero. Integer sums of these
 // are exact and order-independent, so both backends get the same component statistics.
 GSW_HD int64_t to_fixed(float v) {
@@ -146,8 +185,28 @@ GSW_HD int64_t to_fixed(float v) {
   return static_cast<int64_t>(s + copysign(0.5, s));  // branchless: vectorises
 }
 
+// to_fixed for a clamped feature (|v| <= kMaxFeature), in float and int32 arithmetic that
+// vectorises: v * 2^16 is exact in float, truncation is exact below 2^31, and the
+// fraction s - t is exact, so this rounds half away from zero like to_fixed, bit for bit.
+GSW_HD int32_t to_fixed32(float v) {
+  const float s = v * static_cast<float>(kFixedScale);
+  const int32_t t = static_cast<int32_t>(s);
+  const float frac = s - static_cast<float>(t);
+  return t + static_cast<int32_t>(frac >= 0.5f) - static_cast<int32_t>(frac <= -0.5f);
+}
+
 GSW_HD float fixed_mean(int64_t sum, int64_t count) {
   return static_cast<float>(static_cast<double>(sum) / static_cast<double>(count) / kFixedScale);
+}
+
+// Centre row (z, y, x, features) from exact sums s = (count > 0, z, y, x, fixed-point
+// features): coordinates as float64 quotients, features through fixed_mean. Every centre
+// both backends write (k-means updates, segment centres) comes from here.
+GSW_HD void mean_row(const int64_t* s, int32_t F, float* c) {
+  for (int32_t j = 0; j < 3; ++j) {
+    c[j] = static_cast<float>(static_cast<double>(s[1 + j]) / static_cast<double>(s[0]));
+  }
+  for (int32_t f = 0; f < F; ++f) c[3 + f] = fixed_mean(s[4 + f], s[0]);
 }
 
 GSW_HD float srgb_to_linear(float c) {
@@ -164,22 +223,25 @@ GSW_HD float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_
     const float* fp = feat + f * g.P + plane;
     const float dx = fp[int64_t{y} * g.W + xr] - fp[int64_t{y} * g.W + xl];
     const float dy = fp[int64_t{yd} * g.W + x] - fp[int64_t{yu} * g.W + x];
-    sum += dx * dx + dy * dy;
+    sum = add_rn(sum, add_rn(mul_rn(dx, dx), mul_rn(dy, dy)));
   }
   return sum;
 }
 
 // Cold start: the centre row (z, y, x, features) of grid seed k, moved to the lowest
-// gradient of its 3x3 neighbourhood (first in raster order on ties).
+// gradient of its 3x3 neighbourhood (first in raster order on ties). Along a dimension
+// with a step below 3 the seed stays put: seeds one or two pixels apart would otherwise
+// meet on the same pixel, and all but one would die (n_segments near the pixel count).
 GSW_HD void seed_center(const Geometry& g, const float* feat, int32_t k, float* c) {
   const int32_t ix = k % g.cells[2], iy = (k / g.cells[2]) % g.cells[1],
                 iz = k / (g.cells[2] * g.cells[1]);
   const int32_t z = g.start[0] + iz * g.step[0];
   const int32_t y0 = g.start[1] + iy * g.step[1], x0 = g.start[2] + ix * g.step[2];
+  const int32_t ry = g.step[1] >= 3 ? 1 : 0, rx = g.step[2] >= 3 ? 1 : 0;
   int32_t y = y0, x = x0;
   float best = gradient_at(g, feat, z, y, x);
-  for (int32_t dy = -1; dy <= 1; ++dy) {
-    for (int32_t dx = -1; dx <= 1; ++dx) {
+  for (int32_t dy = -ry; dy <= ry; ++dy) {
+    for (int32_t dx = -rx; dx <= rx; ++dx) {
       const int32_t yy = y0 + dy, xx = x0 + dx;
       if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) continue;
       const float grad = gradient_at(g, feat, z, yy, xx);
@@ -210,7 +272,8 @@ GSW_HD int32_t nearest_live_cluster(const Geometry& g, const float* centers, con
     if (counts[k] <= 0) continue;
     const float* c = centers + int64_t{k} * R;
     const float dz = z - c[0], dy = y - c[1], dx = x - c[2];
-    const float d = g.weight[0] * dz * dz + g.weight[1] * dy * dy + g.weight[2] * dx * dx;
+    const float d = add_rn(add_rn(mul_rn(mul_rn(g.weight[0], dz), dz), mul_rn(mul_rn(g.weight[1], dy), dy)),
+                           mul_rn(mul_rn(g.weight[2], dx), dx));
     if (d < best) {
       best = d;
       best_k = k;
@@ -234,6 +297,23 @@ GSW_HD uint32_t unpack_size_root(uint64_t key) { return 0xFFFFFFFFu - static_cas
 #if !defined(__CUDACC__)
 using SlicOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                at::Tensor, at::Tensor>;
+using SlicFn = SlicOutputs (*)(const at::Tensor&, const std::optional<at::Tensor>&,
+                               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                               at::IntArrayRef, at::ArrayRef<double>, double, bool, int64_t,
+                               double, bool, int64_t, int64_t);
+
+// Pixels per kernel call: every root-indexed array uses int32 indices n * P + p.
+constexpr int64_t kMaxPixels = int64_t{1} << 31;
+
+// Runs fn on consecutive groups of samples of fewer than kMaxPixels pixels each and
+// concatenates the outputs (samples are independent): both backends take any N.
+SlicOutputs slic_in_chunks(SlicFn fn, const at::Tensor& image,
+                           const std::optional<at::Tensor>& init_centers,
+                           const std::optional<at::Tensor>& init_counts,
+                           const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                           at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                           int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                           int64_t max_centers);
 
 SlicOutputs slic_cpu(
     const at::Tensor& image, const std::optional<at::Tensor>& init_centers,

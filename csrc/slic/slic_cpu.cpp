@@ -7,6 +7,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Half.h>
@@ -54,7 +55,7 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   g.W = static_cast<int32_t>(image.size(4));
   g.P = int64_t{g.D} * g.H * g.W;
   TORCH_CHECK(g.P >= 1, "image: expected a non-empty spatial extent, got ", image.sizes());
-  TORCH_CHECK(g.N * g.P < (int64_t{1} << 31), "image: at most 2^31 - 1 pixels per call");
+  TORCH_CHECK(g.N * g.P < kMaxPixels, "image: at most 2^31 - 1 pixels per call (slic_in_chunks)");
   const int32_t dims[3] = {g.D, g.H, g.W};
   int64_t cells = 1;
   for (int d = 0; d < 3; ++d) {
@@ -153,9 +154,14 @@ void compute_features(const Geometry& g, const T* image, float* features) {
         float* A = dst + P;
         float* B = dst + 2 * P;
         for (int64_t j = 0; j < len; ++j) linear_rgb_to_lab(r[j], gg[j], b[j], L + j, A + j, B + j);
+        for (int64_t j = 0; j < len; ++j) {
+          L[j] = clamp_feature(L[j]);
+          A[j] = clamp_feature(A[j]);
+          B[j] = clamp_feature(B[j]);
+        }
       } else {
         for (int32_t c = 0; c < g.C; ++c) {
-          for (int64_t j = 0; j < len; ++j) dst[c * P + j] = unit_value(src[c * P + j]);
+          for (int64_t j = 0; j < len; ++j) dst[c * P + j] = clamp_feature(unit_value(src[c * P + j]));
         }
       }
       i += len;
@@ -180,14 +186,9 @@ void warm_centers(const Geometry& g, const float* init, const int32_t* init_coun
                   int32_t* counts) {
   const int32_t R = 3 + g.F;
   std::copy(init, init + g.N * g.K * R, centers);
-  for (int64_t n = 0; n < g.N; ++n) {
-    int64_t live = 0;
-    for (int32_t k = 0; k < g.K; ++k) {
-      counts[n * g.K + k] = init_counts[n * g.K + k] > 0 ? 1 : 0;
-      live += counts[n * g.K + k];
-    }
-    TORCH_CHECK(live >= 1, "init: sample ", n, " has no live cluster");
-  }
+  // A sample without a live cluster is not an error here (as on CUDA, slic.h): no pixel
+  // is ever claimed and all of them join cluster 0.
+  for (int64_t i = 0; i < g.N * g.K; ++i) counts[i] = init_counts[i] > 0 ? 1 : 0;
 }
 
 // Counting sort of one sample's live clusters into the cells holding their centres.
@@ -222,7 +223,7 @@ void bin_centers(const Geometry& g, const float* centers, const int32_t* counts,
 
 struct Chunk {
   std::vector<int32_t> clusters;  // clusters of the chunk's pixels, by first pixel
-  std::vector<double> sums;       // per cluster: count, z, y, x, features
+  std::vector<int64_t> sums;      // per cluster: count, z, y, x, fixed-point features
   int64_t changed = 0;
 };
 
@@ -354,22 +355,8 @@ ClaimFn pick_claim(int32_t F) {
   }
 }
 
-// Sum of v[x0..x1) with four interleaved accumulators (a fixed order: deterministic).
-double run_sum(const float* v, int32_t x0, int32_t x1) {
-  float a[4] = {0.f, 0.f, 0.f, 0.f};
-  int32_t x = x0;
-  for (; x + 4 <= x1; x += 4) {
-    a[0] += v[x];
-    a[1] += v[x + 1];
-    a[2] += v[x + 2];
-    a[3] += v[x + 3];
-  }
-  for (; x < x1; ++x) a[0] += v[x];
-  return (static_cast<double>(a[0]) + a[1]) + (static_cast<double>(a[2]) + a[3]);
-}
-
-void run_chunk(const Geometry& g, const float* features, const float* centers,
-               const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
+void run_chunk(const Geometry& g, const float* features, const int32_t* fixed,
+               const float* centers, const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
                int32_t cy, int32_t* labels, Chunk& chunk, Scratch& scratch) {
   const int32_t R = 3 + g.F;
   const int32_t y0 = cy * g.step[1];
@@ -377,6 +364,7 @@ void run_chunk(const Geometry& g, const float* features, const float* centers,
   const int64_t pixels = int64_t{y1 - y0} * g.W;
   const float* feat = features + n * g.F * g.P;
   const int64_t first = (int64_t{z} * g.H + y0) * g.W;  // chunk's first pixel
+  const int32_t* fixed_feat = fixed + n * g.F * g.P + first;
   scratch.best.assign(pixels, std::numeric_limits<float>::infinity());
   scratch.winner.assign(pixels, -1);
   chunk_candidates(g, centers, cell_start, cell_items, z, cy, y0, y1, scratch.cands);
@@ -419,15 +407,20 @@ void run_chunk(const Geometry& g, const float* features, const float* centers,
         if (local_of[k] < 0) {
           local_of[k] = static_cast<int32_t>(chunk.clusters.size());
           chunk.clusters.push_back(k);
-          chunk.sums.resize(chunk.sums.size() + S, 0.0);
+          chunk.sums.resize(chunk.sums.size() + S, 0);
         }
-        double* s = chunk.sums.data() + int64_t{local_of[k]} * S;
-        const double count = e - x;
+        int64_t* s = chunk.sums.data() + int64_t{local_of[k]} * S;
+        const int64_t count = e - x;
         s[0] += count;
         s[1] += count * z;
         s[2] += count * y;
-        s[3] += 0.5 * count * (x + e - 1);
-        for (int32_t f = 0; f < g.F; ++f) s[4 + f] += run_sum(planes[f] + row, x, e);
+        s[3] += count * (x + e - 1) / 2;  // x + .. + (e - 1)
+        for (int32_t f = 0; f < g.F; ++f) {
+          const int32_t* v = fixed_feat + int64_t{f} * g.P + row;
+          int64_t sum = 0;
+          for (int32_t q = x; q < e; ++q) sum += v[q];
+          s[4 + f] += sum;
+        }
       }
       x = e;
     }
@@ -447,7 +440,8 @@ void fill_unassigned(const Geometry& g, const float* centers, const int32_t* cou
   });
 }
 
-void iterate(const Geometry& g, const float* features, float* centers, int32_t* counts,
+void iterate(const Geometry& g, const float* features, const int32_t* fixed, float* centers,
+             int32_t* counts,
              const int32_t* init_labels, int32_t* labels, int32_t* iterations) {
   const int32_t R = 3 + g.F;
   const int32_t num_cells = g.cells[0] * g.cells[1] * g.cells[2];
@@ -481,13 +475,13 @@ void iterate(const Geometry& g, const float* features, float* centers, int32_t* 
         if (done[n]) continue;
         const int32_t z = static_cast<int32_t>((i % chunks_per_sample) / g.cells[1]);
         const int32_t cy = static_cast<int32_t>(i % g.cells[1]);
-        run_chunk(g, features, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
+        run_chunk(g, features, fixed, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
                   cell_items.data() + n * g.K, n, z, cy, labels, chunks[i], scratch);
       }
     });
     // Combine the chunk partials in chunk order (fixed, thread-count independent).
     at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<double> total;
+      std::vector<int64_t> total;
       for (int64_t n = begin; n < end; ++n) {
         if (done[n]) continue;
         ++iterations[n];
@@ -498,21 +492,20 @@ void iterate(const Geometry& g, const float* features, float* centers, int32_t* 
           continue;
         }
         const int32_t S = 4 + g.F;
-        total.assign(int64_t{g.K} * S, 0.0);
+        total.assign(int64_t{g.K} * S, 0);
         for (int64_t c = 0; c < chunks_per_sample; ++c) {
           const Chunk& chunk = chunks[n * chunks_per_sample + c];
           for (size_t i = 0; i < chunk.clusters.size(); ++i) {
-            double* t = total.data() + int64_t{chunk.clusters[i]} * S;
-            const double* s = chunk.sums.data() + i * S;
+            int64_t* t = total.data() + int64_t{chunk.clusters[i]} * S;
+            const int64_t* s = chunk.sums.data() + i * S;
             for (int32_t j = 0; j < S; ++j) t[j] += s[j];
           }
         }
         for (int32_t k = 0; k < g.K; ++k) {
-          const double* t = total.data() + int64_t{k} * S;
+          const int64_t* t = total.data() + int64_t{k} * S;
           counts[n * g.K + k] = static_cast<int32_t>(t[0]);
-          if (t[0] == 0.0) continue;  // an empty cluster dies; its centre is never used again
-          float* c = centers + (n * g.K + k) * R;
-          for (int32_t j = 0; j < R; ++j) c[j] = static_cast<float>(t[1 + j] / t[0]);
+          if (t[0] == 0) continue;  // an empty cluster dies; its centre is never used again
+          mean_row(t, g.F, centers + (n * g.K + k) * R);
         }
       }
     });
@@ -653,6 +646,7 @@ std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
   std::vector<int64_t> size(M), sum(int64_t{M} * g.F);
   std::vector<float> mean(int64_t{M} * g.F);
   std::vector<uint64_t> best(M);
+  std::vector<int32_t> links;
   for (int32_t round = 0; round < kMergeRounds; ++round) {
     std::fill(size.begin(), size.end(), 0);
     std::fill(sum.begin(), sum.end(), 0);
@@ -684,13 +678,16 @@ std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
       if (size[a] < g.min_size) best[a] = std::min(best[a], pack_distance(distance(a, b), static_cast<uint32_t>(b)));
       if (size[b] < g.min_size) best[b] = std::min(best[b], pack_distance(distance(b, a), static_cast<uint32_t>(a)));
     }
-    bool merged = false;
+    // Every pair is decided from the round's snapshot (parents are flat, sizes and means
+    // fixed) before any of them is united: the partition does not depend on the order in
+    // which the links are made (CUDA makes them concurrently).
+    links.clear();
     for (int32_t r = 0; r < M; ++r) {
       if (parent[r] != r || size[r] >= g.min_size || best[r] == ~uint64_t{0}) continue;
-      unite(parent, r, static_cast<int32_t>(best[r] & 0xFFFFFFFFu));
-      merged = true;
+      links.push_back(r);
     }
-    if (!merged) break;
+    if (links.empty()) break;
+    for (const int32_t r : links) unite(parent, r, static_cast<int32_t>(best[r] & 0xFFFFFFFFu));
     for (int32_t m = 0; m < M; ++m) parent[m] = find_root(parent, m);
   }
   return parent;
@@ -742,10 +739,7 @@ void write_centers(const Geometry& g, const Components& c, const std::vector<int
   }
   for (int32_t k = 0; k < g.max_centers; ++k) {
     const int64_t* s = sums.data() + int64_t{k} * (R + 1);
-    if (s[0] == 0) continue;
-    float* o = out + int64_t{k} * R;
-    for (int32_t j = 0; j < 3; ++j) o[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
-    for (int32_t f = 0; f < g.F; ++f) o[3 + f] = fixed_mean(s[4 + f], s[0]);
+    if (s[0] != 0) mean_row(s, g.F, out + int64_t{k} * R);
   }
 }
 
@@ -787,21 +781,50 @@ int64_t connect_sample(const Geometry& g, const float* feat, int32_t* labels, fl
   return count;
 }
 
-// Without connectivity: every non-empty cluster is a segment, numbered in cluster order;
-// its centre is the cluster's (recomputed from these very labels after the last pass).
-int64_t relabel_clusters(const Geometry& g, int32_t* labels, const float* clusters, float* centers) {
+// Mean (z, y, x, features) of each segment of the final labels, from exact integer sums
+// (features in fixed point) taken run by run; rows past max_centers are dropped.
+void centers_from_labels(const Geometry& g, const float* feat, const int32_t* labels, float* out) {
   const int32_t R = 3 + g.F;
+  std::vector<int64_t> sums(int64_t{g.max_centers} * (R + 1), 0);
+  for (int32_t z = 0; z < g.D; ++z) {
+    for (int32_t y = 0; y < g.H; ++y) {
+      const int64_t row = (int64_t{z} * g.H + y) * g.W;
+      for (int32_t x = 0; x < g.W;) {
+        const int32_t id = labels[row + x];
+        int32_t e = x + 1;
+        while (e < g.W && labels[row + e] == id) ++e;
+        if (id < g.max_centers) {
+          int64_t* s = sums.data() + int64_t{id} * (R + 1);
+          const int64_t count = e - x;
+          s[0] += count;
+          s[1] += count * z;
+          s[2] += count * y;
+          s[3] += count * (x + e - 1) / 2;
+          for (int32_t f = 0; f < g.F; ++f) {
+            const float* v = feat + f * g.P + row;
+            for (int32_t q = x; q < e; ++q) s[4 + f] += to_fixed(v[q]);
+          }
+        }
+        x = e;
+      }
+    }
+  }
+  for (int32_t k = 0; k < g.max_centers; ++k) {
+    const int64_t* s = sums.data() + int64_t{k} * (R + 1);
+    if (s[0] != 0) mean_row(s, g.F, out + int64_t{k} * R);
+  }
+}
+
+// Without connectivity: every non-empty cluster is a segment, numbered in cluster order;
+// its centre is the mean of its final pixels (the k-means centres are a pass older).
+int64_t relabel_clusters(const Geometry& g, const float* feat, int32_t* labels, float* centers) {
   std::vector<uint8_t> used(g.K, 0);
   for (int64_t p = 0; p < g.P; ++p) used[labels[p]] = 1;
   int32_t n = 0;
   for (int32_t k = 0; k < g.K; ++k) n += used[k];
   const std::vector<int32_t> id = stable_ids(used, n);
-  for (int32_t k = 0; k < g.K; ++k) {
-    if (used[k] && id[k] < g.max_centers) {
-      std::copy(clusters + int64_t{k} * R, clusters + int64_t{k + 1} * R, centers + int64_t{id[k]} * R);
-    }
-  }
   for (int64_t p = 0; p < g.P; ++p) labels[p] = id[labels[p]];
+  centers_from_labels(g, feat, labels, centers);
   return n;
 }
 
@@ -812,7 +835,45 @@ const T* image_ptr(const at::Tensor& t) {
 
 }  // namespace
 
-SlicOutputs slic_cpu(
+SlicOutputs slic_in_chunks(SlicFn fn, const at::Tensor& image,
+                           const std::optional<at::Tensor>& init_centers,
+                           const std::optional<at::Tensor>& init_counts,
+                           const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                           at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                           int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                           int64_t max_centers) {
+  TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
+  const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);
+  TORCH_CHECK(P < kMaxPixels, "image: at most 2^31 - 1 pixels per sample, got ", P);
+  const int64_t per_call = P > 0 ? std::max<int64_t>(1, (kMaxPixels - 1) / P) : N;
+  auto call = [&](int64_t start, int64_t length) {
+    auto part = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+      if (!t) return std::nullopt;
+      return t->narrow(0, start, length);
+    };
+    return fn(image.narrow(0, start, length), part(init_centers), part(init_counts),
+              part(init_labels), grid, weights, compactness, convert_lab, max_iter, tol,
+              connectivity, min_size, max_centers);
+  };
+  if (N <= per_call) return call(0, N);
+  std::vector<at::Tensor> parts[7];
+  for (int64_t start = 0; start < N; start += per_call) {
+    const SlicOutputs out = call(start, std::min(per_call, N - start));
+    parts[0].push_back(std::get<0>(out));
+    parts[1].push_back(std::get<1>(out));
+    parts[2].push_back(std::get<2>(out));
+    parts[3].push_back(std::get<3>(out));
+    parts[4].push_back(std::get<4>(out));
+    parts[5].push_back(std::get<5>(out));
+    parts[6].push_back(std::get<6>(out));
+  }
+  return {at::cat(parts[0]), at::cat(parts[1]), at::cat(parts[2]), at::cat(parts[3]),
+          at::cat(parts[4]), at::cat(parts[5]), at::cat(parts[6])};
+}
+
+namespace {
+
+SlicOutputs slic_cpu_chunk(
     const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
     const std::optional<at::Tensor>& init_counts, const std::optional<at::Tensor>& init_labels,
     at::IntArrayRef grid, at::ArrayRef<double> weights, double compactness, bool convert_lab,
@@ -843,7 +904,17 @@ SlicOutputs slic_cpu(
   }
   at::Tensor labels = at::empty({g.N, g.P}, image.options().dtype(at::kInt));
   at::Tensor iterations = at::zeros({g.N}, image.options().dtype(at::kInt));
-  iterate(g, features.const_data_ptr<float>(), centers, counts,
+  // Features in fixed point once per call (int32: clamped features fit): the k-means sums
+  // add integers, exactly and in any order, as on CUDA.
+  at::Tensor fixed = at::empty({g.N, g.F, g.P}, image.options().dtype(at::kInt));
+  {
+    const float* src = features.const_data_ptr<float>();
+    int32_t* dst = fixed.data_ptr<int32_t>();
+    at::parallel_for(0, g.N * g.F * g.P, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) dst[i] = to_fixed32(src[i]);
+    });
+  }
+  iterate(g, features.const_data_ptr<float>(), fixed.const_data_ptr<int32_t>(), centers, counts,
           init_labels ? init_labels->const_data_ptr<int32_t>() : nullptr,
           labels.data_ptr<int32_t>(), iterations.data_ptr<int32_t>());
   at::Tensor cluster_labels = labels.clone();
@@ -857,10 +928,22 @@ SlicOutputs slic_cpu(
       float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
       num_segments.data_ptr<int64_t>()[n] =
           g.connectivity ? connect_sample(g, feat, lab, out)
-                         : relabel_clusters(g, lab, centers + n * g.K * R, out);
+                         : relabel_clusters(g, feat, lab, out);
     }
   });
   return {labels, num_segments, out_centers, iterations, clusters, cluster_counts, cluster_labels};
+}
+
+}  // namespace
+
+SlicOutputs slic_cpu(
+    const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+    const std::optional<at::Tensor>& init_counts, const std::optional<at::Tensor>& init_labels,
+    at::IntArrayRef grid, at::ArrayRef<double> weights, double compactness, bool convert_lab,
+    int64_t max_iter, double tol, bool connectivity, int64_t min_size, int64_t max_centers) {
+  return slic_in_chunks(&slic_cpu_chunk, image, init_centers, init_counts, init_labels, grid,
+                        weights, compactness, convert_lab, max_iter, tol, connectivity, min_size,
+                        max_centers);
 }
 
 TORCH_LIBRARY_IMPL(gswfast, CPU, m) { m.impl("slic", &slic_cpu); }

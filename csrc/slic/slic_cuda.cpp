@@ -28,12 +28,13 @@ int image_dtype_code(at::ScalarType s) {
   }
 }
 
-SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-                      const std::optional<at::Tensor>& init_counts,
-                      const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
-                      at::ArrayRef<double> weights, double compactness, bool convert_lab,
-                      int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                      int64_t max_centers) {
+SlicOutputs slic_cuda_chunk(const at::Tensor& image,
+                            const std::optional<at::Tensor>& init_centers,
+                            const std::optional<at::Tensor>& init_counts,
+                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                            at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                            int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                            int64_t max_centers) {
   TORCH_CHECK(image.is_cuda(), "image: expected a CUDA tensor, got ", image.device());
   const Geometry g = make_geometry(image, init_centers, init_counts, init_labels, grid, weights,
                                    compactness, convert_lab, max_iter, tol, connectivity,
@@ -115,6 +116,17 @@ SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& 
   if (connectivity) extra_rank.copy_(at::cumsum(extra_rank, 1, at::kInt));  // raster rank of extras
   cuda::launch_finish(g, b, stream);
   return {labels, num_segments, out_centers, iterations, clusters, counts, cluster_labels};
+}
+
+SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+                      const std::optional<at::Tensor>& init_counts,
+                      const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                      at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                      int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                      int64_t max_centers) {
+  return slic_in_chunks(&slic_cuda_chunk, image, init_centers, init_counts, init_labels, grid,
+                        weights, compactness, convert_lab, max_iter, tol, connectivity, min_size,
+                        max_centers);
 }
 
 }  // namespace

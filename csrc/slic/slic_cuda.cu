@@ -16,9 +16,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <c10/cuda/CUDAException.h>  // launch checks only (c10, not ATen)
+
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 #include "slic.h"
 
@@ -30,16 +30,15 @@ namespace {
 constexpr int kThreads = 256;
 enum State { kDone = 0, kChanged = 1, kMerging = 2, kMerged = 3 };
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("gswfast slic (") + what + "): " + cudaGetErrorString(err));
-  }
-}
-
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// Grid of (pixel blocks, samples): every warp belongs to one sample.
-dim3 pixel_grid(const Geometry& g) { return dim3(blocks_for(g.P), static_cast<unsigned>(g.N)); }
+// Grid of (pixel blocks, sample slots): every block belongs to one sample at a time, and
+// the kernels loop over samples blockIdx.y, blockIdx.y + gridDim.y, ... (gridDim.y is at
+// most 65535).
+constexpr int64_t kMaxGridY = 65535;
+dim3 pixel_grid(const Geometry& g) {
+  return dim3(blocks_for(g.P), static_cast<unsigned>(g.N < kMaxGridY ? g.N : kMaxGridY));
+}
 
 __device__ __forceinline__ void pixel_coords(const Geometry& g, int64_t p, int32_t* z, int32_t* y,
                                              int32_t* x) {
@@ -66,20 +65,40 @@ __device__ __forceinline__ void atomic_add_i64(int64_t* address, int64_t v) {
   atomicAdd(reinterpret_cast<unsigned long long*>(address), static_cast<unsigned long long>(v));
 }
 
-// Adds `value` of every lane into slot[key]: lanes with equal keys first sum in the warp,
-// then one lane per key adds atomically. Integer sums: any order gives the same result.
-// Must be called by all 32 lanes; key < 0 contributes nothing.
-__device__ __forceinline__ void warp_add(int64_t* slot, int64_t key, int32_t value, int32_t stride,
-                                         int32_t column) {
-  const unsigned group = __match_any_sync(0xFFFFFFFFu, key);
-  const int32_t sum = group_sum(group, value);
-  const int lane = threadIdx.x & 31;
-  if (key >= 0 && lane == __ffs(group) - 1) atomic_add_i64(slot + key * stride + column, sum);
+// Sum of a 64-bit v over the lanes of `group`, exact for |v| < 2^42 (fixed-point features
+// stay below 2^32, coordinates below 2^31): v = hi * 2^16 + lo with 0 <= lo < 2^16, and
+// each half is summed in 32 bits without overflow over 32 lanes.
+__device__ __forceinline__ int64_t group_sum64(unsigned group, int64_t v) {
+  const int32_t hi = static_cast<int32_t>(v >> 16);
+  const int32_t lo = static_cast<int32_t>(v & 0xFFFF);
+  return static_cast<int64_t>(group_sum(group, hi)) * 65536 + group_sum(group, lo);
 }
 
-__device__ __forceinline__ int32_t clamp_fixed(float v) {
-  const float c = fminf(fmaxf(v, -32767.f), 32767.f);  // keeps warp sums within int32
-  return static_cast<int32_t>(to_fixed(c));
+// Warp-aggregated integer sums into the rows of a table: lanes with equal keys are one
+// group (found once per pixel), each group sums its values in the warp and its first lane
+// adds them atomically. Integer sums: any order gives the same result. Built by all 32
+// lanes; key < 0 contributes nothing.
+struct WarpRow {
+  unsigned group;
+  bool leader;
+  int64_t* row;  // slot + key * stride, or null
+  // All lanes call add for the same columns in the same order.
+  __device__ __forceinline__ void add(int32_t column, int64_t value) const {
+    const int64_t sum = group_sum64(group, value);
+    if (leader) atomic_add_i64(row + column, sum);
+  }
+  __device__ __forceinline__ void add_count(int32_t column) const {
+    const int32_t sum = group_sum(group, 1);
+    if (leader) atomic_add_i64(row + column, sum);
+  }
+};
+
+__device__ __forceinline__ WarpRow warp_row(int64_t* slot, int64_t key, int32_t stride) {
+  WarpRow r;
+  r.group = __match_any_sync(0xFFFFFFFFu, key);
+  r.leader = key >= 0 && static_cast<int>(threadIdx.x & 31) == __ffs(r.group) - 1;
+  r.row = key >= 0 ? slot + key * stride : nullptr;
+  return r;
 }
 
 // ------------------------------------------------------------------------- features
@@ -108,11 +127,11 @@ __global__ void features_kernel(Geometry g, const T* __restrict__ image, float* 
     float L, A, B;
     linear_rgb_to_lab(srgb_to_linear(unit_value(src[0])), srgb_to_linear(unit_value(src[g.P])),
                       srgb_to_linear(unit_value(src[2 * g.P])), &L, &A, &B);
-    dst[0] = L;
-    dst[g.P] = A;
-    dst[2 * g.P] = B;
+    dst[0] = clamp_feature(L);
+    dst[g.P] = clamp_feature(A);
+    dst[2 * g.P] = clamp_feature(B);
   } else {
-    for (int32_t c = 0; c < g.C; ++c) dst[c * g.P] = unit_value(src[c * g.P]);
+    for (int32_t c = 0; c < g.C; ++c) dst[c * g.P] = clamp_feature(unit_value(src[c * g.P]));
   }
 }
 
@@ -149,6 +168,25 @@ __device__ __forceinline__ int32_t cell_index(const Geometry& g, const float* c)
   return (cz * g.cells[1] + cy) * g.cells[2] + cx;
 }
 
+// Exclusive prefix sum of v over the threads of a block of kThreads, in thread order;
+// *total gets the block's sum. Every thread of the block calls it (it synchronises).
+__device__ int32_t block_exclusive_scan(int32_t v, int32_t* total) {
+  __shared__ int32_t buf[kThreads];
+  const int t = threadIdx.x;
+  buf[t] = v;
+  __syncthreads();
+  for (int offset = 1; offset < kThreads; offset <<= 1) {
+    const int32_t add = t >= offset ? buf[t - offset] : 0;
+    __syncthreads();
+    buf[t] += add;
+    __syncthreads();
+  }
+  const int32_t inclusive = buf[t];
+  *total = buf[kThreads - 1];
+  __syncthreads();  // buf is reused by the next call
+  return inclusive - v;
+}
+
 // One block per sample: counting sort of the live clusters into the cells of their centres.
 __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* counts,
                            const int32_t* state, int32_t* cell_start, int32_t* cell_cursor,
@@ -165,8 +203,18 @@ __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* cou
     if (counts[n * g.K + k] > 0) atomicAdd(&start[cell_index(g, clusters + (n * g.K + k) * R) + 1], 1);
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int32_t c = 0; c < cells; ++c) start[c + 1] += start[c];
+  // Prefix sum of the counts start[1..cells]: each thread sums a contiguous range of cells,
+  // the block scans the range totals, then each thread writes its range.
+  const int64_t per = (int64_t{cells} + kThreads - 1) / kThreads;
+  const int64_t c0 = min(int64_t{cells}, int64_t{threadIdx.x} * per);
+  const int64_t c1 = min(int64_t{cells}, c0 + per);
+  int32_t local = 0;
+  for (int64_t c = c0; c < c1; ++c) local += start[c + 1];
+  int32_t total;
+  int32_t run = block_exclusive_scan(local, &total);
+  for (int64_t c = c0; c < c1; ++c) {
+    run += start[c + 1];
+    start[c + 1] = run;
   }
   __syncthreads();
   for (int32_t c = threadIdx.x; c < cells; c += blockDim.x) cursor[c] = start[c];
@@ -183,10 +231,11 @@ __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* cou
 
 constexpr int kCachedFeatures = 8;
 
-__global__ void assign_kernel(Geometry g, const float* __restrict__ features,
-                              const float* __restrict__ clusters, const int32_t* cell_start,
-                              const int32_t* cell_items, int32_t* state, int32_t* labels) {
-  const int64_t n = blockIdx.y;
+__device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
+                                              const float* __restrict__ features,
+                                              const float* __restrict__ clusters,
+                                              const int32_t* cell_start, const int32_t* cell_items,
+                                              int32_t* state, int32_t* labels) {
   if (state[n * 4 + kDone]) return;  // the whole block belongs to sample n
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   int changed = 0;
@@ -241,6 +290,14 @@ __global__ void assign_kernel(Geometry g, const float* __restrict__ features,
   if (threadIdx.x == 0 && block_changed) atomicAdd(&state[n * 4 + kChanged], block_changed);
 }
 
+__global__ void assign_kernel(Geometry g, const float* __restrict__ features,
+                              const float* __restrict__ clusters, const int32_t* cell_start,
+                              const int32_t* cell_items, int32_t* state, int32_t* labels) {
+  for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
+    assign_sample(n, g, features, clusters, cell_start, cell_items, state, labels);
+  }
+}
+
 // Per sample, after an assignment: count the pass and stop once converged.
 __global__ void step_kernel(Geometry g, int32_t* state, int32_t* iterations) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -260,10 +317,11 @@ __global__ void zero_sums_kernel(Geometry g, const int32_t* state, int64_t* sums
 }
 
 // sums[n, label, :] += (1, z, y, x, fixed features) over the sample's pixels.
-__global__ void accumulate_kernel(Geometry g, const float* __restrict__ features,
-                                  const int32_t* __restrict__ labels, const int32_t* state,
-                                  bool skip_done, int32_t rows, int64_t* sums) {
-  const int64_t n = blockIdx.y;
+__device__ __forceinline__ void accumulate_sample(int64_t n, const Geometry& g,
+                                                  const float* __restrict__ features,
+                                                  const int32_t* __restrict__ labels,
+                                                  const int32_t* state, bool skip_done,
+                                                  int32_t rows, int64_t* sums) {
   if (skip_done && state[n * 4 + kDone]) return;
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   int64_t key = -1;
@@ -273,14 +331,21 @@ __global__ void accumulate_kernel(Geometry g, const float* __restrict__ features
     if (l >= 0 && l < rows) key = n * rows + l;
     pixel_coords(g, p, &z, &y, &x);
   }
-  const int32_t S = 4 + g.F;
-  warp_add(sums, key, 1, S, 0);
-  warp_add(sums, key, z, S, 1);
-  warp_add(sums, key, y, S, 2);
-  warp_add(sums, key, x, S, 3);
+  const WarpRow row = warp_row(sums, key, 4 + g.F);
+  row.add_count(0);
+  row.add(1, z);
+  row.add(2, y);
+  row.add(3, x);
   for (int32_t f = 0; f < g.F; ++f) {
-    const int32_t v = p < g.P ? clamp_fixed(features[(n * g.F + f) * g.P + p]) : 0;
-    warp_add(sums, key, v, S, 4 + f);
+    row.add(4 + f, p < g.P ? to_fixed(features[(n * g.F + f) * g.P + p]) : 0);
+  }
+}
+
+__global__ void accumulate_kernel(Geometry g, const float* __restrict__ features,
+                                  const int32_t* __restrict__ labels, const int32_t* state,
+                                  bool skip_done, int32_t rows, int64_t* sums) {
+  for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
+    accumulate_sample(n, g, features, labels, state, skip_done, rows, sums);
   }
 }
 
@@ -292,10 +357,7 @@ __global__ void update_kernel(Geometry g, const int64_t* sums, const int32_t* st
   const int32_t S = 4 + g.F, R = 3 + g.F;
   const int64_t* s = sums + i * S;
   counts[i] = static_cast<int32_t>(s[0]);
-  if (s[0] == 0) return;
-  float* c = clusters + i * R;
-  for (int32_t j = 0; j < 3; ++j) c[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
-  for (int32_t f = 0; f < g.F; ++f) c[3 + f] = fixed_mean(s[4 + f], s[0]);
+  if (s[0] != 0) mean_row(s, g.F, clusters + i * R);
 }
 
 // A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
@@ -358,16 +420,22 @@ __global__ void compress_kernel(Geometry g, const int32_t* state, bool only_merg
 }
 
 // Size and fixed-point feature sums of every component, by root.
-__global__ void component_stats_kernel(Geometry g, const float* __restrict__ features,
-                                       const int32_t* parent, int64_t* stats) {
-  const int64_t n = blockIdx.y;
+__device__ __forceinline__ void component_stats_sample(int64_t n, const Geometry& g,
+                                                       const float* __restrict__ features,
+                                                       const int32_t* parent, int64_t* stats) {
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t key = p < g.P ? parent[n * g.P + p] : -1;
-  const int32_t S = 1 + g.F;
-  warp_add(stats, key, 1, S, 0);
+  const WarpRow row = warp_row(stats, key, 1 + g.F);
+  row.add_count(0);
   for (int32_t f = 0; f < g.F; ++f) {
-    const int32_t v = p < g.P ? clamp_fixed(features[(n * g.F + f) * g.P + p]) : 0;
-    warp_add(stats, key, v, S, 1 + f);
+    row.add(1 + f, p < g.P ? to_fixed(features[(n * g.F + f) * g.P + p]) : 0);
+  }
+}
+
+__global__ void component_stats_kernel(Geometry g, const float* __restrict__ features,
+                                       const int32_t* parent, int64_t* stats) {
+  for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
+    component_stats_sample(n, g, features, parent, stats);
   }
 }
 
@@ -429,12 +497,16 @@ __global__ void merge_edges_kernel(Geometry g, const int32_t* parent, const int6
   }
 }
 
+// Links every small set of the round's snapshot to its choice. Whether i is a set is read
+// from was_root (the roots at the start of the round), never from parent, which other
+// threads' merge_sets change during this kernel: the links made, and so the partition, do
+// not depend on thread timing (the CPU's rule, slic.h).
 __global__ void merge_link_kernel(Geometry g, const int64_t* stats, const uint64_t* best,
-                                  int32_t* state, int32_t* parent) {
+                                  const uint8_t* was_root, int32_t* state, int32_t* parent) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
   const int64_t n = i / g.P;
-  if (!state[n * 4 + kMerging] || parent[i] != i) return;
+  if (!state[n * 4 + kMerging] || !was_root[i]) return;
   if (stats[i * (1 + g.F)] >= g.min_size || best[i] == ~0ull) return;
   const int64_t target = n * g.P + static_cast<int64_t>(best[i] & 0xFFFFFFFFull);
   merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(target));
@@ -499,26 +571,48 @@ __device__ __forceinline__ int32_t free_slot(const int32_t* free_list, int32_t f
   return j < free_low ? free_list[j] : K + (j - free_low);
 }
 
-// One thread per sample: ids of the main segments and the free-slot list.
+// One block (of kThreads) per sample: ids of the main segments and the free-slot list,
+// as the CPU's stable_ids, with block-wide counts and scans over the K clusters.
 __global__ void id_table_kernel(Geometry g, const int32_t* has_main, const int32_t* num_roots,
                                 bool connectivity, int32_t* free_list, int32_t* id_of_cluster,
                                 int32_t* free_low_out, int64_t* num_segments) {
-  const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (n >= g.N) return;
+  const int64_t n = blockIdx.x;
   const int32_t* main = has_main + n * g.K;
-  int32_t mains = 0;
-  for (int32_t k = 0; k < g.K; ++k) mains += main[k];
+  int32_t* free = free_list + n * g.K;
+  int32_t local = 0;
+  for (int32_t k = threadIdx.x; k < g.K; k += blockDim.x) local += main[k];
+  int32_t mains;
+  block_exclusive_scan(local, &mains);
   const int32_t count = connectivity ? num_roots[n] : mains;
-  num_segments[n] = count;
+  // The ids below min(count, K) no main segment holds, ascending.
+  const int32_t low = min(count, g.K);
   int32_t free_low = 0;
-  for (int32_t i = 0; i < min(count, g.K); ++i) {
-    if (!main[i]) free_list[n * g.K + free_low++] = i;
+  for (int32_t base = 0; base < low; base += kThreads) {
+    const int32_t i = base + static_cast<int32_t>(threadIdx.x);
+    const int32_t is_free = i < low && !main[i];
+    int32_t chunk;
+    const int32_t rank = block_exclusive_scan(is_free, &chunk);
+    if (is_free) free[free_low + rank] = i;
+    free_low += chunk;
   }
-  free_low_out[n] = free_low;
-  int32_t next = count - mains;  // extras use slots [0, count - mains)
-  for (int32_t k = 0; k < g.K; ++k) {
-    id_of_cluster[n * g.K + k] =
-        main[k] ? (k < count ? k : free_slot(free_list + n * g.K, free_low, g.K, next++)) : -1;
+  __syncthreads();  // the free list is complete before free_slot reads it
+  // Extras use slots [0, count - mains); mains of clusters k >= count take the next ones in
+  // ascending k.
+  int32_t next = count - mains;
+  for (int32_t base = 0; base < g.K; base += kThreads) {
+    const int32_t k = base + static_cast<int32_t>(threadIdx.x);
+    const int32_t late = k < g.K && main[k] && k >= count;
+    int32_t chunk;
+    const int32_t rank = block_exclusive_scan(late, &chunk);
+    if (k < g.K) {
+      id_of_cluster[n * g.K + k] =
+          main[k] ? (k < count ? k : free_slot(free, free_low, g.K, next + rank)) : -1;
+    }
+    next += chunk;
+  }
+  if (threadIdx.x == 0) {
+    num_segments[n] = count;
+    free_low_out[n] = free_low;
   }
 }
 
@@ -548,28 +642,14 @@ __global__ void centers_kernel(Geometry g, const int64_t* sums, float* out) {
   if (i >= g.N * g.max_centers) return;
   const int32_t S = 4 + g.F, R = 3 + g.F;
   const int64_t* s = sums + i * S;
-  if (s[0] == 0) return;
-  float* o = out + i * R;
-  for (int32_t j = 0; j < 3; ++j) o[j] = static_cast<float>(static_cast<double>(s[1 + j]) / s[0]);
-  for (int32_t f = 0; f < g.F; ++f) o[3 + f] = fixed_mean(s[4 + f], s[0]);
-}
-
-// Without connectivity a segment's centre is its cluster's (as on the CPU).
-__global__ void copy_cluster_centers_kernel(Geometry g, const float* clusters,
-                                            const int32_t* id_of_cluster, float* out) {
-  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.K) return;
-  const int32_t id = id_of_cluster[i];
-  if (id < 0 || id >= g.max_centers) return;
-  const int32_t R = 3 + g.F;
-  const int64_t n = i / g.K;
-  for (int32_t j = 0; j < R; ++j) out[(n * g.max_centers + id) * R + j] = clusters[i * R + j];
+  if (s[0] != 0) mean_row(s, g.F, out + i * R);
 }
 
 template <typename T>
 void launch_features(const Geometry& g, const Buffers& b, cudaStream_t stream) {
   features_kernel<T><<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(
       g, static_cast<const T*>(b.image), b.features);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -583,16 +663,17 @@ void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream
     case 3: launch_features<float>(g, b, stream); break;
     default: launch_features<double>(g, b, stream); break;
   }
-  check(cudaGetLastError(), "features");
   if (g.warm) {
     // The glue copied init_centers into clusters.
     warm_counts_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.init_counts, b.counts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     warm_labels_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.init_labels, b.counts, b.labels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     seed_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.features, b.clusters, b.counts);
-    check(cudaMemsetAsync(b.labels, 0xFF, sizeof(int32_t) * g.N * g.P, stream), "labels");
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_CHECK(cudaMemsetAsync(b.labels, 0xFF, sizeof(int32_t) * g.N * g.P, stream));
   }
-  check(cudaGetLastError(), "seeds");
 }
 
 void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
@@ -601,19 +682,24 @@ void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
   for (int32_t it = 0; it < g.max_iter; ++it) {
     bin_kernel<<<static_cast<unsigned>(g.N), kThreads, 0, stream>>>(
         g, b.clusters, b.counts, b.state, b.cell_start, b.cell_cursor, b.cell_items);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     assign_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.clusters, b.cell_start,
                                                           b.cell_items, b.state, b.labels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state, b.iterations);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     zero_sums_kernel<<<blocks_for(g.N * g.K * S), kThreads, 0, stream>>>(g, b.state, b.sums, g.K, true);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, true,
                                                               g.K, b.sums);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     update_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.sums, b.state, b.clusters, b.counts);
-    check(cudaGetLastError(), "iteration");
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   fill_unassigned_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.clusters, b.counts, b.labels);
-  check(cudaMemcpyAsync(b.cluster_labels, b.labels, sizeof(int32_t) * g.N * g.P,
-                        cudaMemcpyDeviceToDevice, stream), "cluster labels");
-  check(cudaGetLastError(), "fill");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(cudaMemcpyAsync(b.cluster_labels, b.labels, sizeof(int32_t) * g.N * g.P,
+                                 cudaMemcpyDeviceToDevice, stream));
 }
 
 void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr) {
@@ -621,61 +707,72 @@ void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr)
   const unsigned pixel_blocks = blocks_for(g.N * g.P);
   if (!g.connectivity) {
     used_clusters_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.labels, b.has_main);
-    check(cudaGetLastError(), "used clusters");
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
   ccl_init_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   ccl_merge_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.labels, b.parent);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, false, b.parent);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   component_stats_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.parent, b.stats);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   roots_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.orig_size, b.was_root);
-  check(cudaGetLastError(), "components");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.min_size > 1) {
     for (int32_t round = 0; round < kMergeRounds; ++round) {
       reset_best_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.best);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.state, b.best);
-      merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.state, b.parent);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.was_root, b.state,
+                                                                 b.parent);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, true, b.parent);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_fold_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.was_root, b.stats);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state);
-      check(cudaGetLastError(), "merge round");
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
-  check(cudaMemsetAsync(b.best, 0, sizeof(uint64_t) * g.N * g.P, stream), "largest");
+  C10_CUDA_CHECK(cudaMemsetAsync(b.best, 0, sizeof(uint64_t) * g.N * g.P, stream));
   largest_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.orig_size, b.cluster_labels,
                                                         b.main_of, b.best);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   mark_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.best, b.main_of, b.cluster_labels,
                                                      b.has_main, b.extra_rank, b.num_roots);
-  check(cudaGetLastError(), "mark");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void launch_finish(const Geometry& g, const Buffers& b, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const unsigned pixel_blocks = blocks_for(g.N * g.P);
-  id_table_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.has_main, b.num_roots, g.connectivity,
-                                                            b.free_list, b.id_of_cluster, b.free_low,
-                                                            b.num_segments);
+  id_table_kernel<<<static_cast<unsigned>(g.N), kThreads, 0, stream>>>(
+      g, b.has_main, b.num_roots, g.connectivity, b.free_list, b.id_of_cluster, b.free_low,
+      b.num_segments);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.connectivity) {
     final_id_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.best, b.main_of,
                                                            b.cluster_labels, b.id_of_cluster,
                                                            b.extra_rank, b.free_list, b.free_low,
                                                            b.final_id);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   relabel_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.final_id, b.id_of_cluster,
                                                         g.connectivity, b.labels);
-  check(cudaGetLastError(), "ids");
-  if (g.connectivity) {
-    const int32_t S = 4 + g.F;
-    zero_sums_kernel<<<blocks_for(g.N * g.max_centers * S), kThreads, 0, stream>>>(
-        g, b.state, b.sums, g.max_centers, false);
-    accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, false,
-                                                              g.max_centers, b.sums);
-    centers_kernel<<<blocks_for(g.N * g.max_centers), kThreads, 0, stream>>>(g, b.sums, b.out_centers);
-  } else {
-    copy_cluster_centers_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(
-        g, b.clusters, b.id_of_cluster, b.out_centers);
-  }
-  check(cudaGetLastError(), "centres");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Centres: exact means of the final labels, with or without connectivity.
+  const int32_t S = 4 + g.F;
+  zero_sums_kernel<<<blocks_for(g.N * g.max_centers * S), kThreads, 0, stream>>>(
+      g, b.state, b.sums, g.max_centers, false);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, false,
+                                                            g.max_centers, b.sums);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  centers_kernel<<<blocks_for(g.N * g.max_centers), kThreads, 0, stream>>>(g, b.sums, b.out_centers);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace cuda
