@@ -51,6 +51,10 @@
 //   no row. Sums are exact (integer coordinates, features in 2^-16 fixed point, int64:
 //   clamped features keep them in range), so equal labels give equal centres on both
 //   backends. gswfast/_slic_reference.py is the plain-torch twin of the exact stages.
+//   Exact parity between backends assumes equal features: uint8 input, or float input
+//   without convert_lab (the CPU's sRGB gamma table and CUDA's powf differ near 1e-6), and
+//   the assignment's float32 distances may round differently (fused multiply-adds), so
+//   near-ties there can go either way.
 // * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
 //   CUDA uses no floating-point atomics (integer atomics only).
 #pragma once
@@ -305,9 +309,16 @@ using SlicFn = SlicOutputs (*)(const at::Tensor&, const std::optional<at::Tensor
 // Pixels per kernel call: every root-indexed array uses int32 indices n * P + p.
 constexpr int64_t kMaxPixels = int64_t{1} << 31;
 
-// Runs fn on consecutive groups of samples of fewer than kMaxPixels pixels each and
-// concatenates the outputs (samples are independent): both backends take any N.
-SlicOutputs slic_in_chunks(SlicFn fn, const at::Tensor& image,
+// CUDA pieces stay smaller: the glue's scratch is about 80-160 bytes per pixel (features,
+// labels, root-indexed union-find, statistics, merge keys, centre sums), so a piece of 2^31
+// pixels would need more memory than a GPU has. Samples are independent: the piece size
+// changes no result.
+constexpr int64_t kMaxCudaPixels = int64_t{1} << 28;
+
+// Runs fn on consecutive groups of samples of fewer than max_pixels pixels each (at least
+// one sample per group) and concatenates the outputs (samples are independent): both
+// backends take any N. An empty image (N or P = 0) is an error on both backends.
+SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& image,
                            const std::optional<at::Tensor>& init_centers,
                            const std::optional<at::Tensor>& init_counts,
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,

@@ -612,9 +612,9 @@ Components label_components(const Geometry& g, const float* feat, const int32_t*
         while (e < g.W && comp[e] == m) ++e;
         const int64_t count = e - x;
         c.size[m] += count;
-        c.coord[m * 3] += count * z;
-        c.coord[m * 3 + 1] += count * y;
-        c.coord[m * 3 + 2] += count * (x + e - 1) / 2;
+        c.coord[int64_t{m} * 3] += count * z;
+        c.coord[int64_t{m} * 3 + 1] += count * y;
+        c.coord[int64_t{m} * 3 + 2] += count * (x + e - 1) / 2;
         for (int32_t f = 0; f < g.F; ++f) {
           const int64_t* v = fixed.data() + int64_t{f} * g.W;
           int64_t sum = 0;
@@ -734,7 +734,7 @@ void write_centers(const Geometry& g, const Components& c, const std::vector<int
     if (id >= g.max_centers) continue;
     int64_t* s = sums.data() + int64_t{id} * (R + 1);
     s[0] += c.size[m];
-    for (int32_t j = 0; j < 3; ++j) s[1 + j] += c.coord[m * 3 + j];
+    for (int32_t j = 0; j < 3; ++j) s[1 + j] += c.coord[int64_t{m} * 3 + j];
     for (int32_t f = 0; f < g.F; ++f) s[4 + f] += c.sum[int64_t{m} * g.F + f];
   }
   for (int32_t k = 0; k < g.max_centers; ++k) {
@@ -835,7 +835,7 @@ const T* image_ptr(const at::Tensor& t) {
 
 }  // namespace
 
-SlicOutputs slic_in_chunks(SlicFn fn, const at::Tensor& image,
+SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& image,
                            const std::optional<at::Tensor>& init_centers,
                            const std::optional<at::Tensor>& init_counts,
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
@@ -844,8 +844,10 @@ SlicOutputs slic_in_chunks(SlicFn fn, const at::Tensor& image,
                            int64_t max_centers) {
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);
+  TORCH_CHECK(N > 0 && P > 0, "image: expected at least one sample and one pixel, got ",
+              image.sizes());
   TORCH_CHECK(P < kMaxPixels, "image: at most 2^31 - 1 pixels per sample, got ", P);
-  const int64_t per_call = P > 0 ? std::max<int64_t>(1, (kMaxPixels - 1) / P) : N;
+  const int64_t per_call = std::max<int64_t>(1, (std::min(max_pixels, kMaxPixels) - 1) / P);
   auto call = [&](int64_t start, int64_t length) {
     auto part = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
       if (!t) return std::nullopt;
@@ -941,7 +943,7 @@ SlicOutputs slic_cpu(
     const std::optional<at::Tensor>& init_counts, const std::optional<at::Tensor>& init_labels,
     at::IntArrayRef grid, at::ArrayRef<double> weights, double compactness, bool convert_lab,
     int64_t max_iter, double tol, bool connectivity, int64_t min_size, int64_t max_centers) {
-  return slic_in_chunks(&slic_cpu_chunk, image, init_centers, init_counts, init_labels, grid,
+  return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, image, init_centers, init_counts, init_labels, grid,
                         weights, compactness, convert_lab, max_iter, tol, connectivity, min_size,
                         max_centers);
 }

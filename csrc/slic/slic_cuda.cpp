@@ -1,8 +1,10 @@
 // Tensor glue for the CUDA SLIC kernels in slic_cuda.cu: checks, allocation, stream and
 // device selection, one ATen scan between two stages, and the CUDA registration.
 //
-// Scratch memory: about 32 + 8 F bytes per pixel while the connectivity pass runs (root-
-// indexed union-find, statistics and merge keys), released when the call returns.
+// Scratch memory: about 80 bytes per pixel with F = 3 and connectivity (features, labels,
+// root-indexed union-find, statistics, merge keys), about 160 when every pixel may be a
+// segment (min_size <= 1: centre sums per pixel); released when the call returns. Calls run
+// in pieces of at most kMaxCudaPixels pixels (slic.h) so that this fits on a GPU.
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -124,7 +126,7 @@ SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& 
                       at::ArrayRef<double> weights, double compactness, bool convert_lab,
                       int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                       int64_t max_centers) {
-  return slic_in_chunks(&slic_cuda_chunk, image, init_centers, init_counts, init_labels, grid,
+  return slic_in_chunks(&slic_cuda_chunk, kMaxCudaPixels, image, init_centers, init_counts, init_labels, grid,
                         weights, compactness, convert_lab, max_iter, tol, connectivity, min_size,
                         max_centers);
 }
