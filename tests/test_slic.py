@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gswfast as gsw
+import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
 from gswfast.metrics import boundary_map, boundary_recall, explained_variation, undersegmentation_error
 from gswfast.testing import is_connected, synthetic_regions
 from helpers import cpu_and_cuda
