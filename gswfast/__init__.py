@@ -13,17 +13,16 @@ The parts can be used on their own::
     scores = gsw.segment_pool(attribution, seg.labels, seg.num_segments)   # [B, K]
     heatmap = gsw.paint(scores, seg.labels)                         # [B, H, W]
 
-Importing the package loads the compiled extension (and checks it matches torch); every
-other public name is imported on first use (PEP 562), so ``import gswfast.ops`` does not
-pull in the model layers above it.
+Importing the package imports neither torch nor the compiled extension: every public name
+is imported on first use (PEP 562). The first use of an op (``gswfast.ops``, or any name
+built on it) loads the extension and checks that it matches torch; ``import gswfast.ops``
+does not pull in the model layers above it.
 """
 
 import importlib as _importlib
 import sys as _sys
 import types as _types
 from typing import Any as _Any
-
-from gswfast._extension import build_info, built_with_cuda, cuda_available
 
 __version__ = "0.1.0"
 
@@ -37,6 +36,9 @@ _LAZY: dict[str, str] = {
     "Segmentation": "gswfast.segmentation",
     "attribute": "gswfast.attribution",
     "attribution": "gswfast.attribution",
+    "build_info": "gswfast._extension",
+    "built_with_cuda": "gswfast._extension",
+    "cuda_available": "gswfast._extension",
     "explain": "gswfast.explain",
     "lime": "gswfast.lime",
     "metrics": "gswfast.metrics",
@@ -47,7 +49,7 @@ _LAZY: dict[str, str] = {
 }
 _MODULES = ("attribution", "metrics")  # names that are modules, not attributes of one
 
-__all__ = sorted([*_LAZY, "build_info", "built_with_cuda", "cuda_available"])
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> _Any:

@@ -4,8 +4,9 @@
 
 User mistakes (bad options, missing or corrupt files, unknown models, weights that do not
 fit, a device that is not there) end with one line ``gswfast: error: ...`` on stderr and
-exit code 2. Options are checked before any model loads; torchvision, PyAV, Pillow and tqdm
-load only when used.
+exit code 2. Options are checked before any model loads; this module imports only the
+standard library and ``gswfast.options`` at first, so ``--help``, ``--version`` and option
+mistakes never import torch; torch, torchvision, PyAV, Pillow and tqdm load only when used.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from gswfast import __version__
-from gswfast.models import DEFAULT_METHODS, UserError, check_method, layer_option
+from gswfast.options import UserError, check_method
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["UserError", "main"]
 
@@ -153,6 +154,8 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _method(args: argparse.Namespace, kind: str) -> str:
+    from gswfast.models import DEFAULT_METHODS
+
     return args.method or DEFAULT_METHODS["video" if kind == "video" else "image"]
 
 
@@ -165,6 +168,8 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    import torch
+
     import gswfast as gsw
     from gswfast.demo import ACTIONS, SHAPES, action_clips, load, shape_images
     from gswfast.models import resolve_device
@@ -342,6 +347,7 @@ class _ExplainJob:
 
     def explainer(self, kind: str):
         import gswfast as gsw
+        from gswfast.models import layer_option
 
         method = _method(self.args, kind)
         if method not in self._explainers:
@@ -380,6 +386,8 @@ class _ExplainJob:
         """Window by window: decode, explain, write the pictures to the MP4; memory holds one
         window (and the first 64 frames for the GIF preview). The last window is aligned to
         the end of the video, so every frame is shown once."""
+        import torch
+
         from gswfast import render, viz
         from gswfast.video import MediaError, Mp4Writer, read_video, windows
 
@@ -419,6 +427,7 @@ class _ExplainJob:
         holding it; ``<name>.timeline.jsonl`` gets one JSON line per window as it finishes.
         Frames after the last full window are not shown (counted in the JSON)."""
         from gswfast import render
+        from gswfast.models import layer_option
         from gswfast.video import MediaError, Mp4Writer, StreamExplainer, read_video
 
         args, stride = self.args, self.args.stride or 4
@@ -554,6 +563,8 @@ def _scores(expl, b: int) -> dict:
 def float32_list(values: torch.Tensor) -> list[float]:
     """Python floats that print as the shortest decimals giving back each float32 value
     exactly (``0.1`` for float32 0.1, no 6-decimal rounding)."""
+    import numpy as np
+
     return [float(str(v)) for v in values.detach().float().cpu().numpy().astype(np.float32)]
 
 
@@ -583,6 +594,8 @@ def _run_dataset(args: argparse.Namespace) -> int:
 
 
 def _timed(fn, device: torch.device):
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from gswfast._extension import cuda_available
-from gswfast.attribution import METHODS
 from gswfast.demo.models import ARCHITECTURES
 from gswfast.demo.models import load as load_demo
+from gswfast.options import UserError, check_method  # noqa: F401  (re-exported: the command and dataset use them)
 
 NORMALISATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -40,10 +40,6 @@ _NOT_CLASSIFIERS = {"detection": "a detection model (it returns boxes, not class
                     "segmentation": "a semantic segmentation model (it returns per-pixel maps, not class scores)",
                     "optical_flow": "an optical flow model (it returns flow fields, not class scores)",
                     "quantization": "a quantized model (quantized layers have no gradients)"}
-
-
-class UserError(ValueError):
-    """A mistake in the options or the files: reported in one line, exit code 2."""
 
 
 @dataclass
@@ -147,13 +143,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def check_method(name: str) -> str:
-    """``name`` if it is a method of ``gswfast.explain``, else ``UserError``."""
-    if name not in METHODS:
-        raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {name!r}")
-    return name
 
 
 def layer_option(layer: str | None, method: str) -> dict[str, str]:

@@ -69,8 +69,9 @@ def _source_copy(tmp_path: Path) -> Path:
 
 
 def test_a_source_tree_that_shadows_the_installed_package_is_named(tmp_path):
-    # `pip install .` then `python -c "import gswfast"` in the repository root: the source
+    # `pip install .` then `python -c "import gswfast.ops"` in the repository root: the source
     # folder comes first on sys.path. The message must say so, not "build and install".
+    # (`import gswfast` alone loads no extension; the first use of an op does.)
     import gswfast._C
 
     tree = _source_copy(tmp_path)
@@ -80,7 +81,7 @@ def test_a_source_tree_that_shadows_the_installed_package_is_named(tmp_path):
     script = ("import sys\n"
               "sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]\n"
               f"sys.path[:0] = ['', {str(site)!r}]\n"
-              "import gswfast\n")
+              "import gswfast.ops\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=tree, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]

@@ -418,15 +418,35 @@ def test_grad_cam_layer_option(files, tmp_path, capsys):
 def test_version_and_fast_argument_checks(tmp_path):
     version = subprocess.run([sys.executable, "-m", "gswfast", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("gswfast ")
-    # torch itself is imported by `import gswfast` (and imports tqdm); torchvision, PyAV and
-    # Pillow wait until a model or a file is loaded
+    # --help, --version and every option mistake that needs no model or file are answered
+    # before torch (or numpy, torchvision, PyAV, Pillow, tqdm) is imported
     probe = ("import sys; from gswfast.cli import main; code = main(sys.argv[1:]); "
-             "heavy = [m for m in ('torchvision', 'av', 'PIL') if m in sys.modules]; print(code, heavy)")
-    bad = subprocess.run([sys.executable, "-c", probe, "explain", "x.png", "--method", "lrp"], capture_output=True,
-                         text=True)
-    assert bad.stdout.split() == ["2", "[]"] and "--method: expected one of" in bad.stderr  # before any model loads
-    helped = subprocess.run([sys.executable, "-c", probe, "explain", "--help"], capture_output=True, text=True)
-    assert helped.stdout.split()[-2:] == ["0", "[]"]
+             "heavy = [m for m in ('torch', 'numpy', 'torchvision', 'av', 'PIL', 'tqdm') if m in sys.modules]; "
+             "print(code, heavy)")
+    cases = [
+        (["--help"], 0, "explain-dataset"), (["--version"], 0, "gswfast 0.1.0"), (["explain", "--help"], 0, "--stream"),
+        (["explain", "x.png", "--method", "lrp"], 2, "--method: expected one of"),
+        (["explain", "x.png", "--segments", "0"], 2, "--segments: expected an int >= 1"),
+        (["explain", "x.png", "--top-k", "-1"], 2, "--top-k: expected an int >= 0"),
+        (["explain", "x.png", "--size", "0"], 2, "--size: expected an int >= 1"),
+        (["demo", "--segments", "0"], 2, "--segments: expected an int >= 1"),
+        (["explain-dataset", "src", "--out", str(tmp_path), "--batch-size", "0"], 2, "--batch-size"),
+        (["explain", "x.png", "--method", "gradient", "--layer", "a"], 2, "only --method gradcam uses a layer"),
+        (["nope"], 2, "invalid choice: 'nope'"),
+    ]
+    for argv, code, said in cases:
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+        assert done.stdout.split()[-2:] == [str(code), "[]"], (argv, done.stdout, done.stderr)
+        assert said in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
+        if code == 2:
+            assert done.stderr.count("\n") == 1 and done.stderr.startswith("gswfast: error: "), (argv, done.stderr)
+
+
+def test_the_method_names_of_the_fast_checks_are_the_methods():
+    from gswfast.attribution import METHODS
+    from gswfast.options import METHOD_NAMES
+
+    assert METHOD_NAMES == METHODS
 
 
 def test_progress_plain_lines_in_logs(files, tmp_path):

@@ -22,9 +22,16 @@ def test_importing_ops_loads_no_model_layer():
     assert loaded == {"gswfast", "gswfast._C", "gswfast._build_info", "gswfast._extension", "gswfast.ops"}
 
 
-def test_importing_the_package_loads_only_the_extension():
-    code = "import sys, gswfast; print(' '.join(sorted(m for m in sys.modules if m.startswith('gswfast'))))"
-    assert "gswfast.explain" not in _fresh(code).split()
+def test_importing_the_package_loads_neither_torch_nor_the_extension():
+    code = "import sys, gswfast; print(' '.join(sorted(m for m in sys.modules if m.startswith(('gswfast', 'torch')))))"
+    assert _fresh(code).split() == ["gswfast"]
+
+
+def test_the_extension_loads_on_first_use():
+    code = ("import sys, gswfast as gsw\n"
+            "assert isinstance(gsw.build_info(), dict) and isinstance(gsw.cuda_available(), bool)\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('gswfast'))))")
+    assert set(_fresh(code).split()) == {"gswfast", "gswfast._C", "gswfast._build_info", "gswfast._extension"}
 
 
 def test_every_public_name_resolves_and_is_listed():
@@ -119,4 +126,5 @@ def test_ops_imports_nothing_above_it():
     graph = _import_graph()
     assert graph["gswfast.ops"] <= {"gswfast._extension", "gswfast._C"}
     assert graph["gswfast._extension"] <= {"gswfast._C", "gswfast._build_info"}
-    assert graph["gswfast"] <= {"gswfast._extension"}
+    assert graph["gswfast"] == set()  # every public name is imported on first use
+    assert graph["gswfast.options"] == set()  # the command's fast option checks: no torch

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gswfast as gsw
+import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
 from helpers import cpu_and_cuda, grid_labels
 
 

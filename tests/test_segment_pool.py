@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import gswfast as gsw
+import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
 from helpers import TOLERANCES, cpu_and_cuda, grid_labels, reference_pool
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import gswfast as gsw
+import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
 from gswfast import _slic_reference as reference
 from gswfast.metrics import boundary_map, boundary_recall, explained_variation, undersegmentation_error
 from gswfast.segmentation import _seed_grid, _spatial_weights
