@@ -221,6 +221,7 @@ def _summary(name: str, rows: list[dict], seconds: float) -> str:
 
 def _write_demo_pictures(expl, x: torch.Tensor, out: Path, name: str, k: int) -> list[list[str]]:
     from gswfast import render, viz
+    from gswfast.video.io import write_mp4
 
     pictures = render.draw_picture(expl, x, k, size=256).cpu()
     files = []
@@ -232,7 +233,7 @@ def _write_demo_pictures(expl, x: torch.Tensor, out: Path, name: str, k: int) ->
         else:
             gif, mp4 = out / f"{name}_{b}.gif", out / f"{name}_{b}.mp4"
             viz.save_gif(picture, gif)
-            viz.save_mp4(picture, mp4)
+            write_mp4(picture, mp4)
             files.append([str(gif), str(mp4)])
     return files
 

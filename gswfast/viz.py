@@ -1,5 +1,6 @@
-"""Writing pictures to files: PNG, animated GIF and MP4 (Pillow and PyAV, imported when
-used). ``gswfast.render`` draws them on the device."""
+"""Writing pictures to files: PNG and animated GIF (Pillow, imported when used).
+``gswfast.render`` draws them on the device; MP4s go through ``gswfast.video``'s
+``write_mp4`` / ``Mp4Writer``, beside the video reader."""
 
 from __future__ import annotations
 
@@ -21,11 +22,3 @@ def save_gif(frames: Tensor, path: str | Path, fps: float = 8.0) -> None:
 
     pictures = [Image.fromarray(f.permute(1, 2, 0).cpu().numpy()) for f in frames.unbind(1)]
     pictures[0].save(str(path), save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0)
-
-
-def save_mp4(frames: Tensor, path: str | Path, fps: float = 8.0) -> None:
-    """Writes uint8 ``[3, T, H, W]`` as an H.264 MP4 (PyAV); ``gswfast.video.Mp4Writer``
-    writes one window at a time."""
-    from gswfast.video.io import write_mp4
-
-    write_mp4(frames, path, fps)
