@@ -33,10 +33,30 @@ def images(tmp_path_factory):
 
 
 def _command(source, out, processes: int) -> list[str]:
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(processes),
+    ]
     head = launch + ["-m", "gswfast"] if processes > 1 else [sys.executable, "-m", "gswfast"]
-    return head + ["explain-dataset", str(source), "--out", str(out), "--model", "torchvision:resnet18", "--size",
-                   "112", "--batch-size", "8", "--quiet", "--method", "integrated_gradients"]
+    return head + [
+        "explain-dataset",
+        str(source),
+        "--out",
+        str(out),
+        "--model",
+        "torchvision:resnet18",
+        "--size",
+        "112",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--method",
+        "integrated_gradients",
+    ]
 
 
 @pytest.mark.benchmark(group="cpu-explain-dataset-resnet18-32-images")
@@ -46,13 +66,22 @@ def bench_cpu_explain_dataset(benchmark, images, tmp_path, processes, threads):
 
     def run():
         out = tmp_path / f"out{next(runs)}"  # a fresh folder: nothing to skip
-        done = subprocess.run(_command(images, out, processes), capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        done = subprocess.run(
+            _command(images, out, processes),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
 
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-    role = "gswfast" if (processes, threads) == (1, 1) else f"{processes}_processes_{threads}_threads"
-    benchmark.extra_info.update(role=role, processes=processes, threads_per_process=threads, items=ITEMS)
+    role = (
+        "gswfast" if (processes, threads) == (1, 1) else f"{processes}_processes_{threads}_threads"
+    )
+    benchmark.extra_info.update(
+        role=role, processes=processes, threads_per_process=threads, items=ITEMS
+    )
     if benchmark.stats is not None:
         benchmark.extra_info["items_per_s"] = ITEMS / benchmark.stats.stats.median
 
@@ -72,8 +101,15 @@ def bench_cuda_explain_dataset_resnet50(benchmark, tmp_path):
     runs = iter(range(100))
 
     def run():
-        explain_dataset(source, tmp_path / f"out{next(runs)}", "torchvision:resnet50", method="gradient",
-                        batch_size=64, device="cuda", quiet=True)
+        explain_dataset(
+            source,
+            tmp_path / f"out{next(runs)}",
+            "torchvision:resnet50",
+            method="gradient",
+            batch_size=64,
+            device="cuda",
+            quiet=True,
+        )
 
     benchmark.pedantic(run, rounds=2, warmup_rounds=1)
     benchmark.extra_info.update(role="gswfast", items=128)

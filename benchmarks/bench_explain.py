@@ -50,14 +50,21 @@ def bare_forward_backward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tens
 def index_add_pool(pixel: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Mean per segment with plain torch, as a user of Captum or pytorch-grad-cam would."""
     b = pixel.shape[0]
-    flat = (labels.long() + k * torch.arange(b, device=labels.device).view(-1, *[1] * (labels.dim() - 1))).flatten()
+    flat = (
+        labels.long()
+        + k * torch.arange(b, device=labels.device).view(-1, *[1] * (labels.dim() - 1))
+    ).flatten()
     sums = torch.zeros(b * k, device=pixel.device).index_add_(0, flat, pixel.flatten().float())
-    counts = torch.zeros(b * k, device=pixel.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    counts = torch.zeros(b * k, device=pixel.device).index_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.float32)
+    )
     return (sums / counts.clamp(min=1)).view(b, k)
 
 
 def _record(benchmark, role: str, items: int = 1, unit: str = "images") -> None:
-    benchmark.extra_info.update(role=role, threads=torch.get_num_threads(), **{f"{unit}_per_call": items})
+    benchmark.extra_info.update(
+        role=role, threads=torch.get_num_threads(), **{f"{unit}_per_call": items}
+    )
 
 
 def _rate(benchmark, items: int, unit: str) -> None:
@@ -99,7 +106,9 @@ def bench_cpu_overhead_gswfast(benchmark, resnet18_batch16, method):
 def r2plus1d_clips():
     torch.manual_seed(0)
     frames = _photos(2, 112)  # two photos, each panned over 16 frames
-    clips = torch.stack([torch.stack([torch.roll(f, shifts=2 * t, dims=-1) for t in range(16)], 1) for f in frames])
+    clips = torch.stack(
+        [torch.stack([torch.roll(f, shifts=2 * t, dims=-1) for t in range(16)], 1) for f in frames]
+    )
     return _model("r2plus1d_18", video=True), clips
 
 
@@ -114,7 +123,9 @@ def bench_cpu_video_bare(benchmark, r2plus1d_clips):
 @pytest.mark.benchmark(group="cpu-explain-video-r2plus1d_18-16x112x112")
 def bench_cpu_video_gswfast(benchmark, r2plus1d_clips):
     model, clips = r2plus1d_clips
-    expl = benchmark.pedantic(gsw.explain, (model, clips), {"method": "gradient"}, rounds=3, warmup_rounds=1)
+    expl = benchmark.pedantic(
+        gsw.explain, (model, clips), {"method": "gradient"}, rounds=3, warmup_rounds=1
+    )
     _record(benchmark, "gswfast", 2, "clips")
     _rate(benchmark, 2, "clips")
     assert expl.labels.shape == (2, 16, 112, 112)
@@ -132,8 +143,13 @@ def peer_inputs():
 @pytest.mark.benchmark(group="cpu-integrated-gradients-resnet18-b4-16steps")
 def bench_cpu_ig_gswfast(benchmark, peer_inputs):
     model, x, seg = peer_inputs
-    expl = benchmark.pedantic(gsw.explain, (model, x, 1), dict(method="integrated_gradients", n_steps=16,
-                              internal_batch_size=64, segmentation=seg), rounds=3, warmup_rounds=1)
+    expl = benchmark.pedantic(
+        gsw.explain,
+        (model, x, 1),
+        dict(method="integrated_gradients", n_steps=16, internal_batch_size=64, segmentation=seg),
+        rounds=3,
+        warmup_rounds=1,
+    )
     _record(benchmark, "gswfast", 4)
     assert torch.isfinite(expl.segment_scores).all()
 
@@ -265,8 +281,9 @@ def bench_cuda_ig(benchmark, role):
     seg = gsw.slic(x, n_segments=50)
     k = int(seg.num_segments.max())
     if role == "gswfast":
-        explainer = gsw.Explainer(model, "integrated_gradients", n_steps=32, internal_batch_size=128,
-                                  validate=False)
+        explainer = gsw.Explainer(
+            model, "integrated_gradients", n_steps=32, internal_batch_size=128, validate=False
+        )
         fn = lambda: explainer(x, 1, seg)  # noqa: E731
     else:
         ig = pytest.importorskip("captum.attr").IntegratedGradients(model)
@@ -274,6 +291,7 @@ def bench_cuda_ig(benchmark, role):
         def fn():
             attr = ig.attribute(x, target=1, n_steps=32, internal_batch_size=128)
             return index_add_pool(attr.sum(1), seg.labels, k)
+
     benchmark(cuda_timed(fn, 1))
     _record(benchmark, role, 16)
 
@@ -288,9 +306,11 @@ def bench_cuda_video_amp(benchmark, role):
         explainer = gsw.Explainer(model, "gradient", autocast=torch.float16, validate=False)
         fn = lambda: explainer(clips)  # noqa: E731
     else:
+
         def fn():
             with torch.autocast("cuda", dtype=torch.float16):
                 return bare_forward_backward(model, clips)
+
     benchmark(cuda_timed(fn, CUDA_REPEAT))
     _record(benchmark, role, 16, "clips")
     benchmark.extra_info["ops_per_call"] = CUDA_REPEAT

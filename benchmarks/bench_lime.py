@@ -37,8 +37,13 @@ def _record(benchmark, role):
 def bench_cpu_lime_package(benchmark, one_photo):
     pytest.importorskip("lime")
     model, x, seg = one_photo
-    weights = benchmark.pedantic(lime_weights, (model, x[0], seg.labels[0], 1), dict(n_samples=N_SAMPLES, batch_size=BATCH),
-                                 rounds=2, warmup_rounds=0)
+    weights = benchmark.pedantic(
+        lime_weights,
+        (model, x[0], seg.labels[0], 1),
+        dict(n_samples=N_SAMPLES, batch_size=BATCH),
+        rounds=2,
+        warmup_rounds=0,
+    )
     _record(benchmark, "lime_package")
     assert weights.shape[0] == int(seg.num_segments[0])
 
@@ -48,8 +53,13 @@ def bench_cpu_lime_package(benchmark, one_photo):
 def bench_cpu_gsw_lime(benchmark, one_photo, precision):
     model, x, seg = one_photo
     autocast = torch.bfloat16 if precision == "bfloat16" else None
-    expl = benchmark.pedantic(gsw.lime, (model, x, seg, 1), dict(n_samples=N_SAMPLES, batch_size=BATCH, autocast=autocast),
-                              rounds=2, warmup_rounds=1)
+    expl = benchmark.pedantic(
+        gsw.lime,
+        (model, x, seg, 1),
+        dict(n_samples=N_SAMPLES, batch_size=BATCH, autocast=autocast),
+        rounds=2,
+        warmup_rounds=1,
+    )
     _record(benchmark, "gswfast" if precision == "float32" else "gswfast_bfloat16")
     assert torch.isfinite(expl.segment_scores).all()
 
@@ -63,7 +73,20 @@ def bench_cuda_gsw_lime(benchmark, precision):
     x = photos(224, 16).cuda()
     seg = gsw.slic(x, n_segments=50)
     autocast = torch.float16 if precision == "float16" else None
-    benchmark(cuda_timed(lambda: gsw.lime(model, x, seg, 1, n_samples=N_SAMPLES, batch_size=512, autocast=autocast,
-                                          validate=False), 1))
+    benchmark(
+        cuda_timed(
+            lambda: gsw.lime(
+                model,
+                x,
+                seg,
+                1,
+                n_samples=N_SAMPLES,
+                batch_size=512,
+                autocast=autocast,
+                validate=False,
+            ),
+            1,
+        )
+    )
     _record(benchmark, "gswfast" if precision == "float32" else "gswfast_float16")
     benchmark.extra_info["images_per_call"] = 16

@@ -62,7 +62,9 @@ def bench_cpu_torch_index_add_mean(benchmark, cpu_case):
 
     out = benchmark(index_add_mean)
     benchmark.extra_info.update(role="peer", threads=torch.get_num_threads())
-    torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, "mean"), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        out, gsw.segment_pool(values, labels, k, "mean"), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.benchmark(group="cpu-mean-64x224x224")
@@ -78,7 +80,9 @@ def bench_cpu_numpy_bincount_mean(benchmark, cpu_case):
 
     out = benchmark(bincount_mean)
     benchmark.extra_info.update(role="peer")
-    np.testing.assert_allclose(out, gsw.segment_pool(values, labels, k, "mean").numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        out, gsw.segment_pool(values, labels, k, "mean").numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.benchmark(group="cpu-paint-64x224x224")
@@ -143,15 +147,20 @@ def _cuda_graphed(fn):
 
 def _record_cuda(benchmark, role, values, labels):
     moved = values.numel() * values.element_size() + labels.numel() * labels.element_size()
-    benchmark.extra_info.update(role=role, ops_per_call=CUDA_REPEAT, bytes_per_op=moved,
-                                device=torch.cuda.get_device_name())
+    benchmark.extra_info.update(
+        role=role, ops_per_call=CUDA_REPEAT, bytes_per_op=moved, device=torch.cuda.get_device_name()
+    )
 
 
 # What a torch user writes for each reduction: out [64, 3, K], index [64, 3, N], values [64, 3, N].
 TORCH_PEERS = {
     "sum": lambda out, index, values: out.scatter_add_(2, index, values),
-    "mean": lambda out, index, values: out.scatter_reduce_(2, index, values, "mean", include_self=False),
-    "max": lambda out, index, values: out.scatter_reduce_(2, index, values, "amax", include_self=False),
+    "mean": lambda out, index, values: out.scatter_reduce_(
+        2, index, values, "mean", include_self=False
+    ),
+    "max": lambda out, index, values: out.scatter_reduce_(
+        2, index, values, "amax", include_self=False
+    ),
 }
 
 
@@ -160,7 +169,9 @@ TORCH_PEERS = {
 def bench_cuda_gswfast(benchmark, cuda_case, reduce):
     values, labels, k = cuda_case
     benchmark.group = f"cuda-{reduce}-64x3x224x224"
-    out = benchmark(_cuda_timed(lambda: gsw.segment_pool(values, labels, k, reduce, validate=False)))
+    out = benchmark(
+        _cuda_timed(lambda: gsw.segment_pool(values, labels, k, reduce, validate=False))
+    )
     _record_cuda(benchmark, "gswfast", values, labels)
     assert out.shape == (64, 3, k)
 
@@ -172,9 +183,13 @@ def bench_cuda_torch_scatter(benchmark, cuda_case, reduce):
     flat_values, index, k = _scatter_inputs(cuda_case)
     benchmark.group = f"cuda-{reduce}-64x3x224x224"
     peer = TORCH_PEERS[reduce]
-    out = benchmark(_cuda_timed(lambda: peer(torch.zeros(64, 3, k, device="cuda"), index, flat_values)))
+    out = benchmark(
+        _cuda_timed(lambda: peer(torch.zeros(64, 3, k, device="cuda"), index, flat_values))
+    )
     _record_cuda(benchmark, "peer", values, labels)
-    torch.testing.assert_close(out, gsw.segment_pool(values, labels, k, reduce), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        out, gsw.segment_pool(values, labels, k, reduce), rtol=1e-4, atol=1e-3
+    )
 
 
 @pytest.mark.cuda
@@ -210,8 +225,12 @@ def bench_cuda_copy_bandwidth(benchmark):
     src = torch.empty(256 * 1024 * 1024, device="cuda")
     dst = torch.empty_like(src)
     benchmark(_cuda_timed(lambda: dst.copy_(src)))
-    benchmark.extra_info.update(role="ceiling", ops_per_call=CUDA_REPEAT, bytes_per_op=2 * src.numel() * 4,
-                                device=torch.cuda.get_device_name())
+    benchmark.extra_info.update(
+        role="ceiling",
+        ops_per_call=CUDA_REPEAT,
+        bytes_per_op=2 * src.numel() * 4,
+        device=torch.cuda.get_device_name(),
+    )
 
 
 @pytest.mark.cuda

@@ -31,7 +31,9 @@ N_SEGMENTS = 400
 def _photo(height: int, width: int, name: str = "astronaut") -> torch.Tensor:
     """A scikit-image sample photo resized to H x W, uint8 [3, H, W]."""
     image = torch.from_numpy(getattr(skimage_data, name)()).permute(2, 0, 1)[None].float()
-    resized = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
+    resized = torch.nn.functional.interpolate(
+        image, size=(height, width), mode="bilinear", antialias=True
+    )
     return resized.round().clamp(0, 255).to(torch.uint8)[0].contiguous()
 
 
@@ -64,8 +66,9 @@ def bench_cpu_gswfast_10_iterations(benchmark, vga):
 @pytest.mark.benchmark(group="cpu-slic-640x480")
 def bench_cpu_skimage(benchmark, vga):
     image = vga.permute(1, 2, 0).numpy()
-    labels = benchmark(skimage_slic, image, n_segments=N_SEGMENTS, compactness=10.0, max_num_iter=10,
-                       start_label=0)
+    labels = benchmark(
+        skimage_slic, image, n_segments=N_SEGMENTS, compactness=10.0, max_num_iter=10, start_label=0
+    )
     _record(benchmark, "skimage")
     assert labels.shape == (480, 640)
 
@@ -74,7 +77,9 @@ def bench_cpu_skimage(benchmark, vga):
 @pytest.mark.parametrize("variant", ("avx2", "portable"))
 def bench_cpu_fast_slic(benchmark, vga, variant):
     fast_slic = pytest.importorskip(
-        "fast_slic", reason="fast-slic is an optional benchmark peer; `make bench` builds and installs it")
+        "fast_slic",
+        reason="fast-slic is an optional benchmark peer; `make bench` builds and installs it",
+    )
     if variant == "avx2":
         from fast_slic.avx2 import SlicAvx2 as Slic
     else:
@@ -102,7 +107,11 @@ def bench_cpu_gswfast_batch(benchmark, batch8):
 @pytest.mark.benchmark(group="cpu-slic-batch8-320x240")
 def bench_cpu_skimage_batch(benchmark, batch8):
     images = [img.permute(1, 2, 0).numpy() for img in batch8]
-    out = benchmark(lambda: [skimage_slic(img, n_segments=200, compactness=10.0, start_label=0) for img in images])
+    out = benchmark(
+        lambda: [
+            skimage_slic(img, n_segments=200, compactness=10.0, start_label=0) for img in images
+        ]
+    )
     _record(benchmark, "skimage", frames=8)
     assert len(out) == 8
 
@@ -111,7 +120,9 @@ def bench_cpu_skimage_batch(benchmark, batch8):
 def clip16():
     """16 frames of 112x112: a photo crop panning right 2 px per frame, float [1, 3, T, H, W]."""
     photo = _photo(112, 160, "coffee").float() / 255
-    return torch.stack([photo[:, :, 2 * t:2 * t + 112] for t in range(16)], dim=1)[None].contiguous()
+    return torch.stack([photo[:, :, 2 * t : 2 * t + 112] for t in range(16)], dim=1)[
+        None
+    ].contiguous()
 
 
 @pytest.mark.benchmark(group="cpu-slic-volume-16x112x112")
@@ -138,8 +149,12 @@ def bench_cuda_gswfast_batch64(benchmark, vga):
     frames = vga[None].expand(64, -1, -1, -1).contiguous().cuda()
     run = cuda_timed(lambda: gsw.slic(frames, N_SEGMENTS, validate=False), CUDA_REPEAT)
     seg = benchmark(run)
-    benchmark.extra_info.update(role="gswfast", ops_per_call=CUDA_REPEAT, frames_per_call=64 * CUDA_REPEAT,
-                                device=torch.cuda.get_device_name())
+    benchmark.extra_info.update(
+        role="gswfast",
+        ops_per_call=CUDA_REPEAT,
+        frames_per_call=64 * CUDA_REPEAT,
+        device=torch.cuda.get_device_name(),
+    )
     assert seg.labels.shape == (64, 480, 640)
 
 
@@ -149,6 +164,10 @@ def bench_cuda_gswfast_volume(benchmark, clip16):
     clip = clip16.cuda()
     run = cuda_timed(lambda: gsw.slic(clip, 200, mode="volume", validate=False), CUDA_REPEAT)
     seg = benchmark(run)
-    benchmark.extra_info.update(role="gswfast", ops_per_call=CUDA_REPEAT, frames_per_call=16 * CUDA_REPEAT,
-                                device=torch.cuda.get_device_name())
+    benchmark.extra_info.update(
+        role="gswfast",
+        ops_per_call=CUDA_REPEAT,
+        frames_per_call=16 * CUDA_REPEAT,
+        device=torch.cuda.get_device_name(),
+    )
     assert seg.labels.shape == (1, 16, 112, 112)

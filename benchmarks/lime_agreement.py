@@ -39,7 +39,9 @@ SCORERS: dict[str, dict] = {
 }
 
 
-def inputs_and_model(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]:
+def inputs_and_model(
+    name: str, size: int
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]:
     torch.manual_seed(0)
     if name == "square":
         images, _, masks = square_images(8, generator=torch.Generator().manual_seed(123))
@@ -56,9 +58,12 @@ def timed(fn):
 
 def evaluate(model, x, expl, reference, masks) -> dict[str, float]:
     counts = expl.num_segments
-    rows = gsw.metrics.agreement(expl.segment_scores, reference.segment_scores, k=5, num_segments=counts)
+    rows = gsw.metrics.agreement(
+        expl.segment_scores, reference.segment_scores, k=5, num_segments=counts
+    )
     row = {
-        "spearman": float(rows["spearman"].mean()), "spearman_sd": float(rows["spearman"].std()),
+        "spearman": float(rows["spearman"].mean()),
+        "spearman_sd": float(rows["spearman"].std()),
         "top5_iou": float(rows["top_k_iou"].mean()),
         "deletion_auc": float(gsw.metrics.deletion(model, x, expl).auc.mean()),
         "insertion_auc": float(gsw.metrics.insertion(model, x, expl).auc.mean()),
@@ -82,9 +87,13 @@ def main() -> None:
     lime, lime_s = timed(lambda: gsw.lime(model, x, seg, target, n_samples=args.samples, seed=0))
     other = gsw.lime(model, x, seg, target, n_samples=args.samples, seed=1)
     bf16 = gsw.lime(model, x, seg, target, n_samples=args.samples, seed=0, autocast=torch.bfloat16)
-    _, package_s = timed(lambda: lime_weights(model, x[0], seg.labels[0], int(target[0]), 0, args.samples))
+    _, package_s = timed(
+        lambda: lime_weights(model, x[0], seg.labels[0], int(target[0]), 0, args.samples)
+    )
     per_lime = lime_s / x.shape[0]
-    results: dict[str, dict] = {"LIME, seed 1 (noise floor)": evaluate(model, x, other, lime, masks)}
+    results: dict[str, dict] = {
+        "LIME, seed 1 (noise floor)": evaluate(model, x, other, lime, masks)
+    }
     results["LIME, bfloat16 autocast"] = evaluate(model, x, bf16, lime, masks)
     results["LIME, seed 0 (the reference)"] = evaluate(model, x, lime, lime, masks)
     results["LIME, seed 0 (the reference)"]["seconds"] = per_lime
@@ -95,8 +104,13 @@ def main() -> None:
         expl, seconds = timed(lambda: explainer(x, target, given))
         reference = lime
         if options.get("swag"):  # its own segments: LIME on those
-            reference = gsw.lime(model, x, expl.segmentation, target, n_samples=args.samples, seed=0)
-        results[name] = {**evaluate(model, x, expl, reference, masks), "seconds": seconds / x.shape[0]}
+            reference = gsw.lime(
+                model, x, expl.segmentation, target, n_samples=args.samples, seed=0
+            )
+        results[name] = {
+            **evaluate(model, x, expl, reference, masks),
+            "seconds": seconds / x.shape[0],
+        }
     table = markdown(results, per_lime, package_s, args, x)
     print(table)
     if args.out:
@@ -110,16 +124,25 @@ def markdown(results: dict[str, dict], per_lime: float, package_s: float, args, 
     lines = [head + (" on square |" if square else ""), "|---" * (8 + square) + "|"]
     for name, r in results.items():
         seconds = r.get("seconds")
-        timing = (f"{seconds * 1e3:.1f} | {per_lime / seconds:.0f}x | {package_s / seconds:.0f}x" if seconds and "seed 0" not in name
-                  else f"{per_lime * 1e3:.0f} | 1x | {package_s / per_lime:.1f}x" if seconds else " | | ")
-        line = (f"| {name} | {r['spearman']:.3f} ({r['spearman_sd']:.3f}) | {r['top5_iou']:.2f} | "
-                f"{r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | {timing} |")
+        timing = (
+            f"{seconds * 1e3:.1f} | {per_lime / seconds:.0f}x | {package_s / seconds:.0f}x"
+            if seconds and "seed 0" not in name
+            else f"{per_lime * 1e3:.0f} | 1x | {package_s / per_lime:.1f}x"
+            if seconds
+            else " | | "
+        )
+        line = (
+            f"| {name} | {r['spearman']:.3f} ({r['spearman_sd']:.3f}) | {r['top5_iou']:.2f} | "
+            f"{r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | {timing} |"
+        )
         lines.append(line + (f" {r['on_square']} |" if square else ""))
     threads = torch.get_num_threads()
     lines.append("")
-    lines.append(f"{args.model}, {x.shape[0]} inputs of {tuple(x.shape[1:])}, {args.segments} SLIC segments, "
-                 f"LIME {args.samples} samples; the lime package took {package_s:.1f} s per input; "
-                 f"{threads} CPU threads, torch {torch.__version__}.")
+    lines.append(
+        f"{args.model}, {x.shape[0]} inputs of {tuple(x.shape[1:])}, {args.segments} SLIC segments, "
+        f"LIME {args.samples} samples; the lime package took {package_s:.1f} s per input; "
+        f"{threads} CPU threads, torch {torch.__version__}."
+    )
     return "\n".join(lines)
 
 

@@ -91,17 +91,37 @@ def main() -> None:
         moved = values.numel() * values.element_size() + labels.numel() * labels.element_size()
         v3 = values.reshape(values.shape[0], -1, labels[0].numel())
         index = labels.long().reshape(labels.shape[0], 1, -1).expand_as(v3)
-        peer = graph_ms(lambda: torch.zeros(v3.shape[0], v3.shape[1], k, device="cuda").scatter_add_(2, index, v3))
+        peer = graph_ms(
+            lambda: torch.zeros(v3.shape[0], v3.shape[1], k, device="cuda").scatter_add_(
+                2, index, v3
+            )
+        )
         ms = graph_ms(lambda: gsw.segment_pool(values, labels, k, "sum", validate=False))
-        rows.append({
-            "case": name, "gswfast_ms": ms, "scatter_add_ms": peer, "speedup": peer / ms,
-            "GB_per_s": moved / ms / 1e6, "fraction_of_copy": moved / ms / 1e6 / copy_gbs,
-            "host_us_eager": host_us(lambda: gsw.segment_pool(values, labels, k, "sum", validate=False)),
-            "host_us_raw_op": host_us(
-                lambda: torch.ops.gswfast.segment_pool(v3, labels.reshape(labels.shape[0], -1), None, k, "sum")),
-        })
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "copy_GB_per_s": copy_gbs, "tile_env": os.environ.get("GSWFAST_POOL_TILE"), "rows": rows}
+        rows.append(
+            {
+                "case": name,
+                "gswfast_ms": ms,
+                "scatter_add_ms": peer,
+                "speedup": peer / ms,
+                "GB_per_s": moved / ms / 1e6,
+                "fraction_of_copy": moved / ms / 1e6 / copy_gbs,
+                "host_us_eager": host_us(
+                    lambda: gsw.segment_pool(values, labels, k, "sum", validate=False)
+                ),
+                "host_us_raw_op": host_us(
+                    lambda: torch.ops.gswfast.segment_pool(
+                        v3, labels.reshape(labels.shape[0], -1), None, k, "sum"
+                    )
+                ),
+            }
+        )
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "copy_GB_per_s": copy_gbs,
+        "tile_env": os.environ.get("GSWFAST_POOL_TILE"),
+        "rows": rows,
+    }
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,6 +1,6 @@
 """Summarises a pytest-benchmark JSON file: per-op medians, ratios to gswfast, bandwidth.
 
-    python benchmarks/summarize.py bench.json [--markdown]
+python benchmarks/summarize.py bench.json [--markdown]
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ def summarize(data: dict) -> list[dict]:
         base = per_op_seconds(ours[0]) if ours else None
         for bench in sorted(benches, key=per_op_seconds):
             t = per_op_seconds(bench)
-            row = {"group": group, "name": bench["name"], "median_ms": t * 1e3,
-                   "slowdown_vs_gswfast": t / base if base else None}
+            row = {
+                "group": group,
+                "name": bench["name"],
+                "median_ms": t * 1e3,
+                "slowdown_vs_gswfast": t / base if base else None,
+            }
             moved = bench.get("extra_info", {}).get("bytes_per_op")
             if moved and group != "cuda-copy-bandwidth":
                 row["GB_per_s"] = moved / t / 1e9
@@ -41,13 +45,17 @@ def summarize(data: dict) -> list[dict]:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| group | benchmark | median per op | x gswfast time | GB/s | of copy BW |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| group | benchmark | median per op | x gswfast time | GB/s | of copy BW |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ratio = f"{r['slowdown_vs_gswfast']:.2f}" if r["slowdown_vs_gswfast"] else ""
         gbs = f"{r['GB_per_s']:.0f}" if "GB_per_s" in r else ""
         frac = f"{r['fraction_of_copy_bandwidth']:.0%}" if "fraction_of_copy_bandwidth" in r else ""
-        lines.append(f"| {r['group']} | {r['name']} | {r['median_ms']:.3f} ms | {ratio} | {gbs} | {frac} |")
+        lines.append(
+            f"| {r['group']} | {r['name']} | {r['median_ms']:.3f} ms | {ratio} | {gbs} | {frac} |"
+        )
     return "\n".join(lines)
 
 

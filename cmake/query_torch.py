@@ -1,4 +1,5 @@
 """Prints what CMake needs to know about the torch it builds against, one item per line."""
+
 import os
 
 import torch

@@ -44,8 +44,10 @@ def explain_photos(device: str, out: pathlib.Path) -> None:
         explainer = gsw.Explainer(model, method, preprocess=IMAGENET, **options)
         expl, seconds = timed(lambda: explainer(images), device)
         best = expl.ranking()[:, :3].tolist()
-        print(f"{method:>9}: {seconds * 1e3:7.1f} ms for 4 images, {expl.num_segments.tolist()} segments, "
-              f"class {expl.target.tolist()}, top-3 segments {best}")
+        print(
+            f"{method:>9}: {seconds * 1e3:7.1f} ms for 4 images, {expl.num_segments.tolist()} segments, "
+            f"class {expl.target.tolist()}, top-3 segments {best}"
+        )
         pictures = expl.overlay(images).cpu()
         for b, picture in enumerate(pictures):
             write_png(picture, str(out / f"photo{b}_{method}.png"))
@@ -55,11 +57,15 @@ def explain_clip(device: str, out: pathlib.Path) -> None:
     torch.manual_seed(0)
     model = torchvision.models.video.r2plus1d_18().to(device).eval()
     frame = photos(112, 1)[0]
-    clip = torch.stack([torch.roll(frame, shifts=3 * t, dims=-1) for t in range(16)], 1)[None].to(device)
+    clip = torch.stack([torch.roll(frame, shifts=3 * t, dims=-1) for t in range(16)], 1)[None].to(
+        device
+    )
     explainer = gsw.Explainer(model, "gradient")
     expl, seconds = timed(lambda: explainer(clip), device)
-    print(f"clip [1, 3, 16, 112, 112] (r2plus1d_18, gradient): {seconds * 1e3:.1f} ms, "
-          f"{int(expl.num_segments[0])} supervoxels, top-3 {expl.ranking()[0, :3].tolist()}")
+    print(
+        f"clip [1, 3, 16, 112, 112] (r2plus1d_18, gradient): {seconds * 1e3:.1f} ms, "
+        f"{int(expl.num_segments[0])} supervoxels, top-3 {expl.ranking()[0, :3].tolist()}"
+    )
     frames = expl.overlay(clip)[0].cpu()  # [3, T, H, W]
     write_png(torch.cat(list(frames.unbind(1)), dim=2), str(out / "clip_gradient_frames.png"))
 
@@ -70,21 +76,29 @@ def explain_trained(device: str) -> None:
     images, classes = images.to(device), classes.to(device)
     seg = gsw.slic(images, n_segments=20)
     lime, seconds = timed(lambda: gsw.lime(model, images, seg, classes, n_samples=1000), device)
-    print(f"trained square classifier, 64 test images; gsw.lime (1000 samples) took {seconds:.1f} s:")
+    print(
+        f"trained square classifier, 64 test images; gsw.lime (1000 samples) took {seconds:.1f} s:"
+    )
     print(f"  {'method':>20}  best segment on the square  Spearman with LIME")
-    rows = [("lime", lime)] + [(m, gsw.explain(model, images, classes, method=m, segmentation=seg, reduce="sum"))
-                               for m in ("integrated_gradients", "gradcam", "input_x_gradient", "gradient", "lime_ig")]
+    rows = [("lime", lime)] + [
+        (m, gsw.explain(model, images, classes, method=m, segmentation=seg, reduce="sum"))
+        for m in ("integrated_gradients", "gradcam", "input_x_gradient", "gradient", "lime_ig")
+    ]
     for method, expl in rows:
         hits = float(gsw.metrics.pointing_game(expl, masks.to(device)).float().mean())
         rho = float(gsw.metrics.agreement(expl, lime, k=3)["spearman"].mean())
         print(f"  {method:>20}  {hits:26.0%}  {rho:18.3f}")
-    print("  (LIME, and lime_ig with it, cannot see a superpixel that is all square: filling it\n"
-          "   with its mean colour changes nothing. Gradients measure sensitivity, not evidence.)")
+    print(
+        "  (LIME, and lime_ig with it, cannot see a superpixel that is all square: filling it\n"
+        "   with its mean colour changes nothing. Gradients measure sensitivity, not evidence.)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() and gsw.cuda_available() else "cpu")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() and gsw.cuda_available() else "cpu"
+    )
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("demo_output"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,9 @@
 
 The parts can be used on their own::
 
-    seg = gsw.slic(images, n_segments=200)                          # labels [B, H, W]
-    scores = gsw.segment_pool(attribution, seg.labels, seg.num_segments)   # [B, K]
-    heatmap = gsw.paint(scores, seg.labels)                         # [B, H, W]
+    seg = gsw.slic(images, n_segments=200)  # labels [B, H, W]
+    scores = gsw.segment_pool(attribution, seg.labels, seg.num_segments)  # [B, K]
+    heatmap = gsw.paint(scores, seg.labels)  # [B, H, W]
 
 Importing the package imports neither torch nor the compiled extension: every public name
 is imported on first use (PEP 562). The first use of an op (``gswfast.ops``, or any name
@@ -63,7 +63,11 @@ def __getattr__(name: str) -> _Any:
 
 
 def __dir__() -> list[str]:
-    loaded = {name for name, value in globals().items() if isinstance(value, _types.ModuleType) and name[0] != "_"}
+    loaded = {
+        name
+        for name, value in globals().items()
+        if isinstance(value, _types.ModuleType) and name[0] != "_"
+    }
     return sorted({*__all__, "__version__", *loaded})
 
 

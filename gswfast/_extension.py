@@ -56,7 +56,9 @@ try:
     from gswfast import _C  # noqa: F401  (importing it registers the ops)
     from gswfast import _build_info
 except ImportError as exc:
-    raise ImportError(missing_extension_message(Path(__file__).resolve().parent, sys.path, str(exc))) from exc
+    raise ImportError(
+        missing_extension_message(Path(__file__).resolve().parent, sys.path, str(exc))
+    ) from exc
 
 
 def _release(version: str) -> str:

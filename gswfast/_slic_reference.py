@@ -105,24 +105,31 @@ def seeds(features: Tensor, steps: list[int], starts: list[int], cells: list[int
                         yy, xx = y0 + dy, x0 + dx
                         if 0 <= yy < h and 0 <= xx < w and grad[z, yy, xx] < best:
                             y, x, best = yy, xx, grad[z, yy, xx]
-                rows.append(torch.cat([torch.tensor([z, y, x], dtype=torch.float32), f[:, z, y, x]]))
+                rows.append(
+                    torch.cat([torch.tensor([z, y, x], dtype=torch.float32), f[:, z, y, x]])
+                )
     return torch.stack(rows)
 
 
-def assignment_distances(features: Tensor, centers: Tensor, steps: list[int], weights: list[float],
-                         compactness: float) -> Tensor:
+def assignment_distances(
+    features: Tensor, centers: Tensor, steps: list[int], weights: list[float], compactness: float
+) -> Tensor:
     """float64 distance [K, D, H, W] of every pixel to every centre (slic.h, Distance), inf
     outside the centre's window (|offset| <= step in every dimension). The kernels compute
     it in float32, so only gaps above float32 rounding are decided alike."""
     f = clamp_features(features).double()
     d, h, w = f.shape[1:]
-    grid = torch.stack(torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")).double()
+    grid = torch.stack(
+        torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
+    ).double()
     out = []
     for c in centers.double():
         offset = grid - c[:3, None, None, None]
         spatial = sum(weights[i] * offset[i] ** 2 for i in range(3))
         colour = ((f - c[3:, None, None, None]) ** 2).sum(0) / compactness**2
-        inside = (offset.abs() <= torch.tensor(steps, dtype=torch.float64)[:, None, None, None]).all(0)
+        inside = (
+            offset.abs() <= torch.tensor(steps, dtype=torch.float64)[:, None, None, None]
+        ).all(0)
         out.append(torch.where(inside, colour + spatial, torch.inf))
     return torch.stack(out)
 
@@ -164,7 +171,9 @@ def components(cluster_labels: Tensor) -> Tensor:
     return _components_of_graph(flat.numel(), pairs[same])
 
 
-def merge_round(sets: Tensor, shape: tuple[int, int, int], fixed: Tensor, min_size: int) -> tuple[Tensor, bool]:
+def merge_round(
+    sets: Tensor, shape: tuple[int, int, int], fixed: Tensor, min_size: int
+) -> tuple[Tensor, bool]:
     """One round of the small-segment merge (slic.h, Connectivity).
 
     sets: int64 [P], each pixel's set, named by its root (lowest pixel); fixed: int64
@@ -190,14 +199,18 @@ def merge_round(sets: Tensor, shape: tuple[int, int, int], fixed: Tensor, min_si
     for f in range(t.shape[1]):  # one rounding per product and per sum, in feature order
         distance = distance + t[:, f] * t[:, f]
     key = (distance.view(torch.int32).long() << 32) | b
-    best = torch.full((P,), torch.iinfo(torch.int64).max, dtype=torch.int64).scatter_reduce_(0, a, key, "amin")
+    best = torch.full((P,), torch.iinfo(torch.int64).max, dtype=torch.int64).scatter_reduce_(
+        0, a, key, "amin"
+    )
     chooser = torch.unique(a)
     chosen = best[chooser] & 0xFFFFFFFF
     root = _components_of_graph(P, torch.stack([chooser, chosen], 1))
     return root[sets], True
 
 
-def merge_small(sets: Tensor, shape: tuple[int, int, int], features: Tensor, min_size: int) -> Tensor:
+def merge_small(
+    sets: Tensor, shape: tuple[int, int, int], features: Tensor, min_size: int
+) -> Tensor:
     """Merge rounds until no set is smaller than ``min_size``, nothing merges, or
     ``MERGE_ROUNDS`` rounds ran. features: [F, D, H, W]. Returns the final sets [P]."""
     if min_size <= 1:

@@ -22,7 +22,9 @@ def check_inputs(inputs: object) -> Tensor:
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs: expected a tensor, got {type(inputs).__name__}")
     if inputs.dim() not in (4, 5):
-        raise ValueError(f"inputs: expected images [B, C, H, W] or clips [B, C, T, H, W], got shape {tuple(inputs.shape)}")
+        raise ValueError(
+            f"inputs: expected images [B, C, H, W] or clips [B, C, T, H, W], got shape {tuple(inputs.shape)}"
+        )
     if inputs.dtype not in INPUT_DTYPES:
         raise TypeError(f"inputs: expected uint8 or a float dtype, got {inputs.dtype}")
     if inputs.numel() == 0:
@@ -37,14 +39,19 @@ def _check_channels_first(shape: tuple[int, ...]) -> None:
     if shape[1] in channels:
         return
     if shape[-1] in channels:
-        layout, fix = ("[B, H, W, C]", "permute(0, 3, 1, 2)") if len(shape) == 4 else \
-            ("[B, T, H, W, C]", "permute(0, 4, 1, 2, 3)")
+        layout, fix = (
+            ("[B, H, W, C]", "permute(0, 3, 1, 2)")
+            if len(shape) == 4
+            else ("[B, T, H, W, C]", "permute(0, 4, 1, 2, 3)")
+        )
     elif len(shape) == 5 and shape[2] in channels:
         layout, fix = "[B, T, C, H, W]", "permute(0, 2, 1, 3, 4)"
     else:
         return
-    raise ValueError(f"inputs: expected channels first ({'[B, C, H, W]' if len(shape) == 4 else '[B, C, T, H, W]'}), "
-                     f"got shape {shape}, which looks like {layout}; pass inputs.{fix}")
+    raise ValueError(
+        f"inputs: expected channels first ({'[B, C, H, W]' if len(shape) == 4 else '[B, C, T, H, W]'}), "
+        f"got shape {shape}, which looks like {layout}; pass inputs.{fix}"
+    )
 
 
 def unit_float(images: Tensor) -> Tensor:
@@ -55,17 +62,23 @@ def unit_float(images: Tensor) -> Tensor:
 def check_input_values(x: Tensor, needs_unit_range: bool) -> None:
     """NaN/inf, and values outside 0..1 when SLIC segments the inputs: one device sync."""
     low, high = torch.aminmax(x.detach())
-    nonfinite, low, high = torch.stack([(~torch.isfinite(x).all()).double(), low.double(), high.double()]).tolist()
+    nonfinite, low, high = torch.stack(
+        [(~torch.isfinite(x).all()).double(), low.double(), high.double()]
+    ).tolist()
     if nonfinite:
         raise ValueError("inputs: contains NaN or infinite values")
     if not needs_unit_range or (low >= 0 and high <= 1):
         return
     if low >= 0 and 2 < high <= 255:
-        raise ValueError(f"inputs: float images must be in 0..1, but these reach {high:g}: 0..255 pixel values? "
-                         "Divide them by 255, or pass the uint8 tensor")
+        raise ValueError(
+            f"inputs: float images must be in 0..1, but these reach {high:g}: 0..255 pixel values? "
+            "Divide them by 255, or pass the uint8 tensor"
+        )
     if low >= -0.5 and high <= 1.5:
-        raise ValueError(f"inputs: float images must be in 0..1, these span {low:g}..{high:g} (resampling "
-                         "overshoot?); clamp them with inputs.clamp(0, 1)")
+        raise ValueError(
+            f"inputs: float images must be in 0..1, these span {low:g}..{high:g} (resampling "
+            "overshoot?); clamp them with inputs.clamp(0, 1)"
+        )
     raise ValueError(
         f"inputs: SLIC needs images in 0..1 (or uint8); these span {low:g}..{high:g} and look normalised. Pass "
         "the raw images with preprocess=<normalisation>, or give segmentation="
@@ -82,8 +95,10 @@ def resolve_given_segmentation(segmentation: Segmentation | Tensor, images: Tens
         got = getattr(labels, "dtype", type(labels).__name__)
         raise TypeError(f"segmentation: expected a Segmentation or int32/int64 labels, got {got}")
     if tuple(labels.shape) != expected:
-        raise ValueError(f"segmentation: expected labels of shape {expected} (the inputs' [B, (T), H, W]), "
-                         f"got {tuple(labels.shape)}")
+        raise ValueError(
+            f"segmentation: expected labels of shape {expected} (the inputs' [B, (T), H, W]), "
+            f"got {tuple(labels.shape)}"
+        )
     if labels.device != images.device:
         raise ValueError(f"segmentation: expected labels on {images.device}, got {labels.device}")
     if seg is not None:
@@ -95,7 +110,9 @@ def resolve_given_segmentation(segmentation: Segmentation | Tensor, images: Tens
     return None, labels, flat.amax(1).to(torch.int64) + 1
 
 
-def composite(inside: Tensor, outside: Tensor, flat_labels: Tensor, sample: Tensor, segments: Tensor) -> Tensor:
+def composite(
+    inside: Tensor, outside: Tensor, flat_labels: Tensor, sample: Tensor, segments: Tensor
+) -> Tensor:
     """Composites ``[rows, C, *S]``: row ``i`` shows sample ``sample[i]`` of ``inside`` on its
     segments where ``segments [rows, K]`` is True, and of ``outside`` elsewhere
     (``inside``/``outside [B, C, *S]``, ``flat_labels`` int64 ``[B, P]``)."""
@@ -103,8 +120,14 @@ def composite(inside: Tensor, outside: Tensor, flat_labels: Tensor, sample: Tens
     return torch.where(pixels, inside[sample], outside[sample])
 
 
-def composite_logits(forward: ModelForward, inside: Tensor, outside: Tensor, flat_labels: Tensor, sample: Tensor,
-                     segments: Tensor) -> Tensor:
+def composite_logits(
+    forward: ModelForward,
+    inside: Tensor,
+    outside: Tensor,
+    flat_labels: Tensor,
+    sample: Tensor,
+    segments: Tensor,
+) -> Tensor:
     """The model's logits ``[rows, classes]`` on ``composite(...)``'s rows (the additional
     forward args follow ``sample``)."""
     return forward.logits(composite(inside, outside, flat_labels, sample, segments), sample)

@@ -65,7 +65,9 @@ def _count(minimum: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected an int >= {minimum}, got {text!r}"
+            ) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
         return value
@@ -74,71 +76,141 @@ def _count(minimum: int):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gswfast", description="Gradient weighted superpixel explanations of image and video CNNs.")
+    parser = _Parser(
+        prog="gswfast",
+        description="Gradient weighted superpixel explanations of image and video CNNs.",
+    )
     parser.add_argument("--version", action="version", version=f"gswfast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo = commands.add_parser("demo", help="explain the demo images and clips, write pictures and JSON")
-    demo.add_argument("--out", type=Path, default=Path("gswfast_demo"), help="output folder (default: gswfast_demo)")
-    _common(demo, method_help="default: integrated_gradients for the demo images and clips alike (the demo "
-                              "models are small enough)")
+    demo = commands.add_parser(
+        "demo", help="explain the demo images and clips, write pictures and JSON"
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("gswfast_demo"),
+        help="output folder (default: gswfast_demo)",
+    )
+    _common(
+        demo,
+        method_help="default: integrated_gradients for the demo images and clips alike (the demo "
+        "models are small enough)",
+    )
     demo.set_defaults(run=_run_demo)
 
     explain = commands.add_parser("explain", help="explain images and videos with a model")
-    explain.add_argument("paths", nargs="+", type=Path,
-                         help="images (PNG, JPEG, 16-bit PNG, ...) and videos (MP4, WebM, MKV, animated GIF, ...)")
+    explain.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        help="images (PNG, JPEG, 16-bit PNG, ...) and videos (MP4, WebM, MKV, animated GIF, ...)",
+    )
     _model_options(explain)
-    explain.add_argument("--stride", type=_count(1),
-                         help="frames between video windows (default: --frames; 4 with --stream)")
-    explain.add_argument("--stream", action="store_true",
-                         help="explain videos as a stream: supervoxels warm-started window to window, a JSON timeline")
-    explain.add_argument("--out", type=Path, default=Path("gswfast_out"), help="output folder (default: gswfast_out)")
+    explain.add_argument(
+        "--stride",
+        type=_count(1),
+        help="frames between video windows (default: --frames; 4 with --stream)",
+    )
+    explain.add_argument(
+        "--stream",
+        action="store_true",
+        help="explain videos as a stream: supervoxels warm-started window to window, a JSON timeline",
+    )
+    explain.add_argument(
+        "--out", type=Path, default=Path("gswfast_out"), help="output folder (default: gswfast_out)"
+    )
     _common(explain)
     explain.set_defaults(run=_run_explain)
 
-    dataset = commands.add_parser("explain-dataset", help="explain a folder or list of images/videos; torchrun-aware")
-    dataset.add_argument("source", type=Path, help="a folder of images/videos, or a text file with one path per line")
-    dataset.add_argument("--out", type=Path, required=True, help="output folder (items/*.npz, manifest.json)")
+    dataset = commands.add_parser(
+        "explain-dataset", help="explain a folder or list of images/videos; torchrun-aware"
+    )
+    dataset.add_argument(
+        "source", type=Path, help="a folder of images/videos, or a text file with one path per line"
+    )
+    dataset.add_argument(
+        "--out", type=Path, required=True, help="output folder (items/*.npz, manifest.json)"
+    )
     _model_options(dataset)
-    dataset.add_argument("--stride", type=_count(1), help="frames between video windows (default: --frames)")
-    dataset.add_argument("--batch-size", type=_count(1), default=16, help="images per model call (default 16)")
+    dataset.add_argument(
+        "--stride", type=_count(1), help="frames between video windows (default: --frames)"
+    )
+    dataset.add_argument(
+        "--batch-size", type=_count(1), default=16, help="images per model call (default 16)"
+    )
     dataset.add_argument("--pictures", action="store_true", help="also write an overlay per item")
-    dataset.add_argument("--overwrite", action="store_true",
-                         help="recompute items made with other settings (without it, a rerun with other settings "
-                              "than the ones recorded in --out refuses)")
+    dataset.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute items made with other settings (without it, a rerun with other settings "
+        "than the ones recorded in --out refuses)",
+    )
     _common(dataset)
     dataset.set_defaults(run=_run_dataset)
     return parser
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="torchvision:resnet18",
-                        help="torchvision:NAME (a classification or video model), demo:shapes, demo:actions, or a "
-                             ".pt file (TorchScript, or a state_dict with --arch). Default: torchvision:resnet18 "
-                             "with RANDOM weights: torchvision models have random weights (drawn from --seed) "
-                             "unless --weights is given; nothing is downloaded")
-    parser.add_argument("--arch", help="architecture of a state_dict .pt file (torchvision:NAME or demo:NAME)")
+    parser.add_argument(
+        "--model",
+        default="torchvision:resnet18",
+        help="torchvision:NAME (a classification or video model), demo:shapes, demo:actions, or a "
+        ".pt file (TorchScript, or a state_dict with --arch). Default: torchvision:resnet18 "
+        "with RANDOM weights: torchvision models have random weights (drawn from --seed) "
+        "unless --weights is given; nothing is downloaded",
+    )
+    parser.add_argument(
+        "--arch", help="architecture of a state_dict .pt file (torchvision:NAME or demo:NAME)"
+    )
     parser.add_argument("--weights", type=Path, help="a state_dict to load into --model")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0: the same every run)")
-    parser.add_argument("--target", type=_count(0), help="class to explain (default: the predicted one)")
-    parser.add_argument("--size", type=_count(1),
-                        help="the model sees SIZE x SIZE inputs (default: 224 for images; 112 for video, 224 for "
-                             "s3d and MViT; 64 for the demo models); pictures keep the input's aspect ratio")
-    parser.add_argument("--normalize", choices=NORMALIZE_CHOICES, default="auto",
-                        help="input normalisation (auto: ImageNet/Kinetics for torchvision models, none otherwise)")
-    parser.add_argument("--frames", type=_count(1), default=16, help="frames per video window (default 16)")
-    parser.add_argument("--layer", help="the Grad-CAM layer, a dotted module name such as layer4 (default: the "
-                                        "last convolution with a spatial output)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of random weights (default 0: the same every run)"
+    )
+    parser.add_argument(
+        "--target", type=_count(0), help="class to explain (default: the predicted one)"
+    )
+    parser.add_argument(
+        "--size",
+        type=_count(1),
+        help="the model sees SIZE x SIZE inputs (default: 224 for images; 112 for video, 224 for "
+        "s3d and MViT; 64 for the demo models); pictures keep the input's aspect ratio",
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=NORMALIZE_CHOICES,
+        default="auto",
+        help="input normalisation (auto: ImageNet/Kinetics for torchvision models, none otherwise)",
+    )
+    parser.add_argument(
+        "--frames", type=_count(1), default=16, help="frames per video window (default 16)"
+    )
+    parser.add_argument(
+        "--layer",
+        help="the Grad-CAM layer, a dotted module name such as layer4 (default: the "
+        "last convolution with a spatial output)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser, method_help: str | None = None) -> None:
-    parser.add_argument("--method", help=method_help or (
-        "gradient, input_x_gradient, integrated_gradients, lime_ig, smoothgrad, gradcam or guided_backprop; "
-        "default: integrated_gradients for images, gradcam for videos (integrated gradients cost 32 forward+backward "
-        "passes of a 3-D CNN per window, Grad-CAM one forward and a partial backward)"))
-    parser.add_argument("--segments", type=_count(1), help="superpixels per image / supervoxels per clip")
-    parser.add_argument("--top-k", type=_count(0), default=3, help="segments outlined in the pictures (default 3)")
+    parser.add_argument(
+        "--method",
+        help=method_help
+        or (
+            "gradient, input_x_gradient, integrated_gradients, lime_ig, smoothgrad, gradcam or guided_backprop; "
+            "default: integrated_gradients for images, gradcam for videos (integrated gradients cost 32 forward+backward "
+            "passes of a 3-D CNN per window, Grad-CAM one forward and a partial backward)"
+        ),
+    )
+    parser.add_argument(
+        "--segments", type=_count(1), help="superpixels per image / supervoxels per clip"
+    )
+    parser.add_argument(
+        "--top-k", type=_count(0), default=3, help="segments outlined in the pictures (default 3)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--quiet", action="store_true", help="no progress, warnings or summary; only errors")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress, warnings or summary; only errors"
+    )
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -150,7 +222,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if getattr(args, "layer", None) is not None and (args.method or "gradcam") != "gradcam":
         raise UserError(f"--layer: only --method gradcam uses a layer, not {args.method}")
     if getattr(args, "stream", False) and args.stride is not None and args.stride > args.frames:
-        raise UserError(f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})")
+        raise UserError(
+            f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})"
+        )
 
 
 def _method(args: argparse.Namespace, kind: str) -> str:
@@ -179,7 +253,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"device": str(device), "method": method}
     images = shape_images(8, generator=torch.Generator().manual_seed(2026))
     clips = action_clips(2, generator=torch.Generator().manual_seed(2026))
-    for name, batch, labels, segments in (("images", images, SHAPES, 20), ("clips", clips, ACTIONS, 60)):
+    for name, batch, labels, segments in (
+        ("images", images, SHAPES, 20),
+        ("clips", clips, ACTIONS, 60),
+    ):
         model = load("shapes" if name == "images" else "actions", device)
         x, masks = batch.images.to(device), batch.masks.to(device)
         explainer = gsw.Explainer(model, method, n_segments=args.segments or segments)
@@ -194,7 +271,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _records(expl, classes: torch.Tensor, labels: Sequence[str], files: list[list[str]], masks: torch.Tensor) -> list[dict]:
+def _records(
+    expl, classes: torch.Tensor, labels: Sequence[str], files: list[list[str]], masks: torch.Tensor
+) -> list[dict]:
     import gswfast as gsw
 
     hits = gsw.metrics.pointing_game(expl, masks).tolist()
@@ -203,11 +282,17 @@ def _records(expl, classes: torch.Tensor, labels: Sequence[str], files: list[lis
     rows = []
     for b in range(expl.segment_scores.shape[0]):
         n = int(expl.num_segments[b])
-        rows.append({
-            "files": files[b], "class": labels[int(classes[b])], "predicted": labels[int(expl.target[b])],
-            "segment_scores": float32_list(expl.segment_scores[b, :n]),
-            "ranking": ranking[b, :n].tolist(), "pointing_game": hits[b], "relevance_mass": round(mass[b], 4),
-        })
+        rows.append(
+            {
+                "files": files[b],
+                "class": labels[int(classes[b])],
+                "predicted": labels[int(expl.target[b])],
+                "segment_scores": float32_list(expl.segment_scores[b, :n]),
+                "ranking": ranking[b, :n].tolist(),
+                "pointing_game": hits[b],
+                "relevance_mass": round(mass[b], 4),
+            }
+        )
     return rows
 
 
@@ -215,8 +300,10 @@ def _summary(name: str, rows: list[dict], seconds: float) -> str:
     correct = sum(r["class"] == r["predicted"] for r in rows)
     hits = sum(r["pointing_game"] for r in rows)
     mass = sum(r["relevance_mass"] for r in rows) / len(rows)
-    return (f"{len(rows)} demo {name}: {correct} classified right; best segment on the object in {hits}; "
-            f"mean relevance mass {mass:.2f}; explained in {seconds * 1e3:.0f} ms")
+    return (
+        f"{len(rows)} demo {name}: {correct} classified right; best segment on the object in {hits}; "
+        f"mean relevance mass {mass:.2f}; explained in {seconds * 1e3:.0f} ms"
+    )
 
 
 def _write_demo_pictures(expl, x: torch.Tensor, out: Path, name: str, k: int) -> list[list[str]]:
@@ -248,13 +335,17 @@ class InputFailed(Exception):
 def _run_explain(args: argparse.Namespace) -> int:
     from gswfast.video import media_kind
 
-    kinds = [media_kind(path) or "image" for path in args.paths]  # other suffixes: Pillow says what they are
+    kinds = [
+        media_kind(path) or "image" for path in args.paths
+    ]  # other suffixes: Pillow says what they are
     job = _ExplainJob(args)
     results: list[dict] = []
     counts = job.item_counts(args.paths, kinds)
     try:
         with job.progress(sum(counts)) as progress:
-            for path, kind, stem, count in zip(args.paths, kinds, _unique_stems(args.paths), counts):
+            for path, kind, stem, count in zip(
+                args.paths, kinds, _unique_stems(args.paths), counts
+            ):
                 before = progress.done
                 try:
                     results.append(job.explain(path, kind, stem, progress))
@@ -268,8 +359,11 @@ def _run_explain(args: argparse.Namespace) -> int:
     if failed == len(results):
         return EXIT_USER_ERROR
     (args.out / "explanations.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    _say(args, f"wrote {args.out}/explanations.json and the pictures beside it"
-               + (f"; {failed} of {len(results)} inputs failed (listed there)" if failed else ""))
+    _say(
+        args,
+        f"wrote {args.out}/explanations.json and the pictures beside it"
+        + (f"; {failed} of {len(results)} inputs failed (listed there)" if failed else ""),
+    )
     return EXIT_PARTIAL if failed else 0
 
 
@@ -298,9 +392,12 @@ class _ExplainJob:
         self.device = resolve_device(args.device)
         self.loaded = load_model(args.model, args.arch, args.weights, seed=args.seed)
         if self.loaded.random_weights:
-            _say(args, f"gswfast: warning: {self.loaded.name} has random weights (drawn from --seed "
-                       f"{self.loaded.seed}): the explanations show how gswfast works, not what a trained model "
-                       "sees; pass --weights FILE for trained weights")
+            _say(
+                args,
+                f"gswfast: warning: {self.loaded.name} has random weights (drawn from --seed "
+                f"{self.loaded.seed}): the explanations show how gswfast works, not what a trained model "
+                "sees; pass --weights FILE for trained weights",
+            )
         self.model = self.loaded.module.to(self.device)
         self.size = args.size or default_size(args.model, args.arch, self.loaded.kind)
         self.preprocess = normaliser(args.normalize, self.loaded.normalisation, self.device)
@@ -317,7 +414,9 @@ class _ExplainJob:
         for path, kind in zip(paths, kinds):
             if kind == "video":
                 stride = self.args.stride or (4 if self.args.stream else self.args.frames)
-                windows = window_starts(frame_count(path), self.args.frames, stride, tail=not self.args.stream)
+                windows = window_starts(
+                    frame_count(path), self.args.frames, stride, tail=not self.args.stream
+                )
                 counts.append(max(1, len(windows)))
             else:
                 counts.append(1)
@@ -341,8 +440,10 @@ class _ExplainJob:
 
         model_kind = self.loaded.kind
         if model_kind != "any" and kind != model_kind:
-            raise InputFailed(f"{path}: {'a video' if kind == 'video' else 'an image'} cannot go through the "
-                              f"{model_kind} model {self.args.model}")
+            raise InputFailed(
+                f"{path}: {'a video' if kind == 'video' else 'an image'} cannot go through the "
+                f"{model_kind} model {self.args.model}"
+            )
         if kind == "video":
             check_video_input(self.args.model, self.args.arch, self.args.frames, self.size)
 
@@ -353,8 +454,14 @@ class _ExplainJob:
         method = _method(self.args, kind)
         if method not in self._explainers:
             options = layer_option(self.args.layer, method)
-            self._explainers[method] = gsw.Explainer(self.model, method, preprocess=self.preprocess,
-                                                     n_segments=self.args.segments, channels_last=None, **options)
+            self._explainers[method] = gsw.Explainer(
+                self.model,
+                method,
+                preprocess=self.preprocess,
+                n_segments=self.args.segments,
+                channels_last=None,
+                **options,
+            )
         return self._explainers[method]
 
     def folder(self) -> Path:
@@ -376,12 +483,20 @@ class _ExplainJob:
         except MediaError as error:
             raise InputFailed(str(error)) from None
         image = render.resize_frames(original[None], self.size).to(self.device)
-        expl, seconds = _timed(lambda: self._call(self.explainer("image"), image, path), self.device)
+        expl, seconds = _timed(
+            lambda: self._call(self.explainer("image"), image, path), self.device
+        )
         shape = render.picture_shape(*original.shape[-2:], PICTURE_SIDE)
         out = self.folder() / f"{stem}.png"
         viz.save_png(render.draw_picture(expl, image, self.args.top_k, shape=shape)[0], out)
         progress.update()
-        return {"input": str(path), "output": str(out), "method": expl.method, **_scores(expl, 0), "seconds": seconds}
+        return {
+            "input": str(path),
+            "output": str(out),
+            "method": expl.method,
+            **_scores(expl, 0),
+            "seconds": seconds,
+        }
 
     def _explain_video(self, path: Path, stem: str, progress) -> dict:
         """Window by window: decode, explain, write the pictures to the MP4; memory holds one
@@ -399,13 +514,27 @@ class _ExplainJob:
             frames, fps = read_video(path)
             frames, shape = _remember_shape(frames)
             with Mp4Writer(out, fps) as movie:
-                for start, clip in windows(frames, self.args.frames, self.args.stride or self.args.frames, self.size):
+                for start, clip in windows(
+                    frames, self.args.frames, self.args.stride or self.args.frames, self.size
+                ):
                     x = clip.to(self.device)[None]  # [1, 3, T, H, W]
-                    expl, seconds = _timed(lambda: self._call(self.explainer("video"), x, path), self.device)
-                    explained.append({"first_frame": start, "frames": self.args.frames, **_scores(expl, 0),
-                                      "seconds": seconds})
-                    picture = render.draw_picture(expl, x, self.args.top_k,
-                                                  shape=render.picture_shape(*shape[0], PICTURE_SIDE))[0].cpu()
+                    expl, seconds = _timed(
+                        lambda: self._call(self.explainer("video"), x, path), self.device
+                    )
+                    explained.append(
+                        {
+                            "first_frame": start,
+                            "frames": self.args.frames,
+                            **_scores(expl, 0),
+                            "seconds": seconds,
+                        }
+                    )
+                    picture = render.draw_picture(
+                        expl,
+                        x,
+                        self.args.top_k,
+                        shape=render.picture_shape(*shape[0], PICTURE_SIDE),
+                    )[0].cpu()
                     show.next_window(movie, start, picture)
                     progress.update()
                 show.finish(movie)
@@ -419,8 +548,13 @@ class _ExplainJob:
             out.unlink(missing_ok=True)
             raise InputFailed(f"{path}: shorter than one window of --frames {self.args.frames}")
         viz.save_gif(torch.cat(show.preview, 1)[:, :64], self.folder() / f"{stem}.gif", fps)
-        return {"input": str(path), "output": str(out), "fps": fps, "method": _method(self.args, "video"),
-                "windows": explained}
+        return {
+            "input": str(path),
+            "output": str(out),
+            "fps": fps,
+            "method": _method(self.args, "video"),
+            "windows": explained,
+        }
 
     def _stream_video(self, path: Path, stem: str, progress) -> dict:
         """``--stream``: frames go through ``StreamExplainer`` one by one (warm-started
@@ -435,13 +569,25 @@ class _ExplainJob:
         options = layer_option(args.layer, _method(args, "video"))
         options["target"] = args.target
         try:
-            stream = StreamExplainer(self.model, window=args.frames, stride=stride, method=_method(args, "video"),
-                                     n_segments=args.segments, device=self.device, preprocess=self.preprocess,
-                                     **options)
+            stream = StreamExplainer(
+                self.model,
+                window=args.frames,
+                stride=stride,
+                method=_method(args, "video"),
+                n_segments=args.segments,
+                device=self.device,
+                preprocess=self.preprocess,
+                **options,
+            )
         except (ValueError, TypeError) as error:
             raise UserError(str(error)) from None
         folder = self.folder()
-        out, timeline_path, windows, frames_seen = folder / f"{stem}.mp4", folder / f"{stem}.timeline.jsonl", 0, 0
+        out, timeline_path, windows, frames_seen = (
+            folder / f"{stem}.mp4",
+            folder / f"{stem}.timeline.jsonl",
+            0,
+            0,
+        )
         try:
             frames, fps = read_video(path)
             with Mp4Writer(out, fps) as movie, open(timeline_path, "w") as timeline:
@@ -451,10 +597,16 @@ class _ExplainJob:
                     x = render.resize_frames(frame[None], self.size)[0].to(self.device)
                     for result in self._push(stream, x, path):
                         self._check_target_width(result.logits.shape[-1])
-                        fresh = result.clip.shape[2] if result.index == 0 else stride  # frames not shown yet
-                        picture = render.draw_picture(result.explanation, result.clip, args.top_k, shape=shape)[0]
+                        fresh = (
+                            result.clip.shape[2] if result.index == 0 else stride
+                        )  # frames not shown yet
+                        picture = render.draw_picture(
+                            result.explanation, result.clip, args.top_k, shape=shape
+                        )[0]
                         movie.write(picture[:, -fresh:].cpu())
-                        timeline.write(json.dumps(_timeline_entry(result)) + "\n")  # streamed: constant memory
+                        timeline.write(
+                            json.dumps(_timeline_entry(result)) + "\n"
+                        )  # streamed: constant memory
                         windows += 1
                         progress.update()
         except MediaError as error:
@@ -467,17 +619,31 @@ class _ExplainJob:
             raise InputFailed(f"{path}: shorter than one window of --frames {args.frames}")
         left_out = frames_seen - (args.frames + (windows - 1) * stride)
         if left_out:
-            progress.write(f"gswfast: note: {path}: its last {left_out} frame(s) come after the last full window "
-                           f"(--stride {stride}); they are not in {out.name}")
-        return {"input": str(path), "output": str(out), "fps": fps, "method": _method(args, "video"), "stride": stride,
-                "windows": windows, "frames_not_explained": left_out, "timeline": str(timeline_path)}
+            progress.write(
+                f"gswfast: note: {path}: its last {left_out} frame(s) come after the last full window "
+                f"(--stride {stride}); they are not in {out.name}"
+            )
+        return {
+            "input": str(path),
+            "output": str(out),
+            "fps": fps,
+            "method": _method(args, "video"),
+            "stride": stride,
+            "windows": windows,
+            "frames_not_explained": left_out,
+            "timeline": str(timeline_path),
+        }
 
     def _push(self, stream, frame: torch.Tensor, path: Path):
         try:
             return stream.push(frame)
         except (ValueError, RuntimeError) as error:
             # A failed window breaks the stream; what failed is the error's cause.
-            cause = error.__cause__ if isinstance(error.__cause__, (ValueError, RuntimeError)) else error
+            cause = (
+                error.__cause__
+                if isinstance(error.__cause__, (ValueError, RuntimeError))
+                else error
+            )
             raise self._model_error(cause, path, frame) from None
 
     def _call(self, explainer, x: torch.Tensor, path: Path):
@@ -489,7 +655,9 @@ class _ExplainJob:
 
     def _check_target_width(self, classes: int) -> None:
         if self.args.target is not None and self.args.target >= classes:
-            raise UserError(f"--target {self.args.target}: out of range for a model with {classes} outputs")
+            raise UserError(
+                f"--target {self.args.target}: out of range for a model with {classes} outputs"
+            )
 
     def _model_error(self, error: Exception, path: Path, x: torch.Tensor) -> Exception:
         """Option mistakes (target, layer) stop the run; a model that fails on one input
@@ -501,8 +669,10 @@ class _ExplainJob:
             raise error  # not a user mistake: a bug, with its traceback
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         reason = lines[-1] if lines else type(error).__name__
-        return InputFailed(f"{path}: the model {self.args.model} failed on an input of shape "
-                           f"{list(x.shape)}: {reason[:300]}")
+        return InputFailed(
+            f"{path}: the model {self.args.model} failed on an input of shape "
+            f"{list(x.shape)}: {reason[:300]}"
+        )
 
 
 class _FrameShower:
@@ -549,16 +719,24 @@ def _remember_shape(frames: Iterator[torch.Tensor]) -> tuple[Iterator[torch.Tens
 
 
 def _timeline_entry(result) -> dict:
-    return {"window": result.index, "first_frame": result.first_frame, "last_frame": result.last_frame,
-            "target": result.target, "score": float32_list(result.logits[result.target : result.target + 1])[0],
-            "latency_ms": round(result.latency * 1e3, 3),
-            "segment_scores": float32_list(result.explanation.segment_scores[0])}
+    return {
+        "window": result.index,
+        "first_frame": result.first_frame,
+        "last_frame": result.last_frame,
+        "target": result.target,
+        "score": float32_list(result.logits[result.target : result.target + 1])[0],
+        "latency_ms": round(result.latency * 1e3, 3),
+        "segment_scores": float32_list(result.explanation.segment_scores[0]),
+    }
 
 
 def _scores(expl, b: int) -> dict:
     n = int(expl.num_segments[b])
-    return {"target": int(expl.target[b]), "segment_scores": float32_list(expl.segment_scores[b, :n]),
-            "ranking": expl.ranking()[b, :n].tolist()}
+    return {
+        "target": int(expl.target[b]),
+        "segment_scores": float32_list(expl.segment_scores[b, :n]),
+        "ranking": expl.ranking()[b, :n].tolist(),
+    }
 
 
 def float32_list(values: torch.Tensor) -> list[float]:
@@ -576,16 +754,34 @@ def _run_dataset(args: argparse.Namespace) -> int:
     from gswfast.dataset import explain_dataset
 
     manifest = explain_dataset(
-        args.source, args.out, args.model, arch=args.arch, weights=args.weights, method=args.method,
-        segments=args.segments, size=args.size, normalize=args.normalize, batch_size=args.batch_size,
-        frames=args.frames, stride=args.stride, target=args.target, seed=args.seed, layer=args.layer,
-        pictures=args.pictures, overwrite=args.overwrite, device=args.device, quiet=args.quiet,
+        args.source,
+        args.out,
+        args.model,
+        arch=args.arch,
+        weights=args.weights,
+        method=args.method,
+        segments=args.segments,
+        size=args.size,
+        normalize=args.normalize,
+        batch_size=args.batch_size,
+        frames=args.frames,
+        stride=args.stride,
+        target=args.target,
+        seed=args.seed,
+        layer=args.layer,
+        pictures=args.pictures,
+        overwrite=args.overwrite,
+        device=args.device,
+        quiet=args.quiet,
     )
     if manifest is None:  # not rank 0
         return 0
     totals = manifest["totals"]
-    _say(args, f"{totals['done']} items done, {totals['failed']} failed, {totals['missing']} missing "
-               f"({totals['processes']} processes); wrote {args.out}/manifest.json")
+    _say(
+        args,
+        f"{totals['done']} items done, {totals['failed']} failed, {totals['missing']} missing "
+        f"({totals['processes']} processes); wrote {args.out}/manifest.json",
+    )
     if totals["done"] == 0 and totals["items"] > 0:
         return EXIT_USER_ERROR if totals["missing"] == 0 else EXIT_PARTIAL
     return EXIT_PARTIAL if totals["failed"] or totals["missing"] else 0

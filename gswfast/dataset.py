@@ -35,12 +35,26 @@ import torch
 import gswfast as gsw
 from gswfast import render, viz
 from gswfast.models import (
-    DEFAULT_METHODS, UserError, check_method, check_video_input, default_size, layer_option, load_model, normaliser,
+    DEFAULT_METHODS,
+    UserError,
+    check_method,
+    check_video_input,
+    default_size,
+    layer_option,
+    load_model,
+    normaliser,
     resolve_device,
 )
 from gswfast.progress import Progress
 from gswfast.video.io import (
-    MEDIA_SUFFIXES, MediaError, frame_count, media_kind, read_image, read_video, window_starts, windows,
+    MEDIA_SUFFIXES,
+    MediaError,
+    frame_count,
+    media_kind,
+    read_image,
+    read_video,
+    window_starts,
+    windows,
 )
 
 BARRIER_TIMEOUT = datetime.timedelta(days=7)  # ranks wait for each other however uneven the shards
@@ -59,8 +73,14 @@ class Item:
         return self.start is not None
 
 
-def list_items(source: str | Path, frames: int = 16, stride: int | None = None, rank: int = 0, world: int = 1,
-               share=None) -> list[Item]:
+def list_items(
+    source: str | Path,
+    frames: int = 16,
+    stride: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    share=None,
+) -> list[Item]:
     """The work items of ``source``, in a deterministic order (sorted paths, then windows;
     the last window of a video is aligned to its end). A video that cannot be opened, or
     is shorter than a window, becomes one item, which fails with its reason.
@@ -82,50 +102,108 @@ def list_items(source: str | Path, frames: int = 16, stride: int | None = None, 
     return items
 
 
-def explain_dataset(source: str | Path, out: str | Path, model: str = "torchvision:resnet18", *,
-                    arch: str | None = None, weights: Path | None = None, method: str | None = None,
-                    segments: int | None = None, size: int | None = None, normalize: str = "auto",
-                    batch_size: int = 16, frames: int = 16, stride: int | None = None, target: int | None = None,
-                    seed: int = 0, layer: str | None = None, pictures: bool = False, overwrite: bool = False,
-                    device: str = "auto", quiet: bool = False, **method_options: Any) -> dict[str, Any] | None:
+def explain_dataset(
+    source: str | Path,
+    out: str | Path,
+    model: str = "torchvision:resnet18",
+    *,
+    arch: str | None = None,
+    weights: Path | None = None,
+    method: str | None = None,
+    segments: int | None = None,
+    size: int | None = None,
+    normalize: str = "auto",
+    batch_size: int = 16,
+    frames: int = 16,
+    stride: int | None = None,
+    target: int | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    pictures: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+    **method_options: Any,
+) -> dict[str, Any] | None:
     """Explains every item of ``source`` into ``out``; returns the manifest on rank 0 (None
     on the other ranks). ``method`` None: integrated gradients for image models, Grad-CAM
     for video models. See the module docstring."""
-    for name, value in (("batch_size", batch_size), ("frames", frames), ("stride", stride or 1),
-                        ("segments", segments or 1), ("size", size or 1)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("frames", frames),
+        ("stride", stride or 1),
+        ("segments", segments or 1),
+        ("size", size or 1),
+    ):
         if not isinstance(value, int) or value < 1:
             raise UserError(f"--{name.replace('_', '-')}: expected an int >= 1, got {value!r}")
     rank, world, local_rank, group, started = _start_distributed(device)
     try:
         target_device = resolve_device(device, local_rank)
         loaded = load_model(model, arch, weights, seed=seed)
-        method = check_method(method or DEFAULT_METHODS["video" if loaded.kind == "video" else "image"])
+        method = check_method(
+            method or DEFAULT_METHODS["video" if loaded.kind == "video" else "image"]
+        )
         options = dict(method_options, **layer_option(layer, method))
         size = size or default_size(model, arch, loaded.kind)
         if loaded.kind == "video":
             check_video_input(model, arch, frames, size)
-        settings = _settings(model=model, arch=arch, weights=str(weights) if weights else None,
-                             seed=seed if loaded.random_weights else None, method=method,
-                             method_options=method_options, layer=layer, segments=segments, size=size,
-                             normalize=normalize, frames=frames, stride=stride or frames, target=target)
+        settings = _settings(
+            model=model,
+            arch=arch,
+            weights=str(weights) if weights else None,
+            seed=seed if loaded.random_weights else None,
+            method=method,
+            method_options=method_options,
+            layer=layer,
+            segments=segments,
+            size=size,
+            normalize=normalize,
+            frames=frames,
+            stride=stride or frames,
+            target=target,
+        )
         out = Path(out)
         _check_settings(out, settings, overwrite)
         if loaded.random_weights and rank == 0 and not quiet:
-            print(f"gswfast: warning: {loaded.name} has random weights (drawn from --seed {seed}); pass --weights "
-                  "FILE for trained weights", file=sys.stderr)
-        items = list_items(source, frames, stride, rank, world, lambda value: _all_gather(value, world, group))
+            print(
+                f"gswfast: warning: {loaded.name} has random weights (drawn from --seed {seed}); pass --weights "
+                "FILE for trained weights",
+                file=sys.stderr,
+            )
+        items = list_items(
+            source, frames, stride, rank, world, lambda value: _all_gather(value, world, group)
+        )
         folder = out / "items"
         folder.mkdir(parents=True, exist_ok=True)
-        _barrier(world, group)  # every rank has checked the old settings before rank 0 records the new ones
+        _barrier(
+            world, group
+        )  # every rank has checked the old settings before rank 0 records the new ones
         if rank == 0:
             _write_json(out / "settings.json", settings)
-        explainer = gsw.Explainer(loaded.module.to(target_device), method, n_segments=segments,
-                                  preprocess=normaliser(normalize, loaded.normalisation, target_device), **options)
+        explainer = gsw.Explainer(
+            loaded.module.to(target_device),
+            method,
+            n_segments=segments,
+            preprocess=normaliser(normalize, loaded.normalisation, target_device),
+            **options,
+        )
         shard = [item for i, item in enumerate(items) if i % world == rank]
         mine = [item for item in shard if not _finished(folder, item, settings)]
         progress = _RankProgress(out, rank, world, len(items), len(shard) - len(mine), quiet)
-        work = _Work(explainer, folder, size, frames, stride or frames, batch_size, pictures, target_device,
-                     target, settings, progress)
+        work = _Work(
+            explainer,
+            folder,
+            size,
+            frames,
+            stride or frames,
+            batch_size,
+            pictures,
+            target_device,
+            target,
+            settings,
+            progress,
+        )
         work.run(_refuse_other_kind(mine, loaded.kind, model, folder))
         _barrier(world, group)
         manifest = _write_manifest(out, items, world, settings) if rank == 0 else None
@@ -141,10 +219,33 @@ def explain_dataset(source: str | Path, out: str | Path, model: str = "torchvisi
 
 
 class _Work:
-    def __init__(self, explainer, folder: Path, size: int, frames: int, stride: int, batch_size: int,
-                 pictures: bool, device: torch.device, target: int | None, settings: dict, progress) -> None:
-        self.explainer, self.folder, self.size, self.frames, self.stride = explainer, folder, size, frames, stride
-        self.batch_size, self.pictures, self.device, self.progress = batch_size, pictures, device, progress
+    def __init__(
+        self,
+        explainer,
+        folder: Path,
+        size: int,
+        frames: int,
+        stride: int,
+        batch_size: int,
+        pictures: bool,
+        device: torch.device,
+        target: int | None,
+        settings: dict,
+        progress,
+    ) -> None:
+        self.explainer, self.folder, self.size, self.frames, self.stride = (
+            explainer,
+            folder,
+            size,
+            frames,
+            stride,
+        )
+        self.batch_size, self.pictures, self.device, self.progress = (
+            batch_size,
+            pictures,
+            device,
+            progress,
+        )
         self.target, self.settings = target, settings
 
     def run(self, items: Sequence[Item]) -> None:
@@ -197,7 +298,9 @@ class _Work:
         try:
             expl = self.explainer(x, self.target)
         except (ValueError, RuntimeError) as error:
-            if str(error).startswith(("target:", "layer:")):  # the same for every item: stop the job
+            if str(error).startswith(
+                ("target:", "layer:")
+            ):  # the same for every item: stop the job
                 raise UserError(str(error)) from None
             for item in items:
                 _fail(self.folder, item, f"{type(error).__name__}: {error}")
@@ -226,8 +329,9 @@ def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Pat
     return kept
 
 
-def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int, seconds: float,
-                  settings: dict) -> None:
+def _write_result(
+    folder: Path, item: Item, expl, ranking: torch.Tensor, b: int, seconds: float, settings: dict
+) -> None:
     n = int(expl.num_segments[b])
     arrays = {
         "segment_scores": expl.segment_scores[b, :n].cpu().numpy(),
@@ -246,7 +350,10 @@ def _write_result(folder: Path, item: Item, expl, ranking: torch.Tensor, b: int,
 
 
 def _fail(folder: Path, item: Item, reason: str) -> None:
-    _write_json(folder / f"{item.key}.failed.json", {"item": item.key, "path": str(item.path), "reason": reason})
+    _write_json(
+        folder / f"{item.key}.failed.json",
+        {"item": item.key, "path": str(item.path), "reason": reason},
+    )
 
 
 def _finished(folder: Path, item: Item, settings: dict) -> bool:
@@ -277,11 +384,16 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     if overwrite or not recorded.exists():
         return
     old = json.loads(recorded.read_text())
-    changed = [f"{key} {old.get(key)!r} -> {settings.get(key)!r}" for key in sorted(set(old) | set(settings))
-               if old.get(key) != settings.get(key)]
+    changed = [
+        f"{key} {old.get(key)!r} -> {settings.get(key)!r}"
+        for key in sorted(set(old) | set(settings))
+        if old.get(key) != settings.get(key)
+    ]
     if changed:
-        raise UserError(f"--out: {out} holds results made with other settings ({'; '.join(changed)}); pass "
-                        "--overwrite to recompute them, or choose another --out")
+        raise UserError(
+            f"--out: {out} holds results made with other settings ({'; '.join(changed)}); pass "
+            "--overwrite to recompute them, or choose another --out"
+        )
 
 
 # ------------------------------------------------------------------------ manifest
@@ -297,16 +409,26 @@ def _write_manifest(out: Path, items: Sequence[Item], world: int, settings: dict
         done, failed = folder / f"{item.key}.npz", folder / f"{item.key}.failed.json"
         if done.exists() and _item_settings(done) == settings:
             with np.load(done) as data:
-                row.update(status="done", output=str(done), target=int(data["target"]), seconds=float(data["seconds"]))
+                row.update(
+                    status="done",
+                    output=str(done),
+                    target=int(data["target"]),
+                    seconds=float(data["seconds"]),
+                )
             seconds += row["seconds"]
         elif failed.exists():
             row.update(status="failed", reason=json.loads(failed.read_text())["reason"])
         else:
             row.update(status="missing")
         rows.append(row)
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("done", "failed", "missing")}
-    manifest = {"settings": settings, "items": rows,
-                "totals": {**counts, "items": len(rows), "explain_seconds": seconds, "processes": world}}
+    counts = {
+        status: sum(r["status"] == status for r in rows) for status in ("done", "failed", "missing")
+    }
+    manifest = {
+        "settings": settings,
+        "items": rows,
+        "totals": {**counts, "items": len(rows), "explain_seconds": seconds, "processes": world},
+    }
     _write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -326,11 +448,15 @@ class _RankProgress:
     ``world`` counts, so following the job costs O(ranks) per batch, not a glob of the
     output. The bar ends at the manifest's count (done + failed) after the last barrier."""
 
-    def __init__(self, out: Path, rank: int, world: int, total: int, skipped: int, quiet: bool) -> None:
+    def __init__(
+        self, out: Path, rank: int, world: int, total: int, skipped: int, quiet: bool
+    ) -> None:
         self.folder, self.rank, self.world = out / ".progress", rank, world
         self.folder.mkdir(exist_ok=True)
         self.count = skipped
-        self.bar = Progress("gswfast explain-dataset", total, "item", quiet=quiet) if rank == 0 else None
+        self.bar = (
+            Progress("gswfast explain-dataset", total, "item", quiet=quiet) if rank == 0 else None
+        )
         self.add(0)
 
     def add(self, count: int) -> None:
@@ -352,7 +478,9 @@ class _RankProgress:
         total = 0
         for r in range(self.world):
             try:
-                total += self.count if r == self.rank else int((self.folder / f"rank{r}").read_text())
+                total += (
+                    self.count if r == self.rank else int((self.folder / f"rank{r}").read_text())
+                )
             except (OSError, ValueError):
                 continue  # not written yet
         return total
@@ -363,7 +491,9 @@ class _RankProgress:
 
 def _source_paths(source: Path) -> tuple[list[Path], Path]:
     if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+        paths = sorted(
+            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES
+        )
         return paths, source
     if source.is_file() and source.suffix.lower() in MEDIA_SUFFIXES:  # one image or video
         return [source], source.parent
@@ -371,9 +501,13 @@ def _source_paths(source: Path) -> tuple[list[Path], Path]:
         try:
             lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
         except UnicodeDecodeError:
-            raise UserError(f"{source}: expected a folder, an image or video, or a text file of paths") from None
+            raise UserError(
+                f"{source}: expected a folder, an image or video, or a text file of paths"
+            ) from None
         listed = [line for line in lines if line and not line.startswith("#")]
-        paths = [Path(line) if Path(line).is_absolute() else source.parent / line for line in listed]
+        paths = [
+            Path(line) if Path(line).is_absolute() else source.parent / line for line in listed
+        ]
         return paths, source.parent
     raise UserError(f"{source}: no such folder or list file")
 
@@ -413,7 +547,13 @@ def _start_distributed(device: str) -> tuple[int, int, int, Any, bool]:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
         return rank, world, local_rank, None, True
-    return rank, world, local_rank, torch.distributed.new_group(backend="gloo", timeout=BARRIER_TIMEOUT), False
+    return (
+        rank,
+        world,
+        local_rank,
+        torch.distributed.new_group(backend="gloo", timeout=BARRIER_TIMEOUT),
+        False,
+    )
 
 
 def _barrier(world: int, group) -> None:

@@ -15,10 +15,21 @@ from torch import Tensor, nn
 
 from gswfast import ops, render
 from gswfast.attribution import (
-    CHANNEL_REDUCTIONS, Attributor, MethodSpec, method_spec, reduce_channels, resolve_target,
+    CHANNEL_REDUCTIONS,
+    Attributor,
+    MethodSpec,
+    method_spec,
+    reduce_channels,
+    resolve_target,
 )
 from gswfast.attribution._model import Preprocess, Target
-from gswfast.checks import Segments, check_input_values, check_inputs, resolve_given_segmentation, unit_float
+from gswfast.checks import (
+    Segments,
+    check_input_values,
+    check_inputs,
+    resolve_given_segmentation,
+    unit_float,
+)
 from gswfast.segmentation import Segmentation, rgb_to_lab, slic
 
 SEGMENT_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "max", "positive_mean", "abs_mean")
@@ -82,22 +93,37 @@ class Explanation:
     def overlay(self, images: Tensor, alpha: float = 0.5, boundaries: bool = True) -> Tensor:
         """uint8 ``[B, 3, (T), H, W]``: ``images`` (uint8, or float 0..1) under the coloured
         heatmap (diverging map for signed scores), with segment boundaries in yellow."""
-        return render.overlay(images.to(self.labels.device), self.heatmap(),
-                              self.labels if boundaries else None, alpha)
+        return render.overlay(
+            images.to(self.labels.device),
+            self.heatmap(),
+            self.labels if boundaries else None,
+            alpha,
+        )
 
     def to(self, device: torch.device | str) -> Explanation:
         """The same explanation on another device."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
         seg = self.segmentation.to(device) if self.segmentation is not None else None
         info = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.info.items()}
         return replace(self, segmentation=seg, info=info, **moved)
 
     def numpy(self) -> dict[str, Any]:
         """The tensors as numpy arrays (copied to the host), plus ``method`` and ``reduce``."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name).detach().cpu().numpy() for f in fields(self)
-                               if isinstance(getattr(self, f.name), Tensor)}
-        out.update({k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v for k, v in self.info.items()})
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name).detach().cpu().numpy()
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        out.update(
+            {
+                k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v
+                for k, v in self.info.items()
+            }
+        )
         out.update(method=self.method, reduce=self.reduce)
         return out
 
@@ -147,29 +173,48 @@ class Explainer:
         method_options: options of the method (``n_steps``, ``baseline``, ``layer``...).
     """
 
-    def __init__(self, model: nn.Module | None, method: str = "integrated_gradients", *,
-                 reduce: str | None = None, channel_reduce: str | None = None, swag: bool = False,
-                 swag_weight: float = 1.0, n_segments: int | None = None, compactness: float = 10.0,
-                 slic_options: dict[str, Any] | None = None, preprocess: Preprocess | None = None,
-                 autocast: torch.dtype | None = None, eval_mode: bool = True, validate: bool = True,
-                 channels_last: bool | None = None, additional_forward_args: Any = None,
-                 **method_options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None,
+        method: str = "integrated_gradients",
+        *,
+        reduce: str | None = None,
+        channel_reduce: str | None = None,
+        swag: bool = False,
+        swag_weight: float = 1.0,
+        n_segments: int | None = None,
+        compactness: float = 10.0,
+        slic_options: dict[str, Any] | None = None,
+        preprocess: Preprocess | None = None,
+        autocast: torch.dtype | None = None,
+        eval_mode: bool = True,
+        validate: bool = True,
+        channels_last: bool | None = None,
+        additional_forward_args: Any = None,
+        **method_options: Any,
+    ) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if preprocess is not None and not callable(preprocess):
             raise TypeError(f"preprocess: expected a callable, got {type(preprocess).__name__}")
         if autocast not in (None, torch.float16, torch.bfloat16):
-            raise ValueError(f"autocast: expected None, torch.float16 or torch.bfloat16, got {autocast!r}")
+            raise ValueError(
+                f"autocast: expected None, torch.float16 or torch.bfloat16, got {autocast!r}"
+            )
         self.spec: MethodSpec = method_spec(method, method_options)
         self.reduce = reduce if reduce is not None else ("sum" if method == "lime_ig" else "mean")
         if self.reduce not in SEGMENT_REDUCTIONS:
             raise ValueError(f"reduce: expected one of {SEGMENT_REDUCTIONS}, got {self.reduce!r}")
         self.channel_reduce = channel_reduce or self.spec.default_channel_reduce
         if self.channel_reduce not in CHANNEL_REDUCTIONS:
-            raise ValueError(f"channel_reduce: expected one of {CHANNEL_REDUCTIONS}, got {self.channel_reduce!r}")
+            raise ValueError(
+                f"channel_reduce: expected one of {CHANNEL_REDUCTIONS}, got {self.channel_reduce!r}"
+            )
         if swag and self.spec.needs_segmentation:  # a cycle: baseline <- segments <- attribution
-            raise ValueError("swag: the segment_mean baseline needs the segmentation that SWAG builds "
-                             "from the attribution; use another baseline or swag=False")
+            raise ValueError(
+                "swag: the segment_mean baseline needs the segmentation that SWAG builds "
+                "from the attribution; use another baseline or swag=False"
+            )
         if not swag_weight > 0:
             raise ValueError(f"swag_weight: expected a positive number, got {swag_weight}")
         self.model = model
@@ -179,11 +224,27 @@ class Explainer:
         if n_segments is not None:
             self.slic_options["n_segments"] = n_segments
         self.validate = validate
-        self._attributor = (Attributor(model, self.spec, preprocess, autocast, eval_mode, channels_last,
-                                       additional_forward_args) if model is not None else None)
+        self._attributor = (
+            Attributor(
+                model,
+                self.spec,
+                preprocess,
+                autocast,
+                eval_mode,
+                channels_last,
+                additional_forward_args,
+            )
+            if model is not None
+            else None
+        )
 
-    def __call__(self, inputs: Tensor, target: Target = None, segmentation: Segmentation | Tensor | None = None,
-                 attribution: Tensor | None = None) -> Explanation:
+    def __call__(
+        self,
+        inputs: Tensor,
+        target: Target = None,
+        segmentation: Segmentation | Tensor | None = None,
+        attribution: Tensor | None = None,
+    ) -> Explanation:
         """Explains ``inputs`` (``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 or
         float 0..1) for ``target``: None (the predicted class); an int, a list, a NumPy array
         or an int tensor ``[B]`` of classes; for models whose output is not ``[B, classes]``,
@@ -196,15 +257,24 @@ class Explainer:
         with torch.inference_mode(False):
             return self._explain(inputs, target, segmentation, attribution)
 
-    def _explain(self, inputs: Tensor, target: Target, segmentation: Segmentation | Tensor | None,
-                 attribution: Tensor | None) -> Explanation:
+    def _explain(
+        self,
+        inputs: Tensor,
+        target: Target,
+        segmentation: Segmentation | Tensor | None,
+        attribution: Tensor | None,
+    ) -> Explanation:
         images = check_inputs(inputs)
         if self.swag and segmentation is not None:
-            raise ValueError("segmentation: swag=True builds its own segmentation from the attribution; "
-                             "pass segmentation=None or swag=False")
+            raise ValueError(
+                "segmentation: swag=True builds its own segmentation from the attribution; "
+                "pass segmentation=None or swag=False"
+            )
         x = unit_float(images)
         if self.validate:
-            check_input_values(x, needs_unit_range=segmentation is None and images.dtype != torch.uint8)
+            check_input_values(
+                x, needs_unit_range=segmentation is None and images.dtype != torch.uint8
+            )
         resolved = resolve_target(target, x.shape[0], x.device)
         seg, labels, num = self._segmentation(images, segmentation)
         info: dict[str, Any] = {}
@@ -222,12 +292,22 @@ class Explainer:
             if self._attributor.delta is not None:
                 info["delta"] = self._attributor.delta
         if self.swag:
-            seg = slic(_swag_features(images, pixel, self.swag_weight), **self._slic_keywords(images), validate=False)
+            seg = slic(
+                _swag_features(images, pixel, self.swag_weight),
+                **self._slic_keywords(images),
+                validate=False,
+            )
             labels, num = seg.labels, seg.num_segments
         return Explanation(
             segment_scores=pool_scores(pixel, labels, num, self.reduce),
-            labels=labels, num_segments=num, pixel_scores=pixel, target=resolved,
-            method=self.spec.method, reduce=self.reduce, segmentation=seg, info=info,
+            labels=labels,
+            num_segments=num,
+            pixel_scores=pixel,
+            target=resolved,
+            method=self.spec.method,
+            reduce=self.reduce,
+            segmentation=seg,
+            info=info,
         )
 
     def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> Segments:
@@ -246,12 +326,18 @@ class Explainer:
             got = getattr(attribution, "dtype", type(attribution).__name__)
             raise TypeError(f"attribution: expected a float tensor, got {got}")
         if attribution.device != x.device:
-            raise ValueError(f"attribution: expected a tensor on {x.device}, got {attribution.device}")
+            raise ValueError(
+                f"attribution: expected a tensor on {x.device}, got {attribution.device}"
+            )
         spatial = tuple(x.shape[2:])
         same_batch = attribution.shape[0] == x.shape[0]
         if attribution.dim() == x.dim() and same_batch and tuple(attribution.shape[2:]) == spatial:
             return reduce_channels(attribution.float(), self.channel_reduce)
-        if attribution.dim() == x.dim() - 1 and same_batch and tuple(attribution.shape[1:]) == spatial:
+        if (
+            attribution.dim() == x.dim() - 1
+            and same_batch
+            and tuple(attribution.shape[1:]) == spatial
+        ):
             return attribution.float()
         raise ValueError(
             f"attribution: expected [B, C, {_dims(spatial)}] or [B, {_dims(spatial)}] with B = {x.shape[0]}, "
@@ -259,9 +345,18 @@ class Explainer:
         )
 
 
-def explain(model: nn.Module | None, inputs: Tensor, target: Target = None, method: str = "integrated_gradients",
-            segmentation: Segmentation | Tensor | None = None, reduce: str | None = None, swag: bool = False,
-            *, attribution: Tensor | None = None, **options: Any) -> Explanation:
+def explain(
+    model: nn.Module | None,
+    inputs: Tensor,
+    target: Target = None,
+    method: str = "integrated_gradients",
+    segmentation: Segmentation | Tensor | None = None,
+    reduce: str | None = None,
+    swag: bool = False,
+    *,
+    attribution: Tensor | None = None,
+    **options: Any,
+) -> Explanation:
     """Explains ``model``'s decision on ``inputs`` by gradient weighted superpixels.
 
     One call of ``Explainer(model, method, reduce=reduce, swag=swag, **options)``; see

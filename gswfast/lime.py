@@ -25,22 +25,47 @@ from gswfast.attribution import ModelForward, OutputTarget, model_session, resol
 from gswfast.attribution._model import Preprocess, Target, check_target_range
 from gswfast.attribution.baselines import BASELINES, stand_in_image
 from gswfast.attribution.integrated_gradients import to_device
-from gswfast.checks import check_input_values, check_inputs, composite, resolve_given_segmentation, unit_float
+from gswfast.checks import (
+    check_input_values,
+    check_inputs,
+    composite,
+    resolve_given_segmentation,
+    unit_float,
+)
 from gswfast.explain import DEFAULT_SEGMENTS, Explanation
 from gswfast.segmentation import Segmentation, slic
 
-HIDES: tuple[str, ...] = BASELINES  # the words of baseline= everywhere: "zeros", "blur", "segment_mean"
+HIDES: tuple[str, ...] = (
+    BASELINES  # the words of baseline= everywhere: "zeros", "blur", "segment_mean"
+)
 _OLD_HIDES = {"mean": "segment_mean", "zero": "zeros"}  # earlier spellings, deprecated
 Progress = bool | Callable[[int, int], None]
 
 
-def lime(model: nn.Module, inputs: Tensor, segmentation: Segmentation | Tensor | None = None, target: Target = None,
-         n_samples: int = 1000, batch_size: int = 64, seed: int = 0, *, hide: str | Tensor = "segment_mean",
-         kernel_width: float = 0.25, alpha: float = 1.0, masks: Tensor | None = None,
-         n_segments: int | None = None, compactness: float = 10.0, slic_options: dict[str, Any] | None = None,
-         preprocess: Preprocess | None = None, autocast: torch.dtype | None = None, eval_mode: bool = True,
-         channels_last: bool | None = None, additional_forward_args: Any = None, progress: Progress = False,
-         validate: bool = True) -> Explanation:
+def lime(
+    model: nn.Module,
+    inputs: Tensor,
+    segmentation: Segmentation | Tensor | None = None,
+    target: Target = None,
+    n_samples: int = 1000,
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    hide: str | Tensor = "segment_mean",
+    kernel_width: float = 0.25,
+    alpha: float = 1.0,
+    masks: Tensor | None = None,
+    n_segments: int | None = None,
+    compactness: float = 10.0,
+    slic_options: dict[str, Any] | None = None,
+    preprocess: Preprocess | None = None,
+    autocast: torch.dtype | None = None,
+    eval_mode: bool = True,
+    channels_last: bool | None = None,
+    additional_forward_args: Any = None,
+    progress: Progress = False,
+    validate: bool = True,
+) -> Explanation:
     """LIME segment weights of ``model`` on ``inputs``, computed on their device.
 
     Args:
@@ -83,8 +108,11 @@ def lime(model: nn.Module, inputs: Tensor, segmentation: Segmentation | Tensor |
     x = unit_float(images)
     if validate:
         check_input_values(x, needs_unit_range=segmentation is None and images.dtype != torch.uint8)
-    slic_keywords = {"n_segments": n_segments or DEFAULT_SEGMENTS[images.dim()], "compactness": compactness,
-                     **(slic_options or {})}
+    slic_keywords = {
+        "n_segments": n_segments or DEFAULT_SEGMENTS[images.dim()],
+        "compactness": compactness,
+        **(slic_options or {}),
+    }
     seg, labels, num = _segmentation(images, segmentation, slic_keywords)
     k = int(num.max())  # one sync: the width of the masks and the scores
     present = _present(labels, k)
@@ -100,7 +128,9 @@ def lime(model: nn.Module, inputs: Tensor, segmentation: Segmentation | Tensor |
         elif validate and isinstance(resolved, Tensor):
             first = torch.zeros(1, dtype=torch.int64, device=x.device)
             check_target_range(resolved, forward.logits(x[:1], first).shape[1])
-        outputs = _perturbed_outputs(forward, x, hidden, labels, keep, resolved, batch_size, progress)
+        outputs = _perturbed_outputs(
+            forward, x, hidden, labels, keep, resolved, batch_size, progress
+        )
     with torch.inference_mode(False):
         kernel = lime_kernel(keep, present.sum(1), kernel_width)
         coef, intercept, score = weighted_ridge(keep, outputs, kernel, alpha, present)
@@ -108,9 +138,14 @@ def lime(model: nn.Module, inputs: Tensor, segmentation: Segmentation | Tensor |
     if isinstance(resolved, OutputTarget):
         resolved = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
     return Explanation(
-        segment_scores=scores, labels=labels, num_segments=num,
-        pixel_scores=ops.paint(scores, labels, validate=False), target=resolved.clone(),
-        method="lime", reduce="ridge", segmentation=seg,
+        segment_scores=scores,
+        labels=labels,
+        num_segments=num,
+        pixel_scores=ops.paint(scores, labels, validate=False),
+        target=resolved.clone(),
+        method="lime",
+        reduce="ridge",
+        segmentation=seg,
         info={"intercept": intercept, "score": score, "masks": keep, "outputs": outputs},
     )
 
@@ -125,8 +160,9 @@ def lime_kernel(masks: Tensor, num_segments: Tensor, kernel_width: float) -> Ten
     return torch.sqrt(torch.exp(-(distance**2) / kernel_width**2))
 
 
-def weighted_ridge(masks: Tensor, outputs: Tensor, weights: Tensor, alpha: float,
-                   present: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def weighted_ridge(
+    masks: Tensor, outputs: Tensor, weights: Tensor, alpha: float, present: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Batched ``min sum_i w_i (y_i - x_i c - b)^2 + alpha |c|^2`` in float64, as
     scikit-learn's ``Ridge(alpha, fit_intercept=True).fit(X, y, sample_weight=w)``.
 
@@ -141,7 +177,9 @@ def weighted_ridge(masks: Tensor, outputs: Tensor, weights: Tensor, alpha: float
     xc, yc = X - x_mean, y - y_mean
     gram = torch.einsum("bnk,bn,bnj->bkj", xc, w, xc)
     gram = gram + alpha * torch.eye(X.shape[2], dtype=torch.float64, device=X.device)
-    if present is not None:  # an all-zero column is decoupled from the rest: pin its coefficient to 0
+    if (
+        present is not None
+    ):  # an all-zero column is decoupled from the rest: pin its coefficient to 0
         gram = gram + torch.diag_embed((~present).to(torch.float64))
     coef = torch.linalg.solve(gram, torch.einsum("bnk,bn->bk", xc, w * yc))
     intercept = y_mean.squeeze(1) - (x_mean.squeeze(1) * coef).sum(1)
@@ -154,8 +192,9 @@ def weighted_ridge(masks: Tensor, outputs: Tensor, weights: Tensor, alpha: float
 # ------------------------------------------------------------------------ steps
 
 
-def _segmentation(images: Tensor, segmentation: Segmentation | Tensor | None,
-                  slic_keywords: dict[str, Any]) -> tuple[Segmentation | None, Tensor, Tensor]:
+def _segmentation(
+    images: Tensor, segmentation: Segmentation | Tensor | None, slic_keywords: dict[str, Any]
+) -> tuple[Segmentation | None, Tensor, Tensor]:
     if segmentation is not None:
         return resolve_given_segmentation(segmentation, images)
     seg = slic(images, **slic_keywords, validate=False)
@@ -169,8 +208,15 @@ def _present(labels: Tensor, k: int) -> Tensor:
     return counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.int32)) > 0
 
 
-def _masks(masks: Tensor | None, batch: int, n_samples: int, k: int, present: Tensor, seed: int,
-           device: torch.device) -> Tensor:
+def _masks(
+    masks: Tensor | None,
+    batch: int,
+    n_samples: int,
+    k: int,
+    present: Tensor,
+    seed: int,
+    device: torch.device,
+) -> Tensor:
     """uint8 ``[B, N, K]``, 1 = kept, 0 for the ids absent from a sample. Sample ``b``'s
     masks are drawn on the host (the same on every device) from a generator seeded with
     ``(seed, b)``, one column per id present, in id order: relabelling the segments (ids
@@ -180,7 +226,9 @@ def _masks(masks: Tensor | None, batch: int, n_samples: int, k: int, present: Te
         draws = torch.zeros((batch, n_samples, max(widths)), dtype=torch.uint8)
         for b, width in enumerate(widths):
             generator = torch.Generator().manual_seed((seed * 1_000_003 + b) % 2**63)
-            draws[b, :, :width] = torch.randint(0, 2, (n_samples, width), generator=generator, dtype=torch.uint8)
+            draws[b, :, :width] = torch.randint(
+                0, 2, (n_samples, width), generator=generator, dtype=torch.uint8
+            )
         draws[:, 0] = 1  # the first sample is the input itself, as in the lime package
         draws = to_device(draws, device, torch.uint8)
         column = (present.cumsum(1) - 1).clamp(min=0)  # [B, K]: the rank of each present id
@@ -195,7 +243,12 @@ def _given_masks(masks: Tensor, batch: int, n_samples: int, k: int, device: torc
         raise ValueError("masks: expected a tensor of 0/1 (or bool) values")
     if masks.dim() == 2:
         masks = masks.unsqueeze(0).expand(batch, -1, -1)
-    if masks.dim() != 3 or masks.shape[0] != batch or masks.shape[1] != n_samples or masks.shape[2] < k:
+    if (
+        masks.dim() != 3
+        or masks.shape[0] != batch
+        or masks.shape[1] != n_samples
+        or masks.shape[2] < k
+    ):
         raise ValueError(
             f"masks: expected [n_samples, K] or [B, n_samples, K] with B = {batch}, n_samples = {n_samples} "
             f"and K >= {k} (the most segments of a sample), got shape {tuple(masks.shape)}"
@@ -205,14 +258,25 @@ def _given_masks(masks: Tensor, batch: int, n_samples: int, k: int, device: torc
 
 def _hide_image(hide: str | Tensor, x: Tensor, labels: Tensor, num: Tensor) -> Tensor:
     if isinstance(hide, str) and hide in _OLD_HIDES:
-        warnings.warn(f"gsw.lime: hide={hide!r} is now spelled hide={_OLD_HIDES[hide]!r} (baseline= words)",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"gsw.lime: hide={hide!r} is now spelled hide={_OLD_HIDES[hide]!r} (baseline= words)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         hide = _OLD_HIDES[hide]
     return stand_in_image(hide, x, "hide", {name: name for name in HIDES}, labels, num)
 
 
-def _perturbed_outputs(forward: ModelForward, x: Tensor, hidden: Tensor, labels: Tensor, keep: Tensor,
-                       target: Tensor | OutputTarget, batch_size: int, progress: Progress) -> Tensor:
+def _perturbed_outputs(
+    forward: ModelForward,
+    x: Tensor,
+    hidden: Tensor,
+    labels: Tensor,
+    keep: Tensor,
+    target: Tensor | OutputTarget,
+    batch_size: int,
+    progress: Progress,
+) -> Tensor:
     """The model's target output ``[B, N]`` for every mask, ``batch_size`` rows at a time
     (no host sync per chunk)."""
     batch, n_samples, _ = keep.shape
@@ -238,17 +302,23 @@ def _reporter(progress: Progress, total: int) -> Callable[[int], None]:
 
     def to_stderr(done: int) -> None:
         end = "\n" if done >= total else ""
-        print(f"\rgswfast.lime: {done}/{total} perturbed inputs", end=end, file=sys.stderr, flush=True)
+        print(
+            f"\rgswfast.lime: {done}/{total} perturbed inputs", end=end, file=sys.stderr, flush=True
+        )
 
     return to_stderr
 
 
-def _check_parameters(n_samples: int, batch_size: int, kernel_width: float, alpha: float, seed: Any) -> None:
+def _check_parameters(
+    n_samples: int, batch_size: int, kernel_width: float, alpha: float, seed: Any
+) -> None:
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
         raise ValueError(f"n_samples: expected an int >= 2, got {n_samples!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    if not (isinstance(kernel_width, (int, float)) and math.isfinite(kernel_width) and kernel_width > 0):
+    if not (
+        isinstance(kernel_width, (int, float)) and math.isfinite(kernel_width) and kernel_width > 0
+    ):
         raise ValueError(f"kernel_width: expected a positive number, got {kernel_width!r}")
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")

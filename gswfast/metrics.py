@@ -39,10 +39,21 @@ class Curve:
     auc: Tensor
 
 
-def deletion(model: nn.Module, inputs: Tensor, explanation: Explanation, *, steps: int | None = None,
-             baseline: str | Tensor = "zeros", output: str = "probability", batch_size: int = 64,
-             preprocess: Preprocess | None = None, autocast: torch.dtype | None = None, eval_mode: bool = True,
-             channels_last: bool | None = None, additional_forward_args: Any = None) -> Curve:
+def deletion(
+    model: nn.Module,
+    inputs: Tensor,
+    explanation: Explanation,
+    *,
+    steps: int | None = None,
+    baseline: str | Tensor = "zeros",
+    output: str = "probability",
+    batch_size: int = 64,
+    preprocess: Preprocess | None = None,
+    autocast: torch.dtype | None = None,
+    eval_mode: bool = True,
+    channels_last: bool | None = None,
+    additional_forward_args: Any = None,
+) -> Curve:
     """Deletion curve (RISE, Petsiuk et al. 2018): segments are replaced by ``baseline``
     (``"zeros"``, ``"blur"``, ``"segment_mean"`` or a tensor like ``inputs``: the words of
     ``explain``'s ``baseline=``) in the explanation's ranking, best first. A good
@@ -54,25 +65,51 @@ def deletion(model: nn.Module, inputs: Tensor, explanation: Explanation, *, step
     rows per call. ``preprocess``, ``autocast``, ``eval_mode``, ``channels_last`` and
     ``additional_forward_args``: how the model runs, as in ``gsw.explain``.
     """
-    model_options = dict(preprocess=preprocess, autocast=autocast, eval_mode=eval_mode, channels_last=channels_last,
-                         additional_forward_args=additional_forward_args)
-    return _curve(model, inputs, explanation, steps, baseline, output, batch_size, model_options, insert=False)
+    model_options = dict(
+        preprocess=preprocess,
+        autocast=autocast,
+        eval_mode=eval_mode,
+        channels_last=channels_last,
+        additional_forward_args=additional_forward_args,
+    )
+    return _curve(
+        model, inputs, explanation, steps, baseline, output, batch_size, model_options, insert=False
+    )
 
 
-def insertion(model: nn.Module, inputs: Tensor, explanation: Explanation, *, steps: int | None = None,
-              baseline: str | Tensor = "blur", output: str = "probability", batch_size: int = 64,
-              preprocess: Preprocess | None = None, autocast: torch.dtype | None = None, eval_mode: bool = True,
-              channels_last: bool | None = None, additional_forward_args: Any = None) -> Curve:
+def insertion(
+    model: nn.Module,
+    inputs: Tensor,
+    explanation: Explanation,
+    *,
+    steps: int | None = None,
+    baseline: str | Tensor = "blur",
+    output: str = "probability",
+    batch_size: int = 64,
+    preprocess: Preprocess | None = None,
+    autocast: torch.dtype | None = None,
+    eval_mode: bool = True,
+    channels_last: bool | None = None,
+    additional_forward_args: Any = None,
+) -> Curve:
     """Insertion curve (RISE): starts from ``baseline`` (default the blurred input) and puts
     the input's segments back in the explanation's ranking, best first. High AUC is better.
     Options as ``deletion``'s."""
-    model_options = dict(preprocess=preprocess, autocast=autocast, eval_mode=eval_mode, channels_last=channels_last,
-                         additional_forward_args=additional_forward_args)
-    return _curve(model, inputs, explanation, steps, baseline, output, batch_size, model_options, insert=True)
+    model_options = dict(
+        preprocess=preprocess,
+        autocast=autocast,
+        eval_mode=eval_mode,
+        channels_last=channels_last,
+        additional_forward_args=additional_forward_args,
+    )
+    return _curve(
+        model, inputs, explanation, steps, baseline, output, batch_size, model_options, insert=True
+    )
 
 
-def agreement(a: Explanation | Tensor, b: Explanation | Tensor, k: int = 5,
-              num_segments: Tensor | None = None) -> dict[str, Tensor]:
+def agreement(
+    a: Explanation | Tensor, b: Explanation | Tensor, k: int = 5, num_segments: Tensor | None = None
+) -> dict[str, Tensor]:
     """How similarly two explanations of the same segments score them, per sample.
 
     ``a``, ``b``: ``Explanation``s or segment scores ``[B, K]`` (then ``num_segments [B]``,
@@ -83,14 +120,24 @@ def agreement(a: Explanation | Tensor, b: Explanation | Tensor, k: int = 5,
     scores_a, count = _scores(a, num_segments, "a")
     scores_b, count_b = _scores(b, num_segments, "b")
     if scores_a.shape != scores_b.shape:
-        raise ValueError(f"b: expected scores of shape {tuple(scores_a.shape)} like a's, got {tuple(scores_b.shape)}")
+        raise ValueError(
+            f"b: expected scores of shape {tuple(scores_a.shape)} like a's, got {tuple(scores_b.shape)}"
+        )
     if not torch.equal(count, count_b.to(count.device)):
         raise ValueError("b: explains other segments than a (num_segments differ)")
     counts = count.tolist()
     if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > min(counts):
-        raise ValueError(f"k: expected an int in [1, {min(counts)}] (the fewest segments of a sample), got {k!r}")
-    rows = [_agreement_row(scores_a[i, :n], scores_b[i, :n].to(scores_a.device), k) for i, n in enumerate(counts)]
-    return {name: torch.stack([row[name] for row in rows]) for name in ("spearman", "kendall", "top_k_iou")}
+        raise ValueError(
+            f"k: expected an int in [1, {min(counts)}] (the fewest segments of a sample), got {k!r}"
+        )
+    rows = [
+        _agreement_row(scores_a[i, :n], scores_b[i, :n].to(scores_a.device), k)
+        for i, n in enumerate(counts)
+    ]
+    return {
+        name: torch.stack([row[name] for row in rows])
+        for name in ("spearman", "kendall", "top_k_iou")
+    }
 
 
 def pointing_game(explanation: Explanation, masks: Tensor, min_overlap: float = 0.5) -> Tensor:
@@ -118,17 +165,34 @@ def relevance_mass(explanation: Explanation, masks: Tensor) -> Tensor:
 # ------------------------------------------------------------------------ curves
 
 
-def _curve(model: nn.Module, inputs: Tensor, explanation: Explanation, steps: int | None, baseline: str | Tensor,
-           output: str, batch_size: int, model_options: dict[str, Any], insert: bool) -> Curve:
+def _curve(
+    model: nn.Module,
+    inputs: Tensor,
+    explanation: Explanation,
+    steps: int | None,
+    baseline: str | Tensor,
+    output: str,
+    batch_size: int,
+    model_options: dict[str, Any],
+    insert: bool,
+) -> Curve:
     eval_mode = model_options.pop("eval_mode")
     x = unit_float(check_inputs(inputs))
     _check_curve_options(x, explanation, steps, output, batch_size)
-    other = stand_in_image(baseline, x, "baseline", {name: name for name in BASELINES},
-                           explanation.labels, explanation.num_segments)
+    other = stand_in_image(
+        baseline,
+        x,
+        "baseline",
+        {name: name for name in BASELINES},
+        explanation.labels,
+        explanation.num_segments,
+    )
     num = explanation.num_segments
     points = steps if steps is not None else int(num.max())
     fractions = torch.arange(points + 1, device=x.device, dtype=torch.float32) / points  # [S]
-    counts = torch.round(fractions.unsqueeze(0) * num.unsqueeze(1)).long()  # [B, S] segments changed
+    counts = torch.round(
+        fractions.unsqueeze(0) * num.unsqueeze(1)
+    ).long()  # [B, S] segments changed
     order = _rank_positions(explanation)  # [B, K]: each segment's place in the ranking
     forward = ModelForward(model, **model_options)
     forward.check_extra_args(x.shape[0], x.device)
@@ -142,7 +206,9 @@ def _curve(model: nn.Module, inputs: Tensor, explanation: Explanation, steps: in
             start_image, end_image = (other, x) if insert else (x, other)
             logits = composite_logits(forward, end_image, start_image, flat_labels, sample, changed)
             values = logits.softmax(1) if output == "probability" else logits
-            scores.view(-1)[rows] = values.gather(1, explanation.target[sample].view(-1, 1)).squeeze(1).float()
+            scores.view(-1)[rows] = (
+                values.gather(1, explanation.target[sample].view(-1, 1)).squeeze(1).float()
+            )
     auc = torch.trapezoid(scores, fractions.unsqueeze(0).expand_as(scores), dim=1)
     return Curve(fractions.unsqueeze(0).expand_as(scores).contiguous(), scores, auc)
 
@@ -155,14 +221,20 @@ def _rank_positions(explanation: Explanation) -> Tensor:
     return positions.scatter_(1, ranking, steps)
 
 
-def _check_curve_options(x: Tensor, explanation: Explanation, steps: int | None, output: str, batch_size: int) -> None:
+def _check_curve_options(
+    x: Tensor, explanation: Explanation, steps: int | None, output: str, batch_size: int
+) -> None:
     if not isinstance(explanation, Explanation):
         raise TypeError(f"explanation: expected an Explanation, got {type(explanation).__name__}")
     if tuple(explanation.labels.shape) != (x.shape[0], *x.shape[2:]):
-        raise ValueError(f"inputs: expected the explained inputs' shape [B, C, {tuple(explanation.labels.shape[1:])}], "
-                         f"got {tuple(x.shape)}")
+        raise ValueError(
+            f"inputs: expected the explained inputs' shape [B, C, {tuple(explanation.labels.shape[1:])}], "
+            f"got {tuple(x.shape)}"
+        )
     if explanation.labels.device != x.device:
-        raise ValueError(f"inputs: expected them on the explanation's device {explanation.labels.device}, got {x.device}")
+        raise ValueError(
+            f"inputs: expected them on the explanation's device {explanation.labels.device}, got {x.device}"
+        )
     if bool((explanation.target < 0).any()):
         raise ValueError("explanation: its target is unknown (-1); explain with a target")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
@@ -176,12 +248,16 @@ def _check_curve_options(x: Tensor, explanation: Explanation, steps: int | None,
 # ------------------------------------------------------------------------ agreement
 
 
-def _scores(e: Explanation | Tensor, num_segments: Tensor | None, name: str) -> tuple[Tensor, Tensor]:
+def _scores(
+    e: Explanation | Tensor, num_segments: Tensor | None, name: str
+) -> tuple[Tensor, Tensor]:
     if isinstance(e, Explanation):
         return e.segment_scores, e.num_segments
     if not isinstance(e, Tensor) or e.dim() != 2 or not e.is_floating_point():
         got = getattr(e, "shape", type(e).__name__)
-        raise ValueError(f"{name}: expected an Explanation or float segment scores [B, K], got {got}")
+        raise ValueError(
+            f"{name}: expected an Explanation or float segment scores [B, K], got {got}"
+        )
     if num_segments is None:
         return e, torch.full((e.shape[0],), e.shape[1], dtype=torch.int64, device=e.device)
     return e, num_segments.to(e.device)
@@ -212,8 +288,10 @@ def _mean_ranks(v: Tensor) -> Tensor:
 
 def _check_masks(masks: Tensor, explanation: Explanation) -> Tensor:
     if not isinstance(masks, Tensor) or tuple(masks.shape) != tuple(explanation.labels.shape):
-        raise ValueError(f"masks: expected [B, (T), H, W] = {tuple(explanation.labels.shape)} like the labels, "
-                         f"got {tuple(getattr(masks, 'shape', ()))}")
+        raise ValueError(
+            f"masks: expected [B, (T), H, W] = {tuple(explanation.labels.shape)} like the labels, "
+            f"got {tuple(getattr(masks, 'shape', ()))}"
+        )
     return masks.to(device=explanation.labels.device, dtype=torch.bool)
 
 
@@ -233,7 +311,12 @@ def boundary_recall(segments: Tensor, truth: Tensor, tolerance: int = 2) -> floa
     segment boundary. ``segments`` and ``truth``: ``[H, W]``."""
     truth_edges = boundary_map(truth)
     seg_edges = boundary_map(segments).float()[None, None]
-    near = torch.nn.functional.max_pool2d(seg_edges, 2 * tolerance + 1, stride=1, padding=tolerance)[0, 0] > 0
+    near = (
+        torch.nn.functional.max_pool2d(seg_edges, 2 * tolerance + 1, stride=1, padding=tolerance)[
+            0, 0
+        ]
+        > 0
+    )
     return float((near & truth_edges).sum() / truth_edges.sum().clamp(min=1))
 
 

@@ -36,10 +36,12 @@ DEFAULT_METHODS = {"image": "integrated_gradients", "video": "gradcam"}
 VIDEO_MIN_INPUTS = {"s3d": (16, 224)}  # (frames, side): at least
 VIDEO_EXACT_INPUTS = {"mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}  # (frames, side): exactly
 # torchvision model families that do not return class scores [B, classes].
-_NOT_CLASSIFIERS = {"detection": "a detection model (it returns boxes, not class scores)",
-                    "segmentation": "a semantic segmentation model (it returns per-pixel maps, not class scores)",
-                    "optical_flow": "an optical flow model (it returns flow fields, not class scores)",
-                    "quantization": "a quantized model (quantized layers have no gradients)"}
+_NOT_CLASSIFIERS = {
+    "detection": "a detection model (it returns boxes, not class scores)",
+    "segmentation": "a semantic segmentation model (it returns per-pixel maps, not class scores)",
+    "optical_flow": "an optical flow model (it returns flow fields, not class scores)",
+    "quantization": "a quantized model (quantized layers have no gradients)",
+}
 
 
 @dataclass
@@ -61,7 +63,9 @@ class LoadedModel:
         return self
 
 
-def load_model(spec: str, arch: str | None = None, weights: str | Path | None = None, seed: int = 0) -> LoadedModel:
+def load_model(
+    spec: str, arch: str | None = None, weights: str | Path | None = None, seed: int = 0
+) -> LoadedModel:
     """The model named by ``spec`` (``torchvision:NAME``, ``demo:NAME`` or a .pt file).
 
     torchvision models get random weights drawn from ``seed`` (the same on every run)
@@ -102,15 +106,21 @@ def check_video_input(spec: str, arch: str | None, frames: int, size: int) -> No
     name = _torchvision_name(spec, arch) or ""
     if name in VIDEO_EXACT_INPUTS and (frames, size) != VIDEO_EXACT_INPUTS[name]:
         t, side = VIDEO_EXACT_INPUTS[name]
-        raise UserError(f"--frames {frames} --size {size}: torchvision:{name} takes clips of exactly {t} frames "
-                        f"of {side}x{side} (--frames {t} --size {side})")
+        raise UserError(
+            f"--frames {frames} --size {size}: torchvision:{name} takes clips of exactly {t} frames "
+            f"of {side}x{side} (--frames {t} --size {side})"
+        )
     t, side = VIDEO_MIN_INPUTS.get(name, (1, 1))
     if frames < t or size < side:
-        raise UserError(f"--frames {frames} --size {size}: too small for torchvision:{name}, which needs at least "
-                        f"{t} frames of {side}x{side} (--frames {t} --size {side})")
+        raise UserError(
+            f"--frames {frames} --size {size}: too small for torchvision:{name}, which needs at least "
+            f"{t} frames of {side}x{side} (--frames {t} --size {side})"
+        )
 
 
-def normaliser(choice: str, default: str, device: torch.device | str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def normaliser(
+    choice: str, default: str, device: torch.device | str
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The ``preprocess`` for ``--normalize`` (None for ``none``); ``auto`` takes ``default``."""
     name = default if choice == "auto" else choice
     if name == "none":
@@ -131,7 +141,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``UserError`` when it is not there."""
     gpu = torch.cuda.is_available() and cuda_available()
     if name == "auto":
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count())) if gpu else torch.device("cpu")
+        return (
+            torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+            if gpu
+            else torch.device("cpu")
+        )
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -139,8 +153,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}")
     if device.type == "cuda" and not gpu:
-        raise UserError(f"--device {name}: no CUDA device (or gswfast was built without CUDA kernels)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(
+            f"--device {name}: no CUDA device (or gswfast was built without CUDA kernels)"
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
         raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
 
@@ -151,7 +171,9 @@ def layer_option(layer: str | None, method: str) -> dict[str, str]:
     if layer is None:
         return {}
     if method != "gradcam":
-        raise UserError(f"--layer: only --method gradcam uses a layer, and this input's method is {method}")
+        raise UserError(
+            f"--layer: only --method gradcam uses a layer, and this input's method is {method}"
+        )
     return {"layer": layer}
 
 
@@ -161,7 +183,9 @@ def layer_option(layer: str | None, method: str) -> dict[str, str]:
 def _torchvision_names(family: str) -> list[str]:
     import torchvision
 
-    module = torchvision.models if family == "classification" else getattr(torchvision.models, family)
+    module = (
+        torchvision.models if family == "classification" else getattr(torchvision.models, family)
+    )
     return torchvision.models.list_models(module=module)
 
 
@@ -177,14 +201,18 @@ def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
     source, _, name = spec.partition(":")
     if source == "demo":
         if name not in ARCHITECTURES:
-            raise UserError(f"{flag}: unknown demo model {name!r} (choose from {', '.join(sorted(ARCHITECTURES))})")
+            raise UserError(
+                f"{flag}: unknown demo model {name!r} (choose from {', '.join(sorted(ARCHITECTURES))})"
+            )
         return LoadedModel(load_demo(name), "video" if name == "actions" else "image", "none", spec)
     if source == "torchvision":
         kind = _torchvision_kind(name, flag)
         with torch.random.fork_rng(devices=[]):  # the same random weights on every run
             torch.manual_seed(seed)
             module = _build_torchvision(name)
-        return LoadedModel(module, kind, "kinetics" if kind == "video" else "imagenet", spec, True, seed)
+        return LoadedModel(
+            module, kind, "kinetics" if kind == "video" else "imagenet", spec, True, seed
+        )
     raise UserError(f"{flag}: expected torchvision:NAME, demo:NAME or a .pt file, got {spec!r}")
 
 
@@ -197,10 +225,14 @@ def _torchvision_kind(name: str, flag: str) -> str:
         return "image"
     for family, why in _NOT_CLASSIFIERS.items():
         if name in _torchvision_names(family):
-            raise UserError(f"{flag}: torchvision:{name} is {why}; gswfast explains classifiers "
-                            f"(torchvision's classification and video models)")
+            raise UserError(
+                f"{flag}: torchvision:{name} is {why}; gswfast explains classifiers "
+                f"(torchvision's classification and video models)"
+            )
     if name in torchvision.models.list_models():
-        raise UserError(f"{flag}: torchvision:{name} is not a classifier; gswfast explains classifiers")
+        raise UserError(
+            f"{flag}: torchvision:{name} is not a classifier; gswfast explains classifiers"
+        )
     raise UserError(f"{flag}: unknown torchvision model {name!r}")
 
 
@@ -226,13 +258,17 @@ def _model_file(path: Path, arch: str | None, weights: str | Path | None, seed: 
         module = None  # not TorchScript: a state_dict for --arch
     if module is not None:
         if arch is not None or weights is not None:
-            raise UserError(f"--model: {path} is TorchScript, which carries its own architecture and weights; "
-                            "drop --arch and --weights")
+            raise UserError(
+                f"--model: {path} is TorchScript, which carries its own architecture and weights; "
+                "drop --arch and --weights"
+            )
         return LoadedModel(module.eval(), "any", "none", str(path))
     if arch is None:
         raise UserError(f"--model: {path} is not TorchScript; give its architecture with --arch")
     if weights is not None:
-        raise UserError(f"--weights: --model {path} is already the weights file of --arch {arch}; drop --weights")
+        raise UserError(
+            f"--weights: --model {path} is already the weights file of --arch {arch}; drop --weights"
+        )
     loaded = _named_model(arch, seed, "--arch")
     _load_weights(loaded.module, path, arch, "--model")
     loaded.random_weights, loaded.seed, loaded.name = False, None, f"{path} ({arch})"
@@ -245,7 +281,9 @@ def _load_weights(model: torch.nn.Module, path: Path, name: str, flag: str) -> N
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and format errors all mean: not a weights file
-        raise UserError(f"{flag}: {path}: cannot read it as a state_dict ({type(error).__name__})") from None
+        raise UserError(
+            f"{flag}: {path}: cannot read it as a state_dict ({type(error).__name__})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -262,10 +300,17 @@ def weight_mismatch(model: torch.nn.Module, state: dict) -> str:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {list(getattr(state[k], 'shape', []))} vs {list(v.shape)}" for k, v in expected.items()
-              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)]
+    shapes = [
+        f"{k} {list(getattr(state[k], 'shape', []))} vs {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
+    ]
     parts = []
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes)):
+    for label, names in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("with another shape", shapes),
+    ):
         if names:
             more = f", ... ({len(names)} in all)" if len(names) > 2 else ""
             parts.append(f"{len(names)} tensor(s) {label} ({', '.join(names[:2])}{more})")

@@ -65,7 +65,9 @@ def segment_pool(
     values3, labels2, has_channel = _flatten_pool_inputs(values, labels)
     k, limits = _resolve_num_segments(num_segments, labels2)
     if reduce == "count":
-        _, count, invalid = torch.ops.gswfast.segment_pool(values3[:, :0], labels2, limits, k, "sum")
+        _, count, invalid = torch.ops.gswfast.segment_pool(
+            values3[:, :0], labels2, limits, k, "sum"
+        )
         _raise_on_bad_input(invalid, validate)
         count = count.to(torch.int64)
         return count.unsqueeze(1).expand(-1, values3.shape[1], -1) if has_channel else count
@@ -107,7 +109,9 @@ def paint(
     has_channel = segment_values.dim() == 3
     seg3 = segment_values if has_channel else segment_values.unsqueeze(1)
     spatial = labels.shape[1:]
-    out, invalid = torch.ops.gswfast.paint(seg3, labels.reshape(labels.shape[0], -1), None, float(fill))
+    out, invalid = torch.ops.gswfast.paint(
+        seg3, labels.reshape(labels.shape[0], -1), None, float(fill)
+    )
     _raise_on_bad_input(invalid, validate, nan_in=seg3, nan_name="segment_values")
     out = out.reshape(out.shape[0], out.shape[1], *spatial)
     return out if has_channel else out.squeeze(1)
@@ -147,9 +151,19 @@ def slic_kernel(
         The contract is written once in ``csrc/slic/slic.h``.
     """
     return torch.ops.gswfast.slic(
-        image, init_centers, init_counts, init_labels, [int(v) for v in grid],
-        [float(v) for v in weights], float(compactness), bool(convert_lab), int(max_iter), float(tol),
-        bool(connectivity), int(min_size), int(max_centers),
+        image,
+        init_centers,
+        init_counts,
+        init_labels,
+        [int(v) for v in grid],
+        [float(v) for v in weights],
+        float(compactness),
+        bool(convert_lab),
+        int(max_iter),
+        float(tol),
+        bool(connectivity),
+        int(min_size),
+        int(max_centers),
     )
 
 
@@ -182,7 +196,9 @@ def _check_labels(labels: object) -> None:
             f"labels: expected [B, H, W] or [B, T, H, W], got shape {tuple(labels.shape)}"
         )
     if labels.shape[0] == 0 or math.prod(labels.shape[1:]) == 0:
-        raise ValueError(f"labels: expected a non-empty batch and spatial size, got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels: expected a non-empty batch and spatial size, got shape {tuple(labels.shape)}"
+        )
 
 
 def _check_same_device(a: Tensor, b: Tensor, b_name: str) -> None:
@@ -199,7 +215,11 @@ def _flatten_pool_inputs(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor
     if tuple(values.shape) == tuple(labels.shape):
         values = values.unsqueeze(1)
         has_channel = False
-    elif values.dim() == labels.dim() + 1 and values.shape[0] == labels.shape[0] and tuple(values.shape[2:]) == spatial:
+    elif (
+        values.dim() == labels.dim() + 1
+        and values.shape[0] == labels.shape[0]
+        and tuple(values.shape[2:]) == spatial
+    ):
         has_channel = True
     else:
         raise ValueError(
@@ -216,13 +236,19 @@ def _resolve_num_segments(num_segments: NumSegments, labels: Tensor) -> tuple[in
     if num_segments is None:
         return int(labels.max().item()) + 1, None
     if isinstance(num_segments, bool):
-        raise TypeError("num_segments: expected an int, a sequence of ints or an int tensor, got bool")
+        raise TypeError(
+            "num_segments: expected an int, a sequence of ints or an int tensor, got bool"
+        )
     if isinstance(num_segments, int):
         if num_segments < 0:
             raise ValueError(f"num_segments: expected >= 0, got {num_segments}")
         return num_segments, None
     if isinstance(num_segments, Tensor):
-        if num_segments.dtype.is_floating_point or num_segments.dtype == torch.bool or num_segments.is_complex():
+        if (
+            num_segments.dtype.is_floating_point
+            or num_segments.dtype == torch.bool
+            or num_segments.is_complex()
+        ):
             raise TypeError(f"num_segments: expected an integer tensor, got {num_segments.dtype}")
         limits = num_segments.to(device=labels.device, dtype=torch.int64).reshape(-1)
     elif isinstance(num_segments, Sequence) and not isinstance(num_segments, (str, bytes)):
@@ -232,14 +258,18 @@ def _resolve_num_segments(num_segments: NumSegments, labels: Tensor) -> tuple[in
             f"num_segments: expected None, an int, a sequence of ints or an int tensor, got {type(num_segments).__name__}"
         )
     if limits.numel() != labels.shape[0]:
-        raise ValueError(f"num_segments: expected {labels.shape[0]} per-sample counts (one per batch item), got {limits.numel()}")
+        raise ValueError(
+            f"num_segments: expected {labels.shape[0]} per-sample counts (one per batch item), got {limits.numel()}"
+        )
     low, high = torch.stack(torch.aminmax(limits)).tolist()  # one device sync for both
     if low < 0:
         raise ValueError("num_segments: expected counts >= 0")
     return int(high), limits.contiguous()
 
 
-def _raise_on_bad_input(num_invalid: Tensor, validate: bool, nan_in: Tensor | None = None, nan_name: str = "") -> None:
+def _raise_on_bad_input(
+    num_invalid: Tensor, validate: bool, nan_in: Tensor | None = None, nan_name: str = ""
+) -> None:
     """Raises for out-of-range labels (counted by the kernel) and NaN in `nan_in`.
 
     Both facts come back from the device in one read (one sync on CUDA).
@@ -249,7 +279,9 @@ def _raise_on_bad_input(num_invalid: Tensor, validate: bool, nan_in: Tensor | No
     if nan_in is None or nan_in.numel() == 0:
         bad, nans = int(num_invalid.item()), 0
     else:
-        bad, nans = (int(x) for x in torch.stack([num_invalid.long(), torch.isnan(nan_in).sum()]).tolist())
+        bad, nans = (
+            int(x) for x in torch.stack([num_invalid.long(), torch.isnan(nan_in).sum()]).tolist()
+        )
     if bad:
         raise ValueError(
             f"labels: {bad} pixel(s) have labels outside [-1, num_segments); "
@@ -278,12 +310,27 @@ def _segment_pool_fake(values, labels, limits, num_segments, reduce):
 @torch.library.register_fake("gswfast::paint")
 def _paint_fake(segment_values, labels, limits, fill):
     b, c, _ = segment_values.shape
-    return segment_values.new_empty((b, c, labels.shape[1])), labels.new_empty((), dtype=torch.int32)
+    return segment_values.new_empty((b, c, labels.shape[1])), labels.new_empty(
+        (), dtype=torch.int32
+    )
 
 
 @torch.library.register_fake("gswfast::slic")
-def _slic_fake(image, init_centers, init_counts, init_labels, grid, weights, compactness, convert_lab,
-               max_iter, tol, connectivity, min_size, max_centers):
+def _slic_fake(
+    image,
+    init_centers,
+    init_counts,
+    init_labels,
+    grid,
+    weights,
+    compactness,
+    convert_lab,
+    max_iter,
+    tol,
+    connectivity,
+    min_size,
+    max_centers,
+):
     n, c = image.shape[:2]
     pixels = math.prod(image.shape[2:])
     k = init_centers.shape[1] if init_centers is not None else math.prod(grid[6:9])
@@ -322,7 +369,9 @@ def _segment_pool_backward(ctx, grad_out, _grad_count, _grad_invalid):
     return grad, None, None, None, None
 
 
-def _extreme_backward(values: Tensor, labels: Tensor, limits: Tensor | None, out: Tensor, grad_out: Tensor) -> Tensor:
+def _extreme_backward(
+    values: Tensor, labels: Tensor, limits: Tensor | None, out: Tensor, grad_out: Tensor
+) -> Tensor:
     """Sends grad_out [B, C, K] to the first pixel of each segment that attains the extreme."""
     b, c, n = values.shape
     k = out.shape[2]
@@ -352,5 +401,7 @@ def _paint_backward(ctx, grad_out, _grad_invalid):
     return grad, None, None, None
 
 
-torch.library.register_autograd("gswfast::segment_pool", _segment_pool_backward, setup_context=_segment_pool_setup)
+torch.library.register_autograd(
+    "gswfast::segment_pool", _segment_pool_backward, setup_context=_segment_pool_setup
+)
 torch.library.register_autograd("gswfast::paint", _paint_backward, setup_context=_paint_setup)

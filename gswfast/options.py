@@ -6,7 +6,12 @@ from __future__ import annotations
 
 # gswfast.attribution.METHODS, spelled out here without importing torch (a test keeps them equal)
 METHOD_NAMES: tuple[str, ...] = (
-    "gradient", "input_x_gradient", "integrated_gradients", "lime_ig", "smoothgrad", "gradcam",
+    "gradient",
+    "input_x_gradient",
+    "integrated_gradients",
+    "lime_ig",
+    "smoothgrad",
+    "gradcam",
     "guided_backprop",
 )
 

@@ -19,8 +19,16 @@ class Progress:
     at the end. ``quiet`` prints nothing at all.
     """
 
-    def __init__(self, label: str, total: int | None = None, unit: str = "item", *, quiet: bool = False,
-                 stream: TextIO | None = None, every: float = 2.0) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        unit: str = "item",
+        *,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        every: float = 2.0,
+    ) -> None:
         self.label, self.total, self.unit, self.quiet, self.every = label, total, unit, quiet, every
         self.stream = stream if stream is not None else sys.stderr
         self.done = 0
@@ -30,7 +38,9 @@ class Progress:
         if not quiet and _is_terminal(self.stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=label, unit=f" {unit}s", file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, desc=label, unit=f" {unit}s", file=self.stream, dynamic_ncols=True
+            )
 
     def update(self, count: int = 1) -> None:
         """``count`` more units are done."""

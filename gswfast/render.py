@@ -62,13 +62,22 @@ def outline(mask: Tensor) -> Tensor:
     4-neighbour (in its frame) outside it or off the image."""
     mask = mask.bool()
     inside = F.pad(mask, (1, 1, 1, 1), value=False)  # off the image counts as outside
-    interior = inside[..., :-2, 1:-1] & inside[..., 2:, 1:-1] & inside[..., 1:-1, :-2] & inside[..., 1:-1, 2:]
+    interior = (
+        inside[..., :-2, 1:-1]
+        & inside[..., 2:, 1:-1]
+        & inside[..., 1:-1, :-2]
+        & inside[..., 1:-1, 2:]
+    )
     return mask & ~interior
 
 
 def as_rgb_uint8(images: Tensor, spatial: tuple[int, ...]) -> Tensor:
     """``images [B, C, *S]`` (uint8 or float 0..1, C = 1 or 3) -> uint8 ``[B, 3, *S]``."""
-    if not isinstance(images, Tensor) or images.dim() != len(spatial) + 2 or tuple(images.shape[2:]) != spatial:
+    if (
+        not isinstance(images, Tensor)
+        or images.dim() != len(spatial) + 2
+        or tuple(images.shape[2:]) != spatial
+    ):
         raise ValueError(
             f"images: expected [B, C, {', '.join(map(str, spatial))}] matching the explanation, "
             f"got {tuple(getattr(images, 'shape', ()))}"
@@ -82,8 +91,13 @@ def as_rgb_uint8(images: Tensor, spatial: tuple[int, ...]) -> Tensor:
     return images.expand(-1, 3, *spatial)
 
 
-def overlay(images: Tensor, heatmap: Tensor, labels: Tensor | None = None, alpha: float = 0.5,
-            boundary_color: tuple[int, int, int] = (255, 255, 0)) -> Tensor:
+def overlay(
+    images: Tensor,
+    heatmap: Tensor,
+    labels: Tensor | None = None,
+    alpha: float = 0.5,
+    boundary_color: tuple[int, int, int] = (255, 255, 0),
+) -> Tensor:
     """Blends the coloured ``heatmap [B, *S]`` over ``images [B, C, *S]`` and draws the
     boundaries of ``labels [B, *S]``. Returns uint8 ``[B, 3, *S]`` (``S`` = ``(T,) H, W``)."""
     if not 0.0 <= alpha <= 1.0:
@@ -93,13 +107,21 @@ def overlay(images: Tensor, heatmap: Tensor, labels: Tensor | None = None, alpha
     out = rgb * (1 - alpha) + colours * alpha
     if labels is not None:
         edge = boundaries(labels).unsqueeze(1)
-        colour = torch.tensor(boundary_color, dtype=out.dtype, device=out.device).view(1, 3, *([1] * (out.dim() - 2)))
+        colour = torch.tensor(boundary_color, dtype=out.dtype, device=out.device).view(
+            1, 3, *([1] * (out.dim() - 2))
+        )
         out = torch.where(edge, colour, out)
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def draw_picture(expl: Explanation, images: Tensor, k: int = 3, size: int | None = None,
-                 shape: tuple[int, int] | None = None, alpha: float = 0.5) -> Tensor:
+def draw_picture(
+    expl: Explanation,
+    images: Tensor,
+    k: int = 3,
+    size: int | None = None,
+    shape: tuple[int, int] | None = None,
+    alpha: float = 0.5,
+) -> Tensor:
     """uint8 ``[B, 3, (T), H', W']``: the heatmap over ``images [B, C, (T), H, W]`` (uint8 or
     float 0..1), segment boundaries half-transparent yellow, the full outline of the ``k``
     best segments cyan; lines one pixel wide at the output size.
@@ -146,7 +168,11 @@ def resize_nearest(values: Tensor, shape: tuple[int, int]) -> Tensor:
     if tuple(values.shape[-2:]) == tuple(shape):
         return values
     flat = values.reshape(-1, 1, *values.shape[-2:])
-    out = F.interpolate(flat.double() if flat.dtype == torch.int64 else flat.float(), size=tuple(shape), mode="nearest")
+    out = F.interpolate(
+        flat.double() if flat.dtype == torch.int64 else flat.float(),
+        size=tuple(shape),
+        mode="nearest",
+    )
     return out.to(values.dtype).reshape(*values.shape[:-2], *shape)
 
 
@@ -155,4 +181,6 @@ def _grow(t: Tensor, factor: int) -> Tensor:
 
 
 def _colour(rgb: tuple[int, int, int], like: Tensor) -> Tensor:
-    return torch.tensor(rgb, dtype=like.dtype, device=like.device).view(1, 3, *([1] * (like.dim() - 2)))
+    return torch.tensor(rgb, dtype=like.dtype, device=like.device).view(
+        1, 3, *([1] * (like.dim() - 2))
+    )

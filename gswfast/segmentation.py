@@ -19,7 +19,14 @@ from gswfast import ops
 
 Mode = Literal["auto", "image", "per_frame", "volume"]
 MODES: tuple[str, ...] = ("auto", "image", "per_frame", "volume")
-_IMAGE_DTYPES = (torch.uint8, torch.uint16, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_IMAGE_DTYPES = (
+    torch.uint8,
+    torch.uint16,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+)
 
 
 @dataclass(frozen=True)
@@ -162,8 +169,19 @@ def slic(
     if any(s > 0 for s in blur):
         volume = _smooth(volume, blur)
     outputs = ops.slic_kernel(
-        volume, (*steps, *starts, *cells), weights, compactness, lab, max_iter,
-        enforce_connectivity, min_size, max_centers, init_centers, init_counts, init_labels, tol,
+        volume,
+        (*steps, *starts, *cells),
+        weights,
+        compactness,
+        lab,
+        max_iter,
+        enforce_connectivity,
+        min_size,
+        max_centers,
+        init_centers,
+        init_counts,
+        init_labels,
+        tol,
     )
     return _assemble(images, mode, *outputs)
 
@@ -177,9 +195,13 @@ def _resolve_mode(mode: str, images: Tensor) -> str:
     if mode == "auto":
         return "image" if images.dim() == 4 else "volume"
     if mode == "image" and images.dim() != 4:
-        raise ValueError(f"mode: 'image' expects images [B, C, H, W], got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"mode: 'image' expects images [B, C, H, W], got shape {tuple(images.shape)}"
+        )
     if mode in ("per_frame", "volume") and images.dim() != 5:
-        raise ValueError(f"mode: {mode!r} expects clips [B, C, T, H, W], got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"mode: {mode!r} expects clips [B, C, T, H, W], got shape {tuple(images.shape)}"
+        )
     return mode
 
 
@@ -193,8 +215,15 @@ def _as_volume_batch(images: Tensor, mode: str) -> Tensor:
     return images.contiguous()
 
 
-def _assemble(images: Tensor, mode: str, labels: Tensor, num: Tensor, centers: Tensor,
-              iterations: Tensor, *state: Tensor) -> Segmentation:
+def _assemble(
+    images: Tensor,
+    mode: str,
+    labels: Tensor,
+    num: Tensor,
+    centers: Tensor,
+    iterations: Tensor,
+    *state: Tensor,
+) -> Segmentation:
     if mode == "image":
         b, _, h, w = images.shape
         return Segmentation(labels.view(b, h, w), num, centers, num, iterations, mode, *state)
@@ -206,15 +235,22 @@ def _assemble(images: Tensor, mode: str, labels: Tensor, num: Tensor, centers: T
     offsets = torch.cumsum(frame_num, dim=1) - frame_num
     clip_labels = labels.view(b, t, h * w) + offsets.to(torch.int32).unsqueeze(2)
     return Segmentation(
-        clip_labels.view(b, t, h, w), frame_num.sum(dim=1), centers.view(b, t, *centers.shape[1:]),
-        frame_num, iterations.view(b, t), mode, *state,
+        clip_labels.view(b, t, h, w),
+        frame_num.sum(dim=1),
+        centers.view(b, t, *centers.shape[1:]),
+        frame_num,
+        iterations.view(b, t),
+        mode,
+        *state,
     )
 
 
 # ------------------------------------------------------------------------ the grid
 
 
-def _seed_grid(shape: tuple[int, int, int], n_segments: int, mode: str) -> tuple[list[int], list[int], list[int]]:
+def _seed_grid(
+    shape: tuple[int, int, int], n_segments: int, mode: str
+) -> tuple[list[int], list[int], list[int]]:
     """Seed grid as scikit-image's ``regular_grid``: steps, starts and seed counts (z, y, x).
 
     The grid spreads ``n_segments`` seeds isotropically; a dimension shorter than the step
@@ -229,9 +265,9 @@ def _seed_grid(shape: tuple[int, int, int], n_segments: int, mode: str) -> tuple
     if any(dim < step for dim, step in zip(dims, steps)):
         for i in range(3):
             steps[i] = float(dims[i])
-            rest = math.prod(dims[i + 1:])
+            rest = math.prod(dims[i + 1 :])
             if i < 2:
-                steps[i + 1:] = [(rest / n_segments) ** (1.0 / (2 - i))] * (2 - i)
+                steps[i + 1 :] = [(rest / n_segments) ** (1.0 / (2 - i))] * (2 - i)
             if all(dim >= step for dim, step in zip(dims, steps)):
                 break
     if pixels <= n_segments:  # one seed per pixel
@@ -247,7 +283,9 @@ def _seed_grid(shape: tuple[int, int, int], n_segments: int, mode: str) -> tuple
     return out_steps, out_starts, cells
 
 
-def _spatial_weights(spacing: Sequence[float] | None, steps: Sequence[int], mode: str) -> list[float]:
+def _spatial_weights(
+    spacing: Sequence[float] | None, steps: Sequence[int], mode: str
+) -> list[float]:
     """Weights of the squared (z, y, x) distances: spacing**2 / S**2 (S = largest step)."""
     if spacing is None:
         values = [1.0, 1.0, 1.0]
@@ -259,7 +297,9 @@ def _spatial_weights(spacing: Sequence[float] | None, steps: Sequence[int], mode
         if len(values) == 2 and mode != "volume":
             values = [1.0, *values]
         if len(values) != 3:
-            raise ValueError(f"spacing: expected (t, y, x){' or (y, x)' if mode != 'volume' else ''}, got {spacing!r}")
+            raise ValueError(
+                f"spacing: expected (t, y, x){' or (y, x)' if mode != 'volume' else ''}, got {spacing!r}"
+            )
         if not all(math.isfinite(v) and v > 0 for v in values):
             raise ValueError(f"spacing: expected positive finite values, got {spacing!r}")
     step = float(max(steps))
@@ -278,15 +318,25 @@ def _max_centers(seeds: int, pixels: int, min_size: int, connectivity: bool) -> 
     return min(pixels, seeds + pixels // max(min_size, 1) + 1)
 
 
-def _resolve_sigma(sigma: float | Sequence[float], spacing: Sequence[float] | None, mode: str) -> list[float]:
+def _resolve_sigma(
+    sigma: float | Sequence[float], spacing: Sequence[float] | None, mode: str
+) -> list[float]:
     """Per-dimension (t, y, x) standard deviations, as scikit-image: a scalar is divided by
     the spacing; frames of ``image`` and ``per_frame`` inputs are never smoothed together."""
     try:
-        values = [float(sigma)] * 3 if isinstance(sigma, (int, float)) else [float(v) for v in sigma]
+        values = (
+            [float(sigma)] * 3 if isinstance(sigma, (int, float)) else [float(v) for v in sigma]
+        )
     except (TypeError, ValueError):
         raise TypeError(f"sigma: expected a float or a sequence of floats, got {sigma!r}") from None
-    if isinstance(sigma, bool) or len(values) not in (2, 3) or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise ValueError(f"sigma: expected finite values >= 0, one or (y, x) or (t, y, x), got {sigma!r}")
+    if (
+        isinstance(sigma, bool)
+        or len(values) not in (2, 3)
+        or not all(math.isfinite(v) and v >= 0 for v in values)
+    ):
+        raise ValueError(
+            f"sigma: expected finite values >= 0, one or (y, x) or (t, y, x), got {sigma!r}"
+        )
     if len(values) == 2:
         values = [0.0, *values]
     if isinstance(sigma, (int, float)) and spacing is not None:
@@ -333,7 +383,9 @@ def _check_images(images: object) -> None:
             f"{images.dtype} (convert other integer images to float in 0..1)"
         )
     if images.dim() not in (4, 5):
-        raise ValueError(f"images: expected [B, C, H, W] or [B, C, T, H, W], got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"images: expected [B, C, H, W] or [B, C, T, H, W], got shape {tuple(images.shape)}"
+        )
     if images.numel() == 0:
         raise ValueError(f"images: expected a non-empty tensor, got shape {tuple(images.shape)}")
     if images.device.type not in ("cpu", "cuda"):
@@ -345,13 +397,16 @@ def _check_images(images: object) -> None:
         )
 
 
-def _check_parameters(n_segments: int, compactness: float, max_iter: int, min_size_factor: float,
-                      tol: float) -> None:
+def _check_parameters(
+    n_segments: int, compactness: float, max_iter: int, min_size_factor: float, tol: float
+) -> None:
     if isinstance(n_segments, bool) or not isinstance(n_segments, int):
         raise TypeError(f"n_segments: expected an int, got {type(n_segments).__name__}")
     if n_segments < 1:
         raise ValueError(f"n_segments: expected >= 1, got {n_segments}")
-    if not (isinstance(compactness, (int, float)) and math.isfinite(compactness) and compactness > 0):
+    if not (
+        isinstance(compactness, (int, float)) and math.isfinite(compactness) and compactness > 0
+    ):
         raise ValueError(f"compactness: expected a finite number > 0, got {compactness!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
@@ -386,7 +441,9 @@ def _validate_values(images: Tensor, init_counts: Tensor | None, lab: bool) -> N
         return
     counts = torch.stack(checks).tolist()
     if floats and counts[0]:
-        raise ValueError(f"images: contain {counts[0]} NaN or infinite value(s); expected finite values in 0..1")
+        raise ValueError(
+            f"images: contain {counts[0]} NaN or infinite value(s); expected finite values in 0..1"
+        )
     if floats and counts[1]:
         raise ValueError(
             f"images: {counts[1]} value(s) outside 0..1; CIELAB conversion (convert_lab, the default "
@@ -401,8 +458,9 @@ def _validate_values(images: Tensor, init_counts: Tensor | None, lab: bool) -> N
         )
 
 
-def _warm_start(init: Segmentation | None, images: Tensor, mode: str, volume: Tensor,
-                channels: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+def _warm_start(
+    init: Segmentation | None, images: Tensor, mode: str, volume: Tensor, channels: int
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The previous segmentation's centres [N, M, 3 + F], counts [N] and labels [N, P]."""
     if init is None:
         return None, None, None
@@ -419,12 +477,20 @@ def _warm_start(init: Segmentation | None, images: Tensor, mode: str, volume: Te
             f"init: its centres hold {init.clusters.shape[-1] - 3} feature channels, the images have {channels}"
         )
     if init.labels.device != images.device:
-        raise ValueError(f"init: expected device {images.device} (like the images), got {init.labels.device}")
+        raise ValueError(
+            f"init: expected device {images.device} (like the images), got {init.labels.device}"
+        )
     n = volume.shape[0]
-    if init.clusters.shape[0] != n or tuple(init.cluster_labels.shape) != (n, math.prod(volume.shape[2:])):
+    if init.clusters.shape[0] != n or tuple(init.cluster_labels.shape) != (
+        n,
+        math.prod(volume.shape[2:]),
+    ):
         raise ValueError("init: its k-means state does not match the images' shape")
-    return (init.clusters.to(torch.float32).contiguous(), init.cluster_counts.to(torch.int32).contiguous(),
-            init.cluster_labels.to(torch.int32).contiguous())
+    return (
+        init.clusters.to(torch.float32).contiguous(),
+        init.cluster_counts.to(torch.int32).contiguous(),
+        init.cluster_labels.to(torch.int32).contiguous(),
+    )
 
 
 # ------------------------------------------------------------------------ colour
@@ -447,7 +513,9 @@ def rgb_to_lab(images: Tensor) -> Tensor:
         float32 ``[B, 3, ...]``: L in 0..100, a and b roughly -128..127.
     """
     if not isinstance(images, Tensor) or images.dim() < 2 or images.shape[1] != 3:
-        raise ValueError(f"images: expected [B, 3, ...] sRGB, got {getattr(images, 'shape', type(images))}")
+        raise ValueError(
+            f"images: expected [B, 3, ...] sRGB, got {getattr(images, 'shape', type(images))}"
+        )
     rgb = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
     matrix = torch.tensor(_RGB_TO_XYZ_D65, device=rgb.device)

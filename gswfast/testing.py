@@ -63,7 +63,9 @@ def reference_pool(values: Tensor, labels: Tensor, num_segments: int, reduce: st
             out = out / count.clamp(min=1)
     else:
         mode = "amax" if reduce == "max" else "amin"
-        out = torch.zeros(b, c, k + 1, dtype=torch.float64).scatter_reduce(2, index, v, mode, include_self=False)
+        out = torch.zeros(b, c, k + 1, dtype=torch.float64).scatter_reduce(
+            2, index, v, mode, include_self=False
+        )
     out = torch.where(count > 0, out, torch.zeros_like(out))
     return out[..., :k]
 
@@ -106,8 +108,16 @@ def is_connected(labels: Tensor) -> bool:
     return int(components.max()) == len(set(array.reshape(-1).tolist()))
 
 
-def lime_package(model: torch.nn.Module, image: Tensor, labels: Tensor, target: int, seed: int = 0,
-                 n_samples: int = 1000, batch_size: int = 64, hide_color: float | None = None) -> dict[str, Tensor]:
+def lime_package(
+    model: torch.nn.Module,
+    image: Tensor,
+    labels: Tensor,
+    target: int,
+    seed: int = 0,
+    n_samples: int = 1000,
+    batch_size: int = 64,
+    hide_color: float | None = None,
+) -> dict[str, Tensor]:
     """The real ``lime`` package on one float image ``[3, H, W]`` (0..1) and its segments
     ``labels [H, W]``, with LIME's defaults (hidden segments take their mean colour unless
     ``hide_color``, cosine kernel of width 0.25, ridge regression) on the model's raw
@@ -123,15 +133,24 @@ def lime_package(model: torch.nn.Module, image: Tensor, labels: Tensor, target: 
     segments = labels.cpu().numpy()
     explainer = lime_image.LimeImageExplainer(random_state=seed)
     result = explainer.explain_instance(
-        image.permute(1, 2, 0).double().cpu().numpy(), classify, labels=(target,), top_labels=None,
-        hide_color=hide_color, num_samples=n_samples, batch_size=batch_size, segmentation_fn=lambda _: segments,
+        image.permute(1, 2, 0).double().cpu().numpy(),
+        classify,
+        labels=(target,),
+        top_labels=None,
+        hide_color=hide_color,
+        num_samples=n_samples,
+        batch_size=batch_size,
+        segmentation_fn=lambda _: segments,
         random_seed=seed,
     )
     weights = torch.zeros(int(segments.max()) + 1, dtype=torch.float64)
     for segment, weight in result.local_exp[target]:
         weights[segment] = weight
-    return {"weights": weights, "intercept": torch.tensor(float(result.intercept[target]), dtype=torch.float64),
-            "score": torch.tensor(float(result.score), dtype=torch.float64)}  # one value: the last label's
+    return {
+        "weights": weights,
+        "intercept": torch.tensor(float(result.intercept[target]), dtype=torch.float64),
+        "score": torch.tensor(float(result.score), dtype=torch.float64),
+    }  # one value: the last label's
 
 
 def lime_masks(seed: int, n_samples: int, segments: int) -> Tensor:
@@ -139,13 +158,24 @@ def lime_masks(seed: int, n_samples: int, segments: int) -> Tensor:
     (numpy's legacy generator; the first row keeps every segment)."""
     import numpy as np
 
-    data = np.random.RandomState(seed).randint(0, 2, n_samples * segments).reshape((n_samples, segments))
+    data = (
+        np.random.RandomState(seed)
+        .randint(0, 2, n_samples * segments)
+        .reshape((n_samples, segments))
+    )
     data[0, :] = 1
     return torch.from_numpy(data)
 
 
-def lime_weights(model: torch.nn.Module, image: Tensor, labels: Tensor, target: int, seed: int = 0,
-                 n_samples: int = 1000, batch_size: int = 64) -> Tensor:
+def lime_weights(
+    model: torch.nn.Module,
+    image: Tensor,
+    labels: Tensor,
+    target: int,
+    seed: int = 0,
+    n_samples: int = 1000,
+    batch_size: int = 64,
+) -> Tensor:
     """Segment weights ``[K]`` of the real ``lime`` package (see ``lime_package``)."""
     return lime_package(model, image, labels, target, seed, n_samples, batch_size)["weights"]
 
@@ -163,18 +193,29 @@ def photos(size: int = 64, count: int = 4) -> Tensor:
     import skimage.data as data
 
     images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    resized = [torch.nn.functional.interpolate(torch.from_numpy(i).permute(2, 0, 1)[None].float(), size=(size, size),
-                                               mode="bilinear", antialias=True)[0] for i in images]
+    resized = [
+        torch.nn.functional.interpolate(
+            torch.from_numpy(i).permute(2, 0, 1)[None].float(),
+            size=(size, size),
+            mode="bilinear",
+            antialias=True,
+        )[0]
+        for i in images
+    ]
     batch = (torch.stack(resized) / 255).clamp(0, 1)
     return batch.repeat((count + 3) // 4, 1, 1, 1)[:count].contiguous()
 
 
-def square_images(count: int, size: int = 48, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def square_images(
+    count: int, size: int = 48, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Synthetic evidence with a known place: a red (class 0) or blue (class 1) square on a
     smooth grey texture. Returns images float ``[count, 3, size, size]`` in 0..1, classes
     int64 ``[count]`` and the squares' masks bool ``[count, size, size]``."""
     coarse = torch.rand((count, 1, size // 8, size // 8), generator=generator)
-    grey = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    grey = torch.nn.functional.interpolate(
+        coarse, size=(size, size), mode="bilinear", align_corners=False
+    )
     images = (0.3 + 0.4 * grey).expand(-1, 3, -1, -1).clone()
     classes = torch.randint(0, 2, (count,), generator=generator)
     sides = torch.randint(size // 5, size // 3 + 1, (count,), generator=generator)
@@ -194,10 +235,15 @@ def train_square_classifier(steps: int = 150, size: int = 48, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 16, 3, padding=1, stride=2), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 2),
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 2),
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
@@ -207,4 +253,3 @@ def train_square_classifier(steps: int = 150, size: int = 48, seed: int = 0) -> 
         loss.backward()
         optimiser.step()
     return model.eval()
-

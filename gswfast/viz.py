@@ -21,4 +21,6 @@ def save_gif(frames: Tensor, path: str | Path, fps: float = 8.0) -> None:
     from PIL import Image
 
     pictures = [Image.fromarray(f.permute(1, 2, 0).cpu().numpy()) for f in frames.unbind(1)]
-    pictures[0].save(str(path), save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0)
+    pictures[0].save(
+        str(path), save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0
+    )

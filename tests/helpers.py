@@ -62,4 +62,3 @@ class SmoothNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.tanh(self.conv(x)).mean((2, 3)))
-

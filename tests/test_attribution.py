@@ -59,9 +59,14 @@ def test_input_x_gradient(device):
 @pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid", "riemann_middle"])
 def test_integrated_gradients_completeness(device, integration):
     model = SmoothNet().double().to(device).eval()
-    x, baseline = _inputs(device, (2, 3, 10, 10)), torch.zeros(2, 3, 10, 10, dtype=torch.float64, device=device)
+    x, baseline = (
+        _inputs(device, (2, 3, 10, 10)),
+        torch.zeros(2, 3, 10, 10, dtype=torch.float64, device=device),
+    )
     target = torch.tensor([1, 3], device=device)
-    attr, _ = attribute(model, x, target, "integrated_gradients", n_steps=64, integration=integration)
+    attr, _ = attribute(
+        model, x, target, "integrated_gradients", n_steps=64, integration=integration
+    )
     with torch.no_grad():
         delta = (model(x) - model(baseline)).gather(1, target[:, None]).squeeze(1)
     total = attr.flatten(1).sum(1)
@@ -69,7 +74,9 @@ def test_integrated_gradients_completeness(device, integration):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right"])
+@pytest.mark.parametrize(
+    "integration", ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right"]
+)
 @pytest.mark.paths
 def test_integrated_gradients_matches_captum(device, integration):
     IntegratedGradients = pytest.importorskip("captum.attr").IntegratedGradients
@@ -77,10 +84,19 @@ def test_integrated_gradients_matches_captum(device, integration):
     model, x = _net(device), _inputs(device)
     baseline = torch.rand_like(x)
     target = torch.tensor([0, 2, 4], device=device)
-    ours, _ = attribute(model, x, target, "integrated_gradients", baseline=baseline, n_steps=20,
-                        integration=integration, internal_batch_size=7)
-    theirs = IntegratedGradients(model).attribute(x, baselines=baseline, target=target, n_steps=20,
-                                                  method=integration)
+    ours, _ = attribute(
+        model,
+        x,
+        target,
+        "integrated_gradients",
+        baseline=baseline,
+        n_steps=20,
+        integration=integration,
+        internal_batch_size=7,
+    )
+    theirs = IntegratedGradients(model).attribute(
+        x, baselines=baseline, target=target, n_steps=20, method=integration
+    )
     if integration == "riemann_trapezoid":
         # Captum weighs every trapezoid point 1/n (halving the ends), so its weights sum to
         # (n-1)/n; the trapezoid rule's sum to 1.
@@ -97,7 +113,11 @@ def test_integrated_gradients_chunks_do_not_change_the_result():
 
 
 def test_integration_points_integrate_polynomials():
-    for method, n, degree in [("gausslegendre", 4, 7), ("riemann_trapezoid", 200, 2), ("riemann_middle", 200, 2)]:
+    for method, n, degree in [
+        ("gausslegendre", 4, 7),
+        ("riemann_trapezoid", 200, 2),
+        ("riemann_middle", 200, 2),
+    ]:
         alphas, weights = integration_points(n, method)
         approx = sum(w * a**degree for a, w in zip(alphas, weights))
         assert abs(approx - 1 / (degree + 1)) < 1e-4, method
@@ -121,8 +141,18 @@ def test_smoothgrad_wraps_every_method(base):
     labels, _ = grid_labels(2, 8, 8, cell=4)
     options = {"n_steps": 4} if base in ("integrated_gradients", "lime_ig") else {}
     plain, _ = attribute(model, x, 1, base, labels=labels, **options)
-    smooth, _ = attribute(model, x, 1, "smoothgrad", base=base, labels=labels, n_samples=3, noise_level=0.0,
-                          internal_batch_size=4, **options)
+    smooth, _ = attribute(
+        model,
+        x,
+        1,
+        "smoothgrad",
+        base=base,
+        labels=labels,
+        n_samples=3,
+        noise_level=0.0,
+        internal_batch_size=4,
+        **options,
+    )
     torch.testing.assert_close(smooth, plain)
 
 
@@ -139,7 +169,9 @@ def test_smoothgrad_noise_does_not_depend_on_chunks_batch_or_device(device):
     alone, _ = attribute(model, x[1:2], 1, "smoothgrad", **options)
     first, _ = attribute(model, x[:1], 1, "smoothgrad", **options)
     torch.testing.assert_close(first[0], whole[0], rtol=1e-12, atol=1e-12)
-    assert not torch.allclose(alone[0], whole[1])  # the noise belongs to a sample's place in the batch
+    assert not torch.allclose(
+        alone[0], whole[1]
+    )  # the noise belongs to a sample's place in the batch
     if device == "cuda":
         on_cpu, _ = attribute(copy.deepcopy(model).cpu(), x.cpu(), 1, "smoothgrad", **options)
         torch.testing.assert_close(whole.cpu(), on_cpu, rtol=1e-9, atol=1e-9)
@@ -148,11 +180,30 @@ def test_smoothgrad_noise_does_not_depend_on_chunks_batch_or_device(device):
 def test_smoothgrad_equals_the_mean_over_its_noisy_inputs():
     model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
     n, level = 5, 0.2
-    ours, _ = attribute(model, x, 1, "smoothgrad", n_samples=n, noise_level=level, seed=3, square=True,
-                        base="input_x_gradient")
+    ours, _ = attribute(
+        model,
+        x,
+        1,
+        "smoothgrad",
+        n_samples=n,
+        noise_level=level,
+        seed=3,
+        square=True,
+        base="input_x_gradient",
+    )
     # copy d of sample b: a host generator seeded by (seed, b, d), whatever the chunks and the device
-    noise = torch.stack([torch.randn((3, 8, 8), generator=torch.Generator().manual_seed(
-        ((3 * 1_000_003 + b) * 1_000_003 + d) % 2**63)) for d in range(n) for b in range(2)]).double()
+    noise = torch.stack(
+        [
+            torch.randn(
+                (3, 8, 8),
+                generator=torch.Generator().manual_seed(
+                    ((3 * 1_000_003 + b) * 1_000_003 + d) % 2**63
+                ),
+            )
+            for d in range(n)
+            for b in range(2)
+        ]
+    ).double()
     sigma = level * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
     noisy = (x.repeat(n, 1, 1, 1) + noise * sigma.repeat(n).view(-1, 1, 1, 1)).requires_grad_()
     (grad,) = torch.autograd.grad(model(noisy)[:, 1].sum(), noisy)
@@ -211,7 +262,10 @@ def test_baselines():
         for s in range(k):
             mask = labels[b] == s
             if mask.any():
-                torch.testing.assert_close(mean_image[b][:, mask], x[b][:, mask].mean(1, keepdim=True).expand(-1, int(mask.sum())))
+                torch.testing.assert_close(
+                    mean_image[b][:, mask],
+                    x[b][:, mask].mean(1, keepdim=True).expand(-1, int(mask.sum())),
+                )
     assert torch.equal(make_baseline("zeros", x), torch.zeros_like(x))
     blurred = gaussian_blur(x, 2.0)
     assert blurred.shape == x.shape and blurred.std() < x.std()
@@ -219,8 +273,14 @@ def test_baselines():
 
 
 def test_model_is_left_as_found_even_when_it_raises():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
     model.train()
     model[0].weight.requires_grad_(False)
     stats = model[1].running_mean.clone()
@@ -284,7 +344,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="baseline: expected one of"):
         attribute(model, x, 0, "integrated_gradients", baseline="ones")
     with pytest.raises(ValueError, match="baseline: shape"):
-        attribute(model, x, 0, "input_x_gradient", baseline=torch.zeros(2, 3, 5, 5, dtype=torch.float64))
+        attribute(
+            model, x, 0, "input_x_gradient", baseline=torch.zeros(2, 3, 5, 5, dtype=torch.float64)
+        )
     with pytest.raises(ValueError, match="labels: baseline 'segment_mean' needs a segmentation"):
         attribute(model, x, 0, "lime_ig")
     with pytest.raises(ValueError, match="base: expected one of"):

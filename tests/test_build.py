@@ -18,8 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _configure(tmp_path: Path, cuda: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
     env = {**os.environ, **env_extra}
-    cmd = ["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-DGSWFAST_CUDA={cuda}",
-           f"-DPython_EXECUTABLE={sys.executable}"]
+    cmd = [
+        "cmake",
+        "-S",
+        str(ROOT),
+        "-B",
+        str(tmp_path / "build"),
+        f"-DGSWFAST_CUDA={cuda}",
+        f"-DPython_EXECUTABLE={sys.executable}",
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -47,11 +54,14 @@ def test_build_info_describes_this_build():
     assert isinstance(gsw.cuda_available(), bool)
     assert gsw.cuda_available() == (gsw.built_with_cuda() and torch.cuda.is_available())
     if os.environ.get("GSWFAST_CUDA", "").upper() == "ON":
-        assert gsw.built_with_cuda(), "GSWFAST_CUDA=ON was requested but the CUDA kernels are missing"
+        assert gsw.built_with_cuda(), (
+            "GSWFAST_CUDA=ON was requested but the CUDA kernels are missing"
+        )
 
 
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenMP is required on Linux builds only")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="OpenMP is required on Linux builds only"
+)
 def test_cpu_kernels_are_built_with_openmp():
     # at::parallel_for is inline: built without -fopenmp, every CPU kernel silently runs on
     # one thread (it did, until issue 4 found it).
@@ -61,8 +71,11 @@ def test_cpu_kernels_are_built_with_openmp():
 def _source_copy(tmp_path: Path) -> Path:
     """The repository's Python sources without the compiled extension, as a fresh clone has."""
     tree = tmp_path / "clone"
-    shutil.copytree(ROOT / "gswfast", tree / "gswfast",
-                    ignore=shutil.ignore_patterns("_C.*", "_build_info.py", "__pycache__"))
+    shutil.copytree(
+        ROOT / "gswfast",
+        tree / "gswfast",
+        ignore=shutil.ignore_patterns("_C.*", "_build_info.py", "__pycache__"),
+    )
     (tree / "csrc").mkdir()
     shutil.copy(ROOT / "pyproject.toml", tree)
     return tree
@@ -76,17 +89,26 @@ def test_a_source_tree_that_shadows_the_installed_package_is_named(tmp_path):
 
     tree = _source_copy(tmp_path)
     site = tmp_path / "site"  # what `pip install .` leaves in site-packages
-    shutil.copytree(Path(gsw.__file__).parent, site / "gswfast", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(gsw.__file__).parent, site / "gswfast", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(gswfast._C.__file__, site / "gswfast")
-    script = ("import sys\n"
-              "sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]\n"
-              f"sys.path[:0] = ['', {str(site)!r}]\n"
-              "import gswfast.ops\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=tree, capture_output=True, text=True, timeout=120)
+    script = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]\n"
+        f"sys.path[:0] = ['', {str(site)!r}]\n"
+        "import gswfast.ops\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tree, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert "ImportError" in last and f"imported from its source tree {tree / 'gswfast'}" in last
-    assert f"shadows the installed gswfast at {site / 'gswfast'}" in last and "Run Python from another directory" in last
+    assert (
+        f"shadows the installed gswfast at {site / 'gswfast'}" in last
+        and "Run Python from another directory" in last
+    )
 
 
 def test_missing_extension_messages(tmp_path):

@@ -25,22 +25,38 @@ def files(tmp_path_factory) -> Path:
     from gswfast.video import write_mp4
 
     folder = tmp_path_factory.mktemp("media")
-    shape = (shape_images(1, generator=torch.Generator().manual_seed(3)).images[0] * 255).to(torch.uint8)
+    shape = (shape_images(1, generator=torch.Generator().manual_seed(3)).images[0] * 255).to(
+        torch.uint8
+    )
     viz.save_png(shape, folder / "shape.png")
     Image.fromarray(shape.permute(1, 2, 0).numpy()).save(folder / "shape.jpg", quality=95)
-    clip = (action_clips(1, frames=40, generator=torch.Generator().manual_seed(4)).images[0] * 255).to(torch.uint8)
+    clip = (
+        action_clips(1, frames=40, generator=torch.Generator().manual_seed(4)).images[0] * 255
+    ).to(torch.uint8)
     write_mp4(clip, folder / "action.mp4", fps=8)
-    short = (action_clips(1, frames=24, generator=torch.Generator().manual_seed(5)).images[0] * 255).to(torch.uint8)
+    short = (
+        action_clips(1, frames=24, generator=torch.Generator().manual_seed(5)).images[0] * 255
+    ).to(torch.uint8)
     write_mp4(short, folder / "short.mp4", fps=8)
     frames = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in clip[:, :20].unbind(1)]
-    frames[0].save(folder / "action.gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
-    grey16 = (shape.float().mean(0) / 255 * (49601 - 1028) + 1028).round().to(torch.int32).numpy().astype("uint16")
+    frames[0].save(
+        folder / "action.gif", save_all=True, append_images=frames[1:], duration=125, loop=0
+    )
+    grey16 = (
+        (shape.float().mean(0) / 255 * (49601 - 1028) + 1028)
+        .round()
+        .to(torch.int32)
+        .numpy()
+        .astype("uint16")
+    )
     Image.fromarray(grey16).save(folder / "grey16.png")  # mode I;16: values 1028..49601
     wide = torch.nn.functional.interpolate(shape[None].float(), size=(97, 161), mode="bilinear")[0]
     viz.save_png(wide.round().clamp(0, 255).to(torch.uint8), folder / "wide 161x97 ü.png")
     for sub, suffix in (("a", ".png"), ("b", ".jpg")):
         (folder / sub).mkdir()
-        Image.fromarray(shape.permute(1, 2, 0).numpy()).save(folder / sub / f"same{suffix}", quality=95)
+        Image.fromarray(shape.permute(1, 2, 0).numpy()).save(
+            folder / sub / f"same{suffix}", quality=95
+        )
     (folder / "empty.png").write_bytes(b"")
     (folder / "corrupt.png").write_bytes(b"not a png")
     (folder / "corrupt.mp4").write_bytes(bytes(1000))
@@ -54,7 +70,14 @@ def test_demo_writes_pictures_and_json(tmp_path, capsys):
     report = json.loads((tmp_path / "demo.json").read_text())
     assert len(report["images"]) == 8 and len(report["clips"]) == 2
     first = report["images"][0]
-    assert {"class", "predicted", "segment_scores", "ranking", "pointing_game", "relevance_mass"} <= set(first)
+    assert {
+        "class",
+        "predicted",
+        "segment_scores",
+        "ranking",
+        "pointing_game",
+        "relevance_mass",
+    } <= set(first)
     assert sum(r["class"] == r["predicted"] for r in report["images"]) >= 7
     assert sum(r["pointing_game"] for r in report["images"]) >= 6
     for row in report["images"] + report["clips"]:
@@ -64,8 +87,18 @@ def test_demo_writes_pictures_and_json(tmp_path, capsys):
 
 
 def test_explain_images(files, tmp_path):
-    code = main(["explain", str(files / "shape.png"), str(files / "shape.jpg"), "--model", "demo:shapes",
-                 "--out", str(tmp_path), "--quiet"])
+    code = main(
+        [
+            "explain",
+            str(files / "shape.png"),
+            str(files / "shape.jpg"),
+            "--model",
+            "demo:shapes",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "explanations.json").read_text())
     assert [Path(r["input"]).name for r in results] == ["shape.png", "shape.jpg"]
@@ -77,8 +110,21 @@ def test_explain_images(files, tmp_path):
 
 
 def test_explain_video_in_windows(files, tmp_path):
-    code = main(["explain", str(files / "action.mp4"), "--model", "demo:actions", "--stride", "8",
-                 "--out", str(tmp_path), "--quiet", "--method", "gradcam"])
+    code = main(
+        [
+            "explain",
+            str(files / "action.mp4"),
+            "--model",
+            "demo:actions",
+            "--stride",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--method",
+            "gradcam",
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "explanations.json").read_text())[0]
     assert [w["first_frame"] for w in result["windows"]] == [0, 8, 16, 24]
@@ -90,8 +136,22 @@ def test_explain_video_in_windows(files, tmp_path):
 
 
 def test_stream_writes_every_frame_once_and_a_timeline(files, tmp_path):
-    code = main(["explain", str(files / "action.mp4"), "--model", "demo:actions", "--stream", "--stride", "4",
-                 "--method", "gradient", "--out", str(tmp_path), "--quiet"])
+    code = main(
+        [
+            "explain",
+            str(files / "action.mp4"),
+            "--model",
+            "demo:actions",
+            "--stream",
+            "--stride",
+            "4",
+            "--method",
+            "gradient",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "explanations.json").read_text())[0]
     timeline = [json.loads(line) for line in Path(result["timeline"]).read_text().splitlines()]
@@ -105,47 +165,127 @@ def test_stream_writes_every_frame_once_and_a_timeline(files, tmp_path):
 
 def test_model_files(files, tmp_path):
     image = str(files / "shape.png")
-    assert main(["explain", image, "--model", str(files / "shapes_state.pt"), "--arch", "demo:shapes",
-                 "--out", str(tmp_path / "a"), "--quiet"]) == 0
-    assert main(["explain", image, "--model", str(files / "shapes_script.pt"), "--size", "64",
-                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                image,
+                "--model",
+                str(files / "shapes_state.pt"),
+                "--arch",
+                "demo:shapes",
+                "--out",
+                str(tmp_path / "a"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "explain",
+                image,
+                "--model",
+                str(files / "shapes_script.pt"),
+                "--size",
+                "64",
+                "--out",
+                str(tmp_path / "b"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     a = json.loads((tmp_path / "a" / "explanations.json").read_text())[0]
     b = json.loads((tmp_path / "b" / "explanations.json").read_text())[0]
     assert a["target"] == b["target"]
     assert a["segment_scores"] == pytest.approx(b["segment_scores"], rel=1e-3, abs=1e-5)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["explain", "missing.png"], "missing.png: no such file"),
-    (["explain", "{corrupt_png}", "--model", "demo:shapes"], "cannot read it as an image"),
-    (["explain", "{corrupt_mp4}", "--model", "demo:actions"], "cannot decode it as a video"),
-    (["explain", "{png}", "--model", "torchvision:nonet"], "unknown torchvision model 'nonet'"),
-    (["explain", "{png}", "--model", "demo:nonet"], "unknown demo model 'nonet'"),
-    (["explain", "{png}", "--model", "demo:shapes", "--weights", "{actions_weights}"], "does not fit demo:shapes"),
-    (["explain", "{png}", "--model", "{state}"], "is not TorchScript; give its architecture with --arch"),
-    (["explain", "{png}", "--model", "demo:shapes", "--weights", "{corrupt_png}"], "cannot read it as a state_dict"),
-    (["explain", "{png}", "--model", "demo:shapes", "--device", "cuda:7"], "--device cuda:7"),
-    (["explain", "{png}", "--model", "demo:shapes", "--device", "tpu"], "--device"),
-    (["explain", "{png}", "--model", "demo:shapes", "--method", "lrp"], "--method: expected one of"),
-    (["explain", "{png}", "--model", "demo:shapes", "--target", "9"], "target: class 9 is out of range"),
-    (["explain", "{mp4}", "--model", "demo:shapes"], "a video cannot go through the image model"),
-    (["explain", "{mp4}", "--model", "demo:actions", "--frames", "100"], "shorter than one window"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["explain", "missing.png"], "missing.png: no such file"),
+        (["explain", "{corrupt_png}", "--model", "demo:shapes"], "cannot read it as an image"),
+        (["explain", "{corrupt_mp4}", "--model", "demo:actions"], "cannot decode it as a video"),
+        (["explain", "{png}", "--model", "torchvision:nonet"], "unknown torchvision model 'nonet'"),
+        (["explain", "{png}", "--model", "demo:nonet"], "unknown demo model 'nonet'"),
+        (
+            ["explain", "{png}", "--model", "demo:shapes", "--weights", "{actions_weights}"],
+            "does not fit demo:shapes",
+        ),
+        (
+            ["explain", "{png}", "--model", "{state}"],
+            "is not TorchScript; give its architecture with --arch",
+        ),
+        (
+            ["explain", "{png}", "--model", "demo:shapes", "--weights", "{corrupt_png}"],
+            "cannot read it as a state_dict",
+        ),
+        (["explain", "{png}", "--model", "demo:shapes", "--device", "cuda:7"], "--device cuda:7"),
+        (["explain", "{png}", "--model", "demo:shapes", "--device", "tpu"], "--device"),
+        (
+            ["explain", "{png}", "--model", "demo:shapes", "--method", "lrp"],
+            "--method: expected one of",
+        ),
+        (
+            ["explain", "{png}", "--model", "demo:shapes", "--target", "9"],
+            "target: class 9 is out of range",
+        ),
+        (
+            ["explain", "{mp4}", "--model", "demo:shapes"],
+            "a video cannot go through the image model",
+        ),
+        (
+            ["explain", "{mp4}", "--model", "demo:actions", "--frames", "100"],
+            "shorter than one window",
+        ),
+    ],
+)
 def test_user_mistakes_get_one_line_and_exit_code_2(files, tmp_path, capsys, argv, message):
-    names = {"corrupt_png": files / "corrupt.png", "corrupt_mp4": files / "corrupt.mp4", "png": files / "shape.png",
-             "mp4": files / "action.mp4", "state": files / "shapes_state.pt",
-             "actions_weights": Path(__file__).parents[1] / "gswfast/demo/weights/actions.pt"}
-    args = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv] + ["--out", str(tmp_path), "--quiet"]
+    names = {
+        "corrupt_png": files / "corrupt.png",
+        "corrupt_mp4": files / "corrupt.mp4",
+        "png": files / "shape.png",
+        "mp4": files / "action.mp4",
+        "state": files / "shapes_state.pt",
+        "actions_weights": Path(__file__).parents[1] / "gswfast/demo/weights/actions.pt",
+    }
+    args = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv] + [
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gswfast: error: ") and message in err and "\n" not in err
 
 
 def test_the_console_script_and_python_m(files, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "gswfast", "explain", str(files / "corrupt.png"), "--model",
-                           "demo:shapes", "--out", str(tmp_path)], capture_output=True, text=True)
-    assert done.returncode == 2 and "Traceback" not in done.stderr and "cannot read it as an image" in done.stderr
-    help_text = subprocess.run([sys.executable, "-m", "gswfast", "explain", "--help"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gswfast",
+            "explain",
+            str(files / "corrupt.png"),
+            "--model",
+            "demo:shapes",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        done.returncode == 2
+        and "Traceback" not in done.stderr
+        and "cannot read it as an image" in done.stderr
+    )
+    help_text = subprocess.run(
+        [sys.executable, "-m", "gswfast", "explain", "--help"], capture_output=True, text=True
+    )
     assert help_text.returncode == 0 and "--model" in help_text.stdout
 
 
@@ -165,40 +305,66 @@ def _one_line_error(capsys, *fragments: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("argv,argument", [
-    (["explain", "{png}", "--segments", "0"], "--segments"),
-    (["explain", "{png}", "--segments", "-4"], "--segments"),
-    (["explain", "{png}", "--top-k", "-1"], "--top-k"),
-    (["explain", "{png}", "--size", "0"], "--size"),
-    (["explain", "{mp4}", "--stride", "0"], "--stride"),
-    (["explain", "{mp4}", "--frames", "0"], "--frames"),
-    (["explain", "{png}", "--target", "-1"], "--target"),
-    (["demo", "--segments", "0"], "--segments"),
-    (["explain-dataset", "{png}", "--out", "{out}", "--batch-size", "0"], "--batch-size"),
-    (["explain", "{mp4}", "--stream", "--frames", "4", "--stride", "8"], "--stride"),
-    (["explain", "{png}", "--method", "gradient", "--layer", "features.6"], "--layer"),
-    (["explain", "{png}", "--layer", "features.6"], "--layer: only --method gradcam"),  # images default to IG
-])
-def test_invalid_numbers_are_one_clear_error_before_any_work(files, tmp_path, capsys, argv, argument):
+@pytest.mark.parametrize(
+    "argv,argument",
+    [
+        (["explain", "{png}", "--segments", "0"], "--segments"),
+        (["explain", "{png}", "--segments", "-4"], "--segments"),
+        (["explain", "{png}", "--top-k", "-1"], "--top-k"),
+        (["explain", "{png}", "--size", "0"], "--size"),
+        (["explain", "{mp4}", "--stride", "0"], "--stride"),
+        (["explain", "{mp4}", "--frames", "0"], "--frames"),
+        (["explain", "{png}", "--target", "-1"], "--target"),
+        (["demo", "--segments", "0"], "--segments"),
+        (["explain-dataset", "{png}", "--out", "{out}", "--batch-size", "0"], "--batch-size"),
+        (["explain", "{mp4}", "--stream", "--frames", "4", "--stride", "8"], "--stride"),
+        (["explain", "{png}", "--method", "gradient", "--layer", "features.6"], "--layer"),
+        (
+            ["explain", "{png}", "--layer", "features.6"],
+            "--layer: only --method gradcam",
+        ),  # images default to IG
+    ],
+)
+def test_invalid_numbers_are_one_clear_error_before_any_work(
+    files, tmp_path, capsys, argv, argument
+):
     names = {"png": files / "shape.png", "mp4": files / "action.mp4", "out": tmp_path / "d"}
     args = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
     args += [] if "--out" in args else ["--out", str(tmp_path / "out")]
     assert main(args + ["--model", "demo:shapes"] if args[0] != "demo" else args) == 2
     _one_line_error(capsys, argument)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "d").exists()  # no empty folder left behind
+    assert (
+        not (tmp_path / "out").exists() and not (tmp_path / "d").exists()
+    )  # no empty folder left behind
 
 
-@pytest.mark.parametrize("name,why", [
-    ("fasterrcnn_resnet50_fpn", "is a detection model"),
-    ("lraspp_mobilenet_v3_large", "is a semantic segmentation model"),
-    ("raft_small", "is an optical flow model"),
-    ("quantized_resnet18", "is a quantized model"),
-])
-def test_models_that_are_not_classifiers_are_refused_and_nothing_downloads(files, tmp_path, capsys, monkeypatch,
-                                                                         name, why):
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("fasterrcnn_resnet50_fpn", "is a detection model"),
+        ("lraspp_mobilenet_v3_large", "is a semantic segmentation model"),
+        ("raft_small", "is an optical flow model"),
+        ("quantized_resnet18", "is a quantized model"),
+    ],
+)
+def test_models_that_are_not_classifiers_are_refused_and_nothing_downloads(
+    files, tmp_path, capsys, monkeypatch, name, why
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    assert main(["explain", str(files / "shape.png"), "--model", f"torchvision:{name}",
-                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "shape.png"),
+                "--model",
+                f"torchvision:{name}",
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, why, "gswfast explains classifiers")
     assert not (tmp_path / "torch_home").exists() and not (tmp_path / "out").exists()
 
@@ -207,34 +373,126 @@ def test_builders_get_no_backbone_weights_either(tmp_path, monkeypatch):
     from gswfast.models import _build_torchvision
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    model = _build_torchvision("fasterrcnn_mobilenet_v3_large_320_fpn")  # would download a backbone otherwise
+    model = _build_torchvision(
+        "fasterrcnn_mobilenet_v3_large_320_fpn"
+    )  # would download a backbone otherwise
     assert isinstance(model, torch.nn.Module) and not any(tmp_path.iterdir())
 
 
 def test_torchscript_models_fail_in_one_line(files, tmp_path, capsys):
     script = str(files / "shapes_script.pt")
-    assert main(["explain", str(files / "action.mp4"), "--model", script, "--size", "64", "--quiet",
-                 "--out", str(tmp_path)]) == 2
-    _one_line_error(capsys, "action.mp4: the model", "failed on an input of shape [1, 3, 16, 64, 64]", "conv2d")
-    assert main(["explain", str(files / "shape.png"), "--model", script, "--size", "64", "--quiet",
-                 "--method", "guided_backprop", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "action.mp4"),
+                "--model",
+                script,
+                "--size",
+                "64",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    _one_line_error(
+        capsys, "action.mp4: the model", "failed on an input of shape [1, 3, 16, 64, 64]", "conv2d"
+    )
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "shape.png"),
+                "--model",
+                script,
+                "--size",
+                "64",
+                "--quiet",
+                "--method",
+                "guided_backprop",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "guided_backprop needs nn.ReLU modules")
-    assert main(["explain", str(files / "shape.png"), "--model", script, "--size", "64", "--quiet",
-                 "--method", "gradcam", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "shape.png"),
+                "--model",
+                script,
+                "--size",
+                "64",
+                "--quiet",
+                "--method",
+                "gradcam",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "--layer NAME")
-    assert main(["explain", str(files / "shape.png"), "--model", script, "--arch", "demo:shapes", "--quiet",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "shape.png"),
+                "--model",
+                script,
+                "--arch",
+                "demo:shapes",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "is TorchScript")
 
 
 def test_video_models_that_need_larger_inputs_say_so(files, tmp_path, capsys):
     from gswfast.models import default_size
 
-    assert main(["explain", str(files / "action.mp4"), "--model", "torchvision:s3d", "--size", "112", "--quiet",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "action.mp4"),
+                "--model",
+                "torchvision:s3d",
+                "--size",
+                "112",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "too small for torchvision:s3d", "--size 224")
-    assert main(["explain", str(files / "action.mp4"), "--model", "torchvision:mvit_v2_s", "--size", "112",
-                 "--quiet", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "action.mp4"),
+                "--model",
+                "torchvision:mvit_v2_s",
+                "--size",
+                "112",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "exactly 16 frames of 224x224")
     assert default_size("torchvision:s3d", None, "video") == 224
     assert default_size("torchvision:r3d_18", None, "video") == 112
@@ -242,11 +500,17 @@ def test_video_models_that_need_larger_inputs_say_so(files, tmp_path, capsys):
 
 def test_no_empty_output_folder_after_errors(files, tmp_path, capsys):
     renamed = tmp_path / "clip.dat"
-    renamed.write_bytes((files / "action.mp4").read_bytes())  # not an image, whatever its suffix says
-    for argv, message in ((["explain", str(files / "corrupt.mp4"), "--model", "demo:actions"], "cannot decode it"),
-                          (["explain", str(renamed), "--model", "demo:shapes"], "cannot read it as an image"),
-                          (["explain", str(files / "action.mp4"), "--model", "demo:actions", "--target", "99"],
-                           "out of range")):
+    renamed.write_bytes(
+        (files / "action.mp4").read_bytes()
+    )  # not an image, whatever its suffix says
+    for argv, message in (
+        (["explain", str(files / "corrupt.mp4"), "--model", "demo:actions"], "cannot decode it"),
+        (["explain", str(renamed), "--model", "demo:shapes"], "cannot read it as an image"),
+        (
+            ["explain", str(files / "action.mp4"), "--model", "demo:actions", "--target", "99"],
+            "out of range",
+        ),
+    ):
         assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
         _one_line_error(capsys, message)
         assert not (tmp_path / "out").exists()
@@ -255,7 +519,10 @@ def test_no_empty_output_folder_after_errors(files, tmp_path, capsys):
 def test_out_naming_a_file(files, tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("mine")
-    assert main(["explain", str(files / "shape.png"), "--model", "demo:shapes", "--out", str(target)]) == 2
+    assert (
+        main(["explain", str(files / "shape.png"), "--model", "demo:shapes", "--out", str(target)])
+        == 2
+    )
     _one_line_error(capsys, "exists and is not a folder")
     assert target.read_text() == "mine"
 
@@ -271,8 +538,20 @@ def test_16_bit_pngs_are_read_in_their_range(files, tmp_path):
     pixels = read_image(files / "grey16.png")
     assert pixels.shape == (3, 64, 64) and int(raw.min()) >= 1028 and int(raw.max()) > 255
     assert torch.equal(pixels[0].long(), (raw.double() / 257).round().long())
-    assert main(["explain", str(files / "grey16.png"), "--model", "demo:shapes", "--out", str(tmp_path),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "grey16.png"),
+                "--model",
+                "demo:shapes",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     picture = read_image(tmp_path / "grey16.png").float()
     assert picture.std() > 20  # not a blank white image
 
@@ -284,7 +563,9 @@ def test_top_k_outline_is_closed():
     labels = torch.zeros(1, 12, 12, dtype=torch.int32)
     labels[0, 3:9, 4:10] = 1  # segment 1: rows 3-8, columns 4-9
     scores = torch.tensor([[0.0, 1.0]])
-    expl = gsw.explain(None, torch.zeros(1, 3, 12, 12), segmentation=labels, attribution=gsw.paint(scores, labels))
+    expl = gsw.explain(
+        None, torch.zeros(1, 3, 12, 12), segmentation=labels, attribution=gsw.paint(scores, labels)
+    )
     picture = render.draw_picture(expl, torch.zeros(1, 3, 12, 12), k=1)[0]
     cyan = (picture == torch.tensor(render.TOP_K_COLOUR, dtype=torch.uint8).view(3, 1, 1)).all(0)
     ring = torch.zeros(12, 12, dtype=torch.bool)
@@ -295,10 +576,25 @@ def test_top_k_outline_is_closed():
 
 def test_outputs_with_the_same_stem_do_not_overwrite_each_other(files, tmp_path):
     paths = [files / "a" / "same.png", files / "b" / "same.jpg"]
-    assert main(["explain", *map(str, paths), "--model", "demo:shapes", "--out", str(tmp_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                *map(str, paths),
+                "--model",
+                "demo:shapes",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "explanations.json").read_text())
     outputs = [Path(r["output"]) for r in results]
-    assert [o.name for o in outputs] == ["same.png", "same-2.png"] and all(o.is_file() for o in outputs)
+    assert [o.name for o in outputs] == ["same.png", "same-2.png"] and all(
+        o.is_file() for o in outputs
+    )
 
 
 def test_scores_keep_float32_precision(files, tmp_path):
@@ -309,29 +605,93 @@ def test_scores_keep_float32_precision(files, tmp_path):
     from gswfast.video import read_image
 
     script = files / "shapes_script.pt"
-    assert main(["explain", str(files / "shape.png"), "--model", str(script), "--size", "64", "--out", str(tmp_path),
-                 "--quiet", "--method", "gradient"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "shape.png"),
+                "--model",
+                str(script),
+                "--size",
+                "64",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+                "--method",
+                "gradient",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "explanations.json").read_text())[0]["segment_scores"]
     model = torch.jit.load(str(script))
     image = render.resize_frames(read_image(files / "shape.png")[None], 64)
     expected = gsw.explain(model, image, method="gradient", channels_last=None).segment_scores[0]
-    assert np.array_equal(np.array(saved, dtype=np.float32), expected.numpy())  # exact float32 values
+    assert np.array_equal(
+        np.array(saved, dtype=np.float32), expected.numpy()
+    )  # exact float32 values
     assert any(v != round(v, 6) for v in saved)  # more than 6 decimals survive
 
 
 def test_target_out_of_range_and_stream_path(files, tmp_path, capsys):
-    assert main(["explain", str(files / "action.mp4"), "--model", "demo:actions", "--target", "99",
-                 "--out", str(tmp_path), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "action.mp4"),
+                "--model",
+                "demo:actions",
+                "--target",
+                "99",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "class 99 is out of range")
 
 
 def test_stream_explains_the_given_target(files, tmp_path, capsys):
-    assert main(["explain", str(files / "action.mp4"), "--model", "demo:actions", "--stream", "--target", "1",
-                 "--out", str(tmp_path), "--quiet"]) == 0
-    timeline = [json.loads(line) for line in (tmp_path / "action.timeline.jsonl").read_text().splitlines()]
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "action.mp4"),
+                "--model",
+                "demo:actions",
+                "--stream",
+                "--target",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    timeline = [
+        json.loads(line) for line in (tmp_path / "action.timeline.jsonl").read_text().splitlines()
+    ]
     assert timeline and all(w["target"] == 1 for w in timeline)
-    assert main(["explain", str(files / "action.mp4"), "--model", "demo:actions", "--stream", "--target", "99",
-                 "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "action.mp4"),
+                "--model",
+                "demo:actions",
+                "--stream",
+                "--target",
+                "99",
+                "--out",
+                str(tmp_path / "b"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "99", "out of range")
 
 
@@ -339,24 +699,62 @@ def test_random_weights_are_seeded_and_announced_once(files, tmp_path, capsys):
     runs = []
     for seed in ("0", "0", "1"):
         out = tmp_path / f"seed{seed}-{len(runs)}"
-        assert main(["explain", str(files / "shape.png"), str(files / "shape.jpg"), "--size", "32", "--method",
-                     "gradient", "--seed", seed, "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "explain",
+                    str(files / "shape.png"),
+                    str(files / "shape.jpg"),
+                    "--size",
+                    "32",
+                    "--method",
+                    "gradient",
+                    "--seed",
+                    seed,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         err = capsys.readouterr().err
         assert err.count("random weights") == 1 and "--weights" in err
-        runs.append(torch.tensor(json.loads((out / "explanations.json").read_text())[0]["segment_scores"]))
+        runs.append(
+            torch.tensor(json.loads((out / "explanations.json").read_text())[0]["segment_scores"])
+        )
     # the same weights (CPU kernels may round differently from run to run)
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(runs[0], runs[2], rtol=1e-2)
     assert main(["explain", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "Default: torchvision:resnet18 with RANDOM weights" in help_text and "gradcam for videos" in help_text
+    assert (
+        "Default: torchvision:resnet18 with RANDOM weights" in help_text
+        and "gradcam for videos" in help_text
+    )
 
 
 def test_video_tails_are_covered(files, tmp_path):
-    assert main(["explain", str(files / "short.mp4"), "--model", "demo:actions", "--stride", "16",
-                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "short.mp4"),
+                "--model",
+                "demo:actions",
+                "--stride",
+                "16",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "explanations.json").read_text())[0]
-    assert [w["first_frame"] for w in result["windows"]] == [0, 8]  # 24 frames: the last window ends at 23
+    assert [w["first_frame"] for w in result["windows"]] == [
+        0,
+        8,
+    ]  # 24 frames: the last window ends at 23
     assert result["method"] == "gradcam"  # the default for video
     from gswfast.video import read_video
 
@@ -368,28 +766,73 @@ def test_pictures_keep_the_aspect_ratio(files, tmp_path):
     from gswfast.video import read_image
 
     path = files / "wide 161x97 ü.png"
-    assert main(["explain", str(path), "--model", "demo:shapes", "--out", str(tmp_path / "ü out"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(path),
+                "--model",
+                "demo:shapes",
+                "--out",
+                str(tmp_path / "ü out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "ü out" / "explanations.json").read_text())[0]
     assert result["method"] == "integrated_gradients"  # the default for images
-    assert tuple(read_image(result["output"]).shape) == (3, 270, 448)  # 97x161 scaled to a 448 long side
+    assert tuple(read_image(result["output"]).shape) == (
+        3,
+        270,
+        448,
+    )  # 97x161 scaled to a 448 long side
 
 
 def test_animated_gifs_are_videos_everywhere(files, tmp_path):
     from gswfast.dataset import list_items
 
-    assert main(["explain", str(files / "action.gif"), "--model", "demo:actions", "--out", str(tmp_path),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "action.gif"),
+                "--model",
+                "demo:actions",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "explanations.json").read_text())[0]
     assert [w["first_frame"] for w in result["windows"]] == [0, 4]
     listing = tmp_path / "list.txt"
     listing.write_text(f"{files / 'action.gif'}\n")
     assert [i.start for i in list_items(listing)] == [0, 4]
-    assert [i.start for i in list_items(files) if i.path.suffix == ".gif"] == [0, 4]  # found in folders too
+    assert [i.start for i in list_items(files) if i.path.suffix == ".gif"] == [
+        0,
+        4,
+    ]  # found in folders too
 
 
 def test_one_bad_file_does_not_stop_the_others(files, tmp_path, capsys):
     paths = [files / "shape.png", files / "corrupt.png", files / "empty.png", files / "shape.jpg"]
-    assert main(["explain", *map(str, paths), "--model", "demo:shapes", "--out", str(tmp_path), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "explain",
+                *map(str, paths),
+                "--model",
+                "demo:shapes",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("gswfast: error: ") for line in err)
     results = json.loads((tmp_path / "explanations.json").read_text())
@@ -398,9 +841,25 @@ def test_one_bad_file_does_not_stop_the_others(files, tmp_path, capsys):
 
 def test_weight_mismatch_is_short_and_names_the_right_option(files, tmp_path, capsys):
     actions = Path(__file__).parents[1] / "gswfast/demo/weights/actions.pt"
-    assert main(["explain", str(files / "shape.png"), "--model", str(actions), "--arch", "demo:shapes",
-                 "--out", str(tmp_path), "--quiet"]) == 2
-    err = _one_line_error(capsys, f"--model: {actions} does not fit demo:shapes", "with another shape")
+    assert (
+        main(
+            [
+                "explain",
+                str(files / "shape.png"),
+                "--model",
+                str(actions),
+                "--arch",
+                "demo:shapes",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    err = _one_line_error(
+        capsys, f"--model: {actions} does not fit demo:shapes", "with another shape"
+    )
     assert len(err) < 600
 
 
@@ -416,30 +875,49 @@ def test_grad_cam_layer_option(files, tmp_path, capsys):
 
 
 def test_version_and_fast_argument_checks(tmp_path):
-    version = subprocess.run([sys.executable, "-m", "gswfast", "--version"], capture_output=True, text=True)
+    version = subprocess.run(
+        [sys.executable, "-m", "gswfast", "--version"], capture_output=True, text=True
+    )
     assert version.returncode == 0 and version.stdout.startswith("gswfast ")
     # --help, --version and every option mistake that needs no model or file are answered
     # before torch (or numpy, torchvision, PyAV, Pillow, tqdm) is imported
-    probe = ("import sys; from gswfast.cli import main; code = main(sys.argv[1:]); "
-             "heavy = [m for m in ('torch', 'numpy', 'torchvision', 'av', 'PIL', 'tqdm') if m in sys.modules]; "
-             "print(code, heavy)")
+    probe = (
+        "import sys; from gswfast.cli import main; code = main(sys.argv[1:]); "
+        "heavy = [m for m in ('torch', 'numpy', 'torchvision', 'av', 'PIL', 'tqdm') if m in sys.modules]; "
+        "print(code, heavy)"
+    )
     cases = [
-        (["--help"], 0, "explain-dataset"), (["--version"], 0, "gswfast 0.1.0"), (["explain", "--help"], 0, "--stream"),
+        (["--help"], 0, "explain-dataset"),
+        (["--version"], 0, "gswfast 0.1.0"),
+        (["explain", "--help"], 0, "--stream"),
         (["explain", "x.png", "--method", "lrp"], 2, "--method: expected one of"),
         (["explain", "x.png", "--segments", "0"], 2, "--segments: expected an int >= 1"),
         (["explain", "x.png", "--top-k", "-1"], 2, "--top-k: expected an int >= 0"),
         (["explain", "x.png", "--size", "0"], 2, "--size: expected an int >= 1"),
         (["demo", "--segments", "0"], 2, "--segments: expected an int >= 1"),
-        (["explain-dataset", "src", "--out", str(tmp_path), "--batch-size", "0"], 2, "--batch-size"),
-        (["explain", "x.png", "--method", "gradient", "--layer", "a"], 2, "only --method gradcam uses a layer"),
+        (
+            ["explain-dataset", "src", "--out", str(tmp_path), "--batch-size", "0"],
+            2,
+            "--batch-size",
+        ),
+        (
+            ["explain", "x.png", "--method", "gradient", "--layer", "a"],
+            2,
+            "only --method gradcam uses a layer",
+        ),
         (["nope"], 2, "invalid choice: 'nope'"),
     ]
     for argv, code, said in cases:
-        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60
+        )
         assert done.stdout.split()[-2:] == [str(code), "[]"], (argv, done.stdout, done.stderr)
         assert said in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
         if code == 2:
-            assert done.stderr.count("\n") == 1 and done.stderr.startswith("gswfast: error: "), (argv, done.stderr)
+            assert done.stderr.count("\n") == 1 and done.stderr.startswith("gswfast: error: "), (
+                argv,
+                done.stderr,
+            )
 
 
 def test_the_method_names_of_the_fast_checks_are_the_methods():
@@ -451,9 +929,25 @@ def test_the_method_names_of_the_fast_checks_are_the_methods():
 
 def test_progress_plain_lines_in_logs(files, tmp_path):
     inputs = [str(files / "action.mp4"), str(files / "shape.png")]
-    done = subprocess.run([sys.executable, "-m", "gswfast", "explain", *inputs,
-                           "--model", str(files / "shapes_script.pt"), "--size", "64", "--method", "gradient",
-                           "--out", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gswfast",
+            "explain",
+            *inputs,
+            "--model",
+            str(files / "shapes_script.pt"),
+            "--size",
+            "64",
+            "--method",
+            "gradient",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in done.stderr.splitlines() if line.startswith("gswfast explain: ")]
     assert lines and lines[-1].startswith("gswfast explain: 4/4 items") and "items/s" in lines[-1]
     assert done.returncode == 1  # the video failed on the image model, the image went through
@@ -472,7 +966,9 @@ def test_progress_bar_on_a_terminal():
     with Progress("work", 3, "item", stream=screen) as progress:
         for _ in range(3):
             progress.update()
-    assert "3/3" in screen.getvalue() and "items/s" in screen.getvalue() and "\r" in screen.getvalue()
+    assert (
+        "3/3" in screen.getvalue() and "items/s" in screen.getvalue() and "\r" in screen.getvalue()
+    )
     quiet = Terminal()
     with Progress("work", 3, quiet=True, stream=quiet) as progress:
         progress.update(3)
@@ -492,14 +988,33 @@ def test_every_image_and_video_format_goes_through(files, tmp_path):
     shape.resize((500, 1)).save(made / "strip.png")
     shape.resize((8, 8)).save(made / "tiny.png")
     images = sorted(made.iterdir())
-    assert main(["explain", *map(str, images), "--model", "demo:shapes", "--method", "gradient",
-                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                *map(str, images),
+                "--model",
+                "demo:shapes",
+                "--method",
+                "gradient",
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "out" / "explanations.json").read_text())
     from gswfast.video import read_image
 
     shapes = {Path(r["input"]).name: tuple(read_image(r["output"]).shape[1:]) for r in results}
-    assert shapes == {"cmyk.jpg": (448, 448), "grey.png": (448, 448), "rgba.png": (448, 448), "strip.png": (1, 448),
-                      "tiny.png": (448, 448)}
+    assert shapes == {
+        "cmyk.jpg": (448, 448),
+        "grey.png": (448, 448),
+        "rgba.png": (448, 448),
+        "strip.png": (1, 448),
+        "tiny.png": (448, 448),
+    }
     from gswfast.video import read_video
 
     frames = list(read_video(files / "short.mp4")[0])
@@ -513,7 +1028,25 @@ def test_every_image_and_video_format_goes_through(files, tmp_path):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-    assert main(["explain", str(made / "clip.webm"), str(made / "clip.mkv"), "--model", "demo:actions", "--frames",
-                 "8", "--out", str(tmp_path / "video"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(made / "clip.webm"),
+                str(made / "clip.mkv"),
+                "--model",
+                "demo:actions",
+                "--frames",
+                "8",
+                "--out",
+                str(tmp_path / "video"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "video" / "explanations.json").read_text())
-    assert [[w["first_frame"] for w in r["windows"]] for r in results] == [[0, 4], [0, 4]]  # 12 frames: tail at 4
+    assert [[w["first_frame"] for w in r["windows"]] for r in results] == [
+        [0, 4],
+        [0, 4],
+    ]  # 12 frames: tail at 4

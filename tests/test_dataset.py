@@ -57,22 +57,38 @@ def test_items_are_listed_deterministically(dataset):
 
 @pytest.mark.paths
 def test_two_processes_equal_one(dataset, tmp_path):
-    common = ["explain-dataset", str(dataset), "--model", "demo:shapes", "--method", "gradient", "--quiet",
-              "--batch-size", "3"]
+    common = [
+        "explain-dataset",
+        str(dataset),
+        "--model",
+        "demo:shapes",
+        "--method",
+        "gradient",
+        "--quiet",
+        "--batch-size",
+        "3",
+    ]
     single = _run([sys.executable, "-m", "gswfast", *common, "--out", str(tmp_path / "one")])
     double = _run([*TORCHRUN, "-m", "gswfast", *common, "--out", str(tmp_path / "two")])
     # exit 1: some items failed (the corrupt image, the video windows given to an image model)
     assert single.returncode == 1 and double.returncode == 1, double.stderr[-2000:]
     one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
-    assert list(one) == list(two) and len(two) == 16  # every item exactly once: 12 images, 1 corrupt, 3 windows
+    assert (
+        list(one) == list(two) and len(two) == 16
+    )  # every item exactly once: 12 images, 1 corrupt, 3 windows
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["totals"]["processes"] == 2
     for key, row in one.items():
         assert row["status"] == two[key]["status"]
         if row["status"] == "done":
             a, b = np.load(row["output"]), np.load(two[key]["output"])
             assert np.array_equal(a["labels"], b["labels"]) and int(a["target"]) == int(b["target"])
-            np.testing.assert_allclose(a["segment_scores"], b["segment_scores"], rtol=1e-4, atol=1e-6)
-    assert two["corrupt.png"]["status"] == "failed" and "cannot read it as an image" in two["corrupt.png"]["reason"]
+            np.testing.assert_allclose(
+                a["segment_scores"], b["segment_scores"], rtol=1e-4, atol=1e-6
+            )
+    assert (
+        two["corrupt.png"]["status"] == "failed"
+        and "cannot read it as an image" in two["corrupt.png"]["reason"]
+    )
     assert "cannot go through the image model" in two["clip.mp4@0000016"]["reason"]
 
 
@@ -91,10 +107,28 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers in /proc")
 def test_a_killed_worker_loses_only_its_items_in_flight(dataset, tmp_path):
     out = tmp_path / "out"
-    argv = [*TORCHRUN, "-m", "gswfast", "explain-dataset", str(dataset), "--model", "torchvision:resnet18",
-            "--size", "64", "--batch-size", "1", "--quiet", "--out", str(out)]
-    launcher = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    argv = [
+        *TORCHRUN,
+        "-m",
+        "gswfast",
+        "explain-dataset",
+        str(dataset),
+        "--model",
+        "torchvision:resnet18",
+        "--size",
+        "64",
+        "--batch-size",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    launcher = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     items = out / "items"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(items.glob("*.npz"))) < 3:
@@ -111,13 +145,20 @@ def test_a_killed_worker_loses_only_its_items_in_flight(dataset, tmp_path):
     assert rerun.returncode == 1, rerun.stderr[-2000:]  # 1: corrupt.png failed
     rows = _outputs(out)
     assert sorted(rows) == sorted(i.key for i in list_items(dataset))
-    assert sum(r["status"] == "done" for r in rows.values()) == 12 and rows["corrupt.png"]["status"] == "failed"
-    assert all(items.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())  # not recomputed
+    assert (
+        sum(r["status"] == "done" for r in rows.values()) == 12
+        and rows["corrupt.png"]["status"] == "failed"
+    )
+    assert all(
+        items.joinpath(n).stat().st_mtime_ns == t for n, t in before.items()
+    )  # not recomputed
     assert not list(items.glob(".*.tmp"))
 
 
 def test_videos_are_explained_in_windows(dataset, tmp_path):
-    manifest = explain_dataset(dataset, tmp_path / "out", "demo:actions", method="gradient", stride=8, quiet=True)
+    manifest = explain_dataset(
+        dataset, tmp_path / "out", "demo:actions", method="gradient", stride=8, quiet=True
+    )
     rows = {row["item"]: row for row in manifest["items"]}
     windows = [key for key in rows if key.startswith("clip.mp4@")]
     assert windows == [f"clip.mp4@{s:07d}" for s in (0, 8, 16, 24)]
@@ -129,13 +170,23 @@ def test_videos_are_explained_in_windows(dataset, tmp_path):
 
 def test_python_function_and_missing_files(dataset, tmp_path):
     listing = tmp_path / "list.txt"
-    listing.write_text(f"{dataset / 'shape00.png'}\n{dataset / 'nowhere.png'}\n# a comment\n{dataset / 'corrupt.png'}\n")
-    manifest = explain_dataset(listing, tmp_path / "out", "demo:shapes", method="gradient", quiet=True)
+    listing.write_text(
+        f"{dataset / 'shape00.png'}\n{dataset / 'nowhere.png'}\n# a comment\n{dataset / 'corrupt.png'}\n"
+    )
+    manifest = explain_dataset(
+        listing, tmp_path / "out", "demo:shapes", method="gradient", quiet=True
+    )
     statuses = [(row["item"].split("__")[-1], row["status"]) for row in manifest["items"]]
-    assert statuses == [("shape00.png", "done"), ("nowhere.png", "failed"), ("corrupt.png", "failed")]
+    assert statuses == [
+        ("shape00.png", "done"),
+        ("nowhere.png", "failed"),
+        ("corrupt.png", "failed"),
+    ]
     assert manifest["totals"]["done"] == 1 and manifest["totals"]["failed"] == 2
     again = explain_dataset(listing, tmp_path / "out", "demo:shapes", method="gradient", quiet=True)
-    assert again["items"][0]["seconds"] == manifest["items"][0]["seconds"]  # finished: skipped, not redone
+    assert (
+        again["items"][0]["seconds"] == manifest["items"][0]["seconds"]
+    )  # finished: skipped, not redone
 
 
 # ---------------------------------------------------------------- issues 16 and 17: jobs that finish right
@@ -147,23 +198,54 @@ def test_uneven_ranks_wait_at_barriers_and_progress_ends_at_the_total(dataset, t
     long job): the ranks must still meet at the barriers."""
     images = sorted(dataset.glob("shape*.png"))[:6]
     listing = tmp_path / "list.txt"
-    listing.write_text("".join(f"{image}\n{tmp_path / f'missing{i}.png'}\n" for i, image in enumerate(images)))
+    listing.write_text(
+        "".join(f"{image}\n{tmp_path / f'missing{i}.png'}\n" for i, image in enumerate(images))
+    )
     patch = tmp_path / "patch"
     patch.mkdir()
     (patch / "sitecustomize.py").write_text(
         "import datetime\nimport torch.distributed.distributed_c10d as c10d\n"
-        "c10d.default_pg_timeout = datetime.timedelta(seconds=2)\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{patch}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        "c10d.default_pg_timeout = datetime.timedelta(seconds=2)\n"
+    )
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=f"{patch}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
     out = tmp_path / "out"
-    done = subprocess.run([*TORCHRUN, "-m", "gswfast", "explain-dataset", str(listing), "--out", str(out),
-                           "--model", "torchvision:resnet18", "--size", "96", "--batch-size", "1"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            *TORCHRUN,
+            "-m",
+            "gswfast",
+            "explain-dataset",
+            str(listing),
+            "--out",
+            str(out),
+            "--model",
+            "torchvision:resnet18",
+            "--size",
+            "96",
+            "--batch-size",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr[-3000:]  # 1: the missing files failed
     totals = json.loads((out / "manifest.json").read_text())["totals"]
     assert totals["done"] == 6 and totals["failed"] == 6 and totals["processes"] == 2
-    progress = [line for line in done.stderr.splitlines() if line.startswith("gswfast explain-dataset: ")]
-    assert progress and progress[-1].startswith("gswfast explain-dataset: 12/12 items"), done.stderr[-3000:]
-    assert json.loads((out / ".progress" / "rank1").read_text()) == 6  # each rank counts its own items
+    progress = [
+        line for line in done.stderr.splitlines() if line.startswith("gswfast explain-dataset: ")
+    ]
+    assert progress and progress[-1].startswith("gswfast explain-dataset: 12/12 items"), (
+        done.stderr[-3000:]
+    )
+    assert (
+        json.loads((out / ".progress" / "rank1").read_text()) == 6
+    )  # each rank counts its own items
 
 
 def test_settings_are_recorded_and_a_rerun_with_others_refuses(dataset, tmp_path, capsys):
@@ -172,7 +254,15 @@ def test_settings_are_recorded_and_a_rerun_with_others_refuses(dataset, tmp_path
     listing = tmp_path / "list.txt"
     listing.write_text(f"{dataset / 'shape00.png'}\n{dataset / 'shape01.png'}\n")
     out = tmp_path / "out"
-    common = ["explain-dataset", str(listing), "--out", str(out), "--model", "demo:shapes", "--quiet"]
+    common = [
+        "explain-dataset",
+        str(listing),
+        "--out",
+        str(out),
+        "--model",
+        "demo:shapes",
+        "--quiet",
+    ]
     assert main([*common, "--method", "gradient", "--target", "2"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"]["method"] == "gradient" and manifest["settings"]["target"] == 2
@@ -180,10 +270,16 @@ def test_settings_are_recorded_and_a_rerun_with_others_refuses(dataset, tmp_path
     assert int(first["target"]) == 2 and json.loads(str(first["settings"]))["method"] == "gradient"
     assert main([*common, "--method", "gradcam"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("gswfast: error: --out:") and "method 'gradient' -> 'gradcam'" in err and "\n" not in err
+    assert (
+        err.startswith("gswfast: error: --out:")
+        and "method 'gradient' -> 'gradcam'" in err
+        and "\n" not in err
+    )
     assert main([*common, "--method", "gradcam", "--overwrite"]) == 0
     again = json.loads((out / "manifest.json").read_text())
-    assert again["settings"]["method"] == "gradcam" and all(r["status"] == "done" for r in again["items"])
+    assert again["settings"]["method"] == "gradcam" and all(
+        r["status"] == "done" for r in again["items"]
+    )
     assert json.loads(str(np.load(again["items"][0]["output"])["settings"]))["method"] == "gradcam"
 
 
@@ -192,10 +288,36 @@ def test_exit_codes_when_items_fail(dataset, tmp_path, capsys):
 
     listing = tmp_path / "list.txt"
     listing.write_text(f"{dataset / 'corrupt.png'}\n{tmp_path / 'nowhere.png'}\n")
-    assert main(["explain-dataset", str(listing), "--out", str(tmp_path / "a"), "--model", "demo:shapes",
-                 "--quiet"]) == 2  # every item failed
-    assert main(["explain-dataset", str(dataset / "shape00.png"), "--out", str(tmp_path / "b"), "--model",
-                 "demo:shapes", "--target", "99", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "explain-dataset",
+                str(listing),
+                "--out",
+                str(tmp_path / "a"),
+                "--model",
+                "demo:shapes",
+                "--quiet",
+            ]
+        )
+        == 2
+    )  # every item failed
+    assert (
+        main(
+            [
+                "explain-dataset",
+                str(dataset / "shape00.png"),
+                "--out",
+                str(tmp_path / "b"),
+                "--model",
+                "demo:shapes",
+                "--target",
+                "99",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "target: class 99 is out of range" in err and "\n" not in err
 
@@ -205,7 +327,9 @@ def test_auto_device_on_a_build_without_cuda_kernels_is_the_cpu(monkeypatch):
     from gswfast.models import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU is visible...
-    monkeypatch.setattr(models, "cuda_available", lambda: False)  # ...but gswfast has no CUDA kernels
+    monkeypatch.setattr(
+        models, "cuda_available", lambda: False
+    )  # ...but gswfast has no CUDA kernels
     assert resolve_device("auto", local_rank=1) == torch.device("cpu")
 
 
@@ -234,13 +358,20 @@ def test_imports_flow_one_way():
     import ast
 
     root = Path(__file__).parents[1] / "gswfast"
-    above = {"models.py": {"gswfast.cli", "gswfast.dataset", "gswfast.viz"},
-             "dataset.py": {"gswfast.cli"}, "render.py": {"gswfast.viz", "gswfast.cli", "gswfast.dataset"},
-             "viz.py": {"gswfast.cli", "gswfast.dataset"}}
+    above = {
+        "models.py": {"gswfast.cli", "gswfast.dataset", "gswfast.viz"},
+        "dataset.py": {"gswfast.cli"},
+        "render.py": {"gswfast.viz", "gswfast.cli", "gswfast.dataset"},
+        "viz.py": {"gswfast.cli", "gswfast.dataset"},
+    }
     for name, forbidden in above.items():
         tree = ast.parse((root / name).read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imported |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
-                     for a in n.names}
+        imported |= {
+            f"{n.module}.{a.name}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module
+            for a in n.names
+        }
         assert not imported & forbidden, (name, imported & forbidden)

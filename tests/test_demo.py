@@ -24,8 +24,9 @@ def test_shape_images_are_seeded_and_masked():
 
 def _centroids(masks: torch.Tensor) -> torch.Tensor:
     """(y, x) centre of each frame's mask ``[T, H, W]`` -> ``[T, 2]``."""
-    ys, xs = torch.meshgrid(torch.arange(masks.shape[1]),
-                            torch.arange(masks.shape[2]), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(masks.shape[1]), torch.arange(masks.shape[2]), indexing="ij"
+    )
     weight = masks.float()
     total = weight.sum((1, 2))
     return torch.stack([(weight * ys).sum((1, 2)) / total, (weight * xs).sum((1, 2)) / total], 1)
@@ -40,9 +41,14 @@ def test_action_clips_do_what_their_class_says():
         moved = _centroids(masks[-1:]) - _centroids(masks[:1])
         dy, dx = float(moved[0, 0]), float(moved[0, 1])
         grown = float(masks[-1].sum()) / float(masks[0].sum())
-        expected = {"left": dx < -10, "right": dx > 10, "up": dy < -10, "down": dy > 10,
-                    "rotate": abs(dx) < 1 and abs(dy) < 1 and 0.8 < grown < 1.25,
-                    "grow": grown > 2 and abs(dx) < 2 and abs(dy) < 2}[action]
+        expected = {
+            "left": dx < -10,
+            "right": dx > 10,
+            "up": dy < -10,
+            "down": dy > 10,
+            "rotate": abs(dx) < 1 and abs(dy) < 1 and 0.8 < grown < 1.25,
+            "grow": grown > 2 and abs(dx) < 2 and abs(dy) < 2,
+        }[action]
         assert expected, (action, dy, dx, grown)
         # Distractors and background stay still: outside the actor, frames are identical.
         still = ~masks.any(0)

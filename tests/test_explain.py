@@ -10,7 +10,11 @@ import gswfast as gsw
 from gswfast.explain import SEGMENT_REDUCTIONS
 from gswfast.metrics import boundary_recall
 from gswfast.testing import (
-    is_connected, lime_weights, reference_pool, spearman, square_images,
+    is_connected,
+    lime_weights,
+    reference_pool,
+    spearman,
+    square_images,
     train_square_classifier,
 )
 from helpers import TinyCNN, cpu_and_cuda, photos, untied
@@ -28,7 +32,9 @@ def _resnet(device="cpu", classes=10):
 @pytest.mark.paths
 def test_segment_scores_equal_a_reference_pooling(device, reduce):
     x = photos(48, 2).to(device)
-    expl = gsw.explain(TinyCNN().to(device), x, 1, method="input_x_gradient", reduce=reduce, n_segments=20)
+    expl = gsw.explain(
+        TinyCNN().to(device), x, 1, method="input_x_gradient", reduce=reduce, n_segments=20
+    )
     pixel = expl.pixel_scores.flatten(1)[:, None].double()
     pixel = {"positive_mean": pixel.clamp(min=0), "abs_mean": pixel.abs()}.get(reduce, pixel)
     base = {"positive_mean": "mean", "abs_mean": "mean"}.get(reduce, reduce)
@@ -36,14 +42,23 @@ def test_segment_scores_equal_a_reference_pooling(device, reduce):
     expected = reference_pool(pixel, expl.labels.flatten(1), k, base)[:, 0]
     for b in range(2):
         n = int(expl.num_segments[b])
-        torch.testing.assert_close(expl.segment_scores[b, :n].double().cpu(), expected[b, :n], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            expl.segment_scores[b, :n].double().cpu(), expected[b, :n], rtol=1e-5, atol=1e-6
+        )
         assert torch.all(expl.segment_scores[b, n:] == 0)
 
 
-@pytest.mark.parametrize("method,options", [
-    ("gradient", {}), ("integrated_gradients", {"n_steps": 4}), ("lime_ig", {"n_steps": 4}),
-    ("gradcam", {}), ("guided_backprop", {}), ("smoothgrad", {"n_samples": 2, "seed": 1}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("gradient", {}),
+        ("integrated_gradients", {"n_steps": 4}),
+        ("lime_ig", {"n_steps": 4}),
+        ("gradcam", {}),
+        ("guided_backprop", {}),
+        ("smoothgrad", {"n_samples": 2, "seed": 1}),
+    ],
+)
 @pytest.mark.paths
 def test_batched_equals_per_sample(method, options):
     # Convolutions pick other algorithms for other batch sizes, so the two runs agree up to
@@ -56,11 +71,14 @@ def test_batched_equals_per_sample(method, options):
         single = gsw.explain(model, x[b : b + 1], b + 1, method=method, **options)
         assert torch.equal(single.labels[0], batched.labels[b])
         scale = float(batched.pixel_scores[b].abs().max())
-        torch.testing.assert_close(single.pixel_scores[0], batched.pixel_scores[b], rtol=1e-9, atol=1e-11 * scale)
+        torch.testing.assert_close(
+            single.pixel_scores[0], batched.pixel_scores[b], rtol=1e-9, atol=1e-11 * scale
+        )
         n = int(single.num_segments[0])
         assert n == int(batched.num_segments[b])
-        torch.testing.assert_close(single.segment_scores[0], batched.segment_scores[b, :n], rtol=1e-9,
-                                   atol=1e-11 * scale)
+        torch.testing.assert_close(
+            single.segment_scores[0], batched.segment_scores[b, :n], rtol=1e-9, atol=1e-11 * scale
+        )
     assert batched.target.tolist() == [1, 2, 3]
 
 
@@ -79,15 +97,22 @@ def test_explanation_ranking_top_k_heatmap_overlay():
         torch.testing.assert_close(masks[b], torch.isin(expl.labels[b], best.int()))
     assert not expl.top_k(0).any() and expl.top_k(10_000).all()
     heat = expl.heatmap()
-    torch.testing.assert_close(heat, expl.segment_scores.gather(1, expl.labels.flatten(1).long()).view_as(heat))
+    torch.testing.assert_close(
+        heat, expl.segment_scores.gather(1, expl.labels.flatten(1).long()).view_as(heat)
+    )
     picture = expl.overlay(x)
     assert picture.shape == (2, 3, 64, 64) and picture.dtype == torch.uint8
     edge = gsw.render.boundaries(expl.labels)
-    assert torch.all(picture.permute(0, 2, 3, 1)[edge] == torch.tensor([255, 255, 0], dtype=torch.uint8))
+    assert torch.all(
+        picture.permute(0, 2, 3, 1)[edge] == torch.tensor([255, 255, 0], dtype=torch.uint8)
+    )
     plain = expl.overlay((x * 255).to(torch.uint8), alpha=0.0, boundaries=False)
     assert torch.equal(plain, (x * 255).to(torch.uint8))
     arrays = expl.numpy()
-    assert arrays["segment_scores"].shape == tuple(expl.segment_scores.shape) and arrays["method"] == "gradient"
+    assert (
+        arrays["segment_scores"].shape == tuple(expl.segment_scores.shape)
+        and arrays["method"] == "gradient"
+    )
     assert expl.to("cpu").segment_scores is not None
 
 
@@ -166,7 +191,9 @@ def test_preprocess_is_part_of_the_differentiated_function():
     torch.testing.assert_close(with_pre.pixel_scores, composed.pixel_scores)
     with pytest.raises(ValueError, match="inputs: SLIC needs images in 0..1"):
         gsw.explain(model, NORMALIZE(x), 3, method="gradient")
-    gsw.explain(model, NORMALIZE(x), 3, method="gradient", segmentation=with_pre.labels)  # given: fine
+    gsw.explain(
+        model, NORMALIZE(x), 3, method="gradient", segmentation=with_pre.labels
+    )  # given: fine
 
 
 @pytest.mark.paths
@@ -185,12 +212,19 @@ def test_channels_last_inputs():
     model, x = _resnet().double(), untied(photos(64, 2))
     seg = gsw.slic(x, n_segments=30)
     dense = gsw.explain(model, x, 2, method="gradient", segmentation=seg)
-    strided = gsw.explain(model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last), 2,
-                          method="gradient", segmentation=seg)
+    strided = gsw.explain(
+        model.to(memory_format=torch.channels_last),
+        x.to(memory_format=torch.channels_last),
+        2,
+        method="gradient",
+        segmentation=seg,
+    )
     torch.testing.assert_close(dense.segment_scores, strided.segment_scores, rtol=1e-9, atol=1e-12)
     clip, net = torch.rand(2, 3, 4, 16, 16, dtype=torch.float64), TinyCNN(dims=3).double()
     dense = gsw.explain(net, clip, 1, method="gradient", n_segments=12)
-    strided = gsw.explain(net, clip.to(memory_format=torch.channels_last_3d), 1, method="gradient", n_segments=12)
+    strided = gsw.explain(
+        net, clip.to(memory_format=torch.channels_last_3d), 1, method="gradient", n_segments=12
+    )
     torch.testing.assert_close(dense.segment_scores, strided.segment_scores, rtol=1e-9, atol=1e-12)
 
 
@@ -198,7 +232,11 @@ def test_channels_last_inputs():
 def test_data_parallel_wrapper():
     model, x = _resnet(), photos(64, 2)
     wrapped = torch.nn.DataParallel(model)
-    for options in ({"method": "gradient"}, {"method": "gradcam", "layer": "layer4"}, {"method": "gradcam"}):
+    for options in (
+        {"method": "gradient"},
+        {"method": "gradcam", "layer": "layer4"},
+        {"method": "gradcam"},
+    ):
         a = gsw.explain(model, x, 1, **options)
         b = gsw.explain(wrapped, x, 1, **options)
         torch.testing.assert_close(a.segment_scores, b.segment_scores)
@@ -213,7 +251,9 @@ def test_batchnorm_in_train_mode_is_explained_in_eval_mode_and_restored():
     batched = gsw.explain(model, x, 0, method="gradient")
     single = gsw.explain(model, x[:1], 0, method="gradient")
     scale = float(batched.pixel_scores[0].abs().max())
-    torch.testing.assert_close(single.pixel_scores[0], batched.pixel_scores[0], rtol=1e-9, atol=1e-11 * scale)
+    torch.testing.assert_close(
+        single.pixel_scores[0], batched.pixel_scores[0], rtol=1e-9, atol=1e-11 * scale
+    )
     assert model.training and model.bn1.training
     assert torch.equal(model.bn1.running_mean, stats)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
@@ -225,7 +265,9 @@ def test_autocast_bfloat16_on_cpu():
     exact = gsw.explain(model, x, 1, method="gradcam")
     low = gsw.explain(model, x, 1, method="gradcam", autocast=torch.bfloat16)
     assert low.segment_scores.dtype == torch.float32
-    corr = torch.corrcoef(torch.stack([exact.segment_scores.flatten(), low.segment_scores.flatten()]))[0, 1]
+    corr = torch.corrcoef(
+        torch.stack([exact.segment_scores.flatten(), low.segment_scores.flatten()])
+    )[0, 1]
     assert corr > 0.9
 
 
@@ -234,11 +276,22 @@ def test_autocast_bfloat16_on_cpu():
 @pytest.mark.parametrize("method", ["gradient", "gradcam", "integrated_gradients"])
 def test_autocast_on_cuda(dtype, method):
     model, x = _resnet("cuda"), photos(64, 2).cuda()
-    exact = gsw.explain(model, x, 1, method=method, n_segments=30, **({"n_steps": 8} if "integ" in method else {}))
-    low = gsw.explain(model, x, 1, method=method, n_segments=30, autocast=dtype,
-                      **({"n_steps": 8} if "integ" in method else {}))
+    exact = gsw.explain(
+        model, x, 1, method=method, n_segments=30, **({"n_steps": 8} if "integ" in method else {})
+    )
+    low = gsw.explain(
+        model,
+        x,
+        1,
+        method=method,
+        n_segments=30,
+        autocast=dtype,
+        **({"n_steps": 8} if "integ" in method else {}),
+    )
     assert low.segment_scores.dtype == torch.float32 and torch.isfinite(low.segment_scores).all()
-    corr = torch.corrcoef(torch.stack([exact.segment_scores.flatten(), low.segment_scores.flatten()]))[0, 1]
+    corr = torch.corrcoef(
+        torch.stack([exact.segment_scores.flatten(), low.segment_scores.flatten()])
+    )[0, 1]
     assert corr > 0.9
 
 
@@ -249,7 +302,9 @@ def test_cpu_and_cuda_agree(method):
     seg = gsw.slic(x, n_segments=30)
     options = {"n_steps": 8} if method == "lime_ig" else {}
     cpu = gsw.explain(model, x, 2, method=method, segmentation=seg, **options)
-    cuda = gsw.explain(model.cuda(), x.cuda(), 2, method=method, segmentation=seg.to("cuda"), **options)
+    cuda = gsw.explain(
+        model.cuda(), x.cuda(), 2, method=method, segmentation=seg.to("cuda"), **options
+    )
     torch.testing.assert_close(cuda.segment_scores.cpu(), cpu.segment_scores, rtol=1e-3, atol=1e-5)
 
 
@@ -274,11 +329,18 @@ def test_swag_segments_follow_the_attribution():
     assert is_connected(swag.labels[0])
 
 
-@pytest.mark.parametrize("name,shape", [
-    ("resnet18", (2, 3, 64, 64)), ("resnet50", (2, 3, 64, 64)), ("mobilenet_v3_small", (2, 3, 64, 64)),
-    ("vgg11", (1, 3, 64, 64)), ("r3d_18", (1, 3, 8, 56, 56)), ("mc3_18", (1, 3, 8, 56, 56)),
-    ("r2plus1d_18", (1, 3, 8, 56, 56)),
-])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("resnet18", (2, 3, 64, 64)),
+        ("resnet50", (2, 3, 64, 64)),
+        ("mobilenet_v3_small", (2, 3, 64, 64)),
+        ("vgg11", (1, 3, 64, 64)),
+        ("r3d_18", (1, 3, 8, 56, 56)),
+        ("mc3_18", (1, 3, 8, 56, 56)),
+        ("r2plus1d_18", (1, 3, 8, 56, 56)),
+    ],
+)
 def test_torchvision_models(name, shape):
     torch.manual_seed(0)
     video = len(shape) == 5
@@ -316,7 +378,9 @@ def test_clips_are_scored_per_frame():
     assert expl.labels.shape == (2, 6, 32, 32) and expl.heatmap().shape == (2, 6, 32, 32)
     assert expl.top_k(2).shape == (2, 6, 32, 32)
     assert expl.overlay(clip).shape == (2, 3, 6, 32, 32)
-    per_frame = gsw.explain(model, clip, 1, method="gradient", slic_options={"mode": "per_frame"}, n_segments=8)
+    per_frame = gsw.explain(
+        model, clip, 1, method="gradient", slic_options={"mode": "per_frame"}, n_segments=8
+    )
     assert per_frame.segmentation.mode == "per_frame"
 
 
@@ -349,10 +413,20 @@ def test_bad_input():
     with pytest.raises(ValueError, match="layer: the model has no module named 'layer9'"):
         gsw.explain(model, x, 1, method="gradcam", layer="layer9")
     with pytest.raises(ValueError, match=r"segmentation: expected labels of shape \(2, 64, 64\)"):
-        gsw.explain(model, x, 1, method="gradient", segmentation=torch.zeros(2, 32, 32, dtype=torch.int32))
+        gsw.explain(
+            model, x, 1, method="gradient", segmentation=torch.zeros(2, 32, 32, dtype=torch.int32)
+        )
     with pytest.raises(ValueError, match="segmentation: labels must be >= 0"):
-        gsw.explain(model, x, 1, method="gradient", segmentation=torch.full((2, 64, 64), -1, dtype=torch.int32))
-    with pytest.raises(TypeError, match="segmentation: expected a Segmentation or int32/int64 labels"):
+        gsw.explain(
+            model,
+            x,
+            1,
+            method="gradient",
+            segmentation=torch.full((2, 64, 64), -1, dtype=torch.int32),
+        )
+    with pytest.raises(
+        TypeError, match="segmentation: expected a Segmentation or int32/int64 labels"
+    ):
         gsw.explain(model, x, 1, method="gradient", segmentation=torch.zeros(2, 64, 64))
     with pytest.raises(ValueError, match="reduce: expected one of"):
         gsw.explain(model, x, 1, method="gradient", reduce="median")
@@ -361,7 +435,14 @@ def test_bad_input():
     with pytest.raises(ValueError, match="swag: the segment_mean baseline"):
         gsw.explain(model, x, 1, method="lime_ig", swag=True)
     with pytest.raises(ValueError, match="segmentation: swag=True builds its own"):
-        gsw.explain(model, x, 1, method="gradient", swag=True, segmentation=torch.zeros(2, 64, 64, dtype=torch.int32))
+        gsw.explain(
+            model,
+            x,
+            1,
+            method="gradient",
+            swag=True,
+            segmentation=torch.zeros(2, 64, 64, dtype=torch.int32),
+        )
     with pytest.raises(ValueError, match="attribution: expected"):
         gsw.explain(None, x, 1, attribution=torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match="model: None needs an attribution"):
@@ -378,7 +459,9 @@ def test_inference_mode_and_no_grad_callers():
     model, x = _resnet(), photos(64, 1)
     expected = gsw.explain(model, x, 1, method="gradient").segment_scores
     with torch.no_grad():
-        torch.testing.assert_close(gsw.explain(model, x, 1, method="gradient").segment_scores, expected)
+        torch.testing.assert_close(
+            gsw.explain(model, x, 1, method="gradient").segment_scores, expected
+        )
     with torch.inference_mode():
         inside = gsw.explain(model, x.clone(), 1, method="gradient").segment_scores
     torch.testing.assert_close(inside, expected)

@@ -27,11 +27,19 @@ def test_matches_the_lime_package_given_its_masks(hide, hide_color):
     for b in range(2):
         k = int(seg.num_segments[b])
         masks = lime_masks(seed=b, n_samples=300, segments=k)
-        ours = gsw.lime(model, x[b : b + 1], seg.labels[b : b + 1], 3, n_samples=300, masks=masks, hide=hide)
-        theirs = lime_package(model, x[b], seg.labels[b], 3, seed=b, n_samples=300, hide_color=hide_color)
+        ours = gsw.lime(
+            model, x[b : b + 1], seg.labels[b : b + 1], 3, n_samples=300, masks=masks, hide=hide
+        )
+        theirs = lime_package(
+            model, x[b], seg.labels[b], 3, seed=b, n_samples=300, hide_color=hide_color
+        )
         scale = float(theirs["weights"].abs().max())
-        torch.testing.assert_close(ours.segment_scores[0, :k].double(), theirs["weights"], rtol=1e-4, atol=1e-4 * scale)
-        torch.testing.assert_close(ours.info["intercept"][0], theirs["intercept"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            ours.segment_scores[0, :k].double(), theirs["weights"], rtol=1e-4, atol=1e-4 * scale
+        )
+        torch.testing.assert_close(
+            ours.info["intercept"][0], theirs["intercept"], rtol=1e-5, atol=1e-6
+        )
         torch.testing.assert_close(ours.info["score"][0], theirs["score"], rtol=1e-4, atol=1e-5)
 
 
@@ -47,8 +55,11 @@ def test_weighted_ridge_equals_scikit_learn():
         ref = Ridge(alpha=1.0).fit(X[b].numpy(), y[b].numpy(), sample_weight=w[b].numpy())
         np.testing.assert_allclose(coef[b].numpy(), ref.coef_, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(float(intercept[b]), ref.intercept_, rtol=1e-9)
-        np.testing.assert_allclose(float(score[b]), ref.score(X[b].numpy(), y[b].numpy(), sample_weight=w[b].numpy()),
-                                   rtol=1e-9)
+        np.testing.assert_allclose(
+            float(score[b]),
+            ref.score(X[b].numpy(), y[b].numpy(), sample_weight=w[b].numpy()),
+            rtol=1e-9,
+        )
 
 
 def test_kernel_equals_lime_cosine_kernel():
@@ -58,7 +69,9 @@ def test_kernel_equals_lime_cosine_kernel():
     ours = lime_kernel(masks, torch.tensor([4]), 0.25)
     data = masks[0, :, :4].numpy()
     distances = pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
-    np.testing.assert_allclose(ours[0].numpy(), np.sqrt(np.exp(-(distances**2) / 0.25**2)), rtol=1e-12)
+    np.testing.assert_allclose(
+        ours[0].numpy(), np.sqrt(np.exp(-(distances**2) / 0.25**2)), rtol=1e-12
+    )
 
 
 def test_sampling_is_seeded_and_keeps_the_first_row():
@@ -67,7 +80,9 @@ def test_sampling_is_seeded_and_keeps_the_first_row():
     a = gsw.lime(model, x, labels, 1, n_samples=50, seed=4)
     b = gsw.lime(model, x, labels, 1, n_samples=50, seed=4, batch_size=7)
     c = gsw.lime(model, x, labels, 1, n_samples=50, seed=5)
-    assert torch.equal(a.info["masks"], b.info["masks"]) and not torch.equal(a.info["masks"], c.info["masks"])
+    assert torch.equal(a.info["masks"], b.info["masks"]) and not torch.equal(
+        a.info["masks"], c.info["masks"]
+    )
     torch.testing.assert_close(a.segment_scores, b.segment_scores)
     assert torch.all(a.info["masks"][:, 0] == 1)
     with torch.no_grad():
@@ -83,13 +98,23 @@ def test_padding_segments_get_no_weight():
     assert int(expl.num_segments[1]) == 5 and torch.all(expl.segment_scores[1, 5:] == 0)
     assert torch.all(expl.info["masks"][1, :, 5:] == 0)
     alone = gsw.lime(model, x[1:], labels[1:], 1, n_samples=40, masks=expl.info["masks"][1:, :, :5])
-    torch.testing.assert_close(alone.segment_scores[0], expl.segment_scores[1, :5], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        alone.segment_scores[0], expl.segment_scores[1, :5], rtol=1e-5, atol=1e-7
+    )
 
 
 def test_clips_and_progress():
     model, clip = TinyCNN(dims=3, classes=3), torch.rand(1, 3, 4, 16, 16)
     seen = []
-    expl = gsw.lime(model, clip, None, 2, n_samples=20, batch_size=6, progress=lambda done, total: seen.append((done, total)))
+    expl = gsw.lime(
+        model,
+        clip,
+        None,
+        2,
+        n_samples=20,
+        batch_size=6,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert expl.labels.shape == (1, 4, 16, 16) and expl.pixel_scores.shape == (1, 4, 16, 16)
     assert seen[-1] == (20, 20) and len(seen) == 4
     assert expl.method == "lime" and expl.target.tolist() == [2]
@@ -103,8 +128,12 @@ def test_lime_recovers_a_linear_model(device):
 
     class Linear(torch.nn.Module):
         def forward(self, x):
-            per_segment = torch.stack([(x[:, 0] * (labels[0] == s)).sum((1, 2)) for s in range(k)], 1)
-            return torch.stack([(per_segment * weight).sum(1), torch.zeros_like(per_segment[:, 0])], 1)
+            per_segment = torch.stack(
+                [(x[:, 0] * (labels[0] == s)).sum((1, 2)) for s in range(k)], 1
+            )
+            return torch.stack(
+                [(per_segment * weight).sum(1), torch.zeros_like(per_segment[:, 0])], 1
+            )
 
     x = torch.ones(1, 3, 16, 16, device=device)
     expl = gsw.lime(Linear(), x, labels, 0, n_samples=500, hide="zeros", alpha=0.0)
@@ -118,9 +147,13 @@ def test_cpu_and_cuda_agree():
     model, x = _resnet(), photos(64, 2)
     seg = gsw.slic(x, n_segments=25)
     cpu = gsw.lime(model, x, seg, 3, n_samples=200)
-    cuda = gsw.lime(model.cuda(), x.cuda(), seg.to("cuda"), 3, n_samples=200, masks=cpu.info["masks"].cuda())
+    cuda = gsw.lime(
+        model.cuda(), x.cuda(), seg.to("cuda"), 3, n_samples=200, masks=cpu.info["masks"].cuda()
+    )
     scale = float(cpu.segment_scores.abs().max())
-    torch.testing.assert_close(cuda.segment_scores.cpu(), cpu.segment_scores, rtol=1e-3, atol=1e-3 * scale)
+    torch.testing.assert_close(
+        cuda.segment_scores.cpu(), cpu.segment_scores, rtol=1e-3, atol=1e-3 * scale
+    )
 
 
 def test_bad_input():

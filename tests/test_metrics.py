@@ -14,7 +14,9 @@ from helpers import cpu_and_cuda
 def _explanation(scores, labels, target=0) -> Explanation:
     scores = torch.as_tensor(scores, dtype=torch.float32, device=labels.device)
     num = torch.full((labels.shape[0],), scores.shape[1], dtype=torch.int64, device=labels.device)
-    return Explanation(scores, labels, num, gsw.paint(scores, labels), torch.full_like(num, target), "test", "mean")
+    return Explanation(
+        scores, labels, num, gsw.paint(scores, labels), torch.full_like(num, target), "test", "mean"
+    )
 
 
 def _quadrants(device="cpu", batch=1, size=4):
@@ -39,12 +41,18 @@ def test_agreement_equals_scipy(device):
     b = a + torch.randn(3, 30, generator=generator)
     out = gsw.metrics.agreement(a.to(device), b.to(device), k=5)
     for i in range(3):
-        assert float(out["spearman"][i]) == pytest.approx(spearmanr(a[i], b[i]).statistic, abs=1e-12)
-        assert float(out["kendall"][i]) == pytest.approx(kendalltau(a[i], b[i]).statistic, abs=1e-12)
+        assert float(out["spearman"][i]) == pytest.approx(
+            spearmanr(a[i], b[i]).statistic, abs=1e-12
+        )
+        assert float(out["kendall"][i]) == pytest.approx(
+            kendalltau(a[i], b[i]).statistic, abs=1e-12
+        )
     same = gsw.metrics.agreement(a, a, k=3)
     assert torch.allclose(same["spearman"], torch.ones(3, dtype=torch.float64))
     reverse = gsw.metrics.agreement(torch.arange(6.0)[None], -torch.arange(6.0)[None], k=2)
-    assert float(reverse["spearman"][0]) == pytest.approx(-1) and float(reverse["kendall"][0]) == pytest.approx(-1)
+    assert float(reverse["spearman"][0]) == pytest.approx(-1) and float(
+        reverse["kendall"][0]
+    ) == pytest.approx(-1)
 
 
 def test_top_k_iou_by_hand():
@@ -56,11 +64,16 @@ def test_top_k_iou_by_hand():
 
 def test_agreement_uses_each_samples_segments():
     labels = _quadrants(batch=2)
-    a, b = _explanation([[1.0, 2, 3, 4], [4.0, 3, 2, 1]], labels), _explanation([[1.0, 2, 3, 4], [1.0, 2, 3, 4]], labels)
+    a, b = (
+        _explanation([[1.0, 2, 3, 4], [4.0, 3, 2, 1]], labels),
+        _explanation([[1.0, 2, 3, 4], [1.0, 2, 3, 4]], labels),
+    )
     a = Explanation(**{**a.__dict__, "num_segments": torch.tensor([4, 3])})
     b = Explanation(**{**b.__dict__, "num_segments": torch.tensor([4, 3])})
     out = gsw.metrics.agreement(a, b, k=2)
-    assert float(out["spearman"][0]) == pytest.approx(1) and float(out["spearman"][1]) == pytest.approx(-1)
+    assert float(out["spearman"][0]) == pytest.approx(1) and float(
+        out["spearman"][1]
+    ) == pytest.approx(-1)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -87,7 +100,9 @@ def test_deletion_and_insertion_by_hand(device):
     expected = torch.tensor([[4.0, 2.4, 1.2, 0.4, 0.0]])
     torch.testing.assert_close(curve.scores.cpu(), expected)
     torch.testing.assert_close(curve.fractions.cpu(), torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0]]))
-    torch.testing.assert_close(curve.auc.cpu(), torch.tensor([0.25 * (2.0 + 2.4 + 1.2 + 0.4 + 0.0)]))
+    torch.testing.assert_close(
+        curve.auc.cpu(), torch.tensor([0.25 * (2.0 + 2.4 + 1.2 + 0.4 + 0.0)])
+    )
     inserted = gsw.metrics.insertion(_SumModel(), x, expl, output="logit", baseline="zeros")
     torch.testing.assert_close(inserted.scores.cpu(), torch.tensor([[0.0, 1.6, 2.8, 3.6, 4.0]]))
     coarse = gsw.metrics.deletion(_SumModel(), x, expl, output="logit", steps=2)
@@ -103,8 +118,14 @@ def test_curves_follow_a_real_explanation():
     images, classes, _ = square_images(8, generator=torch.Generator().manual_seed(5))
     good = gsw.explain(model, images, classes, method="integrated_gradients", n_segments=20)
     bad = Explanation(**{**good.__dict__, "segment_scores": -good.segment_scores})
-    assert gsw.metrics.deletion(model, images, good).auc.mean() < gsw.metrics.deletion(model, images, bad).auc.mean()
-    assert gsw.metrics.insertion(model, images, good).auc.mean() > gsw.metrics.insertion(model, images, bad).auc.mean()
+    assert (
+        gsw.metrics.deletion(model, images, good).auc.mean()
+        < gsw.metrics.deletion(model, images, bad).auc.mean()
+    )
+    assert (
+        gsw.metrics.insertion(model, images, good).auc.mean()
+        > gsw.metrics.insertion(model, images, bad).auc.mean()
+    )
 
 
 def test_clips():
@@ -136,4 +157,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match="inputs: expected the explained inputs' shape"):
         gsw.metrics.insertion(_SumModel(), torch.zeros(1, 3, 8, 8), expl)
     with pytest.raises(ValueError, match="explanation: its target is unknown"):
-        gsw.metrics.deletion(_SumModel(), torch.zeros(1, 3, 4, 4), _explanation([[1.0, 2, 3, 4]], labels, target=-1))
+        gsw.metrics.deletion(
+            _SumModel(), torch.zeros(1, 3, 4, 4), _explanation([[1.0, 2, 3, 4]], labels, target=-1)
+        )

@@ -13,13 +13,21 @@ PACKAGE = Path(gsw.__file__).parent
 
 
 def _fresh(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_importing_ops_loads_no_model_layer():
     code = "import sys, gswfast.ops; print(' '.join(sorted(m for m in sys.modules if m.startswith('gswfast'))))"
     loaded = set(_fresh(code).split())
-    assert loaded == {"gswfast", "gswfast._C", "gswfast._build_info", "gswfast._extension", "gswfast.ops"}
+    assert loaded == {
+        "gswfast",
+        "gswfast._C",
+        "gswfast._build_info",
+        "gswfast._extension",
+        "gswfast.ops",
+    }
 
 
 def test_importing_the_package_loads_neither_torch_nor_the_extension():
@@ -28,10 +36,17 @@ def test_importing_the_package_loads_neither_torch_nor_the_extension():
 
 
 def test_the_extension_loads_on_first_use():
-    code = ("import sys, gswfast as gsw\n"
-            "assert isinstance(gsw.build_info(), dict) and isinstance(gsw.cuda_available(), bool)\n"
-            "print(' '.join(sorted(m for m in sys.modules if m.startswith('gswfast'))))")
-    assert set(_fresh(code).split()) == {"gswfast", "gswfast._C", "gswfast._build_info", "gswfast._extension"}
+    code = (
+        "import sys, gswfast as gsw\n"
+        "assert isinstance(gsw.build_info(), dict) and isinstance(gsw.cuda_available(), bool)\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('gswfast'))))"
+    )
+    assert set(_fresh(code).split()) == {
+        "gswfast",
+        "gswfast._C",
+        "gswfast._build_info",
+        "gswfast._extension",
+    }
 
 
 def test_every_public_name_resolves_and_is_listed():
@@ -44,10 +59,26 @@ def test_every_public_name_resolves_and_is_listed():
     )
     listed = set(_fresh(code).split())
     assert set(gsw.__all__) <= listed
-    assert {"explain", "lime", "slic", "metrics", "segment_pool", "paint", "Explainer", "Explanation",
-            "Segmentation", "attribute", "METHODS", "build_info", "__version__"} <= listed
+    assert {
+        "explain",
+        "lime",
+        "slic",
+        "metrics",
+        "segment_pool",
+        "paint",
+        "Explainer",
+        "Explanation",
+        "Segmentation",
+        "attribute",
+        "METHODS",
+        "build_info",
+        "__version__",
+    } <= listed
     assert not {"importlib", "sys", "types", "Any", "annotations"} & listed
-    assert gsw.slic.__module__ == "gswfast.segmentation" and gsw.explain.__module__ == "gswfast.explain"
+    assert (
+        gsw.slic.__module__ == "gswfast.segmentation"
+        and gsw.explain.__module__ == "gswfast.explain"
+    )
 
 
 def _module_name(path: Path) -> str:
@@ -61,15 +92,22 @@ def _import_graph() -> dict[str, set[str]]:
     TYPE_CHECKING:``, which only type checkers run."""
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     # Built, not in the source tree (an editable install keeps them in its build folder).
-    compiled = {f"gswfast.{p.name.split('.')[0]}" for p in PACKAGE.glob("*.so")} | {"gswfast._C", "gswfast._build_info"}
+    compiled = {f"gswfast.{p.name.split('.')[0]}" for p in PACKAGE.glob("*.so")} | {
+        "gswfast._C",
+        "gswfast._build_info",
+    }
     graph: dict[str, set[str]] = {name: set() for name in compiled}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
         tree = ast.parse(path.read_text(), str(path))
-        typing_only = {id(inner) for node in ast.walk(tree)
-                       if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-                       for statement in node.body for inner in ast.walk(statement)}
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+            for statement in node.body
+            for inner in ast.walk(statement)
+        }
         for node in ast.walk(tree):
             if id(node) in typing_only:
                 continue
@@ -96,7 +134,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -116,7 +154,9 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_import_graph_has_no_cycle():
     graph = _import_graph()
-    assert {"gswfast.ops", "gswfast.explain", "gswfast.video.stream", "gswfast.checks"} <= set(graph)
+    assert {"gswfast.ops", "gswfast.explain", "gswfast.video.stream", "gswfast.checks"} <= set(
+        graph
+    )
     assert "gswfast.explain" in graph["gswfast.lime"]  # the parser sees imports
     assert {"gswfast.cli", "gswfast.dataset", "gswfast.models"} <= set(graph)
     assert _cycle(graph) is None

@@ -70,7 +70,9 @@ def test_paint_bad_input_raises(device):
     nan_values[1, 3] = float("nan")
     with pytest.raises(ValueError, match="segment_values: contain NaN"):
         gsw.paint(nan_values, labels.clamp(max=4))
-    assert torch.isnan(gsw.paint(nan_values, labels.clamp(max=4), validate=False)).sum() == 0  # label 3 unused
+    assert (
+        torch.isnan(gsw.paint(nan_values, labels.clamp(max=4), validate=False)).sum() == 0
+    )  # label 3 unused
     with pytest.raises(ValueError, match="segment_values: expected \\[B, K\\]"):
         gsw.paint(torch.ones(3, 5, device=device), labels)
     with pytest.raises(TypeError, match="segment_values: expected dtype"):

@@ -31,7 +31,9 @@ def test_readme_block_runs(line, code, tmp_path, monkeypatch):
 
     import gswfast as gsw
 
-    if code.lstrip().startswith(GPU_MARKER) and not (torch.cuda.is_available() and gsw.cuda_available()):
+    if code.lstrip().startswith(GPU_MARKER) and not (
+        torch.cuda.is_available() and gsw.cuda_available()
+    ):
         pytest.skip("the block needs a GPU")
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)

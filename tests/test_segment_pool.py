@@ -21,7 +21,11 @@ def _with_ignored(labels: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:
 
 def _check_against_reference(values, labels, k, reduce, out):
     b = values.shape[0]
-    v3 = values.reshape(b, -1, labels[0].numel()) if values.dim() > labels.dim() else values.reshape(b, 1, -1)
+    v3 = (
+        values.reshape(b, -1, labels[0].numel())
+        if values.dim() > labels.dim()
+        else values.reshape(b, 1, -1)
+    )
     ref = reference_pool(v3, labels.reshape(b, -1), k, reduce)
     if values.dim() == labels.dim():
         ref = ref.squeeze(1)
@@ -88,7 +92,9 @@ def test_sum_matches_index_add_and_numpy_bincount(device):
     values = torch.randn(4, 64, 64, device=device, dtype=torch.float64)
     out = gsw.segment_pool(values, labels, k, "sum").cpu()
     flat = (labels + torch.arange(4, device=device).view(4, 1, 1) * k).flatten().cpu()
-    by_index_add = torch.zeros(4 * k, dtype=torch.float64).index_add_(0, flat, values.flatten().cpu())
+    by_index_add = torch.zeros(4 * k, dtype=torch.float64).index_add_(
+        0, flat, values.flatten().cpu()
+    )
     by_bincount = np.bincount(flat.numpy(), weights=values.flatten().cpu().numpy(), minlength=4 * k)
     torch.testing.assert_close(out.flatten(), by_index_add)
     np.testing.assert_allclose(out.flatten().numpy(), by_bincount, rtol=1e-12, atol=1e-12)
@@ -102,7 +108,9 @@ def test_empty_segments_give_zero(device, reduce):
     out = gsw.segment_pool(values, labels, 6, reduce)
     assert out.shape == (1, 6)
     assert out[0, [1, 2, 4, 5]].eq(0).all()
-    expected = {"sum": (-1.0, 12.0), "mean": (-0.5, 6.0), "max": (1.0, 7.0), "min": (-2.0, 5.0)}[reduce]
+    expected = {"sum": (-1.0, 12.0), "mean": (-0.5, 6.0), "max": (1.0, 7.0), "min": (-2.0, 5.0)}[
+        reduce
+    ]
     assert out[0, 0].item() == expected[0] and out[0, 3].item() == expected[1]
 
 
@@ -146,7 +154,8 @@ def test_non_contiguous_and_channels_last(device):
     video = torch.randn(2, 3, 5, 24, 28, device=device).to(memory_format=torch.channels_last_3d)
     vlabels, vk = grid_labels(2, 5, 24, 28, cell=5, device=device)
     torch.testing.assert_close(
-        gsw.segment_pool(video, vlabels, vk, "sum"), gsw.segment_pool(video.contiguous(), vlabels, vk, "sum")
+        gsw.segment_pool(video, vlabels, vk, "sum"),
+        gsw.segment_pool(video.contiguous(), vlabels, vk, "sum"),
     )
 
 
@@ -156,7 +165,10 @@ def test_num_segments_none_and_per_sample(device):
     values = torch.ones(2, 2, 2, device=device)
     assert gsw.segment_pool(values, labels, reduce="count").tolist() == [[1, 2, 1], [2, 1, 0]]
     counts = torch.tensor([3, 2], device=device)
-    assert gsw.segment_pool(values, labels, counts, "sum").tolist() == [[1.0, 2.0, 1.0], [2.0, 1.0, 0.0]]
+    assert gsw.segment_pool(values, labels, counts, "sum").tolist() == [
+        [1.0, 2.0, 1.0],
+        [2.0, 1.0, 0.0],
+    ]
     assert gsw.segment_pool(values, labels, [3, 2], "sum").shape == (2, 3)
     with pytest.raises(ValueError, match="labels"):
         gsw.segment_pool(values, labels, [3, 1], "sum")  # sample 1 has label 1 >= 1
@@ -230,9 +242,13 @@ def test_opcheck(device):
     limits = torch.full((2,), k, dtype=torch.int64, device=device)
     for reduce in ("sum", "mean", "max", "min"):
         values = torch.randn(2, 3, 120, device=device, dtype=torch.float64, requires_grad=True)
-        torch.library.opcheck(torch.ops.gswfast.segment_pool, (values, labels.flatten(1), None, k, reduce))
+        torch.library.opcheck(
+            torch.ops.gswfast.segment_pool, (values, labels.flatten(1), None, k, reduce)
+        )
     values = torch.randn(2, 1, 120, device=device, requires_grad=True)
-    torch.library.opcheck(torch.ops.gswfast.segment_pool, (values, labels.flatten(1), limits, k, "mean"))
+    torch.library.opcheck(
+        torch.ops.gswfast.segment_pool, (values, labels.flatten(1), limits, k, "mean")
+    )
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -259,7 +275,12 @@ def test_out_of_range_labels_raise(device, bad_label):
     with pytest.raises(ValueError, match=r"labels: 1 pixel\(s\) have labels outside"):
         gsw.segment_pool(torch.randn(2, 8, 8, device=device), labels, 7)
     # the device is still healthy afterwards
-    assert gsw.segment_pool(torch.ones(2, 8, 8, device=device), labels.clamp(0, 6), 7, "sum").sum().item() == 128
+    assert (
+        gsw.segment_pool(torch.ones(2, 8, 8, device=device), labels.clamp(0, 6), 7, "sum")
+        .sum()
+        .item()
+        == 128
+    )
 
 
 @pytest.mark.parametrize(

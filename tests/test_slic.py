@@ -13,7 +13,12 @@ import torch
 import gswfast as gsw
 import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
 from gswfast import _slic_reference as reference
-from gswfast.metrics import boundary_map, boundary_recall, explained_variation, undersegmentation_error
+from gswfast.metrics import (
+    boundary_map,
+    boundary_recall,
+    explained_variation,
+    undersegmentation_error,
+)
 from gswfast.segmentation import _seed_grid, _spatial_weights
 from gswfast.testing import is_connected, synthetic_regions
 from helpers import cpu_and_cuda
@@ -26,7 +31,11 @@ PHOTOS = ("astronaut", "coffee", "chelsea")
 
 def _photo(name: str) -> torch.Tensor:
     """scikit-image sample photo as uint8 [1, 3, H, W]."""
-    return torch.from_numpy(np.ascontiguousarray(getattr(data, name)())).permute(2, 0, 1)[None].contiguous()
+    return (
+        torch.from_numpy(np.ascontiguousarray(getattr(data, name)()))
+        .permute(2, 0, 1)[None]
+        .contiguous()
+    )
 
 
 def _photo_mosaic(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +48,7 @@ def _photo_mosaic(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         photo = _photo(PHOTOS[r % len(PHOTOS)])[0].float() / 255
         y = int(torch.randint(0, photo.shape[1] - 240, (1,), generator=g))
         x = int(torch.randint(0, photo.shape[2] - 320, (1,), generator=g))
-        crop = photo[:, y:y + 240, x:x + 320]
+        crop = photo[:, y : y + 240, x : x + 320]
         image = torch.where(truth == r, crop, image)
     return image[None], truth
 
@@ -106,21 +115,25 @@ def test_volume_supervoxels_follow_a_moving_object():
     assert is_connected(labels)
     # Supervoxels on the object span several frames: they move with it.
     on_object = torch.unique(labels[truth == 1])
-    spans = [int(torch.unique(torch.nonzero(labels == v)[:, 0]).numel()) for v in on_object.tolist()]
+    spans = [
+        int(torch.unique(torch.nonzero(labels == v)[:, 0]).numel()) for v in on_object.tolist()
+    ]
     assert np.median(spans) >= 4
 
 
-def _moving_square_clip(frames: int, step: int, size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+def _moving_square_clip(
+    frames: int, step: int, size: int = 96
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A red square moving right over a static two-tone background: [1, 3, T, H, W], truth."""
     g = torch.Generator().manual_seed(0)
     clip = torch.zeros(1, 3, frames, size, size)
     clip[0, 2, :, :, : size // 2] = 0.8
-    clip[0, 1, :, :, size // 2:] = 0.6
+    clip[0, 1, :, :, size // 2 :] = 0.6
     truth = torch.zeros(frames, size, size, dtype=torch.int64)
     for t in range(frames):
         x0 = 10 + step * t
-        clip[0, :, t, 30:60, x0:x0 + 30] = torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1)
-        truth[t, 30:60, x0:x0 + 30] = 1
+        clip[0, :, t, 30:60, x0 : x0 + 30] = torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1)
+        truth[t, 30:60, x0 : x0 + 30] = 1
     clip += 0.02 * torch.randn(clip.shape, generator=g)
     return clip.clamp(0, 1), truth
 
@@ -130,7 +143,9 @@ def _moving_square_clip(frames: int, step: int, size: int = 96) -> tuple[torch.T
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_image_batch_contract_and_centres(device):
-    images = torch.cat([_photo("astronaut")[:, :, :200, :300], _photo("coffee")[:, :, :200, :300]]).to(device)
+    images = torch.cat(
+        [_photo("astronaut")[:, :, :200, :300], _photo("coffee")[:, :, :200, :300]]
+    ).to(device)
     seg = gsw.slic(images, n_segments=150)
     _check_contract(seg, (2, 200, 300))
     assert seg.mode == "image" and seg.centers.shape[0] == 2 and seg.centers.shape[2] == 6
@@ -140,9 +155,15 @@ def test_image_batch_contract_and_centres(device):
     for b in range(2):
         k = int(seg.num_segments[b])
         labels = seg.labels[b].cpu().long().reshape(-1)
-        lab = torch.from_numpy(color.rgb2lab(images[b].cpu().permute(1, 2, 0).numpy())).reshape(-1, 3).float()
+        lab = (
+            torch.from_numpy(color.rgb2lab(images[b].cpu().permute(1, 2, 0).numpy()))
+            .reshape(-1, 3)
+            .float()
+        )
         ys, xs = torch.meshgrid(torch.arange(200.0), torch.arange(300.0), indexing="ij")
-        values = torch.cat([torch.zeros(60000, 1), ys.reshape(-1, 1), xs.reshape(-1, 1), lab], dim=1)
+        values = torch.cat(
+            [torch.zeros(60000, 1), ys.reshape(-1, 1), xs.reshape(-1, 1), lab], dim=1
+        )
         count = torch.bincount(labels, minlength=k).float()
         expected = torch.zeros(k, 6).index_add_(0, labels, values) / count[:, None]
         torch.testing.assert_close(seg.centers[b, :k].cpu(), expected, atol=2e-3, rtol=1e-4)
@@ -205,17 +226,25 @@ def test_spacing_weights_time_in_volumes():
     tight = gsw.slic(clip, n_segments=60, spacing=(10, 1, 1)).labels[0]
 
     def mean_span(labels):
-        return np.mean([int(torch.unique(torch.nonzero(labels == v)[:, 0]).numel()) for v in torch.unique(labels).tolist()])
+        return np.mean(
+            [
+                int(torch.unique(torch.nonzero(labels == v)[:, 0]).numel())
+                for v in torch.unique(labels).tolist()
+            ]
+        )
 
     assert mean_span(loose) > mean_span(tight)
 
 
 def test_compactness_makes_segments_squarer():
     image = _photo("astronaut")
+
     def perimeter(labels):
         return int(boundary_map(labels).sum())
+
     assert perimeter(gsw.slic(image, n_segments=200, compactness=40).labels[0]) < perimeter(
-        gsw.slic(image, n_segments=200, compactness=2).labels[0])
+        gsw.slic(image, n_segments=200, compactness=2).labels[0]
+    )
 
 
 # ------------------------------------------------------------------------- warm start
@@ -340,8 +369,14 @@ def _twin_case(kind: str, seed: int, device: str, factor: float, connectivity: b
     shape = (1, 2, 24, 30) if kind == "image" else (1, 2, 4, 16, 18)
     image = _blocky_noise(shape, seed)
     n_segments = 40 if kind == "image" else 30
-    seg = gsw.slic(image.to(device), n_segments=n_segments, compactness=0.05, min_size_factor=factor,
-                   convert_lab=False, enforce_connectivity=connectivity)
+    seg = gsw.slic(
+        image.to(device),
+        n_segments=n_segments,
+        compactness=0.05,
+        min_size_factor=factor,
+        convert_lab=False,
+        enforce_connectivity=connectivity,
+    )
     features = image[0].unsqueeze(1) if kind == "image" else image[0]  # [F, D, H, W]
     dims = tuple(features.shape[1:])
     clusters = seg.cluster_labels[0].cpu().view(dims)
@@ -359,7 +394,9 @@ def test_merge_rounds_ids_and_centres_equal_the_reference(device, case):
     kind, seed = case.split("-")
     seg, features, dims, clusters, min_size, sets = _twin_case(kind, int(seed), device, 0.9)
     assert min_size > 1
-    assert torch.unique(sets).numel() < torch.unique(reference.components(clusters)).numel()  # merges
+    assert (
+        torch.unique(sets).numel() < torch.unique(reference.components(clusters)).numel()
+    )  # merges
     labels = seg.labels[0].cpu().view(dims)
     assert reference.same_partition(sets, labels)
     assert torch.equal(labels, reference.segment_ids(clusters, sets))
@@ -373,10 +410,14 @@ def test_merge_rounds_ids_and_centres_equal_the_reference(device, case):
 def test_ids_equal_the_reference(device, case, connectivity, factor):
     # Split clusters (extra segments), clusters k >= num_segments, no connectivity.
     kind, seed = case.split("-")
-    seg, features, dims, clusters, _, sets = _twin_case(kind, int(seed), device, factor, connectivity)
+    seg, features, dims, clusters, _, sets = _twin_case(
+        kind, int(seed), device, factor, connectivity
+    )
     labels = seg.labels[0].cpu().view(dims)
     assert torch.equal(labels, reference.segment_ids(clusters, sets))
-    assert torch.equal(seg.centers[0].cpu(), reference.centers(labels, features, seg.centers.shape[1]))
+    assert torch.equal(
+        seg.centers[0].cpu(), reference.centers(labels, features, seg.centers.shape[1])
+    )
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -384,8 +425,15 @@ def test_ids_equal_the_reference(device, case, connectivity, factor):
 def test_seeds_and_first_assignment_equal_the_reference(device, n_segments):
     image = _photo("coffee")[:, :, 50:90, 100:150].float() / 255  # [1, 3, 40, 50]
     # tol=1: the first pass counts as converged, so no update: the clusters are the seeds.
-    seg = gsw.slic(image.to(device), n_segments=n_segments, compactness=0.1, max_iter=1, tol=1.0,
-                   convert_lab=False, enforce_connectivity=False)
+    seg = gsw.slic(
+        image.to(device),
+        n_segments=n_segments,
+        compactness=0.1,
+        max_iter=1,
+        tol=1.0,
+        convert_lab=False,
+        enforce_connectivity=False,
+    )
     features = image[0].unsqueeze(1)
     steps, starts, cells = _seed_grid((1, 40, 50), n_segments, "image")
     seeds = reference.seeds(features, steps, starts, cells)
@@ -393,7 +441,9 @@ def test_seeds_and_first_assignment_equal_the_reference(device, n_segments):
     # Assignment: the nearest centre whose window holds the pixel. The kernels' float32
     # distances (fused or not, by CPU and backend) decide near-ties, the twin's float64 the
     # rest: equal wherever the best centre is clearly best, and never a worse one.
-    dist = reference.assignment_distances(features, seeds, steps, _spatial_weights(None, steps, "image"), 0.1)
+    dist = reference.assignment_distances(
+        features, seeds, steps, _spatial_weights(None, steps, "image"), 0.1
+    )
     best, second = dist.topk(2, dim=0, largest=False).values
     labels = seg.cluster_labels[0].cpu().view(1, 40, 50).long()
     slack = 1e-5 * (1 + best)
@@ -410,8 +460,14 @@ def test_kmeans_centres_are_the_exact_means_of_their_clusters(device, max_iter):
     # cluster labels. The CPU used to sum features in float (run by run) and CUDA in fixed
     # point: now both add fixed-point integers.
     image = _photo("chelsea")[:, :, 60:120, 100:180].float() / 255 * 40  # features 0..40
-    seg = gsw.slic(image.to(device), n_segments=50, compactness=40.0, max_iter=max_iter, tol=0.0,
-                   convert_lab=False)
+    seg = gsw.slic(
+        image.to(device),
+        n_segments=50,
+        compactness=40.0,
+        max_iter=max_iter,
+        tol=0.0,
+        convert_lab=False,
+    )
     clusters = seg.cluster_labels[0].cpu().view(1, 60, 80)
     K = seg.clusters.shape[1]
     expected = reference.centers(clusters, image[0].unsqueeze(1), K)
@@ -429,24 +485,37 @@ def test_centres_are_exact_means_for_large_features(device, connectivity):
     # centres used to be the k-means centres of the pass before the last labels.
     g = torch.Generator().manual_seed(5)
     base, _ = synthetic_regions(48, 64, regions=6, seed=4)
-    image = torch.cat([
-        base * 255,
-        base[:1] * 3000 + torch.rand(1, 48, 64, generator=g),
-        (torch.rand(1, 48, 64, generator=g) - 0.5) * 2e5,
-    ])[None].float()
-    seg = gsw.slic(image.to(device), n_segments=30, compactness=500.0, convert_lab=False,
-                   enforce_connectivity=connectivity)
+    image = torch.cat(
+        [
+            base * 255,
+            base[:1] * 3000 + torch.rand(1, 48, 64, generator=g),
+            (torch.rand(1, 48, 64, generator=g) - 0.5) * 2e5,
+        ]
+    )[None].float()
+    seg = gsw.slic(
+        image.to(device),
+        n_segments=30,
+        compactness=500.0,
+        convert_lab=False,
+        enforce_connectivity=connectivity,
+    )
     _check_contract(seg, (1, 48, 64))
     features = image[0].unsqueeze(1)
-    expected = reference.centers(seg.labels[0].cpu().view(1, 48, 64), features, seg.centers.shape[1])
+    expected = reference.centers(
+        seg.labels[0].cpu().view(1, 48, 64), features, seg.centers.shape[1]
+    )
     assert torch.equal(seg.centers[0].cpu(), expected)
     # The clamp: the last channel's centres stay within +-32767 (the mean of the clamped values).
     assert float(seg.centers[0, :, 3 + 4].abs().max()) <= 32767
     labels = seg.labels[0].cpu().reshape(-1).long()
     k = int(seg.num_segments[0])
-    exact = torch.zeros(k, 4, dtype=torch.float64).index_add_(0, labels, image[0, :4].reshape(4, -1).T.double())
+    exact = torch.zeros(k, 4, dtype=torch.float64).index_add_(
+        0, labels, image[0, :4].reshape(4, -1).T.double()
+    )
     exact /= torch.bincount(labels, minlength=k)[:, None].double()
-    torch.testing.assert_close(seg.centers[0, :k, 3:7].cpu().double(), exact, rtol=1e-6, atol=2**-16)
+    torch.testing.assert_close(
+        seg.centers[0, :k, 3:7].cpu().double(), exact, rtol=1e-6, atol=2**-16
+    )
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -456,7 +525,7 @@ def test_more_samples_than_a_cuda_grid_dimension(device):
     seg = gsw.slic(images, n_segments=2, compactness=0.1)
     assert seg.labels.shape == (65537, 4, 4)
     for i in (0, 1, 65534, 65535, 65536):
-        single = gsw.slic(images[i:i + 1], n_segments=2, compactness=0.1)
+        single = gsw.slic(images[i : i + 1], n_segments=2, compactness=0.1)
         assert torch.equal(seg.labels[i], single.labels[0])
         assert torch.equal(seg.centers[i], single.centers[0])
         assert int(seg.num_segments[i]) == int(single.num_segments[0])
@@ -474,9 +543,21 @@ def test_warm_start_without_a_live_cluster(device):
     # Unvalidated, both backends give the kernel's rule: every pixel joins cluster 0.
     out = gsw.slic(image, n_segments=12, init=dead, validate=False)
     assert bool((out.labels[1] == 0).all()) and int(out.num_segments[1]) == 1
-    assert torch.equal(out.labels[0], gsw.slic(image[:1], n_segments=12, init=dataclasses.replace(
-        seg, cluster_counts=counts[:1], clusters=seg.clusters[:1], cluster_labels=seg.cluster_labels[:1],
-        labels=seg.labels[:1]), validate=False).labels[0])
+    assert torch.equal(
+        out.labels[0],
+        gsw.slic(
+            image[:1],
+            n_segments=12,
+            init=dataclasses.replace(
+                seg,
+                cluster_counts=counts[:1],
+                clusters=seg.clusters[:1],
+                cluster_labels=seg.cluster_labels[:1],
+                labels=seg.labels[:1],
+            ),
+            validate=False,
+        ).labels[0],
+    )
 
 
 # ------------------------------------------------------------------------- the op
@@ -484,10 +565,24 @@ def test_warm_start_without_a_live_cluster(device):
 
 def test_opcheck():
     image = _photo("coffee")[:, :, :60, :80].unsqueeze(2).contiguous()
-    args = (image, None, None, None, [1, 10, 10, 0, 5, 5, 1, 6, 8], [0.01, 0.01, 0.01], 10.0, True, 5,
-            0.02, True, 10, 100)
-    torch.library.opcheck(torch.ops.gswfast.slic.default, args,
-                          test_utils=("test_schema", "test_faketensor"))
+    args = (
+        image,
+        None,
+        None,
+        None,
+        [1, 10, 10, 0, 5, 5, 1, 6, 8],
+        [0.01, 0.01, 0.01],
+        10.0,
+        True,
+        5,
+        0.02,
+        True,
+        10,
+        100,
+    )
+    torch.library.opcheck(
+        torch.ops.gswfast.slic.default, args, test_utils=("test_schema", "test_faketensor")
+    )
 
 
 # ------------------------------------------------------------------------- bad input
@@ -541,11 +636,16 @@ def test_bad_images():
 
 def _skimage_count(image: torch.Tensor, n_segments: int) -> int:
     array = image[0].permute(1, 2, 0).double().numpy()
-    return int(segmentation.slic(array, n_segments=n_segments, compactness=10.0, start_label=0).max()) + 1
+    return (
+        int(segmentation.slic(array, n_segments=n_segments, compactness=10.0, start_label=0).max())
+        + 1
+    )
 
 
-@pytest.mark.parametrize("shape, n_segments", [((4, 400), 10), ((2, 5), 2), ((1, 8), 1), ((8, 1), 1),
-                                                ((3, 30), 3), ((1, 40), 4)])
+@pytest.mark.parametrize(
+    "shape, n_segments",
+    [((4, 400), 10), ((2, 5), 2), ((1, 8), 1), ((8, 1), 1), ((3, 30), 3), ((1, 40), 4)],
+)
 def test_thin_images_get_one_row_of_seeds(shape, n_segments):
     # scikit-image segments these (the regular grid clamps the step to the thin side).
     image = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(0))
@@ -561,6 +661,7 @@ def test_thin_images_get_one_row_of_seeds(shape, n_segments):
 
 def _skimage_seeds(shape: tuple[int, int, int], n_segments: int) -> int:
     from skimage.util import regular_grid
+
     grid = regular_grid(shape, n_segments)
     return math.prod(len(range(*s.indices(d))) for s, d in zip(grid, shape))
 
@@ -605,12 +706,16 @@ def test_sigma_smooths_as_scipy_gaussian_filter(sigma):
     image = torch.rand(2, 3, 9, 40, 50, generator=torch.Generator().manual_seed(0))
     blur = _resolve_sigma(sigma, None, "volume")
     ours = _smooth(image, blur)
-    theirs = ndimage.gaussian_filter(image.double().numpy(), [0, 0, *blur], mode="reflect", truncate=4.0)
+    theirs = ndimage.gaussian_filter(
+        image.double().numpy(), [0, 0, *blur], mode="reflect", truncate=4.0
+    )
     torch.testing.assert_close(ours.double(), torch.from_numpy(theirs), atol=1e-6, rtol=0)
     # gsw.slic(sigma=...) segments exactly the smoothed images; sigma 0 changes nothing.
     seg = gsw.slic(image, n_segments=40, sigma=sigma)
     assert torch.equal(seg.labels, gsw.slic(ours, n_segments=40).labels)
-    assert torch.equal(gsw.slic(image, n_segments=40, sigma=0).labels, gsw.slic(image, n_segments=40).labels)
+    assert torch.equal(
+        gsw.slic(image, n_segments=40, sigma=0).labels, gsw.slic(image, n_segments=40).labels
+    )
 
 
 def test_sigma_per_frame_images_and_spacing():
@@ -620,7 +725,9 @@ def test_sigma_per_frame_images_and_spacing():
     assert _resolve_sigma(2.0, None, "per_frame") == [0.0, 2.0, 2.0]
     assert _resolve_sigma((1.0, 3.0), None, "image") == [0.0, 1.0, 3.0]
     noisy = _photo("coffee")[:, :, :120, :160].float() / 255
-    noisy = (noisy + 0.15 * torch.randn(noisy.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    noisy = (
+        noisy + 0.15 * torch.randn(noisy.shape, generator=torch.Generator().manual_seed(1))
+    ).clamp(0, 1)
 
     rough = int(boundary_map(gsw.slic(noisy, n_segments=100).labels[0]).sum())
     smooth = int(boundary_map(gsw.slic(noisy, n_segments=100, sigma=2.0).labels[0]).sum())
@@ -633,7 +740,9 @@ def test_sigma_per_frame_images_and_spacing():
 
 
 def test_uint16_images_are_their_nominal_range():
-    image = (torch.rand(1, 3, 30, 40, generator=torch.Generator().manual_seed(0)) * 65535).to(torch.uint16)
+    image = (torch.rand(1, 3, 30, 40, generator=torch.Generator().manual_seed(0)) * 65535).to(
+        torch.uint16
+    )
     seg = gsw.slic(image, n_segments=20)
     same = gsw.slic(image.float() / 65535, n_segments=20)
     assert torch.equal(seg.labels, same.labels) and torch.equal(seg.centers, same.centers)

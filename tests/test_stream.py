@@ -34,9 +34,16 @@ def _frames(count: int = 40, seed: int = 4) -> torch.Tensor:
 def test_cold_windows_equal_explain(model, method):
     frames = _frames()
     options = {"n_steps": 4} if method == "integrated_gradients" else {}
-    stream = StreamExplainer(model, window=16, stride=8, method=method, warm_start=False, n_segments=60, **options)
+    stream = StreamExplainer(
+        model, window=16, stride=8, method=method, warm_start=False, n_segments=60, **options
+    )
     results = stream.push_many(frames)
-    assert [(r.first_frame, r.last_frame) for r in results] == [(0, 15), (8, 23), (16, 31), (24, 39)]
+    assert [(r.first_frame, r.last_frame) for r in results] == [
+        (0, 15),
+        (8, 23),
+        (16, 31),
+        (24, 39),
+    ]
     for r in results:
         clip = frames[r.first_frame : r.last_frame + 1].permute(1, 0, 2, 3)[None]
         seg = gsw.slic(clip, n_segments=60)
@@ -60,14 +67,19 @@ def test_warm_start_keeps_a_static_scene_still(model):
 
 def test_warm_start_converges_on_a_moving_scene(model):
     frames = _frames(48, seed=7)
-    warm = StreamExplainer(model, window=16, stride=4, method="gradient", n_segments=60).push_many(frames)
-    cold = StreamExplainer(model, window=16, stride=4, method="gradient", n_segments=60,
-                           warm_start=False).push_many(frames)
+    warm = StreamExplainer(model, window=16, stride=4, method="gradient", n_segments=60).push_many(
+        frames
+    )
+    cold = StreamExplainer(
+        model, window=16, stride=4, method="gradient", n_segments=60, warm_start=False
+    ).push_many(frames)
     warm_iterations = sum(int(r.explanation.segmentation.iterations[0]) for r in warm[1:])
     cold_iterations = sum(int(r.explanation.segmentation.iterations[0]) for r in cold[1:])
     assert warm_iterations < 0.6 * cold_iterations  # measured: 37 against 80
     for w, c in zip(warm, cold):
-        clip = frames[w.first_frame : w.last_frame + 1].permute(1, 0, 2, 3).float() / 255  # [3, T, H, W]
+        clip = (
+            frames[w.first_frame : w.last_frame + 1].permute(1, 0, 2, 3).float() / 255
+        )  # [3, T, H, W]
         quality_warm = explained_variation(w.explanation.labels[0], clip)
         quality_cold = explained_variation(c.explanation.labels[0], clip)
         assert quality_warm > quality_cold - 0.02  # the shifted warm start even did better here
@@ -85,14 +97,30 @@ class _Slow(torch.nn.Module):
 
 def test_drop_oldest_counts_and_block_keeps_all(model):
     frames = _frames(30)
-    with StreamExplainer(_Slow(model, 0.05), window=8, stride=1, background=True, policy="drop_oldest",
-                         max_pending=1, n_segments=20, method="gradient") as stream:
+    with StreamExplainer(
+        _Slow(model, 0.05),
+        window=8,
+        stride=1,
+        background=True,
+        policy="drop_oldest",
+        max_pending=1,
+        n_segments=20,
+        method="gradient",
+    ) as stream:
         results = stream.push_many(frames) + stream.flush()
         assert stream.windows_seen == 23 and stream.dropped > 0
         assert len(results) + stream.dropped == 23
         assert [r.index for r in results] == sorted(r.index for r in results)
-    with StreamExplainer(_Slow(model, 0.01), window=8, stride=1, background=True, policy="block",
-                         max_pending=2, n_segments=20, method="gradient") as stream:
+    with StreamExplainer(
+        _Slow(model, 0.01),
+        window=8,
+        stride=1,
+        background=True,
+        policy="block",
+        max_pending=2,
+        n_segments=20,
+        method="gradient",
+    ) as stream:
         results = stream.push_many(frames) + stream.flush()
         assert stream.dropped == 0 and [r.index for r in results] == list(range(23))
 
@@ -103,8 +131,15 @@ def test_memory_stays_bounded_over_a_long_stream(model):
         return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
     frames = _frames(16)
-    stream = StreamExplainer(model, window=16, stride=1, method="gradient", n_segments=20, background=True,
-                              policy="drop_oldest")
+    stream = StreamExplainer(
+        model,
+        window=16,
+        stride=1,
+        method="gradient",
+        n_segments=20,
+        background=True,
+        policy="drop_oldest",
+    )
     for _ in range(3):
         stream.push_many(frames)
     before = resident_mb()
@@ -130,9 +165,19 @@ def test_cuda_stream_equals_the_cpu_stream(model, background):
     # Host frames through pinned memory into the CUDA ring; with background=True the worker
     # explains on its own CUDA stream after an event.
     frames = _frames(28)
-    cpu = StreamExplainer(model, window=16, stride=4, method="gradient", n_segments=60).push_many(frames)
-    with StreamExplainer(load("actions", "cuda"), window=16, stride=4, method="gradient", n_segments=60, device="cuda",
-                         background=background, policy="block") as stream:
+    cpu = StreamExplainer(model, window=16, stride=4, method="gradient", n_segments=60).push_many(
+        frames
+    )
+    with StreamExplainer(
+        load("actions", "cuda"),
+        window=16,
+        stride=4,
+        method="gradient",
+        n_segments=60,
+        device="cuda",
+        background=background,
+        policy="block",
+    ) as stream:
         cuda = stream.push_many(frames) + stream.flush()
     assert [r.first_frame for r in cuda] == [r.first_frame for r in cpu]
     for c, g in zip(cpu, cuda):
@@ -144,7 +189,9 @@ def test_cuda_stream_equals_the_cpu_stream(model, background):
 def test_cupy_frames_on_cuda(model):
     cupy = pytest.importorskip("cupy")
     frames = cupy.asarray(_frames(20).numpy())
-    stream = StreamExplainer(load("actions", "cuda"), window=16, stride=4, method="gradient", n_segments=60)
+    stream = StreamExplainer(
+        load("actions", "cuda"), window=16, stride=4, method="gradient", n_segments=60
+    )
     results = stream.push_many(frames)
     assert len(results) == 2 and results[0].explanation.labels.is_cuda
 
@@ -205,8 +252,16 @@ def _run_with_timeout(work, seconds: float = 120.0):
 @pytest.mark.parametrize("background", [True, False])
 def test_a_failed_window_breaks_the_stream(model, background):
     frames = _frames(40)
-    stream = StreamExplainer(_FailsOnSecondCall(model), window=8, stride=2, method="gradient", n_segments=10,
-                             background=background, policy="block", max_pending=1)
+    stream = StreamExplainer(
+        _FailsOnSecondCall(model),
+        window=8,
+        stride=2,
+        method="gradient",
+        n_segments=10,
+        background=background,
+        policy="block",
+        max_pending=1,
+    )
 
     def feed():
         errors = []
@@ -223,16 +278,27 @@ def test_a_failed_window_breaks_the_stream(model, background):
         return errors
 
     errors = _run_with_timeout(feed)
-    assert errors and all("the stream is broken: its explainer failed on window 1" in str(e) for e in errors)
-    assert all(isinstance(e.__cause__, ValueError) and "second call" in str(e.__cause__) for e in errors)
+    assert errors and all(
+        "the stream is broken: its explainer failed on window 1" in str(e) for e in errors
+    )
+    assert all(
+        isinstance(e.__cause__, ValueError) and "second call" in str(e.__cause__) for e in errors
+    )
     first = len(frames) - len(errors)  # the push that reported the failure, then every later one
     assert first <= 8 + 2 * 1 + 2 * 2 + 1  # reported within a few windows of window 1
     assert stream.windows_seen <= first // 2 + 1  # nothing queued once it is broken
 
 
 def test_close_after_a_failure_does_not_hang(model):
-    stream = StreamExplainer(_FailsOnSecondCall(model), window=4, stride=1, method="gradient", n_segments=10,
-                             background=True, max_pending=2)
+    stream = StreamExplainer(
+        _FailsOnSecondCall(model),
+        window=4,
+        stride=1,
+        method="gradient",
+        n_segments=10,
+        background=True,
+        max_pending=2,
+    )
 
     def feed():
         with pytest.raises(RuntimeError, match="the stream is broken"):
@@ -259,7 +325,9 @@ def test_push_after_close_raises(model):
 
 
 def _clip_of(frames, result):
-    return frames[result.first_frame : result.last_frame + 1].permute(1, 0, 2, 3)[None]  # [1, C, T, H, W]
+    return frames[result.first_frame : result.last_frame + 1].permute(1, 0, 2, 3)[
+        None
+    ]  # [1, C, T, H, W]
 
 
 def test_target_none_int_or_a_function_of_the_logits(model):
@@ -271,18 +339,28 @@ def test_target_none_int_or_a_function_of_the_logits(model):
         return int(logits.argmin())
 
     for target in (None, 3, np.int64(2), least_likely, lambda logits: logits.argmin()):
-        stream = StreamExplainer(model, window=8, stride=8, method="gradient", n_segments=20, warm_start=False,
-                                 target=target)
+        stream = StreamExplainer(
+            model,
+            window=8,
+            stride=8,
+            method="gradient",
+            n_segments=20,
+            warm_start=False,
+            target=target,
+        )
         results = stream.push_many(frames)
         assert len(results) == 3
         for r in results:
             clip = _clip_of(frames, r)
             with torch.no_grad():
                 logits = model(clip.float() / 255)[0]
-            wanted = {None: int(logits.argmax()), 3: 3}.get(target, 2 if isinstance(target, np.integer)
-                                                             else int(logits.argmin()))
+            wanted = {None: int(logits.argmax()), 3: 3}.get(
+                target, 2 if isinstance(target, np.integer) else int(logits.argmin())
+            )
             assert r.target == wanted
-            expected = gsw.explain(model, clip, wanted, method="gradient", segmentation=r.explanation.labels)
+            expected = gsw.explain(
+                model, clip, wanted, method="gradient", segmentation=r.explanation.labels
+            )
             torch.testing.assert_close(r.explanation.segment_scores, expected.segment_scores)
     assert seen == [(6,)] * 3  # 6 actions; the function gets the window's logits [classes]
 
@@ -293,7 +371,9 @@ def test_bad_targets():
         StreamExplainer(model, target="cat")
     with pytest.raises(TypeError, match="target: expected None, a class"):
         StreamExplainer(model, target=-1)
-    stream = StreamExplainer(model, window=4, method="gradient", n_segments=10, target=lambda logits: logits)
+    stream = StreamExplainer(
+        model, window=4, method="gradient", n_segments=10, target=lambda logits: logits
+    )
     with pytest.raises(RuntimeError, match="the stream is broken") as info:
         stream.push_many(_frames(4))
     assert "the function must return a class" in str(info.value.__cause__)
@@ -302,12 +382,22 @@ def test_bad_targets():
 def test_slic_options_are_honoured(model):
     frames = _frames(16)
     options = {"max_iter": 1, "enforce_connectivity": False, "spacing": (3.0, 1.0, 1.0)}
-    stream = StreamExplainer(model, window=8, stride=8, method="gradient", warm_start=False, n_segments=30,
-                             compactness=5.0, slic_options=options)
+    stream = StreamExplainer(
+        model,
+        window=8,
+        stride=8,
+        method="gradient",
+        warm_start=False,
+        n_segments=30,
+        compactness=5.0,
+        slic_options=options,
+    )
     for r in stream.push_many(frames):
         expected = gsw.slic(_clip_of(frames, r), n_segments=30, compactness=5.0, **options)
         assert torch.equal(r.explanation.labels, expected.labels)
-    default = StreamExplainer(model, window=8, stride=8, method="gradient", warm_start=False, n_segments=30)
+    default = StreamExplainer(
+        model, window=8, stride=8, method="gradient", warm_start=False, n_segments=30
+    )
     assert not torch.equal(default.push_many(frames[:8])[0].explanation.labels, expected.labels)
     with pytest.raises(TypeError, match="slic_options: unexpected keyword"):
         StreamExplainer(model, slic_options={"n_segment": 3})
@@ -317,8 +407,14 @@ def test_slic_options_are_honoured(model):
 
 def test_per_frame_supervoxels_warm_start(model):
     frames = _frames(1)[0].expand(16, -1, -1, -1)  # a static scene
-    stream = StreamExplainer(model, window=8, stride=2, method="gradient", n_segments=12,
-                             slic_options={"mode": "per_frame"})
+    stream = StreamExplainer(
+        model,
+        window=8,
+        stride=2,
+        method="gradient",
+        n_segments=12,
+        slic_options={"mode": "per_frame"},
+    )
     results = stream.push_many(frames)
     assert results[0].explanation.segmentation.mode == "per_frame"
     assert all(int(r.explanation.segmentation.iterations.max()) == 1 for r in results[1:])
@@ -330,7 +426,9 @@ def test_swag_works_for_every_window(model):
     results = stream.push_many(frames)
     assert len(results) == 5
     for r in results:
-        expected = gsw.explain(model, _clip_of(frames, r), method="gradient", swag=True, n_segments=20)
+        expected = gsw.explain(
+            model, _clip_of(frames, r), method="gradient", swag=True, n_segments=20
+        )
         assert torch.equal(r.explanation.labels, expected.labels)
         torch.testing.assert_close(r.explanation.segment_scores, expected.segment_scores)
 
@@ -350,12 +448,22 @@ def test_ring_slots_are_contiguous_frames(model):
 
 def test_a_slow_consumer_gets_every_window_unchanged(model):
     frames = _frames(30)
-    expected = StreamExplainer(model, window=8, stride=2, method="gradient", n_segments=20).push_many(frames)
+    expected = StreamExplainer(
+        model, window=8, stride=2, method="gradient", n_segments=20
+    ).push_many(frames)
     held = []
 
     def consume():
-        with StreamExplainer(model, window=8, stride=2, method="gradient", n_segments=20, background=True,
-                             policy="block", max_pending=1) as stream:
+        with StreamExplainer(
+            model,
+            window=8,
+            stride=2,
+            method="gradient",
+            n_segments=20,
+            background=True,
+            policy="block",
+            max_pending=1,
+        ) as stream:
             for frame in frames:
                 held.extend(stream.push(frame))
                 time.sleep(0.03)  # the consumer is slower than the worker
@@ -372,7 +480,9 @@ def test_a_slow_consumer_gets_every_window_unchanged(model):
 @pytest.mark.cuda
 def test_cuda_snapshots_do_not_sync():
     frames = _frames(12).cuda()
-    stream = StreamExplainer(load("actions", "cuda"), window=8, stride=2, method="gradient", n_segments=20)
+    stream = StreamExplainer(
+        load("actions", "cuda"), window=8, stride=2, method="gradient", n_segments=20
+    )
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -392,23 +502,38 @@ def test_cuda_results_are_safe_on_the_callers_stream():
     # allocator would hand the result's memory to the worker before the read.
     model = load("actions", "cuda")
     frames = _frames(40)
-    expected = StreamExplainer(model, window=8, stride=1, method="gradient", n_segments=20,
-                               device="cuda").push_many(frames)
+    expected = StreamExplainer(
+        model, window=8, stride=1, method="gradient", n_segments=20, device="cuda"
+    ).push_many(frames)
     caller = torch.cuda.Stream()
     copies = []
     with torch.cuda.stream(caller):
-        with StreamExplainer(model, window=8, stride=1, method="gradient", n_segments=20, device="cuda",
-                             background=True, policy="block") as stream:
+        with StreamExplainer(
+            model,
+            window=8,
+            stride=1,
+            method="gradient",
+            n_segments=20,
+            device="cuda",
+            background=True,
+            policy="block",
+        ) as stream:
             for frame in frames:
                 for result in stream.push(frame):
                     torch.cuda._sleep(20_000_000)  # ~10 ms of GPU time on the caller's stream
-                    copies.append((result.index, result.explanation.segment_scores * 1, result.logits * 1))
+                    copies.append(
+                        (result.index, result.explanation.segment_scores * 1, result.logits * 1)
+                    )
                     del result
             for result in stream.flush():
-                copies.append((result.index, result.explanation.segment_scores * 1, result.logits * 1))
+                copies.append(
+                    (result.index, result.explanation.segment_scores * 1, result.logits * 1)
+                )
     caller.synchronize()
     assert [i for i, *_ in copies] == list(range(len(expected)))
-    for (_, scores, logits), want in zip(copies, expected):  # cuDNN may sum in another order: float32 slack
+    for (_, scores, logits), want in zip(
+        copies, expected
+    ):  # cuDNN may sum in another order: float32 slack
         torch.testing.assert_close(scores, want.explanation.segment_scores, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(logits, want.logits, rtol=1e-4, atol=1e-5)
 
@@ -417,13 +542,27 @@ def test_cuda_results_are_safe_on_the_callers_stream():
 def test_results_are_recorded_on_the_callers_stream(monkeypatch):
     recorded = []
     original = torch.Tensor.record_stream
-    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: (recorded.append((t, s)), original(t, s))[1])
+    monkeypatch.setattr(
+        torch.Tensor, "record_stream", lambda t, s: (recorded.append((t, s)), original(t, s))[1]
+    )
     caller = torch.cuda.Stream()
     with torch.cuda.stream(caller):
-        with StreamExplainer(load("actions", "cuda"), window=8, stride=4, method="gradient", n_segments=20,
-                             device="cuda", background=True) as stream:
+        with StreamExplainer(
+            load("actions", "cuda"),
+            window=8,
+            stride=4,
+            method="gradient",
+            n_segments=20,
+            device="cuda",
+            background=True,
+        ) as stream:
             results = stream.push_many(_frames(12)) + stream.flush()
     on_caller = {id(t) for t, s in recorded if s == caller}
     for r in results:
-        for t in (r.logits, r.explanation.segment_scores, r.explanation.labels, r.explanation.pixel_scores):
+        for t in (
+            r.logits,
+            r.explanation.segment_scores,
+            r.explanation.labels,
+            r.explanation.pixel_scores,
+        ):
             assert id(t) in on_caller

@@ -41,9 +41,20 @@ import torch
 from torch import Tensor, nn
 
 from gswfast.attribution._model import (
-    ModelForward, OutputTarget, Preprocess, Target, check_target_range, model_session, resolve_target,
+    ModelForward,
+    OutputTarget,
+    Preprocess,
+    Target,
+    check_target_range,
+    model_session,
+    resolve_target,
 )
-from gswfast.attribution.baselines import BASELINES, check_baseline, make_baseline, needs_segmentation
+from gswfast.attribution.baselines import (
+    BASELINES,
+    check_baseline,
+    make_baseline,
+    needs_segmentation,
+)
 from gswfast.attribution.channels import CHANNEL_REDUCTIONS, reduce_channels
 from gswfast.attribution.gradcam import GradCAM, find_layer, last_conv_layer
 from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient
@@ -51,7 +62,12 @@ from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGra
 from gswfast.attribution.smoothgrad import SmoothGrad
 
 METHODS: tuple[str, ...] = (
-    "gradient", "input_x_gradient", "integrated_gradients", "lime_ig", "smoothgrad", "gradcam",
+    "gradient",
+    "input_x_gradient",
+    "integrated_gradients",
+    "lime_ig",
+    "smoothgrad",
+    "gradcam",
     "guided_backprop",
 )
 
@@ -71,7 +87,11 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
 # both, benchmarks/lime_agreement.py), at half the cost.
 _DEFAULT_STEPS = {"integrated_gradients": 32, "lime_ig": 16}
 _SINGLE_PASS = ("gradient", "input_x_gradient", "gradcam", "guided_backprop")  # one model pass on x
-_DEFAULT_BASELINE = {"input_x_gradient": "zeros", "integrated_gradients": "zeros", "lime_ig": "segment_mean"}
+_DEFAULT_BASELINE = {
+    "input_x_gradient": "zeros",
+    "integrated_gradients": "zeros",
+    "lime_ig": "segment_mean",
+}
 
 
 @dataclass(frozen=True)
@@ -107,11 +127,15 @@ def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
     if method == "smoothgrad":
         base = options.get("base", "gradient")
         if base not in METHODS or base == "smoothgrad":
-            raise ValueError(f"base: expected one of {tuple(m for m in METHODS if m != 'smoothgrad')}, got {base!r}")
+            raise ValueError(
+                f"base: expected one of {tuple(m for m in METHODS if m != 'smoothgrad')}, got {base!r}"
+            )
         allowed = set(_SMOOTH_OPTIONS) | set(_OPTIONS[base])
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise TypeError(f"method {method!r} got unexpected option(s) {unknown}; it takes {sorted(allowed)}")
+        raise TypeError(
+            f"method {method!r} got unexpected option(s) {unknown}; it takes {sorted(allowed)}"
+        )
     spec = MethodSpec(method, dict(options))
     if spec.baseline is not None:
         check_baseline(spec.baseline)
@@ -131,19 +155,33 @@ def _unalias(options: dict[str, Any]) -> dict[str, Any]:
 class Attributor:
     """Builds the scorer of a ``MethodSpec`` for one batch and runs it in a model session."""
 
-    def __init__(self, model: nn.Module, spec: MethodSpec, preprocess: Preprocess | None = None,
-                 autocast: Any = None, eval_mode: bool = True, channels_last: bool | None = None,
-                 additional_forward_args: Any = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: MethodSpec,
+        preprocess: Preprocess | None = None,
+        autocast: Any = None,
+        eval_mode: bool = True,
+        channels_last: bool | None = None,
+        additional_forward_args: Any = None,
+    ) -> None:
         self.model = model
         self.spec = spec
-        self.forward = ModelForward(model, preprocess, autocast, channels_last, additional_forward_args)
+        self.forward = ModelForward(
+            model, preprocess, autocast, channels_last, additional_forward_args
+        )
         self.eval_mode = eval_mode
         self.delta: Tensor | None = None
         self._layer: nn.Module | None = None
         self._layer_key: tuple | None = None
 
-    def __call__(self, x: Tensor, target: Tensor | OutputTarget | None, labels: Tensor | None = None,
-                 num_segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self,
+        x: Tensor,
+        target: Tensor | OutputTarget | None,
+        labels: Tensor | None = None,
+        num_segments: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Attribution ``[B, C|1, (T), H, W]`` and targets int64 ``[B]`` (-1 for an
         ``OutputTarget``) of float inputs ``x``. Afterwards ``logits`` holds the model's
         ``[B, classes]`` output on ``x`` when the method ran the model on ``x`` itself once
@@ -156,7 +194,11 @@ class Attributor:
             scorer = self._scorer(self.spec.base, x, labels, num_segments, handles)
             top = scorer
             if self.spec.method == "smoothgrad":
-                smooth = {k: v for k, v in self.spec.options.items() if k in _SMOOTH_OPTIONS and k != "base"}
+                smooth = {
+                    k: v
+                    for k, v in self.spec.options.items()
+                    if k in _SMOOTH_OPTIONS and k != "base"
+                }
                 if isinstance(scorer, IntegratedGradients):
                     scorer.convergence_delta = False
                 top = SmoothGrad(scorer, **smooth)
@@ -171,8 +213,14 @@ class Attributor:
     def logits(self) -> Tensor | None:
         return self.forward.last_logits if self.spec.method in _SINGLE_PASS else None
 
-    def _scorer(self, method: str, x: Tensor, labels: Tensor | None, num_segments: Tensor | None,
-                handles: list):
+    def _scorer(
+        self,
+        method: str,
+        x: Tensor,
+        labels: Tensor | None,
+        num_segments: Tensor | None,
+        handles: list,
+    ):
         options = self.spec.options
         if method == "gradient":
             return Gradient()
@@ -185,10 +233,15 @@ class Attributor:
             scorer = GradCAM(self._gradcam_layer(x))
             scorer.register(handles)
             return scorer
-        baseline = make_baseline(self.spec.baseline, x, labels, num_segments, options.get("blur_sigma"))
+        baseline = make_baseline(
+            self.spec.baseline, x, labels, num_segments, options.get("blur_sigma")
+        )
         if method == "input_x_gradient":
             return InputXGradient(baseline)
-        ig = {"n_steps": _DEFAULT_STEPS[method], **{k: v for k, v in options.items() if k in _IG_OPTIONS}}
+        ig = {
+            "n_steps": _DEFAULT_STEPS[method],
+            **{k: v for k, v in options.items() if k in _IG_OPTIONS},
+        }
         return IntegratedGradients(baseline, **ig)
 
     def _gradcam_layer(self, x: Tensor) -> nn.Module:
@@ -207,15 +260,28 @@ def _check_single_replica(model: nn.Module) -> None:
     # the captured activation; with one device it just calls the module.
     for m in model.modules():
         if isinstance(m, nn.DataParallel) and len(m.device_ids) > 1:
-            raise ValueError("model: Grad-CAM through nn.DataParallel over several GPUs is not supported; "
-                             "explain model.module, or split the batch per GPU")
+            raise ValueError(
+                "model: Grad-CAM through nn.DataParallel over several GPUs is not supported; "
+                "explain model.module, or split the batch per GPU"
+            )
 
 
-def attribute(model: nn.Module, inputs: Tensor, target: Target = None, method: str = "integrated_gradients", *,
-              labels: Tensor | None = None, num_segments: Tensor | None = None,
-              preprocess: Preprocess | None = None, autocast: Any = None, eval_mode: bool = True,
-              channels_last: bool | None = None, additional_forward_args: Any = None,
-              return_convergence_delta: bool = False, **options: Any) -> tuple[Tensor, ...]:
+def attribute(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    method: str = "integrated_gradients",
+    *,
+    labels: Tensor | None = None,
+    num_segments: Tensor | None = None,
+    preprocess: Preprocess | None = None,
+    autocast: Any = None,
+    eval_mode: bool = True,
+    channels_last: bool | None = None,
+    additional_forward_args: Any = None,
+    return_convergence_delta: bool = False,
+    **options: Any,
+) -> tuple[Tensor, ...]:
     """Pixel attribution of float ``inputs [B, C, (T), H, W]`` for ``target`` (None: the
     predicted class; see the module docstring for targets and the methods' options).
 
@@ -227,17 +293,38 @@ def attribute(model: nn.Module, inputs: Tensor, target: Target = None, method: s
     if spec.needs_segmentation and labels is None:
         raise ValueError("labels: baseline 'segment_mean' needs a segmentation")
     if return_convergence_delta and spec.method not in _DEFAULT_STEPS:
-        raise ValueError(f"return_convergence_delta: only integrated_gradients and lime_ig have one, not {method!r}")
+        raise ValueError(
+            f"return_convergence_delta: only integrated_gradients and lime_ig have one, not {method!r}"
+        )
     with torch.inference_mode(False):
         x = inputs.clone() if inputs.is_inference() else inputs
         resolved = resolve_target(target, x.shape[0], x.device)
-        attributor = Attributor(model, spec, preprocess, autocast, eval_mode, channels_last, additional_forward_args)
+        attributor = Attributor(
+            model, spec, preprocess, autocast, eval_mode, channels_last, additional_forward_args
+        )
         attribution, resolved = attributor(x, resolved, labels, num_segments)
-        return (attribution, resolved, attributor.delta) if return_convergence_delta else (attribution, resolved)
+        return (
+            (attribution, resolved, attributor.delta)
+            if return_convergence_delta
+            else (attribution, resolved)
+        )
 
 
 __all__ = [
-    "BASELINES", "CHANNEL_REDUCTIONS", "INTEGRATIONS", "METHODS", "Attributor", "MethodSpec",
-    "ModelForward", "OutputTarget", "attribute", "check_target_range", "find_layer", "make_baseline", "method_spec",
-    "model_session", "reduce_channels", "resolve_target",
+    "BASELINES",
+    "CHANNEL_REDUCTIONS",
+    "INTEGRATIONS",
+    "METHODS",
+    "Attributor",
+    "MethodSpec",
+    "ModelForward",
+    "OutputTarget",
+    "attribute",
+    "check_target_range",
+    "find_layer",
+    "make_baseline",
+    "method_spec",
+    "model_session",
+    "reduce_channels",
+    "resolve_target",
 ]

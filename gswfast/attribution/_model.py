@@ -34,20 +34,34 @@ class OutputTarget:
         """The ``[batch]`` scores to explain, out of the model's output."""
         if self.score is not None:
             value = self.score(output)
-            if not isinstance(value, Tensor) or value.shape != (batch,) or not value.is_floating_point():
+            if (
+                not isinstance(value, Tensor)
+                or value.shape != (batch,)
+                or not value.is_floating_point()
+            ):
                 got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"target: the function of the model's output must return float scores [B] "
-                                 f"with B = {batch}, got {got}")
+                raise ValueError(
+                    f"target: the function of the model's output must return float scores [B] "
+                    f"with B = {batch}, got {got}"
+                )
             return value
-        if not isinstance(output, Tensor) or output.dim() != 1 + len(self.index) or output.shape[0] != batch:
+        if (
+            not isinstance(output, Tensor)
+            or output.dim() != 1 + len(self.index)
+            or output.shape[0] != batch
+        ):
             got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(f"target: the tuple {self.index} indexes each sample's output, so the model must return "
-                             f"[B, {', '.join(f'd{i + 1}' for i in range(len(self.index)))}] with B = {batch}, got {got}; "
-                             "for one class per sample pass a list, an array or a tensor")
+            raise ValueError(
+                f"target: the tuple {self.index} indexes each sample's output, so the model must return "
+                f"[B, {', '.join(f'd{i + 1}' for i in range(len(self.index)))}] with B = {batch}, got {got}; "
+                "for one class per sample pass a list, an array or a tensor"
+            )
         for i, (position, size) in enumerate(zip(self.index, output.shape[1:])):
             if not -size <= position < size:
-                raise ValueError(f"target: index {position} at position {i} of {self.index} is out of range for "
-                                 f"the model's output of shape {tuple(output.shape)}")
+                raise ValueError(
+                    f"target: index {position} at position {i} of {self.index} is out of range for "
+                    f"the model's output of shape {tuple(output.shape)}"
+                )
         return output[(slice(None), *self.index)]
 
 
@@ -74,9 +88,14 @@ class ModelForward:
     contiguous input once, and the choice is kept.
     """
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess | None = None,
-                 autocast: torch.dtype | None = None, channels_last: bool | None = None,
-                 additional_forward_args: Any = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Preprocess | None = None,
+        autocast: torch.dtype | None = None,
+        channels_last: bool | None = None,
+        additional_forward_args: Any = None,
+    ) -> None:
         self.model = model
         self.preprocess = preprocess
         self.autocast = autocast
@@ -88,9 +107,13 @@ class ModelForward:
     def check_extra_args(self, batch: int, device: torch.device) -> None:
         """Every tensor among the additional forward args has ``batch`` rows on ``device``."""
         for i, arg in enumerate(self.extra_args):
-            if isinstance(arg, Tensor) and (arg.dim() == 0 or arg.shape[0] != batch or arg.device != device):
-                raise ValueError(f"additional_forward_args: argument {i} is a tensor, so it must have one row per "
-                                 f"sample ([{batch}, ...]) on {device}, got shape {tuple(arg.shape)} on {arg.device}")
+            if isinstance(arg, Tensor) and (
+                arg.dim() == 0 or arg.shape[0] != batch or arg.device != device
+            ):
+                raise ValueError(
+                    f"additional_forward_args: argument {i} is a tensor, so it must have one row per "
+                    f"sample ([{batch}, ...]) on {device}, got shape {tuple(arg.shape)} on {arg.device}"
+                )
 
     def output(self, x: Tensor, rows: Tensor | None = None) -> Any:
         """The model's raw output on ``x [N, C, (T), H, W]``; ``rows [N]``: each row's sample
@@ -105,7 +128,9 @@ class ModelForward:
         _check_logits(out, x.shape[0])
         return out.to(accumulation_dtype(out.dtype))
 
-    def scores(self, x: Tensor, target: Tensor | OutputTarget, rows: Tensor | None = None) -> Tensor:
+    def scores(
+        self, x: Tensor, target: Tensor | OutputTarget, rows: Tensor | None = None
+    ) -> Tensor:
         """The target's score of each row ``[N]``: its class's logit, or an ``OutputTarget``'s."""
         if isinstance(target, OutputTarget):
             out = self.output(x, rows)
@@ -119,8 +144,9 @@ class ModelForward:
             self.check_targets = False
         return out.gather(1, target.view(-1, 1)).squeeze(1)
 
-    def selected(self, x: Tensor, target: Tensor | OutputTarget | None,
-                 rows: Tensor | None = None) -> tuple[Tensor, Tensor | OutputTarget]:
+    def selected(
+        self, x: Tensor, target: Tensor | OutputTarget | None, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | OutputTarget]:
         """The target score of each sample ``[B]`` and the targets (argmax if None)."""
         if target is not None:
             return self.scores(x, target, rows), target
@@ -140,17 +166,24 @@ class ModelForward:
         try:
             return self.preprocess(x)
         except RuntimeError as error:
-            hint = (" A 1-channel (grey) image needs a 1-channel preprocess, or repeat it to 3 channels: "
-                    "inputs.expand(-1, 3, *inputs.shape[2:])." if x.shape[1] == 1 else
-                    " Does preprocess expect another number of channels than the inputs' "
-                    f"{x.shape[1]}?")
-            raise ValueError(f"preprocess: failed on inputs of shape {tuple(x.shape)} ([B, C, (T), H, W], "
-                             f"{x.shape[1]} channel(s)): {error}.{hint}") from error
+            hint = (
+                " A 1-channel (grey) image needs a 1-channel preprocess, or repeat it to 3 channels: "
+                "inputs.expand(-1, 3, *inputs.shape[2:])."
+                if x.shape[1] == 1
+                else " Does preprocess expect another number of channels than the inputs' "
+                f"{x.shape[1]}?"
+            )
+            raise ValueError(
+                f"preprocess: failed on inputs of shape {tuple(x.shape)} ([B, C, (T), H, W], "
+                f"{x.shape[1]} channel(s)): {error}.{hint}"
+            ) from error
 
     def _args(self, rows: Tensor | None) -> tuple:
         if rows is None:
             return self.extra_args
-        return tuple(a.index_select(0, rows) if isinstance(a, Tensor) else a for a in self.extra_args)
+        return tuple(
+            a.index_select(0, rows) if isinstance(a, Tensor) else a for a in self.extra_args
+        )
 
     def _run(self, inputs: Tensor, args: tuple = ()) -> object:
         if not self._wants_channels_last(inputs):
@@ -165,8 +198,12 @@ class ModelForward:
         # error surfaces alone, and the layout choice stays open.
         out = self.model(inputs, *args)
         self.channels_last = False
-        warnings.warn("gswfast: the model failed on a channels-last input; using contiguous inputs "
-                      "(pass channels_last=False to skip the attempt)", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            "gswfast: the model failed on a channels-last input; using contiguous inputs "
+            "(pass channels_last=False to skip the attempt)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return out
 
     def _wants_channels_last(self, inputs: Tensor) -> bool:
@@ -186,7 +223,11 @@ def _as_args(additional_forward_args: Any) -> tuple:
     """Captum's convention: None (nothing), one argument, or a tuple of them."""
     if additional_forward_args is None:
         return ()
-    return additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+    return (
+        additional_forward_args
+        if isinstance(additional_forward_args, tuple)
+        else (additional_forward_args,)
+    )
 
 
 def rows_of(sample: Tensor | None, rows: Tensor) -> Tensor:
@@ -194,8 +235,12 @@ def rows_of(sample: Tensor | None, rows: Tensor) -> Tensor:
     return rows if sample is None else sample.index_select(0, rows)
 
 
-def input_gradient(forward: ModelForward, x: Tensor, target: Tensor | OutputTarget | None,
-                   rows: Tensor | None = None) -> tuple[Tensor, Tensor | OutputTarget]:
+def input_gradient(
+    forward: ModelForward,
+    x: Tensor,
+    target: Tensor | OutputTarget | None,
+    rows: Tensor | None = None,
+) -> tuple[Tensor, Tensor | OutputTarget]:
     """d(target score)/dx ``[B, C, ...]`` and the targets ``[B]``; ``rows``: each row's sample."""
     x = x.detach().requires_grad_(True)
     score, target = forward.selected(x, target, rows)
@@ -219,7 +264,9 @@ def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved
         return None
     if isinstance(target, tuple):
         if not target or not all(_is_int(v) for v in target):
-            raise TypeError(f"target: a tuple indexes each sample's output and must hold ints, got {target!r}")
+            raise TypeError(
+                f"target: a tuple indexes each sample's output and must hold ints, got {target!r}"
+            )
         return OutputTarget(index=tuple(int(v) for v in target))
     if callable(target) and not isinstance(target, Tensor):
         return OutputTarget(score=target)
@@ -233,15 +280,23 @@ def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved
         t = target.to(device=device, dtype=torch.int64)
     elif _is_int(target):
         t = torch.full((batch,), int(target), dtype=torch.int64, device=device)
-    elif isinstance(target, Sequence) and not isinstance(target, str) and all(_is_int(v) for v in target):
+    elif (
+        isinstance(target, Sequence)
+        and not isinstance(target, str)
+        and all(_is_int(v) for v in target)
+    ):
         t = torch.tensor([int(v) for v in target], dtype=torch.int64, device=device)
     else:
-        raise TypeError("target: expected None, an int, a list/array/tensor of ints (one per sample), a tuple "
-                        f"(an index into each sample's output) or a function of the output, got {target!r}")
+        raise TypeError(
+            "target: expected None, an int, a list/array/tensor of ints (one per sample), a tuple "
+            f"(an index into each sample's output) or a function of the output, got {target!r}"
+        )
     if t.dim() == 0:
         t = t.expand(batch)
     if t.shape != (batch,):
-        raise ValueError(f"target: expected one class per sample ([{batch}]), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"target: expected one class per sample ([{batch}]), got shape {tuple(t.shape)}"
+        )
     return t.contiguous()
 
 
@@ -294,9 +349,13 @@ _OTHER = "; for other outputs pass target= as a tuple (an index into each sample
 
 def _check_logits(out: object, batch: int) -> None:
     if not isinstance(out, Tensor):
-        raise ValueError(f"model: expected it to return a logits tensor [B, classes], got {type(out).__name__}{_OTHER}")
+        raise ValueError(
+            f"model: expected it to return a logits tensor [B, classes], got {type(out).__name__}{_OTHER}"
+        )
     if out.dim() != 2 or out.shape[0] != batch:
-        raise ValueError(f"model: expected logits [B, classes] with B = {batch}, got shape {tuple(out.shape)}{_OTHER}")
+        raise ValueError(
+            f"model: expected logits [B, classes] with B = {batch}, got shape {tuple(out.shape)}{_OTHER}"
+        )
     if not out.is_floating_point():
         raise ValueError(f"model: expected floating-point logits, got {out.dtype}")
 

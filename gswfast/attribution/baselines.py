@@ -26,8 +26,13 @@ def check_baseline(baseline: object) -> None:
         raise ValueError(f"baseline: expected one of {BASELINES} or a tensor, got {baseline!r}")
 
 
-def make_baseline(baseline: Baseline, x: Tensor, labels: Tensor | None = None,
-                  num_segments: Tensor | None = None, blur_sigma: float | None = None) -> Tensor:
+def make_baseline(
+    baseline: Baseline,
+    x: Tensor,
+    labels: Tensor | None = None,
+    num_segments: Tensor | None = None,
+    blur_sigma: float | None = None,
+) -> Tensor:
     """The baseline for ``x [B, C, (T), H, W]``, same shape, dtype and device.
 
     - ``"zeros"``: all zeros (black, before any ``preprocess``).
@@ -49,15 +54,23 @@ def make_baseline(baseline: Baseline, x: Tensor, labels: Tensor | None = None,
     return segment_mean_image(x, labels, num_segments)
 
 
-def stand_in_image(choice: str | Tensor, x: Tensor, name: str, names: dict[str, str],
-                   labels: Tensor | None = None, num_segments: Tensor | None = None) -> Tensor:
+def stand_in_image(
+    choice: str | Tensor,
+    x: Tensor,
+    name: str,
+    names: dict[str, str],
+    labels: Tensor | None = None,
+    num_segments: Tensor | None = None,
+) -> Tensor:
     """The image that replaces parts of ``x`` (LIME's hidden segments, the deletion and
     insertion curves' other end): a tensor of exactly ``x``'s shape on its device, or one of
     ``names``, the caller's words for ``make_baseline``'s (``{"zero": "zeros", ...}``)."""
     if isinstance(choice, Tensor):
         if choice.shape != x.shape or choice.device != x.device:
-            raise ValueError(f"{name}: expected a tensor of shape {tuple(x.shape)} on {x.device}, "
-                             f"got {tuple(choice.shape)} on {choice.device}")
+            raise ValueError(
+                f"{name}: expected a tensor of shape {tuple(x.shape)} on {x.device}, "
+                f"got {tuple(choice.shape)} on {choice.device}"
+            )
         return choice.to(x.dtype)
     if not isinstance(choice, str) or choice not in names:
         raise ValueError(f"{name}: expected one of {tuple(names)} or a tensor, got {choice!r}")
@@ -66,7 +79,9 @@ def stand_in_image(choice: str | Tensor, x: Tensor, name: str, names: dict[str, 
 
 def segment_mean_image(x: Tensor, labels: Tensor, num_segments: Tensor | None = None) -> Tensor:
     """``x [B, C, *S]`` with every segment of ``labels [B, *S]`` replaced by its mean."""
-    means = ops.segment_pool(x.to(accumulation_dtype(x.dtype)), labels, num_segments, "mean", validate=False)  # [B, C, K]
+    means = ops.segment_pool(
+        x.to(accumulation_dtype(x.dtype)), labels, num_segments, "mean", validate=False
+    )  # [B, C, K]
     return ops.paint(means, labels, validate=False).to(x.dtype)
 
 
@@ -82,7 +97,11 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
             continue
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=planes.dtype)
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-        kernel = (kernel / kernel.sum()).view(1, 1, 1, -1) if dim == -1 else (kernel / kernel.sum()).view(1, 1, -1, 1)
+        kernel = (
+            (kernel / kernel.sum()).view(1, 1, 1, -1)
+            if dim == -1
+            else (kernel / kernel.sum()).view(1, 1, -1, 1)
+        )
         pad = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
         planes = F.conv2d(F.pad(planes, pad, mode="reflect"), kernel)
     return planes.reshape(shape).to(x.dtype)

@@ -21,13 +21,17 @@ def find_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
             raise ValueError("layer: the given module is not part of the model")
         return layer
     if not isinstance(layer, str):
-        raise TypeError(f"layer: expected a module, a dotted name or None, got {type(layer).__name__}")
+        raise TypeError(
+            f"layer: expected a module, a dotted name or None, got {type(layer).__name__}"
+        )
     modules = dict(model.named_modules())
     for name in (layer, f"module.{layer}", layer.removeprefix("module.")):
         if name in modules:
             return modules[name]
     convs = [n for n, m in model.named_modules() if isinstance(m, _CONVS)][-3:]
-    raise ValueError(f"layer: the model has no module named {layer!r} (its last convolutions: {convs})")
+    raise ValueError(
+        f"layer: the model has no module named {layer!r} (its last convolutions: {convs})"
+    )
 
 
 def last_conv_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> nn.Module:
@@ -51,7 +55,9 @@ def last_conv_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> nn.Mo
         for handle in handles:
             handle.remove()
     if not seen:
-        raise ValueError("layer: the model runs no Conv2d/Conv3d with a spatial output; pass layer=")
+        raise ValueError(
+            "layer: the model runs no Conv2d/Conv3d with a spatial output; pass layer="
+        )
     return seen[-1]
 
 
@@ -80,8 +86,9 @@ class GradCAM:
         # neither touches the captured activation nor modifies a leaf.
         return activation.clone()
 
-    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
-                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         self._activation = None
         try:
             score, target = forward.selected(x.detach(), target, sample)
@@ -100,4 +107,6 @@ class GradCAM:
         weights = grad.to(acc).mean(dim=tuple(range(2, grad.dim())), keepdim=True)
         cam = torch.relu((weights * activation.detach().to(acc)).sum(1, keepdim=True))
         mode = "trilinear" if x.dim() == 5 else "bilinear"
-        return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).to(x.dtype), target
+        return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).to(
+            x.dtype
+        ), target

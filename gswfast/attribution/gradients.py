@@ -23,8 +23,9 @@ def pick(per_sample: Tensor, sample: Tensor | None) -> Tensor:
 class Gradient:
     """d(target logit)/d(input) (saliency, Simonyan et al. 2014)."""
 
-    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
-                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         return input_gradient(forward, x, target, sample)
 
 
@@ -34,8 +35,9 @@ class InputXGradient:
     def __init__(self, baseline: Tensor) -> None:
         self.baseline = baseline  # [B, C, (T), H, W]
 
-    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
-                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         grad, target = input_gradient(forward, x, target, sample)
         return (x - pick(self.baseline, sample)) * grad, target
 
@@ -54,8 +56,9 @@ class GuidedBackprop:
         for relu in self.relus:
             handles.append(relu.register_forward_hook(_guide_relu_output))
 
-    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
-                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         return input_gradient(forward, x, target, sample)
 
 

@@ -10,7 +10,11 @@ from gswfast.attribution._model import ModelForward, accumulation_dtype, input_g
 from gswfast.attribution.gradients import pick
 
 INTEGRATIONS: tuple[str, ...] = (
-    "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right",
+    "gausslegendre",
+    "riemann_trapezoid",
+    "riemann_middle",
+    "riemann_left",
+    "riemann_right",
 )
 
 
@@ -46,24 +50,37 @@ class IntegratedGradients:
     kept in ``delta [B]`` after each call, for two more forward passes.
     """
 
-    def __init__(self, baseline: Tensor, n_steps: int = 32, integration: str = "gausslegendre",
-                 batch_size: int | None = None, convergence_delta: bool = True) -> None:
+    def __init__(
+        self,
+        baseline: Tensor,
+        n_steps: int = 32,
+        integration: str = "gausslegendre",
+        batch_size: int | None = None,
+        convergence_delta: bool = True,
+    ) -> None:
         self.baseline = baseline
         alphas, weights = integration_points(n_steps, integration)
         # on the host once; copied to the device without a sync (pinned, non_blocking)
-        self._alphas, self._weights = torch.tensor(alphas, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+        self._alphas, self._weights = (
+            torch.tensor(alphas, dtype=torch.float64),
+            torch.tensor(weights, dtype=torch.float64),
+        )
         self.batch_size = check_batch_size(batch_size)
         self.convergence_delta = convergence_delta
         self.delta: Tensor | None = None
 
-    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
-                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         if target is None:
             target = forward.predicted(x, sample)
         baseline = pick(self.baseline, sample)
         diff = x - baseline
         n, steps, acc = x.shape[0], len(self._alphas), accumulation_dtype(x.dtype)
-        alphas, weights = to_device(self._alphas, x.device, x.dtype), to_device(self._weights, x.device, acc)
+        alphas, weights = (
+            to_device(self._alphas, x.device, x.dtype),
+            to_device(self._weights, x.device, acc),
+        )
         total = torch.zeros(x.shape, device=x.device, dtype=acc)
         chunk = chunk_rows(self.batch_size, n)
         for start in range(0, n * steps, chunk):
@@ -74,12 +91,22 @@ class IntegratedGradients:
             grad, _ = input_gradient(forward, points, target[row], rows_of(sample, row))
             total.index_add_(0, row, grad.to(acc) * weights[step].view(view))
         attribution = diff.to(acc) * total
-        self.delta = self._delta(forward, x, baseline, target, sample, attribution) if self.convergence_delta else None
+        self.delta = (
+            self._delta(forward, x, baseline, target, sample, attribution)
+            if self.convergence_delta
+            else None
+        )
         return attribution.to(x.dtype), target
 
     @staticmethod
-    def _delta(forward: ModelForward, x: Tensor, baseline: Tensor, target: Tensor, sample: Tensor | None,
-               attribution: Tensor) -> Tensor:
+    def _delta(
+        forward: ModelForward,
+        x: Tensor,
+        baseline: Tensor,
+        target: Tensor,
+        sample: Tensor | None,
+        attribution: Tensor,
+    ) -> Tensor:
         """Sum of each sample's attributions minus ``f(x) - f(baseline)``: ``[B]``."""
         with torch.no_grad():
             ends = forward.scores(x, target, sample) - forward.scores(baseline, target, sample)

@@ -21,11 +21,22 @@ class SmoothGrad:
     size (``seed=None``: a seed drawn from torch's global generator).
     """
 
-    def __init__(self, base, n_samples: int = 25, noise_level: float = 0.15, square: bool = False,
-                 seed: int | None = None, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        base,
+        n_samples: int = 25,
+        noise_level: float = 0.15,
+        square: bool = False,
+        seed: int | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
-        if not (isinstance(noise_level, (int, float)) and math.isfinite(noise_level) and noise_level >= 0):
+        if not (
+            isinstance(noise_level, (int, float))
+            and math.isfinite(noise_level)
+            and noise_level >= 0
+        ):
             raise ValueError(f"noise_level: expected a finite number >= 0, got {noise_level!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
@@ -36,8 +47,9 @@ class SmoothGrad:
         self.seed = seed
         self.batch_size = check_batch_size(batch_size)
 
-    def __call__(self, forward: ModelForward, x: Tensor, target: Tensor | None,
-                 sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         if sample is not None:
             raise ValueError("method: smoothgrad cannot wrap smoothgrad")
         if target is None:
@@ -65,7 +77,9 @@ class SmoothGrad:
         return (total / self.n_samples).to(x.dtype), target
 
 
-def host_noise(seed: int, rows: range, batch: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
+def host_noise(
+    seed: int, rows: range, batch: int, shape: tuple[int, ...], device: torch.device
+) -> Tensor:
     """Standard normal noise ``[len(rows), *shape]`` float32 on ``device``: row ``r`` is copy
     ``r // batch`` of sample ``r % batch``, drawn on the host from a generator seeded by
     ``(seed, sample, copy)``, so it does not depend on how rows are chunked or on the device."""

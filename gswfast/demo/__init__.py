@@ -5,4 +5,13 @@ reproduces them)."""
 from gswfast.demo.data import ACTIONS, SHAPES, Batch, action_clips, shape_images
 from gswfast.demo.models import ActionNet, ShapeNet, load
 
-__all__ = ["ACTIONS", "SHAPES", "ActionNet", "Batch", "ShapeNet", "action_clips", "load", "shape_images"]
+__all__ = [
+    "ACTIONS",
+    "SHAPES",
+    "ActionNet",
+    "Batch",
+    "ShapeNet",
+    "action_clips",
+    "load",
+    "shape_images",
+]

@@ -36,14 +36,18 @@ def shape_images(count: int, size: int = 64, generator: torch.Generator | None =
     images = _backgrounds(count, size, g)
     _draw_clutter(images, g)
     radius = size * (0.15 + 0.12 * torch.rand(count, generator=g))
-    centre = radius.unsqueeze(1) + (size - 2 * radius.unsqueeze(1)) * torch.rand(count, 2, generator=g)
+    centre = radius.unsqueeze(1) + (size - 2 * radius.unsqueeze(1)) * torch.rand(
+        count, 2, generator=g
+    )
     angle = 2 * math.pi * torch.rand(count, generator=g)
     masks = _inside(classes, centre, radius, angle, size)
     _paint(images, masks, _colours(count, g))
     return Batch(images.clamp(0, 1), classes, masks)
 
 
-def action_clips(count: int, frames: int = 16, size: int = 64, generator: torch.Generator | None = None) -> Batch:
+def action_clips(
+    count: int, frames: int = 16, size: int = 64, generator: torch.Generator | None = None
+) -> Batch:
     """Clips where one shape performs the class's action (``ACTIONS``: moves left, right,
     up or down, rotates, or grows) over a static textured background with two static
     distractor shapes. Masks are the acting shape in every frame."""
@@ -58,16 +62,32 @@ def action_clips(count: int, frames: int = 16, size: int = 64, generator: torch.
     radius0 = size * (0.12 + 0.05 * torch.rand(count, 1, generator=g))
     travel = size * (0.3 + 0.15 * torch.rand(count, 1, generator=g))  # pixels moved over the clip
     radius = radius0 * torch.where(classes.view(-1, 1) == 5, 1 + 0.9 * time, torch.ones_like(time))
-    spin = (0.6 + 0.6 * torch.rand(count, 1, generator=g)) * torch.where(torch.rand(count, 1, generator=g) < 0.5, -1.0, 1.0)
-    angle = 2 * math.pi * torch.rand(count, 1, generator=g) + torch.where(classes.view(-1, 1) == 4, spin * math.pi * time, 0.0)
-    direction = torch.tensor([[0.0, -1.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])[classes]  # (y, x)
+    spin = (0.6 + 0.6 * torch.rand(count, 1, generator=g)) * torch.where(
+        torch.rand(count, 1, generator=g) < 0.5, -1.0, 1.0
+    )
+    angle = 2 * math.pi * torch.rand(count, 1, generator=g) + torch.where(
+        classes.view(-1, 1) == 4, spin * math.pi * time, 0.0
+    )
+    direction = torch.tensor(
+        [[0.0, -1.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    )[classes]  # (y, x)
     margin = radius.amax(1, keepdim=True) + 1
     low = margin - torch.clamp(direction * travel, max=0)  # room for the trip on both sides
     high = size - margin - torch.clamp(direction * travel, min=0)
     start = low + (high - low).clamp(min=0) * torch.rand(count, 2, generator=g)
-    centre = start.unsqueeze(1) + direction.unsqueeze(1) * travel.unsqueeze(2) * time.unsqueeze(2)  # [N, T, 2]
-    masks = _inside(shape.repeat_interleave(frames), centre.reshape(-1, 2), radius.reshape(-1), angle.reshape(-1), size)
-    clips = background.unsqueeze(1).repeat(1, frames, 1, 1, 1).reshape(count * frames, 3, size, size)
+    centre = start.unsqueeze(1) + direction.unsqueeze(1) * travel.unsqueeze(2) * time.unsqueeze(
+        2
+    )  # [N, T, 2]
+    masks = _inside(
+        shape.repeat_interleave(frames),
+        centre.reshape(-1, 2),
+        radius.reshape(-1),
+        angle.reshape(-1),
+        size,
+    )
+    clips = (
+        background.unsqueeze(1).repeat(1, frames, 1, 1, 1).reshape(count * frames, 3, size, size)
+    )
     _paint(clips, masks, colour.repeat_interleave(frames, 0))
     clips = clips.reshape(count, frames, 3, size, size).permute(0, 2, 1, 3, 4).contiguous()
     return Batch(clips.clamp(0, 1), classes, masks.reshape(count, frames, size, size))
@@ -88,7 +108,9 @@ def _inside(shape: Tensor, centre: Tensor, radius: Tensor, angle: Tensor, size: 
     triangle = (v >= -0.5) & (v <= 1 - math.sqrt(3) * u.abs())
     cross = ((u.abs() <= 0.3) & (v.abs() <= 1)) | ((v.abs() <= 0.3) & (u.abs() <= 1))
     pick = shape.view(-1, 1, 1)
-    return torch.where(pick == 0, circle, torch.where(pick == 1, square, torch.where(pick == 2, triangle, cross)))
+    return torch.where(
+        pick == 0, circle, torch.where(pick == 1, square, torch.where(pick == 2, triangle, cross))
+    )
 
 
 def _paint(images: Tensor, masks: Tensor, colours: Tensor) -> None:
@@ -107,7 +129,9 @@ def _draw_clutter(images: Tensor, g: torch.Generator) -> None:
     for _ in range(3):
         radius = size * (0.03 + 0.03 * torch.rand(count, generator=g))
         centre = size * torch.rand(count, 2, generator=g)
-        blob = _inside(torch.zeros(count, dtype=torch.long), centre, radius, torch.zeros(count), size)
+        blob = _inside(
+            torch.zeros(count, dtype=torch.long), centre, radius, torch.zeros(count), size
+        )
         _paint(images, blob, torch.rand(count, 3, generator=g))
 
 
@@ -115,7 +139,9 @@ def _draw_distractors(images: Tensor, g: torch.Generator) -> None:
     count, _, size, _ = images.shape
     for _ in range(2):
         radius = size * (0.08 + 0.04 * torch.rand(count, generator=g))
-        centre = radius.unsqueeze(1) + (size - 2 * radius.unsqueeze(1)) * torch.rand(count, 2, generator=g)
+        centre = radius.unsqueeze(1) + (size - 2 * radius.unsqueeze(1)) * torch.rand(
+            count, 2, generator=g
+        )
         shape = torch.randint(0, len(SHAPES), (count,), generator=g)
         angle = 2 * math.pi * torch.rand(count, generator=g)
         _paint(images, _inside(shape, centre, radius, angle, size), _colours(count, g))
@@ -139,7 +165,10 @@ def _backgrounds(count: int, size: int, g: torch.Generator) -> Tensor:
 def _photo_bank() -> list[Tensor]:
     import skimage.data as data  # scikit-image ships these photos; nothing is downloaded
 
-    return [torch.from_numpy(p()).permute(2, 0, 1).float() / 255 for p in (data.astronaut, data.coffee, data.chelsea)]
+    return [
+        torch.from_numpy(p()).permute(2, 0, 1).float() / 255
+        for p in (data.astronaut, data.coffee, data.chelsea)
+    ]
 
 
 def _photo_crop(photos: list[Tensor], size: int, g: torch.Generator) -> Tensor:
@@ -148,19 +177,37 @@ def _photo_crop(photos: list[Tensor], size: int, g: torch.Generator) -> Tensor:
     top = int(torch.randint(0, photo.shape[1] - side + 1, (1,), generator=g))
     left = int(torch.randint(0, photo.shape[2] - side + 1, (1,), generator=g))
     crop = photo[:, top : top + side, left : left + side].unsqueeze(0)
-    return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0] * 0.6 + 0.2
+    return (
+        torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0]
+        * 0.6
+        + 0.2
+    )
 
 
 def _smooth_noise(size: int, g: torch.Generator) -> Tensor:
     coarse = torch.rand(1, 3, max(2, size // 8), max(2, size // 8), generator=g)
-    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0] * 0.5 + 0.25
+    return (
+        torch.nn.functional.interpolate(
+            coarse, size=(size, size), mode="bilinear", align_corners=False
+        )[0]
+        * 0.5
+        + 0.25
+    )
 
 
 def _stripes(size: int, g: torch.Generator) -> Tensor:
     angle = math.pi * float(torch.rand(1, generator=g))
     period = size * (0.1 + 0.2 * float(torch.rand(1, generator=g)))
     coords = torch.arange(size, dtype=torch.float32)
-    phase = (math.cos(angle) * coords.view(1, -1) + math.sin(angle) * coords.view(-1, 1)) * 2 * math.pi / period
+    phase = (
+        (math.cos(angle) * coords.view(1, -1) + math.sin(angle) * coords.view(-1, 1))
+        * 2
+        * math.pi
+        / period
+    )
     wave = 0.5 + 0.5 * torch.sin(phase)
-    a, b = torch.rand(3, 1, 1, generator=g) * 0.6 + 0.2, torch.rand(3, 1, 1, generator=g) * 0.6 + 0.2
+    a, b = (
+        torch.rand(3, 1, 1, generator=g) * 0.6 + 0.2,
+        torch.rand(3, 1, 1, generator=g) * 0.6 + 0.2,
+    )
     return a * wave + b * (1 - wave)

@@ -15,16 +15,22 @@ WEIGHTS = Path(__file__).parent / "weights"
 
 
 def _block2d(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def _block21d(cin: int, cout: int, spatial_stride: int, temporal_stride: int) -> list[nn.Module]:
     """A (2+1)-D block: a 1x3x3 spatial convolution, then a 3x1x1 temporal one."""
     return [
         nn.Conv3d(cin, cout, (1, 3, 3), (1, spatial_stride, spatial_stride), (0, 1, 1), bias=False),
-        nn.BatchNorm3d(cout), nn.ReLU(inplace=True),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
         nn.Conv3d(cout, cout, (3, 1, 1), (temporal_stride, 1, 1), (1, 0, 0), bias=False),
-        nn.BatchNorm3d(cout), nn.ReLU(inplace=True),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
     ]
 
 
@@ -33,8 +39,13 @@ class ShapeNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(*_block2d(3, 16), *_block2d(16, 32, 2), *_block2d(32, 64, 2),
-                                      *_block2d(64, 64, 2), *_block2d(64, 64))
+        self.features = nn.Sequential(
+            *_block2d(3, 16),
+            *_block2d(16, 32, 2),
+            *_block2d(32, 64, 2),
+            *_block2d(64, 64, 2),
+            *_block2d(64, 64),
+        )
         self.classifier = nn.Linear(64, len(SHAPES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +57,9 @@ class ActionNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(*_block21d(3, 16, 2, 1), *_block21d(16, 32, 2, 2), *_block21d(32, 64, 2, 2))
+        self.features = nn.Sequential(
+            *_block21d(3, 16, 2, 1), *_block21d(16, 32, 2, 2), *_block21d(32, 64, 2, 2)
+        )
         self.classifier = nn.Linear(64, len(ACTIONS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,11 @@ def main() -> None:
         start = time.perf_counter()
         model = train(name)
         torch.save(model.state_dict(), args.out / f"{name}.pt")
-        print(f"{name}: accuracy {accuracy(model, name):.1%} on fresh data, "
-              f"trained in {time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"{name}: accuracy {accuracy(model, name):.1%} on fresh data, "
+            f"trained in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -103,13 +103,17 @@ def read_video(path: str | Path) -> tuple[Iterator[Tensor], float]:
         container = av.open(str(path))
         stream = next(s for s in container.streams if s.type == "video")
     except (av.error.FFmpegError, StopIteration, OSError) as error:
-        raise MediaError(f"{path}: cannot decode it as a video ({error or 'no video stream'})") from None
+        raise MediaError(
+            f"{path}: cannot decode it as a video ({error or 'no video stream'})"
+        ) from None
     rate = float(stream.average_rate or stream.guessed_rate or 25)
 
     def frames() -> Iterator[Tensor]:
         try:
             for frame in container.decode(stream):
-                yield torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+                yield (
+                    torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+                )
         except av.error.FFmpegError as error:
             raise MediaError(f"{path}: the video is corrupt ({error})") from None
         finally:
@@ -130,7 +134,9 @@ def window_starts(count: int, length: int, stride: int, tail: bool = True) -> li
     return starts
 
 
-def windows(frames: Iterator[Tensor], length: int, stride: int, size: int) -> Iterator[tuple[int, Tensor]]:
+def windows(
+    frames: Iterator[Tensor], length: int, stride: int, size: int
+) -> Iterator[tuple[int, Tensor]]:
     """(first frame index, clip uint8 ``[3, T, size, size]``) for each full window of
     ``length`` frames every ``stride`` frames, resized, and a last window aligned to the end
     of the video when the regular ones leave frames after their end (so every frame at the
@@ -164,12 +170,16 @@ class Mp4Writer:
         import av
 
         clip = frames.cpu()
-        clip = torch.nn.functional.pad(clip, (0, clip.shape[-1] % 2, 0, clip.shape[-2] % 2), mode="replicate")
+        clip = torch.nn.functional.pad(
+            clip, (0, clip.shape[-1] % 2, 0, clip.shape[-2] % 2), mode="replicate"
+        )
         if self._size is None:
             self._size = (clip.shape[-2], clip.shape[-1])
             self._stream.height, self._stream.width = self._size
         for frame in clip.unbind(1):
-            image = av.VideoFrame.from_ndarray(frame.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
+            image = av.VideoFrame.from_ndarray(
+                frame.permute(1, 2, 0).contiguous().numpy(), format="rgb24"
+            )
             for packet in self._stream.encode(image):
                 self._container.mux(packet)
 

@@ -99,23 +99,49 @@ class StreamExplainer:
             ``swag``, the method's options...).
     """
 
-    def __init__(self, model: nn.Module, window: int = 16, stride: int = 1, method: str = "integrated_gradients", *,
-                 target: StreamTarget = None, policy: str = "block", max_pending: int = 2, background: bool = False,
-                 warm_start: bool = True, n_segments: int | None = None, compactness: float | None = None,
-                 slic_options: dict[str, Any] | None = None, device: torch.device | str | None = None,
-                 **explain_options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        window: int = 16,
+        stride: int = 1,
+        method: str = "integrated_gradients",
+        *,
+        target: StreamTarget = None,
+        policy: str = "block",
+        max_pending: int = 2,
+        background: bool = False,
+        warm_start: bool = True,
+        n_segments: int | None = None,
+        compactness: float | None = None,
+        slic_options: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+        **explain_options: Any,
+    ) -> None:
         for name, value in (("window", window), ("stride", stride), ("max_pending", max_pending)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         if policy not in POLICIES:
             raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
         self.target = _check_stream_target(target)
-        self.window, self.stride, self.policy, self.max_pending = window, stride, policy, max_pending
+        self.window, self.stride, self.policy, self.max_pending = (
+            window,
+            stride,
+            policy,
+            max_pending,
+        )
         self.warm_start = warm_start
         self.slic_options = _slic_options(n_segments, compactness, slic_options)
-        rest = {k: v for k, v in self.slic_options.items() if k not in ("n_segments", "compactness")}
-        self.explainer = Explainer(model, method, n_segments=self.slic_options["n_segments"],
-                                   compactness=self.slic_options["compactness"], slic_options=rest, **explain_options)
+        rest = {
+            k: v for k, v in self.slic_options.items() if k not in ("n_segments", "compactness")
+        }
+        self.explainer = Explainer(
+            model,
+            method,
+            n_segments=self.slic_options["n_segments"],
+            compactness=self.slic_options["compactness"],
+            slic_options=rest,
+            **explain_options,
+        )
         self.device = torch.device(device) if device is not None else None
         self.frames_seen = 0
         self.windows_seen = 0
@@ -161,7 +187,9 @@ class StreamExplainer:
         self._raise_if_broken()
         if self._worker is not None:
             with self._lock:
-                self._lock.wait_for(lambda: not self._pending and not self._busy or self._error is not None)
+                self._lock.wait_for(
+                    lambda: not self._pending and not self._busy or self._error is not None
+                )
         return self._collect()
 
     def close(self) -> None:
@@ -190,15 +218,21 @@ class StreamExplainer:
     def _as_frame(self, frame: Any) -> Tensor:
         if not isinstance(frame, Tensor):
             if not hasattr(frame, "__dlpack__"):
-                raise TypeError(f"frame: expected a tensor or a __dlpack__ array, got {type(frame).__name__}")
+                raise TypeError(
+                    f"frame: expected a tensor or a __dlpack__ array, got {type(frame).__name__}"
+                )
             frame = torch.from_dlpack(frame)
         if frame.dim() != 3:
             raise ValueError(f"frame: expected [C, H, W], got shape {tuple(frame.shape)}")
         if frame.dtype != torch.uint8 and not frame.is_floating_point():
             raise TypeError(f"frame: expected uint8 or float, got {frame.dtype}")
-        if self._ring is not None and (frame.shape != self._ring.shape[1:] or frame.dtype != self._ring.dtype):
-            raise ValueError(f"frame: expected {tuple(self._ring.shape[1:])} {self._ring.dtype} "
-                             f"like the stream's first frame, got {tuple(frame.shape)} {frame.dtype}")
+        if self._ring is not None and (
+            frame.shape != self._ring.shape[1:] or frame.dtype != self._ring.dtype
+        ):
+            raise ValueError(
+                f"frame: expected {tuple(self._ring.shape[1:])} {self._ring.dtype} "
+                f"like the stream's first frame, got {tuple(frame.shape)} {frame.dtype}"
+            )
         return frame
 
     def _store(self, frame: Tensor) -> None:
@@ -219,10 +253,12 @@ class StreamExplainer:
         start = self.frames_seen - self.window
         oldest = self.frames_seen % self.window  # the slot the next frame overwrites
         ring = self._ring
-        clip = torch.empty((ring.shape[1], self.window, *ring.shape[2:]), dtype=ring.dtype, device=ring.device)
+        clip = torch.empty(
+            (ring.shape[1], self.window, *ring.shape[2:]), dtype=ring.dtype, device=ring.device
+        )
         by_time = clip.transpose(0, 1)  # [T, C, H, W] view of the clip
         by_time[: self.window - oldest].copy_(ring[oldest:])
-        by_time[self.window - oldest:].copy_(ring[:oldest])
+        by_time[self.window - oldest :].copy_(ring[:oldest])
         ready = caller = None
         if clip.is_cuda:
             caller = torch.cuda.current_stream(clip.device)
@@ -244,7 +280,9 @@ class StreamExplainer:
         with self._lock:
             self._raise_if_broken()
             if self.policy == "block":
-                self._lock.wait_for(lambda: len(self._pending) < self.max_pending or self._error is not None)
+                self._lock.wait_for(
+                    lambda: len(self._pending) < self.max_pending or self._error is not None
+                )
                 self._raise_if_broken()
             elif len(self._pending) >= self.max_pending:
                 self._pending.popleft()
@@ -281,8 +319,15 @@ class StreamExplainer:
                 self._busy = False
                 self._lock.notify_all()
 
-    def _explain(self, index: int, start: int, clip: Tensor, arrived: float, ready: Any = None,
-                 caller: Any = None) -> WindowResult:
+    def _explain(
+        self,
+        index: int,
+        start: int,
+        clip: Tensor,
+        arrived: float,
+        ready: Any = None,
+        caller: Any = None,
+    ) -> WindowResult:
         if ready is None or threading.current_thread() is not self._worker:
             return self._explain_window(index, start, clip, arrived)
         # The worker explains on its own CUDA stream, after the window's copy is done, so
@@ -316,9 +361,18 @@ class StreamExplainer:
         if logits is None:  # methods that never ran the model on the window itself
             logits = self._logits(clip)
         if clip.is_cuda:
-            torch.cuda.current_stream(clip.device).synchronize()  # per window: latency means "result ready"
-        return WindowResult(index, start, start + self.window - 1, logits[0].float(), expl, time.perf_counter() - arrived,
-                            clip)
+            torch.cuda.current_stream(
+                clip.device
+            ).synchronize()  # per window: latency means "result ready"
+        return WindowResult(
+            index,
+            start,
+            start + self.window - 1,
+            logits[0].float(),
+            expl,
+            time.perf_counter() - arrived,
+            clip,
+        )
 
     def _logits(self, clip: Tensor) -> Tensor:
         """float ``[1, classes]``: the model's output on the window."""
@@ -338,22 +392,33 @@ class StreamExplainer:
         if shift >= self.window:
             return None
         if seg.mode == "per_frame":  # one k-means state per frame: rows [T, ...]
-            def slide(rows: Tensor) -> Tensor:
-                return torch.cat([rows[shift:], rows[-1:].expand(shift, *rows.shape[1:])]).contiguous()
 
-            return replace(seg, clusters=slide(seg.clusters), cluster_counts=slide(seg.cluster_counts),
-                           cluster_labels=slide(seg.cluster_labels))
+            def slide(rows: Tensor) -> Tensor:
+                return torch.cat(
+                    [rows[shift:], rows[-1:].expand(shift, *rows.shape[1:])]
+                ).contiguous()
+
+            return replace(
+                seg,
+                clusters=slide(seg.clusters),
+                cluster_counts=slide(seg.cluster_counts),
+                cluster_labels=slide(seg.cluster_labels),
+            )
         n, frames = seg.cluster_labels.shape[0], self.window
         labels = seg.cluster_labels.view(n, frames, -1)
-        labels = torch.cat([labels[:, shift:], labels[:, -1:].expand(-1, shift, -1)], 1).reshape(n, -1)
+        labels = torch.cat([labels[:, shift:], labels[:, -1:].expand(-1, shift, -1)], 1).reshape(
+            n, -1
+        )
         clusters = seg.clusters.clone()
         clusters[..., 0] = (clusters[..., 0] - shift).clamp(min=0)  # (t, y, x, features...)
         return replace(seg, clusters=clusters, cluster_labels=labels.contiguous())
 
     def _raise_if_broken(self) -> None:
         if self._error is not None:
-            raise RuntimeError(f"the stream is broken: its explainer failed on window {self._failed_window}; "
-                               "make a new StreamExplainer to go on") from self._error
+            raise RuntimeError(
+                f"the stream is broken: its explainer failed on window {self._failed_window}; "
+                "make a new StreamExplainer to go on"
+            ) from self._error
 
 
 def _check_stream_target(target: Any) -> StreamTarget:
@@ -361,30 +426,43 @@ def _check_stream_target(target: Any) -> StreamTarget:
         return target
     if isinstance(target, numbers.Integral) and not isinstance(target, bool) and target >= 0:
         return int(target)
-    raise TypeError(f"target: expected None, a class (an int >= 0) or a function of the window's logits "
-                    f"[classes] returning a class, got {target!r}")
+    raise TypeError(
+        f"target: expected None, a class (an int >= 0) or a function of the window's logits "
+        f"[classes] returning a class, got {target!r}"
+    )
 
 
 def _chosen_class(value: Any) -> int | Tensor:
     """What a target function returned, as a class: an int, or an int64 tensor ``[1]``
     (left on its device: no host sync)."""
-    if isinstance(value, Tensor) and value.numel() == 1 and not (value.is_floating_point() or value.is_complex()
-                                                                  or value.dtype == torch.bool):
+    if (
+        isinstance(value, Tensor)
+        and value.numel() == 1
+        and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    ):
         return value.reshape(1).to(torch.int64)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
-    raise TypeError(f"target: the function must return a class (an int or an integer tensor of one element), "
-                    f"got {value!r}")
+    raise TypeError(
+        f"target: the function must return a class (an int or an integer tensor of one element), "
+        f"got {value!r}"
+    )
 
 
-def _slic_options(n_segments: int | None, compactness: float | None, given: dict[str, Any] | None) -> dict[str, Any]:
+def _slic_options(
+    n_segments: int | None, compactness: float | None, given: dict[str, Any] | None
+) -> dict[str, Any]:
     if given is not None and not isinstance(given, dict):
-        raise TypeError(f"slic_options: expected a dict of gsw.slic keywords, got {type(given).__name__}")
+        raise TypeError(
+            f"slic_options: expected a dict of gsw.slic keywords, got {type(given).__name__}"
+        )
     options = dict(given or {})
     known = set(inspect.signature(slic).parameters) - {"images", *_STREAM_SLIC_KEYWORDS}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"slic_options: unexpected keyword(s) {unknown}; gsw.slic takes {sorted(known)}")
+        raise TypeError(
+            f"slic_options: unexpected keyword(s) {unknown}; gsw.slic takes {sorted(known)}"
+        )
     for name, value in (("n_segments", n_segments), ("compactness", compactness)):
         if value is not None and name in options:
             raise ValueError(f"{name}: given twice, as {name}= and in slic_options")
