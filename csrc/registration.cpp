@@ -24,9 +24,12 @@ TORCH_LIBRARY(gswfast, m) {
   // iterations [N], clusters [N, K, 3 + F], cluster_counts [N, K], cluster_labels [N, P]
   // (contract in csrc/slic/slic.h)
   m.def(
-      "slic(Tensor image, Tensor? init_centers, Tensor? init_counts, Tensor? init_labels, int[] grid,"
+      "slic(Tensor image, Tensor? init_centers, Tensor? init_counts, Tensor? init_labels, int[] "
+      "grid,"
       " float[] weights, float compactness, bool convert_lab, int max_iter, float tol,"
       " bool connectivity, int min_size, int max_centers)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("paint(Tensor segment_values, Tensor labels, Tensor? limits, float fill) -> (Tensor, Tensor)");
+  m.def(
+      "paint(Tensor segment_values, Tensor labels, Tensor? limits, float fill) -> (Tensor, "
+      "Tensor)");
 }

@@ -12,8 +12,8 @@ namespace gswfast {
 
 inline void check_float_values(const at::Tensor& t, const char* name) {
   const auto s = t.scalar_type();
-  TORCH_CHECK(s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
-              name, ": expected float16, bfloat16, float32 or float64, got ", s);
+  TORCH_CHECK(s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble, name,
+              ": expected float16, bfloat16, float32 or float64, got ", s);
 }
 
 inline void check_labels(const at::Tensor& labels, const at::Tensor& values, int64_t pixel_dim) {
@@ -67,11 +67,16 @@ inline void check_paint_inputs(const at::Tensor& segment_values, const at::Tenso
 // dtype codes used by the raw CUDA launchers (see segment_pool.h).
 inline int value_dtype_code(at::ScalarType s) {
   switch (s) {
-    case at::kHalf: return 0;
-    case at::kBFloat16: return 1;
-    case at::kFloat: return 2;
-    case at::kDouble: return 3;
-    default: TORCH_CHECK(false, "unsupported value dtype ", s);
+    case at::kHalf:
+      return 0;
+    case at::kBFloat16:
+      return 1;
+    case at::kFloat:
+      return 2;
+    case at::kDouble:
+      return 3;
+    default:
+      TORCH_CHECK(false, "unsupported value dtype ", s);
   }
 }
 

@@ -41,8 +41,8 @@ enum class Reduce : int { Sum = 0, Mean = 1, Max = 2, Min = 3 };
 // CPU pixels per tile of one sample: a function of the shape only (never of the thread
 // count) so that results stay bitwise reproducible. Big enough to amortise the per-tile
 // partial histogram, small enough to give every core some tiles.
-inline int64_t pool_tile_size(int64_t batch, int64_t num_pixels, int64_t min_tile,
-                              int64_t max_tile, int64_t align) {
+inline int64_t pool_tile_size(int64_t batch, int64_t num_pixels, int64_t min_tile, int64_t max_tile,
+                              int64_t align) {
   const int64_t target_tiles = 512;
   int64_t tile = (batch * num_pixels + target_tiles - 1) / target_tiles;
   tile = tile < min_tile ? min_tile : (tile > max_tile ? max_tile : tile);
@@ -53,13 +53,12 @@ inline int64_t pool_tile_size(int64_t batch, int64_t num_pixels, int64_t min_til
 Reduce parse_reduce(std::string_view reduce);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_pool_cpu(
-    const at::Tensor& values, const at::Tensor& labels,
-    const std::optional<at::Tensor>& limits, int64_t num_segments,
-    std::string_view reduce);
+    const at::Tensor& values, const at::Tensor& labels, const std::optional<at::Tensor>& limits,
+    int64_t num_segments, std::string_view reduce);
 
-std::tuple<at::Tensor, at::Tensor> paint_cpu(
-    const at::Tensor& segment_values, const at::Tensor& labels,
-    const std::optional<at::Tensor>& limits, double fill);
+std::tuple<at::Tensor, at::Tensor> paint_cpu(const at::Tensor& segment_values,
+                                             const at::Tensor& labels,
+                                             const std::optional<at::Tensor>& limits, double fill);
 #endif
 
 namespace cuda {
@@ -75,10 +74,10 @@ struct PoolArgs {
   int64_t batch, channels, num_pixels, num_segments;
   int value_dtype, label_dtype;
   Reduce reduce;
-  void* out;                 // [B, C, K], dtype of values
-  int32_t* count;            // [B, K]
-  int32_t* num_invalid;      // [], written by the launch
-  void* partial;             // workspace of pool_workspace_bytes(); no initialisation needed
+  void* out;             // [B, C, K], dtype of values
+  int32_t* count;        // [B, K]
+  int32_t* num_invalid;  // [], written by the launch
+  void* partial;         // workspace of pool_workspace_bytes(); no initialisation needed
 };
 
 // Bytes of device workspace the launch needs (tile partials).
@@ -92,7 +91,7 @@ struct PaintArgs {
   int64_t batch, channels, num_pixels, num_segments;
   int value_dtype, label_dtype;
   double fill;
-  void* out;                   // [B, C, N], contiguous
+  void* out;  // [B, C, N], contiguous
   int32_t* num_invalid;
 };
 

@@ -53,7 +53,8 @@ struct PoolProblem {
 // the core overlap them. Returns the number of invalid labels when COUNT is set.
 constexpr int kLanes = 4;
 
-template <bool EXTREME, bool COUNT, bool VALUES, typename scalar_t, typename label_t, typename acc_t>
+template <bool EXTREME, bool COUNT, bool VALUES, typename scalar_t, typename label_t,
+          typename acc_t>
 int64_t accumulate_lanes(const label_t* lab, const scalar_t* v, int64_t stride_n, int64_t begin,
                          int64_t end, uint64_t limit, acc_t sign, int64_t K, acc_t* lanes,
                          int32_t* count_lanes) {
@@ -64,8 +65,10 @@ int64_t accumulate_lanes(const label_t* lab, const scalar_t* v, int64_t stride_n
       if constexpr (VALUES) {
         acc_t& a = lanes[lane * K + l];
         const acc_t x = static_cast<acc_t>(v[i * stride_n]);
-        if constexpr (EXTREME) a = max_nan(a, sign * x);
-        else a += x;
+        if constexpr (EXTREME)
+          a = max_nan(a, sign * x);
+        else
+          a += x;
       }
       if constexpr (COUNT) ++count_lanes[lane * K + l];
     } else if constexpr (COUNT) {
@@ -106,13 +109,17 @@ int64_t pool_unit(const PoolProblem<scalar_t, label_t>& p, int64_t b, int64_t t,
     const scalar_t* v = p.values + b * p.stride_b + c * p.stride_c;
     std::fill(lanes, lanes + kLanes * K, init);
     if (c == 0 && extreme)
-      invalid = accumulate_lanes<true, true, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes, count_lanes);
+      invalid = accumulate_lanes<true, true, true>(lab, v, p.stride_n, begin, end, limit, sign, K,
+                                                   lanes, count_lanes);
     else if (c == 0)
-      invalid = accumulate_lanes<false, true, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes, count_lanes);
+      invalid = accumulate_lanes<false, true, true>(lab, v, p.stride_n, begin, end, limit, sign, K,
+                                                    lanes, count_lanes);
     else if (extreme)
-      accumulate_lanes<true, false, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes, count_lanes);
+      accumulate_lanes<true, false, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes,
+                                          count_lanes);
     else
-      accumulate_lanes<false, false, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes, count_lanes);
+      accumulate_lanes<false, false, true>(lab, v, p.stride_n, begin, end, limit, sign, K, lanes,
+                                           count_lanes);
     acc_t* a = acc + c * K;
     for (int64_t k = 0; k < K; ++k) {
       acc_t r = lanes[k];
@@ -131,9 +138,8 @@ int64_t pool_unit(const PoolProblem<scalar_t, label_t>& p, int64_t b, int64_t t,
 
 // Combines the tile partials of one sample in tile order and writes out[b] and count[b].
 template <typename scalar_t, typename acc_t>
-void finish_sample(int64_t b, int64_t C, int64_t K, int64_t T, Reduce reduce,
-                   const acc_t* partial, const int32_t* cnt_partial, scalar_t* out,
-                   int32_t* count) {
+void finish_sample(int64_t b, int64_t C, int64_t K, int64_t T, Reduce reduce, const acc_t* partial,
+                   const int32_t* cnt_partial, scalar_t* out, int32_t* count) {
   const int32_t* cp = cnt_partial + b * T * K;
   int32_t* cnt = count + b * K;
   for (int64_t k = 0; k < K; ++k) {
@@ -152,9 +158,12 @@ void finish_sample(int64_t b, int64_t C, int64_t K, int64_t T, Reduce reduce,
         const acc_t x = pc[t * C * K + k];
         r = extreme ? max_nan(r, x) : r + x;
       }
-      if (cnt[k] == 0) r = acc_t(0);
-      else if (reduce == Reduce::Mean) r /= static_cast<acc_t>(cnt[k]);
-      else if (extreme) r *= sign;
+      if (cnt[k] == 0)
+        r = acc_t(0);
+      else if (reduce == Reduce::Mean)
+        r /= static_cast<acc_t>(cnt[k]);
+      else if (extreme)
+        r *= sign;
       o[k] = static_cast<scalar_t>(r);
     }
   }
@@ -175,16 +184,16 @@ int64_t pool_all(const PoolProblem<scalar_t, label_t>& p, int64_t B, scalar_t* o
     std::vector<int32_t> count_lanes(static_cast<size_t>(kLanes * K));
     for (int64_t u = begin; u < end; ++u) {
       const int64_t b = u / T, t = u % T;
-      local_invalid += pool_unit<scalar_t, label_t, acc_t>(
-          p, b, t, partial.data() + u * C * K, cnt_partial.data() + u * K, lanes.data(),
-          count_lanes.data());
+      local_invalid += pool_unit<scalar_t, label_t, acc_t>(p, b, t, partial.data() + u * C * K,
+                                                           cnt_partial.data() + u * K, lanes.data(),
+                                                           count_lanes.data());
     }
     invalid += local_invalid;
   });
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b)
-      finish_sample<scalar_t, acc_t>(b, C, K, T, p.reduce, partial.data(), cnt_partial.data(),
-                                     out, count);
+      finish_sample<scalar_t, acc_t>(b, C, K, T, p.reduce, partial.data(), cnt_partial.data(), out,
+                                     count);
   });
   return invalid.load();
 }
@@ -196,9 +205,8 @@ int32_t clamp_count(int64_t n) {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_pool_cpu(
-    const at::Tensor& values, const at::Tensor& labels_in,
-    const std::optional<at::Tensor>& limits, int64_t num_segments,
-    std::string_view reduce_name) {
+    const at::Tensor& values, const at::Tensor& labels_in, const std::optional<at::Tensor>& limits,
+    int64_t num_segments, std::string_view reduce_name) {
   check_pool_inputs(values, labels_in, limits, num_segments);
   const Reduce reduce = parse_reduce(reduce_name);
   const at::Tensor labels = labels_in.contiguous();
@@ -209,17 +217,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_pool_cpu(
   int64_t invalid = 0;
   if (B > 0 && N > 0) {
     const int64_t tile = pool_tile_size(B, N, 16384, 65536, 1);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "segment_pool_cpu", [&] {
-      AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "segment_pool_cpu_labels", [&] {
-        PoolProblem<scalar_t, index_t> p{values.const_data_ptr<scalar_t>(),
-                                         values.stride(0), values.stride(1), values.stride(2),
-                                         labels.const_data_ptr<index_t>(),
-                                         limits ? limits->const_data_ptr<int64_t>() : nullptr,
-                                         C, N, K, tile, (N + tile - 1) / tile, reduce};
-        invalid = pool_all(p, B, out.mutable_data_ptr<scalar_t>(),
-                           count.mutable_data_ptr<int32_t>());
-      });
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, values.scalar_type(), "segment_pool_cpu", [&] {
+          AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "segment_pool_cpu_labels", [&] {
+            PoolProblem<scalar_t, index_t> p{values.const_data_ptr<scalar_t>(),
+                                             values.stride(0),
+                                             values.stride(1),
+                                             values.stride(2),
+                                             labels.const_data_ptr<index_t>(),
+                                             limits ? limits->const_data_ptr<int64_t>() : nullptr,
+                                             C,
+                                             N,
+                                             K,
+                                             tile,
+                                             (N + tile - 1) / tile,
+                                             reduce};
+            invalid =
+                pool_all(p, B, out.mutable_data_ptr<scalar_t>(), count.mutable_data_ptr<int32_t>());
+          });
+        });
   } else {
     out.zero_();
     count.zero_();
@@ -231,11 +247,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_pool_cpu(
 
 std::tuple<at::Tensor, at::Tensor> paint_cpu(const at::Tensor& segment_values,
                                              const at::Tensor& labels_in,
-                                             const std::optional<at::Tensor>& limits,
-                                             double fill) {
+                                             const std::optional<at::Tensor>& limits, double fill) {
   check_paint_inputs(segment_values, labels_in, limits);
-  const int64_t B = segment_values.size(0), C = segment_values.size(1),
-                K = segment_values.size(2), N = labels_in.size(1);
+  const int64_t B = segment_values.size(0), C = segment_values.size(1), K = segment_values.size(2),
+                N = labels_in.size(1);
   const at::Tensor seg = segment_values.contiguous();
   const at::Tensor labels = labels_in.contiguous();
   at::Tensor out = at::empty({B, C, N}, seg.options());

@@ -40,8 +40,9 @@ constexpr int kThreads = kWarps * 32;
 #endif
 constexpr int kVec = GSWFAST_POOL_VEC;  // consecutive pixels per lane per step
 constexpr bool kPrefetch = GSWFAST_POOL_PREFETCH != 0;
-constexpr int kMaxChannels = 4;        // channels per block
-constexpr int kSmemBytes = 47 * 1024;  // dynamic, per block: with the static bytes under the 48 KB default
+constexpr int kMaxChannels = 4;  // channels per block
+constexpr int kSmemBytes =
+    47 * 1024;  // dynamic, per block: with the static bytes under the 48 KB default
 constexpr int64_t kMinTile = 4 * kThreads * kVec;  // amortises a block's histogram set-up
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -51,20 +52,36 @@ void check(cudaError_t err, const char* what) {
                              cudaGetErrorString(err));
 }
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
 
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 
-template <typename T> __device__ __forceinline__ T from_acc(float v) { return T(v); }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+template <typename T>
+__device__ __forceinline__ T from_acc(float v) {
+  return T(v);
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
-template <typename T> __device__ __forceinline__ T from_acc(double v) { return T(v); }
+template <typename T>
+__device__ __forceinline__ T from_acc(double v) {
+  return T(v);
+}
 
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Vec {
@@ -74,14 +91,18 @@ struct alignas(sizeof(T) * V) Vec {
 // Sum, or max that lets NaN win (min is computed as max of negated values).
 template <bool EXTREME, typename A>
 __device__ __forceinline__ A combine(A a, A b) {
-  if constexpr (EXTREME) return (a != a || a > b) ? a : b;
-  else return a + b;
+  if constexpr (EXTREME)
+    return (a != a || a > b) ? a : b;
+  else
+    return a + b;
 }
 
 template <bool EXTREME, typename A>
 __device__ __forceinline__ A identity() {
-  if constexpr (EXTREME) return -INFINITY;
-  else return A(0);
+  if constexpr (EXTREME)
+    return -INFINITY;
+  else
+    return A(0);
 }
 
 // Combines x and n over the lanes of `peers` (lanes holding the same label) with a fixed
@@ -115,9 +136,9 @@ struct TileArgs {
   int64_t channels, num_pixels, num_segments, tile, num_tiles;
   int label_chunk;
   bool vectorized;
-  bool negate;             // min is computed as -max(-x)
-  void* partial;           // [B, T, C, K] accumulator type
-  int32_t* count_partial;  // [B, T, K]
+  bool negate;               // min is computed as -max(-x)
+  void* partial;             // [B, T, C, K] accumulator type
+  int32_t* count_partial;    // [B, T, K]
   int32_t* invalid_partial;  // [B, T]: invalid labels per unit, written by blockIdx.y/z == 0
 };
 
@@ -164,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) pool_tiles_kernel(TileArgs a) {
   using A = typename AccOf<T>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   const int kc = a.label_chunk;
-  A* hist = reinterpret_cast<A*>(smem);                    // [warp][CC][kc]
+  A* hist = reinterpret_cast<A*>(smem);                           // [warp][CC][kc]
   int* hcount = reinterpret_cast<int*>(hist + kWarps * CC * kc);  // [warp][kc]
 
   const int64_t b = blockIdx.x / a.num_tiles, t = blockIdx.x % a.num_tiles;
@@ -296,14 +317,14 @@ __global__ void __launch_bounds__(kThreads) pool_tiles_kernel(TileArgs a) {
 }
 
 struct FinishArgs {
-  const void* partial;            // [B, T, C, K] accumulator type
-  const int32_t* count_partial;   // [B, T, K]
-  const int32_t* invalid_partial; // [B, T]
+  const void* partial;             // [B, T, C, K] accumulator type
+  const int32_t* count_partial;    // [B, T, K]
+  const int32_t* invalid_partial;  // [B, T]
   int64_t batch, num_tiles, channels, num_segments;
   bool mean, negate;
-  void* out;                      // [B, C, K] value type
-  int32_t* count;                 // [B, K]
-  int32_t* num_invalid;           // []
+  void* out;             // [B, C, K] value type
+  int32_t* count;        // [B, K]
+  int32_t* num_invalid;  // []
 };
 
 template <typename T, bool EXTREME>
@@ -336,9 +357,12 @@ __global__ void finish_kernel(FinishArgs f) {
     A r = identity<EXTREME, A>();
     for (int64_t t = 0; t < num_tiles; ++t)
       r = combine<EXTREME>(r, partial[((b * num_tiles + t) * channels + c) * K + k]);
-    if (n == 0) r = A(0);
-    else if (mean) r /= A(n);
-    else if (negate) r = -r;
+    if (n == 0)
+      r = A(0);
+    else if (mean)
+      r /= A(n);
+    else if (negate)
+      r = -r;
     out[(b * channels + c) * K + k] = from_acc<T>(r);
   }
 }
@@ -349,10 +373,14 @@ using FinishKernel = void (*)(FinishArgs);
 template <typename T, typename L, bool EXTREME>
 TilesKernel tiles_kernel_for(int channel_chunk) {
   switch (channel_chunk) {
-    case 1: return pool_tiles_kernel<T, L, 1, EXTREME>;
-    case 2: return pool_tiles_kernel<T, L, 2, EXTREME>;
-    case 3: return pool_tiles_kernel<T, L, 3, EXTREME>;
-    default: return pool_tiles_kernel<T, L, 4, EXTREME>;
+    case 1:
+      return pool_tiles_kernel<T, L, 1, EXTREME>;
+    case 2:
+      return pool_tiles_kernel<T, L, 2, EXTREME>;
+    case 3:
+      return pool_tiles_kernel<T, L, 3, EXTREME>;
+    default:
+      return pool_tiles_kernel<T, L, 4, EXTREME>;
   }
 }
 
@@ -364,9 +392,12 @@ void pick_kernels(const PoolArgs& a, int channel_chunk, TilesKernel& tiles, Fini
 }
 
 template <typename T>
-void pick_kernels_reduce(const PoolArgs& a, int channel_chunk, TilesKernel& tiles, FinishKernel& finish) {
-  if (a.reduce == Reduce::Max || a.reduce == Reduce::Min) pick_kernels<T, true>(a, channel_chunk, tiles, finish);
-  else pick_kernels<T, false>(a, channel_chunk, tiles, finish);
+void pick_kernels_reduce(const PoolArgs& a, int channel_chunk, TilesKernel& tiles,
+                         FinishKernel& finish) {
+  if (a.reduce == Reduce::Max || a.reduce == Reduce::Min)
+    pick_kernels<T, true>(a, channel_chunk, tiles, finish);
+  else
+    pick_kernels<T, false>(a, channel_chunk, tiles, finish);
 }
 
 int multiprocessor_count() {
@@ -406,7 +437,8 @@ struct PoolPlan {
 PoolPlan plan_pool(const PoolArgs& a) {
   PoolPlan p{};
   const size_t acc_bytes = a.value_dtype == 3 ? sizeof(double) : sizeof(float);
-  p.channel_chunk = int(a.channels < 1 ? 1 : (a.channels < kMaxChannels ? a.channels : kMaxChannels));
+  p.channel_chunk =
+      int(a.channels < 1 ? 1 : (a.channels < kMaxChannels ? a.channels : kMaxChannels));
   p.channel_chunks = int(a.channels < 1 ? 1 : (a.channels + p.channel_chunk - 1) / p.channel_chunk);
   const size_t per_label = kWarps * (p.channel_chunk * acc_bytes + sizeof(int));
   int64_t kc = int64_t(kSmemBytes / per_label);
@@ -416,10 +448,18 @@ PoolPlan plan_pool(const PoolArgs& a) {
   p.label_chunks = int(a.num_segments > 0 ? (a.num_segments + kc - 1) / kc : 1);
   p.smem_bytes = per_label * size_t(kc);
   switch (a.value_dtype) {
-    case 0: pick_kernels_reduce<__half>(a, p.channel_chunk, p.tiles, p.finish); break;
-    case 1: pick_kernels_reduce<__nv_bfloat16>(a, p.channel_chunk, p.tiles, p.finish); break;
-    case 2: pick_kernels_reduce<float>(a, p.channel_chunk, p.tiles, p.finish); break;
-    default: pick_kernels_reduce<double>(a, p.channel_chunk, p.tiles, p.finish); break;
+    case 0:
+      pick_kernels_reduce<__half>(a, p.channel_chunk, p.tiles, p.finish);
+      break;
+    case 1:
+      pick_kernels_reduce<__nv_bfloat16>(a, p.channel_chunk, p.tiles, p.finish);
+      break;
+    case 2:
+      pick_kernels_reduce<float>(a, p.channel_chunk, p.tiles, p.finish);
+      break;
+    default:
+      pick_kernels_reduce<double>(a, p.channel_chunk, p.tiles, p.finish);
+      break;
   }
   int per_sm = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, p.tiles, kThreads, p.smem_bytes),
@@ -428,7 +468,8 @@ PoolPlan plan_pool(const PoolArgs& a) {
   int64_t per_sample = resident / (int64_t(p.label_chunks) * p.channel_chunks) / a.batch;
   per_sample = per_sample < 1 ? 1 : per_sample;
   const int64_t step = kThreads * kVec;
-  int64_t tile = tile_override() > 0 ? tile_override() : (a.num_pixels + per_sample - 1) / per_sample;
+  int64_t tile =
+      tile_override() > 0 ? tile_override() : (a.num_pixels + per_sample - 1) / per_sample;
   tile = (tile + step - 1) / step * step;
   p.tile = tile < kMinTile ? kMinTile : tile;
   p.num_tiles = (a.num_pixels + p.tile - 1) / p.tile;
@@ -439,7 +480,9 @@ PoolPlan plan_pool(const PoolArgs& a) {
   return p;
 }
 
-bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+bool aligned(const void* ptr, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
 
 size_t value_bytes(int dtype) { return dtype == 3 ? 8 : (dtype == 2 ? 4 : 2); }
 template <typename T, typename L>
@@ -460,11 +503,17 @@ __global__ void paint_kernel(const T* seg, const L* labels, const int64_t* limit
 }
 
 template <typename T>
-T fill_as(double v) { return T(v); }
+T fill_as(double v) {
+  return T(v);
+}
 template <>
-__half fill_as<__half>(double v) { return __float2half_rn(float(v)); }
+__half fill_as<__half>(double v) {
+  return __float2half_rn(float(v));
+}
 template <>
-__nv_bfloat16 fill_as<__nv_bfloat16>(double v) { return __float2bfloat16_rn(float(v)); }
+__nv_bfloat16 fill_as<__nv_bfloat16>(double v) {
+  return __float2bfloat16_rn(float(v));
+}
 
 template <typename T, typename L>
 void launch_paint_typed(const PaintArgs& a, cudaStream_t stream) {
@@ -473,16 +522,18 @@ void launch_paint_typed(const PaintArgs& a, cudaStream_t stream) {
   const int threads = 256;
   const int64_t blocks = (total + threads - 1) / threads;
   paint_kernel<T, L><<<unsigned(blocks < 65535 * 8 ? blocks : 65535 * 8), threads, 0, stream>>>(
-      static_cast<const T*>(a.segment_values), static_cast<const L*>(a.labels), a.limits,
-      a.batch, a.channels, a.num_pixels, a.num_segments, fill_as<T>(a.fill),
-      static_cast<T*>(a.out), a.num_invalid);
+      static_cast<const T*>(a.segment_values), static_cast<const L*>(a.labels), a.limits, a.batch,
+      a.channels, a.num_pixels, a.num_segments, fill_as<T>(a.fill), static_cast<T*>(a.out),
+      a.num_invalid);
   check(cudaGetLastError(), "paint");
 }
 
 template <typename T>
 void launch_paint_labels(const PaintArgs& a, cudaStream_t stream) {
-  if (a.label_dtype == 1) launch_paint_typed<T, int64_t>(a, stream);
-  else launch_paint_typed<T, int32_t>(a, stream);
+  if (a.label_dtype == 1)
+    launch_paint_typed<T, int64_t>(a, stream);
+  else
+    launch_paint_typed<T, int32_t>(a, stream);
 }
 
 }  // namespace
@@ -498,11 +549,17 @@ void launch_segment_pool(const PoolArgs& a, void* stream_ptr) {
   auto* invalid_partial = reinterpret_cast<int32_t*>(workspace + plan.invalid_offset);
   if (plan.label_chunks > 65535)
     throw std::invalid_argument("num_segments: too many segments for the CUDA kernel (at most " +
-                                std::to_string(65535L * plan.label_chunk) + " with these channels)");
+                                std::to_string(65535L * plan.label_chunk) +
+                                " with these channels)");
 
-  TileArgs t{a.values, a.stride_b, a.stride_c, a.stride_n, a.labels, a.limits,
-             a.channels, a.num_pixels, a.num_segments, plan.tile, plan.num_tiles,
-             plan.label_chunk, false, a.reduce == Reduce::Min, workspace, count_partial,
+  TileArgs t{a.values,       a.stride_b,
+             a.stride_c,     a.stride_n,
+             a.labels,       a.limits,
+             a.channels,     a.num_pixels,
+             a.num_segments, plan.tile,
+             plan.num_tiles, plan.label_chunk,
+             false,          a.reduce == Reduce::Min,
+             workspace,      count_partial,
              invalid_partial};
   t.vectorized = a.stride_n == 1 && a.num_pixels % kVec == 0 && a.stride_b % kVec == 0 &&
                  a.stride_c % kVec == 0 && aligned(a.values, value_bytes(a.value_dtype) * kVec) &&
@@ -512,9 +569,18 @@ void launch_segment_pool(const PoolArgs& a, void* stream_ptr) {
   plan.tiles<<<grid, kThreads, plan.smem_bytes, stream>>>(t);
   check(cudaGetLastError(), "segment_pool tiles");
 
-  const FinishArgs f{workspace, count_partial, invalid_partial, a.batch, plan.num_tiles,
-                     a.channels, a.num_segments, a.reduce == Reduce::Mean,
-                     a.reduce == Reduce::Min, a.out, a.count, a.num_invalid};
+  const FinishArgs f{workspace,
+                     count_partial,
+                     invalid_partial,
+                     a.batch,
+                     plan.num_tiles,
+                     a.channels,
+                     a.num_segments,
+                     a.reduce == Reduce::Mean,
+                     a.reduce == Reduce::Min,
+                     a.out,
+                     a.count,
+                     a.num_invalid};
   const int64_t total = a.batch * (a.channels > 0 ? a.channels : 1) * a.num_segments;
   int64_t blocks = (total + 255) / 256;
   blocks = blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks);  // block 0 also sums invalid counts
@@ -525,10 +591,14 @@ void launch_segment_pool(const PoolArgs& a, void* stream_ptr) {
 void launch_paint(const PaintArgs& a, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   switch (a.value_dtype) {
-    case 0: return launch_paint_labels<__half>(a, stream);
-    case 1: return launch_paint_labels<__nv_bfloat16>(a, stream);
-    case 2: return launch_paint_labels<float>(a, stream);
-    default: return launch_paint_labels<double>(a, stream);
+    case 0:
+      return launch_paint_labels<__half>(a, stream);
+    case 1:
+      return launch_paint_labels<__nv_bfloat16>(a, stream);
+    case 2:
+      return launch_paint_labels<float>(a, stream);
+    default:
+      return launch_paint_labels<double>(a, stream);
   }
 }
 

@@ -14,7 +14,8 @@
 //   volumes; per-frame clips arrive as N = B * T samples. Any N: calls of 2^31 pixels or
 //   more run in groups of samples (slic_in_chunks); one sample has fewer than 2^31 pixels.
 // * Features F: CIELAB (F = 3) when convert_lab (C must be 3), else the C channels scaled
-//   to 0..1 (uint8) or as given (floats), then clamped to +-kMaxFeature. Distance of pixel p to cluster k, as in scikit-image's slic:
+//   to 0..1 (uint8) or as given (floats), then clamped to +-kMaxFeature. Distance of pixel p to
+//   cluster k, as in scikit-image's slic:
 //       d = |f_p - f_k|^2 / compactness^2 + sum_dim weight[dim] * (p_dim - k_dim)^2
 //   with weight = spacing^2 / S^2 and S the largest grid step.
 // * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x):
@@ -32,8 +33,9 @@
 //   cluster 0 (one segment); the Python layer raises ValueError for it when validating.
 // * Iterations: assign, then recompute centres as the exact means of each cluster's pixels
 //   (integer sums, mean_row; an empty cluster dies); a sample stops once at most tol * P
-//   pixels changed cluster in a pass (that pass updates nothing). iterations[n] counts its assignment passes. Pixels still
-//   unassigned at the end join the live cluster with the nearest centre in space.
+//   pixels changed cluster in a pass (that pass updates nothing). iterations[n] counts its
+//   assignment passes. Pixels still unassigned at the end join the live cluster with the nearest
+//   centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
 //   union-find (root = lowest pixel index). Then merge rounds, at most kMergeRounds, until
 //   no set is smaller than min_size or nothing merges. A round decides every choice from
@@ -82,14 +84,14 @@ constexpr double kFixedScale = 65536.0;  // features are summed in 2^-16 fixed p
 constexpr float kMaxFeature = 32767.f;
 
 struct Geometry {
-  int64_t N;            // samples
-  int32_t C, F;         // input channels, feature channels
-  int32_t D, H, W;      // spatial shape of one sample
-  int64_t P;            // D * H * W
+  int64_t N;        // samples
+  int32_t C, F;     // input channels, feature channels
+  int32_t D, H, W;  // spatial shape of one sample
+  int64_t P;        // D * H * W
   int32_t step[3], start[3], cells[3];
-  float weight[3];      // spatial weights (z, y, x)
-  float inv_m2;         // 1 / compactness^2
-  int32_t K;            // cluster slots per sample
+  float weight[3];  // spatial weights (z, y, x)
+  float inv_m2;     // 1 / compactness^2
+  int32_t K;        // cluster slots per sample
   int32_t max_iter;
   int64_t max_changed;  // a sample has converged when at most this many pixels changed
   int32_t min_size;
@@ -276,8 +278,9 @@ GSW_HD int32_t nearest_live_cluster(const Geometry& g, const float* centers, con
     if (counts[k] <= 0) continue;
     const float* c = centers + int64_t{k} * R;
     const float dz = z - c[0], dy = y - c[1], dx = x - c[2];
-    const float d = add_rn(add_rn(mul_rn(mul_rn(g.weight[0], dz), dz), mul_rn(mul_rn(g.weight[1], dy), dy)),
-                           mul_rn(mul_rn(g.weight[2], dx), dx));
+    const float d =
+        add_rn(add_rn(mul_rn(mul_rn(g.weight[0], dz), dz), mul_rn(mul_rn(g.weight[1], dy), dy)),
+               mul_rn(mul_rn(g.weight[2], dx), dx));
     if (d < best) {
       best = d;
       best_k = k;
@@ -299,12 +302,12 @@ GSW_HD uint64_t pack_size(int64_t size, uint32_t root) {
 GSW_HD uint32_t unpack_size_root(uint64_t key) { return 0xFFFFFFFFu - static_cast<uint32_t>(key); }
 
 #if !defined(__CUDACC__)
-using SlicOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                               at::Tensor, at::Tensor>;
+using SlicOutputs =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using SlicFn = SlicOutputs (*)(const at::Tensor&, const std::optional<at::Tensor>&,
                                const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                               at::IntArrayRef, at::ArrayRef<double>, double, bool, int64_t,
-                               double, bool, int64_t, int64_t);
+                               at::IntArrayRef, at::ArrayRef<double>, double, bool, int64_t, double,
+                               bool, int64_t, int64_t);
 
 // Pixels per kernel call: every root-indexed array uses int32 indices n * P + p.
 constexpr int64_t kMaxPixels = int64_t{1} << 31;
@@ -326,11 +329,12 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
                            int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                            int64_t max_centers);
 
-SlicOutputs slic_cpu(
-    const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-    const std::optional<at::Tensor>& init_counts, const std::optional<at::Tensor>& init_labels,
-    at::IntArrayRef grid, at::ArrayRef<double> weights, double compactness, bool convert_lab,
-    int64_t max_iter, double tol, bool connectivity, int64_t min_size, int64_t max_centers);
+SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+                     const std::optional<at::Tensor>& init_counts,
+                     const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                     at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                     int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                     int64_t max_centers);
 
 // Shared by both backends: argument checks and the geometry they imply.
 Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
@@ -345,37 +349,37 @@ namespace cuda {
 // Raw launchers (slic_cuda.cu); the tensor glue (slic_cuda.cpp) allocates every buffer.
 // R = 3 + F. Root-indexed arrays use the global pixel index n * P + p.
 struct Buffers {
-  const void* image;            // [N, C, P]
-  int image_dtype;              // 0 uint8, 1 half, 2 bfloat16, 3 float, 4 double
-  const float* init_centers;    // [N, K, R] or null (then cold start)
-  const int32_t* init_counts;   // [N, K]
-  const int32_t* init_labels;   // [N, P]
-  float* features;              // [N, F, P]
-  float* clusters;              // [N, K, R] k-means centres (output)
-  int32_t* counts;              // [N, K] cluster sizes (output)
-  int32_t* labels;              // [N, P] clusters, then segment ids (output)
-  int32_t* cluster_labels;      // [N, P] the k-means labels (output)
-  int32_t* cell_start;          // [N, cells + 1]
-  int32_t* cell_cursor;         // [N, cells]
-  int32_t* cell_items;          // [N, K]
-  int64_t* sums;                // [N, max(K, max_centers), R + 1] fixed-point sums
-  int32_t* state;               // [N, 4]: done, changed, merging, merged
-  int32_t* iterations;          // [N] (output)
-  int32_t* parent;              // [N * P] union-find
-  int64_t* stats;               // [N * P, 1 + F] by root: size, feature sums
-  int32_t* orig_size;           // [N * P] size of each original component, by its root
-  uint8_t* was_root;            // [N * P]
-  uint64_t* best;               // [N * P] merge choice, then the largest original component
-  uint64_t* main_of;            // [N, K]
-  int32_t* has_main;            // [N, K]
-  int32_t* extra_rank;          // [N, P] 1 at extra final roots; the glue makes it a cumsum
-  int32_t* num_roots;           // [N]
-  int32_t* free_list;           // [N, K]
-  int32_t* free_low;            // [N] length of each free_list
-  int32_t* id_of_cluster;       // [N, K]
-  int32_t* final_id;            // [N * P] by final root
-  int64_t* num_segments;        // [N] (output)
-  float* out_centers;           // [N, max_centers, R] (output, zero-filled by the glue)
+  const void* image;           // [N, C, P]
+  int image_dtype;             // 0 uint8, 1 half, 2 bfloat16, 3 float, 4 double
+  const float* init_centers;   // [N, K, R] or null (then cold start)
+  const int32_t* init_counts;  // [N, K]
+  const int32_t* init_labels;  // [N, P]
+  float* features;             // [N, F, P]
+  float* clusters;             // [N, K, R] k-means centres (output)
+  int32_t* counts;             // [N, K] cluster sizes (output)
+  int32_t* labels;             // [N, P] clusters, then segment ids (output)
+  int32_t* cluster_labels;     // [N, P] the k-means labels (output)
+  int32_t* cell_start;         // [N, cells + 1]
+  int32_t* cell_cursor;        // [N, cells]
+  int32_t* cell_items;         // [N, K]
+  int64_t* sums;               // [N, max(K, max_centers), R + 1] fixed-point sums
+  int32_t* state;              // [N, 4]: done, changed, merging, merged
+  int32_t* iterations;         // [N] (output)
+  int32_t* parent;             // [N * P] union-find
+  int64_t* stats;              // [N * P, 1 + F] by root: size, feature sums
+  int32_t* orig_size;          // [N * P] size of each original component, by its root
+  uint8_t* was_root;           // [N * P]
+  uint64_t* best;              // [N * P] merge choice, then the largest original component
+  uint64_t* main_of;           // [N, K]
+  int32_t* has_main;           // [N, K]
+  int32_t* extra_rank;         // [N, P] 1 at extra final roots; the glue makes it a cumsum
+  int32_t* num_roots;          // [N]
+  int32_t* free_list;          // [N, K]
+  int32_t* free_low;           // [N] length of each free_list
+  int32_t* id_of_cluster;      // [N, K]
+  int32_t* final_id;           // [N * P] by final root
+  int64_t* num_segments;       // [N] (output)
+  float* out_centers;          // [N, max_centers, R] (output, zero-filled by the glue)
 };
 
 // Stages, run in this order by the glue; between mark_segments and finish the glue turns

@@ -10,8 +10,8 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/util/Half.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -32,9 +32,9 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
                        int64_t max_centers) {
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const auto s = image.scalar_type();
-  TORCH_CHECK(s == at::kByte || s == at::kHalf || s == at::kBFloat16 || s == at::kFloat ||
-                  s == at::kDouble,
-              "image: expected uint8, float16, bfloat16, float32 or float64, got ", s);
+  TORCH_CHECK(
+      s == at::kByte || s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
+      "image: expected uint8, float16, bfloat16, float32 or float64, got ", s);
   TORCH_CHECK(image.is_contiguous(), "image: expected a contiguous tensor");
   TORCH_CHECK(grid.size() == 9, "grid: expected 9 integers, got ", grid.size());
   TORCH_CHECK(weights.size() == 3, "weights: expected 3 floats, got ", weights.size());
@@ -83,8 +83,7 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
     const at::Tensor& c = *init_centers;
     TORCH_CHECK(c.scalar_type() == at::kFloat && c.dim() == 3 && c.size(0) == g.N &&
                     c.size(2) == 3 + g.F && c.size(1) >= 1 && c.is_contiguous(),
-                "init: expected centres float32 [", g.N, ", K, ", 3 + g.F, "], got ",
-                c.sizes());
+                "init: expected centres float32 [", g.N, ", K, ", 3 + g.F, "], got ", c.sizes());
     TORCH_CHECK(c.device() == image.device(), "init: expected device ", image.device());
     const at::Tensor& n = *init_counts;
     TORCH_CHECK(n.scalar_type() == at::kInt && n.dim() == 2 && n.size(0) == g.N &&
@@ -161,7 +160,8 @@ void compute_features(const Geometry& g, const T* image, float* features) {
         }
       } else {
         for (int32_t c = 0; c < g.C; ++c) {
-          for (int64_t j = 0; j < len; ++j) dst[c * P + j] = clamp_feature(unit_value(src[c * P + j]));
+          for (int64_t j = 0; j < len; ++j)
+            dst[c * P + j] = clamp_feature(unit_value(src[c * P + j]));
         }
       }
       i += len;
@@ -176,7 +176,8 @@ void seed_centers(const Geometry& g, const float* features, float* centers, int3
   const int32_t R = 3 + g.F;
   at::parallel_for(0, g.N * g.K, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      seed_center(g, features + (i / g.K) * g.F * g.P, static_cast<int32_t>(i % g.K), centers + i * R);
+      seed_center(g, features + (i / g.K) * g.F * g.P, static_cast<int32_t>(i % g.K),
+                  centers + i * R);
       counts[i] = 1;
     }
   });
@@ -266,10 +267,12 @@ void chunk_candidates(const Geometry& g, const float* centers, const int32_t* ce
 // Lets cluster k claim pixels [x0, x1) of rows [yf, yl] of the chunk where it is strictly
 // nearer. FC > 0 fixes the feature count at compile time (the x loop vectorises).
 template <int FC>
-__attribute__((always_inline)) inline void claim_body(
-    const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
-    int32_t y0, int32_t yf, int32_t yl, int32_t x0, int32_t x1, float* __restrict best,
-    int32_t* __restrict winner) {
+__attribute__((always_inline)) inline void claim_body(const Geometry& g, const float* const* planes,
+                                                      const float* c, int32_t k, float z,
+                                                      int32_t y0, int32_t yf, int32_t yl,
+                                                      int32_t x0, int32_t x1,
+                                                      float* __restrict best,
+                                                      int32_t* __restrict winner) {
   constexpr int32_t kPlanes = FC > 0 ? FC : 1;
   float cf[kPlanes];
   for (int32_t f = 0; f < kPlanes; ++f) cf[f] = c[3 + f];
@@ -322,9 +325,10 @@ void claim(const Geometry& g, const float* const* planes, const float* c, int32_
 #if defined(__x86_64__) && defined(__GNUC__)
 // The same loop for AVX2 + FMA (8 lanes), picked at run time when the CPU has them.
 template <int FC>
-__attribute__((target("avx2,fma"))) void claim_avx2(
-    const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
-    int32_t y0, int32_t yf, int32_t yl, int32_t x0, int32_t x1, float* best, int32_t* winner) {
+__attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const float* const* planes,
+                                                    const float* c, int32_t k, float z, int32_t y0,
+                                                    int32_t yf, int32_t yl, int32_t x0, int32_t x1,
+                                                    float* best, int32_t* winner) {
   claim_body<FC>(g, planes, c, k, z, y0, yf, yl, x0, x1, best, winner);
 }
 
@@ -338,25 +342,35 @@ ClaimFn pick_claim(int32_t F) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (cpu_has_avx2()) {
     switch (F) {
-      case 1: return &claim_avx2<1>;
-      case 2: return &claim_avx2<2>;
-      case 3: return &claim_avx2<3>;
-      case 4: return &claim_avx2<4>;
-      default: return &claim_avx2<0>;
+      case 1:
+        return &claim_avx2<1>;
+      case 2:
+        return &claim_avx2<2>;
+      case 3:
+        return &claim_avx2<3>;
+      case 4:
+        return &claim_avx2<4>;
+      default:
+        return &claim_avx2<0>;
     }
   }
 #endif
   switch (F) {
-    case 1: return &claim<1>;
-    case 2: return &claim<2>;
-    case 3: return &claim<3>;
-    case 4: return &claim<4>;
-    default: return &claim<0>;
+    case 1:
+      return &claim<1>;
+    case 2:
+      return &claim<2>;
+    case 3:
+      return &claim<3>;
+    case 4:
+      return &claim<4>;
+    default:
+      return &claim<0>;
   }
 }
 
-void run_chunk(const Geometry& g, const float* features, const int32_t* fixed,
-               const float* centers, const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
+void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
+               const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
                int32_t cy, int32_t* labels, Chunk& chunk, Scratch& scratch) {
   const int32_t R = 3 + g.F;
   const int32_t y0 = cy * g.step[1];
@@ -430,19 +444,20 @@ void run_chunk(const Geometry& g, const float* features, const int32_t* fixed,
 
 // A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
 // cluster (as on CUDA).
-void fill_unassigned(const Geometry& g, const float* centers, const int32_t* counts, int32_t* labels) {
+void fill_unassigned(const Geometry& g, const float* centers, const int32_t* counts,
+                     int32_t* labels) {
   const int32_t R = 3 + g.F;
   at::parallel_for(0, g.N * g.P, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / g.P;
-      if (labels[i] < 0) labels[i] = nearest_live_cluster(g, centers + n * g.K * R, counts + n * g.K, i % g.P);
+      if (labels[i] < 0)
+        labels[i] = nearest_live_cluster(g, centers + n * g.K * R, counts + n * g.K, i % g.P);
     }
   });
 }
 
 void iterate(const Geometry& g, const float* features, const int32_t* fixed, float* centers,
-             int32_t* counts,
-             const int32_t* init_labels, int32_t* labels, int32_t* iterations) {
+             int32_t* counts, const int32_t* init_labels, int32_t* labels, int32_t* iterations) {
   const int32_t R = 3 + g.F;
   const int32_t num_cells = g.cells[0] * g.cells[1] * g.cells[2];
   const int64_t chunks_per_sample = int64_t{g.D} * g.cells[1];
@@ -475,8 +490,9 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
         if (done[n]) continue;
         const int32_t z = static_cast<int32_t>((i % chunks_per_sample) / g.cells[1]);
         const int32_t cy = static_cast<int32_t>(i % g.cells[1]);
-        run_chunk(g, features, fixed, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
-                  cell_items.data() + n * g.K, n, z, cy, labels, chunks[i], scratch);
+        run_chunk(g, features, fixed, centers + n * g.K * R,
+                  cell_start.data() + n * (num_cells + 1), cell_items.data() + n * g.K, n, z, cy,
+                  labels, chunks[i], scratch);
       }
     });
     // Combine the chunk partials in chunk order (fixed, thread-count independent).
@@ -486,7 +502,8 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
         if (done[n]) continue;
         ++iterations[n];
         int64_t changed = 0;
-        for (int64_t c = 0; c < chunks_per_sample; ++c) changed += chunks[n * chunks_per_sample + c].changed;
+        for (int64_t c = 0; c < chunks_per_sample; ++c)
+          changed += chunks[n * chunks_per_sample + c].changed;
         if (changed <= g.max_changed) {
           done[n] = 1;
           continue;
@@ -530,8 +547,10 @@ void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
   a = find_root(parent, a);
   b = find_root(parent, b);
   if (a == b) return;
-  if (a < b) parent[b] = a;
-  else parent[a] = b;
+  if (a < b)
+    parent[b] = a;
+  else
+    parent[a] = b;
 }
 
 template <typename Fn>
@@ -551,13 +570,13 @@ void for_each_forward_edge(const Geometry& g, Fn&& fn) {
 // Connected components of one sample's cluster map. Components are numbered in raster
 // order of their root (lowest pixel), so component order is root-pixel order.
 struct Components {
-  std::vector<int32_t> of_pixel;   // [P] component of each pixel
-  std::vector<int32_t> root;       // [M] root pixel
-  std::vector<int32_t> cluster;    // [M]
-  std::vector<int64_t> size;       // [M]
-  std::vector<int64_t> coord;      // [M, 3] sums of z, y, x
-  std::vector<int64_t> sum;        // [M, F] fixed point
-  std::vector<uint64_t> edges;     // adjacent component pairs (a << 32 | b), a < b
+  std::vector<int32_t> of_pixel;  // [P] component of each pixel
+  std::vector<int32_t> root;      // [M] root pixel
+  std::vector<int32_t> cluster;   // [M]
+  std::vector<int64_t> size;      // [M]
+  std::vector<int64_t> coord;     // [M, 3] sums of z, y, x
+  std::vector<int64_t> sum;       // [M, F] fixed point
+  std::vector<uint64_t> edges;    // adjacent component pairs (a << 32 | b), a < b
 };
 
 Components label_components(const Geometry& g, const float* feat, const int32_t* labels) {
@@ -575,8 +594,10 @@ Components label_components(const Geometry& g, const float* feat, const int32_t*
         const int32_t p = row + x;
         const int32_t k = labels[p];
         parent[p] = (x > 0 && labels[p - 1] == k) ? parent[p - 1] : p;
-        if (y > 0 && labels[p - g.W] == k && parent[p - g.W] != parent[p]) unite(parent, p - g.W, p);
-        if (z > 0 && labels[p - plane] == k && parent[p - plane] != parent[p]) unite(parent, p - plane, p);
+        if (y > 0 && labels[p - g.W] == k && parent[p - g.W] != parent[p])
+          unite(parent, p - g.W, p);
+        if (z > 0 && labels[p - plane] == k && parent[p - plane] != parent[p])
+          unite(parent, p - plane, p);
       }
     }
   }
@@ -658,7 +679,8 @@ std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
     bool any_small = false;
     for (int32_t r = 0; r < M; ++r) {
       if (parent[r] != r) continue;
-      for (int32_t f = 0; f < g.F; ++f) mean[int64_t{r} * g.F + f] = fixed_mean(sum[int64_t{r} * g.F + f], size[r]);
+      for (int32_t f = 0; f < g.F; ++f)
+        mean[int64_t{r} * g.F + f] = fixed_mean(sum[int64_t{r} * g.F + f], size[r]);
       best[r] = ~uint64_t{0};
       any_small |= size[r] < g.min_size;
     }
@@ -675,8 +697,10 @@ std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
       const int32_t a = parent[static_cast<int32_t>(e >> 32)];
       const int32_t b = parent[static_cast<int32_t>(e & 0xFFFFFFFFu)];
       if (a == b) continue;
-      if (size[a] < g.min_size) best[a] = std::min(best[a], pack_distance(distance(a, b), static_cast<uint32_t>(b)));
-      if (size[b] < g.min_size) best[b] = std::min(best[b], pack_distance(distance(b, a), static_cast<uint32_t>(a)));
+      if (size[a] < g.min_size)
+        best[a] = std::min(best[a], pack_distance(distance(a, b), static_cast<uint32_t>(b)));
+      if (size[b] < g.min_size)
+        best[b] = std::min(best[b], pack_distance(distance(b, a), static_cast<uint32_t>(a)));
     }
     // Every pair is decided from the round's snapshot (parents are flat, sizes and means
     // fixed) before any of them is united: the partition does not depend on the order in
@@ -700,7 +724,8 @@ std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
 // every later one.
 std::vector<int32_t> free_slots(const std::vector<uint8_t>& has_main, int32_t n) {
   std::vector<uint8_t> taken(n, 0);
-  for (int32_t k = 0; k < std::min<int32_t>(n, static_cast<int32_t>(has_main.size())); ++k) taken[k] = has_main[k];
+  for (int32_t k = 0; k < std::min<int32_t>(n, static_cast<int32_t>(has_main.size())); ++k)
+    taken[k] = has_main[k];
   std::vector<int32_t> slots;
   for (int32_t i = 0; i < n; ++i) {
     if (!taken[i]) slots.push_back(i);
@@ -875,24 +900,35 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
 
 namespace {
 
-SlicOutputs slic_cpu_chunk(
-    const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-    const std::optional<at::Tensor>& init_counts, const std::optional<at::Tensor>& init_labels,
-    at::IntArrayRef grid, at::ArrayRef<double> weights, double compactness, bool convert_lab,
-    int64_t max_iter, double tol, bool connectivity, int64_t min_size, int64_t max_centers) {
+SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+                           const std::optional<at::Tensor>& init_counts,
+                           const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                           at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                           int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                           int64_t max_centers) {
   TORCH_CHECK(image.device().is_cpu(), "image: expected a CPU tensor, got ", image.device());
-  const Geometry g = make_geometry(image, init_centers, init_counts, init_labels, grid, weights,
-                                   compactness, convert_lab, max_iter, tol, connectivity,
-                                   min_size, max_centers);
+  const Geometry g =
+      make_geometry(image, init_centers, init_counts, init_labels, grid, weights, compactness,
+                    convert_lab, max_iter, tol, connectivity, min_size, max_centers);
   const int32_t R = 3 + g.F;
   const auto f32 = image.options().dtype(at::kFloat);
   at::Tensor features = at::empty({g.N, g.F, g.P}, f32);
   switch (image.scalar_type()) {
-    case at::kByte: compute_features(g, image_ptr<uint8_t>(image), features.data_ptr<float>()); break;
-    case at::kHalf: compute_features(g, image_ptr<c10::Half>(image), features.data_ptr<float>()); break;
-    case at::kBFloat16: compute_features(g, image_ptr<c10::BFloat16>(image), features.data_ptr<float>()); break;
-    case at::kFloat: compute_features(g, image_ptr<float>(image), features.data_ptr<float>()); break;
-    default: compute_features(g, image_ptr<double>(image), features.data_ptr<float>()); break;
+    case at::kByte:
+      compute_features(g, image_ptr<uint8_t>(image), features.data_ptr<float>());
+      break;
+    case at::kHalf:
+      compute_features(g, image_ptr<c10::Half>(image), features.data_ptr<float>());
+      break;
+    case at::kBFloat16:
+      compute_features(g, image_ptr<c10::BFloat16>(image), features.data_ptr<float>());
+      break;
+    case at::kFloat:
+      compute_features(g, image_ptr<float>(image), features.data_ptr<float>());
+      break;
+    default:
+      compute_features(g, image_ptr<double>(image), features.data_ptr<float>());
+      break;
   }
   at::Tensor clusters = at::zeros({g.N, g.K, R}, f32);
   at::Tensor cluster_counts = at::empty({g.N, g.K}, image.options().dtype(at::kInt));
@@ -929,8 +965,7 @@ SlicOutputs slic_cpu_chunk(
       const float* feat = features.const_data_ptr<float>() + n * g.F * g.P;
       float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
       num_segments.data_ptr<int64_t>()[n] =
-          g.connectivity ? connect_sample(g, feat, lab, out)
-                         : relabel_clusters(g, feat, lab, out);
+          g.connectivity ? connect_sample(g, feat, lab, out) : relabel_clusters(g, feat, lab, out);
     }
   });
   return {labels, num_segments, out_centers, iterations, clusters, cluster_counts, cluster_labels};
@@ -938,14 +973,15 @@ SlicOutputs slic_cpu_chunk(
 
 }  // namespace
 
-SlicOutputs slic_cpu(
-    const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-    const std::optional<at::Tensor>& init_counts, const std::optional<at::Tensor>& init_labels,
-    at::IntArrayRef grid, at::ArrayRef<double> weights, double compactness, bool convert_lab,
-    int64_t max_iter, double tol, bool connectivity, int64_t min_size, int64_t max_centers) {
-  return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, image, init_centers, init_counts, init_labels, grid,
-                        weights, compactness, convert_lab, max_iter, tol, connectivity, min_size,
-                        max_centers);
+SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+                     const std::optional<at::Tensor>& init_counts,
+                     const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                     at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                     int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                     int64_t max_centers) {
+  return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, image, init_centers, init_counts, init_labels,
+                        grid, weights, compactness, convert_lab, max_iter, tol, connectivity,
+                        min_size, max_centers);
 }
 
 TORCH_LIBRARY_IMPL(gswfast, CPU, m) { m.impl("slic", &slic_cpu); }

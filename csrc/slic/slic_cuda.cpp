@@ -22,25 +22,29 @@ namespace {
 
 int image_dtype_code(at::ScalarType s) {
   switch (s) {
-    case at::kByte: return 0;
-    case at::kHalf: return 1;
-    case at::kBFloat16: return 2;
-    case at::kFloat: return 3;
-    default: return 4;
+    case at::kByte:
+      return 0;
+    case at::kHalf:
+      return 1;
+    case at::kBFloat16:
+      return 2;
+    case at::kFloat:
+      return 3;
+    default:
+      return 4;
   }
 }
 
-SlicOutputs slic_cuda_chunk(const at::Tensor& image,
-                            const std::optional<at::Tensor>& init_centers,
+SlicOutputs slic_cuda_chunk(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
                             const std::optional<at::Tensor>& init_counts,
                             const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                             at::ArrayRef<double> weights, double compactness, bool convert_lab,
                             int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                             int64_t max_centers) {
   TORCH_CHECK(image.is_cuda(), "image: expected a CUDA tensor, got ", image.device());
-  const Geometry g = make_geometry(image, init_centers, init_counts, init_labels, grid, weights,
-                                   compactness, convert_lab, max_iter, tol, connectivity,
-                                   min_size, max_centers);
+  const Geometry g =
+      make_geometry(image, init_centers, init_counts, init_labels, grid, weights, compactness,
+                    convert_lab, max_iter, tol, connectivity, min_size, max_centers);
   const c10::cuda::CUDAGuard guard(image.device());
   const auto i32 = image.options().dtype(at::kInt);
   const auto i64 = image.options().dtype(at::kLong);
@@ -126,9 +130,9 @@ SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& 
                       at::ArrayRef<double> weights, double compactness, bool convert_lab,
                       int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                       int64_t max_centers) {
-  return slic_in_chunks(&slic_cuda_chunk, kMaxCudaPixels, image, init_centers, init_counts, init_labels, grid,
-                        weights, compactness, convert_lab, max_iter, tol, connectivity, min_size,
-                        max_centers);
+  return slic_in_chunks(&slic_cuda_chunk, kMaxCudaPixels, image, init_centers, init_counts,
+                        init_labels, grid, weights, compactness, convert_lab, max_iter, tol,
+                        connectivity, min_size, max_centers);
 }
 
 }  // namespace

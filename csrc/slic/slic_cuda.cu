@@ -106,15 +106,25 @@ __device__ __forceinline__ WarpRow warp_row(int64_t* slot, int64_t key, int32_t 
 template <typename T>
 __device__ __forceinline__ float unit_value(T v);
 template <>
-__device__ __forceinline__ float unit_value<uint8_t>(uint8_t v) { return static_cast<float>(v) * (1.f / 255.f); }
+__device__ __forceinline__ float unit_value<uint8_t>(uint8_t v) {
+  return static_cast<float>(v) * (1.f / 255.f);
+}
 template <>
-__device__ __forceinline__ float unit_value<__half>(__half v) { return __half2float(v); }
+__device__ __forceinline__ float unit_value<__half>(__half v) {
+  return __half2float(v);
+}
 template <>
-__device__ __forceinline__ float unit_value<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float unit_value<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 template <>
-__device__ __forceinline__ float unit_value<float>(float v) { return v; }
+__device__ __forceinline__ float unit_value<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ float unit_value<double>(double v) { return static_cast<float>(v); }
+__device__ __forceinline__ float unit_value<double>(double v) {
+  return static_cast<float>(v);
+}
 
 template <typename T>
 __global__ void features_kernel(Geometry g, const T* __restrict__ image, float* __restrict__ feat) {
@@ -200,7 +210,8 @@ __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* cou
   for (int32_t c = threadIdx.x; c <= cells; c += blockDim.x) start[c] = 0;
   __syncthreads();
   for (int32_t k = threadIdx.x; k < g.K; k += blockDim.x) {
-    if (counts[n * g.K + k] > 0) atomicAdd(&start[cell_index(g, clusters + (n * g.K + k) * R) + 1], 1);
+    if (counts[n * g.K + k] > 0)
+      atomicAdd(&start[cell_index(g, clusters + (n * g.K + k) * R) + 1], 1);
   }
   __syncthreads();
   // Prefix sum of the counts start[1..cells]: each thread sums a contiguous range of cells,
@@ -407,12 +418,16 @@ __global__ void ccl_merge_kernel(Geometry g, const int32_t* labels, int32_t* par
   pixel_coords(g, i % g.P, &z, &y, &x);
   const int32_t l = labels[i];
   const int64_t plane = int64_t{g.H} * g.W;
-  if (x > 0 && labels[i - 1] == l) merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - 1));
-  if (y > 0 && labels[i - g.W] == l) merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - g.W));
-  if (z > 0 && labels[i - plane] == l) merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - plane));
+  if (x > 0 && labels[i - 1] == l)
+    merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - 1));
+  if (y > 0 && labels[i - g.W] == l)
+    merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - g.W));
+  if (z > 0 && labels[i - plane] == l)
+    merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - plane));
 }
 
-__global__ void compress_kernel(Geometry g, const int32_t* state, bool only_merging, int32_t* parent) {
+__global__ void compress_kernel(Geometry g, const int32_t* state, bool only_merging,
+                                int32_t* parent) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
   if (only_merging && !state[(i / g.P) * 4 + kMerging]) return;
@@ -521,7 +536,8 @@ __global__ void merge_fold_kernel(Geometry g, const int32_t* parent, const int32
   if (!was_root[i] || parent[i] == i) return;
   was_root[i] = 0;
   const int32_t S = 1 + g.F;
-  for (int32_t j = 0; j < S; ++j) atomic_add_i64(&stats[int64_t{parent[i]} * S + j], stats[i * S + j]);
+  for (int32_t j = 0; j < S; ++j)
+    atomic_add_i64(&stats[int64_t{parent[i]} * S + j], stats[i * S + j]);
 }
 
 __global__ void merge_step_kernel(Geometry g, int32_t* state) {
@@ -533,14 +549,16 @@ __global__ void merge_step_kernel(Geometry g, int32_t* state) {
 
 // The largest original component of each cluster, and of each final set.
 __global__ void largest_kernel(Geometry g, const int32_t* parent, const int32_t* orig_size,
-                               const int32_t* cluster_labels, uint64_t* main_of, uint64_t* largest) {
+                               const int32_t* cluster_labels, uint64_t* main_of,
+                               uint64_t* largest) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P || orig_size[i] == 0) return;
   const int64_t n = i / g.P;
   const uint64_t key = pack_size(orig_size[i], static_cast<uint32_t>(i - n * g.P));
   atomicMax(reinterpret_cast<unsigned long long*>(&main_of[n * g.K + cluster_labels[i]]),
             static_cast<unsigned long long>(key));
-  atomicMax(reinterpret_cast<unsigned long long*>(&largest[parent[i]]), static_cast<unsigned long long>(key));
+  atomicMax(reinterpret_cast<unsigned long long*>(&largest[parent[i]]),
+            static_cast<unsigned long long>(key));
 }
 
 // Final sets: count them, and flag each as its cluster's main segment or as an extra.
@@ -552,8 +570,10 @@ __global__ void mark_kernel(Geometry g, const int32_t* parent, const uint64_t* l
   const int64_t n = i / g.P;
   atomicAdd(&num_roots[n], 1);
   const int32_t k = cluster_labels[n * g.P + unpack_size_root(largest[i])];
-  if (main_of[n * g.K + k] == largest[i]) has_main[n * g.K + k] = 1;
-  else extra_rank[i] = 1;
+  if (main_of[n * g.K + k] == largest[i])
+    has_main[n * g.K + k] = 1;
+  else
+    extra_rank[i] = 1;
 }
 
 // Without connectivity every used cluster is a segment.
@@ -657,20 +677,32 @@ void launch_features(const Geometry& g, const Buffers& b, cudaStream_t stream) {
 void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   switch (b.image_dtype) {
-    case 0: launch_features<uint8_t>(g, b, stream); break;
-    case 1: launch_features<__half>(g, b, stream); break;
-    case 2: launch_features<__nv_bfloat16>(g, b, stream); break;
-    case 3: launch_features<float>(g, b, stream); break;
-    default: launch_features<double>(g, b, stream); break;
+    case 0:
+      launch_features<uint8_t>(g, b, stream);
+      break;
+    case 1:
+      launch_features<__half>(g, b, stream);
+      break;
+    case 2:
+      launch_features<__nv_bfloat16>(g, b, stream);
+      break;
+    case 3:
+      launch_features<float>(g, b, stream);
+      break;
+    default:
+      launch_features<double>(g, b, stream);
+      break;
   }
   if (g.warm) {
     // The glue copied init_centers into clusters.
     warm_counts_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.init_counts, b.counts);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    warm_labels_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.init_labels, b.counts, b.labels);
+    warm_labels_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.init_labels, b.counts,
+                                                                       b.labels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
-    seed_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.features, b.clusters, b.counts);
+    seed_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.features, b.clusters,
+                                                                b.counts);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     C10_CUDA_CHECK(cudaMemsetAsync(b.labels, 0xFF, sizeof(int32_t) * g.N * g.P, stream));
   }
@@ -688,15 +720,18 @@ void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state, b.iterations);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    zero_sums_kernel<<<blocks_for(g.N * g.K * S), kThreads, 0, stream>>>(g, b.state, b.sums, g.K, true);
+    zero_sums_kernel<<<blocks_for(g.N * g.K * S), kThreads, 0, stream>>>(g, b.state, b.sums, g.K,
+                                                                         true);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, true,
-                                                              g.K, b.sums);
+    accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state,
+                                                              true, g.K, b.sums);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    update_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.sums, b.state, b.clusters, b.counts);
+    update_kernel<<<blocks_for(g.N * g.K), kThreads, 0, stream>>>(g, b.sums, b.state, b.clusters,
+                                                                  b.counts);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  fill_unassigned_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.clusters, b.counts, b.labels);
+  fill_unassigned_kernel<<<blocks_for(g.N * g.P), kThreads, 0, stream>>>(g, b.clusters, b.counts,
+                                                                         b.labels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   C10_CUDA_CHECK(cudaMemcpyAsync(b.cluster_labels, b.labels, sizeof(int32_t) * g.N * g.P,
                                  cudaMemcpyDeviceToDevice, stream));
@@ -718,20 +753,23 @@ void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr)
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   component_stats_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.parent, b.stats);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  roots_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.orig_size, b.was_root);
+  roots_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.orig_size,
+                                                      b.was_root);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.min_size > 1) {
     for (int32_t round = 0; round < kMergeRounds; ++round) {
       reset_best_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.best);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.state, b.best);
+      merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.state,
+                                                                b.best);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.was_root, b.state,
-                                                                 b.parent);
+      merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.was_root,
+                                                               b.state, b.parent);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, true, b.parent);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      merge_fold_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.was_root, b.stats);
+      merge_fold_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.was_root,
+                                                               b.stats);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -741,8 +779,8 @@ void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr)
   largest_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.orig_size, b.cluster_labels,
                                                         b.main_of, b.best);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  mark_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.best, b.main_of, b.cluster_labels,
-                                                     b.has_main, b.extra_rank, b.num_roots);
+  mark_kernel<<<pixel_blocks, kThreads, 0, stream>>>(
+      g, b.parent, b.best, b.main_of, b.cluster_labels, b.has_main, b.extra_rank, b.num_roots);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -754,10 +792,9 @@ void launch_finish(const Geometry& g, const Buffers& b, void* stream_ptr) {
       b.num_segments);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.connectivity) {
-    final_id_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.best, b.main_of,
-                                                           b.cluster_labels, b.id_of_cluster,
-                                                           b.extra_rank, b.free_list, b.free_low,
-                                                           b.final_id);
+    final_id_kernel<<<pixel_blocks, kThreads, 0, stream>>>(
+        g, b.parent, b.best, b.main_of, b.cluster_labels, b.id_of_cluster, b.extra_rank,
+        b.free_list, b.free_low, b.final_id);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   relabel_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.final_id, b.id_of_cluster,
@@ -771,7 +808,8 @@ void launch_finish(const Geometry& g, const Buffers& b, void* stream_ptr) {
   accumulate_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.labels, b.state, false,
                                                             g.max_centers, b.sums);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  centers_kernel<<<blocks_for(g.N * g.max_centers), kThreads, 0, stream>>>(g, b.sums, b.out_centers);
+  centers_kernel<<<blocks_for(g.N * g.max_centers), kThreads, 0, stream>>>(g, b.sums,
+                                                                           b.out_centers);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
