@@ -41,8 +41,9 @@ def _command(source, out, processes: int) -> list[str]:
         "--nproc-per-node",
         str(processes),
     ]
-    head = launch + ["-m", "gswfast"] if processes > 1 else [sys.executable, "-m", "gswfast"]
-    return head + [
+    head = [*launch, "-m", "gswfast"] if processes > 1 else [sys.executable, "-m", "gswfast"]
+    return [
+        *head,
         "explain-dataset",
         str(source),
         "--out",
@@ -60,7 +61,7 @@ def _command(source, out, processes: int) -> list[str]:
 
 
 @pytest.mark.benchmark(group="cpu-explain-dataset-resnet18-32-images")
-@pytest.mark.parametrize("processes,threads", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize(("processes", "threads"), [(1, 1), (2, 1), (1, 2)])
 def bench_cpu_explain_dataset(benchmark, images, tmp_path, processes, threads):
     runs = iter(range(100))
 

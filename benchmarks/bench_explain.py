@@ -19,10 +19,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from timing import cuda_timed
 
 import gswfast as gsw
 from gswfast.testing import photos
-from timing import cuda_timed
 
 pytest.importorskip("skimage.data")
 
@@ -96,7 +96,8 @@ def bench_cpu_overhead_gswfast(benchmark, resnet18_batch16, method):
     model, x = resnet18_batch16
     expl = benchmark(gsw.explain, model, x, method=method)
     _record(benchmark, "gswfast", 16)
-    assert expl.segment_scores.shape[0] == 16 and torch.isfinite(expl.segment_scores).all()
+    assert expl.segment_scores.shape[0] == 16
+    assert torch.isfinite(expl.segment_scores).all()
 
 
 # ------------------------------------------------------------------ CPU video
@@ -284,7 +285,7 @@ def bench_cuda_ig(benchmark, role):
         explainer = gsw.Explainer(
             model, "integrated_gradients", n_steps=32, internal_batch_size=128, validate=False
         )
-        fn = lambda: explainer(x, 1, seg)  # noqa: E731
+        fn = lambda: explainer(x, 1, seg)
     else:
         ig = pytest.importorskip("captum.attr").IntegratedGradients(model)
 
@@ -304,7 +305,7 @@ def bench_cuda_video_amp(benchmark, role):
     clips = torch.rand(16, 3, 16, 112, 112, device="cuda")
     if role == "gswfast":
         explainer = gsw.Explainer(model, "gradient", autocast=torch.float16, validate=False)
-        fn = lambda: explainer(clips)  # noqa: E731
+        fn = lambda: explainer(clips)
     else:
 
         def fn():

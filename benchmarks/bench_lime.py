@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from timing import cuda_timed
 
 import gswfast as gsw
 from gswfast.testing import lime_weights, photos
-from timing import cuda_timed
 
 N_SAMPLES = 1000
 BATCH = 64

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from timing import cuda_timed
 
 import gswfast as gsw
 from gswfast.testing import grid_labels
-from timing import cuda_timed
 
 CUDA_REPEAT = 50
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import gswfast as gsw
 from timing import cuda_timed
 
+import gswfast as gsw
+
 skimage_data = pytest.importorskip("skimage.data")
-from skimage.segmentation import slic as skimage_slic  # noqa: E402
+from skimage.segmentation import slic as skimage_slic
 
 CUDA_REPEAT = 10
 N_SEGMENTS = 400
@@ -74,7 +74,7 @@ def bench_cpu_skimage(benchmark, vga):
 
 
 @pytest.mark.benchmark(group="cpu-slic-640x480")
-@pytest.mark.parametrize("variant", ("avx2", "portable"))
+@pytest.mark.parametrize("variant", ["avx2", "portable"])
 def bench_cpu_fast_slic(benchmark, vga, variant):
     fast_slic = pytest.importorskip(
         "fast_slic",

@@ -80,7 +80,7 @@ def _record(benchmark, role, latencies):
 
 
 @pytest.mark.parametrize("role", ["stream", "naive"])
-@pytest.mark.parametrize("name,stride,method", CASES)
+@pytest.mark.parametrize(("name", "stride", "method"), CASES)
 def bench_cpu_stream(benchmark, name, stride, method, role):
     benchmark.group = f"cpu-stream-{name}-16x112x112-stride{stride}-{method}"
     model, frames = _model(name, "cpu"), _frames(stride)
@@ -94,7 +94,7 @@ def bench_cpu_stream(benchmark, name, stride, method, role):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("role", ["stream", "naive"])
-@pytest.mark.parametrize("name,stride,method", CASES)
+@pytest.mark.parametrize(("name", "stride", "method"), CASES)
 def bench_cuda_stream(benchmark, name, stride, method, role):
     benchmark.group = f"cuda-stream-{name}-16x112x112-stride{stride}-{method}"
     model, frames = _model(name, "cuda"), _frames(stride)

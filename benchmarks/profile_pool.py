@@ -16,7 +16,7 @@ import time
 import torch
 
 import gswfast as gsw
-import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
+import gswfast.ops
 from gswfast.testing import grid_labels
 
 REPEAT = 20

@@ -19,8 +19,8 @@ import torch
 import torchvision
 
 import gswfast as gsw
-from gswfast.viz import save_png as write_png
 from gswfast.testing import photos, square_images, train_square_classifier
+from gswfast.viz import save_png as write_png
 
 IMAGENET = torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -83,7 +83,8 @@ def main() -> None:
             f"image {b}: top-5 segments {top}, pixels in them {counts[b, top].tolist()}, "
             f"mean |grad| {[f'{v:.3g}' for v in scores[b, top].tolist()]}"
         )
-    assert torch.isfinite(heatmap).all() and heatmap.max() <= 1.0
+    assert torch.isfinite(heatmap).all()
+    assert heatmap.max() <= 1.0
 
     # A clip: the coffee photo panning right, 2 px per frame, as supervoxels.
     wide = photos(device)[1:2].float() / 255

@@ -53,8 +53,10 @@ def _other_builds(package: Path, search_path: list[str]) -> list[Path]:
 
 
 try:
-    from gswfast import _C  # noqa: F401  (importing it registers the ops)
-    from gswfast import _build_info
+    from gswfast import (
+        _C,  # noqa: F401  (importing it registers the ops)
+        _build_info,
+    )
 except ImportError as exc:
     raise ImportError(
         missing_extension_message(Path(__file__).resolve().parent, sys.path, str(exc))

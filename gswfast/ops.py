@@ -349,7 +349,7 @@ def _slic_fake(
 
 
 def _segment_pool_setup(ctx, inputs, output):
-    values, labels, limits, num_segments, reduce = inputs
+    values, labels, limits, _num_segments, reduce = inputs
     out, count, _ = output
     ctx.reduce = reduce
     if reduce in ("max", "min"):
@@ -390,7 +390,7 @@ def _extreme_backward(
 
 
 def _paint_setup(ctx, inputs, output):
-    segment_values, labels, limits, fill = inputs
+    segment_values, labels, limits, _fill = inputs
     ctx.num_segments = segment_values.shape[2]
     ctx.save_for_backward(labels, limits)
 

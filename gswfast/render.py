@@ -43,7 +43,7 @@ def color_scores(heatmap: Tensor) -> Tensor:
     flat = heatmap.float().flatten(1)
     view = (-1,) + (1,) * (heatmap.dim() - 1)
     scale = flat.abs().amax(1).clamp(min=1e-12).view(view)
-    signed = (flat.amin(1) < 0).view(view + (1,))
+    signed = (flat.amin(1) < 0).view((*view, 1))
     diverging = colormap(heatmap / scale * 0.5 + 0.5, _DIVERGING)
     sequential = colormap(heatmap / scale, _SEQUENTIAL)
     return torch.where(signed, diverging, sequential)

@@ -155,7 +155,7 @@ def slic(
     channels = images.shape[1]
     lab = _resolve_convert_lab(convert_lab, channels)
     volume = _as_volume_batch(images, mode)  # [N, C, D, H, W]
-    n, _, d, h, w = volume.shape
+    _n, _, d, h, w = volume.shape
     steps, starts, cells = _seed_grid((d, h, w), n_segments, mode)
     weights = _spatial_weights(spacing, steps, mode)
     blur = _resolve_sigma(sigma, spacing, mode)
@@ -274,7 +274,7 @@ def _seed_grid(
         sorted_steps, sorted_starts = [1, 1, 1], [0, 0, 0]
     else:
         sorted_starts = [int(s // 2) for s in steps]
-        sorted_steps = [max(1, int(round(s))) for s in steps]
+        sorted_steps = [max(1, round(s)) for s in steps]
     out_steps, out_starts = [0, 0, 0], [0, 0, 0]
     for i, dim_index in enumerate(order):
         out_steps[dim_index] = sorted_steps[i]

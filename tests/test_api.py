@@ -4,18 +4,16 @@ noise and masks, no host syncs per chunk, and messages that name the real cause.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import SmoothNet, TinyCNN
 
 import gswfast as gsw
 from gswfast.attribution import attribute
 from gswfast.testing import grid_labels
 from gswfast.video import StreamExplainer
-from helpers import SmoothNet, TinyCNN, cpu_and_cuda
 
 NORMALIZE = torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -45,7 +43,8 @@ def test_numpy_targets_in_explain_attribute_and_lime():
         assert a.target.tolist() == b.target.tolist()
         got, target = attribute(model, x, numpy_target, "gradient")
         want, _ = attribute(model, x, plain, "gradient")
-        assert torch.equal(got, want) and target.dtype == torch.int64
+        assert torch.equal(got, want)
+        assert target.dtype == torch.int64
         la = gsw.lime(model, x, labels, numpy_target, n_samples=20)
         lb = gsw.lime(model, x, labels, plain, n_samples=20)
         assert torch.equal(la.segment_scores, lb.segment_scores)
@@ -109,7 +108,8 @@ def test_tuple_and_function_targets_in_lime_and_attribute():
         _Grid(model, as_dict=True), x, lambda out: out["logits"][:, 5], "gradient"
     )
     b, _ = attribute(model, x, 5, "gradient")
-    assert torch.equal(a, b) and target.tolist() == [-1, -1]
+    assert torch.equal(a, b)
+    assert target.tolist() == [-1, -1]
 
 
 def test_target_mistakes_are_named():
@@ -152,7 +152,7 @@ class _Fixed(torch.nn.Module):
 
 
 @pytest.mark.parametrize(
-    "method,options",
+    ("method", "options"),
     [
         ("integrated_gradients", {"n_steps": 5, "batch_size": 3}),
         ("smoothgrad", {"n_samples": 4, "seed": 2, "batch_size": 3}),
@@ -309,13 +309,13 @@ def test_curves_take_segment_mean_autocast_and_eval_mode():
     )
     in_eval = gsw.metrics.deletion(model, x, expl, baseline="segment_mean", steps=4)
     reference = gsw.metrics.deletion(model.eval(), x, expl, baseline="segment_mean", steps=4)
-    assert torch.equal(in_eval.scores, reference.scores) and not torch.allclose(
-        in_train.scores, in_eval.scores
-    )
+    assert torch.equal(in_eval.scores, reference.scores)
+    assert not torch.allclose(in_train.scores, in_eval.scores)
     low = gsw.metrics.insertion(
         model.float().eval(), x.float(), expl, autocast=torch.bfloat16, steps=4
     )
-    assert low.scores.dtype == torch.float32 and low.scores.shape == (2, 5)
+    assert low.scores.dtype == torch.float32
+    assert low.scores.shape == (2, 5)
 
 
 def test_lime_takes_slic_options():

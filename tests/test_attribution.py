@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import SmoothNet, TinyCNN, cpu_and_cuda
 
 from gswfast.attribution import METHODS, attribute, find_layer, make_baseline
 from gswfast.attribution.baselines import gaussian_blur, segment_mean_image
 from gswfast.attribution.integrated_gradients import integration_points
 from gswfast.testing import grid_labels
-from helpers import SmoothNet, TinyCNN, cpu_and_cuda
 
 
 def _net(device, dims=2, **kw):
@@ -251,7 +251,8 @@ def test_guided_backprop_with_inplace_relu():
 
     model = torchvision.models.resnet18(num_classes=4).eval()  # ReLU(inplace=True) everywhere
     attr, _ = attribute(model, torch.rand(1, 3, 32, 32), 0, "guided_backprop")
-    assert torch.isfinite(attr).all() and attr.abs().sum() > 0
+    assert torch.isfinite(attr).all()
+    assert attr.abs().sum() > 0
 
 
 def test_baselines():
@@ -268,7 +269,8 @@ def test_baselines():
                 )
     assert torch.equal(make_baseline("zeros", x), torch.zeros_like(x))
     blurred = gaussian_blur(x, 2.0)
-    assert blurred.shape == x.shape and blurred.std() < x.std()
+    assert blurred.shape == x.shape
+    assert blurred.std() < x.std()
     torch.testing.assert_close(gaussian_blur(torch.ones(1, 1, 9, 9), 2.0), torch.ones(1, 1, 9, 9))
 
 
@@ -287,7 +289,8 @@ def test_model_is_left_as_found_even_when_it_raises():
     for method in METHODS:
         options = {"baseline": "zeros"} if method == "lime_ig" else {}
         attribute(model, torch.rand(2, 3, 8, 8), 1, method, **options)
-        assert model.training and all(m.training for m in model.modules())
+        assert model.training
+        assert all(m.training for m in model.modules())
         assert [p.requires_grad for p in model.parameters()] == [False] + [True] * 5
         assert all(p.grad is None for p in model.parameters())
         assert torch.equal(model[1].running_mean, stats)

@@ -68,7 +68,8 @@ def files(tmp_path_factory) -> Path:
 def test_demo_writes_pictures_and_json(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "demo.json").read_text())
-    assert len(report["images"]) == 8 and len(report["clips"]) == 2
+    assert len(report["images"]) == 8
+    assert len(report["clips"]) == 2
     first = report["images"][0]
     assert {
         "class",
@@ -106,7 +107,8 @@ def test_explain_images(files, tmp_path):
     from gswfast.video import read_image
 
     picture = read_image(tmp_path / "shape.png")
-    assert picture.shape[0] == 3 and max(picture.shape[1:]) >= 400
+    assert picture.shape[0] == 3
+    assert max(picture.shape[1:]) >= 400
 
 
 def test_explain_video_in_windows(files, tmp_path):
@@ -131,7 +133,8 @@ def test_explain_video_in_windows(files, tmp_path):
     from gswfast.video import read_video
 
     frames, fps = read_video(tmp_path / "action.mp4")
-    assert sum(1 for _ in frames) == 40 and fps == pytest.approx(8)  # every frame once
+    assert sum(1 for _ in frames) == 40
+    assert fps == pytest.approx(8)
     assert (tmp_path / "action.gif").stat().st_size > 0
 
 
@@ -155,7 +158,8 @@ def test_stream_writes_every_frame_once_and_a_timeline(files, tmp_path):
     assert code == 0
     result = json.loads((tmp_path / "explanations.json").read_text())[0]
     timeline = [json.loads(line) for line in Path(result["timeline"]).read_text().splitlines()]
-    assert result["windows"] == 7 and [w["first_frame"] for w in timeline] == list(range(0, 25, 4))
+    assert result["windows"] == 7
+    assert [w["first_frame"] for w in timeline] == list(range(0, 25, 4))
     assert all(w["target"] == timeline[0]["target"] and w["latency_ms"] >= 0 for w in timeline)
     from gswfast.video import read_video
 
@@ -204,7 +208,7 @@ def test_model_files(files, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv,message",
+    ("argv", "message"),
     [
         (["explain", "missing.png"], "missing.png: no such file"),
         (["explain", "{corrupt_png}", "--model", "demo:shapes"], "cannot read it as an image"),
@@ -259,7 +263,9 @@ def test_user_mistakes_get_one_line_and_exit_code_2(files, tmp_path, capsys, arg
     ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("gswfast: error: ") and message in err and "\n" not in err
+    assert err.startswith("gswfast: error: ")
+    assert message in err
+    assert "\n" not in err
 
 
 def test_the_console_script_and_python_m(files, tmp_path):
@@ -278,15 +284,14 @@ def test_the_console_script_and_python_m(files, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert (
-        done.returncode == 2
-        and "Traceback" not in done.stderr
-        and "cannot read it as an image" in done.stderr
-    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "cannot read it as an image" in done.stderr
     help_text = subprocess.run(
         [sys.executable, "-m", "gswfast", "explain", "--help"], capture_output=True, text=True
     )
-    assert help_text.returncode == 0 and "--model" in help_text.stdout
+    assert help_text.returncode == 0
+    assert "--model" in help_text.stdout
 
 
 def test_shape_net_loads_what_it_saves():
@@ -306,7 +311,7 @@ def _one_line_error(capsys, *fragments: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "argv,argument",
+    ("argv", "argument"),
     [
         (["explain", "{png}", "--segments", "0"], "--segments"),
         (["explain", "{png}", "--segments", "-4"], "--segments"),
@@ -331,15 +336,14 @@ def test_invalid_numbers_are_one_clear_error_before_any_work(
     names = {"png": files / "shape.png", "mp4": files / "action.mp4", "out": tmp_path / "d"}
     args = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
     args += [] if "--out" in args else ["--out", str(tmp_path / "out")]
-    assert main(args + ["--model", "demo:shapes"] if args[0] != "demo" else args) == 2
+    assert main([*args, "--model", "demo:shapes"] if args[0] != "demo" else args) == 2
     _one_line_error(capsys, argument)
-    assert (
-        not (tmp_path / "out").exists() and not (tmp_path / "d").exists()
-    )  # no empty folder left behind
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize(
-    "name,why",
+    ("name", "why"),
     [
         ("fasterrcnn_resnet50_fpn", "is a detection model"),
         ("lraspp_mobilenet_v3_large", "is a semantic segmentation model"),
@@ -366,7 +370,8 @@ def test_models_that_are_not_classifiers_are_refused_and_nothing_downloads(
         == 2
     )
     _one_line_error(capsys, why, "gswfast explains classifiers")
-    assert not (tmp_path / "torch_home").exists() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "torch_home").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_builders_get_no_backbone_weights_either(tmp_path, monkeypatch):
@@ -376,7 +381,8 @@ def test_builders_get_no_backbone_weights_either(tmp_path, monkeypatch):
     model = _build_torchvision(
         "fasterrcnn_mobilenet_v3_large_320_fpn"
     )  # would download a backbone otherwise
-    assert isinstance(model, torch.nn.Module) and not any(tmp_path.iterdir())
+    assert isinstance(model, torch.nn.Module)
+    assert not any(tmp_path.iterdir())
 
 
 def test_torchscript_models_fail_in_one_line(files, tmp_path, capsys):
@@ -536,7 +542,9 @@ def test_16_bit_pngs_are_read_in_their_range(files, tmp_path):
         assert image.mode.startswith("I;16") or image.mode == "I"
         raw = torch.from_numpy(__import__("numpy").asarray(image).astype("int64"))
     pixels = read_image(files / "grey16.png")
-    assert pixels.shape == (3, 64, 64) and int(raw.min()) >= 1028 and int(raw.max()) > 255
+    assert pixels.shape == (3, 64, 64)
+    assert int(raw.min()) >= 1028
+    assert int(raw.max()) > 255
     assert torch.equal(pixels[0].long(), (raw.double() / 257).round().long())
     assert (
         main(
@@ -592,9 +600,8 @@ def test_outputs_with_the_same_stem_do_not_overwrite_each_other(files, tmp_path)
     )
     results = json.loads((tmp_path / "explanations.json").read_text())
     outputs = [Path(r["output"]) for r in results]
-    assert [o.name for o in outputs] == ["same.png", "same-2.png"] and all(
-        o.is_file() for o in outputs
-    )
+    assert [o.name for o in outputs] == ["same.png", "same-2.png"]
+    assert all(o.is_file() for o in outputs)
 
 
 def test_scores_keep_float32_precision(files, tmp_path):
@@ -674,7 +681,8 @@ def test_stream_explains_the_given_target(files, tmp_path, capsys):
     timeline = [
         json.loads(line) for line in (tmp_path / "action.timeline.jsonl").read_text().splitlines()
     ]
-    assert timeline and all(w["target"] == 1 for w in timeline)
+    assert timeline
+    assert all(w["target"] == 1 for w in timeline)
     assert (
         main(
             [
@@ -718,7 +726,8 @@ def test_random_weights_are_seeded_and_announced_once(files, tmp_path, capsys):
             == 0
         )
         err = capsys.readouterr().err
-        assert err.count("random weights") == 1 and "--weights" in err
+        assert err.count("random weights") == 1
+        assert "--weights" in err
         runs.append(
             torch.tensor(json.loads((out / "explanations.json").read_text())[0]["segment_scores"])
         )
@@ -727,10 +736,8 @@ def test_random_weights_are_seeded_and_announced_once(files, tmp_path, capsys):
     assert not torch.allclose(runs[0], runs[2], rtol=1e-2)
     assert main(["explain", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    assert (
-        "Default: torchvision:resnet18 with RANDOM weights" in help_text
-        and "gradcam for videos" in help_text
-    )
+    assert "Default: torchvision:resnet18 with RANDOM weights" in help_text
+    assert "gradcam for videos" in help_text
 
 
 def test_video_tails_are_covered(files, tmp_path):
@@ -834,7 +841,8 @@ def test_one_bad_file_does_not_stop_the_others(files, tmp_path, capsys):
         == 1
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("gswfast: error: ") for line in err)
+    assert len(err) == 2
+    assert all(line.startswith("gswfast: error: ") for line in err)
     results = json.loads((tmp_path / "explanations.json").read_text())
     assert ["error" in r for r in results] == [False, True, True, False]
 
@@ -878,7 +886,8 @@ def test_version_and_fast_argument_checks(tmp_path):
     version = subprocess.run(
         [sys.executable, "-m", "gswfast", "--version"], capture_output=True, text=True
     )
-    assert version.returncode == 0 and version.stdout.startswith("gswfast ")
+    assert version.returncode == 0
+    assert version.stdout.startswith("gswfast ")
     # --help, --version and every option mistake that needs no model or file are answered
     # before torch (or numpy, torchvision, PyAV, Pillow, tqdm) is imported
     probe = (
@@ -949,7 +958,9 @@ def test_progress_plain_lines_in_logs(files, tmp_path):
         text=True,
     )
     lines = [line for line in done.stderr.splitlines() if line.startswith("gswfast explain: ")]
-    assert lines and lines[-1].startswith("gswfast explain: 4/4 items") and "items/s" in lines[-1]
+    assert lines
+    assert lines[-1].startswith("gswfast explain: 4/4 items")
+    assert "items/s" in lines[-1]
     assert done.returncode == 1  # the video failed on the image model, the image went through
 
 
@@ -966,9 +977,9 @@ def test_progress_bar_on_a_terminal():
     with Progress("work", 3, "item", stream=screen) as progress:
         for _ in range(3):
             progress.update()
-    assert (
-        "3/3" in screen.getvalue() and "items/s" in screen.getvalue() and "\r" in screen.getvalue()
-    )
+    assert "3/3" in screen.getvalue()
+    assert "items/s" in screen.getvalue()
+    assert "\r" in screen.getvalue()
     quiet = Terminal()
     with Progress("work", 3, quiet=True, stream=quiet) as progress:
         progress.update(3)

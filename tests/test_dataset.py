@@ -50,7 +50,8 @@ def test_items_are_listed_deterministically(dataset):
     items = list_items(dataset, frames=16, stride=8)
     assert [i.key for i in items] == [i.key for i in list_items(dataset, frames=16, stride=8)]
     windows = [i.start for i in items if i.is_video]
-    assert windows == [0, 8, 16, 24] and len(items) == 12 + 1 + 4
+    assert windows == [0, 8, 16, 24]
+    assert len(items) == 12 + 1 + 4
     tail = [i.start for i in list_items(dataset, frames=16) if i.is_video]
     assert tail == [0, 16, 24]  # 40 frames: the last window is aligned to the end
 
@@ -73,22 +74,20 @@ def test_two_processes_equal_one(dataset, tmp_path):
     # exit 1: some items failed (the corrupt image, the video windows given to an image model)
     assert single.returncode == 1 and double.returncode == 1, double.stderr[-2000:]
     one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
-    assert (
-        list(one) == list(two) and len(two) == 16
-    )  # every item exactly once: 12 images, 1 corrupt, 3 windows
+    assert list(one) == list(two)
+    assert len(two) == 16
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["totals"]["processes"] == 2
     for key, row in one.items():
         assert row["status"] == two[key]["status"]
         if row["status"] == "done":
             a, b = np.load(row["output"]), np.load(two[key]["output"])
-            assert np.array_equal(a["labels"], b["labels"]) and int(a["target"]) == int(b["target"])
+            assert np.array_equal(a["labels"], b["labels"])
+            assert int(a["target"]) == int(b["target"])
             np.testing.assert_allclose(
                 a["segment_scores"], b["segment_scores"], rtol=1e-4, atol=1e-6
             )
-    assert (
-        two["corrupt.png"]["status"] == "failed"
-        and "cannot read it as an image" in two["corrupt.png"]["reason"]
-    )
+    assert two["corrupt.png"]["status"] == "failed"
+    assert "cannot read it as an image" in two["corrupt.png"]["reason"]
     assert "cannot go through the image model" in two["clip.mp4@0000016"]["reason"]
 
 
@@ -145,10 +144,8 @@ def test_a_killed_worker_loses_only_its_items_in_flight(dataset, tmp_path):
     assert rerun.returncode == 1, rerun.stderr[-2000:]  # 1: corrupt.png failed
     rows = _outputs(out)
     assert sorted(rows) == sorted(i.key for i in list_items(dataset))
-    assert (
-        sum(r["status"] == "done" for r in rows.values()) == 12
-        and rows["corrupt.png"]["status"] == "failed"
-    )
+    assert sum(r["status"] == "done" for r in rows.values()) == 12
+    assert rows["corrupt.png"]["status"] == "failed"
     assert all(
         items.joinpath(n).stat().st_mtime_ns == t for n, t in before.items()
     )  # not recomputed
@@ -182,7 +179,8 @@ def test_python_function_and_missing_files(dataset, tmp_path):
         ("nowhere.png", "failed"),
         ("corrupt.png", "failed"),
     ]
-    assert manifest["totals"]["done"] == 1 and manifest["totals"]["failed"] == 2
+    assert manifest["totals"]["done"] == 1
+    assert manifest["totals"]["failed"] == 2
     again = explain_dataset(listing, tmp_path / "out", "demo:shapes", method="gradient", quiet=True)
     assert (
         again["items"][0]["seconds"] == manifest["items"][0]["seconds"]
@@ -236,7 +234,9 @@ def test_uneven_ranks_wait_at_barriers_and_progress_ends_at_the_total(dataset, t
     )
     assert done.returncode == 1, done.stderr[-3000:]  # 1: the missing files failed
     totals = json.loads((out / "manifest.json").read_text())["totals"]
-    assert totals["done"] == 6 and totals["failed"] == 6 and totals["processes"] == 2
+    assert totals["done"] == 6
+    assert totals["failed"] == 6
+    assert totals["processes"] == 2
     progress = [
         line for line in done.stderr.splitlines() if line.startswith("gswfast explain-dataset: ")
     ]
@@ -265,21 +265,20 @@ def test_settings_are_recorded_and_a_rerun_with_others_refuses(dataset, tmp_path
     ]
     assert main([*common, "--method", "gradient", "--target", "2"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["settings"]["method"] == "gradient" and manifest["settings"]["target"] == 2
+    assert manifest["settings"]["method"] == "gradient"
+    assert manifest["settings"]["target"] == 2
     first = np.load(manifest["items"][0]["output"])
-    assert int(first["target"]) == 2 and json.loads(str(first["settings"]))["method"] == "gradient"
+    assert int(first["target"]) == 2
+    assert json.loads(str(first["settings"]))["method"] == "gradient"
     assert main([*common, "--method", "gradcam"]) == 2
     err = capsys.readouterr().err.strip()
-    assert (
-        err.startswith("gswfast: error: --out:")
-        and "method 'gradient' -> 'gradcam'" in err
-        and "\n" not in err
-    )
+    assert err.startswith("gswfast: error: --out:")
+    assert "method 'gradient' -> 'gradcam'" in err
+    assert "\n" not in err
     assert main([*common, "--method", "gradcam", "--overwrite"]) == 0
     again = json.loads((out / "manifest.json").read_text())
-    assert again["settings"]["method"] == "gradcam" and all(
-        r["status"] == "done" for r in again["items"]
-    )
+    assert again["settings"]["method"] == "gradcam"
+    assert all(r["status"] == "done" for r in again["items"])
     assert json.loads(str(np.load(again["items"][0]["output"])["settings"]))["method"] == "gradcam"
 
 
@@ -319,7 +318,8 @@ def test_exit_codes_when_items_fail(dataset, tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err.strip()
-    assert "target: class 99 is out of range" in err and "\n" not in err
+    assert "target: class 99 is out of range" in err
+    assert "\n" not in err
 
 
 def test_auto_device_on_a_build_without_cuda_kernels_is_the_cpu(monkeypatch):

@@ -11,11 +11,15 @@ from gswfast.demo.train import accuracy, train
 def test_shape_images_are_seeded_and_masked():
     a = shape_images(16, generator=torch.Generator().manual_seed(7))
     b = shape_images(16, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(a.images, b.images) and torch.equal(a.classes, b.classes)
-    assert a.images.shape == (16, 3, 64, 64) and a.masks.shape == (16, 64, 64)
-    assert 0 <= a.images.min() and a.images.max() <= 1
+    assert torch.equal(a.images, b.images)
+    assert torch.equal(a.classes, b.classes)
+    assert a.images.shape == (16, 3, 64, 64)
+    assert a.masks.shape == (16, 64, 64)
+    assert a.images.min() >= 0
+    assert a.images.max() <= 1
     area = a.masks.flatten(1).float().mean(1)
-    assert torch.all(area > 0.01) and torch.all(area < 0.5)
+    assert torch.all(area > 0.01)
+    assert torch.all(area < 0.5)
     # The object is one flat colour: its pixels vary far less than the image's.
     for i in range(16):
         inside = a.images[i][:, a.masks[i]]
@@ -34,7 +38,8 @@ def _centroids(masks: torch.Tensor) -> torch.Tensor:
 
 def test_action_clips_do_what_their_class_says():
     clips = action_clips(24, generator=torch.Generator().manual_seed(3))
-    assert clips.images.shape == (24, 3, 16, 64, 64) and clips.masks.shape == (24, 16, 64, 64)
+    assert clips.images.shape == (24, 3, 16, 64, 64)
+    assert clips.masks.shape == (24, 16, 64, 64)
     for i in range(24):
         action = ACTIONS[int(clips.classes[i])]
         masks = clips.masks[i]
@@ -64,4 +69,5 @@ def test_shipped_models_reach_90_percent_on_fresh_data():
 
 def test_training_script_runs():
     model = train("shapes", steps=2)
-    assert not model.training and 0.0 <= accuracy(model, "shapes", count=8) <= 1.0
+    assert not model.training
+    assert 0.0 <= accuracy(model, "shapes", count=8) <= 1.0

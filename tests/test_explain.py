@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from helpers import TinyCNN, cpu_and_cuda, photos, untied
 
 import gswfast as gsw
 from gswfast.explain import SEGMENT_REDUCTIONS
@@ -17,7 +18,6 @@ from gswfast.testing import (
     square_images,
     train_square_classifier,
 )
-from helpers import TinyCNN, cpu_and_cuda, photos, untied
 
 NORMALIZE = torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -49,7 +49,7 @@ def test_segment_scores_equal_a_reference_pooling(device, reduce):
 
 
 @pytest.mark.parametrize(
-    "method,options",
+    ("method", "options"),
     [
         ("gradient", {}),
         ("integrated_gradients", {"n_steps": 4}),
@@ -95,13 +95,15 @@ def test_explanation_ranking_top_k_heatmap_overlay():
     for b in range(2):
         best = ranking[b, :3]
         torch.testing.assert_close(masks[b], torch.isin(expl.labels[b], best.int()))
-    assert not expl.top_k(0).any() and expl.top_k(10_000).all()
+    assert not expl.top_k(0).any()
+    assert expl.top_k(10_000).all()
     heat = expl.heatmap()
     torch.testing.assert_close(
         heat, expl.segment_scores.gather(1, expl.labels.flatten(1).long()).view_as(heat)
     )
     picture = expl.overlay(x)
-    assert picture.shape == (2, 3, 64, 64) and picture.dtype == torch.uint8
+    assert picture.shape == (2, 3, 64, 64)
+    assert picture.dtype == torch.uint8
     edge = gsw.render.boundaries(expl.labels)
     assert torch.all(
         picture.permute(0, 2, 3, 1)[edge] == torch.tensor([255, 255, 0], dtype=torch.uint8)
@@ -109,10 +111,8 @@ def test_explanation_ranking_top_k_heatmap_overlay():
     plain = expl.overlay((x * 255).to(torch.uint8), alpha=0.0, boundaries=False)
     assert torch.equal(plain, (x * 255).to(torch.uint8))
     arrays = expl.numpy()
-    assert (
-        arrays["segment_scores"].shape == tuple(expl.segment_scores.shape)
-        and arrays["method"] == "gradient"
-    )
+    assert arrays["segment_scores"].shape == tuple(expl.segment_scores.shape)
+    assert arrays["method"] == "gradient"
     assert expl.to("cpu").segment_scores is not None
 
 
@@ -154,7 +154,7 @@ def test_lime_ig_shares_lime_blind_spot_on_the_trained_model(square_classifier):
     # A segment that is all square looks the same when LIME "hides" it with its mean
     # colour, so LIME cannot see it, and neither can lime_ig: they agree, blind spot included.
     pytest.importorskip("lime")
-    model, images, classes, masks = square_classifier
+    model, images, classes, _masks = square_classifier
     expl = gsw.explain(model, images[:3], classes[:3], method="lime_ig", n_segments=20)
     for b in range(3):
         k = int(expl.num_segments[b])
@@ -254,7 +254,8 @@ def test_batchnorm_in_train_mode_is_explained_in_eval_mode_and_restored():
     torch.testing.assert_close(
         single.pixel_scores[0], batched.pixel_scores[0], rtol=1e-9, atol=1e-11 * scale
     )
-    assert model.training and model.bn1.training
+    assert model.training
+    assert model.bn1.training
     assert torch.equal(model.bn1.running_mean, stats)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
@@ -288,7 +289,8 @@ def test_autocast_on_cuda(dtype, method):
         autocast=dtype,
         **({"n_steps": 8} if "integ" in method else {}),
     )
-    assert low.segment_scores.dtype == torch.float32 and torch.isfinite(low.segment_scores).all()
+    assert low.segment_scores.dtype == torch.float32
+    assert torch.isfinite(low.segment_scores).all()
     corr = torch.corrcoef(
         torch.stack([exact.segment_scores.flatten(), low.segment_scores.flatten()])
     )[0, 1]
@@ -330,7 +332,7 @@ def test_swag_segments_follow_the_attribution():
 
 
 @pytest.mark.parametrize(
-    "name,shape",
+    ("name", "shape"),
     [
         ("resnet18", (2, 3, 64, 64)),
         ("resnet50", (2, 3, 64, 64)),
@@ -355,7 +357,8 @@ def test_torchvision_models(name, shape):
             assert expl.segment_scores.abs().sum() > 0
         else:
             assert expl.pixel_scores.min() >= 0
-        assert expl.target.shape == (shape[0],) and int(expl.target.max()) < 7
+        assert expl.target.shape == (shape[0],)
+        assert int(expl.target.max()) < 7
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -366,16 +369,19 @@ def test_s3d_gradcam_skips_the_classifier_convolution():
     model = torchvision.models.video.s3d(num_classes=5).eval()
     x = torch.rand(1, 3, 16, 224, 224)
     layer = last_conv_layer(model, ModelForward(model), x)
-    assert layer is not model.classifier[1] and isinstance(layer, torch.nn.Conv3d)
+    assert layer is not model.classifier[1]
+    assert isinstance(layer, torch.nn.Conv3d)
     expl = gsw.explain(model, x, method="gradcam")
-    assert expl.pixel_scores.shape == (1, 16, 224, 224) and expl.segment_scores.abs().sum() > 0
+    assert expl.pixel_scores.shape == (1, 16, 224, 224)
+    assert expl.segment_scores.abs().sum() > 0
 
 
 def test_clips_are_scored_per_frame():
     model = TinyCNN(dims=3)
     clip = torch.rand(2, 3, 6, 32, 32)
     expl = gsw.explain(model, clip, 1, method="gradient", n_segments=40)
-    assert expl.labels.shape == (2, 6, 32, 32) and expl.heatmap().shape == (2, 6, 32, 32)
+    assert expl.labels.shape == (2, 6, 32, 32)
+    assert expl.heatmap().shape == (2, 6, 32, 32)
     assert expl.top_k(2).shape == (2, 6, 32, 32)
     assert expl.overlay(clip).shape == (2, 3, 6, 32, 32)
     per_frame = gsw.explain(

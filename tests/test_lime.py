@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import TinyCNN, cpu_and_cuda
 
 import gswfast as gsw
 from gswfast.lime import lime_kernel, weighted_ridge
 from gswfast.testing import grid_labels, lime_masks, lime_package, photos
-from helpers import TinyCNN, cpu_and_cuda
 
 
 def _resnet(device="cpu"):
@@ -18,7 +18,7 @@ def _resnet(device="cpu"):
     return torchvision.models.resnet18(num_classes=10).to(device).eval()
 
 
-@pytest.mark.parametrize("hide,hide_color", [("segment_mean", None), ("zeros", 0.0)])
+@pytest.mark.parametrize(("hide", "hide_color"), [("segment_mean", None), ("zeros", 0.0)])
 @pytest.mark.paths
 def test_matches_the_lime_package_given_its_masks(hide, hide_color):
     pytest.importorskip("lime")
@@ -76,13 +76,12 @@ def test_kernel_equals_lime_cosine_kernel():
 
 def test_sampling_is_seeded_and_keeps_the_first_row():
     model, x = TinyCNN(classes=3), photos(32, 2)
-    labels, k = grid_labels(2, 32, 32, cell=8)
+    labels, _k = grid_labels(2, 32, 32, cell=8)
     a = gsw.lime(model, x, labels, 1, n_samples=50, seed=4)
     b = gsw.lime(model, x, labels, 1, n_samples=50, seed=4, batch_size=7)
     c = gsw.lime(model, x, labels, 1, n_samples=50, seed=5)
-    assert torch.equal(a.info["masks"], b.info["masks"]) and not torch.equal(
-        a.info["masks"], c.info["masks"]
-    )
+    assert torch.equal(a.info["masks"], b.info["masks"])
+    assert not torch.equal(a.info["masks"], c.info["masks"])
     torch.testing.assert_close(a.segment_scores, b.segment_scores)
     assert torch.all(a.info["masks"][:, 0] == 1)
     with torch.no_grad():
@@ -95,7 +94,8 @@ def test_padding_segments_get_no_weight():
     labels, _ = grid_labels(2, 32, 32, cell=8)
     labels[1] = labels[1] % 5
     expl = gsw.lime(model, x, labels, 1, n_samples=40)
-    assert int(expl.num_segments[1]) == 5 and torch.all(expl.segment_scores[1, 5:] == 0)
+    assert int(expl.num_segments[1]) == 5
+    assert torch.all(expl.segment_scores[1, 5:] == 0)
     assert torch.all(expl.info["masks"][1, :, 5:] == 0)
     alone = gsw.lime(model, x[1:], labels[1:], 1, n_samples=40, masks=expl.info["masks"][1:, :, :5])
     torch.testing.assert_close(
@@ -115,9 +115,12 @@ def test_clips_and_progress():
         batch_size=6,
         progress=lambda done, total: seen.append((done, total)),
     )
-    assert expl.labels.shape == (1, 4, 16, 16) and expl.pixel_scores.shape == (1, 4, 16, 16)
-    assert seen[-1] == (20, 20) and len(seen) == 4
-    assert expl.method == "lime" and expl.target.tolist() == [2]
+    assert expl.labels.shape == (1, 4, 16, 16)
+    assert expl.pixel_scores.shape == (1, 4, 16, 16)
+    assert seen[-1] == (20, 20)
+    assert len(seen) == 4
+    assert expl.method == "lime"
+    assert expl.target.tolist() == [2]
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

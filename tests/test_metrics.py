@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import cpu_and_cuda
 from scipy.stats import kendalltau, spearmanr
 
 import gswfast as gsw
 from gswfast.explain import Explanation
-from helpers import cpu_and_cuda
 
 
 def _explanation(scores, labels, target=0) -> Explanation:
@@ -50,9 +50,8 @@ def test_agreement_equals_scipy(device):
     same = gsw.metrics.agreement(a, a, k=3)
     assert torch.allclose(same["spearman"], torch.ones(3, dtype=torch.float64))
     reverse = gsw.metrics.agreement(torch.arange(6.0)[None], -torch.arange(6.0)[None], k=2)
-    assert float(reverse["spearman"][0]) == pytest.approx(-1) and float(
-        reverse["kendall"][0]
-    ) == pytest.approx(-1)
+    assert float(reverse["spearman"][0]) == pytest.approx(-1)
+    assert float(reverse["kendall"][0]) == pytest.approx(-1)
 
 
 def test_top_k_iou_by_hand():
@@ -71,9 +70,8 @@ def test_agreement_uses_each_samples_segments():
     a = Explanation(**{**a.__dict__, "num_segments": torch.tensor([4, 3])})
     b = Explanation(**{**b.__dict__, "num_segments": torch.tensor([4, 3])})
     out = gsw.metrics.agreement(a, b, k=2)
-    assert float(out["spearman"][0]) == pytest.approx(1) and float(
-        out["spearman"][1]
-    ) == pytest.approx(-1)
+    assert float(out["spearman"][0]) == pytest.approx(1)
+    assert float(out["spearman"][1]) == pytest.approx(-1)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

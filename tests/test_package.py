@@ -75,10 +75,8 @@ def test_every_public_name_resolves_and_is_listed():
         "__version__",
     } <= listed
     assert not {"importlib", "sys", "types", "Any", "annotations"} & listed
-    assert (
-        gsw.slic.__module__ == "gswfast.segmentation"
-        and gsw.explain.__module__ == "gswfast.explain"
-    )
+    assert gsw.slic.__module__ == "gswfast.segmentation"
+    assert gsw.explain.__module__ == "gswfast.explain"
 
 
 def _module_name(path: Path) -> str:
@@ -134,7 +132,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt) :] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import cpu_and_cuda, grid_labels
 
 import gswfast as gsw
-import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
-from helpers import cpu_and_cuda, grid_labels
+import gswfast.ops
 
 
 def _reference_paint(seg: torch.Tensor, labels: torch.Tensor, fill: float) -> torch.Tensor:
@@ -22,10 +22,10 @@ def _reference_paint(seg: torch.Tensor, labels: torch.Tensor, fill: float) -> to
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float32, torch.float64))
-@pytest.mark.parametrize("label_dtype", (torch.int32, torch.int64))
-@pytest.mark.parametrize("spatial", ((17, 23), (5, 12, 14)))
-@pytest.mark.parametrize("channels", (None, 3))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("spatial", [(17, 23), (5, 12, 14)])
+@pytest.mark.parametrize("channels", [None, 3])
 def test_paint_matches_gather(device, dtype, label_dtype, spatial, channels):
     labels, k = grid_labels(2, *spatial, cell=4, device=device, dtype=label_dtype)
     labels[:, 0] = -1

@@ -16,7 +16,7 @@ GPU_MARKER = "# needs a GPU"
 def _blocks() -> list[tuple[int, str]]:
     text = README.read_text()
     found = []
-    for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
+    for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
         found.append((text[: match.start()].count("\n") + 1, match.group(1)))
     return found
 
@@ -25,7 +25,9 @@ def test_the_readme_has_python_blocks():
     assert len(_blocks()) >= 5
 
 
-@pytest.mark.parametrize("line,code", _blocks(), ids=[f"README.md:{line}" for line, _ in _blocks()])
+@pytest.mark.parametrize(
+    ("line", "code"), _blocks(), ids=[f"README.md:{line}" for line, _ in _blocks()]
+)
 def test_readme_block_runs(line, code, tmp_path, monkeypatch):
     import torch
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TOLERANCES, cpu_and_cuda, grid_labels, reference_pool
 
 import gswfast as gsw
-import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
-from helpers import TOLERANCES, cpu_and_cuda, grid_labels, reference_pool
+import gswfast.ops
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCES = ("sum", "mean", "max", "min", "count")
@@ -41,7 +41,7 @@ def _check_against_reference(values, labels, k, reduce, out):
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("reduce", REDUCES)
-@pytest.mark.parametrize("label_dtype", (torch.int32, torch.int64))
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64])
 def test_image_with_channels_matches_reference(device, dtype, reduce, label_dtype):
     labels, k = grid_labels(3, 37, 45, cell=7, device=device, dtype=label_dtype)
     labels = _with_ignored(labels)
@@ -63,7 +63,7 @@ def test_image_without_channels_matches_reference(device, dtype, reduce):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("reduce", REDUCES)
-@pytest.mark.parametrize("channels", (0, 1, 2, 5))
+@pytest.mark.parametrize("channels", [0, 1, 2, 5])
 def test_video_matches_reference(device, reduce, channels):
     labels, k = grid_labels(2, 9, 20, 24, cell=6, device=device, dtype=torch.int64)
     labels = _with_ignored(labels)
@@ -74,7 +74,7 @@ def test_video_matches_reference(device, reduce, channels):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
 def test_random_labels_many_segments_and_tiles(device, reduce):
     # Unstructured labels (no runs) and more segments than one CUDA shared-memory chunk;
     # 300 x 300 pixels span several CPU and CUDA tiles.
@@ -101,7 +101,7 @@ def test_sum_matches_index_add_and_numpy_bincount(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
 def test_empty_segments_give_zero(device, reduce):
     labels = torch.tensor([[[0, 0], [3, 3]]], device=device)
     values = torch.tensor([[[1.0, -2.0], [5.0, 7.0]]], device=device)
@@ -111,7 +111,8 @@ def test_empty_segments_give_zero(device, reduce):
     expected = {"sum": (-1.0, 12.0), "mean": (-0.5, 6.0), "max": (1.0, 7.0), "min": (-2.0, 5.0)}[
         reduce
     ]
-    assert out[0, 0].item() == expected[0] and out[0, 3].item() == expected[1]
+    assert out[0, 0].item() == expected[0]
+    assert out[0, 3].item() == expected[1]
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -122,7 +123,7 @@ def test_all_pixels_ignored_gives_zero_segments(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
 def test_nan_propagates_to_its_segment_only(device, reduce):
     labels, k = grid_labels(1, 16, 16, cell=4, device=device)
     values = torch.randn(1, 16, 16, device=device)
@@ -175,7 +176,7 @@ def test_num_segments_none_and_per_sample(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
 def test_bitwise_deterministic(device, reduce):
     labels, k = grid_labels(4, 200, 210, device=device)
     values = torch.randn(4, 3, 200, 210, device=device) * 1000
@@ -200,8 +201,8 @@ def test_cpu_result_does_not_depend_on_thread_count():
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
-@pytest.mark.parametrize("channels", (0, 2))
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
+@pytest.mark.parametrize("channels", [0, 2])
 def test_gradcheck(device, reduce, channels):
     labels, k = grid_labels(2, 6, 7, cell=3, device=device)
     labels = _with_ignored(labels, 0.15)
@@ -211,7 +212,7 @@ def test_gradcheck(device, reduce, channels):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("reduce", ("max", "min"))
+@pytest.mark.parametrize("reduce", ["max", "min"])
 def test_extreme_gradient_goes_to_first_arg_extreme(device, reduce):
     labels = torch.tensor([[[0, 0, 1, 1]]], device=device)
     values = torch.tensor([[[3.0, 3.0, -1.0, -1.0]]], device=device, requires_grad=True)
@@ -233,7 +234,8 @@ def test_parameters_do_not_need_grad_for_labels():
     labels, k = grid_labels(1, 8, 8, cell=4)
     values = torch.randn(1, 8, 8, requires_grad=True)
     out = gsw.segment_pool(values, labels, k)
-    assert out.requires_grad and labels.grad is None
+    assert out.requires_grad
+    assert labels.grad is None
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -268,7 +270,7 @@ def test_torch_compile_fullgraph(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("bad_label", (7, 1000, -2))
+@pytest.mark.parametrize("bad_label", [7, 1000, -2])
 def test_out_of_range_labels_raise(device, bad_label):
     labels = torch.zeros(2, 8, 8, dtype=torch.int64, device=device)
     labels[1, 3, 4] = bad_label
@@ -284,7 +286,7 @@ def test_out_of_range_labels_raise(device, bad_label):
 
 
 @pytest.mark.parametrize(
-    "values_shape, labels_shape, match",
+    ("values_shape", "labels_shape", "match"),
     [
         ((2, 8, 9), (2, 8, 8), "values: expected"),
         ((3, 8, 8), (2, 8, 8), "values: expected"),
@@ -342,8 +344,8 @@ def test_cuda_matches_cpu(reduce, dtype):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
-@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
 def test_low_precision_gradients_match_float64(device, dtype, reduce):
     labels, k = grid_labels(2, 12, 14, cell=4, device=device)
     base = torch.randn(2, 2, 12, 14, device=device, dtype=torch.float64)

@@ -9,9 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import cpu_and_cuda
 
 import gswfast as gsw
-import gswfast.ops  # noqa: F401  (loads _C, which registers the torch.ops.gswfast.* used here)
+import gswfast.ops
 from gswfast import _slic_reference as reference
 from gswfast.metrics import (
     boundary_map,
@@ -21,10 +22,9 @@ from gswfast.metrics import (
 )
 from gswfast.segmentation import _seed_grid, _spatial_weights
 from gswfast.testing import is_connected, synthetic_regions
-from helpers import cpu_and_cuda
 
 skimage = pytest.importorskip("skimage")
-from skimage import color, data, segmentation  # noqa: E402
+from skimage import color, data, segmentation
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
@@ -59,8 +59,10 @@ def _reference(image: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _check_contract(seg: gsw.Segmentation, shape: tuple[int, ...]) -> None:
-    assert seg.labels.dtype == torch.int32 and tuple(seg.labels.shape) == shape
-    assert seg.num_segments.dtype == torch.int64 and seg.num_segments.shape == (shape[0],)
+    assert seg.labels.dtype == torch.int32
+    assert tuple(seg.labels.shape) == shape
+    assert seg.num_segments.dtype == torch.int64
+    assert seg.num_segments.shape == (shape[0],)
     for b in range(shape[0]):
         ids = torch.unique(seg.labels[b])
         assert torch.equal(ids.cpu(), torch.arange(int(seg.num_segments[b]), dtype=torch.int32))
@@ -69,8 +71,8 @@ def _check_contract(seg: gsw.Segmentation, shape: tuple[int, ...]) -> None:
 # ------------------------------------------------------------------------- quality
 
 
-@pytest.mark.parametrize("seed", (0, 1, 2))
-@pytest.mark.parametrize("n_segments", (100, 400))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n_segments", [100, 400])
 @pytest.mark.paths
 def test_quality_on_synthetic_regions_matches_or_beats_skimage(seed, n_segments):
     image, truth = synthetic_regions(seed=seed)
@@ -82,8 +84,8 @@ def test_quality_on_synthetic_regions_matches_or_beats_skimage(seed, n_segments)
     assert is_connected(ours)
 
 
-@pytest.mark.parametrize("seed", (0, 1))
-@pytest.mark.parametrize("n_segments", (100, 400))
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n_segments", [100, 400])
 @pytest.mark.paths
 def test_quality_on_photo_textures_matches_or_beats_skimage(seed, n_segments):
     image, truth = _photo_mosaic(seed)
@@ -96,7 +98,7 @@ def test_quality_on_photo_textures_matches_or_beats_skimage(seed, n_segments):
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-@pytest.mark.parametrize("n_segments", (100, 400))
+@pytest.mark.parametrize("n_segments", [100, 400])
 def test_photos_explained_variation_count_and_connectivity(name, n_segments):
     image = _photo(name)
     ours = gsw.slic(image, n_segments=n_segments).labels[0]
@@ -148,7 +150,9 @@ def test_image_batch_contract_and_centres(device):
     ).to(device)
     seg = gsw.slic(images, n_segments=150)
     _check_contract(seg, (2, 200, 300))
-    assert seg.mode == "image" and seg.centers.shape[0] == 2 and seg.centers.shape[2] == 6
+    assert seg.mode == "image"
+    assert seg.centers.shape[0] == 2
+    assert seg.centers.shape[2] == 6
     assert torch.equal(seg.center_counts, seg.num_segments)
     assert bool(((seg.iterations >= 1) & (seg.iterations <= 10)).all())
     # Centres are the segments' mean position and mean CIELAB colour (skimage's rgb2lab).
@@ -182,7 +186,8 @@ def test_per_frame_mode_equals_frames_segmented_one_by_one():
         assert int(seg.center_counts[0, t]) == int(single.num_segments[0])
         offset += int(single.num_segments[0])
     assert int(seg.num_segments[0]) == offset
-    assert seg.centers.shape[:2] == (1, 4) and seg.iterations.shape == (1, 4)
+    assert seg.centers.shape[:2] == (1, 4)
+    assert seg.iterations.shape == (1, 4)
 
 
 def test_auto_mode_and_volume_contract():
@@ -194,7 +199,7 @@ def test_auto_mode_and_volume_contract():
         assert is_connected(seg.labels[b])
 
 
-@pytest.mark.parametrize("channels", (1, 2, 4, 7))
+@pytest.mark.parametrize("channels", [1, 2, 4, 7])
 def test_any_number_of_channels(channels):
     image, truth = synthetic_regions(96, 128, regions=8, seed=3)
     stacked = torch.cat([image, image.mean(0, keepdim=True).expand(channels, -1, -1)])[:channels]
@@ -210,7 +215,8 @@ def test_uint8_and_float_inputs_agree():
     a = gsw.slic(image, n_segments=200).labels
     b = gsw.slic(image.float() / 255, n_segments=200).labels
     c = gsw.slic(image.double() / 255, n_segments=200).labels
-    assert (a == b).float().mean() > 0.99 and (a == c).float().mean() > 0.99
+    assert (a == b).float().mean() > 0.99
+    assert (a == c).float().mean() > 0.99
 
 
 def test_without_connectivity_ids_follow_clusters():
@@ -314,7 +320,7 @@ def test_deterministic_and_independent_of_thread_count():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("mode", ("image", "per_frame", "volume"))
+@pytest.mark.parametrize("mode", ["image", "per_frame", "volume"])
 def test_cuda_matches_cpu_and_is_deterministic(mode):
     if mode == "image":
         x = torch.cat([_photo("astronaut")[:, :, :240, :320], _photo("coffee")[:, :, :240, :320]])
@@ -323,7 +329,8 @@ def test_cuda_matches_cpu_and_is_deterministic(mode):
     cpu = gsw.slic(x, n_segments=150, mode=mode)
     gpu = gsw.slic(x.cuda(), n_segments=150, mode=mode)
     again = gsw.slic(x.cuda(), n_segments=150, mode=mode)
-    assert torch.equal(gpu.labels, again.labels) and torch.equal(gpu.centers, again.centers)
+    assert torch.equal(gpu.labels, again.labels)
+    assert torch.equal(gpu.centers, again.centers)
     assert (gpu.labels.cpu() == cpu.labels).float().mean() >= 0.99
     _check_contract(gpu, tuple(cpu.labels.shape))
     for b in range(x.shape[0]):
@@ -405,8 +412,8 @@ def test_merge_rounds_ids_and_centres_equal_the_reference(device, case):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("connectivity, factor", [(True, 0.0), (True, 0.3), (False, 0.0)])
-@pytest.mark.parametrize("case", ("image-0", "image-1", "volume-0"))
+@pytest.mark.parametrize(("connectivity", "factor"), [(True, 0.0), (True, 0.3), (False, 0.0)])
+@pytest.mark.parametrize("case", ["image-0", "image-1", "volume-0"])
 def test_ids_equal_the_reference(device, case, connectivity, factor):
     # Split clusters (extra segments), clusters k >= num_segments, no connectivity.
     kind, seed = case.split("-")
@@ -421,7 +428,7 @@ def test_ids_equal_the_reference(device, case, connectivity, factor):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("n_segments", (30, 120, 400))  # grid steps 8, 4 and 2 (seeds stay put)
+@pytest.mark.parametrize("n_segments", [30, 120, 400])  # grid steps 8, 4 and 2 (seeds stay put)
 def test_seeds_and_first_assignment_equal_the_reference(device, n_segments):
     image = _photo("coffee")[:, :, 50:90, 100:150].float() / 255  # [1, 3, 40, 50]
     # tol=1: the first pass counts as converged, so no update: the clusters are the seeds.
@@ -454,7 +461,7 @@ def test_seeds_and_first_assignment_equal_the_reference(device, n_segments):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("max_iter", (1, 4))
+@pytest.mark.parametrize("max_iter", [1, 4])
 def test_kmeans_centres_are_the_exact_means_of_their_clusters(device, max_iter):
     # tol=0: a sample stops only when nothing changed, so the last update saw the final
     # cluster labels. The CPU used to sum features in float (run by run) and CUDA in fixed
@@ -478,7 +485,7 @@ def test_kmeans_centres_are_the_exact_means_of_their_clusters(device, max_iter):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("connectivity", (True, False))
+@pytest.mark.parametrize("connectivity", [True, False])
 def test_centres_are_exact_means_for_large_features(device, connectivity):
     # Feature scales that overflowed CUDA's 32-bit warp sums (RGB in 0..255, a SWAG channel
     # of 100 * weight) and one past the clamp (+-1e5 -> +-32767). Without connectivity the
@@ -542,7 +549,8 @@ def test_warm_start_without_a_live_cluster(device):
         gsw.slic(image, n_segments=12, init=dead)
     # Unvalidated, both backends give the kernel's rule: every pixel joins cluster 0.
     out = gsw.slic(image, n_segments=12, init=dead, validate=False)
-    assert bool((out.labels[1] == 0).all()) and int(out.num_segments[1]) == 1
+    assert bool((out.labels[1] == 0).all())
+    assert int(out.num_segments[1]) == 1
     assert torch.equal(
         out.labels[0],
         gsw.slic(
@@ -589,7 +597,7 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, match",
+    ("kwargs", "error", "match"),
     [
         (dict(n_segments=0), ValueError, "n_segments"),
         (dict(n_segments=2.5), TypeError, "n_segments"),
@@ -643,7 +651,7 @@ def _skimage_count(image: torch.Tensor, n_segments: int) -> int:
 
 
 @pytest.mark.parametrize(
-    "shape, n_segments",
+    ("shape", "n_segments"),
     [((4, 400), 10), ((2, 5), 2), ((1, 8), 1), ((8, 1), 1), ((3, 30), 3), ((1, 40), 4)],
 )
 def test_thin_images_get_one_row_of_seeds(shape, n_segments):
@@ -666,7 +674,7 @@ def _skimage_seeds(shape: tuple[int, int, int], n_segments: int) -> int:
     return math.prod(len(range(*s.indices(d))) for s, d in zip(grid, shape))
 
 
-@pytest.mark.parametrize("n_segments", (50, 100, 210, 300, 420, 421, 10**6))
+@pytest.mark.parametrize("n_segments", [50, 100, 210, 300, 420, 421, 10**6])
 def test_n_segments_near_and_above_the_pixel_count(n_segments):
     # 20 x 21 = 420 pixels. Seeds one or two pixels apart used to meet on the same lowest-
     # gradient pixel (all but one died: 420 asked gave 112); more than 420 raised.
@@ -697,7 +705,7 @@ def test_float_srgb_outside_0_1_is_an_error_with_cielab():
     assert (a == b).float().mean() > 0.95
 
 
-@pytest.mark.parametrize("sigma", (0.7, 2.0, (1.0, 3.0)))
+@pytest.mark.parametrize("sigma", [0.7, 2.0, (1.0, 3.0)])
 def test_sigma_smooths_as_scipy_gaussian_filter(sigma):
     from scipy import ndimage
 
@@ -745,7 +753,8 @@ def test_uint16_images_are_their_nominal_range():
     )
     seg = gsw.slic(image, n_segments=20)
     same = gsw.slic(image.float() / 65535, n_segments=20)
-    assert torch.equal(seg.labels, same.labels) and torch.equal(seg.centers, same.centers)
+    assert torch.equal(seg.labels, same.labels)
+    assert torch.equal(seg.centers, same.centers)
     with pytest.raises(TypeError, match="images.*uint16.*float in 0..1"):
         gsw.slic(image.to(torch.int16), n_segments=20)
 

@@ -52,7 +52,8 @@ def test_cold_windows_equal_explain(model, method):
         torch.testing.assert_close(r.explanation.segment_scores, expected.segment_scores)
         with torch.no_grad():
             torch.testing.assert_close(r.logits, model(clip.float() / 255)[0], rtol=1e-4, atol=1e-5)
-        assert r.heatmaps.shape == (16, 64, 64) and r.latency >= 0
+        assert r.heatmaps.shape == (16, 64, 64)
+        assert r.latency >= 0
 
 
 def test_warm_start_keeps_a_static_scene_still(model):
@@ -60,7 +61,8 @@ def test_warm_start_keeps_a_static_scene_still(model):
     stream = StreamExplainer(model, window=8, stride=2, method="gradient", n_segments=40)
     results = stream.push_many(frame.expand(20, -1, -1, -1))
     iterations = [int(r.explanation.segmentation.iterations[0]) for r in results]
-    assert iterations[0] > 1 and all(i == 1 for i in iterations[1:])
+    assert iterations[0] > 1
+    assert all(i == 1 for i in iterations[1:])
     for before, after in zip(results, results[1:]):
         assert torch.equal(before.explanation.labels, after.explanation.labels)
 
@@ -108,7 +110,8 @@ def test_drop_oldest_counts_and_block_keeps_all(model):
         method="gradient",
     ) as stream:
         results = stream.push_many(frames) + stream.flush()
-        assert stream.windows_seen == 23 and stream.dropped > 0
+        assert stream.windows_seen == 23
+        assert stream.dropped > 0
         assert len(results) + stream.dropped == 23
         assert [r.index for r in results] == sorted(r.index for r in results)
     with StreamExplainer(
@@ -122,7 +125,8 @@ def test_drop_oldest_counts_and_block_keeps_all(model):
         method="gradient",
     ) as stream:
         results = stream.push_many(frames) + stream.flush()
-        assert stream.dropped == 0 and [r.index for r in results] == list(range(23))
+        assert stream.dropped == 0
+        assert [r.index for r in results] == list(range(23))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
@@ -145,9 +149,11 @@ def test_memory_stays_bounded_over_a_long_stream(model):
     before = resident_mb()
     for _ in range(30):  # 480 more frames
         stream.push_many(frames)
-        assert len(stream._pending) <= stream.max_pending and not stream._done
+        assert len(stream._pending) <= stream.max_pending
+        assert not stream._done
     stream.close()
-    assert stream.frames_seen == 33 * 16 and stream._ring.shape[0] == 16
+    assert stream.frames_seen == 33 * 16
+    assert stream._ring.shape[0] == 16
     assert resident_mb() - before < 64
 
 
@@ -193,7 +199,8 @@ def test_cupy_frames_on_cuda(model):
         load("actions", "cuda"), window=16, stride=4, method="gradient", n_segments=60
     )
     results = stream.push_many(frames)
-    assert len(results) == 2 and results[0].explanation.labels.is_cuda
+    assert len(results) == 2
+    assert results[0].explanation.labels.is_cuda
 
 
 def test_bad_input(model):
@@ -278,9 +285,8 @@ def test_a_failed_window_breaks_the_stream(model, background):
         return errors
 
     errors = _run_with_timeout(feed)
-    assert errors and all(
-        "the stream is broken: its explainer failed on window 1" in str(e) for e in errors
-    )
+    assert errors
+    assert all("the stream is broken: its explainer failed on window 1" in str(e) for e in errors)
     assert all(
         isinstance(e.__cause__, ValueError) and "second call" in str(e.__cause__) for e in errors
     )
@@ -440,10 +446,12 @@ def test_ring_slots_are_contiguous_frames(model):
     frames = _frames(11)
     stream = StreamExplainer(model, window=4, stride=3, method="gradient", n_segments=10)
     results = stream.push_many(frames)
-    assert stream._ring.shape == (4, 3, 64, 64) and stream._ring[1].is_contiguous()
+    assert stream._ring.shape == (4, 3, 64, 64)
+    assert stream._ring[1].is_contiguous()
     assert [r.first_frame for r in results] == [0, 3, 6]
     for r in results:  # snapshots in time order, [1, C, T, H, W], contiguous
-        assert r.clip.is_contiguous() and torch.equal(r.clip, _clip_of(frames, r))
+        assert r.clip.is_contiguous()
+        assert torch.equal(r.clip, _clip_of(frames, r))
 
 
 def test_a_slow_consumer_gets_every_window_unchanged(model):
@@ -489,10 +497,11 @@ def test_cuda_snapshots_do_not_sync():
         for frame in frames:
             stream._store(frame)
             stream.frames_seen += 1
-        index, start, clip, *_ = stream._snapshot()
+        _index, start, clip, *_ = stream._snapshot()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert start == 4 and torch.equal(clip[0].cpu(), frames[4:12].permute(1, 0, 2, 3).cpu())
+    assert start == 4
+    assert torch.equal(clip[0].cpu(), frames[4:12].permute(1, 0, 2, 3).cpu())
 
 
 @pytest.mark.cuda
@@ -507,8 +516,9 @@ def test_cuda_results_are_safe_on_the_callers_stream():
     ).push_many(frames)
     caller = torch.cuda.Stream()
     copies = []
-    with torch.cuda.stream(caller):
-        with StreamExplainer(
+    with (
+        torch.cuda.stream(caller),
+        StreamExplainer(
             model,
             window=8,
             stride=1,
@@ -517,18 +527,17 @@ def test_cuda_results_are_safe_on_the_callers_stream():
             device="cuda",
             background=True,
             policy="block",
-        ) as stream:
-            for frame in frames:
-                for result in stream.push(frame):
-                    torch.cuda._sleep(20_000_000)  # ~10 ms of GPU time on the caller's stream
-                    copies.append(
-                        (result.index, result.explanation.segment_scores * 1, result.logits * 1)
-                    )
-                    del result
-            for result in stream.flush():
+        ) as stream,
+    ):
+        for frame in frames:
+            for result in stream.push(frame):
+                torch.cuda._sleep(20_000_000)  # ~10 ms of GPU time on the caller's stream
                 copies.append(
                     (result.index, result.explanation.segment_scores * 1, result.logits * 1)
                 )
+                del result
+        for result in stream.flush():
+            copies.append((result.index, result.explanation.segment_scores * 1, result.logits * 1))
     caller.synchronize()
     assert [i for i, *_ in copies] == list(range(len(expected)))
     for (_, scores, logits), want in zip(
@@ -546,8 +555,9 @@ def test_results_are_recorded_on_the_callers_stream(monkeypatch):
         torch.Tensor, "record_stream", lambda t, s: (recorded.append((t, s)), original(t, s))[1]
     )
     caller = torch.cuda.Stream()
-    with torch.cuda.stream(caller):
-        with StreamExplainer(
+    with (
+        torch.cuda.stream(caller),
+        StreamExplainer(
             load("actions", "cuda"),
             window=8,
             stride=4,
@@ -555,8 +565,9 @@ def test_results_are_recorded_on_the_callers_stream(monkeypatch):
             n_segments=20,
             device="cuda",
             background=True,
-        ) as stream:
-            results = stream.push_many(_frames(12)) + stream.flush()
+        ) as stream,
+    ):
+        results = stream.push_many(_frames(12)) + stream.flush()
     on_caller = {id(t) for t, s in recorded if s == caller}
     for r in results:
         for t in (

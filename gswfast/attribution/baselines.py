@@ -92,7 +92,7 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     shape = x.shape
     planes = x.reshape(-1, 1, shape[-2], shape[-1]).to(accumulation_dtype(x.dtype))
     for dim, size in ((-1, shape[-1]), (-2, shape[-2])):
-        radius = min(int(math.ceil(3 * sigma)), size - 1)
+        radius = min(math.ceil(3 * sigma), size - 1)
         if radius < 1:
             continue
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=planes.dtype)

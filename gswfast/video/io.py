@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 # GIFs are videos when animated (more than one frame), images otherwise.

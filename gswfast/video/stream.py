@@ -188,7 +188,7 @@ class StreamExplainer:
         if self._worker is not None:
             with self._lock:
                 self._lock.wait_for(
-                    lambda: not self._pending and not self._busy or self._error is not None
+                    lambda: (not self._pending and not self._busy) or self._error is not None
                 )
         return self._collect()
 
