@@ -16,6 +16,8 @@ same layer (it returns numpy maps) pooled the same way.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torchvision
@@ -285,7 +287,7 @@ def bench_cuda_ig(benchmark, role):
         explainer = gsw.Explainer(
             model, "integrated_gradients", n_steps=32, internal_batch_size=128, validate=False
         )
-        fn = lambda: explainer(x, 1, seg)
+        fn = functools.partial(explainer, x, 1, seg)
     else:
         ig = pytest.importorskip("captum.attr").IntegratedGradients(model)
 
@@ -305,7 +307,7 @@ def bench_cuda_video_amp(benchmark, role):
     clips = torch.rand(16, 3, 16, 112, 112, device="cuda")
     if role == "gswfast":
         explainer = gsw.Explainer(model, "gradient", autocast=torch.float16, validate=False)
-        fn = lambda: explainer(clips)
+        fn = functools.partial(explainer, clips)
     else:
 
         def fn():

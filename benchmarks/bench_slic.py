@@ -22,7 +22,7 @@ from timing import cuda_timed
 import gswfast as gsw
 
 skimage_data = pytest.importorskip("skimage.data")
-from skimage.segmentation import slic as skimage_slic
+skimage_slic = pytest.importorskip("skimage.segmentation").slic
 
 CUDA_REPEAT = 10
 N_SEGMENTS = 400

@@ -19,6 +19,7 @@ how often each method's best segment is the square (``on square``).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -101,7 +102,7 @@ def main() -> None:
         explainer = gsw.Explainer(model, reduce="sum", **options)
         given = None if options.get("swag") else seg
         explainer(x, target, given)  # warm-up (the Grad-CAM layer search, allocator)
-        expl, seconds = timed(lambda: explainer(x, target, given))
+        expl, seconds = timed(functools.partial(explainer, x, target, given))
         reference = lime
         if options.get("swag"):  # its own segments: LIME on those
             reference = gsw.lime(
@@ -120,7 +121,10 @@ def main() -> None:
 
 def markdown(results: dict[str, dict], per_lime: float, package_s: float, args, x) -> str:
     square = args.model == "square"
-    head = "| scorer | Spearman with LIME (sd) | top-5 IoU | deletion AUC (lower better) | insertion AUC | ms per input | vs gsw.lime | vs lime package |"
+    head = (
+        "| scorer | Spearman with LIME (sd) | top-5 IoU | deletion AUC (lower better) "
+        "| insertion AUC | ms per input | vs gsw.lime | vs lime package |"
+    )
     lines = [head + (" on square |" if square else ""), "|---" * (8 + square) + "|"]
     for name, r in results.items():
         seconds = r.get("seconds")

@@ -12,6 +12,7 @@ superpixel is the square (the pointing game).
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import time
 
@@ -42,7 +43,7 @@ def explain_photos(device: str, out: pathlib.Path) -> None:
     images = photos(224, 4).to(device)  # astronaut, chelsea, coffee, rocket
     for method, options in [("lime_ig", {}), ("gradcam", {}), ("gradient", {})]:
         explainer = gsw.Explainer(model, method, preprocess=IMAGENET, **options)
-        expl, seconds = timed(lambda: explainer(images), device)
+        expl, seconds = timed(functools.partial(explainer, images), device)
         best = expl.ranking()[:, :3].tolist()
         print(
             f"{method:>9}: {seconds * 1e3:7.1f} ms for 4 images, {expl.num_segments.tolist()} segments, "

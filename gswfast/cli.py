@@ -12,6 +12,7 @@ mistakes never import torch; torch, torchvision, PyAV, Pillow and tqdm load only
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -196,9 +197,10 @@ def _common(parser: argparse.ArgumentParser, method_help: str | None = None) -> 
         "--method",
         help=method_help
         or (
-            "gradient, input_x_gradient, integrated_gradients, lime_ig, smoothgrad, gradcam or guided_backprop; "
-            "default: integrated_gradients for images, gradcam for videos (integrated gradients cost 32 forward+backward "
-            "passes of a 3-D CNN per window, Grad-CAM one forward and a partial backward)"
+            "gradient, input_x_gradient, integrated_gradients, lime_ig, smoothgrad, gradcam or "
+            "guided_backprop; default: integrated_gradients for images, gradcam for videos "
+            "(integrated gradients cost 32 forward+backward passes of a 3-D CNN per window, "
+            "Grad-CAM one forward and a partial backward)"
         ),
     )
     parser.add_argument(
@@ -260,7 +262,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         model = load("shapes" if name == "images" else "actions", device)
         x, masks = batch.images.to(device), batch.masks.to(device)
         explainer = gsw.Explainer(model, method, n_segments=args.segments or segments)
-        expl, seconds = _timed(lambda: explainer(x), device)
+        expl, seconds = _timed(functools.partial(explainer, x), device)
         args.out.mkdir(parents=True, exist_ok=True)
         files = _write_demo_pictures(expl, x, args.out, name, args.top_k)
         report[name] = _records(expl, batch.classes, labels, files, masks)
@@ -344,7 +346,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     try:
         with job.progress(sum(counts)) as progress:
             for path, kind, stem, count in zip(
-                args.paths, kinds, _unique_stems(args.paths), counts
+                args.paths, kinds, _unique_stems(args.paths), counts, strict=True
             ):
                 before = progress.done
                 try:
@@ -411,7 +413,7 @@ class _ExplainJob:
         from gswfast.video.io import window_starts
 
         counts = []
-        for path, kind in zip(paths, kinds):
+        for path, kind in zip(paths, kinds, strict=True):
             if kind == "video":
                 stride = self.args.stride or (4 if self.args.stream else self.args.frames)
                 windows = window_starts(
@@ -518,9 +520,8 @@ class _ExplainJob:
                     frames, self.args.frames, self.args.stride or self.args.frames, self.size
                 ):
                     x = clip.to(self.device)[None]  # [1, 3, T, H, W]
-                    expl, seconds = _timed(
-                        lambda: self._call(self.explainer("video"), x, path), self.device
-                    )
+                    call = functools.partial(self._call, self.explainer("video"), x, path)
+                    expl, seconds = _timed(call, self.device)
                     explained.append(
                         {
                             "first_frame": start,

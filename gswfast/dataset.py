@@ -90,9 +90,11 @@ def list_items(
     every rank all counts."""
     paths, root = _source_paths(Path(source))
     kinds = [media_kind(path) or "image" for path in paths]
-    counts = _frame_counts([p for p, k in zip(paths, kinds) if k == "video"], rank, world, share)
+    counts = _frame_counts(
+        [p for p, k in zip(paths, kinds, strict=True) if k == "video"], rank, world, share
+    )
     items: list[Item] = []
-    for path, kind in zip(paths, kinds):
+    for path, kind in zip(paths, kinds, strict=True):
         name = _key(path, root)
         if kind != "video":
             items.append(Item(name, path))

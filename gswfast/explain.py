@@ -249,9 +249,10 @@ class Explainer:
         float 0..1) for ``target``: None (the predicted class); an int, a list, a NumPy array
         or an int tensor ``[B]`` of classes; for models whose output is not ``[B, classes]``,
         a tuple (an index into each sample's output) or a function of the model's output
-        returning the ``[B]`` scores to explain (``Explanation.target`` is then -1). ``segmentation``: a ``Segmentation`` or labels ``[B, (T), H, W]`` (default:
-        SLIC). ``attribution``: a pixel attribution ``[B, C, (T), H, W]`` or ``[B, (T), H, W]``
-        to pool instead of running the method (from Captum, for example)."""
+        returning the ``[B]`` scores to explain (``Explanation.target`` is then -1).
+        ``segmentation``: a ``Segmentation`` or labels ``[B, (T), H, W]`` (default: SLIC).
+        ``attribution``: a pixel attribution ``[B, C, (T), H, W]`` or ``[B, (T), H, W]`` to pool
+        instead of running the method (from Captum, for example)."""
         # Works inside torch.no_grad() and torch.inference_mode() callers: every tensor made
         # here is a normal one (inference tensors cannot take part in a backward pass).
         with torch.inference_mode(False):

@@ -119,7 +119,7 @@ def test_integration_points_integrate_polynomials():
         ("riemann_middle", 200, 2),
     ]:
         alphas, weights = integration_points(n, method)
-        approx = sum(w * a**degree for a, w in zip(alphas, weights))
+        approx = sum(w * a**degree for a, w in zip(alphas, weights, strict=True))
         assert abs(approx - 1 / (degree + 1)) < 1e-4, method
 
 
@@ -358,7 +358,7 @@ def test_bad_input():
         attribute(model, x, 0, "smoothgrad", noise_level=-1.0)
     with pytest.raises(ValueError, match="blur_sigma"):
         attribute(model, x, 0, "integrated_gradients", baseline="blur", blur_sigma=0.0)
-    with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module"):
         attribute(lambda t: t, x, 0, "gradient")
 
 

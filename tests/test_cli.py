@@ -304,7 +304,9 @@ def test_shape_net_loads_what_it_saves():
 
 def _one_line_error(capsys, *fragments: str) -> str:
     err = capsys.readouterr().err.strip()
-    assert err.startswith("gswfast: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("gswfast: error: "), err
+    assert "\n" not in err, err
+    assert "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in err, err
     return err
@@ -923,10 +925,8 @@ def test_version_and_fast_argument_checks(tmp_path):
         assert done.stdout.split()[-2:] == [str(code), "[]"], (argv, done.stdout, done.stderr)
         assert said in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
         if code == 2:
-            assert done.stderr.count("\n") == 1 and done.stderr.startswith("gswfast: error: "), (
-                argv,
-                done.stderr,
-            )
+            assert done.stderr.count("\n") == 1, (argv, done.stderr)
+            assert done.stderr.startswith("gswfast: error: "), (argv, done.stderr)
 
 
 def test_the_method_names_of_the_fast_checks_are_the_methods():

@@ -72,7 +72,8 @@ def test_two_processes_equal_one(dataset, tmp_path):
     single = _run([sys.executable, "-m", "gswfast", *common, "--out", str(tmp_path / "one")])
     double = _run([*TORCHRUN, "-m", "gswfast", *common, "--out", str(tmp_path / "two")])
     # exit 1: some items failed (the corrupt image, the video windows given to an image model)
-    assert single.returncode == 1 and double.returncode == 1, double.stderr[-2000:]
+    assert single.returncode == 1, single.stderr[-2000:]
+    assert double.returncode == 1, double.stderr[-2000:]
     one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
     assert list(one) == list(two)
     assert len(two) == 16
@@ -240,9 +241,8 @@ def test_uneven_ranks_wait_at_barriers_and_progress_ends_at_the_total(dataset, t
     progress = [
         line for line in done.stderr.splitlines() if line.startswith("gswfast explain-dataset: ")
     ]
-    assert progress and progress[-1].startswith("gswfast explain-dataset: 12/12 items"), (
-        done.stderr[-3000:]
-    )
+    assert progress, done.stderr[-3000:]
+    assert progress[-1].startswith("gswfast explain-dataset: 12/12 items"), done.stderr[-3000:]
     assert (
         json.loads((out / ".progress" / "rank1").read_text()) == 6
     )  # each rank counts its own items

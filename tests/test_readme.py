@@ -15,10 +15,8 @@ GPU_MARKER = "# needs a GPU"
 
 def _blocks() -> list[tuple[int, str]]:
     text = README.read_text()
-    found = []
-    for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
-        found.append((text[: match.start()].count("\n") + 1, match.group(1)))
-    return found
+    blocks = re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    return [(text[: match.start()].count("\n") + 1, match.group(1)) for match in blocks]
 
 
 def test_the_readme_has_python_blocks():

@@ -307,7 +307,7 @@ def test_bad_dtypes_and_arguments_raise():
         gsw.segment_pool(torch.ones(1, 4, 4, dtype=torch.int64), labels, 1)
     with pytest.raises(TypeError, match="labels: expected dtype"):
         gsw.segment_pool(torch.ones(1, 4, 4), labels.float(), 1)
-    with pytest.raises(TypeError, match="values: expected a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"values: expected a torch.Tensor"):
         gsw.segment_pool(np.ones((1, 4, 4)), labels, 1)
     with pytest.raises(ValueError, match="reduce: expected one of"):
         gsw.segment_pool(torch.ones(1, 4, 4), labels, 1, "median")

@@ -24,7 +24,9 @@ from gswfast.segmentation import _seed_grid, _spatial_weights
 from gswfast.testing import is_connected, synthetic_regions
 
 skimage = pytest.importorskip("skimage")
-from skimage import color, data, segmentation
+color = pytest.importorskip("skimage.color")
+data = pytest.importorskip("skimage.data")
+segmentation = pytest.importorskip("skimage.segmentation")
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
@@ -545,7 +547,7 @@ def test_warm_start_without_a_live_cluster(device):
     counts = seg.cluster_counts.clone()
     counts[1] = 0
     dead = dataclasses.replace(seg, cluster_counts=counts)
-    with pytest.raises(ValueError, match="init: 1 sample.*no live cluster"):
+    with pytest.raises(ValueError, match=r"init: 1 sample.*no live cluster"):
         gsw.slic(image, n_segments=12, init=dead)
     # Unvalidated, both backends give the kernel's rule: every pixel joins cluster 0.
     out = gsw.slic(image, n_segments=12, init=dead, validate=False)
@@ -671,7 +673,7 @@ def _skimage_seeds(shape: tuple[int, int, int], n_segments: int) -> int:
     from skimage.util import regular_grid
 
     grid = regular_grid(shape, n_segments)
-    return math.prod(len(range(*s.indices(d))) for s, d in zip(grid, shape))
+    return math.prod(len(range(*s.indices(d))) for s, d in zip(grid, shape, strict=True))
 
 
 @pytest.mark.parametrize("n_segments", [50, 100, 210, 300, 420, 421, 10**6])
@@ -697,7 +699,7 @@ def test_photo_with_one_segment_per_two_by_two_block():
 def test_float_srgb_outside_0_1_is_an_error_with_cielab():
     image = torch.rand(1, 3, 30, 40, generator=torch.Generator().manual_seed(0))
     for bad in (image * 255, image + 1000, image - 0.5):
-        with pytest.raises(ValueError, match="outside 0..1.*convert_lab=False"):
+        with pytest.raises(ValueError, match=r"outside 0..1.*convert_lab=False"):
             gsw.slic(bad, n_segments=20)
     # As features (no CIELAB) any finite value is fine, and a 0..255 scale is a scale.
     a = gsw.slic(image * 255, n_segments=20, convert_lab=False, compactness=2550.0).labels
@@ -755,7 +757,7 @@ def test_uint16_images_are_their_nominal_range():
     same = gsw.slic(image.float() / 65535, n_segments=20)
     assert torch.equal(seg.labels, same.labels)
     assert torch.equal(seg.centers, same.centers)
-    with pytest.raises(TypeError, match="images.*uint16.*float in 0..1"):
+    with pytest.raises(TypeError, match=r"images.*uint16.*float in 0..1"):
         gsw.slic(image.to(torch.int16), n_segments=20)
 
 

@@ -4,6 +4,7 @@ and CUDA streams."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -63,7 +64,7 @@ def test_warm_start_keeps_a_static_scene_still(model):
     iterations = [int(r.explanation.segmentation.iterations[0]) for r in results]
     assert iterations[0] > 1
     assert all(i == 1 for i in iterations[1:])
-    for before, after in zip(results, results[1:]):
+    for before, after in itertools.pairwise(results):
         assert torch.equal(before.explanation.labels, after.explanation.labels)
 
 
@@ -78,7 +79,7 @@ def test_warm_start_converges_on_a_moving_scene(model):
     warm_iterations = sum(int(r.explanation.segmentation.iterations[0]) for r in warm[1:])
     cold_iterations = sum(int(r.explanation.segmentation.iterations[0]) for r in cold[1:])
     assert warm_iterations < 0.6 * cold_iterations  # measured: 37 against 80
-    for w, c in zip(warm, cold):
+    for w, c in zip(warm, cold, strict=True):
         clip = (
             frames[w.first_frame : w.last_frame + 1].permute(1, 0, 2, 3).float() / 255
         )  # [3, T, H, W]
@@ -186,7 +187,7 @@ def test_cuda_stream_equals_the_cpu_stream(model, background):
     ) as stream:
         cuda = stream.push_many(frames) + stream.flush()
     assert [r.first_frame for r in cuda] == [r.first_frame for r in cpu]
-    for c, g in zip(cpu, cuda):
+    for c, g in zip(cpu, cuda, strict=True):
         assert g.explanation.labels.is_cuda
         torch.testing.assert_close(g.logits.cpu(), c.logits, rtol=1e-3, atol=1e-4)
 
@@ -307,7 +308,7 @@ def test_close_after_a_failure_does_not_hang(model):
     )
 
     def feed():
-        with pytest.raises(RuntimeError, match="the stream is broken"):
+        with pytest.raises(RuntimeError, match="the stream is broken"):  # noqa: PT012 (whichever call sees the failure first raises)
             for frame in _frames(30):
                 stream.push(frame)
                 time.sleep(0.01)
@@ -479,7 +480,9 @@ def test_a_slow_consumer_gets_every_window_unchanged(model):
 
     _run_with_timeout(consume)
     assert [r.index for r in held] == list(range(12))
-    for got, want in zip(held, expected):  # held results were not overwritten by later windows
+    for got, want in zip(
+        held, expected, strict=True
+    ):  # held results were not overwritten by later windows
         assert torch.equal(got.clip, _clip_of(frames, got))
         assert torch.equal(got.explanation.labels, want.explanation.labels)
         torch.testing.assert_close(got.explanation.segment_scores, want.explanation.segment_scores)
@@ -536,12 +539,14 @@ def test_cuda_results_are_safe_on_the_callers_stream():
                     (result.index, result.explanation.segment_scores * 1, result.logits * 1)
                 )
                 del result
-        for result in stream.flush():
-            copies.append((result.index, result.explanation.segment_scores * 1, result.logits * 1))
+        copies.extend(
+            (result.index, result.explanation.segment_scores * 1, result.logits * 1)
+            for result in stream.flush()
+        )
     caller.synchronize()
     assert [i for i, *_ in copies] == list(range(len(expected)))
     for (_, scores, logits), want in zip(
-        copies, expected
+        copies, expected, strict=True
     ):  # cuDNN may sum in another order: float32 slack
         torch.testing.assert_close(scores, want.explanation.segment_scores, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(logits, want.logits, rtol=1e-4, atol=1e-5)

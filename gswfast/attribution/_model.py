@@ -56,7 +56,7 @@ class OutputTarget:
                 f"[B, {', '.join(f'd{i + 1}' for i in range(len(self.index)))}] with B = {batch}, got {got}; "
                 "for one class per sample pass a list, an array or a tensor"
             )
-        for i, (position, size) in enumerate(zip(self.index, output.shape[1:])):
+        for i, (position, size) in enumerate(zip(self.index, output.shape[1:], strict=False)):
             if not -size <= position < size:
                 raise ValueError(
                     f"target: index {position} at position {i} of {self.index} is out of range for "
@@ -338,7 +338,7 @@ def model_session(model: nn.Module, eval_mode: bool = True) -> Iterator[list]:
     finally:
         for handle in handles:
             handle.remove()
-        for p, flag in zip(params, flags):
+        for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
         for m, mode in training.items():
             m.training = mode

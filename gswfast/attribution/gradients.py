@@ -53,8 +53,7 @@ class GuidedBackprop:
 
     def register(self, handles: list) -> None:
         """Hooks every ReLU module (the caller removes the handles)."""
-        for relu in self.relus:
-            handles.append(relu.register_forward_hook(_guide_relu_output))
+        handles.extend(relu.register_forward_hook(_guide_relu_output) for relu in self.relus)
 
     def __call__(
         self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
