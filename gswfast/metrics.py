@@ -20,7 +20,22 @@ from gswfast.attribution.baselines import BASELINES, stand_in_image
 from gswfast.checks import check_inputs, composite_logits, unit_float
 from gswfast.explain import Explanation
 
+__all__ = [
+    "OUTPUTS",
+    "Curve",
+    "agreement",
+    "boundary_map",
+    "boundary_recall",
+    "deletion",
+    "explained_variation",
+    "insertion",
+    "pointing_game",
+    "relevance_mass",
+    "undersegmentation_error",
+]
+
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
+"""The values of ``output=`` of the deletion and insertion curves: what they score."""
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,18 @@ from torch import Tensor
 
 from gswfast import _extension
 
+__all__ = ["REDUCTIONS", "NumSegments", "Reduction", "paint", "segment_pool", "slic_kernel"]
+
 Reduction = Literal["sum", "mean", "max", "min", "count"]
+"""The ``reduce=`` of ``segment_pool``, as a type."""
 REDUCTIONS: tuple[str, ...] = ("sum", "mean", "max", "min", "count")
+"""The ``reduce=`` values of ``segment_pool``."""
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _LABEL_DTYPES = (torch.int32, torch.int64)
 
 NumSegments = int | Sequence[int] | Tensor | None
+"""``num_segments=``: None (one more than the largest label), an int for the whole batch, or
+one count per sample (a sequence or an int tensor ``[B]``)."""
 
 
 def segment_pool(

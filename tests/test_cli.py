@@ -295,8 +295,14 @@ def test_the_console_script_and_python_m(files, tmp_path):
 
 
 def test_shape_net_loads_what_it_saves():
-    net = ShapeNet()
-    net.load_state_dict(load("shapes").state_dict())
+    shipped = load("shapes")
+    net = ShapeNet().eval()
+    net.load_state_dict(shipped.state_dict())  # strict: every key and shape must match
+    for name, value in shipped.state_dict().items():
+        assert torch.equal(net.state_dict()[name], value), name
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(net(x), shipped(x))
 
 
 # ---------------------------------------------------------------- issue 17: the command as users meet it

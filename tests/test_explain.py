@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torchvision
@@ -113,7 +115,27 @@ def test_explanation_ranking_top_k_heatmap_overlay():
     arrays = expl.numpy()
     assert arrays["segment_scores"].shape == tuple(expl.segment_scores.shape)
     assert arrays["method"] == "gradient"
-    assert expl.to("cpu").segment_scores is not None
+    _check_moved(expl, expl.to("cpu"), torch.device("cpu"))
+    _check_moved(expl, expl.to("meta"), torch.device("meta"))  # no tensor is left behind
+
+
+def _check_moved(expl, moved, device):
+    """Every tensor of ``moved`` (fields, segmentation, info) is on ``device`` and, off the
+    meta device, equal to ``expl``'s; the rest is unchanged."""
+    assert (moved.method, moved.reduce) == (expl.method, expl.reduce)
+    pairs = [(getattr(expl, f.name), getattr(moved, f.name)) for f in dataclasses.fields(expl)]
+    pairs += [(expl.info[k], moved.info[k]) for k in expl.info]
+    pairs += [
+        (getattr(expl.segmentation, f.name), getattr(moved.segmentation, f.name))
+        for f in dataclasses.fields(expl.segmentation)
+    ]
+    tensors = [(a, b) for a, b in pairs if isinstance(a, torch.Tensor)]
+    assert len(tensors) >= 8
+    for a, b in tensors:
+        assert b.device == device
+        assert (b.shape, b.dtype) == (a.shape, a.dtype)
+        if device.type != "meta":
+            assert torch.equal(a, b)
 
 
 def test_lime_ig_ranks_segments_like_lime():
