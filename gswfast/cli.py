@@ -468,7 +468,7 @@ class _ExplainJob:
 
         method = _method(self.args, kind)
         if method not in self._explainers:
-            options = layer_option(self.args.layer, method)
+            options: dict[str, Any] = layer_option(self.args.layer, method)
             self._explainers[method] = gsw.Explainer(
                 self.model,
                 method,
