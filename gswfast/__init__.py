@@ -22,7 +22,31 @@ does not pull in the model layers above it.
 import importlib as _importlib
 import sys as _sys
 import types as _types
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
+
+if _TYPE_CHECKING:
+    # What type checkers see: the public names with their own types (``__getattr__`` below
+    # is typed ``Any``), re-exported explicitly (``X as X``: ``__all__`` is computed). At
+    # run time nothing here is imported; the names load on first use.
+    from gswfast import attribution as attribution
+    from gswfast import metrics as metrics
+    from gswfast._extension import build_info as build_info
+    from gswfast._extension import built_with_cuda as built_with_cuda
+    from gswfast._extension import cuda_available as cuda_available
+    from gswfast.attribution import METHODS as METHODS
+    from gswfast.attribution import attribute as attribute
+    from gswfast.explain import SEGMENT_REDUCTIONS as SEGMENT_REDUCTIONS
+    from gswfast.explain import Explainer as Explainer
+    from gswfast.explain import Explanation as Explanation
+    from gswfast.explain import explain as explain
+    from gswfast.lime import lime as lime
+    from gswfast.ops import REDUCTIONS as REDUCTIONS
+    from gswfast.ops import paint as paint
+    from gswfast.ops import segment_pool as segment_pool
+    from gswfast.segmentation import Segmentation as Segmentation
+    from gswfast.segmentation import rgb_to_lab as rgb_to_lab
+    from gswfast.segmentation import slic as slic
 
 __version__ = "0.1.0"
 

@@ -39,6 +39,12 @@ def fixed_mean(sums: Tensor, counts: Tensor) -> Tensor:
     return (sums.double() / counts.double() / FIXED_SCALE).float()
 
 
+def _shape3(t: Tensor) -> tuple[int, int, int]:
+    """``(D, H, W)`` of a ``[D, H, W]`` tensor."""
+    d, h, w = t.shape
+    return d, h, w
+
+
 def _coordinates(shape: tuple[int, int, int]) -> Tensor:
     d, h, w = shape
     z, y, x = torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
@@ -48,7 +54,7 @@ def _coordinates(shape: tuple[int, int, int]) -> Tensor:
 def segment_sums(labels: Tensor, features: Tensor, rows: int) -> tuple[Tensor, Tensor, Tensor]:
     """Exact integer sums by label: counts [rows], coordinate sums [rows, 3] and fixed-point
     feature sums [rows, F] (int64). labels [D, H, W] (ids < rows), features [F, D, H, W]."""
-    shape = tuple(labels.shape)
+    shape = _shape3(labels)
     flat = labels.reshape(-1).long()
     fixed = to_fixed(clamp_features(features).reshape(features.shape[0], -1)).T  # [P, F]
     counts = torch.zeros(rows, dtype=torch.int64).index_add_(0, flat, torch.ones_like(flat))
@@ -164,7 +170,7 @@ def _components_of_graph(nodes: int, pairs: Tensor) -> Tensor:
 def components(cluster_labels: Tensor) -> Tensor:
     """Connected components of a cluster map [D, H, W]: each pixel's root (lowest pixel
     index of its component), int64 [P]."""
-    shape = tuple(cluster_labels.shape)
+    shape = _shape3(cluster_labels)
     flat = cluster_labels.reshape(-1)
     pairs = _neighbour_pairs(shape)
     same = flat[pairs[:, 0]] == flat[pairs[:, 1]]
@@ -226,7 +232,7 @@ def merge_small(
 def connected_sets(cluster_labels: Tensor, features: Tensor, min_size: int) -> Tensor:
     """The partition the connectivity pass makes of a cluster map [D, H, W]: each pixel's
     final set, named by its lowest pixel, int64 [D, H, W]. features: [F, D, H, W]."""
-    shape = tuple(cluster_labels.shape)
+    shape = _shape3(cluster_labels)
     return merge_small(components(cluster_labels), shape, features, min_size).reshape(shape)
 
 
@@ -254,8 +260,8 @@ def segment_ids(cluster_labels: Tensor, sets: Tensor | None) -> Tensor:
     if sets is None:
         used = torch.zeros(int(cluster.max()) + 1, dtype=torch.bool)
         used[cluster] = True
-        ids = torch.tensor(_stable_ids(used.tolist(), int(used.sum())))
-        return ids[cluster].to(torch.int32).reshape(shape)
+        id_of = torch.tensor(_stable_ids(used.tolist(), int(used.sum())))
+        return id_of[cluster].to(torch.int32).reshape(shape)
     comps = components(cluster_labels)
     sets = sets.reshape(-1)
     P = cluster.numel()
@@ -297,4 +303,4 @@ def same_partition(a: Tensor, b: Tensor) -> bool:
     """Whether two label maps split the pixels the same way (ids may differ)."""
     a, b = a.reshape(-1).long(), b.reshape(-1).long()
     pairs = torch.unique(torch.stack([a, b]), dim=1).shape[1]
-    return pairs == torch.unique(a).numel() == torch.unique(b).numel()
+    return bool(pairs == torch.unique(a).numel() == torch.unique(b).numel())  # unique: Any

@@ -85,7 +85,9 @@ def check_input_values(x: Tensor, needs_unit_range: bool) -> None:
     )
 
 
-def resolve_given_segmentation(segmentation: Segmentation | Tensor, images: Tensor) -> Segments:
+def resolve_given_segmentation(
+    segmentation: Segmentation | Tensor, images: Tensor
+) -> tuple[Segmentation | None, Tensor, Tensor]:
     """A given ``Segmentation`` or labels ``[B, (T), H, W]`` checked against ``images``:
     ``(segmentation or None, labels, num_segments [B])``."""
     seg = segmentation if isinstance(segmentation, Segmentation) else None

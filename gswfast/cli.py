@@ -16,15 +16,21 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from gswfast import __version__
 from gswfast.options import UserError, check_method
 
 if TYPE_CHECKING:
     import torch
+
+    from gswfast.explain import Explainer, Explanation
+    from gswfast.progress import Progress
+    from gswfast.video import Mp4Writer, StreamExplainer, WindowResult
+
+_T = TypeVar("_T")
 
 __all__ = ["UserError", "main"]
 
@@ -41,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(done.code or 0)
     try:
         _check_options(args)
-        return args.run(args)
+        run: Callable[[argparse.Namespace], int] = args.run  # set by each subcommand's parser
+        return run(args)
     except UserError as error:
         print(f"gswfast: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -56,12 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors in one line, ``gswfast: error: ...``, exit code 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         print(f"gswfast: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def _count(minimum: int):
+def _count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -274,8 +281,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _records(
-    expl, classes: torch.Tensor, labels: Sequence[str], files: list[list[str]], masks: torch.Tensor
-) -> list[dict]:
+    expl: Explanation,
+    classes: torch.Tensor,
+    labels: Sequence[str],
+    files: list[list[str]],
+    masks: torch.Tensor,
+) -> list[dict[str, Any]]:
     import gswfast as gsw
 
     hits = gsw.metrics.pointing_game(expl, masks).tolist()
@@ -298,7 +309,7 @@ def _records(
     return rows
 
 
-def _summary(name: str, rows: list[dict], seconds: float) -> str:
+def _summary(name: str, rows: list[dict[str, Any]], seconds: float) -> str:
     correct = sum(r["class"] == r["predicted"] for r in rows)
     hits = sum(r["pointing_game"] for r in rows)
     mass = sum(r["relevance_mass"] for r in rows) / len(rows)
@@ -308,7 +319,9 @@ def _summary(name: str, rows: list[dict], seconds: float) -> str:
     )
 
 
-def _write_demo_pictures(expl, x: torch.Tensor, out: Path, name: str, k: int) -> list[list[str]]:
+def _write_demo_pictures(
+    expl: Explanation, x: torch.Tensor, out: Path, name: str, k: int
+) -> list[list[str]]:
     from gswfast import render, viz
     from gswfast.video.io import write_mp4
 
@@ -341,7 +354,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         media_kind(path) or "image" for path in args.paths
     ]  # other suffixes: Pillow says what they are
     job = _ExplainJob(args)
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     counts = job.item_counts(args.paths, kinds)
     try:
         with job.progress(sum(counts)) as progress:
@@ -403,7 +416,7 @@ class _ExplainJob:
         self.model = self.loaded.module.to(self.device)
         self.size = args.size or default_size(args.model, args.arch, self.loaded.kind)
         self.preprocess = normaliser(args.normalize, self.loaded.normalisation, self.device)
-        self._explainers: dict[str, Any] = {}
+        self._explainers: dict[str, Explainer] = {}
         self._folder_existed = args.out.exists()
 
     def item_counts(self, paths: Sequence[Path], kinds: Sequence[str | None]) -> list[int]:
@@ -424,12 +437,12 @@ class _ExplainJob:
                 counts.append(1)
         return counts
 
-    def progress(self, total: int):
+    def progress(self, total: int) -> Progress:
         from gswfast.progress import Progress
 
         return Progress("gswfast explain", total, "item", quiet=self.args.quiet)
 
-    def explain(self, path: Path, kind: str, stem: str, progress) -> dict:
+    def explain(self, path: Path, kind: str, stem: str, progress: Progress) -> dict[str, Any]:
         self._check_kind(path, kind)
         if kind == "video" and self.args.stream:
             return self._stream_video(path, stem, progress)
@@ -449,13 +462,13 @@ class _ExplainJob:
         if kind == "video":
             check_video_input(self.args.model, self.args.arch, self.args.frames, self.size)
 
-    def explainer(self, kind: str):
+    def explainer(self, kind: str) -> Explainer:
         import gswfast as gsw
         from gswfast.models import layer_option
 
         method = _method(self.args, kind)
         if method not in self._explainers:
-            options = layer_option(self.args.layer, method)
+            options: dict[str, Any] = layer_option(self.args.layer, method)
             self._explainers[method] = gsw.Explainer(
                 self.model,
                 method,
@@ -467,8 +480,9 @@ class _ExplainJob:
         return self._explainers[method]
 
     def folder(self) -> Path:
-        self.args.out.mkdir(parents=True, exist_ok=True)  # made when the first output is written
-        return self.args.out
+        out: Path = self.args.out  # argparse: type=Path
+        out.mkdir(parents=True, exist_ok=True)  # made when the first output is written
+        return out
 
     def remove_empty_folder(self) -> None:
         """No empty output folder left behind when nothing could be written."""
@@ -476,7 +490,7 @@ class _ExplainJob:
         if not self._folder_existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
-    def _explain_image(self, path: Path, stem: str, progress) -> dict:
+    def _explain_image(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
         from gswfast import render, viz
         from gswfast.video import MediaError, read_image
 
@@ -488,7 +502,7 @@ class _ExplainJob:
         expl, seconds = _timed(
             lambda: self._call(self.explainer("image"), image, path), self.device
         )
-        shape = render.picture_shape(*original.shape[-2:], PICTURE_SIDE)
+        shape = render.picture_shape(original.shape[-2], original.shape[-1], PICTURE_SIDE)
         out = self.folder() / f"{stem}.png"
         viz.save_png(render.draw_picture(expl, image, self.args.top_k, shape=shape)[0], out)
         progress.update()
@@ -500,7 +514,7 @@ class _ExplainJob:
             "seconds": seconds,
         }
 
-    def _explain_video(self, path: Path, stem: str, progress) -> dict:
+    def _explain_video(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
         """Window by window: decode, explain, write the pictures to the MP4; memory holds one
         window (and the first 64 frames for the GIF preview). The last window is aligned to
         the end of the video, so every frame is shown once."""
@@ -509,7 +523,7 @@ class _ExplainJob:
         from gswfast import render, viz
         from gswfast.video import MediaError, Mp4Writer, read_video, windows
 
-        explained: list[dict] = []
+        explained: list[dict[str, Any]] = []
         show = _FrameShower()
         out = self.folder() / f"{stem}.mp4"
         try:
@@ -534,7 +548,7 @@ class _ExplainJob:
                         expl,
                         x,
                         self.args.top_k,
-                        shape=render.picture_shape(*shape[0], PICTURE_SIDE),
+                        shape=render.picture_shape(shape[0][0], shape[0][1], PICTURE_SIDE),
                     )[0].cpu()
                     show.next_window(movie, start, picture)
                     progress.update()
@@ -557,7 +571,7 @@ class _ExplainJob:
             "windows": explained,
         }
 
-    def _stream_video(self, path: Path, stem: str, progress) -> dict:
+    def _stream_video(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
         """``--stream``: frames go through ``StreamExplainer`` one by one (warm-started
         supervoxels); the MP4 shows each frame once, with the heatmap of the newest window
         holding it; ``<name>.timeline.jsonl`` gets one JSON line per window as it finishes.
@@ -567,7 +581,7 @@ class _ExplainJob:
         from gswfast.video import MediaError, Mp4Writer, StreamExplainer, read_video
 
         args, stride = self.args, self.args.stride or 4
-        options = layer_option(args.layer, _method(args, "video"))
+        options: dict[str, Any] = layer_option(args.layer, _method(args, "video"))
         options["target"] = args.target
         try:
             stream = StreamExplainer(
@@ -594,7 +608,7 @@ class _ExplainJob:
             with Mp4Writer(out, fps) as movie, open(timeline_path, "w") as timeline:
                 for frame in frames:
                     frames_seen += 1
-                    shape = render.picture_shape(*frame.shape[-2:], PICTURE_SIDE)
+                    shape = render.picture_shape(frame.shape[-2], frame.shape[-1], PICTURE_SIDE)
                     x = render.resize_frames(frame[None], self.size)[0].to(self.device)
                     for result in self._push(stream, x, path):
                         self._check_target_width(result.logits.shape[-1])
@@ -635,7 +649,7 @@ class _ExplainJob:
             "timeline": str(timeline_path),
         }
 
-    def _push(self, stream, frame: torch.Tensor, path: Path):
+    def _push(self, stream: StreamExplainer, frame: torch.Tensor, path: Path) -> list[WindowResult]:
         try:
             return stream.push(frame)
         except (ValueError, RuntimeError) as error:
@@ -647,7 +661,7 @@ class _ExplainJob:
             )
             raise self._model_error(cause, path, frame) from None
 
-    def _call(self, explainer, x: torch.Tensor, path: Path):
+    def _call(self, explainer: Explainer, x: torch.Tensor, path: Path) -> Explanation:
         try:
             expl = explainer(x, self.args.target)
         except (ValueError, RuntimeError) as error:
@@ -685,17 +699,18 @@ class _FrameShower:
         self.pending: tuple[int, torch.Tensor] | None = None  # (first frame, picture [3, T, H, W])
         self.preview: list[torch.Tensor] = []
 
-    def next_window(self, movie, start: int, picture: torch.Tensor) -> None:
+    def next_window(self, movie: Mp4Writer, start: int, picture: torch.Tensor) -> None:
         if self.pending is not None:
             self._write(movie, until=start)
         self.pending = (start, picture)
 
-    def finish(self, movie) -> None:
+    def finish(self, movie: Mp4Writer) -> None:
         if self.pending is not None:
             self._write(movie, until=None)
             self.pending = None
 
-    def _write(self, movie, until: int | None) -> None:
+    def _write(self, movie: Mp4Writer, until: int | None) -> None:
+        assert self.pending is not None  # callers write only a pending window
         start, picture = self.pending
         first = max(0, self.shown - start)
         last = picture.shape[1] if until is None else min(picture.shape[1], until - start)
@@ -706,20 +721,22 @@ class _FrameShower:
         self.shown = max(self.shown, start + last)
 
 
-def _remember_shape(frames: Iterator[torch.Tensor]) -> tuple[Iterator[torch.Tensor], list]:
+def _remember_shape(
+    frames: Iterator[torch.Tensor],
+) -> tuple[Iterator[torch.Tensor], list[tuple[int, int]]]:
     """The frames, and a list that holds the first frame's ``(H, W)`` once it is read."""
-    shape: list = []
+    shape: list[tuple[int, int]] = []
 
     def walk() -> Iterator[torch.Tensor]:
         for frame in frames:
             if not shape:
-                shape.append(tuple(frame.shape[-2:]))
+                shape.append((frame.shape[-2], frame.shape[-1]))
             yield frame
 
     return walk(), shape
 
 
-def _timeline_entry(result) -> dict:
+def _timeline_entry(result: WindowResult) -> dict[str, Any]:
     return {
         "window": result.index,
         "first_frame": result.first_frame,
@@ -731,7 +748,7 @@ def _timeline_entry(result) -> dict:
     }
 
 
-def _scores(expl, b: int) -> dict:
+def _scores(expl: Explanation, b: int) -> dict[str, Any]:
     n = int(expl.num_segments[b])
     return {
         "target": int(expl.target[b]),
@@ -791,7 +808,7 @@ def _run_dataset(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------ helpers
 
 
-def _timed(fn, device: torch.device):
+def _timed(fn: Callable[[], _T], device: torch.device) -> tuple[_T, float]:
     import torch
 
     if device.type == "cuda":

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,9 @@ import torch
 
 import gswfast as gsw
 from gswfast import render, viz
+from gswfast.explain import Explainer, Explanation
 from gswfast.models import (
     DEFAULT_METHODS,
-    UserError,
-    check_method,
     check_video_input,
     default_size,
     layer_option,
@@ -45,6 +44,7 @@ from gswfast.models import (
     normaliser,
     resolve_device,
 )
+from gswfast.options import UserError, check_method
 from gswfast.progress import Progress
 from gswfast.video.io import (
     MEDIA_SUFFIXES,
@@ -58,6 +58,8 @@ from gswfast.video.io import (
 )
 
 BARRIER_TIMEOUT = datetime.timedelta(days=7)  # ranks wait for each other however uneven the shards
+# All-gather across ranks: each rank's value in, every rank's values (in rank order) out.
+Share = Callable[[dict[str, int]], list[dict[str, int]]]
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def list_items(
     stride: int | None = None,
     rank: int = 0,
     world: int = 1,
-    share=None,
+    share: Share | None = None,
 ) -> list[Item]:
     """The work items of ``source``, in a deterministic order (sorted paths, then windows;
     the last window of a video is aligned to its end). A video that cannot be opened, or
@@ -223,7 +225,7 @@ def explain_dataset(
 class _Work:
     def __init__(
         self,
-        explainer,
+        explainer: Explainer,
         folder: Path,
         size: int,
         frames: int,
@@ -232,8 +234,8 @@ class _Work:
         pictures: bool,
         device: torch.device,
         target: int | None,
-        settings: dict,
-        progress,
+        settings: dict[str, Any],
+        progress: _RankProgress,
     ) -> None:
         self.explainer, self.folder, self.size, self.frames, self.stride = (
             explainer,
@@ -276,7 +278,7 @@ class _Work:
 
     def _video(self, path: Path, items: Sequence[Item]) -> None:
         """Decodes the video once, explaining this rank's windows as they fill."""
-        wanted = {item.start: item for item in items}
+        wanted = {item.start: item for item in items if item.start is not None}  # all videos
         last = max(wanted)
         try:
             frames, _ = read_video(path)
@@ -332,10 +334,17 @@ def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Pat
 
 
 def _write_result(
-    folder: Path, item: Item, expl, ranking: torch.Tensor, b: int, seconds: float, settings: dict
+    folder: Path,
+    item: Item,
+    expl: Explanation,
+    ranking: torch.Tensor,
+    b: int,
+    seconds: float,
+    settings: dict[str, Any],
 ) -> None:
     n = int(expl.num_segments[b])
-    arrays = {
+    # Any: np.savez_compressed's **kwds share their type with its allow_pickle: bool.
+    arrays: dict[str, Any] = {
         "segment_scores": expl.segment_scores[b, :n].cpu().numpy(),
         "ranking": ranking[b, :n].cpu().numpy().astype(np.int32),
         "labels": expl.labels[b].cpu().numpy().astype(np.int32),
@@ -358,12 +367,12 @@ def _fail(folder: Path, item: Item, reason: str) -> None:
     )
 
 
-def _finished(folder: Path, item: Item, settings: dict) -> bool:
+def _finished(folder: Path, item: Item, settings: dict[str, Any]) -> bool:
     """Done before with the same settings (so skipped)."""
     return _item_settings(folder / f"{item.key}.npz") == settings
 
 
-def _item_settings(path: Path) -> dict | None:
+def _item_settings(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
@@ -375,10 +384,11 @@ def _item_settings(path: Path) -> dict | None:
 
 def _settings(**values: Any) -> dict[str, Any]:
     """The settings that make an item's result, as JSON values (recorded and compared)."""
-    return json.loads(json.dumps(values, default=str))
+    settings: dict[str, Any] = json.loads(json.dumps(values, default=str))
+    return settings
 
 
-def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     """Refuses an ``out`` that holds results made with other settings, unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a folder")
@@ -401,7 +411,9 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
 # ------------------------------------------------------------------------ manifest
 
 
-def _write_manifest(out: Path, items: Sequence[Item], world: int, settings: dict) -> dict[str, Any]:
+def _write_manifest(
+    out: Path, items: Sequence[Item], world: int, settings: dict[str, Any]
+) -> dict[str, Any]:
     folder = out / "items"
     for stale in folder.glob(".*.tmp"):  # left by killed workers; every rank is past the barrier
         stale.unlink(missing_ok=True)
@@ -468,7 +480,7 @@ class _RankProgress:
         if self.bar is not None:
             self.bar.set(self._everyone())
 
-    def finish(self, manifest: dict | None) -> None:
+    def finish(self, manifest: dict[str, Any] | None) -> None:
         if self.bar is not None and manifest is not None:
             totals = manifest["totals"]
             self.bar.set(totals["done"] + totals["failed"])
@@ -522,7 +534,9 @@ def _key(path: Path, root: Path) -> str:
     return str(relative).replace(os.sep, "__")
 
 
-def _frame_counts(videos: Sequence[Path], rank: int, world: int, share) -> dict[Path, int]:
+def _frame_counts(
+    videos: Sequence[Path], rank: int, world: int, share: Share | None
+) -> dict[Path, int]:
     """Frames of each video. Each rank counts its share (videos ``rank, rank + world,
     ...``), from the header where it has a count; ``share`` gathers every rank's counts."""
     mine = {str(path): frame_count(path) for i, path in enumerate(videos) if i % world == rank}
@@ -558,12 +572,14 @@ def _start_distributed(device: str) -> tuple[int, int, int, Any, bool]:
     )
 
 
-def _barrier(world: int, group) -> None:
+# group: a torch.distributed ProcessGroup, or None for the default group (Any, as
+# _start_distributed returns it: new_group's type includes torch's private _NonGroupMember).
+def _barrier(world: int, group: Any) -> None:
     if world > 1:
         torch.distributed.barrier(group=group)
 
 
-def _all_gather(value: Any, world: int, group) -> list[Any]:
+def _all_gather(value: Any, world: int, group: Any) -> list[Any]:
     parts: list[Any] = [None] * world
     torch.distributed.all_gather_object(parts, value, group=group)
     return parts

@@ -8,7 +8,7 @@ over channels and pools it per segment into an ``Explanation``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -299,6 +299,8 @@ class Explainer:
                 validate=False,
             )
             labels, num = seg.labels, seg.num_segments
+        assert labels is not None  # given, from SLIC, or from SWAG above
+        assert num is not None
         return Explanation(
             segment_scores=pool_scores(pixel, labels, num, self.reduce),
             labels=labels,
@@ -379,7 +381,10 @@ def pool_scores(pixel: Tensor, labels: Tensor, num_segments: Tensor, reduce: str
     elif reduce == "abs_mean":
         pixel, reduce = pixel.abs(), "mean"
     # Segments past a sample's count are empty, and empty segments pool to 0.
-    return ops.segment_pool(pixel, labels, num_segments, reduce, validate=False)
+    # a segment_pool reduction now (unknown ones raise there)
+    return ops.segment_pool(
+        pixel, labels, num_segments, cast(ops.Reduction, reduce), validate=False
+    )
 
 
 def _swag_features(images: Tensor, pixel: Tensor, weight: float) -> Tensor:

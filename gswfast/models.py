@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -186,7 +187,8 @@ def _torchvision_names(family: str) -> list[str]:
     module = (
         torchvision.models if family == "classification" else getattr(torchvision.models, family)
     )
-    return torchvision.models.list_models(module=module)
+    names: list[str] = torchvision.models.list_models(module=module)  # untyped import: Any
+    return names
 
 
 def _torchvision_name(spec: str, arch: str | None) -> str | None:
@@ -244,7 +246,8 @@ def _build_torchvision(name: str) -> torch.nn.Module:
     options = {"weights": None}
     if "weights_backbone" in inspect.signature(builder).parameters:
         options["weights_backbone"] = None
-    return builder(**options)
+    model: torch.nn.Module = builder(**options)  # untyped import: Any
+    return model
 
 
 def _model_file(path: Path, arch: str | None, weights: str | Path | None, seed: int) -> LoadedModel:
@@ -253,7 +256,8 @@ def _model_file(path: Path, arch: str | None, weights: str | Path | None, seed: 
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated, and still what users have
             warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
+            # torch.jit.load is unannotated in torch
+            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     except (RuntimeError, ValueError):
         module = None  # not TorchScript: a state_dict for --arch
     if module is not None:
@@ -294,7 +298,7 @@ def _load_weights(model: torch.nn.Module, path: Path, name: str, flag: str) -> N
     model.load_state_dict(state)
 
 
-def weight_mismatch(model: torch.nn.Module, state: dict) -> str:
+def weight_mismatch(model: torch.nn.Module, state: dict[str, Any]) -> str:
     """A short account of how ``state`` does not fit ``model`` ('' when it fits): counts of
     missing, unexpected and differently shaped tensors, with the first two names of each."""
     expected = model.state_dict()

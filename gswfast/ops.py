@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -71,13 +71,11 @@ def segment_pool(
     values3, labels2, has_channel = _flatten_pool_inputs(values, labels)
     k, limits = _resolve_num_segments(num_segments, labels2)
     if reduce == "count":
-        _, count, invalid = torch.ops.gswfast.segment_pool(
-            values3[:, :0], labels2, limits, k, "sum"
-        )
+        _, count, invalid = _segment_pool_op(values3[:, :0], labels2, limits, k, "sum")
         _raise_on_bad_input(invalid, validate)
         count = count.to(torch.int64)
         return count.unsqueeze(1).expand(-1, values3.shape[1], -1) if has_channel else count
-    out, _, invalid = torch.ops.gswfast.segment_pool(values3, labels2, limits, k, reduce)
+    out, _, invalid = _segment_pool_op(values3, labels2, limits, k, reduce)
     # Every reduction propagates NaN, so a NaN in the (small) output marks a NaN input.
     _raise_on_bad_input(invalid, validate, nan_in=out, nan_name="values")
     return out if has_channel else out.squeeze(1)
@@ -115,9 +113,7 @@ def paint(
     has_channel = segment_values.dim() == 3
     seg3 = segment_values if has_channel else segment_values.unsqueeze(1)
     spatial = labels.shape[1:]
-    out, invalid = torch.ops.gswfast.paint(
-        seg3, labels.reshape(labels.shape[0], -1), None, float(fill)
-    )
+    out, invalid = _paint_op(seg3, labels.reshape(labels.shape[0], -1), None, float(fill))
     _raise_on_bad_input(invalid, validate, nan_in=seg3, nan_name="segment_values")
     out = out.reshape(out.shape[0], out.shape[1], *spatial)
     return out if has_channel else out.squeeze(1)
@@ -156,7 +152,8 @@ def slic_kernel(
         ``cluster_labels [N, D*H*W]`` int32.
         The contract is written once in ``csrc/slic/slic.h``.
     """
-    return torch.ops.gswfast.slic(
+    # torch.ops.gswfast.* are untyped (Any): the typed local states the op's schema.
+    result: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor] = torch.ops.gswfast.slic(
         image,
         init_centers,
         init_counts,
@@ -171,6 +168,25 @@ def slic_kernel(
         int(min_size),
         int(max_centers),
     )
+    return result
+
+
+def _segment_pool_op(
+    values: Tensor, labels: Tensor, limits: Tensor | None, num_segments: int, reduce: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """torch.ops.gswfast.segment_pool (untyped): ``(out [B, C, K], count [B, K], invalid [])``."""
+    result: tuple[Tensor, Tensor, Tensor] = torch.ops.gswfast.segment_pool(
+        values, labels, limits, num_segments, reduce
+    )
+    return result
+
+
+def _paint_op(
+    segment_values: Tensor, labels: Tensor, limits: Tensor | None, fill: float
+) -> tuple[Tensor, Tensor]:
+    """torch.ops.gswfast.paint (untyped): ``(out [B, C, N], invalid [])``."""
+    result: tuple[Tensor, Tensor] = torch.ops.gswfast.paint(segment_values, labels, limits, fill)
+    return result
 
 
 # ----------------------------------------------------------------------------- checks
@@ -304,8 +320,9 @@ def _raise_on_bad_input(
 # ------------------------------------------------------------- fake kernels (meta)
 
 
-@torch.library.register_fake("gswfast::segment_pool")
-def _segment_pool_fake(values, labels, limits, num_segments, reduce):
+def _segment_pool_fake(
+    values: Tensor, labels: Tensor, limits: Tensor | None, num_segments: int, reduce: str
+) -> tuple[Tensor, Tensor, Tensor]:
     b, c, _ = values.shape
     return (
         values.new_empty((b, c, num_segments)),
@@ -314,30 +331,30 @@ def _segment_pool_fake(values, labels, limits, num_segments, reduce):
     )
 
 
-@torch.library.register_fake("gswfast::paint")
-def _paint_fake(segment_values, labels, limits, fill):
+def _paint_fake(
+    segment_values: Tensor, labels: Tensor, limits: Tensor | None, fill: float
+) -> tuple[Tensor, Tensor]:
     b, c, _ = segment_values.shape
     return segment_values.new_empty((b, c, labels.shape[1])), labels.new_empty(
         (), dtype=torch.int32
     )
 
 
-@torch.library.register_fake("gswfast::slic")
 def _slic_fake(
-    image,
-    init_centers,
-    init_counts,
-    init_labels,
-    grid,
-    weights,
-    compactness,
-    convert_lab,
-    max_iter,
-    tol,
-    connectivity,
-    min_size,
-    max_centers,
-):
+    image: Tensor,
+    init_centers: Tensor | None,
+    init_counts: Tensor | None,
+    init_labels: Tensor | None,
+    grid: list[int],
+    weights: list[float],
+    compactness: float,
+    convert_lab: bool,
+    max_iter: int,
+    tol: float,
+    connectivity: bool,
+    min_size: int,
+    max_centers: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     n, c = image.shape[:2]
     pixels = math.prod(image.shape[2:])
     k = init_centers.shape[1] if init_centers is not None else math.prod(grid[6:9])
@@ -352,10 +369,21 @@ def _slic_fake(
     )
 
 
+# Registered by call, not as decorators: torch.library.register_fake has no return annotation,
+# so as a decorator it would make the fake kernels untyped for mypy. It registers and returns
+# the function either way.
+torch.library.register_fake("gswfast::segment_pool", _segment_pool_fake)
+torch.library.register_fake("gswfast::paint", _paint_fake)
+torch.library.register_fake("gswfast::slic", _slic_fake)
+
+
 # --------------------------------------------------------------------- autograd
 
 
-def _segment_pool_setup(ctx, inputs, output):
+# ctx is torch's autograd context object, which carries attributes set here (Any).
+def _segment_pool_setup(
+    ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]
+) -> None:
     values, labels, limits, _num_segments, reduce = inputs
     out, count, _ = output
     ctx.reduce = reduce
@@ -365,14 +393,16 @@ def _segment_pool_setup(ctx, inputs, output):
         ctx.save_for_backward(labels, limits, count)
 
 
-def _segment_pool_backward(ctx, grad_out, _grad_count, _grad_invalid):
+def _segment_pool_backward(
+    ctx: Any, grad_out: Tensor, _grad_count: Tensor | None, _grad_invalid: Tensor | None
+) -> tuple[Tensor, None, None, None, None]:
     if ctx.reduce in ("max", "min"):
         labels, limits, _, values, out = ctx.saved_tensors
         return _extreme_backward(values, labels, limits, out, grad_out), None, None, None, None
     labels, limits, count = ctx.saved_tensors
     if ctx.reduce == "mean":
         grad_out = grad_out / count.clamp(min=1).unsqueeze(1).to(grad_out.dtype)
-    grad, _ = torch.ops.gswfast.paint(grad_out, labels, limits, 0.0)
+    grad, _ = _paint_op(grad_out, labels, limits, 0.0)
     return grad, None, None, None, None
 
 
@@ -384,7 +414,7 @@ def _extreme_backward(
     k = out.shape[2]
     if k == 0:
         return values.new_zeros((b, c, n), dtype=grad_out.dtype)
-    extreme, _ = torch.ops.gswfast.paint(out, labels, limits, float("nan"))  # [B, C, N]
+    extreme, _ = _paint_op(out, labels, limits, float("nan"))  # [B, C, N]
     index = torch.arange(n, device=values.device).expand(b, c, n)
     candidate = torch.where(values == extreme, index, n)  # NaN fill never matches
     segment = labels.long().clamp(min=0, max=k - 1).unsqueeze(1).expand(b, c, n)
@@ -396,15 +426,17 @@ def _extreme_backward(
     return grad[..., :n]
 
 
-def _paint_setup(ctx, inputs, output):
+def _paint_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     segment_values, labels, limits, _fill = inputs
     ctx.num_segments = segment_values.shape[2]
     ctx.save_for_backward(labels, limits)
 
 
-def _paint_backward(ctx, grad_out, _grad_invalid):
+def _paint_backward(
+    ctx: Any, grad_out: Tensor, _grad_invalid: Tensor | None
+) -> tuple[Tensor, None, None, None]:
     labels, limits = ctx.saved_tensors
-    grad, _, _ = torch.ops.gswfast.segment_pool(grad_out, labels, limits, ctx.num_segments, "sum")
+    grad, _, _ = _segment_pool_op(grad_out, labels, limits, ctx.num_segments, "sum")
     return grad, None, None, None
 
 

@@ -133,7 +133,7 @@ def draw_picture(
     labels = expl.labels
     height, width = labels.shape[-2:]
     factor = max(1, (size or 0) // max(height, width))
-    out_shape = tuple(shape) if shape is not None else (height * factor, width * factor)
+    out_shape = (shape[0], shape[1]) if shape is not None else (height * factor, width * factor)
     rgb = as_rgb_uint8(images.to(labels.device), tuple(labels.shape[1:]))
     rgb = _grow(rgb, factor) if shape is None else resize_frames(rgb, out_shape)
     colours = color_scores(resize_nearest(expl.heatmap(), out_shape)).movedim(-1, 1)

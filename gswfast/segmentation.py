@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from gswfast import ops
+from gswfast import _extension, ops
 
 Mode = Literal["auto", "image", "per_frame", "volume"]
 MODES: tuple[str, ...] = ("auto", "image", "per_frame", "volume")
@@ -189,7 +189,7 @@ def slic(
 # ------------------------------------------------------------------------ shapes
 
 
-def _resolve_mode(mode: str, images: Tensor) -> str:
+def _resolve_mode(mode: Mode, images: Tensor) -> Mode:
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if mode == "auto":
@@ -362,8 +362,8 @@ def _smooth(volume: Tensor, sigma: Sequence[float]) -> Tensor:
             continue
         radius = int(4.0 * s + 0.5)
         offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        weights = torch.exp(-0.5 * (offsets / s) ** 2)
-        weights = (weights / weights.sum()).tolist()
+        gauss = torch.exp(-0.5 * (offsets / s) ** 2)
+        weights = (gauss / gauss.sum()).tolist()
         index = torch.arange(-radius, n + radius) % (2 * n)  # scipy "reflect": d c b a | a b c d
         index = torch.where(index >= n, 2 * n - 1 - index, index).to(x.device)
         padded = x.index_select(dim, index)
@@ -393,7 +393,7 @@ def _check_images(images: object) -> None:
         raise ValueError(f"images: expected a non-empty tensor, got shape {tuple(images.shape)}")
     if images.device.type not in ("cpu", "cuda"):
         raise ValueError(f"images: expected a CPU or CUDA tensor, got {images.device}")
-    if images.device.type == "cuda" and not ops._extension.built_with_cuda():
+    if images.device.type == "cuda" and not _extension.built_with_cuda():
         raise RuntimeError(
             f"images: is on {images.device} but this gswfast build has no CUDA kernels; "
             "reinstall with GSWFAST_CUDA=ON (see README)"

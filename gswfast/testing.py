@@ -4,8 +4,13 @@ segmentation quality metrics users want are in ``gswfast.metrics``."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def grid_labels(
@@ -104,7 +109,7 @@ def is_connected(labels: Tensor) -> bool:
     from skimage.measure import label as connected
 
     array = labels.cpu().numpy()
-    components = connected(array + 1, background=0, connectivity=1)
+    components = connected(array + 1, background=0, connectivity=1)  # type: ignore[no-untyped-call]  # scikit-image's function is unannotated
     return int(components.max()) == len(set(array.reshape(-1).tolist()))
 
 
@@ -125,10 +130,10 @@ def lime_package(
     are ``lime_masks(seed, n_samples, K)``."""
     from lime import lime_image  # heavy and optional: imported here
 
-    def classify(batch):
+    def classify(batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
         with torch.no_grad():
-            return torch.cat([model(chunk) for chunk in x.split(batch_size)]).numpy()
+            return torch.cat([model(chunk) for chunk in torch.split(x, batch_size)]).numpy()
 
     segments = labels.cpu().numpy()
     explainer = lime_image.LimeImageExplainer(random_state=seed)
@@ -192,7 +197,7 @@ def photos(size: int = 64, count: int = 4) -> Tensor:
     ``count``) resized to ``size x size``: float ``[count, 3, size, size]`` in 0..1."""
     import skimage.data as data
 
-    images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]  # type: ignore[no-untyped-call]  # scikit-image's functions are unannotated
     resized = [
         torch.nn.functional.interpolate(
             torch.from_numpy(i).permute(2, 0, 1)[None].float(),
@@ -250,6 +255,6 @@ def train_square_classifier(steps: int = 150, size: int = 48, seed: int = 0) -> 
         images, classes, _ = square_images(64, size, generator)
         loss = torch.nn.functional.cross_entropy(model(images), classes)
         optimiser.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         optimiser.step()
     return model.eval()

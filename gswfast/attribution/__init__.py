@@ -35,10 +35,11 @@ into the model: ``model(preprocess(x), *args)``, tensors among them with one row
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from gswfast.attribution._model import (
     ModelForward,
@@ -57,7 +58,7 @@ from gswfast.attribution.baselines import (
 )
 from gswfast.attribution.channels import CHANNEL_REDUCTIONS, reduce_channels
 from gswfast.attribution.gradcam import GradCAM, find_layer, last_conv_layer
-from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient
+from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient, Scorer
 from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGradients
 from gswfast.attribution.smoothgrad import SmoothGrad
 
@@ -173,7 +174,7 @@ class Attributor:
         self.eval_mode = eval_mode
         self.delta: Tensor | None = None
         self._layer: nn.Module | None = None
-        self._layer_key: tuple | None = None
+        self._layer_key: tuple[int, ...] | None = None
 
     def __call__(
         self,
@@ -219,20 +220,20 @@ class Attributor:
         x: Tensor,
         labels: Tensor | None,
         num_segments: Tensor | None,
-        handles: list,
-    ):
+        handles: list[RemovableHandle],
+    ) -> Scorer:
         options = self.spec.options
         if method == "gradient":
             return Gradient()
         if method == "guided_backprop":
-            scorer = GuidedBackprop(self.model)
-            scorer.register(handles)
-            return scorer
+            guided = GuidedBackprop(self.model)
+            guided.register(handles)
+            return guided
         if method == "gradcam":
             _check_single_replica(self.model)
-            scorer = GradCAM(self._gradcam_layer(x))
-            scorer.register(handles)
-            return scorer
+            cam = GradCAM(self._gradcam_layer(x))
+            cam.register(handles)
+            return cam
         baseline = make_baseline(
             self.spec.baseline, x, labels, num_segments, options.get("blur_sigma")
         )
@@ -264,6 +265,63 @@ def _check_single_replica(model: nn.Module) -> None:
                 "model: Grad-CAM through nn.DataParallel over several GPUs is not supported; "
                 "explain model.module, or split the batch per GPU"
             )
+
+
+@overload
+def attribute(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    method: str = "integrated_gradients",
+    *,
+    labels: Tensor | None = None,
+    num_segments: Tensor | None = None,
+    preprocess: Preprocess | None = None,
+    autocast: Any = None,
+    eval_mode: bool = True,
+    channels_last: bool | None = None,
+    additional_forward_args: Any = None,
+    return_convergence_delta: Literal[False] = False,
+    **options: Any,
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def attribute(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    method: str = "integrated_gradients",
+    *,
+    labels: Tensor | None = None,
+    num_segments: Tensor | None = None,
+    preprocess: Preprocess | None = None,
+    autocast: Any = None,
+    eval_mode: bool = True,
+    channels_last: bool | None = None,
+    additional_forward_args: Any = None,
+    return_convergence_delta: Literal[True],
+    **options: Any,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+@overload
+def attribute(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    method: str = "integrated_gradients",
+    *,
+    labels: Tensor | None = None,
+    num_segments: Tensor | None = None,
+    preprocess: Preprocess | None = None,
+    autocast: Any = None,
+    eval_mode: bool = True,
+    channels_last: bool | None = None,
+    additional_forward_args: Any = None,
+    return_convergence_delta: bool = False,
+    **options: Any,
+) -> tuple[Tensor, ...]: ...
 
 
 def attribute(
@@ -302,12 +360,11 @@ def attribute(
         attributor = Attributor(
             model, spec, preprocess, autocast, eval_mode, channels_last, additional_forward_args
         )
-        attribution, resolved = attributor(x, resolved, labels, num_segments)
-        return (
-            (attribution, resolved, attributor.delta)
-            if return_convergence_delta
-            else (attribution, resolved)
-        )
+        attribution, targets = attributor(x, resolved, labels, num_segments)
+        if not return_convergence_delta:
+            return attribution, targets
+        assert attributor.delta is not None  # integrated gradients keep it (method checked above)
+        return attribution, targets, attributor.delta
 
 
 __all__ = [

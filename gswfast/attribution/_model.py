@@ -8,11 +8,12 @@ import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 Preprocess = Callable[[Tensor], Tensor]
 
@@ -39,12 +40,15 @@ class OutputTarget:
                 or value.shape != (batch,)
                 or not value.is_floating_point()
             ):
-                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                got: tuple[int, ...] | str = (
+                    tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                )
                 raise ValueError(
                     f"target: the function of the model's output must return float scores [B] "
                     f"with B = {batch}, got {got}"
                 )
             return value
+        assert self.index is not None  # an OutputTarget holds an index or a score
         if (
             not isinstance(output, Tensor)
             or output.dim() != 1 + len(self.index)
@@ -62,10 +66,19 @@ class OutputTarget:
                     f"target: index {position} at position {i} of {self.index} is out of range for "
                     f"the model's output of shape {tuple(output.shape)}"
                 )
-        return output[(slice(None), *self.index)]
+        key: tuple[slice | int, ...] = (slice(None), *self.index)
+        return output[key]
 
 
-Target = int | Sequence[int] | Tensor | np.ndarray | tuple | Callable[[Any], Tensor] | None
+Target = (
+    int
+    | Sequence[int]
+    | Tensor
+    | np.ndarray[Any, Any]
+    | tuple[int, ...]
+    | Callable[[Any], Tensor]
+    | None
+)
 Resolved = Tensor | OutputTarget | None
 
 
@@ -126,7 +139,8 @@ class ModelForward:
         """``[B, classes]`` logits of ``x [B, C, (T), H, W]``, float32 or float64."""
         out = self.output(x, rows)
         _check_logits(out, x.shape[0])
-        return out.to(accumulation_dtype(out.dtype))
+        logits: Tensor = out  # checked by _check_logits
+        return logits.to(accumulation_dtype(logits.dtype))
 
     def scores(
         self, x: Tensor, target: Tensor | OutputTarget, rows: Tensor | None = None
@@ -178,14 +192,14 @@ class ModelForward:
                 f"{x.shape[1]} channel(s)): {error}.{hint}"
             ) from error
 
-    def _args(self, rows: Tensor | None) -> tuple:
+    def _args(self, rows: Tensor | None) -> tuple[Any, ...]:
         if rows is None:
             return self.extra_args
         return tuple(
             a.index_select(0, rows) if isinstance(a, Tensor) else a for a in self.extra_args
         )
 
-    def _run(self, inputs: Tensor, args: tuple = ()) -> object:
+    def _run(self, inputs: Tensor, args: tuple[Any, ...] = ()) -> object:
         if not self._wants_channels_last(inputs):
             return self.model(inputs, *args)
         layout = torch.channels_last if inputs.dim() == 4 else torch.channels_last_3d
@@ -213,13 +227,13 @@ class ModelForward:
             return self.channels_last
         return inputs.device.type == "cpu" or self.autocast is not None
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.autocast)
 
 
-def _as_args(additional_forward_args: Any) -> tuple:
+def _as_args(additional_forward_args: Any) -> tuple[Any, ...]:
     """Captum's convention: None (nothing), one argument, or a tuple of them."""
     if additional_forward_args is None:
         return ()
@@ -282,7 +296,8 @@ def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved
         t = torch.full((batch,), int(target), dtype=torch.int64, device=device)
     elif (
         isinstance(target, Sequence)
-        and not isinstance(target, str)
+        # a str is outside Target but a caller may pass one: refused here, not a list of chars
+        and not isinstance(target, str)  # type: ignore[unreachable]
         and all(_is_int(v) for v in target)
     ):
         t = torch.tensor([int(v) for v in target], dtype=torch.int64, device=device)
@@ -300,21 +315,21 @@ def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved
     return t.contiguous()
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def check_target_range(target: Tensor, classes: int) -> None:
     """Raises ``ValueError`` unless every target lies in ``[0, classes)`` (one device sync)."""
-    low, high = torch.aminmax(target)
-    low, high = int(low), int(high)
+    extremes = torch.aminmax(target)
+    low, high = int(extremes.min), int(extremes.max)
     if low < 0 or high >= classes:
         bad = low if low < 0 else high
         raise ValueError(f"target: class {bad} is out of range for a model with {classes} outputs")
 
 
 @contextlib.contextmanager
-def model_session(model: nn.Module, eval_mode: bool = True) -> Iterator[list]:
+def model_session(model: nn.Module, eval_mode: bool = True) -> Iterator[list[RemovableHandle]]:
     """Prepares ``model`` for attribution and restores it afterwards, even if it raises.
 
     Inside: eval mode (so BatchNorm uses its running statistics, which the explanation must
@@ -327,7 +342,7 @@ def model_session(model: nn.Module, eval_mode: bool = True) -> Iterator[list]:
     training = {m: m.training for m in model.modules()}
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    handles: list = []
+    handles: list[RemovableHandle] = []
     try:
         if eval_mode:
             model.eval()

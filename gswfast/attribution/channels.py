@@ -20,7 +20,8 @@ def reduce_channels(attribution: Tensor, how: str) -> Tensor:
     if how == "abs_sum":
         return attribution.abs().sum(1)
     if how == "l2":
-        return attribution.norm(dim=1)
+        norm: Tensor = attribution.norm(dim=1)  # Tensor.norm returns Any in torch's annotations
+        return norm
     if how == "max":
         return attribution.abs().amax(1)
     raise ValueError(f"channel_reduce: expected one of {CHANNEL_REDUCTIONS}, got {how!r}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from gswfast.attribution._model import ModelForward, accumulation_dtype
+from gswfast.attribution._model import ModelForward, OutputTarget, Resolved, accumulation_dtype
 
 _CONVS = (nn.Conv2d, nn.Conv3d)
 
@@ -24,7 +27,7 @@ def find_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
         raise TypeError(
             f"layer: expected a module, a dotted name or None, got {type(layer).__name__}"
         )
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     for name in (layer, f"module.{layer}", layer.removeprefix("module.")):
         if name in modules:
             return modules[name]
@@ -43,7 +46,7 @@ def last_conv_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> nn.Mo
     """
     seen: list[nn.Module] = []
 
-    def record(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+    def record(module: nn.Module, _inputs: tuple[Any, ...], output: Tensor) -> None:
         if isinstance(output, Tensor) and output.shape[-1] * output.shape[-2] > 1:
             seen.append(module)
 
@@ -74,10 +77,10 @@ class GradCAM:
         self.layer = layer
         self._activation: Tensor | None = None
 
-    def register(self, handles: list) -> None:
+    def register(self, handles: list[RemovableHandle]) -> None:
         handles.append(self.layer.register_forward_hook(self._capture))
 
-    def _capture(self, _module: nn.Module, _inputs: tuple, output: Tensor) -> Tensor:
+    def _capture(self, _module: nn.Module, _inputs: tuple[Any, ...], output: Tensor) -> Tensor:
         if not isinstance(output, Tensor):
             raise ValueError(f"layer: expected it to output a tensor, got {type(output).__name__}")
         activation = output if output.requires_grad else output.detach().requires_grad_(True)
@@ -87,12 +90,14 @@ class GradCAM:
         return activation.clone()
 
     def __call__(
-        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | OutputTarget]:
         self._activation = None
         try:
             score, target = forward.selected(x.detach(), target, sample)
-            activation = self._activation
+            # Set by the _capture hook during forward.selected, which mypy cannot see (it
+            # keeps self._activation narrowed to the None assigned above).
+            activation = cast("Tensor | None", self._activation)
             if activation is None:
                 raise ValueError("layer: the model did not run the Grad-CAM layer")
             if activation.dim() != x.dim() or activation.shape[0] != x.shape[0]:

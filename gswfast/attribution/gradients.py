@@ -10,9 +10,20 @@ the attribution ``[N, C, (T), H, W]`` and the targets ``[N]``.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from typing import Any, Protocol
 
-from gswfast.attribution._model import ModelForward, input_gradient
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from gswfast.attribution._model import ModelForward, OutputTarget, Resolved, input_gradient
+
+
+class Scorer(Protocol):
+    """What every scorer is: ``scorer(forward, x, target, sample)`` (see above)."""
+
+    def __call__(
+        self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | OutputTarget]: ...
 
 
 def pick(per_sample: Tensor, sample: Tensor | None) -> Tensor:
@@ -24,8 +35,8 @@ class Gradient:
     """d(target logit)/d(input) (saliency, Simonyan et al. 2014)."""
 
     def __call__(
-        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | OutputTarget]:
         return input_gradient(forward, x, target, sample)
 
 
@@ -36,8 +47,8 @@ class InputXGradient:
         self.baseline = baseline  # [B, C, (T), H, W]
 
     def __call__(
-        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | OutputTarget]:
         grad, target = input_gradient(forward, x, target, sample)
         return (x - pick(self.baseline, sample)) * grad, target
 
@@ -51,18 +62,19 @@ class GuidedBackprop:
         if not self.relus:
             raise ValueError("method: guided_backprop needs nn.ReLU modules, the model has none")
 
-    def register(self, handles: list) -> None:
+    def register(self, handles: list[RemovableHandle]) -> None:
         """Hooks every ReLU module (the caller removes the handles)."""
         handles.extend(relu.register_forward_hook(_guide_relu_output) for relu in self.relus)
 
     def __call__(
-        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | OutputTarget]:
         return input_gradient(forward, x, target, sample)
 
 
-def _guide_relu_output(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+def _guide_relu_output(_module: nn.Module, _inputs: tuple[Any, ...], output: Tensor) -> None:
     # ReLU's own backward keeps the gradient where its input was positive; clamping the
     # gradient that reaches its output also drops negative gradients: guided backprop.
     if isinstance(output, Tensor) and output.requires_grad:
-        output.register_hook(lambda grad: grad.clamp(min=0))
+        # Tensor.register_hook has no annotations in torch
+        output.register_hook(lambda grad: grad.clamp(min=0))  # type: ignore[no-untyped-call]

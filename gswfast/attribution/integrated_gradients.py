@@ -6,7 +6,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gswfast.attribution._model import ModelForward, accumulation_dtype, input_gradient, rows_of
+from gswfast.attribution._model import (
+    ModelForward,
+    OutputTarget,
+    Resolved,
+    accumulation_dtype,
+    input_gradient,
+    rows_of,
+)
 from gswfast.attribution.gradients import pick
 
 INTEGRATIONS: tuple[str, ...] = (
@@ -70,8 +77,8 @@ class IntegratedGradients:
         self.delta: Tensor | None = None
 
     def __call__(
-        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | OutputTarget]:
         if target is None:
             target = forward.predicted(x, sample)
         baseline = pick(self.baseline, sample)
@@ -103,7 +110,7 @@ class IntegratedGradients:
         forward: ModelForward,
         x: Tensor,
         baseline: Tensor,
-        target: Tensor,
+        target: Tensor | OutputTarget,
         sample: Tensor | None,
         attribution: Tensor,
     ) -> Tensor:

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from gswfast.attribution._model import ModelForward, accumulation_dtype
+from gswfast.attribution._model import ModelForward, OutputTarget, Resolved, accumulation_dtype
+from gswfast.attribution.gradients import Scorer
 from gswfast.attribution.integrated_gradients import check_batch_size, chunk_rows
 
 
@@ -23,7 +24,7 @@ class SmoothGrad:
 
     def __init__(
         self,
-        base,
+        base: Scorer,
         n_samples: int = 25,
         noise_level: float = 0.15,
         square: bool = False,
@@ -48,8 +49,8 @@ class SmoothGrad:
         self.batch_size = check_batch_size(batch_size)
 
     def __call__(
-        self, forward: ModelForward, x: Tensor, target: Tensor | None, sample: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | OutputTarget]:
         if sample is not None:
             raise ValueError("method: smoothgrad cannot wrap smoothgrad")
         if target is None:
@@ -74,6 +75,7 @@ class SmoothGrad:
             if total is None:
                 total = torch.zeros((n, *attribution.shape[1:]), device=x.device, dtype=acc)
             total.index_add_(0, row, attribution)
+        assert total is not None  # n_samples >= 1 copies of a non-empty batch
         return (total / self.n_samples).to(x.dtype), target
 
 

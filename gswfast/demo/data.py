@@ -166,7 +166,7 @@ def _photo_bank() -> list[Tensor]:
     import skimage.data as data  # scikit-image ships these photos; nothing is downloaded
 
     return [
-        torch.from_numpy(p()).permute(2, 0, 1).float() / 255
+        torch.from_numpy(p()).permute(2, 0, 1).float() / 255  # type: ignore[no-untyped-call]  # scikit-image's function is unannotated
         for p in (data.astronaut, data.coffee, data.chelsea)
     ]
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from gswfast.demo.data import action_clips, shape_images
+from gswfast.demo.data import Batch, action_clips, shape_images
 from gswfast.demo.models import ARCHITECTURES, WEIGHTS
 
-PLANS = {  # steps, batch, learning rate, data
+PLANS: dict[str, tuple[int, int, float, Callable[..., Batch]]] = {  # steps, batch, lr, data
     "shapes": (1500, 64, 3e-3, shape_images),
     "actions": (600, 24, 3e-3, action_clips),
 }
@@ -36,7 +37,7 @@ def train(name: str, seed: int = 0, steps: int | None = None) -> torch.nn.Module
         data = draw(batch, generator=generator)
         loss = torch.nn.functional.cross_entropy(model(data.images), data.classes)
         optimiser.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         optimiser.step()
         schedule.step()
         if step % 100 == 0:
@@ -48,7 +49,7 @@ def accuracy(model: torch.nn.Module, name: str, count: int = 256, seed: int = 12
     draw = PLANS[name][3]
     data = draw(count, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        predicted = torch.cat([model(chunk).argmax(1) for chunk in data.images.split(32)])
+        predicted = torch.cat([model(chunk).argmax(1) for chunk in torch.split(data.images, 32)])
     return float((predicted == data.classes).float().mean())
 
 

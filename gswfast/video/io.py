@@ -9,9 +9,13 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
@@ -41,7 +45,7 @@ def read_image(path: str | Path) -> Tensor:
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
-def _grey_to_rgb8(image) -> Tensor:
+def _grey_to_rgb8(image: Image.Image) -> Tensor:
     """uint8 ``[3, H, W]`` of a Pillow ``I;16*`` or ``I`` image (16-bit range 0..65535)."""
     import numpy as np
 
@@ -100,7 +104,9 @@ def read_video(path: str | Path) -> tuple[Iterator[Tensor], float]:
     path = _existing(path)
     try:
         container = av.open(str(path))
-        stream = next(s for s in container.streams if s.type == "video")
+        # streams.video: the streams of type "video", typed as VideoStream (so decode gives
+        # VideoFrame)
+        stream = next(iter(container.streams.video))
     except (av.error.FFmpegError, StopIteration, OSError) as error:
         raise MediaError(
             f"{path}: cannot decode it as a video ({error or 'no video stream'})"

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gswfast.attribution._model import Target
 from gswfast.checks import unit_float
 from gswfast.explain import DEFAULT_SEGMENTS, Explainer, Explanation
 from gswfast.segmentation import Segmentation, slic
@@ -40,6 +41,9 @@ POLICIES: tuple[str, ...] = ("block", "drop_oldest")
 # target: None (the predicted class), a class, or a function of the window's logits [classes]
 StreamTarget = int | Callable[[Tensor], Any] | None
 _STREAM_SLIC_KEYWORDS = ("init", "validate")  # set by the stream itself
+# A window to explain: (index, first frame, clip [1, C, T, H, W], arrival time, the CUDA event
+# marking the clip's copy, the caller's CUDA stream); the last two are None on the CPU.
+_Job = tuple[int, int, Tensor, float, torch.cuda.Event | None, torch.cuda.Stream | None]
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,8 @@ class StreamExplainer:
         self.dropped = 0
         self._ring: Tensor | None = None  # [window, C, H, W]: each frame slot contiguous
         self._previous: tuple[int, Segmentation] | None = None  # (first frame, supervoxels)
-        self._pending: collections.deque = collections.deque()
-        self._done: collections.deque = collections.deque()
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._done: collections.deque[WindowResult] = collections.deque()
         self._lock = threading.Condition()
         self._error: BaseException | None = None  # set once: the stream is broken
         self._failed_window = -1
@@ -215,13 +219,15 @@ class StreamExplainer:
         if self._closed:
             raise RuntimeError("the stream is closed; make a new StreamExplainer")
 
-    def _as_frame(self, frame: Any) -> Tensor:
-        if not isinstance(frame, Tensor):
-            if not hasattr(frame, "__dlpack__"):
+    def _as_frame(self, given: Any) -> Tensor:
+        if isinstance(given, Tensor):
+            frame = given
+        else:
+            if not hasattr(given, "__dlpack__"):
                 raise TypeError(
-                    f"frame: expected a tensor or a __dlpack__ array, got {type(frame).__name__}"
+                    f"frame: expected a tensor or a __dlpack__ array, got {type(given).__name__}"
                 )
-            frame = torch.from_dlpack(frame)
+            frame = torch.utils.dlpack.from_dlpack(given)  # what torch.from_dlpack is
         if frame.dim() != 3:
             raise ValueError(f"frame: expected [C, H, W], got shape {tuple(frame.shape)}")
         if frame.dtype != torch.uint8 and not frame.is_floating_point():
@@ -245,7 +251,7 @@ class StreamExplainer:
             frame = frame.pin_memory()
         self._ring[self.frames_seen % self.window].copy_(frame, non_blocking=True)  # no host sync
 
-    def _snapshot(self) -> tuple:
+    def _snapshot(self) -> _Job:
         """The window in time order, copied out of the ring (which the next frames overwrite)
         and transposed to ``[1, C, T, H, W]`` in the same copy, without a host sync; on CUDA
         also an event marking the copy, which the worker's stream waits for, and the
@@ -253,22 +259,24 @@ class StreamExplainer:
         start = self.frames_seen - self.window
         oldest = self.frames_seen % self.window  # the slot the next frame overwrites
         ring = self._ring
+        assert ring is not None  # made by _store, which every frame goes through first
         clip = torch.empty(
             (ring.shape[1], self.window, *ring.shape[2:]), dtype=ring.dtype, device=ring.device
         )
         by_time = clip.transpose(0, 1)  # [T, C, H, W] view of the clip
         by_time[: self.window - oldest].copy_(ring[oldest:])
         by_time[self.window - oldest :].copy_(ring[:oldest])
-        ready = caller = None
+        ready: torch.cuda.Event | None = None
+        caller: torch.cuda.Stream | None = None
         if clip.is_cuda:
             caller = torch.cuda.current_stream(clip.device)
-            ready = torch.cuda.Event()
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]  # Event.__new__ is unannotated in torch
             ready.record(caller)
         index = self.windows_seen
         self.windows_seen += 1
         return index, start, clip.unsqueeze(0), time.perf_counter(), ready, caller
 
-    def _submit(self, job: tuple) -> None:
+    def _submit(self, job: _Job) -> None:
         if self._worker is None:
             try:
                 result = self._explain(*job)
@@ -333,7 +341,7 @@ class StreamExplainer:
         # The worker explains on its own CUDA stream, after the window's copy is done, so
         # frames keep flowing into the ring on the caller's stream meanwhile.
         if self._cuda_stream is None:
-            self._cuda_stream = torch.cuda.Stream(clip.device)
+            self._cuda_stream = torch.cuda.Stream(clip.device)  # type: ignore[no-untyped-call]  # Stream.__new__ is unannotated in torch
         self._cuda_stream.wait_event(ready)
         clip.record_stream(self._cuda_stream)  # made on the caller's stream, used on this one
         with torch.cuda.stream(self._cuda_stream):
@@ -346,10 +354,13 @@ class StreamExplainer:
         return result
 
     def _explain_window(self, index: int, start: int, clip: Tensor, arrived: float) -> WindowResult:
-        target, logits = self.target, None
-        if callable(target):
+        target: Target
+        logits = None
+        if callable(self.target):
             logits = self._logits(clip)
             target = _chosen_class(self.target(logits[0]))
+        else:
+            target = self.target
         if self.explainer.swag:  # SWAG builds each window's supervoxels from its attribution
             expl = self.explainer(clip, target)
         else:
@@ -376,8 +387,10 @@ class StreamExplainer:
 
     def _logits(self, clip: Tensor) -> Tensor:
         """float ``[1, classes]``: the model's output on the window."""
+        attributor = self.explainer._attributor
+        assert attributor is not None  # the stream's Explainer always has a model
         with torch.no_grad():
-            return self.explainer._attributor.forward.logits(unit_float(clip))
+            return attributor.forward.logits(unit_float(clip))
 
     def _warm_start_from(self, start: int) -> Segmentation | None:
         """The previous window's k-means state moved back in time by the frames the window
@@ -421,10 +434,10 @@ class StreamExplainer:
             ) from self._error
 
 
-def _check_stream_target(target: Any) -> StreamTarget:
+def _check_stream_target(target: object) -> StreamTarget:
     if target is None or callable(target):
         return target
-    if isinstance(target, numbers.Integral) and not isinstance(target, bool) and target >= 0:
+    if not isinstance(target, bool) and isinstance(target, numbers.Integral) and int(target) >= 0:
         return int(target)
     raise TypeError(
         f"target: expected None, a class (an int >= 0) or a function of the window's logits "
@@ -441,7 +454,7 @@ def _chosen_class(value: Any) -> int | Tensor:
         and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
     ):
         return value.reshape(1).to(torch.int64)
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if not isinstance(value, bool) and isinstance(value, numbers.Integral):
         return int(value)
     raise TypeError(
         f"target: the function must return a class (an int or an integer tensor of one element), "
