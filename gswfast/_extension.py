@@ -43,13 +43,19 @@ def _is_source_tree(package: Path) -> bool:
 
 
 def _other_builds(package: Path, search_path: list[str]) -> list[Path]:
-    """gswfast folders with a compiled extension elsewhere on the search path."""
+    """gswfast folders with a compiled extension elsewhere on the search path (a compiled
+    ``_C``, not the ``_C.pyi`` type stub that every copy has)."""
     found = []
     for entry in search_path:
         candidate = (Path(entry or ".") / "gswfast").resolve()
-        if candidate != package and any(candidate.glob("_C.*")):
+        if candidate != package and _compiled_names(candidate):
             found.append(candidate)
     return found
+
+
+def _compiled_names(folder: Path) -> list[str]:
+    """The compiled ``_C`` files in ``folder`` (``_C.cpython-311-x86_64-linux-gnu.so``)."""
+    return [p.name for p in folder.glob("_C.*") if p.suffix in (".so", ".pyd")]
 
 
 try:
