@@ -309,6 +309,8 @@ def weighted_ridge(
     rhs = torch.einsum("bnk,bn->bk", xc, w * yc)
     if min_norm:
         coef = (torch.linalg.pinv(gram, hermitian=True) @ rhs.unsqueeze(2)).squeeze(2)
+        if present is not None:  # the pseudo-inverse leaves rounding noise there
+            coef = coef * present
     else:
         coef = torch.linalg.solve(gram, rhs)
     intercept = y_mean.squeeze(1) - (x_mean.squeeze(1) * coef).sum(1)
