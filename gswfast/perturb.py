@@ -284,7 +284,10 @@ def _segmentation(
     images: Tensor, segmentation: Segmentation | Tensor | None, slic_keywords: dict[str, Any]
 ) -> tuple[Segmentation | None, Tensor, Tensor]:
     if segmentation is not None:
-        return resolve_given_segmentation(segmentation, images)
+        seg, labels, num = resolve_given_segmentation(segmentation, images)
+        if labels is None or num is None:  # never: given segments always have labels
+            raise TypeError("segmentation: expected a Segmentation or a label tensor")
+        return seg, labels, num
     seg = slic(images, **slic_keywords, validate=False)
     return seg, seg.labels, seg.num_segments
 
