@@ -251,3 +251,20 @@ def test_bad_input():
         gsw.occlusion(model, x, labels, 7)
     with pytest.raises(ValueError, match=r"segmentation: expected labels of shape \(2, 32, 32\)"):
         gsw.kernel_shap(model, x, labels[:, :16], 1, n_samples=4)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_no_host_read_per_chunk(method, monkeypatch):
+    model, (x, labels, _, hide) = _net(), _case()
+    reads = []
+    for name in ("__int__", "__index__", "item", "tolist", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda t, *a, _o=original, _n=name: (reads.append(_n), _o(t, *a))[1]
+        )
+    counts = []
+    for batch_size in (256, 5):
+        reads.clear()
+        METHODS[method](model, x, labels, 1, hide=hide, batch_size=batch_size)
+        counts.append(len(reads))
+    assert counts[0] == counts[1], counts
