@@ -64,10 +64,13 @@ _LAZY: dict[str, str] = {
     "built_with_cuda": "gswfast._extension",
     "cuda_available": "gswfast._extension",
     "explain": "gswfast.explain",
+    "kernel_shap": "gswfast.regions",
     "lime": "gswfast.lime",
     "metrics": "gswfast.metrics",
+    "occlusion": "gswfast.regions",
     "paint": "gswfast.ops",
     "rgb_to_lab": "gswfast.segmentation",
+    "rise": "gswfast.regions",
     "segment_pool": "gswfast.ops",
     "slic": "gswfast.segmentation",
 }

@@ -6,40 +6,41 @@ the ``hide`` image, the model's output for the target, LIME's kernel
 ``sqrt(exp(-d^2 / width^2))`` over the cosine distance of each mask to the all-ones mask,
 and a weighted ridge regression with intercept (``alpha=1``). Given the same masks it
 returns the package's coefficients; it builds the perturbed inputs, runs the model and
-solves the regressions on the device, in chunks of ``batch_size`` model rows.
+solves the regressions on the device, in chunks of ``batch_size`` model rows (the machinery
+shared with occlusion, KernelSHAP and RISE is in ``gswfast.perturb``).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gswfast import ops
-from gswfast.attribution import ModelForward, OutputTarget, model_session, resolve_target
-from gswfast.attribution._model import Preprocess, Target, check_target_range
-from gswfast.attribution.baselines import BASELINES, stand_in_image
-from gswfast.attribution.integrated_gradients import to_device
-from gswfast.checks import (
-    check_input_values,
-    check_inputs,
-    composite,
-    resolve_given_segmentation,
-    unit_float,
+from gswfast.attribution._model import Preprocess, Target
+from gswfast.explain import Explanation
+from gswfast.perturb import (
+    HIDES,
+    Problem,
+    Progress,
+    check_count,
+    check_fraction,
+    check_seed,
+    explanation,
+    given_masks,
+    host_generator,
+    prepare,
+    run_masks,
+    spread,
 )
-from gswfast.explain import DEFAULT_SEGMENTS, Explanation
-from gswfast.segmentation import Segmentation, slic
+from gswfast.segmentation import Segmentation
 
-HIDES: tuple[str, ...] = (
-    BASELINES  # the words of baseline= everywhere: "zeros", "blur", "segment_mean"
-)
-_OLD_HIDES = {"mean": "segment_mean", "zero": "zeros"}  # earlier spellings, deprecated
-Progress = bool | Callable[[int, int], None]
+__all__ = ["DESIGNS", "HIDES", "draw_masks", "lime", "lime_kernel", "weighted_ridge"]
+
+DESIGNS: tuple[str, ...] = ("random", "balanced", "antithetic", "sobol")
+AUTO_STEP = 50  # n_samples="auto": samples added per input between two checks
+AUTO_MAX = 1000  # n_samples="auto": the most samples per input
 
 
 def lime(
@@ -47,7 +48,7 @@ def lime(
     inputs: Tensor,
     segmentation: Segmentation | Tensor | None = None,
     target: Target = None,
-    n_samples: int = 1000,
+    n_samples: int | str = 1000,
     batch_size: int = 64,
     seed: int = 0,
     *,
@@ -55,6 +56,8 @@ def lime(
     kernel_width: float = 0.25,
     alpha: float = 1.0,
     masks: Tensor | None = None,
+    design: str = "random",
+    tol: float = 0.01,
     n_segments: int | None = None,
     compactness: float = 10.0,
     slic_options: dict[str, Any] | None = None,
@@ -80,7 +83,10 @@ def lime(
         target: as ``gsw.explain``: None (the predicted class), an int, a list, a NumPy
             array or an int tensor ``[B]``, a tuple (an index into each sample's output) or
             a function of the model's output returning the ``[B]`` scores to regress.
-        n_samples: perturbations per input (at least 2), the first one unperturbed.
+        n_samples: perturbations per input (at least 2), the first one unperturbed; or
+            ``"auto"``: ``AUTO_STEP`` (50) more per input at a time, up to ``AUTO_MAX``
+            (1000), until the Spearman correlation of an input's weights with its previous
+            estimate reaches ``1 - tol`` (one host read per step).
         batch_size: model rows per call; memory holds one chunk of perturbed inputs.
         seed: seeds the masks: sample ``b``'s are drawn on the host from a generator seeded
             with ``(seed, b)`` and then moved, so they are the same on every device.
@@ -92,6 +98,12 @@ def lime(
         masks: the masks to use instead of sampling, ``[n_samples, K]`` (shared) or
             ``[B, n_samples, K]``, 1 = segment kept. Columns past a sample's segment count
             are ignored. With the ``lime`` package's masks this reproduces its weights.
+        design: how the masks after the first (all kept) are drawn: ``"random"`` (each
+            entry a fair coin, as the ``lime`` package), ``"balanced"`` (each column kept
+            in half of the rows, rows shuffled per column), ``"antithetic"`` (random masks
+            followed by their complements) or ``"sobol"`` (a scrambled Sobol sequence
+            thresholded at 1/2: balanced, nearly orthogonal columns).
+        tol: the stopping tolerance of ``n_samples="auto"``.
         preprocess, autocast, eval_mode, channels_last, additional_forward_args: as
             ``gsw.explain``.
         progress: True prints progress to stderr; a callable gets ``(done, total)`` rows.
@@ -100,54 +112,160 @@ def lime(
     Returns:
         ``Explanation`` with ``segment_scores [B, K]`` = the ridge coefficients,
         ``pixel_scores`` = them painted on the pixels, ``method="lime"``, and ``info``:
-        ``intercept [B]``, ``score [B]`` (weighted R^2 of the fit), ``masks [B, N, K]`` and
-        ``outputs [B, N]`` (the regressed model outputs).
+        ``intercept [B]``, ``score [B]`` (weighted R^2 of the fit), ``masks [B, N, K]``,
+        ``outputs [B, N]`` (the regressed model outputs) and ``n_samples`` int64 ``[B]``
+        (the samples used per input; with ``"auto"``, rows past them are unused, output 0).
     """
-    _check_parameters(n_samples, batch_size, kernel_width, alpha, seed)
-    images = check_inputs(inputs)
-    x = unit_float(images)
-    if validate:
-        check_input_values(x, needs_unit_range=segmentation is None and images.dtype != torch.uint8)
-    slic_keywords = {
-        "n_segments": n_segments or DEFAULT_SEGMENTS[images.dim()],
-        "compactness": compactness,
-        **(slic_options or {}),
-    }
-    seg, labels, num = _segmentation(images, segmentation, slic_keywords)
-    k = int(num.max())  # one sync: the width of the masks and the scores
-    present = _present(labels, k)
-    keep = _masks(masks, x.shape[0], n_samples, k, present, seed, x.device)
-    hidden = _hide_image(hide, x, labels, num)
-    forward = ModelForward(model, preprocess, autocast, channels_last, additional_forward_args)
-    forward.check_extra_args(x.shape[0], x.device)
-    forward.check_targets = False  # checked here, once
-    with model_session(model, eval_mode), torch.inference_mode():
-        resolved = resolve_target(target, x.shape[0], x.device)
-        if resolved is None:
-            resolved = forward.logits(x).argmax(1)
-        elif validate and isinstance(resolved, Tensor):
-            first = torch.zeros(1, dtype=torch.int64, device=x.device)
-            check_target_range(resolved, forward.logits(x[:1], first).shape[1])
-        outputs = _perturbed_outputs(
-            forward, x, hidden, labels, keep, resolved, batch_size, progress
-        )
-    with torch.inference_mode(False):
-        kernel = lime_kernel(keep, present.sum(1), kernel_width)
-        coef, intercept, score = weighted_ridge(keep, outputs, kernel, alpha, present)
-    scores = coef.float()
-    if isinstance(resolved, OutputTarget):
-        resolved = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
-    return Explanation(
-        segment_scores=scores,
-        labels=labels,
-        num_segments=num,
-        pixel_scores=ops.paint(scores, labels, validate=False),
-        target=resolved.clone(),
+    auto = n_samples == "auto"
+    _check_parameters(AUTO_MAX if auto else n_samples, batch_size, kernel_width, alpha, seed)
+    _check_design(design, tol, auto, masks)
+    problem = prepare(
+        model,
+        inputs,
+        segmentation,
+        target,
         method="lime",
-        reduce="ridge",
-        segmentation=seg,
-        info={"intercept": intercept, "score": score, "masks": keep, "outputs": outputs},
+        hide=hide,
+        n_segments=n_segments,
+        compactness=compactness,
+        slic_options=slic_options,
+        preprocess=preprocess,
+        autocast=autocast,
+        eval_mode=eval_mode,
+        channels_last=channels_last,
+        additional_forward_args=additional_forward_args,
+        validate=validate,
     )
+    count = AUTO_MAX if auto else int(n_samples)
+    if masks is None:
+        keep = spread(
+            draw_masks(problem.present.sum(1).tolist(), count, seed, design), problem.present
+        )
+    else:
+        keep = given_masks(masks, problem.batch, count, problem.present)
+    with torch.inference_mode(False):
+        if auto:
+            outputs, used = _auto_outputs(
+                problem, keep, batch_size, progress, kernel_width, alpha, tol
+            )
+            keep, outputs = keep[:, : int(used.max())], outputs[:, : int(used.max())]
+        else:
+            outputs = run_masks(problem, keep, batch_size, progress)
+            used = torch.full((problem.batch,), count, dtype=torch.int64, device=keep.device)
+        coef, intercept, score = _fit(problem, keep, outputs, used, kernel_width, alpha)
+    info = {"intercept": intercept, "score": score, "masks": keep, "outputs": outputs}
+    return explanation(problem, coef, "lime", "ridge", {**info, "n_samples": used})
+
+
+def draw_masks(widths: list[int], n_samples: int, seed: int, design: str = "random") -> Tensor:
+    """Host uint8 masks ``[B, n_samples, max(widths)]``: sample ``b``'s first ``widths[b]``
+    columns drawn by ``design`` (see ``lime``) from ``host_generator(seed, b)``, the first
+    row all ones, the other columns 0."""
+    draws = torch.zeros((len(widths), n_samples, max(widths)), dtype=torch.uint8)
+    for b, width in enumerate(widths):
+        generator = host_generator(seed, b)
+        draws[b, :, :width] = _DRAW[design](n_samples, width, generator)
+    draws[:, 0] = 1  # the first sample is the input itself, as in the lime package
+    return draws
+
+
+def _random(n: int, width: int, generator: torch.Generator) -> Tensor:
+    return torch.randint(0, 2, (n, width), generator=generator, dtype=torch.uint8)
+
+
+def _balanced(n: int, width: int, generator: torch.Generator) -> Tensor:
+    order = torch.rand((n - 1, width), generator=generator).argsort(0)
+    return torch.cat([torch.ones((1, width), dtype=torch.uint8), (order % 2).to(torch.uint8)])
+
+
+def _antithetic(n: int, width: int, generator: torch.Generator) -> Tensor:
+    half = _random(n // 2, width, generator)
+    pairs = torch.stack([half, 1 - half], 1).reshape(-1, width)
+    return torch.cat([torch.ones((1, width), dtype=torch.uint8), pairs])[:n]
+
+
+def _sobol(n: int, width: int, generator: torch.Generator) -> Tensor:
+    scramble = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    engine = torch.quasirandom.SobolEngine(width, scramble=True, seed=scramble)
+    points = engine.draw(n - 1, dtype=torch.float64)
+    return torch.cat([torch.ones((1, width)), points >= 0.5]).to(torch.uint8)
+
+
+_DRAW = {"random": _random, "balanced": _balanced, "antithetic": _antithetic, "sobol": _sobol}
+
+
+def _fit(
+    problem: Problem,
+    keep: Tensor,
+    outputs: Tensor,
+    used: Tensor,
+    kernel_width: float,
+    alpha: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LIME's ridge fit of ``outputs [B, N]`` on ``keep [B, N, K]``, the first ``used [B]``
+    rows of each input."""
+    kernel = lime_kernel(keep, problem.present.sum(1), kernel_width)
+    rows = torch.arange(keep.shape[1], device=keep.device)
+    kernel = kernel * (rows < used.unsqueeze(1))
+    return weighted_ridge(keep, outputs, kernel, alpha, problem.present)
+
+
+def _auto_outputs(
+    problem: Problem,
+    keep: Tensor,
+    batch_size: int,
+    progress: Progress,
+    kernel_width: float,
+    alpha: float,
+    tol: float,
+) -> tuple[Tensor, Tensor]:
+    """``n_samples="auto"``: the outputs ``[B, AUTO_MAX]`` (0 where not run) and the samples
+    used per input, int64 ``[B]``."""
+    batch, total, _ = keep.shape
+    device = keep.device
+    outputs = torch.zeros((batch, total), dtype=torch.float32, device=device)
+    used = torch.zeros(batch, dtype=torch.int64, device=device)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
+    previous: Tensor | None = None
+    done = 0
+    while bool(active.any()) and int(used.max()) < total:
+        start = int(used.max())
+        end = min(start + AUTO_STEP, total)
+        samples = active.nonzero().squeeze(1)
+        draws = torch.arange(start, end, device=device)
+        rows = (samples.unsqueeze(1) * total + draws).reshape(-1)
+        report = _offset(progress, done, batch * total)
+        outputs += run_masks(problem, keep, batch_size, report, rows)
+        done += int(rows.numel())
+        used = torch.where(active, end, used)
+        coef = _fit(problem, keep, outputs, used, kernel_width, alpha)[0]
+        if previous is not None:
+            stable = _spearman_rows(previous, coef, problem.present) >= 1 - tol
+            active = active & ~stable
+        previous = coef
+    return outputs, used
+
+
+def _offset(progress: Progress, done: int, total: int) -> Progress:
+    if progress is True:
+        return progress
+    if not callable(progress):
+        return False
+    report = progress
+    return lambda rows, _total: report(done + rows, total)
+
+
+def _spearman_rows(a: Tensor, b: Tensor, present: Tensor) -> Tensor:
+    """float64 ``[B]``: Spearman correlation of ``a[i]`` and ``b[i]`` (``[B, K]``) over the
+    ids present in sample ``i`` (ties broken by order)."""
+    out = torch.empty(a.shape[0], dtype=torch.float64, device=a.device)
+    for i in range(a.shape[0]):
+        x, y = a[i][present[i]], b[i][present[i]]
+        rx = x.argsort().argsort().double()
+        ry = y.argsort().argsort().double()
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        out[i] = (rx * ry).sum() / ((rx * rx).sum() * (ry * ry).sum()).sqrt().clamp(min=1e-300)
+    return out
 
 
 def lime_kernel(masks: Tensor, num_segments: Tensor, kernel_width: float) -> Tensor:
@@ -161,7 +279,12 @@ def lime_kernel(masks: Tensor, num_segments: Tensor, kernel_width: float) -> Ten
 
 
 def weighted_ridge(
-    masks: Tensor, outputs: Tensor, weights: Tensor, alpha: float, present: Tensor | None = None
+    masks: Tensor,
+    outputs: Tensor,
+    weights: Tensor,
+    alpha: float,
+    present: Tensor | None = None,
+    min_norm: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Batched ``min sum_i w_i (y_i - x_i c - b)^2 + alpha |c|^2`` in float64, as
     scikit-learn's ``Ridge(alpha, fit_intercept=True).fit(X, y, sample_weight=w)``.
@@ -169,6 +292,8 @@ def weighted_ridge(
     ``masks [B, N, K]``, ``outputs [B, N]``, ``weights [B, N]`` -> coefficients ``[B, K]``,
     intercepts ``[B]`` and the weighted R^2 ``[B]``. ``present`` bool ``[B, K]``: the
     columns that are features (others must be all 0 in ``masks``; their coefficient is 0).
+    ``min_norm``: solve with a pseudo-inverse, for ``alpha=0`` on designs that may be
+    rank-deficient (the least-norm solution, as scikit-learn's ``LinearRegression``).
     """
     X, y, w = masks.to(torch.float64), outputs.to(torch.float64), weights.to(torch.float64)
     total = w.sum(1, keepdim=True)
@@ -181,7 +306,13 @@ def weighted_ridge(
         present is not None
     ):  # an all-zero column is decoupled from the rest: pin its coefficient to 0
         gram = gram + torch.diag_embed((~present).to(torch.float64))
-    coef = torch.linalg.solve(gram, torch.einsum("bnk,bn->bk", xc, w * yc))
+    rhs = torch.einsum("bnk,bn->bk", xc, w * yc)
+    if min_norm:
+        coef = (torch.linalg.pinv(gram, hermitian=True) @ rhs.unsqueeze(2)).squeeze(2)
+        if present is not None:  # the pseudo-inverse leaves rounding noise there
+            coef = coef * present
+    else:
+        coef = torch.linalg.solve(gram, rhs)
     intercept = y_mean.squeeze(1) - (x_mean.squeeze(1) * coef).sum(1)
     residual = y - torch.einsum("bnk,bk->bn", X, coef) - intercept.unsqueeze(1)
     spread = (w * yc**2).sum(1)
@@ -189,138 +320,25 @@ def weighted_ridge(
     return coef, intercept, score
 
 
-# ------------------------------------------------------------------------ steps
-
-
-def _segmentation(
-    images: Tensor, segmentation: Segmentation | Tensor | None, slic_keywords: dict[str, Any]
-) -> tuple[Segmentation | None, Tensor, Tensor]:
-    if segmentation is not None:
-        return resolve_given_segmentation(segmentation, images)
-    seg = slic(images, **slic_keywords, validate=False)
-    return seg, seg.labels, seg.num_segments
-
-
-def _present(labels: Tensor, k: int) -> Tensor:
-    """bool ``[B, K]``: the segment ids that occur in each sample."""
-    flat = labels.reshape(labels.shape[0], -1).long()
-    counts = torch.zeros((labels.shape[0], k), dtype=torch.int32, device=labels.device)
-    return counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.int32)) > 0
-
-
-def _masks(
-    masks: Tensor | None,
-    batch: int,
-    n_samples: int,
-    k: int,
-    present: Tensor,
-    seed: int,
-    device: torch.device,
-) -> Tensor:
-    """uint8 ``[B, N, K]``, 1 = kept, 0 for the ids absent from a sample. Sample ``b``'s
-    masks are drawn on the host (the same on every device) from a generator seeded with
-    ``(seed, b)``, one column per id present, in id order: relabelling the segments (ids
-    from 1, gaps) does not change them. One host read (the counts of ids present)."""
-    if masks is None:
-        widths = present.sum(1).tolist()
-        draws = torch.zeros((batch, n_samples, max(widths)), dtype=torch.uint8)
-        for b, width in enumerate(widths):
-            generator = torch.Generator().manual_seed((seed * 1_000_003 + b) % 2**63)
-            draws[b, :, :width] = torch.randint(
-                0, 2, (n_samples, width), generator=generator, dtype=torch.uint8
-            )
-        draws[:, 0] = 1  # the first sample is the input itself, as in the lime package
-        draws = to_device(draws, device, torch.uint8)
-        column = (present.cumsum(1) - 1).clamp(min=0)  # [B, K]: the rank of each present id
-        keep = draws.gather(2, column.unsqueeze(1).expand(-1, n_samples, -1))
-    else:
-        keep = _given_masks(masks, batch, n_samples, k, device)
-    return keep * present.unsqueeze(1)
-
-
-def _given_masks(masks: Tensor, batch: int, n_samples: int, k: int, device: torch.device) -> Tensor:
-    if not isinstance(masks, Tensor) or not bool(torch.all((masks == 0) | (masks == 1))):
-        raise ValueError("masks: expected a tensor of 0/1 (or bool) values")
-    if masks.dim() == 2:
-        masks = masks.unsqueeze(0).expand(batch, -1, -1)
-    if (
-        masks.dim() != 3
-        or masks.shape[0] != batch
-        or masks.shape[1] != n_samples
-        or masks.shape[2] < k
-    ):
-        raise ValueError(
-            f"masks: expected [n_samples, K] or [B, n_samples, K] with B = {batch}, n_samples = {n_samples} "
-            f"and K >= {k} (the most segments of a sample), got shape {tuple(masks.shape)}"
-        )
-    return masks[:, :, :k].to(device=device, dtype=torch.uint8)
-
-
-def _hide_image(hide: str | Tensor, x: Tensor, labels: Tensor, num: Tensor) -> Tensor:
-    if isinstance(hide, str) and hide in _OLD_HIDES:
-        warnings.warn(
-            f"gsw.lime: hide={hide!r} is now spelled hide={_OLD_HIDES[hide]!r} (baseline= words)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        hide = _OLD_HIDES[hide]
-    return stand_in_image(hide, x, "hide", {name: name for name in HIDES}, labels, num)
-
-
-def _perturbed_outputs(
-    forward: ModelForward,
-    x: Tensor,
-    hidden: Tensor,
-    labels: Tensor,
-    keep: Tensor,
-    target: Tensor | OutputTarget,
-    batch_size: int,
-    progress: Progress,
-) -> Tensor:
-    """The model's target output ``[B, N]`` for every mask, ``batch_size`` rows at a time
-    (no host sync per chunk)."""
-    batch, n_samples, _ = keep.shape
-    flat_labels = labels.reshape(batch, -1).long()
-    outputs = torch.empty((batch, n_samples), dtype=torch.float32, device=x.device)
-    total = batch * n_samples
-    report = _reporter(progress, total)
-    for start in range(0, total, batch_size):
-        end = min(start + batch_size, total)
-        rows = torch.arange(start, end, device=x.device)
-        sample, draw = rows // n_samples, rows % n_samples
-        perturbed = composite(x, hidden, flat_labels, sample, keep[sample, draw].bool())
-        outputs.view(-1)[rows] = forward.scores(perturbed, target[sample], sample).float()
-        report(end)
-    return outputs
-
-
-def _reporter(progress: Progress, total: int) -> Callable[[int], None]:
-    if callable(progress):
-        return lambda done: progress(done, total)
-    if not progress:
-        return lambda done: None
-
-    def to_stderr(done: int) -> None:
-        end = "\n" if done >= total else ""
-        print(
-            f"\rgswfast.lime: {done}/{total} perturbed inputs", end=end, file=sys.stderr, flush=True
-        )
-
-    return to_stderr
-
-
 def _check_parameters(
-    n_samples: int, batch_size: int, kernel_width: float, alpha: float, seed: Any
+    n_samples: object, batch_size: object, kernel_width: float, alpha: float, seed: object
 ) -> None:
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
-        raise ValueError(f"n_samples: expected an int >= 2, got {n_samples!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    if isinstance(n_samples, str):
+        raise ValueError(f"n_samples: expected an int >= 2 or 'auto', got {n_samples!r}")
+    check_count("n_samples", n_samples, 2)
+    check_count("batch_size", batch_size, 1)
     if not (
         isinstance(kernel_width, (int, float)) and math.isfinite(kernel_width) and kernel_width > 0
     ):
         raise ValueError(f"kernel_width: expected a positive number, got {kernel_width!r}")
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    check_seed(seed)
+
+
+def _check_design(design: object, tol: object, auto: bool, masks: Tensor | None) -> None:
+    if design not in DESIGNS:
+        raise ValueError(f"design: expected one of {DESIGNS}, got {design!r}")
+    check_fraction("tol", tol)
+    if auto and masks is not None:
+        raise ValueError("n_samples: give the number of masks (an int) with masks=, not 'auto'")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,77 @@ def test_bad_input():
         gsw.lime(model, x, labels, 3, n_samples=4)
     with pytest.raises(ValueError, match="inputs: contains NaN"):
         gsw.lime(model, x * float("nan"), labels, 1, n_samples=4)
+
+
+# ------------------------------------------------------------------ designs and n_samples="auto"
+
+
+def test_the_default_design_draws_the_masks_it_always_drew():
+    model, x = TinyCNN(classes=3), photos(32, 2)
+    labels, k = grid_labels(2, 32, 32, cell=8)
+    expl = gsw.lime(model, x, labels, 1, n_samples=40, seed=7)
+    for b in range(2):
+        generator = torch.Generator().manual_seed((7 * 1_000_003 + b) % 2**63)
+        want = torch.randint(0, 2, (40, k), generator=generator, dtype=torch.uint8)
+        want[0] = 1
+        assert torch.equal(expl.info["masks"][b], want)
+    same = gsw.lime(model, x, labels, 1, n_samples=40, seed=7, design="random")
+    assert torch.equal(same.segment_scores, expl.segment_scores)
+
+
+def test_designs():
+    model, x = TinyCNN(classes=3), photos(32, 2)
+    labels, k = grid_labels(2, 32, 32, cell=8)
+    masks = {
+        design: gsw.lime(model, x, labels, 1, n_samples=65, design=design).info["masks"]
+        for design in ("balanced", "antithetic", "sobol")
+    }
+    for design, keep in masks.items():
+        assert torch.all(keep[:, 0] == 1), design
+        assert not torch.equal(keep[0], keep[1]), design  # each input draws its own
+    assert torch.all(masks["balanced"][:, 1:].sum(1) == 32)  # each column kept in half the rows
+    assert torch.all(masks["sobol"][:, 1:].sum(1) == 32)  # 64 Sobol points: balanced too
+    pairs = masks["antithetic"][:, 1:].view(2, 32, 2, k)
+    assert torch.all(pairs[:, :, 0] + pairs[:, :, 1] == 1)  # each mask, then its complement
+    again = gsw.lime(model, x, labels, 1, n_samples=65, design="sobol", batch_size=9)
+    assert torch.equal(again.info["masks"], masks["sobol"])
+
+
+def test_auto_stops_when_the_ranking_is_stable(monkeypatch):
+    model, x = TinyCNN(classes=3).double(), photos(32, 2).double()
+    labels, _ = grid_labels(2, 32, 32, cell=8)
+    seen = []
+    expl = gsw.lime(
+        model, x, labels, 1, n_samples="auto", tol=0.05, progress=lambda d, t: seen.append((d, t))
+    )
+    used = expl.info["n_samples"]
+    assert torch.all((used >= 100) & (used <= 1000) & (used % 50 == 0)), used
+    assert expl.info["masks"].shape[1] == int(used.max())
+    assert seen[-1][0] == int(used.sum())
+    assert seen[-1][1] == 2000
+    for b in range(2):  # the same as a fixed-size run on the masks it used
+        n = int(used[b])
+        fixed = gsw.lime(
+            model, x[b : b + 1], labels[b : b + 1], 1, n_samples=n, masks=expl.info["masks"][b, :n]
+        )
+        torch.testing.assert_close(
+            fixed.segment_scores[0], expl.segment_scores[b], rtol=1e-5, atol=1e-9
+        )
+    strict = gsw.lime(model, x, labels, 1, n_samples="auto", tol=1e-9)
+    assert torch.all(strict.info["n_samples"] >= used)  # the same estimates, a stricter test
+    monkeypatch.setattr(importlib.import_module("gswfast.lime"), "AUTO_MAX", 120)
+    capped = gsw.lime(model, x, labels, 1, n_samples="auto", tol=1e-9)
+    assert capped.info["n_samples"].tolist() == [120, 120]
+
+
+def test_bad_design_and_auto_options():
+    model, x = TinyCNN(classes=3), photos(32, 2)
+    labels, k = grid_labels(2, 32, 32, cell=8)
+    with pytest.raises(ValueError, match="design: expected one of"):
+        gsw.lime(model, x, labels, 1, n_samples=4, design="halton")
+    with pytest.raises(ValueError, match=r"tol: expected a number in \(0, 1\)"):
+        gsw.lime(model, x, labels, 1, n_samples="auto", tol=0)
+    with pytest.raises(ValueError, match="n_samples: expected an int >= 2 or 'auto'"):
+        gsw.lime(model, x, labels, 1, n_samples="many")
+    with pytest.raises(ValueError, match="n_samples: give the number of masks"):
+        gsw.lime(model, x, labels, 1, n_samples="auto", masks=torch.ones(4, k))

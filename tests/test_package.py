@@ -62,6 +62,9 @@ def test_every_public_name_resolves_and_is_listed():
     assert {
         "explain",
         "lime",
+        "occlusion",
+        "kernel_shap",
+        "rise",
         "slic",
         "metrics",
         "segment_pool",
@@ -156,6 +159,7 @@ def test_import_graph_has_no_cycle():
         graph
     )
     assert "gswfast.explain" in graph["gswfast.lime"]  # the parser sees imports
+    assert {"gswfast.perturb", "gswfast.lime"} <= graph["gswfast.regions"]
     assert {"gswfast.cli", "gswfast.dataset", "gswfast.models"} <= set(graph)
     assert _cycle(graph) is None
 
