@@ -44,6 +44,9 @@ if _TYPE_CHECKING:
     from gswfast.ops import REDUCTIONS as REDUCTIONS
     from gswfast.ops import paint as paint
     from gswfast.ops import segment_pool as segment_pool
+    from gswfast.regions import kernel_shap as kernel_shap
+    from gswfast.regions import occlusion as occlusion
+    from gswfast.regions import rise as rise
     from gswfast.segmentation import Segmentation as Segmentation
     from gswfast.segmentation import rgb_to_lab as rgb_to_lab
     from gswfast.segmentation import slic as slic

@@ -186,7 +186,7 @@ def _antithetic(n: int, width: int, generator: torch.Generator) -> Tensor:
 
 def _sobol(n: int, width: int, generator: torch.Generator) -> Tensor:
     scramble = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    engine = torch.quasirandom.SobolEngine(width, scramble=True, seed=scramble)
+    engine = torch.quasirandom.SobolEngine(width, scramble=True, seed=scramble)  # type: ignore[no-untyped-call]  # torch leaves SobolEngine.__init__ unannotated
     points = engine.draw(n - 1, dtype=torch.float64)
     return torch.cat([torch.ones((1, width)), points >= 0.5]).to(torch.uint8)
 

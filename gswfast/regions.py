@@ -70,8 +70,9 @@ def occlusion(
             ``[B, C, T, H, W]``; labels ``[B, (T), H, W]``).
         hide: what a hidden segment shows, as ``gsw.lime``'s ``hide``.
         batch_size: model rows per call.
-        n_segments, compactness, slic_options, preprocess, autocast, eval_mode,
-        channels_last, additional_forward_args, progress, validate: as ``gsw.lime``.
+        others: ``n_segments``, ``compactness``, ``slic_options``, ``preprocess``,
+            ``autocast``, ``eval_mode``, ``channels_last``, ``additional_forward_args``,
+            ``progress`` and ``validate`` are as in ``gsw.lime``.
 
     Returns:
         ``Explanation`` with ``segment_scores`` float32 ``[B, K]`` (0 for absent ids),
@@ -149,9 +150,9 @@ def kernel_shap(
             ``(seed, b)``.
         masks: the masks instead of sampling, ``[n_samples, K]`` or ``[B, n_samples, K]``,
             0/1, 1 = kept; columns past ``K`` are ignored.
-        hide, batch_size, n_segments, compactness, slic_options, preprocess, autocast,
-        eval_mode, channels_last, additional_forward_args, progress, validate: as
-        ``gsw.lime``.
+        others: ``hide``, ``batch_size``, ``n_segments``, ``compactness``,
+            ``slic_options``, ``preprocess``, ``autocast``, ``eval_mode``, ``channels_last``,
+            ``additional_forward_args``, ``progress`` and ``validate`` are as in ``gsw.lime``.
 
     Returns:
         ``Explanation`` with ``segment_scores`` float32 ``[B, K]`` (0 for absent ids),
@@ -230,9 +231,9 @@ def rise(
             ``(seed, b)``.
         masks: the masks instead of sampling, ``[n_samples, K]`` or ``[B, n_samples, K]``,
             0/1, 1 = kept (``p_keep`` still normalises).
-        hide, batch_size, n_segments, compactness, slic_options, preprocess, autocast,
-        eval_mode, channels_last, additional_forward_args, progress, validate: as
-        ``gsw.lime``.
+        others: ``hide``, ``batch_size``, ``n_segments``, ``compactness``,
+            ``slic_options``, ``preprocess``, ``autocast``, ``eval_mode``, ``channels_last``,
+            ``additional_forward_args``, ``progress`` and ``validate`` are as in ``gsw.lime``.
 
     Returns:
         ``Explanation`` with ``segment_scores`` float32 ``[B, K]`` (0 for absent ids),

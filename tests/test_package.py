@@ -170,3 +170,15 @@ def test_ops_imports_nothing_above_it():
     assert graph["gswfast._extension"] <= {"gswfast._C", "gswfast._build_info"}
     assert graph["gswfast"] == set()  # every public name is imported on first use
     assert graph["gswfast.options"] == set()  # the command's fast option checks: no torch
+
+
+def test_type_checkers_see_every_public_name():
+    # gswfast/__init__.py names its public API twice: _LAZY (loaded on first use) and the
+    # TYPE_CHECKING imports (what users' type checkers see). They must list the same names.
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    block = next(
+        n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+    )
+    typed = {alias.asname or alias.name for n in block.body for alias in n.names}
+    assert typed == set(gsw._LAZY)
