@@ -170,6 +170,9 @@ class Explainer:
         additional_forward_args: more arguments for the model after the batch (Captum's
             convention): ``model(preprocess(x), *args)``; tensors among them have one row
             per sample and follow the batch through the method's chunks.
+        output: the score explained: ``"logit"`` (default; ``"logits"`` too), ``"probability"``
+            (softmax over classes, what LIME users regress) or ``"log_probability"``. Equal to
+            explaining the model wrapped in that function; the target is still the argmax.
         method_options: options of the method (``n_steps``, ``baseline``, ``layer``...).
     """
 
@@ -191,6 +194,7 @@ class Explainer:
         validate: bool = True,
         channels_last: bool | None = None,
         additional_forward_args: Any = None,
+        output: str = "logit",
         **method_options: Any,
     ) -> None:
         if model is not None and not isinstance(model, nn.Module):
@@ -202,7 +206,7 @@ class Explainer:
                 f"autocast: expected None, torch.float16 or torch.bfloat16, got {autocast!r}"
             )
         self.spec: MethodSpec = method_spec(method, method_options)
-        self.reduce = reduce if reduce is not None else ("sum" if method == "lime_ig" else "mean")
+        self.reduce = reduce if reduce is not None else _default_reduce(method)
         if self.reduce not in SEGMENT_REDUCTIONS:
             raise ValueError(f"reduce: expected one of {SEGMENT_REDUCTIONS}, got {self.reduce!r}")
         self.channel_reduce = channel_reduce or self.spec.default_channel_reduce
@@ -212,8 +216,8 @@ class Explainer:
             )
         if swag and self.spec.needs_segmentation:  # a cycle: baseline <- segments <- attribution
             raise ValueError(
-                "swag: the segment_mean baseline needs the segmentation that SWAG builds "
-                "from the attribution; use another baseline or swag=False"
+                "swag: the segment_mean baseline (and banzhaf's mixes) need the segmentation "
+                "that SWAG builds from the attribution; use another method or swag=False"
             )
         if not swag_weight > 0:
             raise ValueError(f"swag_weight: expected a positive number, got {swag_weight}")
@@ -233,6 +237,7 @@ class Explainer:
                 eval_mode,
                 channels_last,
                 additional_forward_args,
+                output,
             )
             if model is not None
             else None
@@ -249,8 +254,9 @@ class Explainer:
         float 0..1) for ``target``: None (the predicted class); an int, a list, a NumPy array
         or an int tensor ``[B]`` of classes; for models whose output is not ``[B, classes]``,
         a tuple (an index into each sample's output) or a function of the model's output
-        returning the ``[B]`` scores to explain (``Explanation.target`` is then -1). ``segmentation``: a ``Segmentation`` or labels ``[B, (T), H, W]`` (default:
-        SLIC). ``attribution``: a pixel attribution ``[B, C, (T), H, W]`` or ``[B, (T), H, W]``
+        returning the ``[B]`` scores to explain (``Explanation.target`` is then -1).
+        ``segmentation``: a ``Segmentation`` or labels ``[B, (T), H, W]`` (default: SLIC).
+        ``attribution``: a pixel attribution ``[B, C, (T), H, W]`` or ``[B, (T), H, W]``
         to pool instead of running the method (from Captum, for example)."""
         # Works inside torch.no_grad() and torch.inference_mode() callers: every tensor made
         # here is a normal one (inference tensors cannot take part in a backward pass).
@@ -369,6 +375,11 @@ def explain(
     """
     explainer = Explainer(model, method, reduce=reduce, swag=swag, **options)
     return explainer(inputs, target, segmentation, attribution)
+
+
+def _default_reduce(method: str) -> str:
+    """``sum`` for the methods whose segment scores are sums (LIME-like), else ``mean``."""
+    return "sum" if method in ("lime_ig", "banzhaf") else "mean"
 
 
 def pool_scores(pixel: Tensor, labels: Tensor, num_segments: Tensor, reduce: str) -> Tensor:

@@ -63,6 +63,7 @@ def lime(
     eval_mode: bool = True,
     channels_last: bool | None = None,
     additional_forward_args: Any = None,
+    output: str = "logit",
     progress: Progress = False,
     validate: bool = True,
 ) -> Explanation:
@@ -70,7 +71,7 @@ def lime(
 
     Args:
         model: any ``nn.Module`` returning ``[B, classes]``; LIME regresses its output for
-            the target as is (wrap it with a softmax to regress probabilities).
+            the target as ``output`` says.
         inputs: ``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 or float 0..1.
         segmentation: a ``Segmentation`` or labels ``[B, (T), H, W]``; None: ``gsw.slic``
             with ``n_segments`` (default as ``explain``: 50 per image, 200 per clip),
@@ -94,6 +95,8 @@ def lime(
             are ignored. With the ``lime`` package's masks this reproduces its weights.
         preprocess, autocast, eval_mode, channels_last, additional_forward_args: as
             ``gsw.explain``.
+        output: ``"logit"`` (default: the model's output as is), ``"probability"`` (softmax
+            over classes, as the package's users usually regress) or ``"log_probability"``.
         progress: True prints progress to stderr; a callable gets ``(done, total)`` rows.
         validate: check inputs and targets (one device sync).
 
@@ -118,7 +121,9 @@ def lime(
     present = _present(labels, k)
     keep = _masks(masks, x.shape[0], n_samples, k, present, seed, x.device)
     hidden = _hide_image(hide, x, labels, num)
-    forward = ModelForward(model, preprocess, autocast, channels_last, additional_forward_args)
+    forward = ModelForward(
+        model, preprocess, autocast, channels_last, additional_forward_args, output
+    )
     forward.check_extra_args(x.shape[0], x.device)
     forward.check_targets = False  # checked here, once
     with model_session(model, eval_mode), torch.inference_mode():

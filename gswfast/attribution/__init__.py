@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from gswfast.attribution._model import (
+    OUTPUTS,
     ModelForward,
     OutputTarget,
     Preprocess,
@@ -49,6 +50,7 @@ from gswfast.attribution._model import (
     model_session,
     resolve_target,
 )
+from gswfast.attribution.banzhaf import DESIGNS, Banzhaf
 from gswfast.attribution.baselines import (
     BASELINES,
     check_baseline,
@@ -66,6 +68,7 @@ METHODS: tuple[str, ...] = (
     "input_x_gradient",
     "integrated_gradients",
     "lime_ig",
+    "banzhaf",
     "smoothgrad",
     "gradcam",
     "guided_backprop",
@@ -80,6 +83,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "input_x_gradient": _BASELINE_OPTIONS,
     "integrated_gradients": _BASELINE_OPTIONS + _IG_OPTIONS,
     "lime_ig": _BASELINE_OPTIONS + _IG_OPTIONS,
+    "banzhaf": (*_BASELINE_OPTIONS, "n_samples", "design", "seed", "batch_size"),
     "gradcam": ("layer",),
     "guided_backprop": (),
 }
@@ -91,7 +95,9 @@ _DEFAULT_BASELINE = {
     "input_x_gradient": "zeros",
     "integrated_gradients": "zeros",
     "lime_ig": "segment_mean",
+    "banzhaf": "segment_mean",
 }
+_NOT_SMOOTHED = ("smoothgrad", "banzhaf")  # banzhaf averages over points already
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,8 @@ class MethodSpec:
 
     @property
     def needs_segmentation(self) -> bool:
+        if self.method == "banzhaf":  # it mixes segments
+            return True
         return self.baseline is not None and needs_segmentation(self.baseline)
 
     @property
@@ -126,10 +134,9 @@ def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
     allowed = set(_OPTIONS.get(method, ()))
     if method == "smoothgrad":
         base = options.get("base", "gradient")
-        if base not in METHODS or base == "smoothgrad":
-            raise ValueError(
-                f"base: expected one of {tuple(m for m in METHODS if m != 'smoothgrad')}, got {base!r}"
-            )
+        if base not in METHODS or base in _NOT_SMOOTHED:
+            bases = tuple(m for m in METHODS if m not in _NOT_SMOOTHED)
+            raise ValueError(f"base: expected one of {bases}, got {base!r}")
         allowed = set(_SMOOTH_OPTIONS) | set(_OPTIONS[base])
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -140,6 +147,11 @@ def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
     if spec.baseline is not None:
         check_baseline(spec.baseline)
     return spec
+
+
+def options_of(options: dict[str, Any], leave: tuple[str, ...]) -> dict[str, Any]:
+    """``options`` without the names in ``leave``."""
+    return {k: v for k, v in options.items() if k not in leave}
 
 
 def _unalias(options: dict[str, Any]) -> dict[str, Any]:
@@ -164,11 +176,12 @@ class Attributor:
         eval_mode: bool = True,
         channels_last: bool | None = None,
         additional_forward_args: Any = None,
+        output: str = "logit",
     ) -> None:
         self.model = model
         self.spec = spec
         self.forward = ModelForward(
-            model, preprocess, autocast, channels_last, additional_forward_args
+            model, preprocess, autocast, channels_last, additional_forward_args, output
         )
         self.eval_mode = eval_mode
         self.delta: Tensor | None = None
@@ -238,6 +251,10 @@ class Attributor:
         )
         if method == "input_x_gradient":
             return InputXGradient(baseline)
+        if method == "banzhaf":
+            if labels is None:
+                raise ValueError("labels: method 'banzhaf' needs a segmentation")
+            return Banzhaf(baseline, labels, **options_of(options, ("baseline", "blur_sigma")))
         ig = {
             "n_steps": _DEFAULT_STEPS[method],
             **{k: v for k, v in options.items() if k in _IG_OPTIONS},
@@ -279,11 +296,14 @@ def attribute(
     eval_mode: bool = True,
     channels_last: bool | None = None,
     additional_forward_args: Any = None,
+    output: str = "logit",
     return_convergence_delta: bool = False,
     **options: Any,
 ) -> tuple[Tensor, ...]:
     """Pixel attribution of float ``inputs [B, C, (T), H, W]`` for ``target`` (None: the
     predicted class; see the module docstring for targets and the methods' options).
+    ``output``: the score explained, ``"logit"`` (default), ``"probability"`` (softmax over
+    classes) or ``"log_probability"``.
 
     Returns ``(attribution, target)``, target int64 ``[B]`` (-1 for a tuple or function
     target), and with ``return_convergence_delta=True`` (integrated gradients and lime_ig)
@@ -300,7 +320,14 @@ def attribute(
         x = inputs.clone() if inputs.is_inference() else inputs
         resolved = resolve_target(target, x.shape[0], x.device)
         attributor = Attributor(
-            model, spec, preprocess, autocast, eval_mode, channels_last, additional_forward_args
+            model,
+            spec,
+            preprocess,
+            autocast,
+            eval_mode,
+            channels_last,
+            additional_forward_args,
+            output,
         )
         attribution, resolved = attributor(x, resolved, labels, num_segments)
         return (
@@ -313,8 +340,10 @@ def attribute(
 __all__ = [
     "BASELINES",
     "CHANNEL_REDUCTIONS",
+    "DESIGNS",
     "INTEGRATIONS",
     "METHODS",
+    "OUTPUTS",
     "Attributor",
     "MethodSpec",
     "ModelForward",
