@@ -21,7 +21,7 @@ def _game(model, x, hidden, labels, target):
     return f
 
 
-@pytest.mark.parametrize("design", ["centre", "latin", "binary"])
+@pytest.mark.parametrize("design", ["centre", "latin", "swap", "binary"])
 @pytest.mark.paths
 def test_scores_are_mean_gradients_of_the_segment_game(design):
     model, x = TinyCNN().double(), untied(photos(32, 2))

@@ -22,7 +22,7 @@ from gswfast.attribution._model import ModelForward, accumulation_dtype, input_g
 from gswfast.attribution.gradients import pick
 from gswfast.attribution.integrated_gradients import check_batch_size, chunk_rows, to_device
 
-DESIGNS: tuple[str, ...] = ("latin", "uniform", "binary", "centre")
+DESIGNS: tuple[str, ...] = ("latin", "uniform", "swap", "binary", "centre")
 
 
 class Banzhaf:
@@ -32,8 +32,10 @@ class Banzhaf:
     ``design``: ``"latin"`` (default: each segment's ``n_samples / 2`` values take one
     random point in each of as many equal strata, independently permuted across
     segments, plus their mirror images ``1 - z``), ``"uniform"`` (independent uniform
-    values, antithetic pairs), ``"binary"`` (random half-hidden masks and their
-    complements) or ``"centre"`` (every segment at 0.5, one point). Values are drawn on the
+    values, antithetic pairs), ``"swap"`` (a random half of the segments at ``t``, the
+    others at ``1 - t``, ``t`` stratified over the points: points on the straight paths
+    between a random half-hidden mask and its complement), ``"binary"`` (random half-hidden
+    masks and their complements) or ``"centre"`` (every segment at 0.5, one point). Values are drawn on the
     host from a generator seeded with ``(seed, sample)``: the same on every device.
     """
 
@@ -101,6 +103,11 @@ def _half_design(design: str, half: int, width: int, g: torch.Generator) -> Tens
     """``[half, width]`` float64: the first of each antithetic pair."""
     if design == "binary":
         return torch.randint(0, 2, (half, width), generator=g).to(torch.float64)
+    if design == "swap":
+        t = (torch.randperm(half, generator=g) + torch.rand(half, generator=g)) / half
+        kept = torch.randint(0, 2, (half, width), generator=g).to(torch.float64)
+        t = t.to(torch.float64).unsqueeze(1)
+        return kept * t + (1 - kept) * (1 - t)
     uniform = torch.rand((half, width), generator=g, dtype=torch.float64)
     if design == "uniform":
         return uniform
