@@ -141,11 +141,13 @@ class Explainer:
         model: any ``nn.Module`` returning logits ``[B, classes]`` (wrappers such as
             ``nn.DataParallel`` included). May be None when every call passes ``attribution``.
         method: ``"integrated_gradients"`` (default), ``"lime_ig"`` (LIME-like answers, fast),
+            ``"banzhaf"`` (LIME's target, the Banzhaf value of the segments, from gradients),
             ``"gradient"``, ``"input_x_gradient"``, ``"smoothgrad"``, ``"gradcam"`` or
             ``"guided_backprop"``; see ``gswfast.attribution`` for their options.
         reduce: segment reduction, ``"mean"`` (the paper's choice; default), ``"sum"``
-            (default for ``lime_ig``: LIME weights are sums), ``"max"``, ``"positive_mean"``
-            (mean of the positive parts, negatives count as 0) or ``"abs_mean"``.
+            (default for ``lime_ig`` and ``banzhaf``: LIME weights are sums), ``"max"``,
+            ``"positive_mean"`` (mean of the positive parts, negatives count as 0) or
+            ``"abs_mean"``.
         channel_reduce: ``"sum"``, ``"abs_sum"``, ``"l2"`` or ``"max"`` (largest magnitude);
             default ``"sum"`` for the baseline methods (it keeps completeness) and Grad-CAM,
             ``"abs_sum"`` for gradient, guided backprop and their smoothgrad.

@@ -15,6 +15,11 @@ input value ``[B, C, (T), H, W]`` (Grad-CAM: ``[B, 1, (T), H, W]``) and the targ
 - ``lime_ig``: integrated gradients from the ``segment_mean`` baseline (each segment
   filled with its mean colour, LIME's default for hidden segments), ``n_steps=16``. Summed per segment it
   approximates LIME's segment weights (Garreau & Mardaoui, ICML 2021).
+- ``banzhaf``: the Banzhaf value at 0.5 of the segment game (what LIME's weights are close
+  to), estimated from ``n_samples=8`` gradients at random mixes of the image and the
+  ``baseline="segment_mean"`` image (``design="latin"``, ``"uniform"``, ``"swap"``,
+  ``"binary"`` or ``"centre"``; ``seed=0``; ``batch_size``); see
+  ``gswfast.attribution.banzhaf``.
 - ``smoothgrad``: ``base="gradient"`` (any other method but itself), ``n_samples=25``,
   ``noise_level=0.15``, ``square=False``, ``seed=None``, ``batch_size=None``,
   plus the base method's options.
