@@ -10,6 +10,7 @@ METHOD_NAMES: tuple[str, ...] = (
     "input_x_gradient",
     "integrated_gradients",
     "lime_ig",
+    "banzhaf",
     "smoothgrad",
     "gradcam",
     "guided_backprop",
