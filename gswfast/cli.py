@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from gswfast import __version__
-from gswfast.options import UserError, check_method
+from gswfast.options import METHOD_NAMES, UserError, check_method
 
 if TYPE_CHECKING:
     import torch
@@ -204,8 +204,8 @@ def _common(parser: argparse.ArgumentParser, method_help: str | None = None) -> 
         "--method",
         help=method_help
         or (
-            "gradient, input_x_gradient, integrated_gradients, lime_ig, smoothgrad, gradcam or "
-            "guided_backprop; default: integrated_gradients for images, gradcam for videos "
+            f"{', '.join(METHOD_NAMES[:-1])} or {METHOD_NAMES[-1]}; "
+            "default: integrated_gradients for images, gradcam for videos "
             "(integrated gradients cost 32 forward+backward passes of a 3-D CNN per window, "
             "Grad-CAM one forward and a partial backward)"
         ),

@@ -141,11 +141,13 @@ class Explainer:
         model: any ``nn.Module`` returning logits ``[B, classes]`` (wrappers such as
             ``nn.DataParallel`` included). May be None when every call passes ``attribution``.
         method: ``"integrated_gradients"`` (default), ``"lime_ig"`` (LIME-like answers, fast),
+            ``"banzhaf"`` (LIME's target, the Banzhaf value of the segments, from gradients),
             ``"gradient"``, ``"input_x_gradient"``, ``"smoothgrad"``, ``"gradcam"`` or
             ``"guided_backprop"``; see ``gswfast.attribution`` for their options.
         reduce: segment reduction, ``"mean"`` (the paper's choice; default), ``"sum"``
-            (default for ``lime_ig``: LIME weights are sums), ``"max"``, ``"positive_mean"``
-            (mean of the positive parts, negatives count as 0) or ``"abs_mean"``.
+            (default for ``lime_ig`` and ``banzhaf``: LIME weights are sums), ``"max"``,
+            ``"positive_mean"`` (mean of the positive parts, negatives count as 0) or
+            ``"abs_mean"``.
         channel_reduce: ``"sum"``, ``"abs_sum"``, ``"l2"`` or ``"max"`` (largest magnitude);
             default ``"sum"`` for the baseline methods (it keeps completeness) and Grad-CAM,
             ``"abs_sum"`` for gradient, guided backprop and their smoothgrad.
@@ -170,6 +172,9 @@ class Explainer:
         additional_forward_args: more arguments for the model after the batch (Captum's
             convention): ``model(preprocess(x), *args)``; tensors among them have one row
             per sample and follow the batch through the method's chunks.
+        output: the score explained: ``"logit"`` (default; ``"logits"`` too), ``"probability"``
+            (softmax over classes, what LIME users regress) or ``"log_probability"``. Equal to
+            explaining the model wrapped in that function; the target is still the argmax.
         method_options: options of the method (``n_steps``, ``baseline``, ``layer``...).
     """
 
@@ -191,6 +196,7 @@ class Explainer:
         validate: bool = True,
         channels_last: bool | None = None,
         additional_forward_args: Any = None,
+        output: str = "logit",
         **method_options: Any,
     ) -> None:
         if model is not None and not isinstance(model, nn.Module):
@@ -202,7 +208,7 @@ class Explainer:
                 f"autocast: expected None, torch.float16 or torch.bfloat16, got {autocast!r}"
             )
         self.spec: MethodSpec = method_spec(method, method_options)
-        self.reduce = reduce if reduce is not None else ("sum" if method == "lime_ig" else "mean")
+        self.reduce = reduce if reduce is not None else _default_reduce(method)
         if self.reduce not in SEGMENT_REDUCTIONS:
             raise ValueError(f"reduce: expected one of {SEGMENT_REDUCTIONS}, got {self.reduce!r}")
         self.channel_reduce = channel_reduce or self.spec.default_channel_reduce
@@ -212,8 +218,8 @@ class Explainer:
             )
         if swag and self.spec.needs_segmentation:  # a cycle: baseline <- segments <- attribution
             raise ValueError(
-                "swag: the segment_mean baseline needs the segmentation that SWAG builds "
-                "from the attribution; use another baseline or swag=False"
+                "swag: the segment_mean baseline (and banzhaf's mixes) need the segmentation "
+                "that SWAG builds from the attribution; use another method or swag=False"
             )
         if not swag_weight > 0:
             raise ValueError(f"swag_weight: expected a positive number, got {swag_weight}")
@@ -233,6 +239,7 @@ class Explainer:
                 eval_mode,
                 channels_last,
                 additional_forward_args,
+                output,
             )
             if model is not None
             else None
@@ -372,6 +379,11 @@ def explain(
     """
     explainer = Explainer(model, method, reduce=reduce, swag=swag, **options)
     return explainer(inputs, target, segmentation, attribution)
+
+
+def _default_reduce(method: str) -> str:
+    """``sum`` for the methods whose segment scores are sums (LIME-like), else ``mean``."""
+    return "sum" if method in ("lime_ig", "banzhaf") else "mean"
 
 
 def pool_scores(pixel: Tensor, labels: Tensor, num_segments: Tensor, reduce: str) -> Tensor:

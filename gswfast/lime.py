@@ -66,6 +66,7 @@ def lime(
     eval_mode: bool = True,
     channels_last: bool | None = None,
     additional_forward_args: Any = None,
+    output: str = "logit",
     progress: Progress = False,
     validate: bool = True,
 ) -> Explanation:
@@ -73,7 +74,7 @@ def lime(
 
     Args:
         model: any ``nn.Module`` returning ``[B, classes]``; LIME regresses its output for
-            the target as is (wrap it with a softmax to regress probabilities).
+            the target as ``output`` says.
         inputs: ``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 or float 0..1.
         segmentation: a ``Segmentation`` or labels ``[B, (T), H, W]``; None: ``gsw.slic``
             with ``n_segments`` (default as ``explain``: 50 per image, 200 per clip),
@@ -106,6 +107,8 @@ def lime(
         tol: the stopping tolerance of ``n_samples="auto"``.
         preprocess, autocast, eval_mode, channels_last, additional_forward_args: as
             ``gsw.explain``.
+        output: ``"logit"`` (default: the model's output as is), ``"probability"`` (softmax
+            over classes, as the package's users usually regress) or ``"log_probability"``.
         progress: True prints progress to stderr; a callable gets ``(done, total)`` rows.
         validate: check inputs and targets (one device sync).
 
@@ -135,6 +138,7 @@ def lime(
         channels_last=channels_last,
         additional_forward_args=additional_forward_args,
         validate=validate,
+        output=output,
     )
     count = AUTO_MAX if auto else int(n_samples)
     if masks is None:

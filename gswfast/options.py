@@ -4,12 +4,13 @@ and ``UserError``. No torch here, so ``gswfast --help`` and option mistakes are 
 
 from __future__ import annotations
 
-# gswfast.attribution.METHODS, spelled out here without importing torch (a test keeps them equal)
+# The methods of gswfast.explain (gswfast.attribution.METHODS is this tuple), here without torch
 METHOD_NAMES: tuple[str, ...] = (
     "gradient",
     "input_x_gradient",
     "integrated_gradients",
     "lime_ig",
+    "banzhaf",
     "smoothgrad",
     "gradcam",
     "guided_backprop",

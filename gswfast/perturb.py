@@ -95,10 +95,12 @@ def prepare(
     channels_last: bool | None,
     additional_forward_args: Any,
     validate: bool,
+    output: str = "logit",
 ) -> Problem:
     """Checks ``inputs`` (``[B, C, (T), H, W]``), segments them unless ``segmentation`` is
     given, makes the hide image and resolves ``target`` as ``gsw.explain`` does (None: the
-    predicted class, one forward pass). Two host reads (the segment count, the targets'
+    predicted class, one forward pass); the model's outputs are taken as ``output`` says
+    (``gsw.explain``'s ``output=``). Two host reads (the segment count, the targets'
     range when ``validate``)."""
     images = check_inputs(inputs)
     x = unit_float(images)
@@ -112,7 +114,9 @@ def prepare(
     seg, labels, num = _segmentation(images, segmentation, slic_keywords)
     present = present_ids(labels, int(num.max()))  # one sync: the width of masks and scores
     hidden = _hide_image(hide, x, labels, num, method)
-    forward = ModelForward(model, preprocess, autocast, channels_last, additional_forward_args)
+    forward = ModelForward(
+        model, preprocess, autocast, channels_last, additional_forward_args, output
+    )
     forward.check_extra_args(x.shape[0], x.device)
     forward.check_targets = False  # checked here, once
     with model_session(model, eval_mode), torch.inference_mode():

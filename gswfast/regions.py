@@ -7,8 +7,8 @@ masks drawn on the host from a generator seeded with ``(seed, b)`` for sample ``
 same on every device), one column per id present, so that relabelling the segments (ids
 from 1, gaps) does not change them; absent ids score 0. Images are ``[B, C, H, W]``, clips
 ``[B, C, T, H, W]``; targets, ``preprocess``, ``autocast``, ``eval_mode``,
-``channels_last``, ``additional_forward_args``, ``progress`` and ``validate`` are as
-``gsw.lime``'s.
+``channels_last``, ``additional_forward_args``, ``output`` (``"probability"`` explains
+the softmax), ``progress`` and ``validate`` are as ``gsw.lime``'s.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def occlusion(
     eval_mode: bool = True,
     channels_last: bool | None = None,
     additional_forward_args: Any = None,
+    output: str = "logit",
     progress: Progress = False,
     validate: bool = True,
 ) -> Explanation:
@@ -72,7 +73,7 @@ def occlusion(
         batch_size: model rows per call.
         others: ``n_segments``, ``compactness``, ``slic_options``, ``preprocess``,
             ``autocast``, ``eval_mode``, ``channels_last``, ``additional_forward_args``,
-            ``progress`` and ``validate`` are as in ``gsw.lime``.
+            ``output``, ``progress`` and ``validate`` are as in ``gsw.lime``.
 
     Returns:
         ``Explanation`` with ``segment_scores`` float32 ``[B, K]`` (0 for absent ids),
@@ -97,6 +98,7 @@ def occlusion(
         channels_last=channels_last,
         additional_forward_args=additional_forward_args,
         validate=validate,
+        output=output,
     )
     width = int(problem.present.sum(1).max())
     draws = torch.ones((problem.batch, 1 + width, width), dtype=torch.uint8)
@@ -128,6 +130,7 @@ def kernel_shap(
     eval_mode: bool = True,
     channels_last: bool | None = None,
     additional_forward_args: Any = None,
+    output: str = "logit",
     progress: Progress = False,
     validate: bool = True,
 ) -> Explanation:
@@ -152,7 +155,8 @@ def kernel_shap(
             0/1, 1 = kept; columns past ``K`` are ignored.
         others: ``hide``, ``batch_size``, ``n_segments``, ``compactness``,
             ``slic_options``, ``preprocess``, ``autocast``, ``eval_mode``, ``channels_last``,
-            ``additional_forward_args``, ``progress`` and ``validate`` are as in ``gsw.lime``.
+            ``additional_forward_args``, ``output``, ``progress`` and ``validate`` are as in
+            ``gsw.lime``.
 
     Returns:
         ``Explanation`` with ``segment_scores`` float32 ``[B, K]`` (0 for absent ids),
@@ -177,6 +181,7 @@ def kernel_shap(
         channels_last=channels_last,
         additional_forward_args=additional_forward_args,
         validate=validate,
+        output=output,
     )
     if masks is None:
         keep = spread(_shap_masks(problem, n_samples, seed), problem.present)
@@ -212,6 +217,7 @@ def rise(
     eval_mode: bool = True,
     channels_last: bool | None = None,
     additional_forward_args: Any = None,
+    output: str = "logit",
     progress: Progress = False,
     validate: bool = True,
 ) -> Explanation:
@@ -233,7 +239,8 @@ def rise(
             0/1, 1 = kept (``p_keep`` still normalises).
         others: ``hide``, ``batch_size``, ``n_segments``, ``compactness``,
             ``slic_options``, ``preprocess``, ``autocast``, ``eval_mode``, ``channels_last``,
-            ``additional_forward_args``, ``progress`` and ``validate`` are as in ``gsw.lime``.
+            ``additional_forward_args``, ``output``, ``progress`` and ``validate`` are as in
+            ``gsw.lime``.
 
     Returns:
         ``Explanation`` with ``segment_scores`` float32 ``[B, K]`` (0 for absent ids),
@@ -258,6 +265,7 @@ def rise(
         channels_last=channels_last,
         additional_forward_args=additional_forward_args,
         validate=validate,
+        output=output,
     )
     if masks is None:
         keep = spread(_bernoulli_masks(problem, n_samples, p_keep, seed), problem.present)

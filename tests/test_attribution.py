@@ -135,7 +135,7 @@ def test_smoothgrad(device):
     assert not torch.allclose(a, grad)
 
 
-@pytest.mark.parametrize("base", [m for m in METHODS if m != "smoothgrad"])
+@pytest.mark.parametrize("base", [m for m in METHODS if m not in ("smoothgrad", "banzhaf")])
 def test_smoothgrad_wraps_every_method(base):
     model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
     labels, _ = grid_labels(2, 8, 8, cell=4)
@@ -286,8 +286,12 @@ def test_model_is_left_as_found_even_when_it_raises():
     model.train()
     model[0].weight.requires_grad_(False)
     stats = model[1].running_mean.clone()
+    labels, _ = grid_labels(2, 8, 8, cell=4)
     for method in METHODS:
-        options = {"baseline": "zeros"} if method == "lime_ig" else {}
+        options = {
+            "lime_ig": {"baseline": "zeros"},
+            "banzhaf": {"labels": labels, "n_samples": 2},
+        }.get(method, {})
         attribute(model, torch.rand(2, 3, 8, 8), 1, method, **options)
         assert model.training
         assert all(m.training for m in model.modules())
@@ -358,7 +362,7 @@ def test_bad_input():
         attribute(model, x, 0, "smoothgrad", noise_level=-1.0)
     with pytest.raises(ValueError, match="blur_sigma"):
         attribute(model, x, 0, "integrated_gradients", baseline="blur", blur_sigma=0.0)
-    with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
         attribute(lambda t: t, x, 0, "gradient")
 
 

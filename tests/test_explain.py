@@ -212,7 +212,7 @@ def test_preprocess_is_part_of_the_differentiated_function():
     with_pre = gsw.explain(model, x, 3, method="gradient", preprocess=NORMALIZE)
     composed = gsw.explain(torch.nn.Sequential(NORMALIZE, model), x, 3, method="gradient")
     torch.testing.assert_close(with_pre.pixel_scores, composed.pixel_scores)
-    with pytest.raises(ValueError, match=r"inputs: SLIC needs images in 0..1"):
+    with pytest.raises(ValueError, match=r"inputs: SLIC needs images in 0\.\.1"):
         gsw.explain(model, NORMALIZE(x), 3, method="gradient")
     gsw.explain(
         model, NORMALIZE(x), 3, method="gradient", segmentation=with_pre.labels
@@ -531,3 +531,56 @@ def test_models_that_need_contiguous_inputs_fall_back_once():
     torch.testing.assert_close(forced.segment_scores, first.segment_scores)
     with pytest.raises(RuntimeError, match="view size"):
         gsw.Explainer(model, "gradient", n_segments=4, channels_last=True)(x, 1)
+
+
+_SCORES = {
+    "probability": lambda z: torch.softmax(z, 1),
+    "log_probability": lambda z: torch.log_softmax(z, 1),
+}
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, function) -> None:
+        super().__init__()
+        self.model, self.function = model, function
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(self.model(x))
+
+
+@pytest.mark.parametrize("output", ["probability", "log_probability"])
+@pytest.mark.parametrize("method", ["gradient", "lime_ig", "gradcam", "banzhaf"])
+@pytest.mark.paths
+def test_output_equals_explaining_the_wrapped_model(output, method):
+    model, x = TinyCNN().double(), untied(photos(32, 2))
+    seg = gsw.slic(x, n_segments=12)
+    ours = gsw.explain(model, x, [1, 2], method=method, segmentation=seg, output=output)
+    wrapped = _Wrapped(model, _SCORES[output])
+    expected = gsw.explain(wrapped, x, [1, 2], method=method, segmentation=seg)
+    torch.testing.assert_close(ours.segment_scores, expected.segment_scores)
+    predicted = gsw.explain(model, x, method=method, segmentation=seg, output=output)
+    assert torch.equal(predicted.target, model(x).argmax(1))
+
+
+@pytest.mark.paths
+def test_lime_output_equals_regressing_the_wrapped_model():
+    model, x = TinyCNN().double(), untied(photos(32, 2))
+    seg = gsw.slic(x, n_segments=12)
+    ours = gsw.lime(model, x, seg, [1, 2], n_samples=40, output="probability")
+    wrapped = _Wrapped(model, _SCORES["probability"])
+    expected = gsw.lime(wrapped, x, seg, [1, 2], n_samples=40)
+    torch.testing.assert_close(ours.segment_scores, expected.segment_scores)
+
+
+def test_bad_output_names_the_argument():
+    model, x = TinyCNN(), photos(32, 1)
+    with pytest.raises(ValueError, match="output: expected one of"):
+        gsw.Explainer(model, "gradient", output="softmax")
+    with pytest.raises(ValueError, match="output: expected one of"):
+        gsw.lime(model, x, n_samples=8, output="prob")
+    with pytest.raises(ValueError, match="output: 'probability' needs class targets"):
+        gsw.explain(model, x, lambda out: out[:, 0], method="gradient", output="probability")
+    logits = gsw.explain(model, x, 0, method="gradient", output="logits")
+    assert torch.equal(
+        logits.segment_scores, gsw.explain(model, x, 0, method="gradient").segment_scores
+    )

@@ -15,6 +15,11 @@ input value ``[B, C, (T), H, W]`` (Grad-CAM: ``[B, 1, (T), H, W]``) and the targ
 - ``lime_ig``: integrated gradients from the ``segment_mean`` baseline (each segment
   filled with its mean colour, LIME's default for hidden segments), ``n_steps=16``. Summed per segment it
   approximates LIME's segment weights (Garreau & Mardaoui, ICML 2021).
+- ``banzhaf``: the Banzhaf value at 0.5 of the segment game (what LIME's weights are close
+  to), estimated from ``n_samples=8`` gradients at random mixes of the image and the
+  ``baseline="segment_mean"`` image (``design="latin"``, ``"uniform"``, ``"swap"``,
+  ``"binary"`` or ``"centre"``; ``seed=0``; ``batch_size``); see
+  ``gswfast.attribution.banzhaf``.
 - ``smoothgrad``: ``base="gradient"`` (any other method but itself), ``n_samples=25``,
   ``noise_level=0.15``, ``square=False``, ``seed=None``, ``batch_size=None``,
   plus the base method's options.
@@ -42,6 +47,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gswfast.attribution._model import (
+    OUTPUTS,
     ModelForward,
     OutputTarget,
     Preprocess,
@@ -50,6 +56,7 @@ from gswfast.attribution._model import (
     model_session,
     resolve_target,
 )
+from gswfast.attribution.banzhaf import DESIGNS, Banzhaf
 from gswfast.attribution.baselines import (
     BASELINES,
     check_baseline,
@@ -61,16 +68,10 @@ from gswfast.attribution.gradcam import GradCAM, find_layer, last_conv_layer
 from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient, Scorer
 from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGradients
 from gswfast.attribution.smoothgrad import SmoothGrad
+from gswfast.options import METHOD_NAMES
 
-METHODS: tuple[str, ...] = (
-    "gradient",
-    "input_x_gradient",
-    "integrated_gradients",
-    "lime_ig",
-    "smoothgrad",
-    "gradcam",
-    "guided_backprop",
-)
+# One list of method names, in the torch-free module the command's fast checks read.
+METHODS: tuple[str, ...] = METHOD_NAMES
 
 _IG_OPTIONS = ("n_steps", "integration", "batch_size")
 _SMOOTH_OPTIONS = ("base", "n_samples", "noise_level", "square", "seed", "batch_size")
@@ -81,6 +82,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "input_x_gradient": _BASELINE_OPTIONS,
     "integrated_gradients": _BASELINE_OPTIONS + _IG_OPTIONS,
     "lime_ig": _BASELINE_OPTIONS + _IG_OPTIONS,
+    "banzhaf": (*_BASELINE_OPTIONS, "n_samples", "design", "seed", "batch_size"),
     "gradcam": ("layer",),
     "guided_backprop": (),
 }
@@ -92,7 +94,9 @@ _DEFAULT_BASELINE = {
     "input_x_gradient": "zeros",
     "integrated_gradients": "zeros",
     "lime_ig": "segment_mean",
+    "banzhaf": "segment_mean",
 }
+_NOT_SMOOTHED = ("smoothgrad", "banzhaf")  # banzhaf averages over points already
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ class MethodSpec:
 
     @property
     def needs_segmentation(self) -> bool:
+        if self.method == "banzhaf":  # it mixes segments
+            return True
         return self.baseline is not None and needs_segmentation(self.baseline)
 
     @property
@@ -127,10 +133,9 @@ def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
     allowed = set(_OPTIONS.get(method, ()))
     if method == "smoothgrad":
         base = options.get("base", "gradient")
-        if base not in METHODS or base == "smoothgrad":
-            raise ValueError(
-                f"base: expected one of {tuple(m for m in METHODS if m != 'smoothgrad')}, got {base!r}"
-            )
+        if base not in METHODS or base in _NOT_SMOOTHED:
+            bases = tuple(m for m in METHODS if m not in _NOT_SMOOTHED)
+            raise ValueError(f"base: expected one of {bases}, got {base!r}")
         allowed = set(_SMOOTH_OPTIONS) | set(_OPTIONS[base])
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -141,6 +146,11 @@ def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
     if spec.baseline is not None:
         check_baseline(spec.baseline)
     return spec
+
+
+def options_of(options: dict[str, Any], leave: tuple[str, ...]) -> dict[str, Any]:
+    """``options`` without the names in ``leave``."""
+    return {k: v for k, v in options.items() if k not in leave}
 
 
 def _unalias(options: dict[str, Any]) -> dict[str, Any]:
@@ -165,11 +175,12 @@ class Attributor:
         eval_mode: bool = True,
         channels_last: bool | None = None,
         additional_forward_args: Any = None,
+        output: str = "logit",
     ) -> None:
         self.model = model
         self.spec = spec
         self.forward = ModelForward(
-            model, preprocess, autocast, channels_last, additional_forward_args
+            model, preprocess, autocast, channels_last, additional_forward_args, output
         )
         self.eval_mode = eval_mode
         self.delta: Tensor | None = None
@@ -239,6 +250,10 @@ class Attributor:
         )
         if method == "input_x_gradient":
             return InputXGradient(baseline)
+        if method == "banzhaf":
+            if labels is None:
+                raise ValueError("labels: method 'banzhaf' needs a segmentation")
+            return Banzhaf(baseline, labels, **options_of(options, ("baseline", "blur_sigma")))
         ig = {
             "n_steps": _DEFAULT_STEPS[method],
             **{k: v for k, v in options.items() if k in _IG_OPTIONS},
@@ -337,11 +352,14 @@ def attribute(
     eval_mode: bool = True,
     channels_last: bool | None = None,
     additional_forward_args: Any = None,
+    output: str = "logit",
     return_convergence_delta: bool = False,
     **options: Any,
 ) -> tuple[Tensor, ...]:
     """Pixel attribution of float ``inputs [B, C, (T), H, W]`` for ``target`` (None: the
     predicted class; see the module docstring for targets and the methods' options).
+    ``output``: the score explained, ``"logit"`` (default), ``"probability"`` (softmax over
+    classes) or ``"log_probability"``.
 
     Returns ``(attribution, target)``, target int64 ``[B]`` (-1 for a tuple or function
     target), and with ``return_convergence_delta=True`` (integrated gradients and lime_ig)
@@ -358,7 +376,14 @@ def attribute(
         x = inputs.clone() if inputs.is_inference() else inputs
         resolved = resolve_target(target, x.shape[0], x.device)
         attributor = Attributor(
-            model, spec, preprocess, autocast, eval_mode, channels_last, additional_forward_args
+            model,
+            spec,
+            preprocess,
+            autocast,
+            eval_mode,
+            channels_last,
+            additional_forward_args,
+            output,
         )
         attribution, targets = attributor(x, resolved, labels, num_segments)
         if not return_convergence_delta:
@@ -370,8 +395,10 @@ def attribute(
 __all__ = [
     "BASELINES",
     "CHANNEL_REDUCTIONS",
+    "DESIGNS",
     "INTEGRATIONS",
     "METHODS",
+    "OUTPUTS",
     "Attributor",
     "MethodSpec",
     "ModelForward",

@@ -17,6 +17,30 @@ from torch.utils.hooks import RemovableHandle
 
 Preprocess = Callable[[Tensor], Tensor]
 
+OUTPUTS: tuple[str, ...] = ("logit", "probability", "log_probability")
+_OUTPUT_ALIASES = {"logits": "logit"}
+
+
+def check_output(output: object) -> str:
+    """The canonical word for ``output=``: ``"logit"`` (``"logits"`` too), ``"probability"``
+    or ``"log_probability"``; ``ValueError`` naming the argument otherwise."""
+    if isinstance(output, str) and output in _OUTPUT_ALIASES:
+        return _OUTPUT_ALIASES[output]
+    if not isinstance(output, str) or output not in OUTPUTS:
+        raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
+    return output
+
+
+def explained_scores(logits: Tensor, output: str) -> Tensor:
+    """The scores an explanation explains, from logits ``[B, classes]`` (float32/64):
+    themselves (``"logit"``), their softmax over classes (``"probability"``) or its log
+    (``"log_probability"``); same shape and dtype."""
+    if output == "probability":
+        return torch.softmax(logits, dim=1)
+    if output == "log_probability":
+        return torch.log_softmax(logits, dim=1)
+    return logits
+
 
 @dataclass(frozen=True)
 class OutputTarget:
@@ -60,7 +84,7 @@ class OutputTarget:
                 f"[B, {', '.join(f'd{i + 1}' for i in range(len(self.index)))}] with B = {batch}, got {got}; "
                 "for one class per sample pass a list, an array or a tensor"
             )
-        for i, (position, size) in enumerate(zip(self.index, output.shape[1:], strict=False)):
+        for i, (position, size) in enumerate(zip(self.index, output.shape[1:], strict=True)):
             if not -size <= position < size:
                 raise ValueError(
                     f"target: index {position} at position {i} of {self.index} is out of range for "
@@ -99,6 +123,10 @@ class ModelForward:
     and under autocast on CUDA (tensor cores want NHWC); off for float32 on CUDA. A model
     that fails on such an input (``x.view`` after a convolution, say) is retried with the
     contiguous input once, and the choice is kept.
+
+    ``output``: what the target's score is (``OUTPUTS``): the logit (default), the softmax
+    probability over classes or its log. ``logits()`` stays the raw logits; ``scores()``
+    and ``selected()`` return the chosen output, so every method explains it.
     """
 
     def __init__(
@@ -108,8 +136,10 @@ class ModelForward:
         autocast: torch.dtype | None = None,
         channels_last: bool | None = None,
         additional_forward_args: Any = None,
+        output: str = "logit",
     ) -> None:
         self.model = model
+        self.output_kind = check_output(output)
         self.preprocess = preprocess
         self.autocast = autocast
         self.channels_last = channels_last
@@ -147,6 +177,7 @@ class ModelForward:
     ) -> Tensor:
         """The target's score of each row ``[N]``: its class's logit, or an ``OutputTarget``'s."""
         if isinstance(target, OutputTarget):
+            self._check_output_target()
             out = self.output(x, rows)
             score = target.select(out, x.shape[0])
             self.last_logits = out.detach() if isinstance(out, Tensor) and out.dim() == 2 else None
@@ -156,7 +187,7 @@ class ModelForward:
         if self.check_targets:
             check_target_range(target, out.shape[1])
             self.check_targets = False
-        return out.gather(1, target.view(-1, 1)).squeeze(1)
+        return explained_scores(out, self.output_kind).gather(1, target.view(-1, 1)).squeeze(1)
 
     def selected(
         self, x: Tensor, target: Tensor | OutputTarget | None, rows: Tensor | None = None
@@ -167,12 +198,21 @@ class ModelForward:
         out = self.logits(x, rows)
         self.last_logits = out.detach()
         target = out.detach().argmax(1)
-        return out.gather(1, target.view(-1, 1)).squeeze(1), target
+        explained = explained_scores(out, self.output_kind)
+        return explained.gather(1, target.view(-1, 1)).squeeze(1), target
 
     def predicted(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         """The predicted class ``[B]`` (one forward pass without a graph)."""
         with torch.no_grad():
             return self.logits(x, rows).argmax(1)
+
+    def _check_output_target(self) -> None:
+        if self.output_kind != "logit":
+            raise ValueError(
+                f"output: {self.output_kind!r} needs class targets (None, ints or a tensor) on "
+                "[B, classes] logits; with a tuple or function target, compute it in the "
+                "function (torch.softmax(output, 1)[:, c], say)"
+            )
 
     def _preprocessed(self, x: Tensor) -> Tensor:
         if self.preprocess is None:

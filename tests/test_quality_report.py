@@ -1,0 +1,43 @@
+"""benchmarks/quality_report.py --quick: the evidence table's shape, and every value finite."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_report.py"
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("quality_report", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality_report"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_report_has_every_column_and_finite_values(tmp_path):
+    pytest.importorskip("lime")
+    report = _report()
+    out = tmp_path / "report.md"
+    table = report.main(["--quick", "--sections", "shapes", "--out", str(out)])
+    assert out.read_text() == table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert tuple(header) == report.COLUMNS
+    names = [row.split("|")[1].strip() for row in rows[1:]]
+    assert names == [m.name for m in report.METHODS]
+    for row in rows[1:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        assert len(cells) == len(report.COLUMNS) - 1
+        for cell in cells:
+            if cell != "—":
+                assert math.isfinite(float(cell.split(" ")[0])), row
+    lime_row = rows[1 + names.index("lime package")]
+    assert "| 1.000 | 1.00 | 1.00 |" in lime_row
