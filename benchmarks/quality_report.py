@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import math
+import os
+import platform
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -320,6 +325,28 @@ def markdown(sections: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> st
     return "\n".join(lines).strip() + "\n"
 
 
+def header(argv: list[str] | None) -> str:
+    """The file's title: the command, the date and the machine that produced the table."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    words = [f"OMP_NUM_THREADS={threads}"] if threads else []
+    words += ["python", "benchmarks/quality_report.py", *(sys.argv[1:] if argv is None else argv)]
+    return (
+        f"# The evidence table\n\n`{' '.join(words)}` ({datetime.date.today()}, {cpu_name()}, "
+        f"{os.cpu_count()} cores). The README's section \"Which method answers which "
+        'question" reads it.\n\n'
+    )
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform says."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def cells(row: dict[str, Any]) -> list[str]:
     def number(key: str, digits: int) -> str:
         value = row.get(key)
@@ -366,7 +393,7 @@ def main(argv: list[str] | None = None) -> str:
     print(table)
     if args.out:
         with open(args.out, "w") as handle:
-            handle.write(table)
+            handle.write(header(argv) + table)
     if not finite(sections):
         raise SystemExit("quality_report: a value is not finite")
     return table
