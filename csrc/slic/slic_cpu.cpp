@@ -103,6 +103,23 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
 
 namespace {
 
+// Threads: a call of fewer than kParallelPixels pixels runs on the calling thread only.
+// One photo takes a few milliseconds split into a dozen short parallel regions, where two
+// OpenMP threads gain little and, on a machine another process keeps busy, lose a lot: a
+// thread spinning at a barrier while its sibling waits for a core made a 640x480 image
+// 3.5x slower on 2 threads than on 1. Results never depend on this (work is cut by shape).
+constexpr int64_t kParallelPixels = int64_t{1} << 20;
+
+template <typename Fn>
+void parallel_for(const Geometry& g, int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
+  if (begin >= end) return;
+  if (g.N * g.P < kParallelPixels) {
+    fn(begin, end);
+  } else {
+    at::parallel_for(begin, end, grain, fn);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Features: image [N, C, P] -> float planes [N, F, P] (CIELAB or 0..1 values).
 
@@ -113,6 +130,51 @@ float unit_value(T v) {
   } else {
     return static_cast<float>(v);
   }
+}
+
+// CIELAB of a span of linear RGB values, clamped. Plain IEEE products and sums (no FMA
+// contraction in either build), so the AVX2 build gives the same bits as the baseline one;
+// it only vectorises better (the integer division of fast_cbrt's first guess needs AVX2).
+__attribute__((always_inline)) inline void lab_span_body(const float* __restrict r,
+                                                         const float* __restrict gg,
+                                                         const float* __restrict b,
+                                                         float* __restrict L, float* __restrict A,
+                                                         float* __restrict B, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) {
+    float l, a, bb;
+    linear_rgb_to_lab(r[j], gg[j], b[j], &l, &a, &bb);
+    L[j] = clamp_feature(l);
+    A[j] = clamp_feature(a);
+    B[j] = clamp_feature(bb);
+  }
+}
+
+using LabSpanFn = void (*)(const float*, const float*, const float*, float*, float*, float*,
+                           int64_t);
+
+void lab_span(const float* r, const float* gg, const float* b, float* L, float* A, float* B,
+              int64_t len) {
+  lab_span_body(r, gg, b, L, A, B, len);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+// "avx2" without "fma": GCC may not contract a * b + c, so the bits equal lab_span's.
+__attribute__((target("avx2"))) void lab_span_avx2(const float* r, const float* gg, const float* b,
+                                                   float* L, float* A, float* B, int64_t len) {
+  lab_span_body(r, gg, b, L, A, B, len);
+}
+#endif
+
+LabSpanFn pick_lab_span() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2()) return &lab_span_avx2;
+#endif
+  return &lab_span;
 }
 
 template <typename T>
@@ -135,8 +197,9 @@ void compute_features(const Geometry& g, const T* image, float* features) {
       return gamma[i] + (t - i) * (gamma[i + 1] - gamma[i]);
     }
   };
+  const LabSpanFn lab = pick_lab_span();
   const int64_t P = g.P;
-  at::parallel_for(0, g.N * P, 16384, [&](int64_t begin, int64_t end) {
+  parallel_for(g, 0, g.N * P, 65536, [&](int64_t begin, int64_t end) {
     std::vector<float> r(1024), gg(1024), b(1024);
     for (int64_t i = begin; i < end;) {
       const int64_t n = i / P, p0 = i % P;
@@ -149,15 +212,7 @@ void compute_features(const Geometry& g, const T* image, float* features) {
           gg[j] = linearise(src[P + j]);
           b[j] = linearise(src[2 * P + j]);
         }
-        float* L = dst;
-        float* A = dst + P;
-        float* B = dst + 2 * P;
-        for (int64_t j = 0; j < len; ++j) linear_rgb_to_lab(r[j], gg[j], b[j], L + j, A + j, B + j);
-        for (int64_t j = 0; j < len; ++j) {
-          L[j] = clamp_feature(L[j]);
-          A[j] = clamp_feature(A[j]);
-          B[j] = clamp_feature(B[j]);
-        }
+        lab(r.data(), gg.data(), b.data(), dst, dst + P, dst + 2 * P, len);
       } else {
         for (int32_t c = 0; c < g.C; ++c) {
           for (int64_t j = 0; j < len; ++j)
@@ -174,7 +229,7 @@ void compute_features(const Geometry& g, const T* image, float* features) {
 
 void seed_centers(const Geometry& g, const float* features, float* centers, int32_t* counts) {
   const int32_t R = 3 + g.F;
-  at::parallel_for(0, g.N * g.K, 256, [&](int64_t begin, int64_t end) {
+  parallel_for(g, 0, g.N * g.K, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       seed_center(g, features + (i / g.K) * g.F * g.P, static_cast<int32_t>(i % g.K),
                   centers + i * R);
@@ -331,11 +386,6 @@ __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const flo
                                                     float* best, int32_t* winner) {
   claim_body<FC>(g, planes, c, k, z, y0, yf, yl, x0, x1, best, winner);
 }
-
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
 
 ClaimFn pick_claim(int32_t F) {
@@ -369,9 +419,10 @@ ClaimFn pick_claim(int32_t F) {
   }
 }
 
-void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
-               const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
-               int32_t cy, int32_t* labels, Chunk& chunk, Scratch& scratch) {
+__attribute__((always_inline)) inline void run_chunk_body(
+    const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
+    const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z, int32_t cy,
+    int32_t* labels, Chunk& chunk, Scratch& scratch) {
   const int32_t R = 3 + g.F;
   const int32_t y0 = cy * g.step[1];
   const int32_t y1 = cy == g.cells[1] - 1 ? g.H : std::min(g.H, (cy + 1) * g.step[1]);
@@ -406,10 +457,11 @@ void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, c
     const int64_t row = int64_t{y - y0} * g.W;
     int32_t* __restrict l_row = lab + row;
     const int32_t* __restrict w_row = scratch.winner.data() + row;
-    int64_t changed = 0;
+    int32_t changed = 0;  // int32 like the labels: the loop vectorises
     for (int32_t x = 0; x < g.W; ++x) {
-      const int32_t k = w_row[x] >= 0 ? w_row[x] : l_row[x];
-      changed += k != l_row[x];
+      const int32_t w = w_row[x], l = l_row[x];
+      const int32_t k = w >= 0 ? w : l;
+      changed += static_cast<int32_t>(k != l);
       l_row[x] = k;
     }
     chunk.changed += changed;
@@ -442,12 +494,43 @@ void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, c
   for (const int32_t k : chunk.clusters) local_of[k] = -1;
 }
 
+using RunChunkFn = void (*)(const Geometry&, const float*, const int32_t*, const float*,
+                            const int32_t*, const int32_t*, int64_t, int32_t, int32_t, int32_t*,
+                            Chunk&, Scratch&);
+
+void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
+               const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
+               int32_t cy, int32_t* labels, Chunk& chunk, Scratch& scratch) {
+  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, labels, chunk,
+                 scratch);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Integer work only (labels, counts, fixed-point sums): the same results with wider vectors.
+__attribute__((target("avx2"))) void run_chunk_avx2(const Geometry& g, const float* features,
+                                                    const int32_t* fixed, const float* centers,
+                                                    const int32_t* cell_start,
+                                                    const int32_t* cell_items, int64_t n, int32_t z,
+                                                    int32_t cy, int32_t* labels, Chunk& chunk,
+                                                    Scratch& scratch) {
+  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, labels, chunk,
+                 scratch);
+}
+#endif
+
+RunChunkFn pick_run_chunk() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2()) return &run_chunk_avx2;
+#endif
+  return &run_chunk;
+}
+
 // A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
 // cluster (as on CUDA).
 void fill_unassigned(const Geometry& g, const float* centers, const int32_t* counts,
                      int32_t* labels) {
   const int32_t R = 3 + g.F;
-  at::parallel_for(0, g.N * g.P, 4096, [&](int64_t begin, int64_t end) {
+  parallel_for(g, 0, g.N * g.P, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / g.P;
       if (labels[i] < 0)
@@ -482,7 +565,8 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
                     cell_start.data() + n * (num_cells + 1), cell_items.data() + n * g.K);
       }
     }
-    at::parallel_for(0, g.N * chunks_per_sample, 1, [&](int64_t begin, int64_t end) {
+    const RunChunkFn run_one = pick_run_chunk();
+    parallel_for(g, 0, g.N * chunks_per_sample, 1, [&](int64_t begin, int64_t end) {
       Scratch scratch;
       scratch.local_of.assign(g.K, -1);
       for (int64_t i = begin; i < end; ++i) {
@@ -490,13 +574,12 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
         if (done[n]) continue;
         const int32_t z = static_cast<int32_t>((i % chunks_per_sample) / g.cells[1]);
         const int32_t cy = static_cast<int32_t>(i % g.cells[1]);
-        run_chunk(g, features, fixed, centers + n * g.K * R,
-                  cell_start.data() + n * (num_cells + 1), cell_items.data() + n * g.K, n, z, cy,
-                  labels, chunks[i], scratch);
+        run_one(g, features, fixed, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
+                cell_items.data() + n * g.K, n, z, cy, labels, chunks[i], scratch);
       }
     });
     // Combine the chunk partials in chunk order (fixed, thread-count independent).
-    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(g, 0, g.N, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> total;
       for (int64_t n = begin; n < end; ++n) {
         if (done[n]) continue;
@@ -553,20 +636,6 @@ void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
     parent[a] = b;
 }
 
-template <typename Fn>
-void for_each_forward_edge(const Geometry& g, Fn&& fn) {
-  for (int32_t z = 0; z < g.D; ++z) {
-    for (int32_t y = 0; y < g.H; ++y) {
-      for (int32_t x = 0; x < g.W; ++x) {
-        const int32_t p = (z * g.H + y) * g.W + x;
-        if (x > 0) fn(p - 1, p);
-        if (y > 0) fn(p - g.W, p);
-        if (z > 0) fn(p - g.H * g.W, p);
-      }
-    }
-  }
-}
-
 // Connected components of one sample's cluster map. Components are numbered in raster
 // order of their root (lowest pixel), so component order is root-pixel order.
 struct Components {
@@ -579,7 +648,7 @@ struct Components {
   std::vector<uint64_t> edges;    // adjacent component pairs (a << 32 | b), a < b
 };
 
-Components label_components(const Geometry& g, const float* feat, const int32_t* labels) {
+Components label_components(const Geometry& g, const int32_t* fixed, const int32_t* labels) {
   const int32_t P = static_cast<int32_t>(g.P);
   Components c;
   std::vector<int32_t>& parent = c.of_pixel;
@@ -617,15 +686,10 @@ Components label_components(const Geometry& g, const float* feat, const int32_t*
   c.coord.assign(M * 3, 0);
   c.sum.assign(M * g.F, 0);
   // Statistics run by run: pixels of a row mostly share their component.
-  std::vector<int64_t> fixed(int64_t{g.F} * g.W);
+  // fixed: the features in fixed point, to_fixed32 (equal to to_fixed for clamped values).
   for (int32_t z = 0; z < g.D; ++z) {
     for (int32_t y = 0; y < g.H; ++y) {
       const int32_t row = (z * g.H + y) * g.W;
-      for (int32_t f = 0; f < g.F; ++f) {
-        const float* v = feat + f * g.P + row;
-        int64_t* out = fixed.data() + int64_t{f} * g.W;
-        for (int32_t x = 0; x < g.W; ++x) out[x] = to_fixed(v[x]);
-      }
       const int32_t* comp = parent.data() + row;
       for (int32_t x = 0; x < g.W;) {
         const int32_t m = comp[x];
@@ -637,7 +701,7 @@ Components label_components(const Geometry& g, const float* feat, const int32_t*
         c.coord[int64_t{m} * 3 + 1] += count * y;
         c.coord[int64_t{m} * 3 + 2] += count * (x + e - 1) / 2;
         for (int32_t f = 0; f < g.F; ++f) {
-          const int64_t* v = fixed.data() + int64_t{f} * g.W;
+          const int32_t* v = fixed + int64_t{f} * g.P + row;
           int64_t sum = 0;
           for (int32_t q = x; q < e; ++q) sum += v[q];
           c.sum[int64_t{m} * g.F + f] += sum;
@@ -646,14 +710,34 @@ Components label_components(const Geometry& g, const float* feat, const int32_t*
       }
     }
   }
+  // Forward edges between different components, in the raster order of the later pixel
+  // (left, then upper, then previous-frame neighbour),.
   uint64_t last = ~uint64_t{0};
-  for_each_forward_edge(g, [&](int32_t a, int32_t b) {
-    const uint32_t ma = static_cast<uint32_t>(parent[a]), mb = static_cast<uint32_t>(parent[b]);
-    if (ma == mb) return;
+  auto edge = [&](uint32_t ma, uint32_t mb) {
     const uint64_t key = ma < mb ? (uint64_t{ma} << 32 | mb) : (uint64_t{mb} << 32 | ma);
     if (key != last) c.edges.push_back(key);  // runs along a boundary repeat the same pair
     last = key;
-  });
+  };
+  const uint32_t* comp = reinterpret_cast<const uint32_t*>(parent.data());
+  for (int32_t z = 0; z < g.D; ++z) {
+    for (int32_t y = 0; y < g.H; ++y) {
+      const int32_t row = (z * g.H + y) * g.W;
+      const uint32_t* cur = comp + row;
+      const uint32_t* up = y > 0 ? cur - g.W : nullptr;
+      const uint32_t* back = z > 0 ? cur - plane : nullptr;
+      for (int32_t x = 0; x < g.W; ++x) {
+        const uint32_t m = cur[x];
+        // Most pixels match all their earlier neighbours: one test for them.
+        const bool left = x > 0 && cur[x - 1] != m;
+        const bool top = up && up[x] != m;
+        const bool prev = back && back[x] != m;
+        if (!(left | top | prev)) continue;
+        if (left) edge(cur[x - 1], m);
+        if (top) edge(up[x], m);
+        if (prev) edge(back[x], m);
+      }
+    }
+  }
   return c;
 }
 
@@ -769,8 +853,8 @@ void write_centers(const Geometry& g, const Components& c, const std::vector<int
 }
 
 // Connectivity and ids for one sample; labels hold clusters on entry, segment ids on exit.
-int64_t connect_sample(const Geometry& g, const float* feat, int32_t* labels, float* centers) {
-  const Components c = label_components(g, feat, labels);
+int64_t connect_sample(const Geometry& g, const int32_t* fixed, int32_t* labels, float* centers) {
+  const Components c = label_components(g, fixed, labels);
   const std::vector<int32_t> set = merge_small(g, c);
   const int32_t M = static_cast<int32_t>(c.root.size());
   // The set holding the largest component of cluster k is k's main segment.
@@ -808,7 +892,8 @@ int64_t connect_sample(const Geometry& g, const float* feat, int32_t* labels, fl
 
 // Mean (z, y, x, features) of each segment of the final labels, from exact integer sums
 // (features in fixed point) taken run by run; rows past max_centers are dropped.
-void centers_from_labels(const Geometry& g, const float* feat, const int32_t* labels, float* out) {
+void centers_from_labels(const Geometry& g, const int32_t* fixed, const int32_t* labels,
+                         float* out) {
   const int32_t R = 3 + g.F;
   std::vector<int64_t> sums(int64_t{g.max_centers} * (R + 1), 0);
   for (int32_t z = 0; z < g.D; ++z) {
@@ -826,8 +911,10 @@ void centers_from_labels(const Geometry& g, const float* feat, const int32_t* la
           s[2] += count * y;
           s[3] += count * (x + e - 1) / 2;
           for (int32_t f = 0; f < g.F; ++f) {
-            const float* v = feat + f * g.P + row;
-            for (int32_t q = x; q < e; ++q) s[4 + f] += to_fixed(v[q]);
+            const int32_t* v = fixed + f * g.P + row;
+            int64_t sum = 0;
+            for (int32_t q = x; q < e; ++q) sum += v[q];
+            s[4 + f] += sum;
           }
         }
         x = e;
@@ -842,14 +929,14 @@ void centers_from_labels(const Geometry& g, const float* feat, const int32_t* la
 
 // Without connectivity: every non-empty cluster is a segment, numbered in cluster order;
 // its centre is the mean of its final pixels (the k-means centres are a pass older).
-int64_t relabel_clusters(const Geometry& g, const float* feat, int32_t* labels, float* centers) {
+int64_t relabel_clusters(const Geometry& g, const int32_t* fixed, int32_t* labels, float* centers) {
   std::vector<uint8_t> used(g.K, 0);
   for (int64_t p = 0; p < g.P; ++p) used[labels[p]] = 1;
   int32_t n = 0;
   for (int32_t k = 0; k < g.K; ++k) n += used[k];
   const std::vector<int32_t> id = stable_ids(used, n);
   for (int64_t p = 0; p < g.P; ++p) labels[p] = id[labels[p]];
-  centers_from_labels(g, feat, labels, centers);
+  centers_from_labels(g, fixed, labels, centers);
   return n;
 }
 
@@ -948,7 +1035,7 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
   {
     const float* src = features.const_data_ptr<float>();
     int32_t* dst = fixed.data_ptr<int32_t>();
-    at::parallel_for(0, g.N * g.F * g.P, 16384, [&](int64_t begin, int64_t end) {
+    parallel_for(g, 0, g.N * g.F * g.P, 16384, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) dst[i] = to_fixed32(src[i]);
     });
   }
@@ -959,10 +1046,10 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
 
   at::Tensor num_segments = at::empty({g.N}, image.options().dtype(at::kLong));
   at::Tensor out_centers = at::zeros({g.N, g.max_centers, R}, f32);
-  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(g, 0, g.N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       int32_t* lab = labels.data_ptr<int32_t>() + n * g.P;
-      const float* feat = features.const_data_ptr<float>() + n * g.F * g.P;
+      const int32_t* feat = fixed.const_data_ptr<int32_t>() + n * g.F * g.P;
       float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
       num_segments.data_ptr<int64_t>()[n] =
           g.connectivity ? connect_sample(g, feat, lab, out) : relabel_clusters(g, feat, lab, out);
