@@ -419,10 +419,122 @@ ClaimFn pick_claim(int32_t F) {
   }
 }
 
+// Labels of rows [y0, y1) of a chunk from the claims' winners (unclaimed pixels keep their
+// previous cluster), and the chunk's partial sums, accumulated run by run since
+// neighbouring pixels mostly share a cluster. FC > 0 fixes the feature count at compile
+// time. Sizes are copied to locals: stores through the label pointers could otherwise
+// alias the Geometry and keep the loops from vectorising.
+template <int FC>
+__attribute__((always_inline)) inline void accumulate_rows(
+    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1,
+    const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
+  const int32_t W = g.W;
+  const int64_t P = g.P;
+  const int32_t F = FC > 0 ? FC : g.F;
+  const int32_t S = 4 + F;
+  int64_t changed_total = 0;
+  for (int32_t y = y0; y < y1; ++y) {
+    const int64_t row = int64_t{y - y0} * W;
+    int32_t* __restrict l_row = lab + row;
+    const int32_t* __restrict w_row = winner + row;
+    int32_t changed = 0;  // int32 like the labels: the loop vectorises
+    for (int32_t x = 0; x < W; ++x) {
+      const int32_t w = w_row[x], l = l_row[x];
+      const int32_t k = w >= 0 ? w : l;
+      changed += static_cast<int32_t>(k != l);
+      l_row[x] = k;
+    }
+    changed_total += changed;
+    const int32_t* v_row = fixed_feat + row;
+    for (int32_t x = 0; x < W;) {
+      const int32_t k = l_row[x];
+      int32_t e = x + 1;
+      while (e < W && l_row[e] == k) ++e;
+      if (k >= 0) {
+        int32_t local = local_of[k];
+        if (local < 0) {
+          local = static_cast<int32_t>(chunk.clusters.size());
+          local_of[k] = local;
+          chunk.clusters.push_back(k);
+          chunk.sums.resize(chunk.sums.size() + S, 0);
+        }
+        int64_t* s = chunk.sums.data() + int64_t{local} * S;
+        const int64_t count = e - x;
+        s[0] += count;
+        s[1] += count * z;
+        s[2] += count * y;
+        s[3] += count * (x + e - 1) / 2;  // x + .. + (e - 1)
+        for (int32_t f = 0; f < F; ++f) {
+          const int32_t* v = v_row + f * P;
+          int64_t sum = 0;
+          for (int32_t q = x; q < e; ++q) sum += v[q];
+          s[4 + f] += sum;
+        }
+      }
+      x = e;
+    }
+  }
+  chunk.changed = changed_total;
+  for (const int32_t k : chunk.clusters) local_of[k] = -1;
+}
+
+// After the first pass: only the pixels that changed cluster move their (1, z, y, x,
+// features) from the old cluster's sums to the new one's; the chunk's rows hold these
+// differences. Integer sums, so the running totals equal a recount bit for bit, while a
+// pass touches a few percent of the pixels instead of all of them.
+template <int FC>
+__attribute__((always_inline)) inline void accumulate_changes(
+    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1,
+    const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
+  const int32_t W = g.W;
+  const int64_t P = g.P;
+  const int32_t F = FC > 0 ? FC : g.F;
+  const int32_t S = 4 + F;
+  int64_t changed = 0;
+  auto row_of = [&](int32_t k) -> int64_t* {
+    int32_t local = local_of[k];
+    if (local < 0) {
+      local = static_cast<int32_t>(chunk.clusters.size());
+      local_of[k] = local;
+      chunk.clusters.push_back(k);
+      chunk.sums.resize(chunk.sums.size() + S, 0);
+    }
+    return chunk.sums.data() + int64_t{local} * S;
+  };
+  for (int32_t y = y0; y < y1; ++y) {
+    const int64_t row = int64_t{y - y0} * W;
+    int32_t* __restrict l_row = lab + row;
+    const int32_t* __restrict w_row = winner + row;
+    const int32_t* v_row = fixed_feat + row;
+    for (int32_t x = 0; x < W; ++x) {
+      const int32_t w = w_row[x], l = l_row[x];
+      if (w < 0 || w == l) continue;  // unclaimed pixels keep their cluster
+      ++changed;
+      l_row[x] = w;
+      int64_t* add = row_of(w);
+      add[0] += 1;
+      add[1] += z;
+      add[2] += y;
+      add[3] += x;
+      for (int32_t f = 0; f < F; ++f) add[4 + f] += v_row[f * P + x];
+      if (l >= 0) {
+        int64_t* sub = row_of(l);
+        sub[0] -= 1;
+        sub[1] -= z;
+        sub[2] -= y;
+        sub[3] -= x;
+        for (int32_t f = 0; f < F; ++f) sub[4 + f] -= v_row[f * P + x];
+      }
+    }
+  }
+  chunk.changed = changed;
+  for (const int32_t k : chunk.clusters) local_of[k] = -1;
+}
+
 __attribute__((always_inline)) inline void run_chunk_body(
     const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
     const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z, int32_t cy,
-    int32_t* labels, Chunk& chunk, Scratch& scratch) {
+    bool changes_only, int32_t* labels, Chunk& chunk, Scratch& scratch) {
   const int32_t R = 3 + g.F;
   const int32_t y0 = cy * g.step[1];
   const int32_t y1 = cy == g.cells[1] - 1 ? g.H : std::min(g.H, (cy + 1) * g.step[1]);
@@ -445,64 +557,34 @@ __attribute__((always_inline)) inline void run_chunk_body(
     claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, yf, yl, xf, xl + 1,
              scratch.best.data(), scratch.winner.data());
   }
-  // Labels (unclaimed pixels keep their previous cluster) and the chunk's partial sums,
-  // accumulated run by run since neighbouring pixels mostly share a cluster.
-  const int32_t S = 4 + g.F;
+  // Labels (unclaimed pixels keep their previous cluster) and the chunk's partial sums.
   chunk.clusters.clear();
   chunk.sums.clear();
   chunk.changed = 0;
-  std::vector<int32_t>& local_of = scratch.local_of;
   int32_t* lab = labels + n * g.P + first;
-  for (int32_t y = y0; y < y1; ++y) {
-    const int64_t row = int64_t{y - y0} * g.W;
-    int32_t* __restrict l_row = lab + row;
-    const int32_t* __restrict w_row = scratch.winner.data() + row;
-    int32_t changed = 0;  // int32 like the labels: the loop vectorises
-    for (int32_t x = 0; x < g.W; ++x) {
-      const int32_t w = w_row[x], l = l_row[x];
-      const int32_t k = w >= 0 ? w : l;
-      changed += static_cast<int32_t>(k != l);
-      l_row[x] = k;
+  const int32_t* win = scratch.winner.data();
+  if (changes_only) {
+    if (g.F == 3) {
+      accumulate_changes<3>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
+    } else {
+      accumulate_changes<0>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
     }
-    chunk.changed += changed;
-    for (int32_t x = 0; x < g.W;) {
-      const int32_t k = l_row[x];
-      int32_t e = x + 1;
-      while (e < g.W && l_row[e] == k) ++e;
-      if (k >= 0) {
-        if (local_of[k] < 0) {
-          local_of[k] = static_cast<int32_t>(chunk.clusters.size());
-          chunk.clusters.push_back(k);
-          chunk.sums.resize(chunk.sums.size() + S, 0);
-        }
-        int64_t* s = chunk.sums.data() + int64_t{local_of[k]} * S;
-        const int64_t count = e - x;
-        s[0] += count;
-        s[1] += count * z;
-        s[2] += count * y;
-        s[3] += count * (x + e - 1) / 2;  // x + .. + (e - 1)
-        for (int32_t f = 0; f < g.F; ++f) {
-          const int32_t* v = fixed_feat + int64_t{f} * g.P + row;
-          int64_t sum = 0;
-          for (int32_t q = x; q < e; ++q) sum += v[q];
-          s[4 + f] += sum;
-        }
-      }
-      x = e;
-    }
+  } else if (g.F == 3) {
+    accumulate_rows<3>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
+  } else {
+    accumulate_rows<0>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
   }
-  for (const int32_t k : chunk.clusters) local_of[k] = -1;
 }
 
 using RunChunkFn = void (*)(const Geometry&, const float*, const int32_t*, const float*,
-                            const int32_t*, const int32_t*, int64_t, int32_t, int32_t, int32_t*,
-                            Chunk&, Scratch&);
+                            const int32_t*, const int32_t*, int64_t, int32_t, int32_t, bool,
+                            int32_t*, Chunk&, Scratch&);
 
 void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
                const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
-               int32_t cy, int32_t* labels, Chunk& chunk, Scratch& scratch) {
-  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, labels, chunk,
-                 scratch);
+               int32_t cy, bool changes_only, int32_t* labels, Chunk& chunk, Scratch& scratch) {
+  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, changes_only,
+                 labels, chunk, scratch);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -511,10 +593,10 @@ __attribute__((target("avx2"))) void run_chunk_avx2(const Geometry& g, const flo
                                                     const int32_t* fixed, const float* centers,
                                                     const int32_t* cell_start,
                                                     const int32_t* cell_items, int64_t n, int32_t z,
-                                                    int32_t cy, int32_t* labels, Chunk& chunk,
-                                                    Scratch& scratch) {
-  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, labels, chunk,
-                 scratch);
+                                                    int32_t cy, bool changes_only, int32_t* labels,
+                                                    Chunk& chunk, Scratch& scratch) {
+  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, changes_only,
+                 labels, chunk, scratch);
 }
 #endif
 
@@ -547,6 +629,8 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
   std::vector<int32_t> cell_start(g.N * (num_cells + 1)), cell_items(g.N * g.K);
   std::vector<Chunk> chunks(g.N * chunks_per_sample);
   std::vector<uint8_t> done(g.N, 0);
+  const int32_t S = 4 + g.F;
+  std::vector<int64_t> totals(g.N * g.K * S, 0);  // per cluster: count, z, y, x, features
   if (init_labels) {
     // Warm start: pixels begin in their previous segment (= cluster); out-of-range ids,
     // like a pixel no window reaches, stay unassigned until a cluster claims them.
@@ -575,12 +659,12 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
         const int32_t z = static_cast<int32_t>((i % chunks_per_sample) / g.cells[1]);
         const int32_t cy = static_cast<int32_t>(i % g.cells[1]);
         run_one(g, features, fixed, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
-                cell_items.data() + n * g.K, n, z, cy, labels, chunks[i], scratch);
+                cell_items.data() + n * g.K, n, z, cy, it > 0, labels, chunks[i], scratch);
       }
     });
     // Combine the chunk partials in chunk order (fixed, thread-count independent).
+    // From the second pass on the chunks hold differences: the totals are running sums.
     parallel_for(g, 0, g.N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> total;
       for (int64_t n = begin; n < end; ++n) {
         if (done[n]) continue;
         ++iterations[n];
@@ -591,18 +675,17 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
           done[n] = 1;
           continue;
         }
-        const int32_t S = 4 + g.F;
-        total.assign(int64_t{g.K} * S, 0);
+        int64_t* total = totals.data() + n * g.K * S;
         for (int64_t c = 0; c < chunks_per_sample; ++c) {
           const Chunk& chunk = chunks[n * chunks_per_sample + c];
           for (size_t i = 0; i < chunk.clusters.size(); ++i) {
-            int64_t* t = total.data() + int64_t{chunk.clusters[i]} * S;
+            int64_t* t = total + int64_t{chunk.clusters[i]} * S;
             const int64_t* s = chunk.sums.data() + i * S;
             for (int32_t j = 0; j < S; ++j) t[j] += s[j];
           }
         }
         for (int32_t k = 0; k < g.K; ++k) {
-          const int64_t* t = total.data() + int64_t{k} * S;
+          const int64_t* t = total + int64_t{k} * S;
           counts[n * g.K + k] = static_cast<int32_t>(t[0]);
           if (t[0] == 0) continue;  // an empty cluster dies; its centre is never used again
           mean_row(t, g.F, centers + (n * g.K + k) * R);
