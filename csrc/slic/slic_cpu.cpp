@@ -36,7 +36,10 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
       s == at::kByte || s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
       "image: expected uint8, float16, bfloat16, float32 or float64, got ", s);
   TORCH_CHECK(image.is_contiguous(), "image: expected a contiguous tensor");
-  TORCH_CHECK(grid.size() == 9, "grid: expected 9 integers, got ", grid.size());
+  TORCH_CHECK(grid.size() == 9 || grid.size() == 10, "grid: expected 9 or 10 integers, got ",
+              grid.size());
+  TORCH_CHECK(grid.size() == 9 || grid[9] >= 1, "subsample: expected >= 1, got ",
+              grid.size() == 10 ? grid[9] : 0);
   TORCH_CHECK(weights.size() == 3, "weights: expected 3 floats, got ", weights.size());
   TORCH_CHECK(compactness > 0, "compactness: expected > 0, got ", compactness);
   TORCH_CHECK(max_iter >= 1, "max_iter: expected >= 1, got ", max_iter);
@@ -73,6 +76,7 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   g.max_changed = static_cast<int64_t>(tol * static_cast<double>(g.P));
   g.min_size = static_cast<int32_t>(std::min<int64_t>(min_size, g.P));
   g.max_centers = static_cast<int32_t>(max_centers);
+  g.subsample = grid.size() == 10 ? static_cast<int32_t>(std::min<int64_t>(grid[9], 1 << 30)) : 1;
   g.convert_lab = convert_lab;
   g.connectivity = connectivity;
   g.warm = init_centers.has_value();
@@ -283,6 +287,15 @@ struct Chunk {
   int64_t changed = 0;
 };
 
+// The rows a pass reassigns: those with y % stride == phase (stride 1: all), and whether
+// the chunk sums are differences (every pass after the first).
+struct PassRows {
+  bool changes_only;
+  int32_t stride;
+  int32_t phase;
+  int32_t first_from(int32_t y) const { return y + (phase - y % stride + stride) % stride; }
+};
+
 struct Scratch {
   std::vector<float> best;
   std::vector<int32_t> winner;
@@ -484,7 +497,7 @@ __attribute__((always_inline)) inline void accumulate_rows(
 // pass touches a few percent of the pixels instead of all of them.
 template <int FC>
 __attribute__((always_inline)) inline void accumulate_changes(
-    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1,
+    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
     const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
   const int32_t W = g.W;
   const int64_t P = g.P;
@@ -501,12 +514,22 @@ __attribute__((always_inline)) inline void accumulate_changes(
     }
     return chunk.sums.data() + int64_t{local} * S;
   };
-  for (int32_t y = y0; y < y1; ++y) {
+  for (int32_t y = pass.first_from(y0); y < y1; y += pass.stride) {
     const int64_t row = int64_t{y - y0} * W;
     int32_t* __restrict l_row = lab + row;
     const int32_t* __restrict w_row = winner + row;
     const int32_t* v_row = fixed_feat + row;
     for (int32_t x = 0; x < W; ++x) {
+      if ((x & 7) == 0 && x + 8 <= W) {  // most blocks of 8 pixels have no change: skip them
+        int32_t any = 0;
+        for (int32_t j = 0; j < 8; ++j)
+          any |= static_cast<int32_t>(w_row[x + j] >= 0) &
+                 static_cast<int32_t>(w_row[x + j] != l_row[x + j]);
+        if (!any) {
+          x += 7;
+          continue;
+        }
+      }
       const int32_t w = w_row[x], l = l_row[x];
       if (w < 0 || w == l) continue;  // unclaimed pixels keep their cluster
       ++changed;
@@ -534,7 +557,7 @@ __attribute__((always_inline)) inline void accumulate_changes(
 __attribute__((always_inline)) inline void run_chunk_body(
     const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
     const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z, int32_t cy,
-    bool changes_only, int32_t* labels, Chunk& chunk, Scratch& scratch) {
+    PassRows pass, int32_t* labels, Chunk& chunk, Scratch& scratch) {
   const int32_t R = 3 + g.F;
   const int32_t y0 = cy * g.step[1];
   const int32_t y1 = cy == g.cells[1] - 1 ? g.H : std::min(g.H, (cy + 1) * g.step[1]);
@@ -554,8 +577,15 @@ __attribute__((always_inline)) inline void run_chunk_body(
     window(c[1], g.step[1], y0, y1, &yf, &yl);
     window(c[2], g.step[2], 0, g.W, &xf, &xl);
     if (xf > xl) continue;
-    claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, yf, yl, xf, xl + 1,
-             scratch.best.data(), scratch.winner.data());
+    if (pass.stride == 1) {
+      claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, yf, yl, xf, xl + 1,
+               scratch.best.data(), scratch.winner.data());
+    } else {
+      for (int32_t y = pass.first_from(yf); y <= yl; y += pass.stride) {
+        claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, y, y, xf, xl + 1,
+                 scratch.best.data(), scratch.winner.data());
+      }
+    }
   }
   // Labels (unclaimed pixels keep their previous cluster) and the chunk's partial sums.
   chunk.clusters.clear();
@@ -563,11 +593,11 @@ __attribute__((always_inline)) inline void run_chunk_body(
   chunk.changed = 0;
   int32_t* lab = labels + n * g.P + first;
   const int32_t* win = scratch.winner.data();
-  if (changes_only) {
+  if (pass.changes_only) {
     if (g.F == 3) {
-      accumulate_changes<3>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
+      accumulate_changes<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
     } else {
-      accumulate_changes<0>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
+      accumulate_changes<0>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
     }
   } else if (g.F == 3) {
     accumulate_rows<3>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
@@ -577,14 +607,14 @@ __attribute__((always_inline)) inline void run_chunk_body(
 }
 
 using RunChunkFn = void (*)(const Geometry&, const float*, const int32_t*, const float*,
-                            const int32_t*, const int32_t*, int64_t, int32_t, int32_t, bool,
+                            const int32_t*, const int32_t*, int64_t, int32_t, int32_t, PassRows,
                             int32_t*, Chunk&, Scratch&);
 
 void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
                const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
-               int32_t cy, bool changes_only, int32_t* labels, Chunk& chunk, Scratch& scratch) {
-  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, changes_only,
-                 labels, chunk, scratch);
+               int32_t cy, PassRows pass, int32_t* labels, Chunk& chunk, Scratch& scratch) {
+  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass, labels, chunk,
+                 scratch);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -593,10 +623,10 @@ __attribute__((target("avx2"))) void run_chunk_avx2(const Geometry& g, const flo
                                                     const int32_t* fixed, const float* centers,
                                                     const int32_t* cell_start,
                                                     const int32_t* cell_items, int64_t n, int32_t z,
-                                                    int32_t cy, bool changes_only, int32_t* labels,
+                                                    int32_t cy, PassRows pass, int32_t* labels,
                                                     Chunk& chunk, Scratch& scratch) {
-  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, changes_only,
-                 labels, chunk, scratch);
+  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass, labels, chunk,
+                 scratch);
 }
 #endif
 
@@ -631,6 +661,8 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
   std::vector<uint8_t> done(g.N, 0);
   const int32_t S = 4 + g.F;
   std::vector<int64_t> totals(g.N * g.K * S, 0);  // per cluster: count, z, y, x, features
+  std::vector<uint8_t> after_converged(g.N, 0);   // pass_is_full
+  std::vector<PassRows> passes(g.N);
   if (init_labels) {
     // Warm start: pixels begin in their previous segment (= cluster); out-of-range ids,
     // like a pixel no window reaches, stay unassigned until a cluster claims them.
@@ -649,6 +681,10 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
                     cell_start.data() + n * (num_cells + 1), cell_items.data() + n * g.K);
       }
     }
+    for (int64_t n = 0; n < g.N; ++n) {
+      const bool full = pass_is_full(g, it, after_converged[n] != 0);
+      passes[n] = PassRows{it > 0, full ? 1 : g.subsample, full ? 0 : it % g.subsample};
+    }
     const RunChunkFn run_one = pick_run_chunk();
     parallel_for(g, 0, g.N * chunks_per_sample, 1, [&](int64_t begin, int64_t end) {
       Scratch scratch;
@@ -659,7 +695,7 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
         const int32_t z = static_cast<int32_t>((i % chunks_per_sample) / g.cells[1]);
         const int32_t cy = static_cast<int32_t>(i % g.cells[1]);
         run_one(g, features, fixed, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
-                cell_items.data() + n * g.K, n, z, cy, it > 0, labels, chunks[i], scratch);
+                cell_items.data() + n * g.K, n, z, cy, passes[n], labels, chunks[i], scratch);
       }
     });
     // Combine the chunk partials in chunk order (fixed, thread-count independent).
@@ -671,9 +707,13 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
         int64_t changed = 0;
         for (int64_t c = 0; c < chunks_per_sample; ++c)
           changed += chunks[n * chunks_per_sample + c].changed;
-        if (changed <= g.max_changed) {
-          done[n] = 1;
-          continue;
+        if (passes[n].stride == 1) {
+          if (changed <= g.max_changed) {
+            done[n] = 1;
+            continue;
+          }
+        } else if (subsampled_converged(g, changed)) {
+          after_converged[n] = 1;  // the next pass is full
         }
         int64_t* total = totals.data() + n * g.K * S;
         for (int64_t c = 0; c < chunks_per_sample; ++c) {
@@ -1070,6 +1110,34 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
 
 namespace {
 
+// A buffer that keeps its memory between calls up to kKeptElements (larger ones are freed
+// when the call ends, so one huge call does not pin its scratch).
+template <typename T>
+struct KeptBuffer {
+  static constexpr int64_t kKeptElements = int64_t{1} << 24;
+  std::vector<T> kept;
+  std::vector<T> once;
+  T* get(int64_t n) {
+    if (n > kKeptElements) {
+      once.resize(n);
+      return once.data();
+    }
+    if (static_cast<int64_t>(kept.size()) < n) kept.resize(n);
+    return kept.data();
+  }
+  void release_once() { std::vector<T>().swap(once); }
+};
+
+struct Workspace {
+  KeptBuffer<float> features;
+  KeptBuffer<int32_t> fixed;
+};
+
+Workspace& workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
 SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
                            const std::optional<at::Tensor>& init_counts,
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
@@ -1082,22 +1150,26 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
                     convert_lab, max_iter, tol, connectivity, min_size, max_centers);
   const int32_t R = 3 + g.F;
   const auto f32 = image.options().dtype(at::kFloat);
-  at::Tensor features = at::empty({g.N, g.F, g.P}, f32);
+  // Scratch planes (features, fixed point) reused across calls on this thread: fresh pages
+  // cost a page fault each, about as much as the CIELAB conversion of a photo.
+  Workspace& ws = workspace();
+  float* features = ws.features.get(g.N * g.F * g.P);
+  int32_t* fixed = ws.fixed.get(g.N * g.F * g.P);
   switch (image.scalar_type()) {
     case at::kByte:
-      compute_features(g, image_ptr<uint8_t>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<uint8_t>(image), features);
       break;
     case at::kHalf:
-      compute_features(g, image_ptr<c10::Half>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<c10::Half>(image), features);
       break;
     case at::kBFloat16:
-      compute_features(g, image_ptr<c10::BFloat16>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<c10::BFloat16>(image), features);
       break;
     case at::kFloat:
-      compute_features(g, image_ptr<float>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<float>(image), features);
       break;
     default:
-      compute_features(g, image_ptr<double>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<double>(image), features);
       break;
   }
   at::Tensor clusters = at::zeros({g.N, g.K, R}, f32);
@@ -1108,21 +1180,20 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
     warm_centers(g, init_centers->const_data_ptr<float>(), init_counts->const_data_ptr<int32_t>(),
                  centers, counts);
   } else {
-    seed_centers(g, features.const_data_ptr<float>(), centers, counts);
+    seed_centers(g, features, centers, counts);
   }
   at::Tensor labels = at::empty({g.N, g.P}, image.options().dtype(at::kInt));
   at::Tensor iterations = at::zeros({g.N}, image.options().dtype(at::kInt));
   // Features in fixed point once per call (int32: clamped features fit): the k-means sums
   // add integers, exactly and in any order, as on CUDA.
-  at::Tensor fixed = at::empty({g.N, g.F, g.P}, image.options().dtype(at::kInt));
   {
-    const float* src = features.const_data_ptr<float>();
-    int32_t* dst = fixed.data_ptr<int32_t>();
+    const float* src = features;
+    int32_t* dst = fixed;
     parallel_for(g, 0, g.N * g.F * g.P, 16384, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) dst[i] = to_fixed32(src[i]);
     });
   }
-  iterate(g, features.const_data_ptr<float>(), fixed.const_data_ptr<int32_t>(), centers, counts,
+  iterate(g, features, fixed, centers, counts,
           init_labels ? init_labels->const_data_ptr<int32_t>() : nullptr,
           labels.data_ptr<int32_t>(), iterations.data_ptr<int32_t>());
   at::Tensor cluster_labels = labels.clone();
@@ -1132,12 +1203,14 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
   parallel_for(g, 0, g.N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       int32_t* lab = labels.data_ptr<int32_t>() + n * g.P;
-      const int32_t* feat = fixed.const_data_ptr<int32_t>() + n * g.F * g.P;
+      const int32_t* feat = fixed + n * g.F * g.P;
       float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
       num_segments.data_ptr<int64_t>()[n] =
           g.connectivity ? connect_sample(g, feat, lab, out) : relabel_clusters(g, feat, lab, out);
     }
   });
+  ws.features.release_once();
+  ws.fixed.release_once();
   return {labels, num_segments, out_centers, iterations, clusters, cluster_counts, cluster_labels};
 }
 
