@@ -258,7 +258,8 @@ def _resolve_num_segments(num_segments: NumSegments, labels: Tensor) -> tuple[in
         limits = torch.as_tensor(list(num_segments), dtype=torch.int64, device=labels.device)
     else:
         raise TypeError(
-            f"num_segments: expected None, an int, a sequence of ints or an int tensor, got {type(num_segments).__name__}"
+            "num_segments: expected None, an int, a sequence of ints or an int tensor, "
+            f"got {type(num_segments).__name__}"
         )
     if limits.numel() != labels.shape[0]:
         raise ValueError(

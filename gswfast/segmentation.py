@@ -272,13 +272,13 @@ def _seed_grid(
     order = sorted(range(3), key=lambda i: shape[i])
     dims = [shape[i] for i in order]
     steps = [(pixels / n_segments) ** (1.0 / 3.0)] * 3
-    if any(dim < step for dim, step in zip(dims, steps)):
+    if any(dim < step for dim, step in zip(dims, steps, strict=False)):
         for i in range(3):
             steps[i] = float(dims[i])
             rest = math.prod(dims[i + 1 :])
             if i < 2:
                 steps[i + 1 :] = [(rest / n_segments) ** (1.0 / (2 - i))] * (2 - i)
-            if all(dim >= step for dim, step in zip(dims, steps)):
+            if all(dim >= step for dim, step in zip(dims, steps, strict=False)):
                 break
     if pixels <= n_segments:  # one seed per pixel
         sorted_steps, sorted_starts = [1, 1, 1], [0, 0, 0]
@@ -289,7 +289,10 @@ def _seed_grid(
     for i, dim_index in enumerate(order):
         out_steps[dim_index] = sorted_steps[i]
         out_starts[dim_index] = sorted_starts[i]
-    cells = [len(range(start, dim, step)) for start, dim, step in zip(out_starts, shape, out_steps)]
+    cells = [
+        len(range(start, dim, step))
+        for start, dim, step in zip(out_starts, shape, out_steps, strict=False)
+    ]
     return out_steps, out_starts, cells
 
 
@@ -352,7 +355,7 @@ def _resolve_sigma(
     if isinstance(sigma, (int, float)) and spacing is not None:
         space = [float(v) for v in spacing]
         space = [1.0, *space] if len(space) == 2 else space
-        values = [v / p for v, p in zip(values, space)]
+        values = [v / p for v, p in zip(values, space, strict=False)]
     if mode != "volume":
         values[0] = 0.0
     return values
@@ -363,7 +366,7 @@ def _smooth(volume: Tensor, sigma: Sequence[float]) -> Tensor:
     nominal 0..1 range (uint8 / 255), as scipy.ndimage.gaussian_filter(mode="reflect",
     truncate=4.0) on the device."""
     x = volume.float() / 255 if volume.dtype == torch.uint8 else volume.float()
-    for dim, s in zip((2, 3, 4), sigma):
+    for dim, s in zip((2, 3, 4), sigma, strict=False):
         n = x.shape[dim]
         if s <= 0 or n == 1:
             continue
