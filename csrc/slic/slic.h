@@ -382,7 +382,7 @@ struct Buffers {
   int32_t* cell_cursor;        // [N, cells]
   int32_t* cell_items;         // [N, K]
   int64_t* sums;               // [N, max(K, max_centers), R + 1] fixed-point sums
-  int32_t* state;              // [N, 4]: done, changed, merging, merged
+  int32_t* state;              // [N, 5]: done, changed, merging, merged, after_converged
   int32_t* iterations;         // [N] (output)
   int32_t* parent;             // [N * P] union-find
   int64_t* stats;              // [N * P, 1 + F] by root: size, feature sums
