@@ -759,107 +759,119 @@ void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
     parent[a] = b;
 }
 
-// Connected components of one sample's cluster map. Components are numbered in raster
-// order of their root (lowest pixel), so component order is root-pixel order.
+// Connected components of one sample's cluster map, computed on runs (maximal stretches
+// of one cluster along x): a photo of 640 x 480 pixels has some 12k runs, so the union-find
+// and the statistics touch runs, not pixels. Components are numbered in raster order of
+// their root (lowest pixel), so component order is root-pixel order.
 struct Components {
-  std::vector<int32_t> of_pixel;  // [P] component of each pixel
-  std::vector<int32_t> root;      // [M] root pixel
-  std::vector<int32_t> cluster;   // [M]
-  std::vector<int64_t> size;      // [M]
-  std::vector<int64_t> coord;     // [M, 3] sums of z, y, x
-  std::vector<int64_t> sum;       // [M, F] fixed point
-  std::vector<uint64_t> edges;    // adjacent component pairs (a << 32 | b), a < b
+  std::vector<int32_t> row_start;  // [D * H + 1] first run of each row (z, y)
+  std::vector<int32_t> run_begin;  // [runs] first x
+  std::vector<int32_t> run_end;    // [runs] one past the last x
+  std::vector<int32_t> run_comp;   // [runs] component
+  std::vector<int32_t> root;       // [M] root pixel
+  std::vector<int32_t> cluster;    // [M]
+  std::vector<int64_t> size;       // [M]
+  std::vector<int64_t> coord;      // [M, 3] sums of z, y, x
+  std::vector<int64_t> sum;        // [M, F] fixed point
+  std::vector<uint64_t> edges;     // adjacent component pairs (a << 32 | b), a < b
 };
 
-Components label_components(const Geometry& g, const int32_t* fixed, const int32_t* labels) {
-  const int32_t P = static_cast<int32_t>(g.P);
-  Components c;
-  std::vector<int32_t>& parent = c.of_pixel;
-  parent.resize(P);
-  // One raster pass: a pixel joins its left neighbour's set directly (the common case),
-  // and unions with the upper / previous-frame neighbour only when their sets differ.
-  const int32_t plane = g.H * g.W;
-  for (int32_t z = 0; z < g.D; ++z) {
-    for (int32_t y = 0; y < g.H; ++y) {
-      const int32_t row = z * plane + y * g.W;
-      for (int32_t x = 0; x < g.W; ++x) {
-        const int32_t p = row + x;
-        const int32_t k = labels[p];
-        parent[p] = (x > 0 && labels[p - 1] == k) ? parent[p - 1] : p;
-        if (y > 0 && labels[p - g.W] == k && parent[p - g.W] != parent[p])
-          unite(parent, p - g.W, p);
-        if (z > 0 && labels[p - plane] == k && parent[p - plane] != parent[p])
-          unite(parent, p - plane, p);
-      }
-    }
+// Calls fn(i, j) for every pair of overlapping runs i of row a and j of row b (both rows
+// are tiled by their runs).
+template <typename Fn>
+void for_each_overlap(const Components& c, int32_t a, int32_t b, Fn&& fn) {
+  int32_t i = c.row_start[a], j = c.row_start[b];
+  const int32_t i_end = c.row_start[a + 1], j_end = c.row_start[b + 1];
+  while (i < i_end && j < j_end) {
+    fn(i, j);
+    const int32_t ei = c.run_end[i], ej = c.run_end[j];
+    i += ei <= ej;
+    j += ej <= ei;
   }
-  // Roots precede their pixels in raster order, so one pass turns parents into component
-  // numbers.
-  for (int32_t p = 0; p < P; ++p) {
-    if (parent[p] == p) {
-      parent[p] = static_cast<int32_t>(c.root.size());
-      c.root.push_back(p);
-      c.cluster.push_back(labels[p]);
+}
+
+Components label_components(const Geometry& g, const int32_t* fixed, const int32_t* labels) {
+  const int32_t W = g.W;
+  const int32_t rows = g.D * g.H;
+  Components c;
+  c.row_start.resize(rows + 1);
+  std::vector<int32_t> run_label;
+  c.row_start[0] = 0;
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t* lab = labels + int64_t{r} * W;
+    for (int32_t x = 0; x < W;) {
+      const int32_t k = lab[x];
+      int32_t e = x + 1;
+      while (e < W && lab[e] == k) ++e;
+      c.run_begin.push_back(x);
+      c.run_end.push_back(e);
+      run_label.push_back(k);
+      x = e;
+    }
+    c.row_start[r + 1] = static_cast<int32_t>(c.run_begin.size());
+  }
+  const int32_t runs = static_cast<int32_t>(c.run_begin.size());
+  // Union-find over runs. Runs are numbered in raster order of their first pixel, so
+  // linking under the lower run index keeps the lowest pixel as the root.
+  std::vector<int32_t>& parent = c.run_comp;
+  parent.resize(runs);
+  std::iota(parent.begin(), parent.end(), 0);
+  auto link = [&](int32_t i, int32_t j) {
+    if (run_label[i] == run_label[j]) unite(parent, i, j);
+  };
+  for (int32_t r = 0; r < rows; ++r) {
+    if (r % g.H > 0) for_each_overlap(c, r - 1, r, link);  // the row above
+    if (r >= g.H) for_each_overlap(c, r - g.H, r, link);   // the previous frame
+  }
+  // Roots precede their runs, so one pass turns parents into component numbers.
+  for (int32_t r = 0, row = 0; r < runs; ++r) {
+    while (c.row_start[row + 1] <= r) ++row;
+    if (parent[r] == r) {
+      parent[r] = static_cast<int32_t>(c.root.size());
+      c.root.push_back(row * W + c.run_begin[r]);
+      c.cluster.push_back(run_label[r]);
     } else {
-      parent[p] = parent[parent[p]];  // parent[p] < p already holds a number
+      parent[r] = parent[parent[r]];  // parent[r] < r already holds a number
     }
   }
   const size_t M = c.root.size();
   c.size.assign(M, 0);
   c.coord.assign(M * 3, 0);
   c.sum.assign(M * g.F, 0);
-  // Statistics run by run: pixels of a row mostly share their component.
   // fixed: the features in fixed point, to_fixed32 (equal to to_fixed for clamped values).
-  for (int32_t z = 0; z < g.D; ++z) {
-    for (int32_t y = 0; y < g.H; ++y) {
-      const int32_t row = (z * g.H + y) * g.W;
-      const int32_t* comp = parent.data() + row;
-      for (int32_t x = 0; x < g.W;) {
-        const int32_t m = comp[x];
-        int32_t e = x + 1;
-        while (e < g.W && comp[e] == m) ++e;
-        const int64_t count = e - x;
-        c.size[m] += count;
-        c.coord[int64_t{m} * 3] += count * z;
-        c.coord[int64_t{m} * 3 + 1] += count * y;
-        c.coord[int64_t{m} * 3 + 2] += count * (x + e - 1) / 2;
-        for (int32_t f = 0; f < g.F; ++f) {
-          const int32_t* v = fixed + int64_t{f} * g.P + row;
-          int64_t sum = 0;
-          for (int32_t q = x; q < e; ++q) sum += v[q];
-          c.sum[int64_t{m} * g.F + f] += sum;
-        }
-        x = e;
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t z = r / g.H, y = r % g.H;
+    const int64_t row = int64_t{r} * W;
+    for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i) {
+      const int32_t m = c.run_comp[i], x = c.run_begin[i], e = c.run_end[i];
+      const int64_t count = e - x;
+      c.size[m] += count;
+      c.coord[int64_t{m} * 3] += count * z;
+      c.coord[int64_t{m} * 3 + 1] += count * y;
+      c.coord[int64_t{m} * 3 + 2] += count * (x + e - 1) / 2;
+      for (int32_t f = 0; f < g.F; ++f) {
+        const int32_t* v = fixed + f * g.P + row;
+        int64_t sum = 0;
+        for (int32_t q = x; q < e; ++q) sum += v[q];
+        c.sum[int64_t{m} * g.F + f] += sum;
       }
     }
   }
-  // Forward edges between different components, in the raster order of the later pixel
-  // (left, then upper, then previous-frame neighbour),.
+  // Adjacent components: neighbouring runs of a row, overlapping runs of the row above
+  // and of the previous frame.
   uint64_t last = ~uint64_t{0};
-  auto edge = [&](uint32_t ma, uint32_t mb) {
+  auto edge = [&](int32_t i, int32_t j) {
+    const uint32_t ma = static_cast<uint32_t>(c.run_comp[i]);
+    const uint32_t mb = static_cast<uint32_t>(c.run_comp[j]);
+    if (ma == mb) return;
     const uint64_t key = ma < mb ? (uint64_t{ma} << 32 | mb) : (uint64_t{mb} << 32 | ma);
     if (key != last) c.edges.push_back(key);  // runs along a boundary repeat the same pair
     last = key;
   };
-  const uint32_t* comp = reinterpret_cast<const uint32_t*>(parent.data());
-  for (int32_t z = 0; z < g.D; ++z) {
-    for (int32_t y = 0; y < g.H; ++y) {
-      const int32_t row = (z * g.H + y) * g.W;
-      const uint32_t* cur = comp + row;
-      const uint32_t* up = y > 0 ? cur - g.W : nullptr;
-      const uint32_t* back = z > 0 ? cur - plane : nullptr;
-      for (int32_t x = 0; x < g.W; ++x) {
-        const uint32_t m = cur[x];
-        // Most pixels match all their earlier neighbours: one test for them.
-        const bool left = x > 0 && cur[x - 1] != m;
-        const bool top = up && up[x] != m;
-        const bool prev = back && back[x] != m;
-        if (!(left | top | prev)) continue;
-        if (left) edge(cur[x - 1], m);
-        if (top) edge(up[x], m);
-        if (prev) edge(back[x], m);
-      }
-    }
+  for (int32_t r = 0; r < rows; ++r) {
+    for (int32_t i = c.row_start[r] + 1; i < c.row_start[r + 1]; ++i) edge(i - 1, i);
+    if (r % g.H > 0) for_each_overlap(c, r - 1, r, edge);
+    if (r >= g.H) for_each_overlap(c, r - g.H, r, edge);
   }
   return c;
 }
@@ -1008,7 +1020,12 @@ int64_t connect_sample(const Geometry& g, const int32_t* fixed, int32_t* labels,
     final_id[r] = is_main(r) ? id_of_cluster[c.cluster[largest_comp[r]]] : free_ids[next_free++];
   }
   for (int32_t m = 0; m < M; ++m) final_id[m] = final_id[set[m]];
-  for (int64_t p = 0; p < g.P; ++p) labels[p] = final_id[c.of_pixel[p]];
+  const int32_t rows = g.D * g.H;
+  for (int32_t r = 0; r < rows; ++r) {
+    int32_t* lab = labels + int64_t{r} * g.W;
+    for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i)
+      std::fill(lab + c.run_begin[i], lab + c.run_end[i], final_id[c.run_comp[i]]);
+  }
   write_centers(g, c, final_id, centers);
   return count;
 }
