@@ -64,6 +64,10 @@
 //   near-ties there can go either way.
 // * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
 //   CUDA uses no floating-point atomics (integer atomics only).
+// * CPU threads: calls of fewer than 2^20 pixels (N * P) run on the calling thread (short
+//   parallel regions gain little on one image, and OpenMP threads spinning at barriers
+//   lose a lot on a busy machine); larger calls use at::parallel_for. Thread count never
+//   changes a result.
 #pragma once
 
 #include <cmath>

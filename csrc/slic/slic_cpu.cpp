@@ -565,8 +565,18 @@ __attribute__((always_inline)) inline void run_chunk_body(
   const float* feat = features + n * g.F * g.P;
   const int64_t first = (int64_t{z} * g.H + y0) * g.W;  // chunk's first pixel
   const int32_t* fixed_feat = fixed + n * g.F * g.P + first;
-  scratch.best.assign(pixels, std::numeric_limits<float>::infinity());
-  scratch.winner.assign(pixels, -1);
+  if (pass.stride == 1) {
+    scratch.best.assign(pixels, std::numeric_limits<float>::infinity());
+    scratch.winner.assign(pixels, -1);
+  } else {  // a subsampled pass reads its own rows only
+    scratch.best.resize(pixels);
+    scratch.winner.resize(pixels);
+    for (int32_t y = pass.first_from(y0); y < y1; y += pass.stride) {
+      const int64_t row = int64_t{y - y0} * g.W;
+      std::fill_n(scratch.best.data() + row, g.W, std::numeric_limits<float>::infinity());
+      std::fill_n(scratch.winner.data() + row, g.W, -1);
+    }
+  }
   chunk_candidates(g, centers, cell_start, cell_items, z, cy, y0, y1, scratch.cands);
   std::vector<const float*> planes(g.F);
   for (int32_t f = 0; f < g.F; ++f) planes[f] = feat + f * g.P + first;
