@@ -66,8 +66,9 @@
 //   CUDA uses no floating-point atomics (integer atomics only).
 // * CPU threads: calls of fewer than 2^20 pixels (N * P) run on the calling thread (short
 //   parallel regions gain little on one image, and OpenMP threads spinning at barriers
-//   lose a lot on a busy machine); larger calls use at::parallel_for. Thread count never
-//   changes a result.
+//   lose a lot on a busy machine). Larger calls of several samples run one parallel region
+//   over samples (each on one thread); a single larger sample splits its passes across
+//   threads. Thread count never changes a result.
 #pragma once
 
 #include <cmath>

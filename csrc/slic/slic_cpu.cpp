@@ -1249,9 +1249,40 @@ SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& i
                      at::ArrayRef<double> weights, double compactness, bool convert_lab,
                      int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                      int64_t max_centers) {
-  return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, image, init_centers, init_counts, init_labels,
-                        grid, weights, compactness, convert_lab, max_iter, tol, connectivity,
-                        min_size, max_centers);
+  auto run = [&](const at::Tensor& part, const std::optional<at::Tensor>& c,
+                 const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& l) {
+    return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, part, c, k, l, grid, weights, compactness,
+                          convert_lab, max_iter, tol, connectivity, min_size, max_centers);
+  };
+  TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
+  const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);
+  if (N < 2 || N * P < kParallelPixels || at::get_num_threads() < 2 || at::in_parallel_region())
+    return run(image, init_centers, init_counts, init_labels);
+  // Batches: one parallel region over samples, each segmented on one thread. Samples are
+  // independent, so this changes no result; it replaces some fifty short parallel regions
+  // per call, whose barriers make OpenMP threads spin while another process holds a core.
+  std::vector<SlicOutputs> parts(N);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    auto one = [](const std::optional<at::Tensor>& t, int64_t n) -> std::optional<at::Tensor> {
+      if (!t) return std::nullopt;
+      return t->narrow(0, n, 1);
+    };
+    for (int64_t n = begin; n < end; ++n)
+      parts[n] = run(image.narrow(0, n, 1), one(init_centers, n), one(init_counts, n),
+                     one(init_labels, n));
+  });
+  std::vector<at::Tensor> lists[7];
+  for (const SlicOutputs& o : parts) {
+    lists[0].push_back(std::get<0>(o));
+    lists[1].push_back(std::get<1>(o));
+    lists[2].push_back(std::get<2>(o));
+    lists[3].push_back(std::get<3>(o));
+    lists[4].push_back(std::get<4>(o));
+    lists[5].push_back(std::get<5>(o));
+    lists[6].push_back(std::get<6>(o));
+  }
+  return {at::cat(lists[0]), at::cat(lists[1]), at::cat(lists[2]), at::cat(lists[3]),
+          at::cat(lists[4]), at::cat(lists[5]), at::cat(lists[6])};
 }
 
 TORCH_LIBRARY_IMPL(gswfast, CPU, m) { m.impl("slic", &slic_cpu); }
