@@ -139,12 +139,12 @@ def slic(
             standard deviation in pixels, divided by ``spacing`` when a scalar, or one value
             per dimension (``(y, x)`` or ``(t, y, x)``); scipy's ``reflect`` borders,
             truncated at 4 sigma. Time is smoothed in ``volume`` mode only. 0: none.
-        subsample: row stride of the middle k-means passes (fast-slic's subsampled
-            assignment). The first and the last pass reassign every pixel; a pass in
-            between reassigns the rows ``y % subsample == pass % subsample`` of each frame
-            only, and once such a pass changes at most ``tol / subsample`` of the pixels the
-            next one is the last. Centres are always the exact means of all pixels' current
-            clusters. 1: every pass is full (the classic SLIC loop, as scikit-image).
+        subsample: row stride of the k-means passes (fast-slic's subsampled assignment).
+            A pass reassigns the rows ``y % subsample == pass % subsample`` of each frame
+            only, except the last pass and a warm start's first, which reassign every
+            pixel; once a subsampled pass changes at most ``tol`` of the pixels, the next
+            pass is the last. Centres are the exact means of all assigned pixels' current
+            clusters. 1 (default): every pass is full (the classic SLIC loop).
         validate: raise ``ValueError`` for NaN or infinite values, float sRGB outside 0..1
             with CIELAB, and an ``init`` sample without a live cluster (one device sync on
             CUDA). Unvalidated, such an ``init`` sample comes out as one segment.

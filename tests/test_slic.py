@@ -343,19 +343,25 @@ def test_threads_above_the_single_thread_size_change_nothing(subsample):
     assert torch.equal(alone.labels[0], one.labels[0])
 
 
-@pytest.mark.parametrize("max_iter", [1, 2])
-def test_subsample_with_only_full_passes_changes_nothing(max_iter):
-    # The first and the last pass are full: with at most two passes no pass is subsampled.
+def test_subsample_with_only_full_passes_changes_nothing():
+    # The last pass is full, and so is a warm start's first: a single cold pass, or a warm
+    # start of at most two passes, reassigns every pixel in every pass.
     image = _photo("coffee")
-    full = gsw.slic(image, n_segments=200, max_iter=max_iter, tol=0.0)
-    sub = gsw.slic(image, n_segments=200, max_iter=max_iter, tol=0.0, subsample=3)
+    full = gsw.slic(image, n_segments=200, max_iter=1, tol=0.0)
+    sub = gsw.slic(image, n_segments=200, max_iter=1, tol=0.0, subsample=3)
     assert torch.equal(full.labels, sub.labels)
     assert torch.equal(full.clusters, sub.clusters)
+    start = gsw.slic(image, n_segments=200, max_iter=3)
+    for max_iter in (1, 2):
+        full = gsw.slic(image, n_segments=200, max_iter=max_iter, tol=0.0, init=start)
+        sub = gsw.slic(image, n_segments=200, max_iter=max_iter, tol=0.0, init=start, subsample=3)
+        assert torch.equal(full.labels, sub.labels)
+        assert torch.equal(full.clusters, sub.clusters)
 
 
 def test_subsampled_passes_reassign_their_rows_only():
-    # max_iter=3, tol=0: pass 1 reassigns the rows y % 3 == 1 only, so it visits a third of
-    # the pixels: the result differs from full passes, yet stays close and connected.
+    # max_iter=3, tol=0: passes 0 and 1 reassign the rows y % 3 == 0 and 1 only, so the
+    # result differs from full passes, yet stays close and connected.
     image = _photo("coffee")
     full = gsw.slic(image, n_segments=200, max_iter=3, tol=0.0)
     sub = gsw.slic(image, n_segments=200, max_iter=3, tol=0.0, subsample=3)

@@ -37,9 +37,10 @@
 //   pixels changed cluster in a full pass (that pass updates nothing). iterations[n] counts
 //   its assignment passes. With subsample s > 1 (fast-slic's subsampled passes), pass `it`
 //   reassigns only the rows y with y % s == it % s (every frame), unless it is full: the
-//   first pass, the last (max_iter - 1), and the one after a subsampled pass in which at
-//   most tol * P pixels changed (pass_is_full). The centres are still the means of
-//   all pixels' current clusters. Pixels still unassigned at the end join the live cluster with the
+//   first pass of a warm start, the last (max_iter - 1), and the one after a subsampled
+//   pass in which at most tol * P pixels changed (pass_is_full). The centres are the
+//   means of all assigned pixels' current clusters (a cold start's first pass assigns
+//   every s-th row). Pixels still unassigned at the end join the live cluster with the
 //   nearest centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
 //   union-find (root = lowest pixel index). Then merge rounds, at most kMergeRounds, until
@@ -115,7 +116,7 @@ struct Geometry {
 // Whether pass `it` reassigns every pixel (else the rows y % subsample == it % subsample);
 // after_converged: a subsampled pass of this sample has met the tolerance.
 GSW_HD bool pass_is_full(const Geometry& g, int32_t it, bool after_converged) {
-  return g.subsample <= 1 || it == 0 || it == g.max_iter - 1 || after_converged;
+  return g.subsample <= 1 || (it == 0 && g.warm) || it == g.max_iter - 1 || after_converged;
 }
 
 // Whether a subsampled pass that changed `changed` pixels meets the tolerance; the next

@@ -439,14 +439,14 @@ ClaimFn pick_claim(int32_t F) {
 // alias the Geometry and keep the loops from vectorising.
 template <int FC>
 __attribute__((always_inline)) inline void accumulate_rows(
-    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1,
+    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
     const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
   const int32_t W = g.W;
   const int64_t P = g.P;
   const int32_t F = FC > 0 ? FC : g.F;
   const int32_t S = 4 + F;
   int64_t changed_total = 0;
-  for (int32_t y = y0; y < y1; ++y) {
+  for (int32_t y = pass.first_from(y0); y < y1; y += pass.stride) {
     const int64_t row = int64_t{y - y0} * W;
     int32_t* __restrict l_row = lab + row;
     const int32_t* __restrict w_row = winner + row;
@@ -610,9 +610,9 @@ __attribute__((always_inline)) inline void run_chunk_body(
       accumulate_changes<0>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
     }
   } else if (g.F == 3) {
-    accumulate_rows<3>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
+    accumulate_rows<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
   } else {
-    accumulate_rows<0>(g, fixed_feat, z, y0, y1, win, lab, chunk, scratch.local_of);
+    accumulate_rows<0>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
   }
 }
 
