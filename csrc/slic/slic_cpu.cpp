@@ -182,7 +182,7 @@ LabSpanFn pick_lab_span() {
 }
 
 template <typename T>
-void compute_features(const Geometry& g, const T* image, float* features) {
+void compute_features(const Geometry& g, const T* image, float* features, int32_t* fixed) {
   // sRGB gamma through a table: exact for uint8 inputs; for floats, the 4096-step table is
   // used in range (interpolated, error ~1e-6) and pow outside it.
   constexpr int kTable = 4096;
@@ -222,6 +222,12 @@ void compute_features(const Geometry& g, const T* image, float* features) {
           for (int64_t j = 0; j < len; ++j)
             dst[c * P + j] = clamp_feature(unit_value(src[c * P + j]));
         }
+      }
+      // The same values in fixed point while they are in the cache (int32: clamped
+      // features fit): the k-means sums add integers, exactly and in any order, as on CUDA.
+      int32_t* fix = fixed + n * g.F * P + p0;
+      for (int32_t f = 0; f < g.F; ++f) {
+        for (int64_t j = 0; j < len; ++j) fix[f * P + j] = to_fixed32(dst[f * P + j]);
       }
       i += len;
     }
@@ -1184,19 +1190,19 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
   int32_t* fixed = ws.fixed.get(g.N * g.F * g.P);
   switch (image.scalar_type()) {
     case at::kByte:
-      compute_features(g, image_ptr<uint8_t>(image), features);
+      compute_features(g, image_ptr<uint8_t>(image), features, fixed);
       break;
     case at::kHalf:
-      compute_features(g, image_ptr<c10::Half>(image), features);
+      compute_features(g, image_ptr<c10::Half>(image), features, fixed);
       break;
     case at::kBFloat16:
-      compute_features(g, image_ptr<c10::BFloat16>(image), features);
+      compute_features(g, image_ptr<c10::BFloat16>(image), features, fixed);
       break;
     case at::kFloat:
-      compute_features(g, image_ptr<float>(image), features);
+      compute_features(g, image_ptr<float>(image), features, fixed);
       break;
     default:
-      compute_features(g, image_ptr<double>(image), features);
+      compute_features(g, image_ptr<double>(image), features, fixed);
       break;
   }
   at::Tensor clusters = at::zeros({g.N, g.K, R}, f32);
@@ -1211,15 +1217,6 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
   }
   at::Tensor labels = at::empty({g.N, g.P}, image.options().dtype(at::kInt));
   at::Tensor iterations = at::zeros({g.N}, image.options().dtype(at::kInt));
-  // Features in fixed point once per call (int32: clamped features fit): the k-means sums
-  // add integers, exactly and in any order, as on CUDA.
-  {
-    const float* src = features;
-    int32_t* dst = fixed;
-    parallel_for(g, 0, g.N * g.F * g.P, 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) dst[i] = to_fixed32(src[i]);
-    });
-  }
   iterate(g, features, fixed, centers, counts,
           init_labels ? init_labels->const_data_ptr<int32_t>() : nullptr,
           labels.data_ptr<int32_t>(), iterations.data_ptr<int32_t>());
