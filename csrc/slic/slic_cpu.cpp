@@ -525,6 +525,45 @@ __attribute__((always_inline)) inline void accumulate_changes(
     int32_t* __restrict l_row = lab + row;
     const int32_t* __restrict w_row = winner + row;
     const int32_t* v_row = fixed_feat + row;
+    int32_t row_changed = 0;  // int32 like the labels: the loop vectorises
+    for (int32_t x = 0; x < W; ++x)
+      row_changed +=
+          static_cast<int32_t>(w_row[x] >= 0) & static_cast<int32_t>(w_row[x] != l_row[x]);
+    if (row_changed == 0) continue;
+    changed += row_changed;
+    if (row_changed * 8 > W) {
+      // Many changes (a subsampled cold start assigns whole rows): subtract the row's old
+      // runs and add its new ones instead of moving pixel by pixel; the same integers.
+      auto add_runs = [&](int64_t sign) {
+        for (int32_t x = 0; x < W;) {
+          const int32_t k = l_row[x];
+          int32_t e = x + 1;
+          while (e < W && l_row[e] == k) ++e;
+          if (k >= 0) {
+            int64_t* t = row_of(k);
+            const int64_t count = e - x;
+            t[0] += sign * count;
+            t[1] += sign * count * z;
+            t[2] += sign * count * y;
+            t[3] += sign * (count * (x + e - 1) / 2);
+            for (int32_t f = 0; f < F; ++f) {
+              const int32_t* v = v_row + f * P;
+              int64_t sum = 0;
+              for (int32_t q = x; q < e; ++q) sum += v[q];
+              t[4 + f] += sign * sum;
+            }
+          }
+          x = e;
+        }
+      };
+      add_runs(-1);
+      for (int32_t x = 0; x < W; ++x) {
+        const int32_t w = w_row[x], l = l_row[x];
+        l_row[x] = w >= 0 ? w : l;
+      }
+      add_runs(1);
+      continue;
+    }
     for (int32_t x = 0; x < W; ++x) {
       if ((x & 7) == 0 && x + 8 <= W) {  // most blocks of 8 pixels have no change: skip them
         int32_t any = 0;
@@ -538,7 +577,6 @@ __attribute__((always_inline)) inline void accumulate_changes(
       }
       const int32_t w = w_row[x], l = l_row[x];
       if (w < 0 || w == l) continue;  // unclaimed pixels keep their cluster
-      ++changed;
       l_row[x] = w;
       int64_t* add = row_of(w);
       add[0] += 1;
