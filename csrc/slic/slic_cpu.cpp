@@ -344,7 +344,7 @@ template <int FC>
 __attribute__((always_inline)) inline void claim_body(const Geometry& g, const float* const* planes,
                                                       const float* c, int32_t k, float z,
                                                       int32_t y0, int32_t yf, int32_t yl,
-                                                      int32_t x0, int32_t x1,
+                                                      int32_t ystep, int32_t x0, int32_t x1,
                                                       float* __restrict best,
                                                       int32_t* __restrict winner) {
   constexpr int32_t kPlanes = FC > 0 ? FC : 1;
@@ -352,7 +352,7 @@ __attribute__((always_inline)) inline void claim_body(const Geometry& g, const f
   for (int32_t f = 0; f < kPlanes; ++f) cf[f] = c[3 + f];
   const float dz = z - c[0];
   const float wx = g.weight[2], inv_m2 = g.inv_m2, cx = c[2];
-  for (int32_t y = yf; y <= yl; ++y) {
+  for (int32_t y = yf; y <= yl; y += ystep) {
     const int64_t row = int64_t{y - y0} * g.W;
     const float dy = static_cast<float>(y) - c[1];
     const float base = g.weight[0] * dz * dz + g.weight[1] * dy * dy;
@@ -387,13 +387,13 @@ __attribute__((always_inline)) inline void claim_body(const Geometry& g, const f
 }
 
 using ClaimFn = void (*)(const Geometry&, const float* const*, const float*, int32_t, float,
-                         int32_t, int32_t, int32_t, int32_t, int32_t, float*, int32_t*);
+                         int32_t, int32_t, int32_t, int32_t, int32_t, int32_t, float*, int32_t*);
 
 template <int FC>
 void claim(const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
-           int32_t y0, int32_t yf, int32_t yl, int32_t x0, int32_t x1, float* best,
+           int32_t y0, int32_t yf, int32_t yl, int32_t ystep, int32_t x0, int32_t x1, float* best,
            int32_t* winner) {
-  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, x0, x1, best, winner);
+  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, ystep, x0, x1, best, winner);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -401,9 +401,10 @@ void claim(const Geometry& g, const float* const* planes, const float* c, int32_
 template <int FC>
 __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const float* const* planes,
                                                     const float* c, int32_t k, float z, int32_t y0,
-                                                    int32_t yf, int32_t yl, int32_t x0, int32_t x1,
-                                                    float* best, int32_t* winner) {
-  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, x0, x1, best, winner);
+                                                    int32_t yf, int32_t yl, int32_t ystep,
+                                                    int32_t x0, int32_t x1, float* best,
+                                                    int32_t* winner) {
+  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, ystep, x0, x1, best, winner);
 }
 #endif
 
@@ -631,15 +632,8 @@ __attribute__((always_inline)) inline void run_chunk_body(
     window(c[1], g.step[1], y0, y1, &yf, &yl);
     window(c[2], g.step[2], 0, g.W, &xf, &xl);
     if (xf > xl) continue;
-    if (pass.stride == 1) {
-      claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, yf, yl, xf, xl + 1,
-               scratch.best.data(), scratch.winner.data());
-    } else {
-      for (int32_t y = pass.first_from(yf); y <= yl; y += pass.stride) {
-        claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, y, y, xf, xl + 1,
-                 scratch.best.data(), scratch.winner.data());
-      }
-    }
+    claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, pass.first_from(yf), yl,
+             pass.stride, xf, xl + 1, scratch.best.data(), scratch.winner.data());
   }
   // Labels (unclaimed pixels keep their previous cluster) and the chunk's partial sums.
   chunk.clusters.clear();
