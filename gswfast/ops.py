@@ -133,6 +133,7 @@ def slic_kernel(
     init_counts: Tensor | None = None,
     init_labels: Tensor | None = None,
     tol: float = 0.0,
+    subsample: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The SLIC kernel on normalised inputs; ``gswfast.slic`` is the user-facing API.
 
@@ -144,6 +145,8 @@ def slic_kernel(
             call: cluster centres ``[N, K0, 3 + F]`` float32, cluster sizes ``[N, K0]``
             int32 (0: dead) and each pixel's cluster ``[N, D*H*W]`` int32.
         tol: a sample has converged when at most ``tol * D*H*W`` pixels change cluster.
+        subsample: row stride of the middle passes (1: every pass reassigns every pixel);
+            it travels as a 10th ``grid`` entry.
 
     Returns:
         ``labels [N, D*H*W]`` int32, ``num_segments [N]`` int64,
@@ -158,7 +161,7 @@ def slic_kernel(
         init_centers,
         init_counts,
         init_labels,
-        [int(v) for v in grid],
+        [int(v) for v in grid] + ([int(subsample)] if subsample != 1 else []),
         [float(v) for v in weights],
         float(compactness),
         bool(convert_lab),

@@ -96,6 +96,7 @@ def slic(
     tol: float = 0.02,
     validate: bool = True,
     sigma: float | Sequence[float] = 0.0,
+    subsample: int = 1,
 ) -> Segmentation:
     """Segments images into superpixels or clips into supervoxels (SLIC).
 
@@ -138,6 +139,12 @@ def slic(
             standard deviation in pixels, divided by ``spacing`` when a scalar, or one value
             per dimension (``(y, x)`` or ``(t, y, x)``); scipy's ``reflect`` borders,
             truncated at 4 sigma. Time is smoothed in ``volume`` mode only. 0: none.
+        subsample: row stride of the k-means passes (fast-slic's subsampled assignment).
+            A pass reassigns the rows ``y % subsample == pass % subsample`` of each frame
+            only, except the last pass and a warm start's first, which reassign every
+            pixel; once a subsampled pass changes at most ``tol`` of the pixels, the next
+            pass is the last. Centres are the exact means of all assigned pixels' current
+            clusters. 1 (default): every pass is full (the classic SLIC loop).
         validate: raise ``ValueError`` for NaN or infinite values, float sRGB outside 0..1
             with CIELAB, and an ``init`` sample without a live cluster (one device sync on
             CUDA). Unvalidated, such an ``init`` sample comes out as one segment.
@@ -152,6 +159,8 @@ def slic(
         images = images.float() / 65535
     mode = _resolve_mode(mode, images)
     _check_parameters(n_segments, compactness, max_iter, min_size_factor, tol)
+    if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
+        raise ValueError(f"subsample: expected an int >= 1, got {subsample!r}")
     channels = images.shape[1]
     lab = _resolve_convert_lab(convert_lab, channels)
     volume = _as_volume_batch(images, mode)  # [N, C, D, H, W]
@@ -182,6 +191,7 @@ def slic(
         init_counts,
         init_labels,
         tol,
+        subsample,
     )
     return _assemble(images, mode, *outputs)
 

@@ -73,12 +73,13 @@ def _check_contract(seg: gsw.Segmentation, shape: tuple[int, ...]) -> None:
 # ------------------------------------------------------------------------- quality
 
 
+@pytest.mark.parametrize("subsample", [1, 3])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("n_segments", [100, 400])
 @pytest.mark.paths
-def test_quality_on_synthetic_regions_matches_or_beats_skimage(seed, n_segments):
+def test_quality_on_synthetic_regions_matches_or_beats_skimage(seed, n_segments, subsample):
     image, truth = synthetic_regions(seed=seed)
-    ours = gsw.slic(image[None], n_segments=n_segments).labels[0]
+    ours = gsw.slic(image[None], n_segments=n_segments, subsample=subsample).labels[0]
     ref = _reference(image[None], n_segments)
     assert boundary_recall(ours, truth) >= boundary_recall(ref, truth) - 0.02
     assert undersegmentation_error(ours, truth) <= undersegmentation_error(ref, truth) + 0.02
@@ -86,12 +87,13 @@ def test_quality_on_synthetic_regions_matches_or_beats_skimage(seed, n_segments)
     assert is_connected(ours)
 
 
+@pytest.mark.parametrize("subsample", [1, 3])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("n_segments", [100, 400])
 @pytest.mark.paths
-def test_quality_on_photo_textures_matches_or_beats_skimage(seed, n_segments):
+def test_quality_on_photo_textures_matches_or_beats_skimage(seed, n_segments, subsample):
     image, truth = _photo_mosaic(seed)
-    ours = gsw.slic(image, n_segments=n_segments).labels[0]
+    ours = gsw.slic(image, n_segments=n_segments, subsample=subsample).labels[0]
     ref = _reference(image, n_segments)
     assert boundary_recall(ours, truth) >= boundary_recall(ref, truth) - 0.02
     assert undersegmentation_error(ours, truth) <= undersegmentation_error(ref, truth) + 0.02
@@ -99,11 +101,12 @@ def test_quality_on_photo_textures_matches_or_beats_skimage(seed, n_segments):
     assert is_connected(ours)
 
 
+@pytest.mark.parametrize("subsample", [1, 3])
 @pytest.mark.parametrize("name", PHOTOS)
 @pytest.mark.parametrize("n_segments", [100, 400])
-def test_photos_explained_variation_count_and_connectivity(name, n_segments):
+def test_photos_explained_variation_count_and_connectivity(name, n_segments, subsample):
     image = _photo(name)
-    ours = gsw.slic(image, n_segments=n_segments).labels[0]
+    ours = gsw.slic(image, n_segments=n_segments, subsample=subsample).labels[0]
     ref = _reference(image, n_segments)
     pixels = image[0].float() / 255
     assert explained_variation(ours, pixels) >= explained_variation(ref, pixels) - 0.02
@@ -321,6 +324,57 @@ def test_deterministic_and_independent_of_thread_count():
         assert torch.equal(first.iterations, other.iterations)
 
 
+@pytest.mark.parametrize("subsample", [1, 3])
+def test_threads_above_the_single_thread_size_change_nothing(subsample):
+    # 2^20 pixels per call and more run on several threads (smaller calls on one): the
+    # work is cut by shape, so the thread count changes no bit.
+    photos = [_photo(name)[:, :, :256, :256] for name in ("astronaut", "chelsea")]
+    images = torch.cat(photos * 8)  # 16 x 256 x 256 = 2^20 pixels
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = gsw.slic(images, n_segments=100, subsample=subsample)
+        torch.set_num_threads(1)
+        one = gsw.slic(images, n_segments=100, subsample=subsample)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("labels", "centers", "iterations", "clusters", "cluster_labels"):
+        assert torch.equal(getattr(two, name), getattr(one, name)), name
+    # Samples are independent: the first one alone gives the same result.
+    alone = gsw.slic(images[:1], n_segments=100, subsample=subsample)
+    assert torch.equal(alone.labels[0], one.labels[0])
+
+
+def test_subsample_with_only_full_passes_changes_nothing():
+    # The last pass is full, and so is a warm start's first: a single cold pass, or a warm
+    # start of at most two passes, reassigns every pixel in every pass.
+    image = _photo("coffee")
+    full = gsw.slic(image, n_segments=200, max_iter=1, tol=0.0)
+    sub = gsw.slic(image, n_segments=200, max_iter=1, tol=0.0, subsample=3)
+    assert torch.equal(full.labels, sub.labels)
+    assert torch.equal(full.clusters, sub.clusters)
+    start = gsw.slic(image, n_segments=200, max_iter=3)
+    for max_iter in (1, 2):
+        full = gsw.slic(image, n_segments=200, max_iter=max_iter, tol=0.0, init=start)
+        sub = gsw.slic(image, n_segments=200, max_iter=max_iter, tol=0.0, init=start, subsample=3)
+        assert torch.equal(full.labels, sub.labels)
+        assert torch.equal(full.clusters, sub.clusters)
+
+
+def test_subsampled_passes_reassign_their_rows_only():
+    # max_iter=3, tol=0: passes 0 and 1 reassign the rows y % 3 == 0 and 1 only, so the
+    # result differs from full passes, yet stays close and connected.
+    image = _photo("coffee")
+    full = gsw.slic(image, n_segments=200, max_iter=3, tol=0.0)
+    sub = gsw.slic(image, n_segments=200, max_iter=3, tol=0.0, subsample=3)
+    assert not torch.equal(full.cluster_labels, sub.cluster_labels)
+    assert (full.cluster_labels == sub.cluster_labels).float().mean() > 0.8
+    assert is_connected(sub.labels[0])
+    # A subsample larger than the image height: the middle pass visits row 1 % s only.
+    tall = gsw.slic(image, n_segments=200, max_iter=3, tol=0.0, subsample=10**6)
+    _check_contract(tall, (1, *image.shape[2:]))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["image", "per_frame", "volume"])
 def test_cuda_matches_cpu_and_is_deterministic(mode):
@@ -463,8 +517,8 @@ def test_seeds_and_first_assignment_equal_the_reference(device, n_segments):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("max_iter", [1, 4])
-def test_kmeans_centres_are_the_exact_means_of_their_clusters(device, max_iter):
+@pytest.mark.parametrize(("max_iter", "subsample"), [(1, 1), (4, 1), (4, 3), (6, 2)])
+def test_kmeans_centres_are_the_exact_means_of_their_clusters(device, max_iter, subsample):
     # tol=0: a sample stops only when nothing changed, so the last update saw the final
     # cluster labels. The CPU used to sum features in float (run by run) and CUDA in fixed
     # point: now both add fixed-point integers.
@@ -474,6 +528,7 @@ def test_kmeans_centres_are_the_exact_means_of_their_clusters(device, max_iter):
         n_segments=50,
         compactness=40.0,
         max_iter=max_iter,
+        subsample=subsample,
         tol=0.0,
         convert_lab=False,
     )
@@ -607,6 +662,8 @@ def test_opcheck():
         (dict(compactness=-1.0), ValueError, "compactness"),
         (dict(compactness=math.nan), ValueError, "compactness"),
         (dict(max_iter=0), ValueError, "max_iter"),
+        (dict(subsample=0), ValueError, "subsample"),
+        (dict(subsample=2.0), ValueError, "subsample"),
         (dict(min_size_factor=-0.1), ValueError, "min_size_factor"),
         (dict(mode="video"), ValueError, "mode"),
         (dict(mode="volume"), ValueError, "mode"),

@@ -18,8 +18,9 @@
 //   cluster k, as in scikit-image's slic:
 //       d = |f_p - f_k|^2 / compactness^2 + sum_dim weight[dim] * (p_dim - k_dim)^2
 //   with weight = spacing^2 / S^2 and S the largest grid step.
-// * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x):
-//   seeds sit at start + i * step (scikit-image's regular_grid). Cluster k may take the
+// * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x
+//   [, subsample]): seeds sit at start + i * step (scikit-image's regular_grid); subsample
+//   (default 1) is the row stride of the middle passes (Iterations). Cluster k may take the
 //   pixels of its window, |p_dim - k_dim| <= step_dim in every dimension (SLIC's 2S x 2S
 //   region); among the clusters whose window holds a pixel the nearest wins, ties to the
 //   lower index. A pixel no window holds keeps its previous cluster. The CPU lets clusters
@@ -33,9 +34,14 @@
 //   cluster 0 (one segment); the Python layer raises ValueError for it when validating.
 // * Iterations: assign, then recompute centres as the exact means of each cluster's pixels
 //   (integer sums, mean_row; an empty cluster dies); a sample stops once at most tol * P
-//   pixels changed cluster in a pass (that pass updates nothing). iterations[n] counts its
-//   assignment passes. Pixels still unassigned at the end join the live cluster with the nearest
-//   centre in space.
+//   pixels changed cluster in a full pass (that pass updates nothing). iterations[n] counts
+//   its assignment passes. With subsample s > 1 (fast-slic's subsampled passes), pass `it`
+//   reassigns only the rows y with y % s == it % s (every frame), unless it is full: the
+//   first pass of a warm start, the last (max_iter - 1), and the one after a subsampled
+//   pass in which at most tol * P pixels changed (pass_is_full). The centres are the
+//   means of all assigned pixels' current clusters (a cold start's first pass assigns
+//   every s-th row). Pixels still unassigned at the end join the live cluster with the
+//   nearest centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
 //   union-find (root = lowest pixel index). Then merge rounds, at most kMergeRounds, until
 //   no set is smaller than min_size or nothing merges. A round decides every choice from
@@ -59,6 +65,11 @@
 //   near-ties there can go either way.
 // * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
 //   CUDA uses no floating-point atomics (integer atomics only).
+// * CPU threads: calls of fewer than 2^20 pixels (N * P) run on the calling thread (short
+//   parallel regions gain little on one image, and OpenMP threads spinning at barriers
+//   lose a lot on a busy machine). Larger calls of several samples run one parallel region
+//   over samples (each on one thread); a single larger sample splits its passes across
+//   threads. Thread count never changes a result.
 #pragma once
 
 #include <cmath>
@@ -96,10 +107,24 @@ struct Geometry {
   int64_t max_changed;  // a sample has converged when at most this many pixels changed
   int32_t min_size;
   int32_t max_centers;
+  int32_t subsample;  // row stride of the subsampled passes (1: every pass is full)
   bool convert_lab;
   bool connectivity;
   bool warm;
 };
+
+// Whether pass `it` reassigns every pixel (else the rows y % subsample == it % subsample);
+// after_converged: a subsampled pass of this sample has met the tolerance.
+GSW_HD bool pass_is_full(const Geometry& g, int32_t it, bool after_converged) {
+  return g.subsample <= 1 || (it == 0 && g.warm) || it == g.max_iter - 1 || after_converged;
+}
+
+// Whether a subsampled pass that changed `changed` pixels meets the tolerance; the next
+// pass is then full. Not scaled to the share of rows it visits: those rows were last
+// reassigned subsample passes ago, so their changes add up that many passes of drift.
+GSW_HD bool subsampled_converged(const Geometry& g, int64_t changed) {
+  return changed <= g.max_changed;
+}
 
 GSW_HD int32_t cell_of(float coordinate, int32_t step, int32_t cells) {
   int32_t c = static_cast<int32_t>(coordinate >= 0.f ? coordinate / step : -1.f);
@@ -363,7 +388,7 @@ struct Buffers {
   int32_t* cell_cursor;        // [N, cells]
   int32_t* cell_items;         // [N, K]
   int64_t* sums;               // [N, max(K, max_centers), R + 1] fixed-point sums
-  int32_t* state;              // [N, 4]: done, changed, merging, merged
+  int32_t* state;              // [N, 5]: done, changed, merging, merged, after_converged
   int32_t* iterations;         // [N] (output)
   int32_t* parent;             // [N * P] union-find
   int64_t* stats;              // [N * P, 1 + F] by root: size, feature sums

@@ -36,7 +36,10 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
       s == at::kByte || s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
       "image: expected uint8, float16, bfloat16, float32 or float64, got ", s);
   TORCH_CHECK(image.is_contiguous(), "image: expected a contiguous tensor");
-  TORCH_CHECK(grid.size() == 9, "grid: expected 9 integers, got ", grid.size());
+  TORCH_CHECK(grid.size() == 9 || grid.size() == 10, "grid: expected 9 or 10 integers, got ",
+              grid.size());
+  TORCH_CHECK(grid.size() == 9 || grid[9] >= 1, "subsample: expected >= 1, got ",
+              grid.size() == 10 ? grid[9] : 0);
   TORCH_CHECK(weights.size() == 3, "weights: expected 3 floats, got ", weights.size());
   TORCH_CHECK(compactness > 0, "compactness: expected > 0, got ", compactness);
   TORCH_CHECK(max_iter >= 1, "max_iter: expected >= 1, got ", max_iter);
@@ -73,6 +76,7 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   g.max_changed = static_cast<int64_t>(tol * static_cast<double>(g.P));
   g.min_size = static_cast<int32_t>(std::min<int64_t>(min_size, g.P));
   g.max_centers = static_cast<int32_t>(max_centers);
+  g.subsample = grid.size() == 10 ? static_cast<int32_t>(std::min<int64_t>(grid[9], 1 << 30)) : 1;
   g.convert_lab = convert_lab;
   g.connectivity = connectivity;
   g.warm = init_centers.has_value();
@@ -103,6 +107,23 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
 
 namespace {
 
+// Threads: a call of fewer than kParallelPixels pixels runs on the calling thread only.
+// One photo takes a few milliseconds split into a dozen short parallel regions, where two
+// OpenMP threads gain little and, on a machine another process keeps busy, lose a lot: a
+// thread spinning at a barrier while its sibling waits for a core made a 640x480 image
+// 3.5x slower on 2 threads than on 1. Results never depend on this (work is cut by shape).
+constexpr int64_t kParallelPixels = int64_t{1} << 20;
+
+template <typename Fn>
+void parallel_for(const Geometry& g, int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
+  if (begin >= end) return;
+  if (g.N * g.P < kParallelPixels) {
+    fn(begin, end);
+  } else {
+    at::parallel_for(begin, end, grain, fn);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Features: image [N, C, P] -> float planes [N, F, P] (CIELAB or 0..1 values).
 
@@ -115,8 +136,53 @@ float unit_value(T v) {
   }
 }
 
+// CIELAB of a span of linear RGB values, clamped. Plain IEEE products and sums (no FMA
+// contraction in either build), so the AVX2 build gives the same bits as the baseline one;
+// it only vectorises better (the integer division of fast_cbrt's first guess needs AVX2).
+__attribute__((always_inline)) inline void lab_span_body(const float* __restrict r,
+                                                         const float* __restrict gg,
+                                                         const float* __restrict b,
+                                                         float* __restrict L, float* __restrict A,
+                                                         float* __restrict B, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) {
+    float l, a, bb;
+    linear_rgb_to_lab(r[j], gg[j], b[j], &l, &a, &bb);
+    L[j] = clamp_feature(l);
+    A[j] = clamp_feature(a);
+    B[j] = clamp_feature(bb);
+  }
+}
+
+using LabSpanFn = void (*)(const float*, const float*, const float*, float*, float*, float*,
+                           int64_t);
+
+void lab_span(const float* r, const float* gg, const float* b, float* L, float* A, float* B,
+              int64_t len) {
+  lab_span_body(r, gg, b, L, A, B, len);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+// "avx2" without "fma": GCC may not contract a * b + c, so the bits equal lab_span's.
+__attribute__((target("avx2"))) void lab_span_avx2(const float* r, const float* gg, const float* b,
+                                                   float* L, float* A, float* B, int64_t len) {
+  lab_span_body(r, gg, b, L, A, B, len);
+}
+#endif
+
+LabSpanFn pick_lab_span() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2()) return &lab_span_avx2;
+#endif
+  return &lab_span;
+}
+
 template <typename T>
-void compute_features(const Geometry& g, const T* image, float* features) {
+void compute_features(const Geometry& g, const T* image, float* features, int32_t* fixed) {
   // sRGB gamma through a table: exact for uint8 inputs; for floats, the 4096-step table is
   // used in range (interpolated, error ~1e-6) and pow outside it.
   constexpr int kTable = 4096;
@@ -135,8 +201,9 @@ void compute_features(const Geometry& g, const T* image, float* features) {
       return gamma[i] + (t - i) * (gamma[i + 1] - gamma[i]);
     }
   };
+  const LabSpanFn lab = pick_lab_span();
   const int64_t P = g.P;
-  at::parallel_for(0, g.N * P, 16384, [&](int64_t begin, int64_t end) {
+  parallel_for(g, 0, g.N * P, 65536, [&](int64_t begin, int64_t end) {
     std::vector<float> r(1024), gg(1024), b(1024);
     for (int64_t i = begin; i < end;) {
       const int64_t n = i / P, p0 = i % P;
@@ -149,20 +216,18 @@ void compute_features(const Geometry& g, const T* image, float* features) {
           gg[j] = linearise(src[P + j]);
           b[j] = linearise(src[2 * P + j]);
         }
-        float* L = dst;
-        float* A = dst + P;
-        float* B = dst + 2 * P;
-        for (int64_t j = 0; j < len; ++j) linear_rgb_to_lab(r[j], gg[j], b[j], L + j, A + j, B + j);
-        for (int64_t j = 0; j < len; ++j) {
-          L[j] = clamp_feature(L[j]);
-          A[j] = clamp_feature(A[j]);
-          B[j] = clamp_feature(B[j]);
-        }
+        lab(r.data(), gg.data(), b.data(), dst, dst + P, dst + 2 * P, len);
       } else {
         for (int32_t c = 0; c < g.C; ++c) {
           for (int64_t j = 0; j < len; ++j)
             dst[c * P + j] = clamp_feature(unit_value(src[c * P + j]));
         }
+      }
+      // The same values in fixed point while they are in the cache (int32: clamped
+      // features fit): the k-means sums add integers, exactly and in any order, as on CUDA.
+      int32_t* fix = fixed + n * g.F * P + p0;
+      for (int32_t f = 0; f < g.F; ++f) {
+        for (int64_t j = 0; j < len; ++j) fix[f * P + j] = to_fixed32(dst[f * P + j]);
       }
       i += len;
     }
@@ -174,7 +239,7 @@ void compute_features(const Geometry& g, const T* image, float* features) {
 
 void seed_centers(const Geometry& g, const float* features, float* centers, int32_t* counts) {
   const int32_t R = 3 + g.F;
-  at::parallel_for(0, g.N * g.K, 256, [&](int64_t begin, int64_t end) {
+  parallel_for(g, 0, g.N * g.K, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       seed_center(g, features + (i / g.K) * g.F * g.P, static_cast<int32_t>(i % g.K),
                   centers + i * R);
@@ -228,6 +293,15 @@ struct Chunk {
   int64_t changed = 0;
 };
 
+// The rows a pass reassigns: those with y % stride == phase (stride 1: all), and whether
+// the chunk sums are differences (every pass after the first).
+struct PassRows {
+  bool changes_only;
+  int32_t stride;
+  int32_t phase;
+  int32_t first_from(int32_t y) const { return y + (phase - y % stride + stride) % stride; }
+};
+
 struct Scratch {
   std::vector<float> best;
   std::vector<int32_t> winner;
@@ -270,7 +344,7 @@ template <int FC>
 __attribute__((always_inline)) inline void claim_body(const Geometry& g, const float* const* planes,
                                                       const float* c, int32_t k, float z,
                                                       int32_t y0, int32_t yf, int32_t yl,
-                                                      int32_t x0, int32_t x1,
+                                                      int32_t ystep, int32_t x0, int32_t x1,
                                                       float* __restrict best,
                                                       int32_t* __restrict winner) {
   constexpr int32_t kPlanes = FC > 0 ? FC : 1;
@@ -278,7 +352,7 @@ __attribute__((always_inline)) inline void claim_body(const Geometry& g, const f
   for (int32_t f = 0; f < kPlanes; ++f) cf[f] = c[3 + f];
   const float dz = z - c[0];
   const float wx = g.weight[2], inv_m2 = g.inv_m2, cx = c[2];
-  for (int32_t y = yf; y <= yl; ++y) {
+  for (int32_t y = yf; y <= yl; y += ystep) {
     const int64_t row = int64_t{y - y0} * g.W;
     const float dy = static_cast<float>(y) - c[1];
     const float base = g.weight[0] * dz * dz + g.weight[1] * dy * dy;
@@ -313,13 +387,13 @@ __attribute__((always_inline)) inline void claim_body(const Geometry& g, const f
 }
 
 using ClaimFn = void (*)(const Geometry&, const float* const*, const float*, int32_t, float,
-                         int32_t, int32_t, int32_t, int32_t, int32_t, float*, int32_t*);
+                         int32_t, int32_t, int32_t, int32_t, int32_t, int32_t, float*, int32_t*);
 
 template <int FC>
 void claim(const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
-           int32_t y0, int32_t yf, int32_t yl, int32_t x0, int32_t x1, float* best,
+           int32_t y0, int32_t yf, int32_t yl, int32_t ystep, int32_t x0, int32_t x1, float* best,
            int32_t* winner) {
-  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, x0, x1, best, winner);
+  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, ystep, x0, x1, best, winner);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -327,14 +401,10 @@ void claim(const Geometry& g, const float* const* planes, const float* c, int32_
 template <int FC>
 __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const float* const* planes,
                                                     const float* c, int32_t k, float z, int32_t y0,
-                                                    int32_t yf, int32_t yl, int32_t x0, int32_t x1,
-                                                    float* best, int32_t* winner) {
-  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, x0, x1, best, winner);
-}
-
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+                                                    int32_t yf, int32_t yl, int32_t ystep,
+                                                    int32_t x0, int32_t x1, float* best,
+                                                    int32_t* winner) {
+  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, ystep, x0, x1, best, winner);
 }
 #endif
 
@@ -369,9 +439,170 @@ ClaimFn pick_claim(int32_t F) {
   }
 }
 
-void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
-               const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
-               int32_t cy, int32_t* labels, Chunk& chunk, Scratch& scratch) {
+// Labels of rows [y0, y1) of a chunk from the claims' winners (unclaimed pixels keep their
+// previous cluster), and the chunk's partial sums, accumulated run by run since
+// neighbouring pixels mostly share a cluster. FC > 0 fixes the feature count at compile
+// time. Sizes are copied to locals: stores through the label pointers could otherwise
+// alias the Geometry and keep the loops from vectorising.
+template <int FC>
+__attribute__((always_inline)) inline void accumulate_rows(
+    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
+    const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
+  const int32_t W = g.W;
+  const int64_t P = g.P;
+  const int32_t F = FC > 0 ? FC : g.F;
+  const int32_t S = 4 + F;
+  int64_t changed_total = 0;
+  for (int32_t y = pass.first_from(y0); y < y1; y += pass.stride) {
+    const int64_t row = int64_t{y - y0} * W;
+    int32_t* __restrict l_row = lab + row;
+    const int32_t* __restrict w_row = winner + row;
+    int32_t changed = 0;  // int32 like the labels: the loop vectorises
+    for (int32_t x = 0; x < W; ++x) {
+      const int32_t w = w_row[x], l = l_row[x];
+      const int32_t k = w >= 0 ? w : l;
+      changed += static_cast<int32_t>(k != l);
+      l_row[x] = k;
+    }
+    changed_total += changed;
+    const int32_t* v_row = fixed_feat + row;
+    for (int32_t x = 0; x < W;) {
+      const int32_t k = l_row[x];
+      int32_t e = x + 1;
+      while (e < W && l_row[e] == k) ++e;
+      if (k >= 0) {
+        int32_t local = local_of[k];
+        if (local < 0) {
+          local = static_cast<int32_t>(chunk.clusters.size());
+          local_of[k] = local;
+          chunk.clusters.push_back(k);
+          chunk.sums.resize(chunk.sums.size() + S, 0);
+        }
+        int64_t* s = chunk.sums.data() + int64_t{local} * S;
+        const int64_t count = e - x;
+        s[0] += count;
+        s[1] += count * z;
+        s[2] += count * y;
+        s[3] += count * (x + e - 1) / 2;  // x + .. + (e - 1)
+        for (int32_t f = 0; f < F; ++f) {
+          const int32_t* v = v_row + f * P;
+          int64_t sum = 0;
+          for (int32_t q = x; q < e; ++q) sum += v[q];
+          s[4 + f] += sum;
+        }
+      }
+      x = e;
+    }
+  }
+  chunk.changed = changed_total;
+  for (const int32_t k : chunk.clusters) local_of[k] = -1;
+}
+
+// After the first pass: only the pixels that changed cluster move their (1, z, y, x,
+// features) from the old cluster's sums to the new one's; the chunk's rows hold these
+// differences. Integer sums, so the running totals equal a recount bit for bit, while a
+// pass touches a few percent of the pixels instead of all of them.
+template <int FC>
+__attribute__((always_inline)) inline void accumulate_changes(
+    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
+    const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
+  const int32_t W = g.W;
+  const int64_t P = g.P;
+  const int32_t F = FC > 0 ? FC : g.F;
+  const int32_t S = 4 + F;
+  int64_t changed = 0;
+  auto row_of = [&](int32_t k) -> int64_t* {
+    int32_t local = local_of[k];
+    if (local < 0) {
+      local = static_cast<int32_t>(chunk.clusters.size());
+      local_of[k] = local;
+      chunk.clusters.push_back(k);
+      chunk.sums.resize(chunk.sums.size() + S, 0);
+    }
+    return chunk.sums.data() + int64_t{local} * S;
+  };
+  for (int32_t y = pass.first_from(y0); y < y1; y += pass.stride) {
+    const int64_t row = int64_t{y - y0} * W;
+    int32_t* __restrict l_row = lab + row;
+    const int32_t* __restrict w_row = winner + row;
+    const int32_t* v_row = fixed_feat + row;
+    int32_t row_changed = 0;  // int32 like the labels: the loop vectorises
+    for (int32_t x = 0; x < W; ++x)
+      row_changed +=
+          static_cast<int32_t>(w_row[x] >= 0) & static_cast<int32_t>(w_row[x] != l_row[x]);
+    if (row_changed == 0) continue;
+    changed += row_changed;
+    if (row_changed * 8 > W) {
+      // Many changes (a subsampled cold start assigns whole rows): subtract the row's old
+      // runs and add its new ones instead of moving pixel by pixel; the same integers.
+      auto add_runs = [&](int64_t sign) {
+        for (int32_t x = 0; x < W;) {
+          const int32_t k = l_row[x];
+          int32_t e = x + 1;
+          while (e < W && l_row[e] == k) ++e;
+          if (k >= 0) {
+            int64_t* t = row_of(k);
+            const int64_t count = e - x;
+            t[0] += sign * count;
+            t[1] += sign * count * z;
+            t[2] += sign * count * y;
+            t[3] += sign * (count * (x + e - 1) / 2);
+            for (int32_t f = 0; f < F; ++f) {
+              const int32_t* v = v_row + f * P;
+              int64_t sum = 0;
+              for (int32_t q = x; q < e; ++q) sum += v[q];
+              t[4 + f] += sign * sum;
+            }
+          }
+          x = e;
+        }
+      };
+      add_runs(-1);
+      for (int32_t x = 0; x < W; ++x) {
+        const int32_t w = w_row[x], l = l_row[x];
+        l_row[x] = w >= 0 ? w : l;
+      }
+      add_runs(1);
+      continue;
+    }
+    for (int32_t x = 0; x < W; ++x) {
+      if ((x & 7) == 0 && x + 8 <= W) {  // most blocks of 8 pixels have no change: skip them
+        int32_t any = 0;
+        for (int32_t j = 0; j < 8; ++j)
+          any |= static_cast<int32_t>(w_row[x + j] >= 0) &
+                 static_cast<int32_t>(w_row[x + j] != l_row[x + j]);
+        if (!any) {
+          x += 7;
+          continue;
+        }
+      }
+      const int32_t w = w_row[x], l = l_row[x];
+      if (w < 0 || w == l) continue;  // unclaimed pixels keep their cluster
+      l_row[x] = w;
+      int64_t* add = row_of(w);
+      add[0] += 1;
+      add[1] += z;
+      add[2] += y;
+      add[3] += x;
+      for (int32_t f = 0; f < F; ++f) add[4 + f] += v_row[f * P + x];
+      if (l >= 0) {
+        int64_t* sub = row_of(l);
+        sub[0] -= 1;
+        sub[1] -= z;
+        sub[2] -= y;
+        sub[3] -= x;
+        for (int32_t f = 0; f < F; ++f) sub[4 + f] -= v_row[f * P + x];
+      }
+    }
+  }
+  chunk.changed = changed;
+  for (const int32_t k : chunk.clusters) local_of[k] = -1;
+}
+
+__attribute__((always_inline)) inline void run_chunk_body(
+    const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
+    const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z, int32_t cy,
+    PassRows pass, int32_t* labels, Chunk& chunk, Scratch& scratch) {
   const int32_t R = 3 + g.F;
   const int32_t y0 = cy * g.step[1];
   const int32_t y1 = cy == g.cells[1] - 1 ? g.H : std::min(g.H, (cy + 1) * g.step[1]);
@@ -379,8 +610,18 @@ void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, c
   const float* feat = features + n * g.F * g.P;
   const int64_t first = (int64_t{z} * g.H + y0) * g.W;  // chunk's first pixel
   const int32_t* fixed_feat = fixed + n * g.F * g.P + first;
-  scratch.best.assign(pixels, std::numeric_limits<float>::infinity());
-  scratch.winner.assign(pixels, -1);
+  if (pass.stride == 1) {
+    scratch.best.assign(pixels, std::numeric_limits<float>::infinity());
+    scratch.winner.assign(pixels, -1);
+  } else {  // a subsampled pass reads its own rows only
+    scratch.best.resize(pixels);
+    scratch.winner.resize(pixels);
+    for (int32_t y = pass.first_from(y0); y < y1; y += pass.stride) {
+      const int64_t row = int64_t{y - y0} * g.W;
+      std::fill_n(scratch.best.data() + row, g.W, std::numeric_limits<float>::infinity());
+      std::fill_n(scratch.winner.data() + row, g.W, -1);
+    }
+  }
   chunk_candidates(g, centers, cell_start, cell_items, z, cy, y0, y1, scratch.cands);
   std::vector<const float*> planes(g.F);
   for (int32_t f = 0; f < g.F; ++f) planes[f] = feat + f * g.P + first;
@@ -391,55 +632,57 @@ void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, c
     window(c[1], g.step[1], y0, y1, &yf, &yl);
     window(c[2], g.step[2], 0, g.W, &xf, &xl);
     if (xf > xl) continue;
-    claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, yf, yl, xf, xl + 1,
-             scratch.best.data(), scratch.winner.data());
+    claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, pass.first_from(yf), yl,
+             pass.stride, xf, xl + 1, scratch.best.data(), scratch.winner.data());
   }
-  // Labels (unclaimed pixels keep their previous cluster) and the chunk's partial sums,
-  // accumulated run by run since neighbouring pixels mostly share a cluster.
-  const int32_t S = 4 + g.F;
+  // Labels (unclaimed pixels keep their previous cluster) and the chunk's partial sums.
   chunk.clusters.clear();
   chunk.sums.clear();
   chunk.changed = 0;
-  std::vector<int32_t>& local_of = scratch.local_of;
   int32_t* lab = labels + n * g.P + first;
-  for (int32_t y = y0; y < y1; ++y) {
-    const int64_t row = int64_t{y - y0} * g.W;
-    int32_t* __restrict l_row = lab + row;
-    const int32_t* __restrict w_row = scratch.winner.data() + row;
-    int64_t changed = 0;
-    for (int32_t x = 0; x < g.W; ++x) {
-      const int32_t k = w_row[x] >= 0 ? w_row[x] : l_row[x];
-      changed += k != l_row[x];
-      l_row[x] = k;
+  const int32_t* win = scratch.winner.data();
+  if (pass.changes_only) {
+    if (g.F == 3) {
+      accumulate_changes<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
+    } else {
+      accumulate_changes<0>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
     }
-    chunk.changed += changed;
-    for (int32_t x = 0; x < g.W;) {
-      const int32_t k = l_row[x];
-      int32_t e = x + 1;
-      while (e < g.W && l_row[e] == k) ++e;
-      if (k >= 0) {
-        if (local_of[k] < 0) {
-          local_of[k] = static_cast<int32_t>(chunk.clusters.size());
-          chunk.clusters.push_back(k);
-          chunk.sums.resize(chunk.sums.size() + S, 0);
-        }
-        int64_t* s = chunk.sums.data() + int64_t{local_of[k]} * S;
-        const int64_t count = e - x;
-        s[0] += count;
-        s[1] += count * z;
-        s[2] += count * y;
-        s[3] += count * (x + e - 1) / 2;  // x + .. + (e - 1)
-        for (int32_t f = 0; f < g.F; ++f) {
-          const int32_t* v = fixed_feat + int64_t{f} * g.P + row;
-          int64_t sum = 0;
-          for (int32_t q = x; q < e; ++q) sum += v[q];
-          s[4 + f] += sum;
-        }
-      }
-      x = e;
-    }
+  } else if (g.F == 3) {
+    accumulate_rows<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
+  } else {
+    accumulate_rows<0>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
   }
-  for (const int32_t k : chunk.clusters) local_of[k] = -1;
+}
+
+using RunChunkFn = void (*)(const Geometry&, const float*, const int32_t*, const float*,
+                            const int32_t*, const int32_t*, int64_t, int32_t, int32_t, PassRows,
+                            int32_t*, Chunk&, Scratch&);
+
+void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
+               const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
+               int32_t cy, PassRows pass, int32_t* labels, Chunk& chunk, Scratch& scratch) {
+  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass, labels, chunk,
+                 scratch);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Integer work only (labels, counts, fixed-point sums): the same results with wider vectors.
+__attribute__((target("avx2"))) void run_chunk_avx2(const Geometry& g, const float* features,
+                                                    const int32_t* fixed, const float* centers,
+                                                    const int32_t* cell_start,
+                                                    const int32_t* cell_items, int64_t n, int32_t z,
+                                                    int32_t cy, PassRows pass, int32_t* labels,
+                                                    Chunk& chunk, Scratch& scratch) {
+  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass, labels, chunk,
+                 scratch);
+}
+#endif
+
+RunChunkFn pick_run_chunk() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2()) return &run_chunk_avx2;
+#endif
+  return &run_chunk;
 }
 
 // A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
@@ -447,7 +690,7 @@ void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, c
 void fill_unassigned(const Geometry& g, const float* centers, const int32_t* counts,
                      int32_t* labels) {
   const int32_t R = 3 + g.F;
-  at::parallel_for(0, g.N * g.P, 4096, [&](int64_t begin, int64_t end) {
+  parallel_for(g, 0, g.N * g.P, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / g.P;
       if (labels[i] < 0)
@@ -464,6 +707,10 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
   std::vector<int32_t> cell_start(g.N * (num_cells + 1)), cell_items(g.N * g.K);
   std::vector<Chunk> chunks(g.N * chunks_per_sample);
   std::vector<uint8_t> done(g.N, 0);
+  const int32_t S = 4 + g.F;
+  std::vector<int64_t> totals(g.N * g.K * S, 0);  // per cluster: count, z, y, x, features
+  std::vector<uint8_t> after_converged(g.N, 0);   // pass_is_full
+  std::vector<PassRows> passes(g.N);
   if (init_labels) {
     // Warm start: pixels begin in their previous segment (= cluster); out-of-range ids,
     // like a pixel no window reaches, stay unassigned until a cluster claims them.
@@ -482,7 +729,12 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
                     cell_start.data() + n * (num_cells + 1), cell_items.data() + n * g.K);
       }
     }
-    at::parallel_for(0, g.N * chunks_per_sample, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = 0; n < g.N; ++n) {
+      const bool full = pass_is_full(g, it, after_converged[n] != 0);
+      passes[n] = PassRows{it > 0, full ? 1 : g.subsample, full ? 0 : it % g.subsample};
+    }
+    const RunChunkFn run_one = pick_run_chunk();
+    parallel_for(g, 0, g.N * chunks_per_sample, 1, [&](int64_t begin, int64_t end) {
       Scratch scratch;
       scratch.local_of.assign(g.K, -1);
       for (int64_t i = begin; i < end; ++i) {
@@ -490,36 +742,38 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
         if (done[n]) continue;
         const int32_t z = static_cast<int32_t>((i % chunks_per_sample) / g.cells[1]);
         const int32_t cy = static_cast<int32_t>(i % g.cells[1]);
-        run_chunk(g, features, fixed, centers + n * g.K * R,
-                  cell_start.data() + n * (num_cells + 1), cell_items.data() + n * g.K, n, z, cy,
-                  labels, chunks[i], scratch);
+        run_one(g, features, fixed, centers + n * g.K * R, cell_start.data() + n * (num_cells + 1),
+                cell_items.data() + n * g.K, n, z, cy, passes[n], labels, chunks[i], scratch);
       }
     });
     // Combine the chunk partials in chunk order (fixed, thread-count independent).
-    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> total;
+    // From the second pass on the chunks hold differences: the totals are running sums.
+    parallel_for(g, 0, g.N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         if (done[n]) continue;
         ++iterations[n];
         int64_t changed = 0;
         for (int64_t c = 0; c < chunks_per_sample; ++c)
           changed += chunks[n * chunks_per_sample + c].changed;
-        if (changed <= g.max_changed) {
-          done[n] = 1;
-          continue;
+        if (passes[n].stride == 1) {
+          if (changed <= g.max_changed) {
+            done[n] = 1;
+            continue;
+          }
+        } else if (subsampled_converged(g, changed)) {
+          after_converged[n] = 1;  // the next pass is full
         }
-        const int32_t S = 4 + g.F;
-        total.assign(int64_t{g.K} * S, 0);
+        int64_t* total = totals.data() + n * g.K * S;
         for (int64_t c = 0; c < chunks_per_sample; ++c) {
           const Chunk& chunk = chunks[n * chunks_per_sample + c];
           for (size_t i = 0; i < chunk.clusters.size(); ++i) {
-            int64_t* t = total.data() + int64_t{chunk.clusters[i]} * S;
+            int64_t* t = total + int64_t{chunk.clusters[i]} * S;
             const int64_t* s = chunk.sums.data() + i * S;
             for (int32_t j = 0; j < S; ++j) t[j] += s[j];
           }
         }
         for (int32_t k = 0; k < g.K; ++k) {
-          const int64_t* t = total.data() + int64_t{k} * S;
+          const int64_t* t = total + int64_t{k} * S;
           counts[n * g.K + k] = static_cast<int32_t>(t[0]);
           if (t[0] == 0) continue;  // an empty cluster dies; its centre is never used again
           mean_row(t, g.F, centers + (n * g.K + k) * R);
@@ -553,107 +807,120 @@ void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
     parent[a] = b;
 }
 
+// Connected components of one sample's cluster map, computed on runs (maximal stretches
+// of one cluster along x): a photo of 640 x 480 pixels has some 12k runs, so the union-find
+// and the statistics touch runs, not pixels. Components are numbered in raster order of
+// their root (lowest pixel), so component order is root-pixel order.
+struct Components {
+  std::vector<int32_t> row_start;  // [D * H + 1] first run of each row (z, y)
+  std::vector<int32_t> run_begin;  // [runs] first x
+  std::vector<int32_t> run_end;    // [runs] one past the last x
+  std::vector<int32_t> run_comp;   // [runs] component
+  std::vector<int32_t> root;       // [M] root pixel
+  std::vector<int32_t> cluster;    // [M]
+  std::vector<int64_t> size;       // [M]
+  std::vector<int64_t> coord;      // [M, 3] sums of z, y, x
+  std::vector<int64_t> sum;        // [M, F] fixed point
+  std::vector<uint64_t> edges;     // adjacent component pairs (a << 32 | b), a < b
+};
+
+// Calls fn(i, j) for every pair of overlapping runs i of row a and j of row b (both rows
+// are tiled by their runs).
 template <typename Fn>
-void for_each_forward_edge(const Geometry& g, Fn&& fn) {
-  for (int32_t z = 0; z < g.D; ++z) {
-    for (int32_t y = 0; y < g.H; ++y) {
-      for (int32_t x = 0; x < g.W; ++x) {
-        const int32_t p = (z * g.H + y) * g.W + x;
-        if (x > 0) fn(p - 1, p);
-        if (y > 0) fn(p - g.W, p);
-        if (z > 0) fn(p - g.H * g.W, p);
-      }
-    }
+void for_each_overlap(const Components& c, int32_t a, int32_t b, Fn&& fn) {
+  int32_t i = c.row_start[a], j = c.row_start[b];
+  const int32_t i_end = c.row_start[a + 1], j_end = c.row_start[b + 1];
+  while (i < i_end && j < j_end) {
+    fn(i, j);
+    const int32_t ei = c.run_end[i], ej = c.run_end[j];
+    i += ei <= ej;
+    j += ej <= ei;
   }
 }
 
-// Connected components of one sample's cluster map. Components are numbered in raster
-// order of their root (lowest pixel), so component order is root-pixel order.
-struct Components {
-  std::vector<int32_t> of_pixel;  // [P] component of each pixel
-  std::vector<int32_t> root;      // [M] root pixel
-  std::vector<int32_t> cluster;   // [M]
-  std::vector<int64_t> size;      // [M]
-  std::vector<int64_t> coord;     // [M, 3] sums of z, y, x
-  std::vector<int64_t> sum;       // [M, F] fixed point
-  std::vector<uint64_t> edges;    // adjacent component pairs (a << 32 | b), a < b
-};
-
-Components label_components(const Geometry& g, const float* feat, const int32_t* labels) {
-  const int32_t P = static_cast<int32_t>(g.P);
+Components label_components(const Geometry& g, const int32_t* fixed, const int32_t* labels) {
+  const int32_t W = g.W;
+  const int32_t rows = g.D * g.H;
   Components c;
-  std::vector<int32_t>& parent = c.of_pixel;
-  parent.resize(P);
-  // One raster pass: a pixel joins its left neighbour's set directly (the common case),
-  // and unions with the upper / previous-frame neighbour only when their sets differ.
-  const int32_t plane = g.H * g.W;
-  for (int32_t z = 0; z < g.D; ++z) {
-    for (int32_t y = 0; y < g.H; ++y) {
-      const int32_t row = z * plane + y * g.W;
-      for (int32_t x = 0; x < g.W; ++x) {
-        const int32_t p = row + x;
-        const int32_t k = labels[p];
-        parent[p] = (x > 0 && labels[p - 1] == k) ? parent[p - 1] : p;
-        if (y > 0 && labels[p - g.W] == k && parent[p - g.W] != parent[p])
-          unite(parent, p - g.W, p);
-        if (z > 0 && labels[p - plane] == k && parent[p - plane] != parent[p])
-          unite(parent, p - plane, p);
-      }
+  c.row_start.resize(rows + 1);
+  std::vector<int32_t> run_label;
+  c.row_start[0] = 0;
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t* lab = labels + int64_t{r} * W;
+    for (int32_t x = 0; x < W;) {
+      const int32_t k = lab[x];
+      int32_t e = x + 1;
+      while (e < W && lab[e] == k) ++e;
+      c.run_begin.push_back(x);
+      c.run_end.push_back(e);
+      run_label.push_back(k);
+      x = e;
     }
+    c.row_start[r + 1] = static_cast<int32_t>(c.run_begin.size());
   }
-  // Roots precede their pixels in raster order, so one pass turns parents into component
-  // numbers.
-  for (int32_t p = 0; p < P; ++p) {
-    if (parent[p] == p) {
-      parent[p] = static_cast<int32_t>(c.root.size());
-      c.root.push_back(p);
-      c.cluster.push_back(labels[p]);
+  const int32_t runs = static_cast<int32_t>(c.run_begin.size());
+  // Union-find over runs. Runs are numbered in raster order of their first pixel, so
+  // linking under the lower run index keeps the lowest pixel as the root.
+  std::vector<int32_t>& parent = c.run_comp;
+  parent.resize(runs);
+  std::iota(parent.begin(), parent.end(), 0);
+  auto link = [&](int32_t i, int32_t j) {
+    if (run_label[i] == run_label[j]) unite(parent, i, j);
+  };
+  for (int32_t r = 0; r < rows; ++r) {
+    if (r % g.H > 0) for_each_overlap(c, r - 1, r, link);  // the row above
+    if (r >= g.H) for_each_overlap(c, r - g.H, r, link);   // the previous frame
+  }
+  // Roots precede their runs, so one pass turns parents into component numbers.
+  for (int32_t r = 0, row = 0; r < runs; ++r) {
+    while (c.row_start[row + 1] <= r) ++row;
+    if (parent[r] == r) {
+      parent[r] = static_cast<int32_t>(c.root.size());
+      c.root.push_back(row * W + c.run_begin[r]);
+      c.cluster.push_back(run_label[r]);
     } else {
-      parent[p] = parent[parent[p]];  // parent[p] < p already holds a number
+      parent[r] = parent[parent[r]];  // parent[r] < r already holds a number
     }
   }
   const size_t M = c.root.size();
   c.size.assign(M, 0);
   c.coord.assign(M * 3, 0);
   c.sum.assign(M * g.F, 0);
-  // Statistics run by run: pixels of a row mostly share their component.
-  std::vector<int64_t> fixed(int64_t{g.F} * g.W);
-  for (int32_t z = 0; z < g.D; ++z) {
-    for (int32_t y = 0; y < g.H; ++y) {
-      const int32_t row = (z * g.H + y) * g.W;
+  // fixed: the features in fixed point, to_fixed32 (equal to to_fixed for clamped values).
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t z = r / g.H, y = r % g.H;
+    const int64_t row = int64_t{r} * W;
+    for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i) {
+      const int32_t m = c.run_comp[i], x = c.run_begin[i], e = c.run_end[i];
+      const int64_t count = e - x;
+      c.size[m] += count;
+      c.coord[int64_t{m} * 3] += count * z;
+      c.coord[int64_t{m} * 3 + 1] += count * y;
+      c.coord[int64_t{m} * 3 + 2] += count * (x + e - 1) / 2;
       for (int32_t f = 0; f < g.F; ++f) {
-        const float* v = feat + f * g.P + row;
-        int64_t* out = fixed.data() + int64_t{f} * g.W;
-        for (int32_t x = 0; x < g.W; ++x) out[x] = to_fixed(v[x]);
-      }
-      const int32_t* comp = parent.data() + row;
-      for (int32_t x = 0; x < g.W;) {
-        const int32_t m = comp[x];
-        int32_t e = x + 1;
-        while (e < g.W && comp[e] == m) ++e;
-        const int64_t count = e - x;
-        c.size[m] += count;
-        c.coord[int64_t{m} * 3] += count * z;
-        c.coord[int64_t{m} * 3 + 1] += count * y;
-        c.coord[int64_t{m} * 3 + 2] += count * (x + e - 1) / 2;
-        for (int32_t f = 0; f < g.F; ++f) {
-          const int64_t* v = fixed.data() + int64_t{f} * g.W;
-          int64_t sum = 0;
-          for (int32_t q = x; q < e; ++q) sum += v[q];
-          c.sum[int64_t{m} * g.F + f] += sum;
-        }
-        x = e;
+        const int32_t* v = fixed + f * g.P + row;
+        int64_t sum = 0;
+        for (int32_t q = x; q < e; ++q) sum += v[q];
+        c.sum[int64_t{m} * g.F + f] += sum;
       }
     }
   }
+  // Adjacent components: neighbouring runs of a row, overlapping runs of the row above
+  // and of the previous frame.
   uint64_t last = ~uint64_t{0};
-  for_each_forward_edge(g, [&](int32_t a, int32_t b) {
-    const uint32_t ma = static_cast<uint32_t>(parent[a]), mb = static_cast<uint32_t>(parent[b]);
+  auto edge = [&](int32_t i, int32_t j) {
+    const uint32_t ma = static_cast<uint32_t>(c.run_comp[i]);
+    const uint32_t mb = static_cast<uint32_t>(c.run_comp[j]);
     if (ma == mb) return;
     const uint64_t key = ma < mb ? (uint64_t{ma} << 32 | mb) : (uint64_t{mb} << 32 | ma);
     if (key != last) c.edges.push_back(key);  // runs along a boundary repeat the same pair
     last = key;
-  });
+  };
+  for (int32_t r = 0; r < rows; ++r) {
+    for (int32_t i = c.row_start[r] + 1; i < c.row_start[r + 1]; ++i) edge(i - 1, i);
+    if (r % g.H > 0) for_each_overlap(c, r - 1, r, edge);
+    if (r >= g.H) for_each_overlap(c, r - g.H, r, edge);
+  }
   return c;
 }
 
@@ -769,8 +1036,8 @@ void write_centers(const Geometry& g, const Components& c, const std::vector<int
 }
 
 // Connectivity and ids for one sample; labels hold clusters on entry, segment ids on exit.
-int64_t connect_sample(const Geometry& g, const float* feat, int32_t* labels, float* centers) {
-  const Components c = label_components(g, feat, labels);
+int64_t connect_sample(const Geometry& g, const int32_t* fixed, int32_t* labels, float* centers) {
+  const Components c = label_components(g, fixed, labels);
   const std::vector<int32_t> set = merge_small(g, c);
   const int32_t M = static_cast<int32_t>(c.root.size());
   // The set holding the largest component of cluster k is k's main segment.
@@ -801,14 +1068,20 @@ int64_t connect_sample(const Geometry& g, const float* feat, int32_t* labels, fl
     final_id[r] = is_main(r) ? id_of_cluster[c.cluster[largest_comp[r]]] : free_ids[next_free++];
   }
   for (int32_t m = 0; m < M; ++m) final_id[m] = final_id[set[m]];
-  for (int64_t p = 0; p < g.P; ++p) labels[p] = final_id[c.of_pixel[p]];
+  const int32_t rows = g.D * g.H;
+  for (int32_t r = 0; r < rows; ++r) {
+    int32_t* lab = labels + int64_t{r} * g.W;
+    for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i)
+      std::fill(lab + c.run_begin[i], lab + c.run_end[i], final_id[c.run_comp[i]]);
+  }
   write_centers(g, c, final_id, centers);
   return count;
 }
 
 // Mean (z, y, x, features) of each segment of the final labels, from exact integer sums
 // (features in fixed point) taken run by run; rows past max_centers are dropped.
-void centers_from_labels(const Geometry& g, const float* feat, const int32_t* labels, float* out) {
+void centers_from_labels(const Geometry& g, const int32_t* fixed, const int32_t* labels,
+                         float* out) {
   const int32_t R = 3 + g.F;
   std::vector<int64_t> sums(int64_t{g.max_centers} * (R + 1), 0);
   for (int32_t z = 0; z < g.D; ++z) {
@@ -826,8 +1099,10 @@ void centers_from_labels(const Geometry& g, const float* feat, const int32_t* la
           s[2] += count * y;
           s[3] += count * (x + e - 1) / 2;
           for (int32_t f = 0; f < g.F; ++f) {
-            const float* v = feat + f * g.P + row;
-            for (int32_t q = x; q < e; ++q) s[4 + f] += to_fixed(v[q]);
+            const int32_t* v = fixed + f * g.P + row;
+            int64_t sum = 0;
+            for (int32_t q = x; q < e; ++q) sum += v[q];
+            s[4 + f] += sum;
           }
         }
         x = e;
@@ -842,14 +1117,14 @@ void centers_from_labels(const Geometry& g, const float* feat, const int32_t* la
 
 // Without connectivity: every non-empty cluster is a segment, numbered in cluster order;
 // its centre is the mean of its final pixels (the k-means centres are a pass older).
-int64_t relabel_clusters(const Geometry& g, const float* feat, int32_t* labels, float* centers) {
+int64_t relabel_clusters(const Geometry& g, const int32_t* fixed, int32_t* labels, float* centers) {
   std::vector<uint8_t> used(g.K, 0);
   for (int64_t p = 0; p < g.P; ++p) used[labels[p]] = 1;
   int32_t n = 0;
   for (int32_t k = 0; k < g.K; ++k) n += used[k];
   const std::vector<int32_t> id = stable_ids(used, n);
   for (int64_t p = 0; p < g.P; ++p) labels[p] = id[labels[p]];
-  centers_from_labels(g, feat, labels, centers);
+  centers_from_labels(g, fixed, labels, centers);
   return n;
 }
 
@@ -900,6 +1175,34 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
 
 namespace {
 
+// A buffer that keeps its memory between calls up to kKeptElements (larger ones are freed
+// when the call ends, so one huge call does not pin its scratch).
+template <typename T>
+struct KeptBuffer {
+  static constexpr int64_t kKeptElements = int64_t{1} << 24;
+  std::vector<T> kept;
+  std::vector<T> once;
+  T* get(int64_t n) {
+    if (n > kKeptElements) {
+      once.resize(n);
+      return once.data();
+    }
+    if (static_cast<int64_t>(kept.size()) < n) kept.resize(n);
+    return kept.data();
+  }
+  void release_once() { std::vector<T>().swap(once); }
+};
+
+struct Workspace {
+  KeptBuffer<float> features;
+  KeptBuffer<int32_t> fixed;
+};
+
+Workspace& workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
 SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
                            const std::optional<at::Tensor>& init_counts,
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
@@ -912,22 +1215,26 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
                     convert_lab, max_iter, tol, connectivity, min_size, max_centers);
   const int32_t R = 3 + g.F;
   const auto f32 = image.options().dtype(at::kFloat);
-  at::Tensor features = at::empty({g.N, g.F, g.P}, f32);
+  // Scratch planes (features, fixed point) reused across calls on this thread: fresh pages
+  // cost a page fault each, about as much as the CIELAB conversion of a photo.
+  Workspace& ws = workspace();
+  float* features = ws.features.get(g.N * g.F * g.P);
+  int32_t* fixed = ws.fixed.get(g.N * g.F * g.P);
   switch (image.scalar_type()) {
     case at::kByte:
-      compute_features(g, image_ptr<uint8_t>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<uint8_t>(image), features, fixed);
       break;
     case at::kHalf:
-      compute_features(g, image_ptr<c10::Half>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<c10::Half>(image), features, fixed);
       break;
     case at::kBFloat16:
-      compute_features(g, image_ptr<c10::BFloat16>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<c10::BFloat16>(image), features, fixed);
       break;
     case at::kFloat:
-      compute_features(g, image_ptr<float>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<float>(image), features, fixed);
       break;
     default:
-      compute_features(g, image_ptr<double>(image), features.data_ptr<float>());
+      compute_features(g, image_ptr<double>(image), features, fixed);
       break;
   }
   at::Tensor clusters = at::zeros({g.N, g.K, R}, f32);
@@ -938,36 +1245,28 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
     warm_centers(g, init_centers->const_data_ptr<float>(), init_counts->const_data_ptr<int32_t>(),
                  centers, counts);
   } else {
-    seed_centers(g, features.const_data_ptr<float>(), centers, counts);
+    seed_centers(g, features, centers, counts);
   }
   at::Tensor labels = at::empty({g.N, g.P}, image.options().dtype(at::kInt));
   at::Tensor iterations = at::zeros({g.N}, image.options().dtype(at::kInt));
-  // Features in fixed point once per call (int32: clamped features fit): the k-means sums
-  // add integers, exactly and in any order, as on CUDA.
-  at::Tensor fixed = at::empty({g.N, g.F, g.P}, image.options().dtype(at::kInt));
-  {
-    const float* src = features.const_data_ptr<float>();
-    int32_t* dst = fixed.data_ptr<int32_t>();
-    at::parallel_for(0, g.N * g.F * g.P, 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) dst[i] = to_fixed32(src[i]);
-    });
-  }
-  iterate(g, features.const_data_ptr<float>(), fixed.const_data_ptr<int32_t>(), centers, counts,
+  iterate(g, features, fixed, centers, counts,
           init_labels ? init_labels->const_data_ptr<int32_t>() : nullptr,
           labels.data_ptr<int32_t>(), iterations.data_ptr<int32_t>());
   at::Tensor cluster_labels = labels.clone();
 
   at::Tensor num_segments = at::empty({g.N}, image.options().dtype(at::kLong));
   at::Tensor out_centers = at::zeros({g.N, g.max_centers, R}, f32);
-  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(g, 0, g.N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       int32_t* lab = labels.data_ptr<int32_t>() + n * g.P;
-      const float* feat = features.const_data_ptr<float>() + n * g.F * g.P;
+      const int32_t* feat = fixed + n * g.F * g.P;
       float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
       num_segments.data_ptr<int64_t>()[n] =
           g.connectivity ? connect_sample(g, feat, lab, out) : relabel_clusters(g, feat, lab, out);
     }
   });
+  ws.features.release_once();
+  ws.fixed.release_once();
   return {labels, num_segments, out_centers, iterations, clusters, cluster_counts, cluster_labels};
 }
 
@@ -979,9 +1278,40 @@ SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& i
                      at::ArrayRef<double> weights, double compactness, bool convert_lab,
                      int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                      int64_t max_centers) {
-  return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, image, init_centers, init_counts, init_labels,
-                        grid, weights, compactness, convert_lab, max_iter, tol, connectivity,
-                        min_size, max_centers);
+  auto run = [&](const at::Tensor& part, const std::optional<at::Tensor>& c,
+                 const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& l) {
+    return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, part, c, k, l, grid, weights, compactness,
+                          convert_lab, max_iter, tol, connectivity, min_size, max_centers);
+  };
+  TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
+  const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);
+  if (N < 2 || N * P < kParallelPixels || at::get_num_threads() < 2 || at::in_parallel_region())
+    return run(image, init_centers, init_counts, init_labels);
+  // Batches: one parallel region over samples, each segmented on one thread. Samples are
+  // independent, so this changes no result; it replaces some fifty short parallel regions
+  // per call, whose barriers make OpenMP threads spin while another process holds a core.
+  std::vector<SlicOutputs> parts(N);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    auto one = [](const std::optional<at::Tensor>& t, int64_t n) -> std::optional<at::Tensor> {
+      if (!t) return std::nullopt;
+      return t->narrow(0, n, 1);
+    };
+    for (int64_t n = begin; n < end; ++n)
+      parts[n] = run(image.narrow(0, n, 1), one(init_centers, n), one(init_counts, n),
+                     one(init_labels, n));
+  });
+  std::vector<at::Tensor> lists[7];
+  for (const SlicOutputs& o : parts) {
+    lists[0].push_back(std::get<0>(o));
+    lists[1].push_back(std::get<1>(o));
+    lists[2].push_back(std::get<2>(o));
+    lists[3].push_back(std::get<3>(o));
+    lists[4].push_back(std::get<4>(o));
+    lists[5].push_back(std::get<5>(o));
+    lists[6].push_back(std::get<6>(o));
+  }
+  return {at::cat(lists[0]), at::cat(lists[1]), at::cat(lists[2]), at::cat(lists[3]),
+          at::cat(lists[4]), at::cat(lists[5]), at::cat(lists[6])};
 }
 
 TORCH_LIBRARY_IMPL(gswfast, CPU, m) { m.impl("slic", &slic_cpu); }

@@ -28,7 +28,9 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-enum State { kDone = 0, kChanged = 1, kMerging = 2, kMerged = 3 };
+// Per-sample state [N, kSlots]; kAfterConverged: a subsampled pass met the tolerance, so
+// the next pass is full (pass_is_full).
+enum State { kDone = 0, kChanged = 1, kMerging = 2, kMerged = 3, kAfterConverged = 4, kSlots = 5 };
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
@@ -202,7 +204,7 @@ __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* cou
                            const int32_t* state, int32_t* cell_start, int32_t* cell_cursor,
                            int32_t* cell_items) {
   const int64_t n = blockIdx.x;
-  if (state[n * 4 + kDone]) return;
+  if (state[n * kSlots + kDone]) return;
   const int32_t R = 3 + g.F;
   const int32_t cells = g.cells[0] * g.cells[1] * g.cells[2];
   int32_t* start = cell_start + n * (cells + 1);
@@ -246,13 +248,15 @@ __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
                                               const float* __restrict__ features,
                                               const float* __restrict__ clusters,
                                               const int32_t* cell_start, const int32_t* cell_items,
-                                              int32_t* state, int32_t* labels) {
-  if (state[n * 4 + kDone]) return;  // the whole block belongs to sample n
+                                              int32_t it, int32_t* state, int32_t* labels) {
+  if (state[n * kSlots + kDone]) return;  // the whole block belongs to sample n
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const bool full = pass_is_full(g, it, state[n * kSlots + kAfterConverged] != 0);
   int changed = 0;
-  if (p < g.P) {
-    int32_t z, y, x;
-    pixel_coords(g, p, &z, &y, &x);
+  int32_t z = 0, y = 0, x = 0;
+  if (p < g.P) pixel_coords(g, p, &z, &y, &x);
+  // A subsampled pass reassigns the rows y % subsample == it % subsample only.
+  if (p < g.P && (full || y % g.subsample == it % g.subsample)) {
     const float* feat = features + n * g.F * g.P + p;
     float fv[kCachedFeatures];
     for (int32_t f = 0; f < min(g.F, kCachedFeatures); ++f) fv[f] = feat[f * g.P];
@@ -298,24 +302,32 @@ __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
     labels[n * g.P + p] = now;
   }
   const int block_changed = __syncthreads_count(changed);
-  if (threadIdx.x == 0 && block_changed) atomicAdd(&state[n * 4 + kChanged], block_changed);
+  if (threadIdx.x == 0 && block_changed) atomicAdd(&state[n * kSlots + kChanged], block_changed);
 }
 
 __global__ void assign_kernel(Geometry g, const float* __restrict__ features,
                               const float* __restrict__ clusters, const int32_t* cell_start,
-                              const int32_t* cell_items, int32_t* state, int32_t* labels) {
+                              const int32_t* cell_items, int32_t it, int32_t* state,
+                              int32_t* labels) {
   for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
-    assign_sample(n, g, features, clusters, cell_start, cell_items, state, labels);
+    assign_sample(n, g, features, clusters, cell_start, cell_items, it, state, labels);
   }
 }
 
-// Per sample, after an assignment: count the pass and stop once converged.
-__global__ void step_kernel(Geometry g, int32_t* state, int32_t* iterations) {
+// Per sample, after an assignment: count the pass and stop once a full pass converged; a
+// subsampled pass that meets the tolerance makes the next pass full (as on the CPU).
+__global__ void step_kernel(Geometry g, int32_t it, int32_t* state, int32_t* iterations) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (n >= g.N || state[n * 4 + kDone]) return;
+  if (n >= g.N || state[n * kSlots + kDone]) return;
   ++iterations[n];
-  if (state[n * 4 + kChanged] <= g.max_changed) state[n * 4 + kDone] = 1;
-  state[n * 4 + kChanged] = 0;
+  int32_t* st = state + n * kSlots;
+  const int64_t changed = st[kChanged];
+  if (pass_is_full(g, it, st[kAfterConverged] != 0)) {
+    if (changed <= g.max_changed) st[kDone] = 1;
+  } else if (subsampled_converged(g, changed)) {
+    st[kAfterConverged] = 1;
+  }
+  st[kChanged] = 0;
 }
 
 __global__ void zero_sums_kernel(Geometry g, const int32_t* state, int64_t* sums, int32_t rows,
@@ -323,7 +335,7 @@ __global__ void zero_sums_kernel(Geometry g, const int32_t* state, int64_t* sums
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int32_t S = 4 + g.F;
   if (i >= g.N * rows * S) return;
-  if (skip_done && state[(i / (int64_t{rows} * S)) * 4 + kDone]) return;
+  if (skip_done && state[(i / (int64_t{rows} * S)) * kSlots + kDone]) return;
   sums[i] = 0;
 }
 
@@ -333,7 +345,7 @@ __device__ __forceinline__ void accumulate_sample(int64_t n, const Geometry& g,
                                                   const int32_t* __restrict__ labels,
                                                   const int32_t* state, bool skip_done,
                                                   int32_t rows, int64_t* sums) {
-  if (skip_done && state[n * 4 + kDone]) return;
+  if (skip_done && state[n * kSlots + kDone]) return;
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   int64_t key = -1;
   int32_t z = 0, y = 0, x = 0;
@@ -364,7 +376,7 @@ __global__ void accumulate_kernel(Geometry g, const float* __restrict__ features
 __global__ void update_kernel(Geometry g, const int64_t* sums, const int32_t* state,
                               float* clusters, int32_t* counts) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.K || state[(i / g.K) * 4 + kDone]) return;
+  if (i >= g.N * g.K || state[(i / g.K) * kSlots + kDone]) return;
   const int32_t S = 4 + g.F, R = 3 + g.F;
   const int64_t* s = sums + i * S;
   counts[i] = static_cast<int32_t>(s[0]);
@@ -430,7 +442,7 @@ __global__ void compress_kernel(Geometry g, const int32_t* state, bool only_merg
                                 int32_t* parent) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
-  if (only_merging && !state[(i / g.P) * 4 + kMerging]) return;
+  if (only_merging && !state[(i / g.P) * kSlots + kMerging]) return;
   parent[i] = find_root(parent, static_cast<int32_t>(i));
 }
 
@@ -466,7 +478,7 @@ __global__ void roots_kernel(Geometry g, const int32_t* parent, const int64_t* s
 __global__ void reset_best_kernel(Geometry g, const int32_t* parent, const int32_t* state,
                                   uint64_t* best) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.P || !state[(i / g.P) * 4 + kMerging]) return;
+  if (i >= g.N * g.P || !state[(i / g.P) * kSlots + kMerging]) return;
   if (parent[i] == i) best[i] = ~0ull;
 }
 
@@ -497,7 +509,7 @@ __global__ void merge_edges_kernel(Geometry g, const int32_t* parent, const int6
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
   const int64_t n = i / g.P;
-  if (!state[n * 4 + kMerging]) return;
+  if (!state[n * kSlots + kMerging]) return;
   int32_t z, y, x;
   pixel_coords(g, i % g.P, &z, &y, &x);
   const int64_t plane = int64_t{g.H} * g.W;
@@ -521,18 +533,18 @@ __global__ void merge_link_kernel(Geometry g, const int64_t* stats, const uint64
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
   const int64_t n = i / g.P;
-  if (!state[n * 4 + kMerging] || !was_root[i]) return;
+  if (!state[n * kSlots + kMerging] || !was_root[i]) return;
   if (stats[i * (1 + g.F)] >= g.min_size || best[i] == ~0ull) return;
   const int64_t target = n * g.P + static_cast<int64_t>(best[i] & 0xFFFFFFFFull);
   merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(target));
-  state[n * 4 + kMerged] = 1;
+  state[n * kSlots + kMerged] = 1;
 }
 
 // Sets that stopped being roots hand their statistics to their new root.
 __global__ void merge_fold_kernel(Geometry g, const int32_t* parent, const int32_t* state,
                                   uint8_t* was_root, int64_t* stats) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.P || !state[(i / g.P) * 4 + kMerging]) return;
+  if (i >= g.N * g.P || !state[(i / g.P) * kSlots + kMerging]) return;
   if (!was_root[i] || parent[i] == i) return;
   was_root[i] = 0;
   const int32_t S = 1 + g.F;
@@ -542,9 +554,9 @@ __global__ void merge_fold_kernel(Geometry g, const int32_t* parent, const int32
 
 __global__ void merge_step_kernel(Geometry g, int32_t* state) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (n >= g.N || !state[n * 4 + kMerging]) return;
-  if (!state[n * 4 + kMerged]) state[n * 4 + kMerging] = 0;
-  state[n * 4 + kMerged] = 0;
+  if (n >= g.N || !state[n * kSlots + kMerging]) return;
+  if (!state[n * kSlots + kMerged]) state[n * kSlots + kMerging] = 0;
+  state[n * kSlots + kMerged] = 0;
 }
 
 // The largest original component of each cluster, and of each final set.
@@ -716,9 +728,9 @@ void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
         g, b.clusters, b.counts, b.state, b.cell_start, b.cell_cursor, b.cell_items);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     assign_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.clusters, b.cell_start,
-                                                          b.cell_items, b.state, b.labels);
+                                                          b.cell_items, it, b.state, b.labels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state, b.iterations);
+    step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, it, b.state, b.iterations);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     zero_sums_kernel<<<blocks_for(g.N * g.K * S), kThreads, 0, stream>>>(g, b.state, b.sums, g.K,
                                                                          true);
