@@ -27,7 +27,11 @@ def test_quick_report_has_every_column_and_finite_values(tmp_path):
     report = _report()
     out = tmp_path / "report.md"
     table = report.main(["--quick", "--sections", "shapes", "--out", str(out)])
-    assert out.read_text() == table
+    written = out.read_text()
+    # the file: a title naming the command, the date and the machine, then the table printed
+    assert written.startswith("# The evidence table\n\n`")
+    assert "python benchmarks/quality_report.py --quick --sections shapes --out " in written
+    assert written.endswith("\n\n" + table)
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert tuple(header) == report.COLUMNS
