@@ -134,6 +134,7 @@ def slic_kernel(
     init_labels: Tensor | None = None,
     tol: float = 0.0,
     subsample: int = 1,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The SLIC kernel on normalised inputs; ``gswfast.slic`` is the user-facing API.
 
@@ -147,6 +148,9 @@ def slic_kernel(
         tol: a sample has converged when at most ``tol * D*H*W`` pixels change cluster.
         subsample: row stride of the middle passes (1: every pass reassigns every pixel);
             it travels as a 10th ``grid`` entry.
+        mask: maskSLIC, uint8 ``[N, D*H*W]`` (nonzero: inside) on the image's device:
+            pixels outside get label -1 and take no part; a seed whose grid point lies
+            outside is dead.
 
     Returns:
         ``labels [N, D*H*W]`` int32, ``num_segments [N]`` int64,
@@ -170,6 +174,7 @@ def slic_kernel(
         bool(connectivity),
         int(min_size),
         int(max_centers),
+        mask,
     )
     return result
 
@@ -357,6 +362,7 @@ def _slic_fake(
     connectivity: bool,
     min_size: int,
     max_centers: int,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     n, c = image.shape[:2]
     pixels = math.prod(image.shape[2:])
