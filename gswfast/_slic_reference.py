@@ -208,6 +208,7 @@ def merge_round(
     fixed: Tensor,
     min_size: int,
     inside: Tensor | None = None,
+    max_size: int = 0,
 ) -> tuple[Tensor, bool]:
     """One round of the small-segment merge (slic.h, Connectivity).
 
@@ -216,7 +217,8 @@ def merge_round(
     set smaller than ``min_size`` picks the adjacent set with the nearest mean feature
     (squared distance in float32, ties to the lower root); then all the picked pairs are
     united at once, each new set named by its lowest pixel. ``inside``: bool [P], the
-    pixels inside the mask (default all); the others are no set and touch none. Returns
+    pixels inside the mask (default all); the others are no set and touch none.
+    ``max_size`` > 0: only sets smaller than it may be picked (slic.h, takes_more). Returns
     the new sets and whether anything merged."""
     P = sets.numel()
     size = torch.zeros(P, dtype=torch.int64).index_add_(0, sets, torch.ones_like(sets))
@@ -229,6 +231,8 @@ def merge_round(
     differ = a != b
     a, b = torch.cat([a[differ], b[differ]]), torch.cat([b[differ], a[differ]])
     small = size[a] < min_size
+    if max_size > 0:
+        small &= size[b] < max_size
     a, b = a[small], b[small]
     if a.numel() == 0:
         return sets, False
@@ -252,6 +256,7 @@ def merge_small(
     features: Tensor,
     min_size: int,
     inside: Tensor | None = None,
+    max_size: int = 0,
 ) -> Tensor:
     """Merge rounds until no set is smaller than ``min_size``, nothing merges, or
     ``MERGE_ROUNDS`` rounds ran. features: [F, D, H, W]. Returns the final sets [P]."""
@@ -259,19 +264,21 @@ def merge_small(
         return sets
     fixed = to_fixed(clamp_features(features).reshape(features.shape[0], -1)).T
     for _ in range(MERGE_ROUNDS):
-        sets, merged = merge_round(sets, shape, fixed, min_size, inside)
+        sets, merged = merge_round(sets, shape, fixed, min_size, inside, max_size)
         if not merged:
             break
     return sets
 
 
-def connected_sets(cluster_labels: Tensor, features: Tensor, min_size: int) -> Tensor:
+def connected_sets(
+    cluster_labels: Tensor, features: Tensor, min_size: int, max_size: int = 0
+) -> Tensor:
     """The partition the connectivity pass makes of a cluster map [D, H, W]: each pixel's
     final set, named by its lowest pixel, int64 [D, H, W] (a pixel outside the mask, label
     -1, is its own set). features: [F, D, H, W]."""
     shape = _shape3(cluster_labels)
     inside = cluster_labels.reshape(-1) >= 0
-    sets = merge_small(components(cluster_labels), shape, features, min_size, inside)
+    sets = merge_small(components(cluster_labels), shape, features, min_size, inside, max_size)
     return sets.reshape(shape)
 
 

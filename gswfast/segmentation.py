@@ -102,6 +102,7 @@ def slic(
     sigma: float | Sequence[float] = 0.0,
     subsample: int = 1,
     mask: Tensor | None = None,
+    max_size_factor: float | None = None,
 ) -> Segmentation:
     """Segments images into superpixels or clips into supervoxels (SLIC).
 
@@ -131,6 +132,15 @@ def slic(
             ``min_size_factor * pixels / seeds`` join the adjacent segment with the nearest
             mean colour.
         min_size_factor: see ``enforce_connectivity``.
+        max_size_factor: as scikit-image's ``max_size_factor`` (whose default is 3;
+            here None: no limit, the results of earlier versions): with connectivity, a
+            segment stops growing past ``max_size_factor * pixels / seeds`` pixels (the
+            mask area per seed with ``mask``): a set that large takes no more small
+            components in the merge rounds, so a small one next to large ones only stays
+            a segment of its own. Unlike scikit-image, a connected k-means cluster larger
+            than that is not split (k-means clusters stay within their seed's 2S x 2S
+            window, at most about 4x the mean size; scikit-image cuts them in
+            breadth-first order, which has no order-free parallel equivalent).
         init: a previous ``Segmentation`` of an input of the same shape (for example the
             previous window of a video): its segments are the starting clusters (centres
             and pixels), so k-means needs fewer passes, and a segment that is still there
@@ -179,6 +189,15 @@ def slic(
     _check_parameters(n_segments, compactness, max_iter, min_size_factor, tol)
     if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
         raise ValueError(f"subsample: expected an int >= 1, got {subsample!r}")
+    if max_size_factor is not None and not (
+        isinstance(max_size_factor, (int, float))
+        and not isinstance(max_size_factor, bool)
+        and math.isfinite(max_size_factor)
+        and max_size_factor > 0
+    ):
+        raise ValueError(
+            f"max_size_factor: expected a finite number > 0 or None, got {max_size_factor!r}"
+        )
     channels = images.shape[1]
     lab = _resolve_convert_lab(convert_lab, channels)
     volume = _as_volume_batch(images, mode)  # [N, C, D, H, W]
@@ -196,6 +215,11 @@ def slic(
     blur = _resolve_sigma(sigma, spacing, mode)
     pixels = d * h * w
     min_size = int(min_size_factor * area / seeds) if enforce_connectivity else 0
+    max_size = (
+        max(1, int(max_size_factor * area / seeds))
+        if enforce_connectivity and max_size_factor is not None
+        else 0
+    )
     max_centers = _max_centers(seeds, pixels, min_size, enforce_connectivity)
     init_centers, init_counts, init_labels = _warm_start(init, images, mode, volume, channels)
     if validate:
@@ -218,6 +242,7 @@ def slic(
         tol,
         subsample,
         kernel_mask,
+        max_size,
     )
     seg = _assemble(images, mode, *outputs, masked=mask is not None)
     return seg if mask is None else replace(seg, mask=mask)

@@ -1066,3 +1066,53 @@ def test_mask_tiny_region_still_gets_a_segment():
     seg = gsw.slic(image, n_segments=16, mask=mask)
     _check_masked(seg, mask)
     assert int(seg.num_segments[0]) >= 1
+
+
+# ------------------------------------------------------------------------- max_size_factor
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("case", ["image-0", "image-1", "volume-0"])
+def test_max_size_factor_merges_equal_the_reference(device, case):
+    kind, seed = case.split("-")
+    shape = (1, 2, 24, 30) if kind == "image" else (1, 2, 4, 16, 18)
+    image = _blocky_noise(shape, int(seed))
+    n_segments = 40 if kind == "image" else 30
+    options = dict(n_segments=n_segments, compactness=0.05, min_size_factor=0.9, convert_lab=False)
+    seg = gsw.slic(image.to(device), max_size_factor=1.2, **options)
+    unlimited = gsw.slic(image.to(device), **options)
+    features = image[0].unsqueeze(1) if kind == "image" else image[0]
+    dims = tuple(features.shape[1:])
+    clusters = seg.cluster_labels[0].cpu().view(dims)
+    assert torch.equal(clusters, unlimited.cluster_labels[0].cpu().view(dims))
+    min_size = _min_size(dims, n_segments, 0.9, kind)
+    max_size = int(1.2 * math.prod(dims) / math.prod(_seed_grid(dims, n_segments, kind)[2]))
+    sets = reference.connected_sets(clusters, features, min_size, max_size)
+    labels = seg.labels[0].cpu().view(dims)
+    assert reference.same_partition(sets, labels)
+    assert torch.equal(labels, reference.segment_ids(clusters, sets))
+    assert torch.equal(
+        seg.centers[0].cpu(), reference.centers(labels, features, seg.centers.shape[1])
+    )
+    # The limit bites: more segments, none larger than without it.
+    assert int(seg.num_segments[0]) > int(unlimited.num_segments[0])
+    assert int(torch.bincount(labels.reshape(-1)).max()) <= int(
+        torch.bincount(unlimited.labels[0].cpu().reshape(-1)).max()
+    )
+    assert _masked_connected(labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_max_size_factor_three_matches_skimage(seed):
+    image, truth = synthetic_regions(seed=seed)
+    ours = gsw.slic(image[None], n_segments=200, max_size_factor=3).labels[0]
+    ref = _reference(image[None], 200)  # scikit-image's default max_size_factor=3
+    assert boundary_recall(ours, truth) >= boundary_recall(ref, truth) - 0.02
+    assert abs(int(ours.max()) + 1 - 200) <= 0.15 * 200
+    assert is_connected(ours)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, True, "3"])
+def test_max_size_factor_bad_values(value):
+    with pytest.raises(ValueError, match="max_size_factor"):
+        gsw.slic(torch.rand(1, 3, 20, 24), max_size_factor=value)

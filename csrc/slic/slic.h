@@ -19,8 +19,9 @@
 //       d = |f_p - f_k|^2 / compactness^2 + sum_dim weight[dim] * (p_dim - k_dim)^2
 //   with weight = spacing^2 / S^2 and S the largest grid step.
 // * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x
-//   [, subsample]): seeds sit at start + i * step (scikit-image's regular_grid); subsample
-//   (default 1) is the row stride of the middle passes (Iterations). Cluster k may take the
+//   [, subsample [, max_size]]): seeds sit at start + i * step (scikit-image's
+//   regular_grid); subsample (default 1) is the row stride of the middle passes
+//   (Iterations); max_size (default 0: none) bounds merges (Connectivity). Cluster k may take the
 //   pixels of its window, |p_dim - k_dim| <= step_dim in every dimension (SLIC's 2S x 2S
 //   region); among the clusters whose window holds a pixel the nearest wins, ties to the
 //   lower index. A pixel no window holds keeps its previous cluster. The CPU lets clusters
@@ -47,8 +48,10 @@
 //   no set is smaller than min_size or nothing merges. A round decides every choice from
 //   its snapshot (sets, sizes, mean features in fixed point): each set smaller than
 //   min_size picks the adjacent set with the nearest mean feature (squared distance in
-//   float, one rounding per product and sum; ties: lower root); then all picked pairs are
-//   united (root = lowest pixel). The partition depends on no visiting order or thread
+//   float, one rounding per product and sum; ties: lower root) among those smaller than
+//   max_size (when set: scikit-image's max_size_factor, a segment stops growing past it;
+//   unlike scikit-image, a k-means component larger than max_size is not split); then all picked
+//   pairs are united (root = lowest pixel). The partition depends on no visiting order or thread
 //   timing. Without connectivity each non-empty cluster is one segment.
 // * Ids 0..n-1 (n = num_segments[n]), stable: a set takes the cluster of its largest
 //   original component; the set holding the largest component of cluster k is k's main
@@ -114,6 +117,7 @@ struct Geometry {
   int32_t min_size;
   int32_t max_centers;
   int32_t subsample;  // row stride of the subsampled passes (1: every pass is full)
+  int64_t max_size;   // a set of max_size pixels or more takes no more merges (0: no limit)
   bool convert_lab;
   bool connectivity;
   bool warm;
@@ -328,6 +332,12 @@ GSW_HD int32_t nearest_live_cluster(const Geometry& g, const float* centers, con
     }
   }
   return best_k;
+}
+
+// Whether a set of `size` pixels may still take a small set in a merge round (max_size,
+// scikit-image's max_size_factor: a segment stops growing past max_size).
+GSW_HD bool takes_more(const Geometry& g, int64_t size) {
+  return g.max_size <= 0 || size < g.max_size;
 }
 
 // 64-bit key ordering (distance, id) pairs; distances are >= 0 so their bits sort as floats.

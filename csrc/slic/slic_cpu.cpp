@@ -36,10 +36,12 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
       s == at::kByte || s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
       "image: expected uint8, float16, bfloat16, float32 or float64, got ", s);
   TORCH_CHECK(image.is_contiguous(), "image: expected a contiguous tensor");
-  TORCH_CHECK(grid.size() == 9 || grid.size() == 10, "grid: expected 9 or 10 integers, got ",
+  TORCH_CHECK(grid.size() >= 9 && grid.size() <= 11, "grid: expected 9 to 11 integers, got ",
               grid.size());
   TORCH_CHECK(grid.size() == 9 || grid[9] >= 1, "subsample: expected >= 1, got ",
-              grid.size() == 10 ? grid[9] : 0);
+              grid.size() >= 10 ? grid[9] : 0);
+  TORCH_CHECK(grid.size() <= 10 || grid[10] >= 0, "max_size: expected >= 0, got ",
+              grid.size() == 11 ? grid[10] : 0);
   TORCH_CHECK(weights.size() == 3, "weights: expected 3 floats, got ", weights.size());
   TORCH_CHECK(compactness > 0, "compactness: expected > 0, got ", compactness);
   TORCH_CHECK(max_iter >= 1, "max_iter: expected >= 1, got ", max_iter);
@@ -76,7 +78,8 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   g.max_changed = static_cast<int64_t>(tol * static_cast<double>(g.P));
   g.min_size = static_cast<int32_t>(std::min<int64_t>(min_size, g.P));
   g.max_centers = static_cast<int32_t>(max_centers);
-  g.subsample = grid.size() == 10 ? static_cast<int32_t>(std::min<int64_t>(grid[9], 1 << 30)) : 1;
+  g.subsample = grid.size() >= 10 ? static_cast<int32_t>(std::min<int64_t>(grid[9], 1 << 30)) : 1;
+  g.max_size = grid.size() == 11 ? std::min<int64_t>(grid[10], g.P) : 0;
   g.convert_lab = convert_lab;
   g.connectivity = connectivity;
   g.warm = init_centers.has_value();
@@ -991,9 +994,9 @@ std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
       const int32_t a = parent[static_cast<int32_t>(e >> 32)];
       const int32_t b = parent[static_cast<int32_t>(e & 0xFFFFFFFFu)];
       if (a == b) continue;
-      if (size[a] < g.min_size)
+      if (size[a] < g.min_size && takes_more(g, size[b]))
         best[a] = std::min(best[a], pack_distance(distance(a, b), static_cast<uint32_t>(b)));
-      if (size[b] < g.min_size)
+      if (size[b] < g.min_size && takes_more(g, size[a]))
         best[b] = std::min(best[b], pack_distance(distance(b, a), static_cast<uint32_t>(a)));
     }
     // Every pair is decided from the round's snapshot (parents are flat, sizes and means

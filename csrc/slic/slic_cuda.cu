@@ -502,7 +502,7 @@ __device__ float set_distance(const Geometry& g, const int64_t* stats, int64_t a
 
 __device__ __forceinline__ void offer(const Geometry& g, const int64_t* stats, uint64_t* best,
                                       int64_t small, int64_t other, int64_t base) {
-  if (stats[small * (1 + g.F)] >= g.min_size) return;
+  if (stats[small * (1 + g.F)] >= g.min_size || !takes_more(g, stats[other * (1 + g.F)])) return;
   atomicMin(reinterpret_cast<unsigned long long*>(&best[small]),
             static_cast<unsigned long long>(pack_distance(set_distance(g, stats, small, other),
                                                           static_cast<uint32_t>(other - base))));
