@@ -172,7 +172,8 @@ def slic(
             made twice as dense until every one does. Outside pixels take no part in the
             assignment, the centres or connectivity; ``min_size_factor`` is relative to
             the mask area per seed. Every sample needs a True pixel; an empty frame of a
-            ``per_frame`` clip gets no segment. One host sync (also on CUDA).
+            ``per_frame`` clip gets no segment; ``tol`` still counts against all the
+            pixels of a sample. One host sync (also on CUDA).
         validate: raise ``ValueError`` for NaN or infinite values, float sRGB outside 0..1
             with CIELAB, and an ``init`` sample without a live cluster (one device sync on
             CUDA). Unvalidated, such an ``init`` sample comes out as one segment.

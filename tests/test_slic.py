@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import cpu_and_cuda
+from helpers import TinyCNN, cpu_and_cuda
 
 import gswfast as gsw
 import gswfast.ops
@@ -1048,6 +1048,12 @@ def test_mask_bad_inputs_name_the_argument():
     clip = torch.rand(1, 3, 2, 20, 24)
     with pytest.raises(ValueError, match="mask"):
         gsw.slic(clip, mode="per_frame", mask=good)
+    model = TinyCNN()
+    attribution = torch.rand(2, 3, 20, 24)
+    with pytest.raises(ValueError, match="segmentation: a masked segmentation"):
+        gsw.explain(None, image, segmentation=gsw.slic(image, mask=good), attribution=attribution)
+    with pytest.raises(ValueError, match="segmentation: a masked segmentation"):
+        gsw.lime(model, image, gsw.slic(image, mask=good), 1, n_samples=8)
     from gswfast.checks import resolve_given_segmentation
 
     small = good.clone()
