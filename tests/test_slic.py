@@ -955,9 +955,14 @@ def test_mask_seeds_equal_the_reference(device, n_segments):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize(("connectivity", "factor"), [(True, 0.9), (True, 0.3), (False, 0.0)])
+@pytest.mark.parametrize(
+    ("connectivity", "factor", "limit"),
+    [(True, 0.9, None), (True, 0.3, None), (False, 0.0, None), (True, 0.9, 1.2)],
+)
 @pytest.mark.parametrize("kind", ["image", "volume"])
-def test_mask_connectivity_ids_and_centres_equal_the_reference(device, kind, connectivity, factor):
+def test_mask_connectivity_ids_and_centres_equal_the_reference(
+    device, kind, connectivity, factor, limit
+):
     shape = (1, 2, 24, 30) if kind == "image" else (1, 2, 4, 16, 18)
     image = _blocky_noise(shape, 3)
     h, w = shape[-2:]
@@ -973,6 +978,7 @@ def test_mask_connectivity_ids_and_centres_equal_the_reference(device, kind, con
         convert_lab=False,
         enforce_connectivity=connectivity,
         mask=mask[None].to(device),
+        max_size_factor=limit,
     )
     _check_masked(seg, mask[None])
     features = image[0].unsqueeze(1) if kind == "image" else image[0]  # [F, D, H, W]
@@ -986,7 +992,8 @@ def test_mask_connectivity_ids_and_centres_equal_the_reference(device, kind, con
         _, _, _, seeds, area = _masked_grid(
             mask.reshape(1, -1).to(torch.uint8), dims, 40 if kind == "image" else 30, kind, 1
         )
-        sets = reference.connected_sets(clusters, features, int(factor * area / seeds))
+        max_size = int(limit * area / seeds) if limit else 0
+        sets = reference.connected_sets(clusters, features, int(factor * area / seeds), max_size)
         assert reference.same_partition(torch.where(mask.view(dims), sets, -1), labels.long())
         assert torch.equal(labels, reference.segment_ids(clusters, sets))
         assert _masked_connected(labels)
@@ -1122,3 +1129,18 @@ def test_max_size_factor_three_matches_skimage(seed):
 def test_max_size_factor_bad_values(value):
     with pytest.raises(ValueError, match="max_size_factor"):
         gsw.slic(torch.rand(1, 3, 20, 24), max_size_factor=value)
+
+
+def test_mask_batch_shares_one_grid_scaled_to_the_mean_area():
+    # One grid per call: a sample gets about n_segments * its area / the mean area seeds.
+    image, _ = synthetic_regions(seed=0)
+    full = _disc_mask(240, 320)
+    half = full & (torch.arange(320) < 160)
+    masks = torch.stack([full, half])
+    seg = gsw.slic(image[None].expand(2, -1, -1, -1), n_segments=150, mask=masks)
+    _check_masked(seg, masks)
+    areas = masks.sum((1, 2)).double()
+    expected = 150 * areas / areas.mean()
+    assert bool(((seg.num_segments.double() - expected).abs() <= 0.15 * expected).all())
+    for b in range(2):
+        assert _masked_connected(seg.labels[b])
