@@ -22,12 +22,12 @@ TORCH_LIBRARY(gswfast, m) {
   // segment_values [B, C, K], labels [B, N], limits [B] -> out [B, C, N], num_invalid []
   // image [N, C, D, H, W] -> labels [N, P] int32, num_segments [N], centers [N, M, 3 + F],
   // iterations [N], clusters [N, K, 3 + F], cluster_counts [N, K], cluster_labels [N, P]
-  // (contract in csrc/slic/slic.h)
+  // mask [N, P] uint8 (maskSLIC; pixels outside get label -1); contract in csrc/slic/slic.h
   m.def(
       "slic(Tensor image, Tensor? init_centers, Tensor? init_counts, Tensor? init_labels, int[] "
       "grid,"
       " float[] weights, float compactness, bool convert_lab, int max_iter, float tol,"
-      " bool connectivity, int min_size, int max_centers)"
+      " bool connectivity, int min_size, int max_centers, Tensor? mask=None)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "paint(Tensor segment_values, Tensor labels, Tensor? limits, float fill) -> (Tensor, "

@@ -11,6 +11,9 @@ Every stage here is exact where the kernels are exact: features in 2^-16 fixed p
 (``to_fixed``), integer sums, means divided in float64 and rounded once to float32, and
 merge distances in float32 with one rounding per multiply and per add (no fused
 multiply-add), which the kernels use too.
+
+maskSLIC: pixels outside the mask carry cluster label -1; every stage here ignores them
+(no component, no set, no sums), as the kernels do.
 """
 
 from __future__ import annotations
@@ -53,12 +56,16 @@ def _coordinates(shape: tuple[int, int, int]) -> Tensor:
 
 def segment_sums(labels: Tensor, features: Tensor, rows: int) -> tuple[Tensor, Tensor, Tensor]:
     """Exact integer sums by label: counts [rows], coordinate sums [rows, 3] and fixed-point
-    feature sums [rows, F] (int64). labels [D, H, W] (ids < rows), features [F, D, H, W]."""
+    feature sums [rows, F] (int64). labels [D, H, W] (ids < rows; -1: outside the mask,
+    ignored), features [F, D, H, W]."""
     shape = _shape3(labels)
     flat = labels.reshape(-1).long()
     fixed = to_fixed(clamp_features(features).reshape(features.shape[0], -1)).T  # [P, F]
+    inside = flat >= 0
+    coordinates = _coordinates(shape)[inside]
+    flat, fixed = flat[inside], fixed[inside]
     counts = torch.zeros(rows, dtype=torch.int64).index_add_(0, flat, torch.ones_like(flat))
-    coords = torch.zeros(rows, 3, dtype=torch.int64).index_add_(0, flat, _coordinates(shape))
+    coords = torch.zeros(rows, 3, dtype=torch.int64).index_add_(0, flat, coordinates)
     sums = torch.zeros(rows, fixed.shape[1], dtype=torch.int64).index_add_(0, flat, fixed)
     return counts, coords, sums
 
@@ -91,10 +98,17 @@ def gradient(features: Tensor) -> Tensor:
     return total
 
 
-def seeds(features: Tensor, steps: list[int], starts: list[int], cells: list[int]) -> Tensor:
+def seeds(
+    features: Tensor,
+    steps: list[int],
+    starts: list[int],
+    cells: list[int],
+    mask: Tensor | None = None,
+) -> Tensor:
     """Cold-start centres [K, 3 + F] (slic.h, seed_center): grid point start + i * step,
     moved to the lowest gradient of its 3x3 neighbourhood (first in raster order; not along
-    y or x where the step is below 3)."""
+    y or x where the step is below 3); with a ``mask [D, H, W]``, to in-mask pixels only
+    (``live_seeds`` says which seeds live)."""
     f = clamp_features(features)
     grad = gradient(f)
     _, _, h, w = f.shape
@@ -109,12 +123,23 @@ def seeds(features: Tensor, steps: list[int], starts: list[int], cells: list[int
                 for dy in range(-ry, ry + 1):
                     for dx in range(-rx, rx + 1):
                         yy, xx = y0 + dy, x0 + dx
-                        if 0 <= yy < h and 0 <= xx < w and grad[z, yy, xx] < best:
+                        if not (0 <= yy < h and 0 <= xx < w):
+                            continue
+                        if mask is not None and not bool(mask[z, yy, xx]):
+                            continue
+                        if grad[z, yy, xx] < best:
                             y, x, best = yy, xx, grad[z, yy, xx]
                 rows.append(
                     torch.cat([torch.tensor([z, y, x], dtype=torch.float32), f[:, z, y, x]])
                 )
     return torch.stack(rows)
+
+
+def live_seeds(mask: Tensor, steps: list[int], starts: list[int], cells: list[int]) -> Tensor:
+    """bool [K]: the seeds whose grid point lies inside ``mask [D, H, W]`` (the others are
+    dead from the start)."""
+    points = mask[starts[0] :: steps[0], starts[1] :: steps[1], starts[2] :: steps[2]]
+    return points[: cells[0], : cells[1], : cells[2]].reshape(-1).bool()
 
 
 def assignment_distances(
@@ -173,12 +198,17 @@ def components(cluster_labels: Tensor) -> Tensor:
     shape = _shape3(cluster_labels)
     flat = cluster_labels.reshape(-1)
     pairs = _neighbour_pairs(shape)
-    same = flat[pairs[:, 0]] == flat[pairs[:, 1]]
+    same = (flat[pairs[:, 0]] == flat[pairs[:, 1]]) & (flat[pairs[:, 0]] >= 0)
     return _components_of_graph(flat.numel(), pairs[same])
 
 
 def merge_round(
-    sets: Tensor, shape: tuple[int, int, int], fixed: Tensor, min_size: int
+    sets: Tensor,
+    shape: tuple[int, int, int],
+    fixed: Tensor,
+    min_size: int,
+    inside: Tensor | None = None,
+    max_size: int = 0,
 ) -> tuple[Tensor, bool]:
     """One round of the small-segment merge (slic.h, Connectivity).
 
@@ -186,17 +216,23 @@ def merge_round(
     [P, F] fixed-point features. From a snapshot of the round (sizes, mean features), every
     set smaller than ``min_size`` picks the adjacent set with the nearest mean feature
     (squared distance in float32, ties to the lower root); then all the picked pairs are
-    united at once, each new set named by its lowest pixel. Returns the new sets and
-    whether anything merged."""
+    united at once, each new set named by its lowest pixel. ``inside``: bool [P], the
+    pixels inside the mask (default all); the others are no set and touch none.
+    ``max_size`` > 0: only sets smaller than it may be picked (slic.h, takes_more). Returns
+    the new sets and whether anything merged."""
     P = sets.numel()
     size = torch.zeros(P, dtype=torch.int64).index_add_(0, sets, torch.ones_like(sets))
     sums = torch.zeros(P, fixed.shape[1], dtype=torch.int64).index_add_(0, sets, fixed)
     mean = fixed_mean(sums, size.clamp(min=1)[:, None])
     pairs = _neighbour_pairs(shape)
+    if inside is not None:
+        pairs = pairs[inside[pairs[:, 0]] & inside[pairs[:, 1]]]
     a, b = sets[pairs[:, 0]], sets[pairs[:, 1]]
     differ = a != b
     a, b = torch.cat([a[differ], b[differ]]), torch.cat([b[differ], a[differ]])
     small = size[a] < min_size
+    if max_size > 0:
+        small &= size[b] < max_size
     a, b = a[small], b[small]
     if a.numel() == 0:
         return sets, False
@@ -215,7 +251,12 @@ def merge_round(
 
 
 def merge_small(
-    sets: Tensor, shape: tuple[int, int, int], features: Tensor, min_size: int
+    sets: Tensor,
+    shape: tuple[int, int, int],
+    features: Tensor,
+    min_size: int,
+    inside: Tensor | None = None,
+    max_size: int = 0,
 ) -> Tensor:
     """Merge rounds until no set is smaller than ``min_size``, nothing merges, or
     ``MERGE_ROUNDS`` rounds ran. features: [F, D, H, W]. Returns the final sets [P]."""
@@ -223,17 +264,22 @@ def merge_small(
         return sets
     fixed = to_fixed(clamp_features(features).reshape(features.shape[0], -1)).T
     for _ in range(MERGE_ROUNDS):
-        sets, merged = merge_round(sets, shape, fixed, min_size)
+        sets, merged = merge_round(sets, shape, fixed, min_size, inside, max_size)
         if not merged:
             break
     return sets
 
 
-def connected_sets(cluster_labels: Tensor, features: Tensor, min_size: int) -> Tensor:
+def connected_sets(
+    cluster_labels: Tensor, features: Tensor, min_size: int, max_size: int = 0
+) -> Tensor:
     """The partition the connectivity pass makes of a cluster map [D, H, W]: each pixel's
-    final set, named by its lowest pixel, int64 [D, H, W]. features: [F, D, H, W]."""
+    final set, named by its lowest pixel, int64 [D, H, W] (a pixel outside the mask, label
+    -1, is its own set). features: [F, D, H, W]."""
     shape = _shape3(cluster_labels)
-    return merge_small(components(cluster_labels), shape, features, min_size).reshape(shape)
+    inside = cluster_labels.reshape(-1) >= 0
+    sets = merge_small(components(cluster_labels), shape, features, min_size, inside, max_size)
+    return sets.reshape(shape)
 
 
 def _stable_ids(has_main: list[bool], count: int) -> list[int]:
@@ -254,19 +300,21 @@ def _stable_ids(has_main: list[bool], count: int) -> list[int]:
 def segment_ids(cluster_labels: Tensor, sets: Tensor | None) -> Tensor:
     """Final ids (slic.h, Ids) of the partition ``sets`` (from ``connected_sets``) of a
     cluster map [D, H, W] with K clusters; ``sets=None``: without connectivity (every
-    non-empty cluster is a segment). int32 [D, H, W]."""
+    non-empty cluster is a segment). Pixels outside the mask (cluster -1) stay -1.
+    int32 [D, H, W]."""
     shape = tuple(cluster_labels.shape)
     cluster = cluster_labels.reshape(-1).long()
+    inside = cluster >= 0
     if sets is None:
         used = torch.zeros(int(cluster.max()) + 1, dtype=torch.bool)
-        used[cluster] = True
-        id_of = torch.tensor(_stable_ids(used.tolist(), int(used.sum())))
-        return id_of[cluster].to(torch.int32).reshape(shape)
+        used[cluster[inside]] = True
+        id_of = torch.tensor([*_stable_ids(used.tolist(), int(used.sum())), -1])
+        return id_of[cluster].to(torch.int32).reshape(shape)  # cluster -1: the -1 appended
     comps = components(cluster_labels)
     sets = sets.reshape(-1)
     P = cluster.numel()
     size = torch.bincount(comps, minlength=P)
-    roots = torch.unique(comps).tolist()  # ascending: component order is root-pixel order
+    roots = torch.unique(comps[inside]).tolist()  # ascending: component order is root-pixel order
     key = {r: (int(size[r]), -r) for r in roots}  # largest, ties to the lower root
     main_of: dict[int, tuple[int, int]] = {}
     largest: dict[int, int] = {}  # set -> its largest component
@@ -296,7 +344,7 @@ def segment_ids(cluster_labels: Tensor, sets: Tensor | None) -> Tensor:
         else:
             final[s] = free[extra]
             extra += 1
-    return final[sets].to(torch.int32).reshape(shape)
+    return torch.where(inside, final[sets], -1).to(torch.int32).reshape(shape)
 
 
 def same_partition(a: Tensor, b: Tensor) -> bool:

@@ -104,6 +104,12 @@ def resolve_given_segmentation(
     if labels.device != images.device:
         raise ValueError(f"segmentation: expected labels on {images.device}, got {labels.device}")
     if seg is not None:
+        if seg.mask is not None:
+            raise ValueError(
+                "segmentation: a masked segmentation (slic(mask=...), label -1 outside the "
+                "mask) cannot be explained: every pixel must belong to a segment; segment "
+                "without mask, or pass labels with the outside as a segment of its own"
+            )
         return seg, seg.labels, seg.num_segments
     flat = labels.reshape(labels.shape[0], -1)
     low = flat.amin()

@@ -134,6 +134,8 @@ def slic_kernel(
     init_labels: Tensor | None = None,
     tol: float = 0.0,
     subsample: int = 1,
+    mask: Tensor | None = None,
+    max_size: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The SLIC kernel on normalised inputs; ``gswfast.slic`` is the user-facing API.
 
@@ -147,6 +149,12 @@ def slic_kernel(
         tol: a sample has converged when at most ``tol * D*H*W`` pixels change cluster.
         subsample: row stride of the middle passes (1: every pass reassigns every pixel);
             it travels as a 10th ``grid`` entry.
+        max_size: with connectivity, a set of ``max_size`` pixels or more takes no more
+            small sets in the merge rounds (0: no limit); it travels as an 11th ``grid``
+            entry.
+        mask: maskSLIC, uint8 ``[N, D*H*W]`` (nonzero: inside) on the image's device:
+            pixels outside get label -1 and take no part; a seed whose grid point lies
+            outside is dead.
 
     Returns:
         ``labels [N, D*H*W]`` int32, ``num_segments [N]`` int64,
@@ -161,7 +169,9 @@ def slic_kernel(
         init_centers,
         init_counts,
         init_labels,
-        [int(v) for v in grid] + ([int(subsample)] if subsample != 1 else []),
+        [int(v) for v in grid]
+        + ([int(subsample)] if subsample != 1 or max_size > 0 else [])
+        + ([int(max_size)] if max_size > 0 else []),
         [float(v) for v in weights],
         float(compactness),
         bool(convert_lab),
@@ -170,6 +180,7 @@ def slic_kernel(
         bool(connectivity),
         int(min_size),
         int(max_centers),
+        mask,
     )
     return result
 
@@ -357,6 +368,7 @@ def _slic_fake(
     connectivity: bool,
     min_size: int,
     max_centers: int,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     n, c = image.shape[:2]
     pixels = math.prod(image.shape[2:])

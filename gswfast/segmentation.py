@@ -2,7 +2,7 @@
 
 ``slic`` follows scikit-image's ``slic`` where the parameters mean the same (``n_segments``,
 ``compactness``, ``max_iter``, ``spacing``, ``enforce_connectivity``, ``min_size_factor``,
-the seeding grid and the distance), and adds batches, clips, warm starts and CUDA.
+``mask``, the seeding grid and the distance), and adds batches, clips, warm starts and CUDA.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class Segmentation:
             ``[N, D*H*W]``, with ``N = B``, or ``B * T`` per frame) that ``init=`` resumes
             from. The segment that holds the largest piece of cluster ``k`` has id ``k``
             whenever ``k < num_segments``.
+        mask: the ``mask`` given to ``slic`` (bool, the labels' shape), or None. Pixels
+            outside it have label -1 and belong to no segment.
     """
 
     labels: Tensor
@@ -61,6 +63,7 @@ class Segmentation:
     clusters: Tensor
     cluster_counts: Tensor
     cluster_labels: Tensor
+    mask: Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -78,6 +81,7 @@ class Segmentation:
             clusters=self.clusters.to(device),
             cluster_counts=self.cluster_counts.to(device),
             cluster_labels=self.cluster_labels.to(device),
+            mask=self.mask.to(device) if self.mask is not None else None,
         )
 
 
@@ -97,6 +101,8 @@ def slic(
     validate: bool = True,
     sigma: float | Sequence[float] = 0.0,
     subsample: int = 1,
+    mask: Tensor | None = None,
+    max_size_factor: float | None = None,
 ) -> Segmentation:
     """Segments images into superpixels or clips into supervoxels (SLIC).
 
@@ -126,6 +132,15 @@ def slic(
             ``min_size_factor * pixels / seeds`` join the adjacent segment with the nearest
             mean colour.
         min_size_factor: see ``enforce_connectivity``.
+        max_size_factor: as scikit-image's ``max_size_factor`` (whose default is 3;
+            here None: no limit, the results of earlier versions): with connectivity, a
+            segment stops growing past ``max_size_factor * pixels / seeds`` pixels (the
+            mask area per seed with ``mask``): a set that large takes no more small
+            components in the merge rounds, so a small one next to large ones only stays
+            a segment of its own. Unlike scikit-image, a connected k-means cluster larger
+            than that is not split (k-means clusters stay within their seed's 2S x 2S
+            window, at most about 4x the mean size; scikit-image cuts them in
+            breadth-first order, which has no order-free parallel equivalent).
         init: a previous ``Segmentation`` of an input of the same shape (for example the
             previous window of a video): its segments are the starting clusters (centres
             and pixels), so k-means needs fewer passes, and a segment that is still there
@@ -145,6 +160,20 @@ def slic(
             pixel; once a subsampled pass changes at most ``tol`` of the pixels, the next
             pass is the last. Centres are the exact means of all assigned pixels' current
             clusters. 1 (default): every pass is full (the classic SLIC loop).
+        mask: maskSLIC (scikit-image's ``mask``): bool ``[B, H, W]`` (images) or
+            ``[B, T, H, W]`` (clips) on the images' device; only its True pixels are
+            segmented, the others get label -1 (``segment_pool`` and ``paint`` skip them;
+            ``explain`` and LIME refuse such a segmentation). Seeds: the regular grid of
+            ``n_segments * pixels / mask area`` seeds (area: the mean over the samples,
+            frames in ``per_frame`` mode, whose mask is not empty), of which those whose
+            grid point lies inside are kept, so a sample gets about ``n_segments * its
+            area / mean area`` seeds (scikit-image spreads exactly ``n_segments`` by
+            k-means on the mask); where a sample's mask holds no grid point, the grid is
+            made twice as dense until every one does. Outside pixels take no part in the
+            assignment, the centres or connectivity; ``min_size_factor`` is relative to
+            the mask area per seed. Every sample needs a True pixel; an empty frame of a
+            ``per_frame`` clip gets no segment; ``tol`` still counts against all the
+            pixels of a sample. One host sync (also on CUDA).
         validate: raise ``ValueError`` for NaN or infinite values, float sRGB outside 0..1
             with CIELAB, and an ``init`` sample without a live cluster (one device sync on
             CUDA). Unvalidated, such an ``init`` sample comes out as one segment.
@@ -161,16 +190,37 @@ def slic(
     _check_parameters(n_segments, compactness, max_iter, min_size_factor, tol)
     if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
         raise ValueError(f"subsample: expected an int >= 1, got {subsample!r}")
+    if max_size_factor is not None and not (
+        isinstance(max_size_factor, (int, float))
+        and not isinstance(max_size_factor, bool)
+        and math.isfinite(max_size_factor)
+        and max_size_factor > 0
+    ):
+        raise ValueError(
+            f"max_size_factor: expected a finite number > 0 or None, got {max_size_factor!r}"
+        )
     channels = images.shape[1]
     lab = _resolve_convert_lab(convert_lab, channels)
     volume = _as_volume_batch(images, mode)  # [N, C, D, H, W]
     _n, _, d, h, w = volume.shape
-    steps, starts, cells = _seed_grid((d, h, w), n_segments, mode)
+    kernel_mask = _check_mask(mask, images, mode)  # uint8 [N, P] or None
+    if kernel_mask is None:
+        steps, starts, cells = _seed_grid((d, h, w), n_segments, mode)
+        seeds = math.prod(cells)
+        area = d * h * w
+    else:
+        steps, starts, cells, seeds, area = _masked_grid(
+            kernel_mask, (d, h, w), n_segments, mode, images.shape[0]
+        )
     weights = _spatial_weights(spacing, steps, mode)
     blur = _resolve_sigma(sigma, spacing, mode)
-    seeds = math.prod(cells)
     pixels = d * h * w
-    min_size = int(min_size_factor * pixels / seeds) if enforce_connectivity else 0
+    min_size = int(min_size_factor * area / seeds) if enforce_connectivity else 0
+    max_size = (
+        max(1, int(max_size_factor * area / seeds))
+        if enforce_connectivity and max_size_factor is not None
+        else 0
+    )
     max_centers = _max_centers(seeds, pixels, min_size, enforce_connectivity)
     init_centers, init_counts, init_labels = _warm_start(init, images, mode, volume, channels)
     if validate:
@@ -192,8 +242,11 @@ def slic(
         init_labels,
         tol,
         subsample,
+        kernel_mask,
+        max_size,
     )
-    return _assemble(images, mode, *outputs)
+    seg = _assemble(images, mode, *outputs, masked=mask is not None)
+    return seg if mask is None else replace(seg, mask=mask)
 
 
 # ------------------------------------------------------------------------ shapes
@@ -233,6 +286,7 @@ def _assemble(
     centers: Tensor,
     iterations: Tensor,
     *state: Tensor,
+    masked: bool = False,
 ) -> Segmentation:
     if mode == "image":
         b, _, h, w = images.shape
@@ -243,7 +297,10 @@ def _assemble(
     # per_frame: shift each frame's ids past those of the clip's earlier frames.
     frame_num = num.view(b, t)
     offsets = torch.cumsum(frame_num, dim=1) - frame_num
-    clip_labels = labels.view(b, t, h * w) + offsets.to(torch.int32).unsqueeze(2)
+    frames = labels.view(b, t, h * w)
+    clip_labels = frames + offsets.to(torch.int32).unsqueeze(2)
+    if masked:  # -1 (outside the mask) stays -1
+        clip_labels = torch.where(frames >= 0, clip_labels, frames)
     return Segmentation(
         clip_labels.view(b, t, h, w),
         frame_num.sum(dim=1),
@@ -294,6 +351,57 @@ def _seed_grid(
         for start, dim, step in zip(out_starts, shape, out_steps, strict=True)
     ]
     return out_steps, out_starts, cells
+
+
+def _check_mask(mask: object, images: Tensor, mode: str) -> Tensor | None:
+    """The kernel's mask, uint8 ``[N, D*H*W]`` (frames are samples in ``per_frame`` mode),
+    from ``mask`` bool ``[B, (T), H, W]``; None without one."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask: expected a bool torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask: expected dtype torch.bool, got {mask.dtype}")
+    expected = (images.shape[0], *images.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"mask: expected shape {expected} (the images' [B, (T), H, W]), got {tuple(mask.shape)}"
+        )
+    if mask.device != images.device:
+        raise ValueError(
+            f"mask: expected device {images.device} (like the images), got {mask.device}"
+        )
+    b = images.shape[0]
+    flat = mask.reshape(b, -1).to(torch.uint8).contiguous()
+    return flat.view(-1, math.prod(images.shape[-2:])) if mode == "per_frame" else flat
+
+
+def _masked_grid(
+    mask: Tensor, shape: tuple[int, int, int], n_segments: int, mode: str, batch: int
+) -> tuple[list[int], list[int], list[int], int, int]:
+    """The seed grid of a masked call (``slic``'s ``mask [N, P]``): steps, starts, cells,
+    and the live seeds (grid points inside the mask) and mask pixels summed over the samples
+    whose mask is not empty. One host sync per grid tried (usually one)."""
+    pixels = math.prod(shape)
+    n = mask.shape[0]
+    areas: list[int] = mask.sum(dim=1, dtype=torch.int64).tolist()
+    per_batch = n // batch  # frames per clip in per_frame mode, else 1
+    for b in range(batch):
+        if not any(areas[b * per_batch : (b + 1) * per_batch]):
+            raise ValueError(f"mask: sample {b} has no True pixel; expected some pixels to segment")
+    nonempty = [i for i, a in enumerate(areas) if a > 0]
+    total = sum(areas[i] for i in nonempty)
+    target = min(pixels, max(1, round(n_segments * pixels * len(nonempty) / total)))
+    volume = mask.view(n, *shape)
+    while True:
+        steps, starts, cells = _seed_grid(shape, target, mode)
+        points = volume[:, starts[0] :: steps[0], starts[1] :: steps[1], starts[2] :: steps[2]]
+        points = points[:, : cells[0], : cells[1], : cells[2]]
+        live: list[int] = points.reshape(n, -1).sum(dim=1, dtype=torch.int64).tolist()
+        if target >= pixels or all(live[i] > 0 for i in nonempty):
+            break
+        target = min(pixels, 2 * target)
+    return steps, starts, cells, max(1, sum(live[i] for i in nonempty)), total
 
 
 def _spatial_weights(

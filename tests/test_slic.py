@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import cpu_and_cuda
+from helpers import TinyCNN, cpu_and_cuda
 
 import gswfast as gsw
 import gswfast.ops
@@ -648,6 +648,13 @@ def test_opcheck():
     torch.library.opcheck(
         torch.ops.gswfast.slic.default, args, test_utils=("test_schema", "test_faketensor")
     )
+    mask = torch.zeros(1, 60 * 80, dtype=torch.uint8)
+    mask[:, 1000:3000] = 1
+    torch.library.opcheck(
+        torch.ops.gswfast.slic.default,
+        (*args, mask),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 # ------------------------------------------------------------------------- bad input
@@ -831,3 +838,309 @@ def test_bad_init():
         gsw.slic(torch.rand(1, 2, 40, 50), n_segments=20, init=seg)
     with pytest.raises(ValueError, match="init"):
         gsw.slic(torch.rand(1, 3, 1, 40, 50), n_segments=20, mode="per_frame", init=seg)
+
+
+# ------------------------------------------------------------------------- maskSLIC
+
+
+def _disc_mask(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """bool [H, W]: an ellipse and a detached rectangle (two mask components)."""
+    g = torch.Generator().manual_seed(seed)
+    cy, cx = h * (0.4 + 0.2 * float(torch.rand((), generator=g))), w * 0.4
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ellipse = ((yy - cy) / (0.35 * h)) ** 2 + ((xx - cx) / (0.3 * w)) ** 2 < 1
+    rect = (yy >= h // 5) & (yy < h // 2) & (xx >= int(0.78 * w)) & (xx < int(0.95 * w))
+    return ellipse | rect
+
+
+def _masked_connected(labels: torch.Tensor) -> bool:
+    """Every id >= 0 of ``labels`` is one 4- (6-) connected region; -1 is background."""
+    from skimage.measure import label as connected
+
+    array = labels.cpu().numpy()
+    components = connected(array + 1, background=0, connectivity=1)
+    return int(components.max()) == len(set(array[array >= 0].tolist()))
+
+
+def _check_masked(seg: gsw.Segmentation, mask: torch.Tensor) -> None:
+    labels = seg.labels.cpu()
+    mask = mask.cpu()
+    assert bool((labels[~mask] == -1).all())
+    assert bool((labels[mask] >= 0).all())
+    for b in range(labels.shape[0]):
+        inside = labels[b][mask[b]]
+        ids = torch.unique(inside)
+        assert torch.equal(ids, torch.arange(int(seg.num_segments[b]), dtype=torch.int32))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n_segments", [100, 300])
+def test_mask_matches_skimage(seed, n_segments):
+    image, truth = synthetic_regions(seed=seed)
+    mask = _disc_mask(*truth.shape, seed=seed)
+    seg = gsw.slic(image[None], n_segments=n_segments, mask=mask[None])
+    _check_masked(seg, mask[None])
+    ours = seg.labels[0]
+    assert _masked_connected(ours)
+    assert seg.mask is mask or torch.equal(seg.mask[0], mask)
+    array = image.permute(1, 2, 0).numpy()
+    ref = segmentation.slic(
+        array, n_segments=n_segments, compactness=10.0, start_label=1, mask=mask.numpy()
+    )
+    ref = torch.from_numpy(ref).long() - 1  # -1 outside, as gswfast
+    # scikit-image's masked connectivity step merges more (69-83 segments for 100 here),
+    # so the count is held to its k-means segments (before connectivity), and to n_segments.
+    loose = segmentation.slic(
+        array,
+        n_segments=n_segments,
+        compactness=10.0,
+        start_label=1,
+        mask=mask.numpy(),
+        enforce_connectivity=False,
+    )
+    count, ref_count = int(seg.num_segments[0]), len(np.unique(loose[loose > 0]))
+    assert abs(count - ref_count) <= 0.15 * ref_count
+    assert abs(count - n_segments) <= 0.15 * n_segments
+    assert count >= int(ref.max()) + 1 - 0.05 * n_segments
+    inner_truth = torch.where(mask, truth, -1)
+    assert boundary_recall(ours, inner_truth) >= boundary_recall(ref, inner_truth) - 0.03
+    inside = mask.reshape(-1)
+    variation = explained_variation(
+        ours.reshape(-1)[inside].long(), image.reshape(3, -1)[:, inside]
+    )
+    ref_variation = explained_variation(
+        ref.reshape(-1)[inside].long(), image.reshape(3, -1)[:, inside]
+    )
+    assert variation >= ref_variation - 0.03
+
+
+def test_mask_all_true_changes_nothing():
+    image = _photo("coffee")[:, :, :120, :160]
+    mask = torch.ones(1, 120, 160, dtype=torch.bool)
+    for connectivity in (True, False):
+        plain = gsw.slic(image, n_segments=60, enforce_connectivity=connectivity)
+        masked = gsw.slic(image, n_segments=60, enforce_connectivity=connectivity, mask=mask)
+        assert torch.equal(plain.labels, masked.labels)
+        assert torch.equal(plain.centers, masked.centers)
+        assert torch.equal(plain.clusters, masked.clusters)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("n_segments", [30, 120])
+def test_mask_seeds_equal_the_reference(device, n_segments):
+    image = _photo("coffee")[:, :, 50:90, 100:150].float() / 255  # [1, 3, 40, 50]
+    mask = _disc_mask(40, 50)
+    seg = gsw.slic(
+        image.to(device),
+        n_segments=n_segments,
+        compactness=0.1,
+        max_iter=1,
+        tol=1.0,
+        convert_lab=False,
+        enforce_connectivity=False,
+        mask=mask[None].to(device),
+    )
+    from gswfast.segmentation import _masked_grid
+
+    steps, starts, cells, _, _ = _masked_grid(
+        mask.reshape(1, -1).to(torch.uint8), (1, 40, 50), n_segments, "image", 1
+    )
+    features = image[0].unsqueeze(1)
+    seeds = reference.seeds(features, steps, starts, cells, mask=mask[None])
+    live = reference.live_seeds(mask[None], steps, starts, cells)
+    assert torch.equal(seg.cluster_counts[0].cpu() > 0, live)
+    assert torch.equal(seg.clusters[0].cpu()[live], seeds[live])
+    assert bool((seg.cluster_labels[0].cpu()[~mask.reshape(-1)] == -1).all())
+    assert bool((seg.cluster_labels[0].cpu()[mask.reshape(-1)] >= 0).all())
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize(
+    ("connectivity", "factor", "limit"),
+    [(True, 0.9, None), (True, 0.3, None), (False, 0.0, None), (True, 0.9, 1.2)],
+)
+@pytest.mark.parametrize("kind", ["image", "volume"])
+def test_mask_connectivity_ids_and_centres_equal_the_reference(
+    device, kind, connectivity, factor, limit
+):
+    shape = (1, 2, 24, 30) if kind == "image" else (1, 2, 4, 16, 18)
+    image = _blocky_noise(shape, 3)
+    h, w = shape[-2:]
+    mask = _disc_mask(h, w, seed=1)
+    if kind == "volume":
+        mask = mask.expand(shape[2], h, w).clone()
+        mask[1, : h // 2] = False  # not the same in every frame
+    seg = gsw.slic(
+        image.to(device),
+        n_segments=40 if kind == "image" else 30,
+        compactness=0.05,
+        min_size_factor=factor,
+        convert_lab=False,
+        enforce_connectivity=connectivity,
+        mask=mask[None].to(device),
+        max_size_factor=limit,
+    )
+    _check_masked(seg, mask[None])
+    features = image[0].unsqueeze(1) if kind == "image" else image[0]  # [F, D, H, W]
+    dims = tuple(features.shape[1:])
+    clusters = seg.cluster_labels[0].cpu().view(dims)
+    assert bool((clusters.reshape(-1)[~mask.reshape(-1)] == -1).all())
+    labels = seg.labels[0].cpu().view(dims)
+    if connectivity:
+        from gswfast.segmentation import _masked_grid
+
+        _, _, _, seeds, area = _masked_grid(
+            mask.reshape(1, -1).to(torch.uint8), dims, 40 if kind == "image" else 30, kind, 1
+        )
+        max_size = int(limit * area / seeds) if limit else 0
+        sets = reference.connected_sets(clusters, features, int(factor * area / seeds), max_size)
+        assert reference.same_partition(torch.where(mask.view(dims), sets, -1), labels.long())
+        assert torch.equal(labels, reference.segment_ids(clusters, sets))
+        assert _masked_connected(labels)
+    else:
+        assert torch.equal(labels, reference.segment_ids(clusters, None))
+    expected = reference.centers(labels, features, seg.centers.shape[1])
+    assert torch.equal(seg.centers[0].cpu(), expected)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_mask_clips_per_frame_and_volume(device):
+    clip = torch.rand(2, 3, 3, 30, 40, generator=torch.Generator().manual_seed(0))
+    mask = _disc_mask(30, 40).expand(2, 3, 30, 40).clone()
+    mask[1, 2] = False  # an empty frame: no segment there
+    for mode in ("per_frame", "volume"):
+        seg = gsw.slic(clip.to(device), n_segments=20, mode=mode, mask=mask.to(device))
+        labels = seg.labels.cpu()
+        assert bool((labels[~mask] == -1).all())
+        assert bool((labels[mask] >= 0).all())
+        for b in range(2):
+            ids = torch.unique(labels[b][mask[b]])
+            assert torch.equal(ids, torch.arange(int(seg.num_segments[b]), dtype=torch.int32))
+        if mode == "per_frame":
+            assert int(seg.center_counts[1, 2]) == 0
+            frame = gsw.slic(clip[:1, :, 1].to(device), n_segments=20, mask=mask[:1, 1].to(device))
+            assert torch.equal(
+                frame.labels.cpu()[0],
+                labels[0, 1] - int(seg.center_counts[0, 0]) * (labels[0, 1] >= 0),
+            )
+
+
+def test_mask_warm_start_and_pooling():
+    image = _photo("chelsea")[:, :, :100, :140]
+    mask = _disc_mask(100, 140)[None]
+    seg = gsw.slic(image, n_segments=50, mask=mask)
+    warm = gsw.slic(image, n_segments=50, mask=mask, init=seg)
+    _check_masked(warm, mask)
+    assert int(warm.iterations[0]) <= 2
+    assert (warm.labels == seg.labels).float().mean() > 0.95
+    pooled = gsw.segment_pool(image.float(), seg.labels, int(seg.num_segments[0]))
+    assert bool(torch.isfinite(pooled).all())
+
+
+def test_mask_bad_inputs_name_the_argument():
+    image = torch.rand(2, 3, 20, 24)
+    good = torch.ones(2, 20, 24, dtype=torch.bool)
+    with pytest.raises(TypeError, match="mask"):
+        gsw.slic(image, mask=good.float())
+    with pytest.raises(TypeError, match="mask"):
+        gsw.slic(image, mask=good.numpy())
+    with pytest.raises(ValueError, match=r"mask: expected shape \(2, 20, 24\)"):
+        gsw.slic(image, mask=good[:1])
+    with pytest.raises(ValueError, match="mask: expected device"):
+        gsw.slic(image, mask=good.to("meta"))
+    empty = good.clone()
+    empty[1] = False
+    with pytest.raises(ValueError, match="mask: sample 1 has no True pixel"):
+        gsw.slic(image, mask=empty)
+    clip = torch.rand(1, 3, 2, 20, 24)
+    with pytest.raises(ValueError, match="mask"):
+        gsw.slic(clip, mode="per_frame", mask=good)
+    model = TinyCNN()
+    attribution = torch.rand(2, 3, 20, 24)
+    with pytest.raises(ValueError, match="segmentation: a masked segmentation"):
+        gsw.explain(None, image, segmentation=gsw.slic(image, mask=good), attribution=attribution)
+    with pytest.raises(ValueError, match="segmentation: a masked segmentation"):
+        gsw.lime(model, image, gsw.slic(image, mask=good), 1, n_samples=8)
+    from gswfast.checks import resolve_given_segmentation
+
+    small = good.clone()
+    small[:, :5] = False
+    seg = gsw.slic(image, n_segments=10, mask=small)
+    with pytest.raises(ValueError, match="segmentation: a masked segmentation"):
+        resolve_given_segmentation(seg, image)
+    with pytest.raises(ValueError, match="segmentation: labels must be >= 0"):
+        resolve_given_segmentation(seg.labels, image)
+
+
+def test_mask_tiny_region_still_gets_a_segment():
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[0, 1:3, 1:4] = True  # holds no point of the first grid
+    seg = gsw.slic(image, n_segments=16, mask=mask)
+    _check_masked(seg, mask)
+    assert int(seg.num_segments[0]) >= 1
+
+
+# ------------------------------------------------------------------------- max_size_factor
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("case", ["image-0", "image-1", "volume-0"])
+def test_max_size_factor_merges_equal_the_reference(device, case):
+    kind, seed = case.split("-")
+    shape = (1, 2, 24, 30) if kind == "image" else (1, 2, 4, 16, 18)
+    image = _blocky_noise(shape, int(seed))
+    n_segments = 40 if kind == "image" else 30
+    options = dict(n_segments=n_segments, compactness=0.05, min_size_factor=0.9, convert_lab=False)
+    seg = gsw.slic(image.to(device), max_size_factor=1.2, **options)
+    unlimited = gsw.slic(image.to(device), **options)
+    features = image[0].unsqueeze(1) if kind == "image" else image[0]
+    dims = tuple(features.shape[1:])
+    clusters = seg.cluster_labels[0].cpu().view(dims)
+    assert torch.equal(clusters, unlimited.cluster_labels[0].cpu().view(dims))
+    min_size = _min_size(dims, n_segments, 0.9, kind)
+    max_size = int(1.2 * math.prod(dims) / math.prod(_seed_grid(dims, n_segments, kind)[2]))
+    sets = reference.connected_sets(clusters, features, min_size, max_size)
+    labels = seg.labels[0].cpu().view(dims)
+    assert reference.same_partition(sets, labels)
+    assert torch.equal(labels, reference.segment_ids(clusters, sets))
+    assert torch.equal(
+        seg.centers[0].cpu(), reference.centers(labels, features, seg.centers.shape[1])
+    )
+    # The limit bites: more segments, none larger than without it.
+    assert int(seg.num_segments[0]) > int(unlimited.num_segments[0])
+    assert int(torch.bincount(labels.reshape(-1)).max()) <= int(
+        torch.bincount(unlimited.labels[0].cpu().reshape(-1)).max()
+    )
+    assert _masked_connected(labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_max_size_factor_three_matches_skimage(seed):
+    image, truth = synthetic_regions(seed=seed)
+    ours = gsw.slic(image[None], n_segments=200, max_size_factor=3).labels[0]
+    ref = _reference(image[None], 200)  # scikit-image's default max_size_factor=3
+    assert boundary_recall(ours, truth) >= boundary_recall(ref, truth) - 0.02
+    assert abs(int(ours.max()) + 1 - 200) <= 0.15 * 200
+    assert is_connected(ours)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, True, "3"])
+def test_max_size_factor_bad_values(value):
+    with pytest.raises(ValueError, match="max_size_factor"):
+        gsw.slic(torch.rand(1, 3, 20, 24), max_size_factor=value)
+
+
+def test_mask_batch_shares_one_grid_scaled_to_the_mean_area():
+    # One grid per call: a sample gets about n_segments * its area / the mean area seeds.
+    image, _ = synthetic_regions(seed=0)
+    full = _disc_mask(240, 320)
+    half = full & (torch.arange(320) < 160)
+    masks = torch.stack([full, half])
+    seg = gsw.slic(image[None].expand(2, -1, -1, -1), n_segments=150, mask=masks)
+    _check_masked(seg, masks)
+    areas = masks.sum((1, 2)).double()
+    expected = 150 * areas / areas.mean()
+    assert bool(((seg.num_segments.double() - expected).abs() <= 0.15 * expected).all())
+    for b in range(2):
+        assert _masked_connected(seg.labels[b])

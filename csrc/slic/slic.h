@@ -4,7 +4,7 @@
 //
 //   slic(image [N, C, D, H, W], init_centers [N, K, 3 + F]?, init_counts [N, K]?,
 //        init_labels [N, P]?, grid [9], weights [3], compactness, convert_lab, max_iter,
-//        tol, connectivity, min_size, max_centers)
+//        tol, connectivity, min_size, max_centers, mask)
 //       -> (labels [N, P] int32, num_segments [N] int64, centers [N, max_centers, 3 + F],
 //           iterations [N] int32, clusters [N, K, 3 + F], cluster_counts [N, K] int32,
 //           cluster_labels [N, P] int32)          with P = D * H * W
@@ -19,8 +19,9 @@
 //       d = |f_p - f_k|^2 / compactness^2 + sum_dim weight[dim] * (p_dim - k_dim)^2
 //   with weight = spacing^2 / S^2 and S the largest grid step.
 // * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x
-//   [, subsample]): seeds sit at start + i * step (scikit-image's regular_grid); subsample
-//   (default 1) is the row stride of the middle passes (Iterations). Cluster k may take the
+//   [, subsample [, max_size]]): seeds sit at start + i * step (scikit-image's
+//   regular_grid); subsample (default 1) is the row stride of the middle passes
+//   (Iterations); max_size (default 0: none) bounds merges (Connectivity). Cluster k may take the
 //   pixels of its window, |p_dim - k_dim| <= step_dim in every dimension (SLIC's 2S x 2S
 //   region); among the clusters whose window holds a pixel the nearest wins, ties to the
 //   lower index. A pixel no window holds keeps its previous cluster. The CPU lets clusters
@@ -47,8 +48,10 @@
 //   no set is smaller than min_size or nothing merges. A round decides every choice from
 //   its snapshot (sets, sizes, mean features in fixed point): each set smaller than
 //   min_size picks the adjacent set with the nearest mean feature (squared distance in
-//   float, one rounding per product and sum; ties: lower root); then all picked pairs are
-//   united (root = lowest pixel). The partition depends on no visiting order or thread
+//   float, one rounding per product and sum; ties: lower root) among those smaller than
+//   max_size (when set: scikit-image's max_size_factor, a segment stops growing past it;
+//   unlike scikit-image, a k-means component larger than max_size is not split); then all picked
+//   pairs are united (root = lowest pixel). The partition depends on no visiting order or thread
 //   timing. Without connectivity each non-empty cluster is one segment.
 // * Ids 0..n-1 (n = num_segments[n]), stable: a set takes the cluster of its largest
 //   original component; the set holding the largest component of cluster k is k's main
@@ -63,6 +66,12 @@
 //   without convert_lab (the CPU's sRGB gamma table and CUDA's powf differ near 1e-6), and
 //   the assignment's float32 distances may round differently (fused multiply-adds), so
 //   near-ties there can go either way.
+// * mask (optional, maskSLIC): uint8 [N, P] on the image's device, nonzero inside. A pixel
+//   outside keeps cluster -1 throughout: it is never assigned (nor filled in at the end),
+//   adds to no sum, is no component and touches none (connectivity and merges see only
+//   inside pixels), and its final label is -1. A cold seed whose grid point lies outside
+//   is dead from the start (count 0); a live one moves to in-mask pixels only. A warm
+//   start's outside pixels start unassigned. Ids 0..n-1 number the inside segments.
 // * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
 //   CUDA uses no floating-point atomics (integer atomics only).
 // * CPU threads: calls of fewer than 2^20 pixels (N * P) run on the calling thread (short
@@ -108,10 +117,16 @@ struct Geometry {
   int32_t min_size;
   int32_t max_centers;
   int32_t subsample;  // row stride of the subsampled passes (1: every pass is full)
+  int64_t max_size;   // a set of max_size pixels or more takes no more merges (0: no limit)
   bool convert_lab;
   bool connectivity;
   bool warm;
+  // maskSLIC: [N, P] uint8 on the image's device (nonzero: inside), or null (no mask).
+  const uint8_t* mask;
 };
+
+// Whether pixel i = n * P + p takes part (is inside the mask, or there is none).
+GSW_HD bool in_mask(const Geometry& g, int64_t i) { return g.mask == nullptr || g.mask[i] != 0; }
 
 // Whether pass `it` reassigns every pixel (else the rows y % subsample == it % subsample);
 // after_converged: a subsampled pass of this sample has met the tolerance.
@@ -263,7 +278,10 @@ GSW_HD float gradient_at(const Geometry& g, const float* feat, int32_t z, int32_
 // gradient of its 3x3 neighbourhood (first in raster order on ties). Along a dimension
 // with a step below 3 the seed stays put: seeds one or two pixels apart would otherwise
 // meet on the same pixel, and all but one would die (n_segments near the pixel count).
-GSW_HD void seed_center(const Geometry& g, const float* feat, int32_t k, float* c) {
+// mask: the sample's [P] mask or null. With a mask, a seed whose grid point lies outside
+// is dead (returns false) and a live one moves to in-mask pixels only.
+GSW_HD bool seed_center(const Geometry& g, const float* feat, const uint8_t* mask, int32_t k,
+                        float* c) {
   const int32_t ix = k % g.cells[2], iy = (k / g.cells[2]) % g.cells[1],
                 iz = k / (g.cells[2] * g.cells[1]);
   const int32_t z = g.start[0] + iz * g.step[0];
@@ -275,6 +293,7 @@ GSW_HD void seed_center(const Geometry& g, const float* feat, int32_t k, float* 
     for (int32_t dx = -rx; dx <= rx; ++dx) {
       const int32_t yy = y0 + dy, xx = x0 + dx;
       if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) continue;
+      if (mask != nullptr && !mask[(int64_t{z} * g.H + yy) * g.W + xx]) continue;
       const float grad = gradient_at(g, feat, z, yy, xx);
       if (grad < best) {
         best = grad;
@@ -288,6 +307,7 @@ GSW_HD void seed_center(const Geometry& g, const float* feat, int32_t k, float* 
   c[2] = static_cast<float>(x);
   const int64_t p = (int64_t{z} * g.H + y) * g.W + x;
   for (int32_t f = 0; f < g.F; ++f) c[3 + f] = feat[f * g.P + p];
+  return mask == nullptr || mask[(int64_t{z} * g.H + y0) * g.W + x0] != 0;
 }
 
 // The live cluster (counts > 0) whose centre is nearest to pixel p in space, ties to the
@@ -314,6 +334,12 @@ GSW_HD int32_t nearest_live_cluster(const Geometry& g, const float* centers, con
   return best_k;
 }
 
+// Whether a set of `size` pixels may still take a small set in a merge round (max_size,
+// scikit-image's max_size_factor: a segment stops growing past max_size).
+GSW_HD bool takes_more(const Geometry& g, int64_t size) {
+  return g.max_size <= 0 || size < g.max_size;
+}
+
 // 64-bit key ordering (distance, id) pairs; distances are >= 0 so their bits sort as floats.
 GSW_HD uint64_t pack_distance(float distance, uint32_t id) {
   return (static_cast<uint64_t>(float_bits(distance)) << 32) | id;
@@ -332,7 +358,7 @@ using SlicOutputs =
 using SlicFn = SlicOutputs (*)(const at::Tensor&, const std::optional<at::Tensor>&,
                                const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                at::IntArrayRef, at::ArrayRef<double>, double, bool, int64_t, double,
-                               bool, int64_t, int64_t);
+                               bool, int64_t, int64_t, const std::optional<at::Tensor>&);
 
 // Pixels per kernel call: every root-indexed array uses int32 indices n * P + p.
 constexpr int64_t kMaxPixels = int64_t{1} << 31;
@@ -352,14 +378,14 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                            at::ArrayRef<double> weights, double compactness, bool convert_lab,
                            int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                           int64_t max_centers);
+                           int64_t max_centers, const std::optional<at::Tensor>& mask);
 
 SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
                      const std::optional<at::Tensor>& init_counts,
                      const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                      at::ArrayRef<double> weights, double compactness, bool convert_lab,
                      int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                     int64_t max_centers);
+                     int64_t max_centers, const std::optional<at::Tensor>& mask);
 
 // Shared by both backends: argument checks and the geometry they imply.
 Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
@@ -367,7 +393,7 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
                        const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                        at::ArrayRef<double> weights, double compactness, bool convert_lab,
                        int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                       int64_t max_centers);
+                       int64_t max_centers, const std::optional<at::Tensor>& mask);
 #endif
 
 namespace cuda {

@@ -29,17 +29,19 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
                        const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                        at::ArrayRef<double> weights, double compactness, bool convert_lab,
                        int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                       int64_t max_centers) {
+                       int64_t max_centers, const std::optional<at::Tensor>& mask) {
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const auto s = image.scalar_type();
   TORCH_CHECK(
       s == at::kByte || s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
       "image: expected uint8, float16, bfloat16, float32 or float64, got ", s);
   TORCH_CHECK(image.is_contiguous(), "image: expected a contiguous tensor");
-  TORCH_CHECK(grid.size() == 9 || grid.size() == 10, "grid: expected 9 or 10 integers, got ",
+  TORCH_CHECK(grid.size() >= 9 && grid.size() <= 11, "grid: expected 9 to 11 integers, got ",
               grid.size());
   TORCH_CHECK(grid.size() == 9 || grid[9] >= 1, "subsample: expected >= 1, got ",
-              grid.size() == 10 ? grid[9] : 0);
+              grid.size() >= 10 ? grid[9] : 0);
+  TORCH_CHECK(grid.size() <= 10 || grid[10] >= 0, "max_size: expected >= 0, got ",
+              grid.size() == 11 ? grid[10] : 0);
   TORCH_CHECK(weights.size() == 3, "weights: expected 3 floats, got ", weights.size());
   TORCH_CHECK(compactness > 0, "compactness: expected > 0, got ", compactness);
   TORCH_CHECK(max_iter >= 1, "max_iter: expected >= 1, got ", max_iter);
@@ -76,10 +78,22 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   g.max_changed = static_cast<int64_t>(tol * static_cast<double>(g.P));
   g.min_size = static_cast<int32_t>(std::min<int64_t>(min_size, g.P));
   g.max_centers = static_cast<int32_t>(max_centers);
-  g.subsample = grid.size() == 10 ? static_cast<int32_t>(std::min<int64_t>(grid[9], 1 << 30)) : 1;
+  g.subsample = grid.size() >= 10 ? static_cast<int32_t>(std::min<int64_t>(grid[9], 1 << 30)) : 1;
+  g.max_size = grid.size() == 11 ? std::min<int64_t>(grid[10], g.P) : 0;
   g.convert_lab = convert_lab;
   g.connectivity = connectivity;
   g.warm = init_centers.has_value();
+  g.mask = nullptr;
+  if (mask.has_value()) {
+    const at::Tensor& m = *mask;
+    TORCH_CHECK(m.scalar_type() == at::kByte && m.dim() == 2 && m.size(0) == g.N &&
+                    m.size(1) == g.P && m.is_contiguous(),
+                "mask: expected uint8 [", g.N, ", ", g.P, "], got ", m.scalar_type(), " ",
+                m.sizes());
+    TORCH_CHECK(m.device() == image.device(), "mask: expected device ", image.device(), ", got ",
+                m.device());
+    g.mask = m.const_data_ptr<uint8_t>();
+  }
   TORCH_CHECK(init_centers.has_value() == init_counts.has_value() &&
                   init_centers.has_value() == init_labels.has_value(),
               "init: expected centres, counts and labels together");
@@ -241,9 +255,11 @@ void seed_centers(const Geometry& g, const float* features, float* centers, int3
   const int32_t R = 3 + g.F;
   parallel_for(g, 0, g.N * g.K, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      seed_center(g, features + (i / g.K) * g.F * g.P, static_cast<int32_t>(i % g.K),
-                  centers + i * R);
-      counts[i] = 1;
+      const int64_t n = i / g.K;
+      const bool live =
+          seed_center(g, features + n * g.F * g.P, g.mask ? g.mask + n * g.P : nullptr,
+                      static_cast<int32_t>(i % g.K), centers + i * R);
+      counts[i] = live ? 1 : 0;
     }
   });
 }
@@ -622,6 +638,17 @@ __attribute__((always_inline)) inline void run_chunk_body(
       std::fill_n(scratch.winner.data() + row, g.W, -1);
     }
   }
+  if (g.mask != nullptr) {
+    // Pixels outside the mask are never claimed (no distance is below -inf): they keep
+    // label -1 and take no part in the sums.
+    const uint8_t* m = g.mask + n * g.P + first;
+    for (int32_t y = pass.first_from(y0); y < y1; y += pass.stride) {
+      const int64_t row = int64_t{y - y0} * g.W;
+      for (int32_t x = 0; x < g.W; ++x) {
+        if (!m[row + x]) scratch.best[row + x] = -std::numeric_limits<float>::infinity();
+      }
+    }
+  }
   chunk_candidates(g, centers, cell_start, cell_items, z, cy, y0, y1, scratch.cands);
   std::vector<const float*> planes(g.F);
   for (int32_t f = 0; f < g.F; ++f) planes[f] = feat + f * g.P + first;
@@ -693,7 +720,7 @@ void fill_unassigned(const Geometry& g, const float* centers, const int32_t* cou
   parallel_for(g, 0, g.N * g.P, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / g.P;
-      if (labels[i] < 0)
+      if (labels[i] < 0 && in_mask(g, i))
         labels[i] = nearest_live_cluster(g, centers + n * g.K * R, counts + n * g.K, i % g.P);
     }
   });
@@ -716,7 +743,7 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
     // like a pixel no window reaches, stay unassigned until a cluster claims them.
     for (int64_t i = 0; i < g.N * g.P; ++i) {
       const int32_t k = init_labels[i];
-      labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0) ? k : -1;
+      labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0 && in_mask(g, i)) ? k : -1;
     }
   } else {
     std::fill(labels, labels + g.N * g.P, -1);
@@ -864,8 +891,8 @@ Components label_components(const Geometry& g, const int32_t* fixed, const int32
   std::vector<int32_t>& parent = c.run_comp;
   parent.resize(runs);
   std::iota(parent.begin(), parent.end(), 0);
-  auto link = [&](int32_t i, int32_t j) {
-    if (run_label[i] == run_label[j]) unite(parent, i, j);
+  auto link = [&](int32_t i, int32_t j) {  // runs outside the mask (-1) are no component
+    if (run_label[i] == run_label[j] && run_label[i] >= 0) unite(parent, i, j);
   };
   for (int32_t r = 0; r < rows; ++r) {
     if (r % g.H > 0) for_each_overlap(c, r - 1, r, link);  // the row above
@@ -874,7 +901,9 @@ Components label_components(const Geometry& g, const int32_t* fixed, const int32
   // Roots precede their runs, so one pass turns parents into component numbers.
   for (int32_t r = 0, row = 0; r < runs; ++r) {
     while (c.row_start[row + 1] <= r) ++row;
-    if (parent[r] == r) {
+    if (run_label[r] < 0) {
+      parent[r] = -1;
+    } else if (parent[r] == r) {
       parent[r] = static_cast<int32_t>(c.root.size());
       c.root.push_back(row * W + c.run_begin[r]);
       c.cluster.push_back(run_label[r]);
@@ -892,6 +921,7 @@ Components label_components(const Geometry& g, const int32_t* fixed, const int32
     const int64_t row = int64_t{r} * W;
     for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i) {
       const int32_t m = c.run_comp[i], x = c.run_begin[i], e = c.run_end[i];
+      if (m < 0) continue;
       const int64_t count = e - x;
       c.size[m] += count;
       c.coord[int64_t{m} * 3] += count * z;
@@ -911,7 +941,7 @@ Components label_components(const Geometry& g, const int32_t* fixed, const int32
   auto edge = [&](int32_t i, int32_t j) {
     const uint32_t ma = static_cast<uint32_t>(c.run_comp[i]);
     const uint32_t mb = static_cast<uint32_t>(c.run_comp[j]);
-    if (ma == mb) return;
+    if (ma == mb || c.run_comp[i] < 0 || c.run_comp[j] < 0) return;
     const uint64_t key = ma < mb ? (uint64_t{ma} << 32 | mb) : (uint64_t{mb} << 32 | ma);
     if (key != last) c.edges.push_back(key);  // runs along a boundary repeat the same pair
     last = key;
@@ -964,9 +994,9 @@ std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
       const int32_t a = parent[static_cast<int32_t>(e >> 32)];
       const int32_t b = parent[static_cast<int32_t>(e & 0xFFFFFFFFu)];
       if (a == b) continue;
-      if (size[a] < g.min_size)
+      if (size[a] < g.min_size && takes_more(g, size[b]))
         best[a] = std::min(best[a], pack_distance(distance(a, b), static_cast<uint32_t>(b)));
-      if (size[b] < g.min_size)
+      if (size[b] < g.min_size && takes_more(g, size[a]))
         best[b] = std::min(best[b], pack_distance(distance(b, a), static_cast<uint32_t>(a)));
     }
     // Every pair is decided from the round's snapshot (parents are flat, sizes and means
@@ -1071,8 +1101,10 @@ int64_t connect_sample(const Geometry& g, const int32_t* fixed, int32_t* labels,
   const int32_t rows = g.D * g.H;
   for (int32_t r = 0; r < rows; ++r) {
     int32_t* lab = labels + int64_t{r} * g.W;
-    for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i)
-      std::fill(lab + c.run_begin[i], lab + c.run_end[i], final_id[c.run_comp[i]]);
+    for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i) {
+      if (c.run_comp[i] >= 0)
+        std::fill(lab + c.run_begin[i], lab + c.run_end[i], final_id[c.run_comp[i]]);
+    }
   }
   write_centers(g, c, final_id, centers);
   return count;
@@ -1091,7 +1123,7 @@ void centers_from_labels(const Geometry& g, const int32_t* fixed, const int32_t*
         const int32_t id = labels[row + x];
         int32_t e = x + 1;
         while (e < g.W && labels[row + e] == id) ++e;
-        if (id < g.max_centers) {
+        if (id >= 0 && id < g.max_centers) {
           int64_t* s = sums.data() + int64_t{id} * (R + 1);
           const int64_t count = e - x;
           s[0] += count;
@@ -1119,11 +1151,15 @@ void centers_from_labels(const Geometry& g, const int32_t* fixed, const int32_t*
 // its centre is the mean of its final pixels (the k-means centres are a pass older).
 int64_t relabel_clusters(const Geometry& g, const int32_t* fixed, int32_t* labels, float* centers) {
   std::vector<uint8_t> used(g.K, 0);
-  for (int64_t p = 0; p < g.P; ++p) used[labels[p]] = 1;
+  for (int64_t p = 0; p < g.P; ++p) {
+    if (labels[p] >= 0) used[labels[p]] = 1;  // -1: outside the mask
+  }
   int32_t n = 0;
   for (int32_t k = 0; k < g.K; ++k) n += used[k];
   const std::vector<int32_t> id = stable_ids(used, n);
-  for (int64_t p = 0; p < g.P; ++p) labels[p] = id[labels[p]];
+  for (int64_t p = 0; p < g.P; ++p) {
+    if (labels[p] >= 0) labels[p] = id[labels[p]];
+  }
   centers_from_labels(g, fixed, labels, centers);
   return n;
 }
@@ -1141,7 +1177,7 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                            at::ArrayRef<double> weights, double compactness, bool convert_lab,
                            int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                           int64_t max_centers) {
+                           int64_t max_centers, const std::optional<at::Tensor>& mask) {
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);
   TORCH_CHECK(N > 0 && P > 0, "image: expected at least one sample and one pixel, got ",
@@ -1155,7 +1191,7 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
     };
     return fn(image.narrow(0, start, length), part(init_centers), part(init_counts),
               part(init_labels), grid, weights, compactness, convert_lab, max_iter, tol,
-              connectivity, min_size, max_centers);
+              connectivity, min_size, max_centers, part(mask));
   };
   if (N <= per_call) return call(0, N);
   std::vector<at::Tensor> parts[7];
@@ -1208,11 +1244,11 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                            at::ArrayRef<double> weights, double compactness, bool convert_lab,
                            int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                           int64_t max_centers) {
+                           int64_t max_centers, const std::optional<at::Tensor>& mask) {
   TORCH_CHECK(image.device().is_cpu(), "image: expected a CPU tensor, got ", image.device());
   const Geometry g =
       make_geometry(image, init_centers, init_counts, init_labels, grid, weights, compactness,
-                    convert_lab, max_iter, tol, connectivity, min_size, max_centers);
+                    convert_lab, max_iter, tol, connectivity, min_size, max_centers, mask);
   const int32_t R = 3 + g.F;
   const auto f32 = image.options().dtype(at::kFloat);
   // Scratch planes (features, fixed point) reused across calls on this thread: fresh pages
@@ -1277,16 +1313,17 @@ SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& i
                      const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                      at::ArrayRef<double> weights, double compactness, bool convert_lab,
                      int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                     int64_t max_centers) {
+                     int64_t max_centers, const std::optional<at::Tensor>& mask) {
   auto run = [&](const at::Tensor& part, const std::optional<at::Tensor>& c,
-                 const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& l) {
+                 const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& l,
+                 const std::optional<at::Tensor>& m) {
     return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, part, c, k, l, grid, weights, compactness,
-                          convert_lab, max_iter, tol, connectivity, min_size, max_centers);
+                          convert_lab, max_iter, tol, connectivity, min_size, max_centers, m);
   };
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);
   if (N < 2 || N * P < kParallelPixels || at::get_num_threads() < 2 || at::in_parallel_region())
-    return run(image, init_centers, init_counts, init_labels);
+    return run(image, init_centers, init_counts, init_labels, mask);
   // Batches: one parallel region over samples, each segmented on one thread. Samples are
   // independent, so this changes no result; it replaces some fifty short parallel regions
   // per call, whose barriers make OpenMP threads spin while another process holds a core.
@@ -1298,7 +1335,7 @@ SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& i
     };
     for (int64_t n = begin; n < end; ++n)
       parts[n] = run(image.narrow(0, n, 1), one(init_centers, n), one(init_counts, n),
-                     one(init_labels, n));
+                     one(init_labels, n), one(mask, n));
   });
   std::vector<at::Tensor> lists[7];
   for (const SlicOutputs& o : parts) {

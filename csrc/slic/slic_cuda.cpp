@@ -40,11 +40,11 @@ SlicOutputs slic_cuda_chunk(const at::Tensor& image, const std::optional<at::Ten
                             const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                             at::ArrayRef<double> weights, double compactness, bool convert_lab,
                             int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                            int64_t max_centers) {
+                            int64_t max_centers, const std::optional<at::Tensor>& mask) {
   TORCH_CHECK(image.is_cuda(), "image: expected a CUDA tensor, got ", image.device());
   const Geometry g =
       make_geometry(image, init_centers, init_counts, init_labels, grid, weights, compactness,
-                    convert_lab, max_iter, tol, connectivity, min_size, max_centers);
+                    convert_lab, max_iter, tol, connectivity, min_size, max_centers, mask);
   const c10::cuda::CUDAGuard guard(image.device());
   const auto i32 = image.options().dtype(at::kInt);
   const auto i64 = image.options().dtype(at::kLong);
@@ -129,10 +129,10 @@ SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& 
                       const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                       at::ArrayRef<double> weights, double compactness, bool convert_lab,
                       int64_t max_iter, double tol, bool connectivity, int64_t min_size,
-                      int64_t max_centers) {
+                      int64_t max_centers, const std::optional<at::Tensor>& mask) {
   return slic_in_chunks(&slic_cuda_chunk, kMaxCudaPixels, image, init_centers, init_counts,
                         init_labels, grid, weights, compactness, convert_lab, max_iter, tol,
-                        connectivity, min_size, max_centers);
+                        connectivity, min_size, max_centers, mask);
 }
 
 }  // namespace

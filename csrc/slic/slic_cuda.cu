@@ -152,9 +152,10 @@ __global__ void seed_kernel(Geometry g, const float* __restrict__ features, floa
                             int32_t* counts) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.K) return;
-  seed_center(g, features + (i / g.K) * g.F * g.P, static_cast<int32_t>(i % g.K),
-              clusters + i * (3 + g.F));
-  counts[i] = 1;
+  const int64_t n = i / g.K;
+  const bool live = seed_center(g, features + n * g.F * g.P, g.mask ? g.mask + n * g.P : nullptr,
+                                static_cast<int32_t>(i % g.K), clusters + i * (3 + g.F));
+  counts[i] = live ? 1 : 0;
 }
 
 // Warm start: live clusters and each pixel's starting cluster (-1 when not a live one).
@@ -168,7 +169,7 @@ __global__ void warm_labels_kernel(Geometry g, const int32_t* init_labels, const
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
   const int32_t k = init_labels[i];
-  labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0) ? k : -1;
+  labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0 && in_mask(g, i)) ? k : -1;
 }
 
 // ------------------------------------------------------------------------- iterations
@@ -256,7 +257,8 @@ __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
   int32_t z = 0, y = 0, x = 0;
   if (p < g.P) pixel_coords(g, p, &z, &y, &x);
   // A subsampled pass reassigns the rows y % subsample == it % subsample only.
-  if (p < g.P && (full || y % g.subsample == it % g.subsample)) {
+  // Pixels outside the mask are never assigned (they keep -1, as on the CPU).
+  if (p < g.P && in_mask(g, n * g.P + p) && (full || y % g.subsample == it % g.subsample)) {
     const float* feat = features + n * g.F * g.P + p;
     float fv[kCachedFeatures];
     for (int32_t f = 0; f < min(g.F, kCachedFeatures); ++f) fv[f] = feat[f * g.P];
@@ -388,7 +390,7 @@ __global__ void update_kernel(Geometry g, const int64_t* sums, const int32_t* st
 __global__ void fill_unassigned_kernel(Geometry g, const float* clusters, const int32_t* counts,
                                        int32_t* labels) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.P || labels[i] >= 0) return;
+  if (i >= g.N * g.P || labels[i] >= 0 || !in_mask(g, i)) return;
   const int64_t n = i / g.P;
   labels[i] = nearest_live_cluster(g, clusters + n * g.K * (3 + g.F), counts + n * g.K, i % g.P);
 }
@@ -429,6 +431,7 @@ __global__ void ccl_merge_kernel(Geometry g, const int32_t* labels, int32_t* par
   int32_t z, y, x;
   pixel_coords(g, i % g.P, &z, &y, &x);
   const int32_t l = labels[i];
+  if (l < 0) return;  // outside the mask: no component
   const int64_t plane = int64_t{g.H} * g.W;
   if (x > 0 && labels[i - 1] == l)
     merge_sets(parent, static_cast<int32_t>(i), static_cast<int32_t>(i - 1));
@@ -449,9 +452,10 @@ __global__ void compress_kernel(Geometry g, const int32_t* state, bool only_merg
 // Size and fixed-point feature sums of every component, by root.
 __device__ __forceinline__ void component_stats_sample(int64_t n, const Geometry& g,
                                                        const float* __restrict__ features,
-                                                       const int32_t* parent, int64_t* stats) {
+                                                       const int32_t* parent, const int32_t* labels,
+                                                       int64_t* stats) {
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  const int64_t key = p < g.P ? parent[n * g.P + p] : -1;
+  const int64_t key = p < g.P && labels[n * g.P + p] >= 0 ? parent[n * g.P + p] : -1;
   const WarpRow row = warp_row(stats, key, 1 + g.F);
   row.add_count(0);
   for (int32_t f = 0; f < g.F; ++f) {
@@ -460,17 +464,18 @@ __device__ __forceinline__ void component_stats_sample(int64_t n, const Geometry
 }
 
 __global__ void component_stats_kernel(Geometry g, const float* __restrict__ features,
-                                       const int32_t* parent, int64_t* stats) {
+                                       const int32_t* parent, const int32_t* labels,
+                                       int64_t* stats) {
   for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
-    component_stats_sample(n, g, features, parent, stats);
+    component_stats_sample(n, g, features, parent, labels, stats);
   }
 }
 
-__global__ void roots_kernel(Geometry g, const int32_t* parent, const int64_t* stats,
-                             int32_t* orig_size, uint8_t* was_root) {
+__global__ void roots_kernel(Geometry g, const int32_t* parent, const int32_t* labels,
+                             const int64_t* stats, int32_t* orig_size, uint8_t* was_root) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
-  const bool root = parent[i] == i;
+  const bool root = parent[i] == i && labels[i] >= 0;  // outside the mask: no set
   was_root[i] = root;
   orig_size[i] = root ? static_cast<int32_t>(stats[i * (1 + g.F)]) : 0;
 }
@@ -497,26 +502,26 @@ __device__ float set_distance(const Geometry& g, const int64_t* stats, int64_t a
 
 __device__ __forceinline__ void offer(const Geometry& g, const int64_t* stats, uint64_t* best,
                                       int64_t small, int64_t other, int64_t base) {
-  if (stats[small * (1 + g.F)] >= g.min_size) return;
+  if (stats[small * (1 + g.F)] >= g.min_size || !takes_more(g, stats[other * (1 + g.F)])) return;
   atomicMin(reinterpret_cast<unsigned long long*>(&best[small]),
             static_cast<unsigned long long>(pack_distance(set_distance(g, stats, small, other),
                                                           static_cast<uint32_t>(other - base))));
 }
 
 // Every edge between two sets offers each small side the other side.
-__global__ void merge_edges_kernel(Geometry g, const int32_t* parent, const int64_t* stats,
-                                   const int32_t* state, uint64_t* best) {
+__global__ void merge_edges_kernel(Geometry g, const int32_t* parent, const int32_t* labels,
+                                   const int64_t* stats, const int32_t* state, uint64_t* best) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
   const int64_t n = i / g.P;
-  if (!state[n * kSlots + kMerging]) return;
+  if (!state[n * kSlots + kMerging] || labels[i] < 0) return;
   int32_t z, y, x;
   pixel_coords(g, i % g.P, &z, &y, &x);
   const int64_t plane = int64_t{g.H} * g.W;
   const int64_t a = parent[i];
   const int64_t neighbours[3] = {x > 0 ? i - 1 : -1, y > 0 ? i - g.W : -1, z > 0 ? i - plane : -1};
   for (int j = 0; j < 3; ++j) {
-    if (neighbours[j] < 0) continue;
+    if (neighbours[j] < 0 || labels[neighbours[j]] < 0) continue;
     const int64_t b = parent[neighbours[j]];
     if (a == b) continue;
     offer(g, stats, best, a, b, n * g.P);
@@ -578,7 +583,7 @@ __global__ void mark_kernel(Geometry g, const int32_t* parent, const uint64_t* l
                             const uint64_t* main_of, const int32_t* cluster_labels,
                             int32_t* has_main, int32_t* extra_rank, int32_t* num_roots) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.P || parent[i] != i) return;
+  if (i >= g.N * g.P || parent[i] != i || cluster_labels[i] < 0) return;
   const int64_t n = i / g.P;
   atomicAdd(&num_roots[n], 1);
   const int32_t k = cluster_labels[n * g.P + unpack_size_root(largest[i])];
@@ -591,7 +596,7 @@ __global__ void mark_kernel(Geometry g, const int32_t* parent, const uint64_t* l
 // Without connectivity every used cluster is a segment.
 __global__ void used_clusters_kernel(Geometry g, const int32_t* labels, int32_t* has_main) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i < g.N * g.P) has_main[(i / g.P) * g.K + labels[i]] = 1;
+  if (i < g.N * g.P && labels[i] >= 0) has_main[(i / g.P) * g.K + labels[i]] = 1;
 }
 
 // ------------------------------------------------------------------------- ids
@@ -654,7 +659,7 @@ __global__ void final_id_kernel(Geometry g, const int32_t* parent, const uint64_
                                 const int32_t* free_list, const int32_t* free_low,
                                 int32_t* final_id) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.P || parent[i] != i) return;
+  if (i >= g.N * g.P || parent[i] != i || cluster_labels[i] < 0) return;
   const int64_t n = i / g.P;
   const int32_t k = cluster_labels[n * g.P + unpack_size_root(largest[i])];
   final_id[i] = main_of[n * g.K + k] == largest[i]
@@ -665,7 +670,7 @@ __global__ void final_id_kernel(Geometry g, const int32_t* parent, const uint64_
 __global__ void relabel_kernel(Geometry g, const int32_t* parent, const int32_t* final_id,
                                const int32_t* id_of_cluster, bool connectivity, int32_t* labels) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= g.N * g.P) return;
+  if (i >= g.N * g.P || labels[i] < 0) return;  // outside the mask: stays -1
   labels[i] = connectivity ? final_id[parent[i]] : id_of_cluster[(i / g.P) * g.K + labels[i]];
 }
 
@@ -763,17 +768,18 @@ void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr)
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   compress_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.state, false, b.parent);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  component_stats_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.parent, b.stats);
+  component_stats_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.parent, b.labels,
+                                                                 b.stats);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  roots_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.orig_size,
+  roots_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.labels, b.stats, b.orig_size,
                                                       b.was_root);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.min_size > 1) {
     for (int32_t round = 0; round < kMergeRounds; ++round) {
       reset_best_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.best);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.stats, b.state,
-                                                                b.best);
+      merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.labels, b.stats,
+                                                                b.state, b.best);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_link_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.stats, b.best, b.was_root,
                                                                b.state, b.parent);
