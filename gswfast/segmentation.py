@@ -156,9 +156,10 @@ def slic(
             truncated at 4 sigma. Time is smoothed in ``volume`` mode only. 0: none.
         subsample: row stride of the k-means passes (fast-slic's subsampled assignment).
             A pass reassigns the rows ``y % subsample == pass % subsample`` of each frame
-            only, except the last pass and a warm start's first, which reassign every
-            pixel; once a subsampled pass changes at most ``tol`` of the pixels, the next
-            pass is the last. Centres are the exact means of all assigned pixels' current
+            only, except the last pass and the first of a warm start or of a masked call,
+            which reassign every pixel; once a subsampled pass changes at most ``tol`` of
+            the pixels, every later pass is full and the next one that meets ``tol`` ends
+            the loop. Centres are the exact means of all assigned pixels' current
             clusters. 1 (default): every pass is full (the classic SLIC loop).
         mask: maskSLIC (scikit-image's ``mask``): bool ``[B, H, W]`` (images) or
             ``[B, T, H, W]`` (clips) on the images' device; only its True pixels are

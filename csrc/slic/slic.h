@@ -38,11 +38,11 @@
 //   pixels changed cluster in a full pass (that pass updates nothing). iterations[n] counts
 //   its assignment passes. With subsample s > 1 (fast-slic's subsampled passes), pass `it`
 //   reassigns only the rows y with y % s == it % s (every frame), unless it is full: the
-//   first pass of a warm start, the last (max_iter - 1), and the one after a subsampled
-//   pass in which at most tol * P pixels changed (pass_is_full). The centres are the
-//   means of all assigned pixels' current clusters (a cold start's first pass assigns
-//   every s-th row). Pixels still unassigned at the end join the live cluster with the
-//   nearest centre in space.
+//   first pass of a warm start or of a masked call, the last (max_iter - 1), and the ones
+//   after a subsampled pass in which at most tol * P pixels changed (pass_is_full). The
+//   centres are the means of all assigned pixels' current clusters (an unmasked cold
+//   start's first pass assigns every s-th row). Pixels still unassigned at the end join the live
+//   cluster with the nearest centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
 //   union-find (root = lowest pixel index). Then merge rounds, at most kMergeRounds, until
 //   no set is smaller than min_size or nothing merges. A round decides every choice from
@@ -129,9 +129,12 @@ struct Geometry {
 GSW_HD bool in_mask(const Geometry& g, int64_t i) { return g.mask == nullptr || g.mask[i] != 0; }
 
 // Whether pass `it` reassigns every pixel (else the rows y % subsample == it % subsample);
-// after_converged: a subsampled pass of this sample has met the tolerance.
+// after_converged: a subsampled pass of this sample has met the tolerance. With a mask the
+// first pass is full too: a seed whose in-mask pixels all lie on unvisited rows would end
+// the pass with no pixel, and a cluster that loses all its pixels stays dead.
 GSW_HD bool pass_is_full(const Geometry& g, int32_t it, bool after_converged) {
-  return g.subsample <= 1 || (it == 0 && g.warm) || it == g.max_iter - 1 || after_converged;
+  return g.subsample <= 1 || (it == 0 && (g.warm || g.mask != nullptr)) || it == g.max_iter - 1 ||
+         after_converged;
 }
 
 // Whether a subsampled pass that changed `changed` pixels meets the tolerance; the next

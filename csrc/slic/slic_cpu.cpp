@@ -712,7 +712,8 @@ RunChunkFn pick_run_chunk() {
   return &run_chunk;
 }
 
-// A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
+// A pixel no cluster ever claimed (a warm start's, or one whose cluster died in a
+// subsampled first pass) joins the nearest live
 // cluster (as on CUDA).
 void fill_unassigned(const Geometry& g, const float* centers, const int32_t* counts,
                      int32_t* labels) {
@@ -1183,6 +1184,10 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
   TORCH_CHECK(N > 0 && P > 0, "image: expected at least one sample and one pixel, got ",
               image.sizes());
   TORCH_CHECK(P < kMaxPixels, "image: at most 2^31 - 1 pixels per sample, got ", P);
+  // Checked before the per-call narrowing below, which would silently cut a longer mask.
+  TORCH_CHECK(!mask || (mask->dim() == 2 && mask->size(0) == N && mask->size(1) == P),
+              "mask: expected [N, P] = [", N, ", ", P, "], got ",
+              mask ? mask->sizes() : at::IntArrayRef{});
   const int64_t per_call = std::max<int64_t>(1, (std::min(max_pixels, kMaxPixels) - 1) / P);
   auto call = [&](int64_t start, int64_t length) {
     auto part = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {

@@ -385,7 +385,8 @@ __global__ void update_kernel(Geometry g, const int64_t* sums, const int32_t* st
   if (s[0] != 0) mean_row(s, g.F, clusters + i * R);
 }
 
-// A pixel no cluster ever claimed (possible only in warm starts) joins the nearest live
+// A pixel no cluster ever claimed (a warm start's, or one whose cluster died in a
+// subsampled first pass) joins the nearest live
 // cluster (as on the CPU).
 __global__ void fill_unassigned_kernel(Geometry g, const float* clusters, const int32_t* counts,
                                        int32_t* labels) {
