@@ -13,7 +13,7 @@ LIME itself is ``gsw.lime``, which returns the package's weights given the same 
     python benchmarks/lime_agreement.py --size 112 --count 4 --output probability --candidates
         # issue 18: the fast LIME-like scorers (lime_ig, banzhaf designs, and the
         # experiments in EXPERIMENTS) against the package's own masks, softmax outputs,
-        # with top-10 Jaccard
+        # with top-10 Jaccard; --only midpoint,bfloat16: just the scorers whose name has one
 
 Inputs: scikit-image's four photos and their mirror images (224x224), resnet18 with random
 weights; ``--model square``: 8 synthetic images and the small CNN trained on them, with
@@ -58,6 +58,19 @@ CANDIDATES: dict[str, dict] = {
         for n in (8, 16)
     },
     "banzhaf, binary, 8 mixes": dict(method="banzhaf", design="binary", n_samples=8),
+    **{
+        f"banzhaf, latin, {n} mixes, bfloat16": dict(
+            method="banzhaf", n_samples=n, autocast=torch.bfloat16
+        )
+        for n in (16, 32)
+    },
+    **{
+        f"banzhaf, arcsine, {n} mixes{', bfloat16' if bf16 else ''}": dict(
+            method="banzhaf", design="arcsine", n_samples=n, autocast=bf16
+        )
+        for n in (8, 16, 24, 32, 40)
+        for bf16 in (None, torch.bfloat16)
+    },
 }
 
 
@@ -84,17 +97,20 @@ def banzhaf_prior(model, x, seg, target, out, *, mixes: int, rows: int, alpha: f
     return _rescored(prior, coef)
 
 
-def banzhaf_beta(model, x, seg, target, out, *, mixes: int, a: float):
+def banzhaf_beta(model, x, seg, target, out, *, mixes: int, a: float, mid=False, bf16=False):
     """Issue 18, idea (b): ``banzhaf`` with each segment's mix ``z_k`` drawn from
     ``Beta(a, a)`` (``a < 1``: near 0 or 1, so the other segments are nearly shown or hidden
     as in LIME's binary masks; Latin strata of the quantiles, antithetic pairs), each
-    ``df/dz_k`` weighted by ``1 / pdf(z_k)`` so that its mean still integrates over ``z_k``."""
+    ``df/dz_k`` weighted by ``1 / pdf(z_k)`` so that its mean still integrates over ``z_k``.
+    ``mid``: the strata's midpoints instead of a random point in each; ``bf16``: the passes
+    under bfloat16 autocast."""
     from scipy.special import beta, betaincinv
 
     labels, batch, width = seg.labels.long(), x.shape[0], int(seg.num_segments.max())
     g = torch.Generator().manual_seed(0)
     strata = torch.rand((mixes // 2, batch, width), generator=g).argsort(0).double()
-    q = (strata + torch.rand(strata.shape, generator=g, dtype=torch.float64)) / (mixes // 2)
+    u = torch.rand(strata.shape, generator=g, dtype=torch.float64)
+    q = (strata + (0.5 if mid else u)) / (mixes // 2)
     z = torch.from_numpy(betaincinv(a, a, q.numpy()))
     z = torch.cat([z, 1 - z])  # [P, B, K]
     hidden = segment_mean_image(x, seg.labels, seg.num_segments)
@@ -102,7 +118,8 @@ def banzhaf_beta(model, x, seg, target, out, *, mixes: int, a: float):
     mix = torch.stack([z[p, b][labels[b]] for p in range(mixes) for b in range(batch)])
     points = hidden.repeat(mixes, 1, 1, 1) + mix.unsqueeze(1).float() * diff.repeat(mixes, 1, 1, 1)
     points.requires_grad_(True)
-    scores = model(points)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        scores = model(points).float()
     scores = scores.softmax(1) if out == "probability" else scores
     (grad,) = torch.autograd.grad(
         scores[torch.arange(len(points)), target.repeat(mixes)].sum(), points
@@ -111,8 +128,18 @@ def banzhaf_beta(model, x, seg, target, out, *, mixes: int, a: float):
     flat = labels.reshape(batch, -1).repeat(mixes, 1)
     dz = torch.zeros(mixes * batch, width, dtype=torch.float64).scatter_add_(1, flat, pixel)
     dz = dz.reshape(mixes, batch, width) * beta(a, a) * (z * (1 - z)) ** (1 - a)
-    prior = gsw.explain(model, x, method="gradient", segmentation=seg, target=target)
-    return _rescored(prior, dz.mean(0) * (torch.arange(width) < seg.num_segments.unsqueeze(1)))
+    present = torch.arange(width) < seg.num_segments.unsqueeze(1)
+    scores = (dz.mean(0) * present).float()
+    return gsw.Explanation(
+        segment_scores=scores,
+        labels=seg.labels,
+        num_segments=seg.num_segments,
+        pixel_scores=paint(scores, seg.labels),
+        target=target,
+        method="test",
+        reduce="sum",
+        segmentation=seg,
+    )
 
 
 def _rescored(expl: gsw.Explanation, scores: torch.Tensor) -> gsw.Explanation:
@@ -137,6 +164,13 @@ EXPERIMENTS: dict[str, Callable[..., gsw.Explanation]] = {
         f"banzhaf, Beta({a}, {a}) mixes, {n}": functools.partial(banzhaf_beta, mixes=n, a=a)
         for n in (8, 16)
         for a in (0.5, 0.3)
+    },
+    **{
+        f"banzhaf, Beta(0.5, 0.5) midpoint mixes, {n}{', bfloat16' if bf16 else ''}": (
+            functools.partial(banzhaf_beta, mixes=n, a=0.5, mid=True, bf16=bf16)
+        )
+        for n in (8, 16, 24, 32)
+        for bf16 in (False, True)
     },
 }
 
@@ -201,6 +235,9 @@ def main() -> None:
     parser.add_argument("--output", default="logit", help="logit or probability (softmax)")
     parser.add_argument("--candidates", action="store_true", help="the issue-18 scorer sweep")
     parser.add_argument("--out", help="also write the Markdown table to this file")
+    parser.add_argument(
+        "--only", help="--candidates: only the scorers whose name has one of these (a,b)"
+    )
     args = parser.parse_args()
     model, x, masks = inputs_and_model(args.model, args.size, args.count)
     seg = gsw.slic(x, n_segments=args.segments)
@@ -227,6 +264,11 @@ def main() -> None:
     results["LIME, seed 0 (the reference)"] = evaluate(model, x, lime, lime, masks)
     results["LIME, seed 0 (the reference)"]["seconds"] = per_lime
     scorers = CANDIDATES if args.candidates else SCORERS
+    experiments = EXPERIMENTS if args.candidates else {}
+    if args.only:
+        keys = args.only.split(",")
+        scorers = {n: o for n, o in scorers.items() if any(k in n for k in keys)}
+        experiments = {n: e for n, e in experiments.items() if any(k in n for k in keys)}
     for name, options in scorers.items():
         explainer = gsw.Explainer(model, reduce="sum", output=out, **options)
         given = None if options.get("swag") else seg
@@ -239,7 +281,7 @@ def main() -> None:
             **evaluate(model, x, expl, reference, masks),
             "seconds": seconds / x.shape[0],
         }
-    for name, experiment in EXPERIMENTS.items() if args.candidates else ():
+    for name, experiment in experiments.items():
         run = functools.partial(experiment, model, x, seg, target, out)
         run()  # warm-up
         expl, seconds = timed(run)

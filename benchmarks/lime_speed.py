@@ -27,12 +27,22 @@ SCORERS: dict[str, dict] = {
     "lime_ig, 8 steps": dict(method="lime_ig", n_steps=8),
     "banzhaf, 8 mixes": dict(method="banzhaf", n_samples=8),
     "banzhaf, 16 mixes": dict(method="banzhaf", n_samples=16),
+    "banzhaf, 16 mixes, bfloat16": dict(method="banzhaf", n_samples=16, autocast=torch.bfloat16),
+    "banzhaf, arcsine, 32 mixes": dict(method="banzhaf", design="arcsine", n_samples=32),
+    **{
+        f"banzhaf, arcsine, {n} mixes, bfloat16": dict(
+            method="banzhaf", design="arcsine", n_samples=n, autocast=torch.bfloat16
+        )
+        for n in (24, 32, 40)
+    },
 }
 EXPERIMENTS: tuple[str, ...] = (
     "banzhaf 8 prior + LIME ridge on 16 sobol rows, alpha 1.0",
     "banzhaf 8 prior + LIME ridge on 32 sobol rows, alpha 1.0",
     "banzhaf 8 prior + LIME ridge on 128 sobol rows, alpha 10.0",
     "banzhaf, Beta(0.5, 0.5) mixes, 8",
+    *(f"banzhaf, Beta(0.5, 0.5) midpoint mixes, {n}, bfloat16" for n in (16, 24, 32)),
+    "banzhaf, Beta(0.5, 0.5) midpoint mixes, 32",
 )
 
 
