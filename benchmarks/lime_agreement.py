@@ -11,8 +11,9 @@ LIME itself is ``gsw.lime``, which returns the package's weights given the same 
     python benchmarks/lime_agreement.py [--out report.md]            # resnet18, photos
     python benchmarks/lime_agreement.py --model square --segments 20 # the trained CNN
     python benchmarks/lime_agreement.py --size 112 --count 4 --output probability --candidates
-        # issue 18: the fast LIME-like scorers (lime_ig, banzhaf designs) against the
-        # package's own masks, softmax outputs, with top-10 Jaccard
+        # issue 18: the fast LIME-like scorers (lime_ig, banzhaf designs, and the
+        # experiments in EXPERIMENTS) against the package's own masks, softmax outputs,
+        # with top-10 Jaccard; --only midpoint,bfloat16: just the scorers whose name has one
 
 Inputs: scikit-image's four photos and their mirror images (224x224), resnet18 with random
 weights; ``--model square``: 8 synthetic images and the small CNN trained on them, with
@@ -22,13 +23,18 @@ how often each method's best segment is the square (``on square``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import time
+from collections.abc import Callable
 
 import torch
 import torchvision
 
 import gswfast as gsw
+from gswfast.attribution.baselines import segment_mean_image
+from gswfast.lime import lime_kernel, weighted_ridge
+from gswfast.ops import paint
 from gswfast.testing import lime_masks, lime_package, photos, square_images, train_square_classifier
 
 SCORERS: dict[str, dict] = {
@@ -52,6 +58,120 @@ CANDIDATES: dict[str, dict] = {
         for n in (8, 16)
     },
     "banzhaf, binary, 8 mixes": dict(method="banzhaf", design="binary", n_samples=8),
+    **{
+        f"banzhaf, latin, {n} mixes, bfloat16": dict(
+            method="banzhaf", n_samples=n, autocast=torch.bfloat16
+        )
+        for n in (16, 32)
+    },
+    **{
+        f"banzhaf, arcsine, {n} mixes{', bfloat16' if bf16 else ''}": dict(
+            method="banzhaf", design="arcsine", n_samples=n, autocast=bf16
+        )
+        for n in (8, 16, 24, 32, 40)
+        for bf16 in (None, torch.bfloat16)
+    },
+}
+
+
+def banzhaf_prior(model, x, seg, target, out, *, mixes: int, rows: int, alpha: float):
+    """Issue 18, idea (a): LIME's kernel-weighted ridge on ``rows`` sobol masks (one batch
+    of forward rows), shrunk towards ``banzhaf`` with ``mixes`` mixes instead of towards 0:
+    the prior ``b`` is scaled by the weighted least-squares slope ``s`` of the outputs on
+    ``masks @ b``, the ridge fits ``outputs - s * masks @ b`` and ``s * b`` is added back."""
+    prior = gsw.explain(
+        model, x, method="banzhaf", n_samples=mixes, segmentation=seg, target=target,
+        reduce="sum", output=out,
+    )  # fmt: skip
+    fast = gsw.lime(model, x, seg, target, n_samples=rows, design="sobol", seed=1, output=out)
+    keep, y = fast.info["masks"].double(), fast.info["outputs"].double()
+    counts = prior.num_segments
+    present = torch.arange(keep.shape[2]) < counts.unsqueeze(1)
+    w = lime_kernel(keep, counts, 0.25)
+    b = prior.segment_scores.double()
+    g = torch.einsum("bnk,bk->bn", keep, b)
+    wn = w / w.sum(1, keepdim=True)
+    gc = g - (wn * g).sum(1, keepdim=True)
+    s = ((wn * gc * y).sum(1) / (wn * gc**2).sum(1)).unsqueeze(1)
+    coef = weighted_ridge(keep, y - s * g, w, alpha, present)[0] + s * b
+    return _rescored(prior, coef)
+
+
+def banzhaf_beta(model, x, seg, target, out, *, mixes: int, a: float, mid=False, bf16=False):
+    """Issue 18, idea (b): ``banzhaf`` with each segment's mix ``z_k`` drawn from
+    ``Beta(a, a)`` (``a < 1``: near 0 or 1, so the other segments are nearly shown or hidden
+    as in LIME's binary masks; Latin strata of the quantiles, antithetic pairs), each
+    ``df/dz_k`` weighted by ``1 / pdf(z_k)`` so that its mean still integrates over ``z_k``.
+    ``mid``: the strata's midpoints instead of a random point in each; ``bf16``: the passes
+    under bfloat16 autocast."""
+    from scipy.special import beta, betaincinv
+
+    labels, batch, width = seg.labels.long(), x.shape[0], int(seg.num_segments.max())
+    g = torch.Generator().manual_seed(0)
+    strata = torch.rand((mixes // 2, batch, width), generator=g).argsort(0).double()
+    u = torch.rand(strata.shape, generator=g, dtype=torch.float64)
+    q = (strata + (0.5 if mid else u)) / (mixes // 2)
+    z = torch.from_numpy(betaincinv(a, a, q.numpy()))
+    z = torch.cat([z, 1 - z])  # [P, B, K]
+    hidden = segment_mean_image(x, seg.labels, seg.num_segments)
+    diff = x - hidden
+    mix = torch.stack([z[p, b][labels[b]] for p in range(mixes) for b in range(batch)])
+    points = hidden.repeat(mixes, 1, 1, 1) + mix.unsqueeze(1).float() * diff.repeat(mixes, 1, 1, 1)
+    points.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        scores = model(points).float()
+    scores = scores.softmax(1) if out == "probability" else scores
+    (grad,) = torch.autograd.grad(
+        scores[torch.arange(len(points)), target.repeat(mixes)].sum(), points
+    )
+    pixel = (diff.repeat(mixes, 1, 1, 1) * grad).sum(1).reshape(mixes * batch, -1).double()
+    flat = labels.reshape(batch, -1).repeat(mixes, 1)
+    dz = torch.zeros(mixes * batch, width, dtype=torch.float64).scatter_add_(1, flat, pixel)
+    dz = dz.reshape(mixes, batch, width) * beta(a, a) * (z * (1 - z)) ** (1 - a)
+    present = torch.arange(width) < seg.num_segments.unsqueeze(1)
+    scores = (dz.mean(0) * present).float()
+    return gsw.Explanation(
+        segment_scores=scores,
+        labels=seg.labels,
+        num_segments=seg.num_segments,
+        pixel_scores=paint(scores, seg.labels),
+        target=target,
+        method="test",
+        reduce="sum",
+        segmentation=seg,
+    )
+
+
+def _rescored(expl: gsw.Explanation, scores: torch.Tensor) -> gsw.Explanation:
+    scores = scores.float()
+    pixels = paint(scores, expl.labels)
+    return dataclasses.replace(expl, segment_scores=scores, pixel_scores=pixels, method="test")
+
+
+# --candidates: issue-18 experiments that are not options of gsw (cost: all they run)
+EXPERIMENTS: dict[str, Callable[..., gsw.Explanation]] = {
+    **{
+        f"banzhaf 8 prior + LIME ridge on {n} sobol rows, alpha {alpha}": functools.partial(
+            banzhaf_prior, mixes=8, rows=n, alpha=alpha
+        )
+        for n in (16, 32, 128)
+        for alpha in (1.0, 10.0)
+    },
+    "banzhaf 16 prior + LIME ridge on 128 sobol rows, alpha 10": functools.partial(
+        banzhaf_prior, mixes=16, rows=128, alpha=10.0
+    ),
+    **{
+        f"banzhaf, Beta({a}, {a}) mixes, {n}": functools.partial(banzhaf_beta, mixes=n, a=a)
+        for n in (8, 16)
+        for a in (0.5, 0.3)
+    },
+    **{
+        f"banzhaf, Beta(0.5, 0.5) midpoint mixes, {n}{', bfloat16' if bf16 else ''}": (
+            functools.partial(banzhaf_beta, mixes=n, a=0.5, mid=True, bf16=bf16)
+        )
+        for n in (8, 16, 24, 32)
+        for bf16 in (False, True)
+    },
 }
 
 
@@ -115,6 +235,9 @@ def main() -> None:
     parser.add_argument("--output", default="logit", help="logit or probability (softmax)")
     parser.add_argument("--candidates", action="store_true", help="the issue-18 scorer sweep")
     parser.add_argument("--out", help="also write the Markdown table to this file")
+    parser.add_argument(
+        "--only", help="--candidates: only the scorers whose name has one of these (a,b)"
+    )
     args = parser.parse_args()
     model, x, masks = inputs_and_model(args.model, args.size, args.count)
     seg = gsw.slic(x, n_segments=args.segments)
@@ -141,6 +264,11 @@ def main() -> None:
     results["LIME, seed 0 (the reference)"] = evaluate(model, x, lime, lime, masks)
     results["LIME, seed 0 (the reference)"]["seconds"] = per_lime
     scorers = CANDIDATES if args.candidates else SCORERS
+    experiments = EXPERIMENTS if args.candidates else {}
+    if args.only:
+        keys = args.only.split(",")
+        scorers = {n: o for n, o in scorers.items() if any(k in n for k in keys)}
+        experiments = {n: e for n, e in experiments.items() if any(k in n for k in keys)}
     for name, options in scorers.items():
         explainer = gsw.Explainer(model, reduce="sum", output=out, **options)
         given = None if options.get("swag") else seg
@@ -153,6 +281,11 @@ def main() -> None:
             **evaluate(model, x, expl, reference, masks),
             "seconds": seconds / x.shape[0],
         }
+    for name, experiment in experiments.items():
+        run = functools.partial(experiment, model, x, seg, target, out)
+        run()  # warm-up
+        expl, seconds = timed(run)
+        results[name] = {**evaluate(model, x, expl, lime, masks), "seconds": seconds / x.shape[0]}
     table = markdown(results, per_lime, package_s, args, x)
     print(table)
     if args.out:

@@ -5,17 +5,20 @@ photo, model and segments, and the fastest run of each counts.
     python benchmarks/lime_speed.py [--size 112] [--segments 50] [--repeats 3]
 
 resnet18 with random weights, softmax output (``output="probability"``; the package gets
-the model wrapped in a softmax), scikit-image's astronaut, 1000 LIME samples.
+the model wrapped in a softmax), scikit-image's astronaut, 1000 LIME samples. Also times
+the issue-18 experiments named in ``EXPERIMENTS`` (defined in ``lime_agreement.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 
 import torch
 import torchvision
+from lime_agreement import EXPERIMENTS as ALL_EXPERIMENTS
 
 import gswfast as gsw
 from gswfast.testing import lime_package, photos
@@ -24,7 +27,23 @@ SCORERS: dict[str, dict] = {
     "lime_ig, 8 steps": dict(method="lime_ig", n_steps=8),
     "banzhaf, 8 mixes": dict(method="banzhaf", n_samples=8),
     "banzhaf, 16 mixes": dict(method="banzhaf", n_samples=16),
+    "banzhaf, 16 mixes, bfloat16": dict(method="banzhaf", n_samples=16, autocast=torch.bfloat16),
+    "banzhaf, arcsine, 32 mixes": dict(method="banzhaf", design="arcsine", n_samples=32),
+    **{
+        f"banzhaf, arcsine, {n} mixes, bfloat16": dict(
+            method="banzhaf", design="arcsine", n_samples=n, autocast=torch.bfloat16
+        )
+        for n in (24, 32, 40)
+    },
 }
+EXPERIMENTS: tuple[str, ...] = (
+    "banzhaf 8 prior + LIME ridge on 16 sobol rows, alpha 1.0",
+    "banzhaf 8 prior + LIME ridge on 32 sobol rows, alpha 1.0",
+    "banzhaf 8 prior + LIME ridge on 128 sobol rows, alpha 10.0",
+    "banzhaf, Beta(0.5, 0.5) mixes, 8",
+    *(f"banzhaf, Beta(0.5, 0.5) midpoint mixes, {n}, bfloat16" for n in (16, 24, 32)),
+    "banzhaf, Beta(0.5, 0.5) midpoint mixes, 32",
+)
 
 
 def seconds(run: Callable[[], object]) -> float:
@@ -49,14 +68,20 @@ def main() -> None:
         name: gsw.Explainer(model, output="probability", **options)
         for name, options in SCORERS.items()
     }
-    for explainer in explainers.values():
-        explainer(x, target, seg)  # warm-up
-    best = {name: float("inf") for name in ["lime package", *SCORERS]}
+    targets = torch.tensor([target])
+    runs: dict[str, Callable[[], object]] = {
+        name: lambda e=explainer: e(x, target, seg) for name, explainer in explainers.items()
+    }
+    for name in EXPERIMENTS:
+        runs[name] = functools.partial(ALL_EXPERIMENTS[name], model, x, seg, targets, "probability")
+    for run in runs.values():
+        run()  # warm-up
+    best = {name: float("inf") for name in ["lime package", *runs]}
     for _ in range(args.repeats):
         package = seconds(lambda: lime_package(softmax, x[0], seg.labels[0], target, 0, 1000))
         best["lime package"] = min(best["lime package"], package)
-        for name, explainer in explainers.items():
-            best[name] = min(best[name], seconds(lambda e=explainer: e(x, target, seg)))
+        for name, run in runs.items():
+            best[name] = min(best[name], seconds(run))
     print(f"| scorer | s (fastest of {args.repeats}) | vs lime package |")
     print("|---|---|---|")
     for name, value in best.items():

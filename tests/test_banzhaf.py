@@ -40,6 +40,37 @@ def test_scores_are_mean_gradients_of_the_segment_game(design):
         torch.testing.assert_close(got, expected.float().double(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.paths
+def test_arcsine_weights_each_gradient_by_one_over_the_density():
+    """design="arcsine": mean over the mixes z of df/dz_k * pi sqrt(z_k (1 - z_k)), float64."""
+    model, x = TinyCNN().double(), untied(photos(32, 2))
+    seg = gsw.slic(x, n_segments=10)
+    expl = gsw.explain(
+        model, x, [1, 3], method="banzhaf", segmentation=seg, design="arcsine", n_samples=6
+    )
+    hidden = make_baseline("segment_mean", x, seg.labels, seg.num_segments)
+    k = int(seg.num_segments.max())
+    mixes = Banzhaf(hidden, seg.labels, 6, "arcsine").mixes(2, k)
+    for b, target in enumerate([1, 3]):
+        f = _game(model, x[b], hidden[b], seg.labels[b], target)
+        terms = [
+            torch.autograd.functional.jacobian(f, z[b]) * torch.pi * (z[b] * (1 - z[b])).sqrt()
+            for z in mixes
+        ]
+        expected = torch.stack(terms).mean(0)[: int(seg.num_segments[b])]
+        got = expl.segment_scores[b, : int(seg.num_segments[b])].double()
+        torch.testing.assert_close(got, expected.float().double(), rtol=1e-4, atol=1e-6)
+
+
+def test_arcsine_mixes_are_midpoints_of_beta_half_quantiles():
+    mixes = Banzhaf(torch.zeros(1), torch.zeros(1), n_samples=8, design="arcsine").mixes(3, 6)
+    torch.testing.assert_close(mixes[:4] + mixes[4:], torch.ones(4, 3, 6, dtype=torch.float64))
+    quantiles = torch.asin(mixes[:4].sqrt()) * 2 / torch.pi  # Beta(1/2, 1/2)'s CDF
+    strata = torch.sort(quantiles * 4 - 0.5, dim=0).values
+    expected = torch.arange(4.0, dtype=torch.float64).view(4, 1, 1).expand(4, 3, 6)
+    torch.testing.assert_close(strata, expected)
+
+
 def test_linear_model_gives_exact_segment_differences():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 24 * 24, 4)).double()

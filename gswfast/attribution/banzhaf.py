@@ -29,7 +29,7 @@ from gswfast.attribution._model import (
 from gswfast.attribution.gradients import pick
 from gswfast.attribution.integrated_gradients import check_batch_size, chunk_rows, to_device
 
-DESIGNS: tuple[str, ...] = ("latin", "uniform", "swap", "binary", "centre")
+DESIGNS: tuple[str, ...] = ("latin", "uniform", "swap", "binary", "centre", "arcsine")
 
 
 class Banzhaf:
@@ -42,8 +42,12 @@ class Banzhaf:
     values, antithetic pairs), ``"swap"`` (a random half of the segments at ``t``, the
     others at ``1 - t``, ``t`` stratified over the points: points on the straight paths
     between a random half-hidden mask and its complement), ``"binary"`` (random half-hidden
-    masks and their complements) or ``"centre"`` (every segment at 0.5, one point). Values are drawn on the
-    host from a generator seeded with ``(seed, sample)``: the same on every device.
+    masks and their complements), ``"centre"`` (every segment at 0.5, one point) or
+    ``"arcsine"`` (as ``"latin"``, but at the midpoints of ``n_samples / 2`` quantile strata
+    of ``Beta(1/2, 1/2)``, ``z = sin^2(pi (j + 1/2) / (n_samples / 2) / 2)``, and each
+    gradient weighted per segment by ``pi sqrt(z (1 - z))``, one over that law's density;
+    see the module). Values are drawn on the host from a generator seeded with
+    ``(seed, sample)``: the same on every device.
     """
 
     def __init__(
@@ -90,7 +94,10 @@ class Banzhaf:
             weight = mixes[point, row].gather(1, flat[row]).view(view)
             points = baseline[row] + weight * diff[row]
             grad, _ = input_gradient(forward, points, target[row], rows_of(sample, row))
-            total.index_add_(0, row, grad.to(acc))
+            grad = grad.to(acc)
+            if self.design == "arcsine":  # one over the density of z: pi sqrt(z (1 - z))
+                grad = grad * (torch.pi * torch.sqrt(weight * (1 - weight))).to(acc)
+            total.index_add_(0, row, grad)
         return (diff.to(acc) * total / self.n_samples).to(x.dtype), target
 
     def mixes(self, batch: int, width: int) -> Tensor:
@@ -119,4 +126,6 @@ def _half_design(design: str, half: int, width: int, g: torch.Generator) -> Tens
     if design == "uniform":
         return uniform
     strata = torch.argsort(torch.rand((half, width), generator=g), dim=0).to(torch.float64)
+    if design == "arcsine":  # the quantile strata's midpoints, through Beta(1/2, 1/2)
+        return torch.sin(torch.pi / 2 * (strata + 0.5) / half) ** 2
     return (strata + uniform) / half
