@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from gswfast.attribution._model import Preprocess, Target
 from gswfast.explain import Explanation
+from gswfast.metrics import spearman
 from gswfast.perturb import (
     HIDES,
     Problem,
@@ -261,15 +262,9 @@ def _offset(progress: Progress, done: int, total: int) -> Progress:
 
 def _spearman_rows(a: Tensor, b: Tensor, present: Tensor) -> Tensor:
     """float64 ``[B]``: Spearman correlation of ``a[i]`` and ``b[i]`` (``[B, K]``) over the
-    ids present in sample ``i`` (ties broken by order)."""
-    out = torch.empty(a.shape[0], dtype=torch.float64, device=a.device)
-    for i in range(a.shape[0]):
-        x, y = a[i][present[i]], b[i][present[i]]
-        rx = x.argsort().argsort().double()
-        ry = y.argsort().argsort().double()
-        rx, ry = rx - rx.mean(), ry - ry.mean()
-        out[i] = (rx * ry).sum() / ((rx * rx).sum() * (ry * ry).sum()).sqrt().clamp(min=1e-300)
-    return out
+    ids present in sample ``i`` (NaN, never stable, when one of them is constant)."""
+    rows = [spearman(a[i][present[i]], b[i][present[i]]) for i in range(a.shape[0])]
+    return torch.stack(rows)
 
 
 def lime_kernel(masks: Tensor, num_segments: Tensor, kernel_width: float) -> Tensor:

@@ -31,6 +31,7 @@ __all__ = [
     "insertion",
     "pointing_game",
     "relevance_mass",
+    "spearman",
     "undersegmentation_error",
 ]
 
@@ -278,11 +279,16 @@ def _scores(
     return e, num_segments.to(e.device)
 
 
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """float64 scalar: Spearman's rank correlation of two score vectors ``[K]``, ties sharing
+    their mean rank (SciPy's ``spearmanr``); NaN when either vector is constant."""
+    rank_a, rank_b = _mean_ranks(a.double()), _mean_ranks(b.double())
+    ca, cb = rank_a - rank_a.mean(), rank_b - rank_b.mean()
+    return (ca * cb).sum() / torch.sqrt((ca * ca).sum() * (cb * cb).sum())
+
+
 def _agreement_row(a: Tensor, b: Tensor, k: int) -> dict[str, Any]:
     a, b = a.double(), b.double()
-    rank_a, rank_b = _mean_ranks(a), _mean_ranks(b)
-    ca, cb = rank_a - rank_a.mean(), rank_b - rank_b.mean()
-    spearman = (ca * cb).sum() / torch.sqrt((ca * ca).sum() * (cb * cb).sum())
     sign_a = torch.sign(a.unsqueeze(0) - a.unsqueeze(1))
     sign_b = torch.sign(b.unsqueeze(0) - b.unsqueeze(1))
     kendall = (sign_a * sign_b).sum() / torch.sqrt((sign_a**2).sum() * (sign_b**2).sum())
@@ -291,7 +297,7 @@ def _agreement_row(a: Tensor, b: Tensor, k: int) -> dict[str, Any]:
     top_a[torch.sort(a, descending=True, stable=True).indices[:k]] = True
     top_b[torch.sort(b, descending=True, stable=True).indices[:k]] = True
     iou = (top_a & top_b).sum() / (top_a | top_b).sum()
-    return {"spearman": spearman, "kendall": kendall, "top_k_iou": iou.double()}
+    return {"spearman": spearman(a, b), "kendall": kendall, "top_k_iou": iou.double()}
 
 
 def _mean_ranks(v: Tensor) -> Tensor:
