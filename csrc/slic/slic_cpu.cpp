@@ -757,9 +757,12 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
   if (init_labels) {
     // Warm start: pixels begin in their previous segment (= cluster); out-of-range ids,
     // like a pixel no window reaches, stay unassigned until a cluster claims them.
-    for (int64_t i = 0; i < g.N * g.P; ++i) {
-      const int32_t k = init_labels[i];
-      labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0 && in_mask(g, i)) ? k : -1;
+    for (int64_t n = 0; n < g.N; ++n) {  // by sample: no division per pixel
+      const int32_t* live = counts + n * g.K;
+      for (int64_t i = n * g.P; i < (n + 1) * g.P; ++i) {
+        const int32_t k = init_labels[i];
+        labels[i] = (k >= 0 && k < g.K && live[k] > 0 && in_mask(g, i)) ? k : -1;
+      }
     }
   } else {
     std::fill(labels, labels + g.N * g.P, -1);
