@@ -1025,6 +1025,42 @@ def test_mask_clips_per_frame_and_volume(device):
             )
 
 
+def _first_converged_pass(changes: torch.Tensor, limit: int) -> int:
+    """The 1-based pass that stops a sample whose passes changed ``changes`` pixels: the
+    first with at most ``limit`` changes (else the last pass)."""
+    met = (changes <= limit).nonzero()
+    return int(met[0]) + 1 if len(met) else len(changes)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_mask_tol_counts_against_the_mask_area(device):
+    # Two samples with masks of about 10% and 40% of the pixels. With tol=0 no sample stops
+    # before a pass changes nothing, so the k-means labels after max_iter=k passes give the
+    # in-mask pixels changed by each pass; with tol, a sample must stop at the first pass
+    # that changed at most floor(tol * its mask area) pixels (not tol * all its pixels).
+    image = torch.cat([_photo("coffee")[:, :, :120, :160], _photo("chelsea")[:, :, :120, :160]])
+    small = torch.zeros(120, 160, dtype=torch.bool)
+    small[30:70, 40:90] = True
+    mask = torch.stack([small & _disc_mask(120, 160), _disc_mask(120, 160, seed=1)])
+    inside = mask.reshape(2, -1)
+    passes, tol = 15, 0.01
+    before = torch.full((2, 120 * 160), -1, dtype=torch.int32)
+    changes = []
+    for k in range(1, passes + 1):
+        seg = gsw.slic(image.to(device), n_segments=100, mask=mask.to(device), tol=0.0, max_iter=k)
+        labels = seg.cluster_labels.reshape(2, -1).cpu()
+        changes.append(((labels != before) & inside).sum(dim=1))
+        before = labels
+    per_pass = torch.stack(changes, dim=1)  # [2, passes]
+    areas = inside.sum(dim=1).tolist()
+    expected = [_first_converged_pass(per_pass[b], int(tol * areas[b])) for b in range(2)]
+    # The old rule (tol * all pixels) stops both samples earlier: the test tells them apart.
+    old = [_first_converged_pass(per_pass[b], int(tol * 120 * 160)) for b in range(2)]
+    assert all(e > o for e, o in zip(expected, old, strict=True)), (expected, old)
+    seg = gsw.slic(image.to(device), n_segments=100, mask=mask.to(device), tol=tol, max_iter=passes)
+    assert seg.iterations.cpu().tolist() == expected
+
+
 def test_mask_warm_start_and_pooling():
     image = _photo("chelsea")[:, :, :100, :140]
     mask = _disc_mask(100, 140)[None]

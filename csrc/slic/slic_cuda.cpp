@@ -61,8 +61,8 @@ SlicOutputs slic_cuda_chunk(const at::Tensor& image, const std::optional<at::Ten
   at::Tensor cell_cursor = at::empty({N, cells}, i32);
   at::Tensor cell_items = at::empty({N, K}, i32);
   at::Tensor sums = at::empty({N, std::max<int64_t>(K, g.max_centers), R + 1}, i64);
-  at::Tensor state = at::zeros({N, 5}, i32);  // slic_cuda.cu's State slots
-  state.select(1, 2).fill_(1);                // every sample starts "merging"
+  at::Tensor state = at::zeros({N, cuda::kStateSlots}, i32);  // slic_cuda.cu's State slots
+  state.select(1, 2).fill_(1);                                // every sample starts "merging"
   at::Tensor iterations = at::zeros({N}, i32);
   at::Tensor main_of = at::zeros({N, K}, i64);
   at::Tensor has_main = at::zeros({N, K}, i32);

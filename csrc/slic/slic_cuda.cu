@@ -29,8 +29,17 @@ namespace {
 
 constexpr int kThreads = 256;
 // Per-sample state [N, kSlots]; kAfterConverged: a subsampled pass met the tolerance, so
-// the next pass is full (pass_is_full).
-enum State { kDone = 0, kChanged = 1, kMerging = 2, kMerged = 3, kAfterConverged = 4, kSlots = 5 };
+// the next pass is full (pass_is_full); kArea: the sample's in-mask pixels (with a mask).
+enum State {
+  kDone = 0,
+  kChanged = 1,
+  kMerging = 2,
+  kMerged = 3,
+  kAfterConverged = 4,
+  kArea = 5,
+  kSlots = kStateSlots
+};
+static_assert(kArea < kSlots, "slic.h's kStateSlots counts the State slots");
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
@@ -316,6 +325,15 @@ __global__ void assign_kernel(Geometry g, const float* __restrict__ features,
   }
 }
 
+// With a mask: state[n, kArea] = the in-mask pixels of sample n (the glue zeroes state).
+__global__ void mask_area_kernel(Geometry g, int32_t* state) {
+  for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
+    const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+    const int inside = __syncthreads_count(p < g.P && g.mask[n * g.P + p] != 0);
+    if (threadIdx.x == 0 && inside) atomicAdd(&state[n * kSlots + kArea], inside);
+  }
+}
+
 // Per sample, after an assignment: count the pass and stop once a full pass converged; a
 // subsampled pass that meets the tolerance makes the next pass full (as on the CPU).
 __global__ void step_kernel(Geometry g, int32_t it, int32_t* state, int32_t* iterations) {
@@ -324,9 +342,10 @@ __global__ void step_kernel(Geometry g, int32_t it, int32_t* state, int32_t* ite
   ++iterations[n];
   int32_t* st = state + n * kSlots;
   const int64_t changed = st[kChanged];
+  const int64_t limit = max_changed(g, g.mask != nullptr ? st[kArea] : g.P);
   if (pass_is_full(g, it, st[kAfterConverged] != 0)) {
-    if (changed <= g.max_changed) st[kDone] = 1;
-  } else if (subsampled_converged(g, changed)) {
+    if (changed <= limit) st[kDone] = 1;
+  } else if (subsampled_converged(changed, limit)) {
     st[kAfterConverged] = 1;
   }
   st[kChanged] = 0;
@@ -729,6 +748,10 @@ void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream
 void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const int32_t S = 4 + g.F;
+  if (g.mask != nullptr) {
+    mask_area_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.state);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   for (int32_t it = 0; it < g.max_iter; ++it) {
     bin_kernel<<<static_cast<unsigned>(g.N), kThreads, 0, stream>>>(
         g, b.clusters, b.counts, b.state, b.cell_start, b.cell_cursor, b.cell_items);
