@@ -397,6 +397,79 @@ def test_cuda_matches_cpu_and_is_deterministic(mode):
             assert is_connected(labels)
 
 
+def _early_exit_call(masked: bool) -> dict:
+    """Kernel arguments (gswfast.ops.slic_kernel) of a CUDA call whose three samples
+    converge and stop merging at different passes, well before max_iter and kMergeRounds."""
+    h, w = 120, 160
+    photos = [_photo(name)[:, :, :h, :w] for name in PHOTOS]
+    image = torch.cat(photos).unsqueeze(2).contiguous().cuda()  # [3, 3, 1, H, W]
+    steps, starts, cells = _seed_grid((1, h, w), 100, "image")
+    mask = None
+    if masked:
+        disc = torch.stack([_disc_mask(h, w, seed=s) for s in range(3)])
+        mask = disc.reshape(3, -1).to(torch.uint8).cuda()
+    return dict(
+        image=image,
+        grid=[*steps, *starts, *cells],
+        weights=_spatial_weights(None, steps, "image"),
+        compactness=10.0,
+        convert_lab=True,
+        max_iter=30,
+        connectivity=True,
+        min_size=h * w // (4 * math.prod(cells)),
+        max_centers=h * w,
+        tol=0.02,
+        mask=mask,
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("masked", [False, True])
+def test_cuda_early_exit_changes_nothing(masked):
+    # Eagerly, the host stops enqueuing k-means passes and merge rounds once every sample
+    # has left them (slic_cuda.cu, early exit); a captured CUDA graph keeps every pass. The
+    # skipped launches are no-ops, so both give the same outputs, bit for bit.
+    call = _early_exit_call(masked)
+    eager = gswfast.ops.slic_kernel(**call)
+    assert bool((eager[3] < call["max_iter"]).all())  # passes were left to skip
+    assert len(set(eager[3].tolist())) > 1  # samples leave the loop at different passes
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = gswfast.ops.slic_kernel(**call)
+    for _ in range(2):  # replays run every pass again, from the same inputs
+        graph.replay()
+        torch.cuda.synchronize()
+        for ours, theirs in zip(eager, captured, strict=True):
+            assert torch.equal(ours, theirs)
+
+
+@pytest.mark.cuda
+def test_cuda_early_exit_with_host_threads_and_streams():
+    # Each host thread has its own flag; calls on several threads and streams at once, and
+    # in threads that reuse the flags of exited ones, give the single-thread outputs.
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = [_early_exit_call(masked) for masked in (False, True)]
+    expected = [gswfast.ops.slic_kernel(**call) for call in calls]
+    torch.cuda.synchronize()
+
+    def run(i: int) -> list:
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            outputs = [gswfast.ops.slic_kernel(**calls[i % 2]) for _ in range(3)]
+        stream.synchronize()
+        return outputs
+
+    for _ in range(2):  # the second pool's threads take the flags the first pool's left
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(run, range(4)))
+        for i, outputs in enumerate(results):
+            for output in outputs:
+                for ours, theirs in zip(output, expected[i % 2], strict=True):
+                    assert torch.equal(ours, theirs)
+
+
 @pytest.mark.cuda
 def test_cuda_warm_start():
     image = _photo("astronaut").cuda()

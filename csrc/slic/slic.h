@@ -414,6 +414,10 @@ namespace cuda {
 // Per-sample state slots (slic_cuda.cu's State: done, changed, merging, merged,
 // after_converged, area).
 constexpr int kStateSlots = 6;
+// Loops that stop early (slic_cuda.cu's Loop: the k-means passes, the merge rounds); their
+// counters share the state allocation (a last row of kStateSlots).
+constexpr int kLoops = 2;
+static_assert(kLoops <= kStateSlots, "the loop counters fit a row of the state");
 
 struct Buffers {
   const void* image;           // [N, C, P]
@@ -431,6 +435,7 @@ struct Buffers {
   int32_t* cell_items;         // [N, K]
   int64_t* sums;               // [N, max(K, max_centers), R + 1] fixed-point sums
   int32_t* state;              // [N, kStateSlots]: slic_cuda.cu's State slots
+  int32_t* finished;           // [kLoops] samples that left each loop (zeroed by the glue)
   int32_t* iterations;         // [N] (output)
   int32_t* parent;             // [N * P] union-find
   int64_t* stats;              // [N * P, 1 + F] by root: size, feature sums
@@ -450,7 +455,10 @@ struct Buffers {
 };
 
 // Stages, run in this order by the glue; between mark_segments and finish the glue turns
-// extra_rank into its inclusive cumsum along P. Nothing reads back to the host.
+// extra_rank into its inclusive cumsum along P. Nothing is copied back to the host and the
+// host never waits on the GPU; the k-means and merge loops stop enqueuing passes once a
+// host-mapped flag says every sample has left them (slic_cuda.cu, early exit: skipped
+// launches are no-ops, and nothing is skipped during CUDA graph capture).
 void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream);
 void launch_iterations(const Geometry& g, const Buffers& b, void* stream);
 void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream);
