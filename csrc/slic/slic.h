@@ -435,7 +435,7 @@ struct Buffers {
   int32_t* cell_items;         // [N, K]
   int64_t* sums;               // [N, max(K, max_centers), R + 1] fixed-point sums
   int32_t* state;              // [N, kStateSlots]: slic_cuda.cu's State slots
-  int32_t* finished;           // [kLoops] samples that left each loop (zeroed by the glue)
+  int32_t* finished;           // [kLoops] samples that left each loop (state's last row)
   int32_t* iterations;         // [N] (output)
   int32_t* parent;             // [N * P] union-find
   int64_t* stats;              // [N * P, 1 + F] by root: size, feature sums
