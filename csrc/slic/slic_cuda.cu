@@ -201,8 +201,9 @@ struct LoopSignal {
 };
 
 // Counts a sample out of the loop (once per sample); the one that completes the call
-// writes the loop's token into the host's flag. The fence only makes the write reach the
-// host sooner; correctness needs no ordering (see the invariant).
+// writes the loop's token into the host's flag. The fence only orders that write after
+// this thread's earlier ones (it does not make it reach the host sooner), and nothing
+// needs that ordering (see the invariant).
 __device__ void count_finished(const LoopSignal& signal, int64_t N) {
   if (atomicAdd(signal.finished, 1) + 1 < N || signal.flag == nullptr) return;
   *static_cast<volatile uint32_t*>(signal.flag) = signal.token;
@@ -758,8 +759,8 @@ void launch_features(const Geometry& g, const Buffers& b, cudaStream_t stream) {
 //   and counts itself in Buffers::finished; the sample that brings the count to N writes
 //   the loop's token into a flag: a word of pinned host memory mapped into the device, one
 //   per host thread and device (thread_flag);
-// * before enqueuing each pass or round, the host reads the flag (a volatile load, no CUDA
-//   call) and stops when it holds this loop's token.
+// * before enqueuing each pass or round, the host reads the flag (a relaxed atomic load, no
+//   CUDA call) and stops when it holds this loop's token.
 //
 // Invariant: skipped launches are no-ops. Tokens are process-unique (next_token), so the
 // flag holds this loop's token only once a kernel of this call has counted all N samples
@@ -776,37 +777,46 @@ void launch_features(const Geometry& g, const Buffers& b, cudaStream_t stream) {
 
 // A word of pinned host memory mapped into one device.
 struct MappedFlag {
-  volatile uint32_t* host = nullptr;  // null: none (the loops launch every pass)
+  uint32_t* host = nullptr;  // null: none (the loops launch every pass)
   uint32_t* device = nullptr;
 };
 
 // A new flag for the current device `device`, or none where it cannot map host memory or
-// the allocation fails (then calls simply launch every pass). The thread's graph-capture
-// mode is relaxed around the allocation, as PyTorch's allocator does: a capture in global
-// mode on another thread would otherwise forbid cudaHostAlloc here (and be invalidated).
+// any step fails (then calls simply launch every pass). The thread's graph-capture mode is
+// relaxed around the allocation, as PyTorch's allocator does: a capture in global mode on
+// another thread would otherwise forbid cudaHostAlloc here (and be invalidated). The flag
+// is optional, so no error escapes: each return code is checked here, the thread's own
+// capture mode is put back whenever it was changed, and the error is cleared (it is not
+// the caller's: the call runs without early exit).
 MappedFlag allocate_flag(int device) {
   int can_map = 0;
   if (cudaDeviceGetAttribute(&can_map, cudaDevAttrCanMapHostMemory, device) != cudaSuccess ||
       !can_map) {
-    (void)cudaGetLastError();  // not this call's error: it runs without early exit
+    (void)cudaGetLastError();
     return {};
   }
   cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-  C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+  if (cudaThreadExchangeStreamCaptureMode(&mode) != cudaSuccess) {
+    (void)cudaGetLastError();  // the mode did not change: nothing to put back
+    return {};
+  }
   void* host = nullptr;
   void* mapped = nullptr;
   cudaError_t error = cudaHostAlloc(&host, sizeof(uint32_t), cudaHostAllocMapped);
   if (error == cudaSuccess) {
     error = cudaHostGetDevicePointer(&mapped, host, 0);
-    if (error != cudaSuccess) cudaFreeHost(host);  // no kernel has seen it
+    if (error != cudaSuccess) (void)cudaFreeHost(host);  // no kernel has seen it
   }
-  C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));  // the thread's own mode again
-  if (error != cudaSuccess) {
+  // The thread's own mode again, whether or not the allocation worked. Should this fail,
+  // the flag is not used and its word is left allocated: freeing it is no longer known to
+  // be allowed (a capture in global mode on another thread).
+  const cudaError_t restored = cudaThreadExchangeStreamCaptureMode(&mode);
+  if (error != cudaSuccess || restored != cudaSuccess) {
     (void)cudaGetLastError();
     return {};
   }
-  *static_cast<volatile uint32_t*>(host) = 0;  // no token is 0
-  return {static_cast<volatile uint32_t*>(host), static_cast<uint32_t*>(mapped)};
+  *static_cast<uint32_t*>(host) = 0;  // no token is 0 (no kernel has seen the flag yet)
+  return {static_cast<uint32_t*>(host), static_cast<uint32_t*>(mapped)};
 }
 
 // Flags by device, shared by the host threads. Never freed: a kernel still queued when its
@@ -900,10 +910,14 @@ class EarlyExit {
   // For the loop's step kernel.
   LoopSignal signal() const { return signal_; }
   // Whether every sample has left the loop, so that every further launch of it is a no-op.
-  bool reached() const { return host_flag_ != nullptr && *host_flag_ == signal_.token; }
+  // The flag is read with a relaxed atomic load: the GPU writes it at any time, and the
+  // host reads nothing else that the write would have to be ordered with.
+  bool reached() const {
+    return host_flag_ != nullptr && __atomic_load_n(host_flag_, __ATOMIC_RELAXED) == signal_.token;
+  }
 
  private:
-  volatile uint32_t* host_flag_ = nullptr;
+  const uint32_t* host_flag_ = nullptr;
   LoopSignal signal_;
 };
 
