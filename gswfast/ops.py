@@ -146,7 +146,8 @@ def slic_kernel(
         init_centers, init_counts, init_labels: warm start, the k-means state of a previous
             call: cluster centres ``[N, K0, 3 + F]`` float32, cluster sizes ``[N, K0]``
             int32 (0: dead) and each pixel's cluster ``[N, D*H*W]`` int32.
-        tol: a sample has converged when at most ``tol * D*H*W`` pixels change cluster.
+        tol: a sample has converged when at most ``tol * D*H*W`` pixels change cluster
+            (``tol`` times its in-mask pixels with ``mask``).
         subsample: row stride of the middle passes (1: every pass reassigns every pixel);
             it travels as a 10th ``grid`` entry.
         max_size: with connectivity, a set of ``max_size`` pixels or more takes no more

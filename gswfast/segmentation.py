@@ -145,11 +145,11 @@ def slic(
             previous window of a video): its segments are the starting clusters (centres
             and pixels), so k-means needs fewer passes, and a segment that is still there
             keeps its id.
-        tol: a sample stops iterating once at most ``tol`` times its pixel count changed
-            cluster in a pass (0: only when none did, as scikit-image). SLIC's k-means
-            keeps flipping about 1-2% of the pixels (boundary pixels) long after the
-            segments have settled, so the default 0.02 ends it there: a warm start on an
-            unchanged scene then takes a single pass.
+        tol: a sample stops iterating once at most ``tol`` times its pixel count (its
+            mask area with ``mask``) changed cluster in a pass (0: only when none did, as
+            scikit-image). SLIC's k-means keeps flipping about 1-2% of the pixels
+            (boundary pixels) long after the segments have settled, so the default 0.02
+            ends it there: a warm start on an unchanged scene then takes a single pass.
         sigma: Gaussian smoothing before segmenting, as scikit-image's ``sigma``: the
             standard deviation in pixels, divided by ``spacing`` when a scalar, or one value
             per dimension (``(y, x)`` or ``(t, y, x)``); scipy's ``reflect`` borders,
@@ -158,11 +158,12 @@ def slic(
             A pass reassigns the rows ``y % subsample == pass % subsample`` of each frame
             only, except the last pass and the first of a warm start or of a masked call,
             which reassign every pixel; once a subsampled pass changes at most ``tol`` of
-            the pixels, every later pass is full and the next one that meets ``tol`` ends
-            the loop. Centres are the exact means of all assigned pixels' current
-            clusters. 3 (default, as fast-slic): about 1.5x faster than 1 on a cold start
-            with the same boundary recall and under-segmentation error in the tests, and
-            as fast on warm starts. 1: every pass is full (the classic SLIC loop).
+            the pixels (of the mask area with ``mask``), every later pass is full and the
+            next one that meets ``tol`` ends the loop. Centres are the exact means of all
+            assigned pixels' current clusters. 3 (default, as fast-slic): about 1.5x
+            faster than 1 on a cold start with the same boundary recall and
+            under-segmentation error in the tests, and as fast on warm starts. 1: every
+            pass is full (the classic SLIC loop).
         mask: maskSLIC (scikit-image's ``mask``): bool ``[B, H, W]`` (images) or
             ``[B, T, H, W]`` (clips) on the images' device; only its True pixels are
             segmented, the others get label -1 (``segment_pool`` and ``paint`` skip them;
@@ -174,9 +175,9 @@ def slic(
             k-means on the mask); where a sample's mask holds no grid point, the grid is
             made twice as dense until every one does. Outside pixels take no part in the
             assignment, the centres or connectivity; ``min_size_factor`` is relative to
-            the mask area per seed. Every sample needs a True pixel; an empty frame of a
-            ``per_frame`` clip gets no segment; ``tol`` still counts against all the
-            pixels of a sample. One host sync (also on CUDA).
+            the mask area per seed, and ``tol`` to each sample's own mask area (frames in
+            ``per_frame`` mode). Every sample needs a True pixel; an empty frame of a
+            ``per_frame`` clip gets no segment. One host sync (also on CUDA).
         validate: raise ``ValueError`` for NaN or infinite values, float sRGB outside 0..1
             with CIELAB, and an ``init`` sample without a live cluster (one device sync on
             CUDA). Unvalidated, such an ``init`` sample comes out as one segment.

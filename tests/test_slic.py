@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -433,6 +436,186 @@ def test_cuda_matches_cpu_and_is_deterministic(mode):
             assert all(is_connected(frame) for frame in labels)
         else:
             assert is_connected(labels)
+
+
+def _early_exit_call(masked: bool, device: str = "cuda") -> dict:
+    """Kernel arguments (gswfast.ops.slic_kernel) of a call whose three samples converge and
+    stop merging at passes far apart, well before max_iter and kMergeRounds.
+
+    Sample 0 is flat and converges within a few passes, the photos much later: on the CPU
+    the iterations are [4, 19, 21] (masked: [15, 27, 12]) of max_iter=100, and the samples
+    leave the merge loop after about 1, 4 and 3 of the 16 rounds (the reference's rounds on
+    scikit-image's CIELAB). CUDA's float CIELAB may move a near-tie by a pass, so tests
+    assert the spread and the margin, not these counts."""
+    h, w = 120, 160
+    photos = [_photo(name)[:, :, :h, :w] for name in PHOTOS]
+    image = torch.cat(photos).unsqueeze(2).contiguous()  # [3, 3, 1, H, W]
+    image[0] = 128
+    steps, starts, cells = _seed_grid((1, h, w), 100, "image")
+    mask = None
+    if masked:
+        disc = torch.stack([_disc_mask(h, w, seed=s) for s in range(3)])
+        mask = disc.reshape(3, -1).to(torch.uint8).to(device)
+    return dict(
+        image=image.to(device),
+        grid=[*steps, *starts, *cells],
+        weights=_spatial_weights(None, steps, "image"),
+        compactness=10.0,
+        convert_lab=True,
+        max_iter=100,
+        connectivity=True,
+        min_size=h * w // (4 * math.prod(cells)),
+        max_centers=h * w,
+        tol=0.005,
+        mask=mask,
+    )
+
+
+def _loop_launches(kernel_names: list[str]) -> tuple[int, int]:
+    """Launches of step_kernel (one per k-means pass) and of merge_step_kernel (one per
+    merge round) among the kernel names of a profile."""
+    steps = sum("step_kernel(" in n and "merge_step_kernel" not in n for n in kernel_names)
+    merges = sum("merge_step_kernel" in n for n in kernel_names)
+    return steps, merges
+
+
+def _check_early_exit_data(call: dict, iterations: list[int]) -> None:
+    # Passes were left to skip, and the samples leave the k-means loop at different passes
+    # (the last one counts the call out, not the first).
+    assert max(iterations) < call["max_iter"], iterations
+    assert min(iterations) < max(iterations), iterations
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("masked", [False, True])
+def test_cuda_early_exit_skips_launches_and_changes_nothing(masked):
+    # Eagerly, the host stops enqueuing k-means passes and merge rounds once every sample
+    # has left them (slic_cuda.cu, early exit): fewer step kernels than max_iter and fewer
+    # merge step kernels than kMergeRounds run, though never fewer than the samples needed.
+    # How many are skipped depends on how far the host runs ahead of the GPU, so up to
+    # three tries. A captured CUDA graph keeps every pass; the skipped launches are no-ops,
+    # so both give the same outputs, bit for bit.
+    call = _early_exit_call(masked)
+    max_iter, rounds = call["max_iter"], reference.MERGE_ROUNDS
+    for _ in range(3):
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            eager = gswfast.ops.slic_kernel(**call)
+            torch.cuda.synchronize()
+        iterations = eager[3].tolist()
+        steps, merges = _loop_launches([event.name for event in prof.events()])
+        # Every pass up to the last sample's exit, and at least one round, always run.
+        assert steps >= max(iterations), (steps, iterations)
+        assert merges >= 1, merges
+        if steps < max_iter and merges < rounds:
+            break
+    _check_early_exit_data(call, iterations)
+    assert steps < max_iter, (steps, iterations)  # k-means passes were skipped
+    assert merges < rounds, merges  # merge rounds were skipped
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = gswfast.ops.slic_kernel(**call)
+    for _ in range(2):  # replays run every pass again, from the same inputs
+        graph.replay()
+        torch.cuda.synchronize()
+        for ours, theirs in zip(eager, captured, strict=True):
+            assert torch.equal(ours, theirs)
+
+
+# A child process's script: slic_kernel with the arguments saved in argv[1] (tensors moved
+# to the GPU), under the CUDA profiler; saves the outputs and the names of the kernels it
+# ran to argv[2].
+_PROFILED_CHILD = """
+import sys
+import torch
+import gswfast.ops
+call = torch.load(sys.argv[1])
+call = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in call.items()}
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    outputs = gswfast.ops.slic_kernel(**call)
+    torch.cuda.synchronize()
+names = [event.name for event in prof.events()]
+torch.save({"outputs": [t.cpu() for t in outputs], "names": names}, sys.argv[2])
+"""
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("masked", [False, True])
+def test_cuda_early_exit_with_blocking_launches_stops_after_the_last_pass(masked, tmp_path):
+    # With CUDA_LAUNCH_BLOCKING=1 a launch returns once its kernel has run, so the host sees
+    # the flag as soon as it is written: exit is deterministic. The host reads the flag at
+    # the top of each pass, before the pass's first launch; the last sample leaves in the
+    # step kernel of pass M - 1 (0-based, M = max(iterations)), which writes the token
+    # before pass M's top. So passes 0 .. M - 1 are enqueued: exactly M step kernels, not
+    # one more (and M = max_iter, the loop's bound, when a sample never converges). The
+    # merge rounds stop likewise, after the round where the last sample stopped merging
+    # (which the outputs do not tell: some 4 of the 16 here).
+    call = _early_exit_call(masked, device="cpu")
+    torch.save(call, tmp_path / "call.pt")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gswfast.__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1", "PYTHONPATH": path}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PROFILED_CHILD,
+            str(tmp_path / "call.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = torch.load(tmp_path / "out.pt")
+    blocking = result["outputs"]
+    iterations = blocking[3].tolist()
+    steps, merges = _loop_launches(result["names"])
+    _check_early_exit_data(call, iterations)
+    assert steps == max(iterations), (steps, iterations)
+    assert 1 <= merges < reference.MERGE_ROUNDS, merges
+    # The blocking run equals a captured graph that runs every pass (and this process's
+    # eager call, which also warms up before the capture).
+    call = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in call.items()}
+    eager = gswfast.ops.slic_kernel(**call)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = gswfast.ops.slic_kernel(**call)
+    graph.replay()
+    torch.cuda.synchronize()
+    for ours, theirs, again in zip(blocking, captured, eager, strict=True):
+        assert torch.equal(ours, theirs.cpu())
+        assert torch.equal(ours, again.cpu())
+
+
+@pytest.mark.cuda
+def test_cuda_early_exit_with_host_threads_and_streams():
+    # Each host thread has its own flag; calls on several threads and streams at once, and
+    # in threads that reuse the flags of exited ones, give the single-thread outputs.
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = [_early_exit_call(masked) for masked in (False, True)]
+    expected = [gswfast.ops.slic_kernel(**call) for call in calls]
+    torch.cuda.synchronize()
+
+    def run(i: int) -> list:
+        stream = torch.cuda.Stream(device=calls[i % 2]["image"].device)
+        with torch.cuda.stream(stream):
+            outputs = [gswfast.ops.slic_kernel(**calls[i % 2]) for _ in range(3)]
+        stream.synchronize()
+        return outputs
+
+    for _ in range(2):  # the second pool's threads take the flags the first pool's left
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(run, range(4)))
+        for i, outputs in enumerate(results):
+            for output in outputs:
+                for ours, theirs in zip(output, expected[i % 2], strict=True):
+                    assert torch.equal(ours, theirs)
 
 
 @pytest.mark.cuda
@@ -1061,6 +1244,47 @@ def test_mask_clips_per_frame_and_volume(device):
                 frame.labels.cpu()[0],
                 labels[0, 1] - int(seg.center_counts[0, 0]) * (labels[0, 1] >= 0),
             )
+
+
+def _first_converged_pass(changes: torch.Tensor, limit: int) -> int:
+    """The 1-based pass that stops a sample whose passes changed ``changes`` pixels: the
+    first with at most ``limit`` changes (else the last pass)."""
+    met = (changes <= limit).nonzero()
+    return int(met[0]) + 1 if len(met) else len(changes)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_mask_tol_counts_against_the_mask_area(device):
+    # Two samples with masks of about 10% and 40% of the pixels. With tol=0 no sample stops
+    # before a pass changes nothing, so the k-means labels after max_iter=k passes give the
+    # in-mask pixels changed by each pass; with tol, a sample must stop at the first pass
+    # that changed at most floor(tol * its mask area) pixels (not tol * all its pixels),
+    # with the k-means labels of that pass.
+    image = torch.cat([_photo("coffee")[:, :, :120, :160], _photo("chelsea")[:, :, :120, :160]])
+    small = torch.zeros(120, 160, dtype=torch.bool)
+    small[30:70, 40:90] = True
+    mask = torch.stack([small & _disc_mask(120, 160), _disc_mask(120, 160, seed=1)])
+    inside = mask.reshape(2, -1)
+    passes, tol = 15, 0.01
+    before = torch.full((2, 120 * 160), -1, dtype=torch.int32)
+    changes, after_pass = [], []
+    for k in range(1, passes + 1):
+        seg = gsw.slic(image.to(device), n_segments=100, mask=mask.to(device), tol=0.0, max_iter=k)
+        labels = seg.cluster_labels.reshape(2, -1).cpu()
+        changes.append(((labels != before) & inside).sum(dim=1))
+        after_pass.append(labels)
+        before = labels
+    per_pass = torch.stack(changes, dim=1)  # [2, passes]
+    areas = inside.sum(dim=1).tolist()
+    expected = [_first_converged_pass(per_pass[b], int(tol * areas[b])) for b in range(2)]
+    # The old rule (tol * all pixels) stops both samples earlier: the test tells them apart.
+    old = [_first_converged_pass(per_pass[b], int(tol * 120 * 160)) for b in range(2)]
+    assert all(e > o for e, o in zip(expected, old, strict=True)), (expected, old)
+    seg = gsw.slic(image.to(device), n_segments=100, mask=mask.to(device), tol=tol, max_iter=passes)
+    assert seg.iterations.cpu().tolist() == expected
+    labels = seg.cluster_labels.reshape(2, -1).cpu()
+    for b in range(2):  # the labels of the tol=0, max_iter=expected[b] run
+        assert torch.equal(labels[b], after_pass[expected[b] - 1][b])
 
 
 def test_mask_warm_start_and_pooling():

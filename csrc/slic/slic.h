@@ -37,13 +37,14 @@
 //   sample with no live cluster is not an error: no pixel is claimed and every pixel joins
 //   cluster 0 (one segment); the Python layer raises ValueError for it when validating.
 // * Iterations: assign, then recompute centres as the exact means of each cluster's pixels
-//   (integer sums, mean_row; an empty cluster dies); a sample stops once at most tol * P
-//   pixels changed cluster in a full pass (that pass updates nothing). iterations[n] counts
-//   its assignment passes. With subsample s > 1 (fast-slic's subsampled passes), pass `it`
-//   reassigns only the rows y with y % s == it % s (every frame), unless it is full: the
+//   (integer sums, mean_row; an empty cluster dies); a sample stops once at most
+//   floor(tol * A) pixels changed cluster in a full pass (that pass updates nothing), with A
+//   the sample's area: its in-mask pixels with a mask, else P (max_changed). iterations[n]
+//   counts its assignment passes. With subsample s > 1 (fast-slic's subsampled passes), pass
+//   `it` reassigns only the rows y with y % s == it % s (every frame), unless it is full: the
 //   first pass of a warm start or of a masked call, the last (max_iter - 1), and the ones
-//   after a subsampled pass in which at most tol * P pixels changed (pass_is_full). The
-//   centres are the means of all assigned pixels' current clusters (an unmasked cold
+//   after a subsampled pass in which at most floor(tol * A) pixels changed (pass_is_full).
+//   The centres are the means of all assigned pixels' current clusters (an unmasked cold
 //   start's first pass assigns every s-th row). Pixels still unassigned at the end join the live
 //   cluster with the nearest centre in space.
 // * Connectivity (when set): 4-connected (6 in volumes) components of each cluster by
@@ -73,7 +74,8 @@
 //   adds to no sum, is no component and touches none (connectivity and merges see only
 //   inside pixels), and its final label is -1. A cold seed whose grid point lies outside
 //   is dead from the start (count 0); a live one moves to in-mask pixels only. A warm
-//   start's outside pixels start unassigned. Ids 0..n-1 number the inside segments.
+//   start's outside pixels start unassigned. Ids 0..n-1 number the inside segments. tol
+//   counts against each sample's in-mask pixels (Iterations).
 // * Determinism: bitwise on a given device. CPU work is cut by shape, not thread count;
 //   CUDA uses no floating-point atomics (integer atomics only).
 // * CPU threads: calls of fewer than 2^20 pixels (N * P) run on the calling thread (short
@@ -115,7 +117,7 @@ struct Geometry {
   float inv_m2;     // 1 / compactness^2
   int32_t K;        // cluster slots per sample
   int32_t max_iter;
-  int64_t max_changed;  // a sample has converged when at most this many pixels changed
+  double tol;  // a pass converges when at most tol * area pixels changed (max_changed)
   int32_t min_size;
   int32_t max_centers;
   int32_t subsample;  // row stride of the subsampled passes (1: every pass is full)
@@ -139,12 +141,18 @@ GSW_HD bool pass_is_full(const Geometry& g, int32_t it, bool after_converged) {
          after_converged;
 }
 
-// Whether a subsampled pass that changed `changed` pixels meets the tolerance; the next
-// pass is then full. Not scaled to the share of rows it visits: those rows were last
-// reassigned subsample passes ago, so their changes add up that many passes of drift.
-GSW_HD bool subsampled_converged(const Geometry& g, int64_t changed) {
-  return changed <= g.max_changed;
+// The most pixels a pass of a sample may change and still converge: tol times the
+// sample's area, its in-mask pixels with a mask (else P: the bound of earlier versions,
+// bit for bit). Counted against P, a small mask would converge after its first pass.
+GSW_HD int64_t max_changed(const Geometry& g, int64_t area) {
+  return static_cast<int64_t>(g.tol * static_cast<double>(area));
 }
+
+// Whether a subsampled pass that changed `changed` pixels meets the tolerance (`limit`, the
+// sample's max_changed); the next pass is then full. Not scaled to the share of rows it
+// visits: those rows were last reassigned subsample passes ago, so their changes add up
+// that many passes of drift.
+GSW_HD bool subsampled_converged(int64_t changed, int64_t limit) { return changed <= limit; }
 
 GSW_HD int32_t cell_of(float coordinate, int32_t step, int32_t cells) {
   int32_t c = static_cast<int32_t>(coordinate >= 0.f ? coordinate / step : -1.f);
@@ -502,6 +510,15 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
 namespace cuda {
 // Raw launchers (slic_cuda.cu); the tensor glue (slic_cuda.cpp) allocates every buffer.
 // R = 3 + F. Root-indexed arrays use the global pixel index n * P + p.
+
+// Per-sample state slots (slic_cuda.cu's State: done, changed, merging, merged,
+// after_converged, area).
+constexpr int kStateSlots = 6;
+// Loops that stop early (slic_cuda.cu's Loop: the k-means passes, the merge rounds); their
+// counters share the state allocation (a last row of kStateSlots).
+constexpr int kLoops = 2;
+static_assert(kLoops <= kStateSlots, "the loop counters fit a row of the state");
+
 struct Buffers {
   const void* image;           // [N, C, P]
   int image_dtype;             // 0 uint8, 1 half, 2 bfloat16, 3 float, 4 double
@@ -517,7 +534,8 @@ struct Buffers {
   int32_t* cell_cursor;        // [N, cells]
   int32_t* cell_items;         // [N, K]
   int64_t* sums;               // [N, max(K, max_centers), R + 1] fixed-point sums
-  int32_t* state;              // [N, 5]: done, changed, merging, merged, after_converged
+  int32_t* state;              // [N, kStateSlots]: slic_cuda.cu's State slots
+  int32_t* finished;           // [kLoops] samples that left each loop (state's last row)
   int32_t* iterations;         // [N] (output)
   int32_t* parent;             // [N * P] union-find
   int64_t* stats;              // [N * P, 1 + F] by root: size, feature sums
@@ -537,7 +555,10 @@ struct Buffers {
 };
 
 // Stages, run in this order by the glue; between mark_segments and finish the glue turns
-// extra_rank into its inclusive cumsum along P. Nothing reads back to the host.
+// extra_rank into its inclusive cumsum along P. Nothing is copied back to the host and the
+// host never waits on the GPU; the k-means and merge loops stop enqueuing passes once a
+// host-mapped flag says every sample has left them (slic_cuda.cu, early exit: skipped
+// launches are no-ops, and nothing is skipped during CUDA graph capture).
 void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream);
 void launch_iterations(const Geometry& g, const Buffers& b, void* stream);
 void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream);

@@ -80,7 +80,7 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   }
   g.inv_m2 = static_cast<float>(1.0 / (compactness * compactness));
   g.max_iter = static_cast<int32_t>(max_iter);
-  g.max_changed = static_cast<int64_t>(tol * static_cast<double>(g.P));
+  g.tol = tol;
   g.min_size = static_cast<int32_t>(std::min<int64_t>(min_size, g.P));
   g.max_centers = static_cast<int32_t>(max_centers);
   g.subsample = grid.size() >= 10 ? static_cast<int32_t>(std::min<int64_t>(grid[9], 1 << 30)) : 1;
@@ -742,6 +742,17 @@ void fill_unassigned(const Geometry& g, const float* centers, const int32_t* cou
   });
 }
 
+// Per sample: the most pixels a converged pass may change (max_changed of its area).
+std::vector<int64_t> change_limits(const Geometry& g) {
+  std::vector<int64_t> limits(g.N, max_changed(g, g.P));
+  if (g.mask == nullptr) return limits;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const uint8_t* m = g.mask + n * g.P;
+    limits[n] = max_changed(g, std::count_if(m, m + g.P, [](uint8_t v) { return v != 0; }));
+  }
+  return limits;
+}
+
 void iterate(const Geometry& g, const float* features, const int32_t* fixed, float* centers,
              int32_t* counts, const int32_t* init_labels, int32_t* labels, int32_t* iterations) {
   const int32_t R = 3 + g.F;
@@ -754,6 +765,7 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
   std::vector<int64_t> totals(g.N * g.K * S, 0);  // per cluster: count, z, y, x, features
   std::vector<uint8_t> after_converged(g.N, 0);   // pass_is_full
   std::vector<PassRows> passes(g.N);
+  const std::vector<int64_t> limits = change_limits(g);
   if (init_labels) {
     // Warm start: pixels begin in their previous segment (= cluster); out-of-range ids,
     // like a pixel no window reaches, stay unassigned until a cluster claims them.
@@ -802,11 +814,11 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
         for (int64_t c = 0; c < chunks_per_sample; ++c)
           changed += chunks[n * chunks_per_sample + c].changed;
         if (passes[n].stride == 1) {
-          if (changed <= g.max_changed) {
+          if (changed <= limits[n]) {
             done[n] = 1;
             continue;
           }
-        } else if (subsampled_converged(g, changed)) {
+        } else if (subsampled_converged(changed, limits[n])) {
           after_converged[n] = 1;  // the next pass is full
         }
         int64_t* total = totals.data() + n * g.K * S;

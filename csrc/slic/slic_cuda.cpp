@@ -61,8 +61,10 @@ SlicOutputs slic_cuda_chunk(const at::Tensor& image, const std::optional<at::Ten
   at::Tensor cell_cursor = at::empty({N, cells}, i32);
   at::Tensor cell_items = at::empty({N, K}, i32);
   at::Tensor sums = at::empty({N, std::max<int64_t>(K, g.max_centers), R + 1}, i64);
-  at::Tensor state = at::zeros({N, 5}, i32);  // slic_cuda.cu's State slots
-  state.select(1, 2).fill_(1);                // every sample starts "merging"
+  // slic_cuda.cu's State slots, a row per sample, and a last row for the loop counters
+  // (Buffers::finished): one zero fill for both, a launch less per call.
+  at::Tensor state = at::zeros({N + 1, cuda::kStateSlots}, i32);
+  state.narrow(0, 0, N).select(1, 2).fill_(1);  // every sample starts "merging"
   at::Tensor iterations = at::zeros({N}, i32);
   at::Tensor main_of = at::zeros({N, K}, i64);
   at::Tensor has_main = at::zeros({N, K}, i32);
@@ -98,6 +100,7 @@ SlicOutputs slic_cuda_chunk(const at::Tensor& image, const std::optional<at::Ten
   b.cell_items = cell_items.mutable_data_ptr<int32_t>();
   b.sums = sums.mutable_data_ptr<int64_t>();
   b.state = state.mutable_data_ptr<int32_t>();
+  b.finished = b.state + N * cuda::kStateSlots;
   b.iterations = iterations.mutable_data_ptr<int32_t>();
   b.parent = parent.mutable_data_ptr<int32_t>();
   b.stats = stats.mutable_data_ptr<int64_t>();

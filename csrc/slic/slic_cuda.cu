@@ -10,16 +10,22 @@
 //   are bitwise reproducible whatever the scheduling;
 // * connected components use union-find with atomicMin links (root = lowest index, the
 //   CPU's rule), and small components merge round by round as on the CPU;
-// * per-sample flags (converged, still merging) live on the device, so nothing is read
-//   back to the host: kernels of a finished sample return at once.
+// * per-sample flags (converged, still merging) live on the device, so nothing is copied
+//   back to the host: kernels of a finished sample return at once, and once every sample
+//   has left a loop (k-means passes, merge rounds) the host stops enqueuing it, told by a
+//   host-mapped flag that it reads without waiting on the GPU (early exit, below).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <c10/cuda/CUDAException.h>  // launch checks only (c10, not ATen)
 
+#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
+#include <unordered_map>
+#include <vector>
 
 #include "slic.h"
 
@@ -30,8 +36,20 @@ namespace {
 
 constexpr int kThreads = 256;
 // Per-sample state [N, kSlots]; kAfterConverged: a subsampled pass met the tolerance, so
-// the next pass is full (pass_is_full).
-enum State { kDone = 0, kChanged = 1, kMerging = 2, kMerged = 3, kAfterConverged = 4, kSlots = 5 };
+// the next pass is full (pass_is_full); kArea: the sample's in-mask pixels (with a mask).
+enum State {
+  kDone = 0,
+  kChanged = 1,
+  kMerging = 2,
+  kMerged = 3,
+  kAfterConverged = 4,
+  kArea = 5,
+  kSlots = kStateSlots
+};
+static_assert(kArea < kSlots, "slic.h's kStateSlots counts the State slots");
+// Slots of Buffers::finished: samples that left the k-means loop, the merge loop.
+enum Loop { kIterationLoop = 0, kMergeLoop = 1 };
+static_assert(kMergeLoop < kLoops, "slic.h's kLoops counts the loops");
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
@@ -186,6 +204,26 @@ __global__ void warm_labels_kernel(Geometry g, const int32_t* init_labels, const
   labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0 && in_mask(g, i)) ? k : -1;
 }
 
+// ------------------------------------------------------------------------- early exit
+
+// Device side of a loop's early exit (the host side and the invariant: "early exit" below
+// the kernels).
+struct LoopSignal {
+  int32_t* finished;  // samples of this call that left the loop (zeroed by the glue)
+  uint32_t* flag;     // device address of this host thread's mapped flag, or null: no signal
+  uint32_t token;     // this loop's token
+};
+
+// Counts a sample out of the loop (once per sample); the one that completes the call
+// writes the loop's token into the host's flag. The fence only orders that write after
+// this thread's earlier ones (it does not make it reach the host sooner), and nothing
+// needs that ordering (see the invariant).
+__device__ void count_finished(const LoopSignal& signal, int64_t N) {
+  if (atomicAdd(signal.finished, 1) + 1 < N || signal.flag == nullptr) return;
+  *static_cast<volatile uint32_t*>(signal.flag) = signal.token;
+  __threadfence_system();
+}
+
 // ------------------------------------------------------------------------- iterations
 
 __device__ __forceinline__ int32_t cell_index(const Geometry& g, const float* c) {
@@ -328,17 +366,31 @@ __global__ void assign_kernel(Geometry g, const float* __restrict__ features,
   }
 }
 
+// With a mask: state[n, kArea] = the in-mask pixels of sample n (the glue zeroes state).
+__global__ void mask_area_kernel(Geometry g, int32_t* state) {
+  for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
+    const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+    const int inside = __syncthreads_count(p < g.P && g.mask[n * g.P + p] != 0);
+    if (threadIdx.x == 0 && inside) atomicAdd(&state[n * kSlots + kArea], inside);
+  }
+}
+
 // Per sample, after an assignment: count the pass and stop once a full pass converged; a
 // subsampled pass that meets the tolerance makes the next pass full (as on the CPU).
-__global__ void step_kernel(Geometry g, int32_t it, int32_t* state, int32_t* iterations) {
+__global__ void step_kernel(Geometry g, int32_t it, int32_t* state, int32_t* iterations,
+                            LoopSignal signal) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (n >= g.N || state[n * kSlots + kDone]) return;
   ++iterations[n];
   int32_t* st = state + n * kSlots;
   const int64_t changed = st[kChanged];
+  const int64_t limit = max_changed(g, g.mask != nullptr ? st[kArea] : g.P);
   if (pass_is_full(g, it, st[kAfterConverged] != 0)) {
-    if (changed <= g.max_changed) st[kDone] = 1;
-  } else if (subsampled_converged(g, changed)) {
+    if (changed <= limit) {
+      st[kDone] = 1;  // never cleared: the sample has left the k-means loop
+      count_finished(signal, g.N);
+    }
+  } else if (subsampled_converged(changed, limit)) {
     st[kAfterConverged] = 1;
   }
   st[kChanged] = 0;
@@ -570,10 +622,13 @@ __global__ void merge_fold_kernel(Geometry g, const int32_t* parent, const int32
     atomic_add_i64(&stats[int64_t{parent[i]} * S + j], stats[i * S + j]);
 }
 
-__global__ void merge_step_kernel(Geometry g, int32_t* state) {
+__global__ void merge_step_kernel(Geometry g, int32_t* state, LoopSignal signal) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (n >= g.N || !state[n * kSlots + kMerging]) return;
-  if (!state[n * kSlots + kMerged]) state[n * kSlots + kMerging] = 0;
+  if (!state[n * kSlots + kMerged]) {
+    state[n * kSlots + kMerging] = 0;  // never set again: the sample has left the merge loop
+    count_finished(signal, g.N);
+  }
   state[n * kSlots + kMerged] = 0;
 }
 
@@ -702,6 +757,182 @@ void launch_features(const Geometry& g, const Buffers& b, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// ------------------------------------------------------------------------- early exit
+//
+// The k-means passes and the merge rounds are host loops of launches (6 per pass or round)
+// whose kernels return at once for a sample that has left the loop: converged (kDone) or
+// stopped merging (kMerging cleared). Small calls spend most of their time launching such
+// empty kernels (a 16 x 112 x 112 clip: some 150 launches of a few microseconds each). So
+// the host stops enqueuing a loop once every sample of the call has left it, without ever
+// waiting on the GPU (no stream sync, no device-to-host copy: for large batches the host
+// must keep enqueuing ahead of the GPU):
+//
+// * a sample leaves a loop once, in the loop's step kernel (step_kernel, merge_step_kernel),
+//   and counts itself in Buffers::finished; the sample that brings the count to N writes
+//   the loop's token into a flag: a word of pinned host memory mapped into the device, one
+//   per host thread and device (thread_flag);
+// * before enqueuing each pass or round, the host reads the flag (a relaxed atomic load, no
+//   CUDA call) and stops when it holds this loop's token.
+//
+// Invariant: skipped launches are no-ops. Tokens are process-unique (next_token), so the
+// flag holds this loop's token only once a kernel of this call has counted all N samples
+// out of the loop. Every launch not yet enqueued would run after that kernel, on the same
+// stream, and no sample re-enters a loop (kDone is never cleared, kMerging never set
+// again), so each skipped kernel would have returned at once for every sample: results,
+// `iterations` included, cannot change. Everything else errs towards launching: a flag
+// read before the GPU's write arrives, overwritten by a late write of an earlier call
+// (another stream of this thread), or unavailable only skips fewer launches, so no
+// ordering of the mapped write against other memory is needed (the host reads nothing
+// else). While the stream is captured into a CUDA graph nothing is skipped and no kernel
+// gets a flag: the graph must replay every pass (captured kernels do not run, so no token
+// could arrive during capture anyway; without a flag, replays write no host memory).
+
+// A word of pinned host memory mapped into one device.
+struct MappedFlag {
+  uint32_t* host = nullptr;  // null: none (the loops launch every pass)
+  uint32_t* device = nullptr;
+};
+
+// A new flag for the current device `device`, or none where it cannot map host memory or
+// any step fails (then calls simply launch every pass). The thread's graph-capture mode is
+// relaxed around the allocation, as PyTorch's allocator does: a capture in global mode on
+// another thread would otherwise forbid cudaHostAlloc here (and be invalidated). The flag
+// is optional, so no error escapes: each return code is checked here, the thread's own
+// capture mode is put back whenever it was changed, and the error is cleared (it is not
+// the caller's: the call runs without early exit).
+MappedFlag allocate_flag(int device) {
+  int can_map = 0;
+  if (cudaDeviceGetAttribute(&can_map, cudaDevAttrCanMapHostMemory, device) != cudaSuccess ||
+      !can_map) {
+    (void)cudaGetLastError();
+    return {};
+  }
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  if (cudaThreadExchangeStreamCaptureMode(&mode) != cudaSuccess) {
+    (void)cudaGetLastError();  // the mode did not change: nothing to put back
+    return {};
+  }
+  void* host = nullptr;
+  void* mapped = nullptr;
+  cudaError_t error = cudaHostAlloc(&host, sizeof(uint32_t), cudaHostAllocMapped);
+  if (error == cudaSuccess) {
+    error = cudaHostGetDevicePointer(&mapped, host, 0);
+    if (error != cudaSuccess) (void)cudaFreeHost(host);  // no kernel has seen it
+  }
+  // The thread's own mode again, whether or not the allocation worked. Should this fail,
+  // the flag is not used and its word is left allocated: freeing it is no longer known to
+  // be allowed (a capture in global mode on another thread).
+  const cudaError_t restored = cudaThreadExchangeStreamCaptureMode(&mode);
+  if (error != cudaSuccess || restored != cudaSuccess) {
+    (void)cudaGetLastError();
+    return {};
+  }
+  *static_cast<uint32_t*>(host) = 0;  // no token is 0 (no kernel has seen the flag yet)
+  return {static_cast<uint32_t*>(host), static_cast<uint32_t*>(mapped)};
+}
+
+// Flags by device, shared by the host threads. Never freed: a kernel still queued when its
+// thread exits may write its flag later. A thread's flags return here when it exits and
+// serve the next thread, which is safe since tokens are process-unique.
+class FlagPool {
+ public:
+  MappedFlag take(int device) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      std::vector<MappedFlag>& free = free_[device];
+      if (!free.empty()) {
+        const MappedFlag flag = free.back();
+        free.pop_back();
+        return flag;
+      }
+    }
+    return allocate_flag(device);
+  }
+  void give_back(int device, MappedFlag flag) {
+    if (flag.host == nullptr) return;
+    const std::lock_guard<std::mutex> lock(mutex_);
+    free_[device].push_back(flag);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<int, std::vector<MappedFlag>> free_;
+};
+
+FlagPool& flag_pool() {
+  static FlagPool* pool = new FlagPool;  // never destroyed: threads may exit after statics
+  return *pool;
+}
+
+// The calling thread's flags, one per device, taken on first use and given back when the
+// thread exits. Per thread, so that calls running at once on other threads do not
+// overwrite each other's tokens.
+class ThreadFlags {
+ public:
+  MappedFlag get(int device) {
+    auto it = flags_.find(device);
+    if (it == flags_.end()) it = flags_.emplace(device, flag_pool().take(device)).first;
+    return it->second;
+  }
+  ~ThreadFlags() {
+    for (const auto& entry : flags_) flag_pool().give_back(entry.first, entry.second);
+  }
+
+ private:
+  std::unordered_map<int, MappedFlag> flags_;
+};
+
+MappedFlag thread_flag(int device) {
+  thread_local ThreadFlags flags;
+  return flags.get(device);
+}
+
+// A token no other loop of this process has had (until the 32-bit counter wraps, which
+// would need a kernel to stay queued for 2^32 loops), never 0.
+uint32_t next_token() {
+  static std::atomic<uint32_t> counter{0};
+  uint32_t token = 0;
+  while (token == 0) token = counter.fetch_add(1, std::memory_order_relaxed) + 1;
+  return token;
+}
+
+// Whether `stream` is being captured into a CUDA graph; when CUDA cannot tell (the legacy
+// stream while another stream captures), assume it is.
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return true;
+  }
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// The host side of one loop's early exit; `finished` is the loop's Buffers::finished slot.
+class EarlyExit {
+ public:
+  EarlyExit(cudaStream_t stream, int32_t* finished) : signal_{finished, nullptr, 0} {
+    if (capturing(stream)) return;
+    int device = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));  // the glue's CUDAGuard: the tensors' device
+    const MappedFlag flag = thread_flag(device);
+    host_flag_ = flag.host;
+    signal_.flag = flag.device;
+    signal_.token = next_token();
+  }
+  // For the loop's step kernel.
+  LoopSignal signal() const { return signal_; }
+  // Whether every sample has left the loop, so that every further launch of it is a no-op.
+  // The flag is read with a relaxed atomic load: the GPU writes it at any time, and the
+  // host reads nothing else that the write would have to be ordered with.
+  bool reached() const {
+    return host_flag_ != nullptr && __atomic_load_n(host_flag_, __ATOMIC_RELAXED) == signal_.token;
+  }
+
+ private:
+  const uint32_t* host_flag_ = nullptr;
+  LoopSignal signal_;
+};
+
 }  // namespace
 
 void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream_ptr) {
@@ -741,14 +972,20 @@ void launch_features_and_seeds(const Geometry& g, const Buffers& b, void* stream
 void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const int32_t S = 4 + g.F;
-  for (int32_t it = 0; it < g.max_iter; ++it) {
+  if (g.mask != nullptr) {
+    mask_area_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.state);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const EarlyExit early_exit(stream, b.finished + kIterationLoop);
+  for (int32_t it = 0; it < g.max_iter && !early_exit.reached(); ++it) {
     bin_kernel<<<static_cast<unsigned>(g.N), kThreads, 0, stream>>>(
         g, b.clusters, b.counts, b.state, b.cell_start, b.cell_cursor, b.cell_items);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     assign_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.clusters, b.cell_start,
                                                           b.cell_items, it, b.state, b.labels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, it, b.state, b.iterations);
+    step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, it, b.state, b.iterations,
+                                                          early_exit.signal());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     zero_sums_kernel<<<blocks_for(g.N * g.K * S), kThreads, 0, stream>>>(g, b.state, b.sums, g.K,
                                                                          true);
@@ -788,7 +1025,8 @@ void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr)
                                                       b.was_root);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.min_size > 1) {
-    for (int32_t round = 0; round < kMergeRounds; ++round) {
+    const EarlyExit early_exit(stream, b.finished + kMergeLoop);
+    for (int32_t round = 0; round < kMergeRounds && !early_exit.reached(); ++round) {
       reset_best_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.best);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       merge_edges_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.labels, b.stats,
@@ -802,7 +1040,7 @@ void launch_mark_segments(const Geometry& g, const Buffers& b, void* stream_ptr)
       merge_fold_kernel<<<pixel_blocks, kThreads, 0, stream>>>(g, b.parent, b.state, b.was_root,
                                                                b.stats);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      merge_step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state);
+      merge_step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, b.state, early_exit.signal());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
