@@ -100,7 +100,7 @@ def slic(
     tol: float = 0.02,
     validate: bool = True,
     sigma: float | Sequence[float] = 0.0,
-    subsample: int = 3,
+    subsample: int = 1,
     mask: Tensor | None = None,
     max_size_factor: float | None = None,
 ) -> Segmentation:
@@ -160,10 +160,11 @@ def slic(
             which reassign every pixel; once a subsampled pass changes at most ``tol`` of
             the pixels (of the mask area with ``mask``), every later pass is full and the
             next one that meets ``tol`` ends the loop. Centres are the exact means of all
-            assigned pixels' current clusters. 3 (default, as fast-slic): about 1.5x
-            faster than 1 on a cold start with the same boundary recall and
-            under-segmentation error in the tests, and as fast on warm starts. 1: every
-            pass is full (the classic SLIC loop).
+            assigned pixels' current clusters. Where the seed rows are closer than
+            ``2 * subsample`` (``step_y < 2 * subsample``: dense grids, thin images) every
+            pass is full: skipped rows would starve the seeds between the visited ones.
+            1 (default): every pass is full (the classic SLIC loop); see the README for
+            why 3 (fast-slic's default) is not the default.
         mask: maskSLIC (scikit-image's ``mask``): bool ``[B, H, W]`` (images) or
             ``[B, T, H, W]`` (clips) on the images' device; only its True pixels are
             segmented, the others get label -1 (``segment_pool`` and ``paint`` skip them;
