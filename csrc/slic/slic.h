@@ -40,7 +40,8 @@
 //   (integer sums, mean_row; an empty cluster dies); a sample stops once at most
 //   floor(tol * A) pixels changed cluster in a full pass (that pass updates nothing), with A
 //   the sample's area: its in-mask pixels with a mask, else P (max_changed). iterations[n]
-//   counts its assignment passes. With subsample s > 1 (fast-slic's subsampled passes), pass
+//   counts its assignment passes. With subsample s > 1 (fast-slic's subsampled passes; taken
+//   as 1 where step_y < 2 s, make_geometry), pass
 //   `it` reassigns only the rows y with y % s == it % s (every frame), unless it is full: the
 //   first pass of a warm start or of a masked call, the last (max_iter - 1), and the ones
 //   after a subsampled pass in which at most floor(tol * A) pixels changed (pass_is_full).
