@@ -160,8 +160,11 @@ def slic(
             which reassign every pixel; once a subsampled pass changes at most ``tol`` of
             the pixels (of the mask area with ``mask``), every later pass is full and the
             next one that meets ``tol`` ends the loop. Centres are the exact means of all
-            assigned pixels' current clusters. 1 (default): every pass is full (the
-            classic SLIC loop).
+            assigned pixels' current clusters. Where the seed rows are closer than
+            ``2 * subsample`` (``step_y < 2 * subsample``: dense grids, thin images) every
+            pass is full: skipped rows would starve the seeds between the visited ones.
+            1 (default): every pass is full (the classic SLIC loop); see the README for
+            why 3 (fast-slic's default) is not the default.
         mask: maskSLIC (scikit-image's ``mask``): bool ``[B, H, W]`` (images) or
             ``[B, T, H, W]`` (clips) on the images' device; only its True pixels are
             segmented, the others get label -1 (``segment_pool`` and ``paint`` skip them;

@@ -14,9 +14,14 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -79,6 +84,10 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
   g.min_size = static_cast<int32_t>(std::min<int64_t>(min_size, g.P));
   g.max_centers = static_cast<int32_t>(max_centers);
   g.subsample = grid.size() >= 10 ? static_cast<int32_t>(std::min<int64_t>(grid[9], 1 << 30)) : 1;
+  // Seed rows closer than 2 * subsample: every pass is full. A subsampled first pass hands
+  // the visited rows to the seeds on or next to them, and the seeds between starve (420
+  // seeds on a 20 x 21 image kept 153).
+  if (g.step[1] < 2 * int64_t{g.subsample}) g.subsample = 1;
   g.max_size = grid.size() == 11 ? std::min<int64_t>(grid[10], g.P) : 0;
   g.convert_lab = convert_lab;
   g.connectivity = connectivity;
@@ -151,8 +160,9 @@ float unit_value(T v) {
 }
 
 // CIELAB of a span of linear RGB values, clamped. Plain IEEE products and sums (no FMA
-// contraction in either build), so the AVX2 build gives the same bits as the baseline one;
-// it only vectorises better (the integer division of fast_cbrt's first guess needs AVX2).
+// contraction in either build), so the AVX2 build gives the same bits as the baseline one
+// and as CUDA; it only vectorises better (the integer division of fast_cbrt's first guess
+// needs AVX2).
 __attribute__((always_inline)) inline void lab_span_body(const float* __restrict r,
                                                          const float* __restrict gg,
                                                          const float* __restrict b,
@@ -197,16 +207,14 @@ LabSpanFn pick_lab_span() {
 
 template <typename T>
 void compute_features(const Geometry& g, const T* image, float* features, int32_t* fixed) {
-  // sRGB gamma through a table: exact for uint8 inputs; for floats, the 4096-step table is
-  // used in range (interpolated, error ~1e-6) and pow outside it.
+  // sRGB gamma through a table: kSrgbU8 for uint8 inputs (the same on CUDA); for floats,
+  // the 4096-step table is used in range (interpolated, error ~1e-6) and pow outside it.
   constexpr int kTable = 4096;
   std::vector<float> gamma(kTable + 2);
   for (int i = 0; i <= kTable + 1; ++i) gamma[i] = srgb_to_linear(static_cast<float>(i) / kTable);
-  std::vector<float> gamma_u8(256);
-  for (int i = 0; i < 256; ++i) gamma_u8[i] = srgb_to_linear(static_cast<float>(i) / 255.f);
   auto linearise = [&](T v) -> float {
     if constexpr (std::is_same_v<T, uint8_t>) {
-      return gamma_u8[v];
+      return kSrgbU8[v];
     } else {
       const float c = static_cast<float>(v);
       if (!(c >= 0.f && c <= 1.f)) return srgb_to_linear(c);
@@ -354,50 +362,26 @@ void chunk_candidates(const Geometry& g, const float* centers, const int32_t* ce
   std::sort(out.begin(), out.end());
 }
 
-// Lets cluster k claim pixels [x0, x1) of rows [yf, yl] of the chunk where it is strictly
-// nearer. FC > 0 fixes the feature count at compile time (the x loop vectorises).
+// Lets cluster k claim pixels [x0, x1) of rows [yf, yl] (every ystep-th) of the chunk
+// where it is strictly nearer than the best so far. FC > 0 fixes the feature count at
+// compile time. The distance is assignment_distance (slic.h), rounding for rounding.
 template <int FC>
-__attribute__((always_inline)) inline void claim_body(const Geometry& g, const float* const* planes,
-                                                      const float* c, int32_t k, float z,
-                                                      int32_t y0, int32_t yf, int32_t yl,
-                                                      int32_t ystep, int32_t x0, int32_t x1,
-                                                      float* __restrict best,
-                                                      int32_t* __restrict winner) {
-  constexpr int32_t kPlanes = FC > 0 ? FC : 1;
-  float cf[kPlanes];
-  for (int32_t f = 0; f < kPlanes; ++f) cf[f] = c[3 + f];
+void claim(const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
+           int32_t y0, int32_t yf, int32_t yl, int32_t ystep, int32_t x0, int32_t x1, float* best,
+           int32_t* winner) {
+  const int32_t F = FC > 0 ? FC : g.F;
   const float dz = z - c[0];
-  const float wx = g.weight[2], inv_m2 = g.inv_m2, cx = c[2];
   for (int32_t y = yf; y <= yl; y += ystep) {
     const int64_t row = int64_t{y - y0} * g.W;
-    const float dy = static_cast<float>(y) - c[1];
-    const float base = g.weight[0] * dz * dz + g.weight[1] * dy * dy;
-    const float* __restrict p[kPlanes];
-    for (int32_t f = 0; f < kPlanes; ++f) p[f] = planes[f] + row;
-    float* __restrict b_row = best + row;
-    int32_t* __restrict w_row = winner + row;
+    const float zy = spatial_zy(g, dz, static_cast<float>(y) - c[1]);
     for (int32_t x = x0; x < x1; ++x) {
       float colour = 0.f;
-      if constexpr (FC > 0) {
-#pragma GCC unroll 4
-        for (int32_t f = 0; f < FC; ++f) {
-          const float t = p[f][x] - cf[f];
-          colour += t * t;
-        }
-      } else {
-        for (int32_t f = 0; f < g.F; ++f) {
-          const float t = planes[f][row + x] - c[3 + f];
-          colour += t * t;
-        }
+      for (int32_t f = 0; f < F; ++f) colour = colour_step(colour, planes[f][row + x] - c[3 + f]);
+      const float d = assignment_distance(g, colour, zy, static_cast<float>(x) - c[2]);
+      if (d < best[row + x]) {
+        best[row + x] = d;
+        winner[row + x] = k;
       }
-      const float dx = static_cast<float>(x) - cx;
-      const float d = colour * inv_m2 + (base + wx * dx * dx);
-      // Integer-mask select: GCC 12 does not if-convert `d < b ? k : w`.
-      const float b = b_row[x];
-      const int32_t w = w_row[x];
-      const int32_t take = -static_cast<int32_t>(d < b);
-      b_row[x] = d < b ? d : b;
-      w_row[x] = w ^ ((w ^ k) & take);
     }
   }
 }
@@ -405,22 +389,66 @@ __attribute__((always_inline)) inline void claim_body(const Geometry& g, const f
 using ClaimFn = void (*)(const Geometry&, const float* const*, const float*, int32_t, float,
                          int32_t, int32_t, int32_t, int32_t, int32_t, int32_t, float*, int32_t*);
 
-template <int FC>
-void claim(const Geometry& g, const float* const* planes, const float* c, int32_t k, float z,
-           int32_t y0, int32_t yf, int32_t yl, int32_t ystep, int32_t x0, int32_t x1, float* best,
-           int32_t* winner) {
-  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, ystep, x0, x1, best, winner);
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same claims 8 pixels at a time with AVX2 + FMA: the fused multiply-adds of
+// assignment_distance in each lane, and the row's last partial group through masked loads
+// and stores (no scalar tail: a window row of 2 * step + 1 pixels is mostly whole groups).
+// 8 floats from p, or the valid lanes only (zeros elsewhere) at the end of a row.
+__attribute__((target("avx2"))) inline __m256 load_lanes(const float* p, bool whole,
+                                                         __m256i valid) {
+  return whole ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, valid);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// The same loop for AVX2 + FMA (8 lanes), picked at run time when the CPU has them.
 template <int FC>
 __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const float* const* planes,
                                                     const float* c, int32_t k, float z, int32_t y0,
                                                     int32_t yf, int32_t yl, int32_t ystep,
                                                     int32_t x0, int32_t x1, float* best,
                                                     int32_t* winner) {
-  claim_body<FC>(g, planes, c, k, z, y0, yf, yl, ystep, x0, x1, best, winner);
+  constexpr int32_t kMax = FC > 0 ? FC : 1;
+  const int32_t F = FC > 0 ? FC : g.F;
+  __m256 centre[kMax];
+  for (int32_t f = 0; f < kMax; ++f) centre[f] = _mm256_set1_ps(c[3 + f]);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 cx = _mm256_set1_ps(c[2]), wx = _mm256_set1_ps(g.weight[2]);
+  const __m256 inv_m2 = _mm256_set1_ps(g.inv_m2);
+  const __m256i id = _mm256_set1_epi32(k);
+  const float dz = z - c[0];
+  for (int32_t y = yf; y <= yl; y += ystep) {
+    const int64_t row = int64_t{y - y0} * g.W;
+    const __m256 zy = _mm256_set1_ps(spatial_zy(g, dz, static_cast<float>(y) - c[1]));
+    float* b_row = best + row;
+    int32_t* w_row = winner + row;
+    for (int32_t x = x0; x < x1; x += 8) {
+      const bool whole = x1 - x >= 8;
+      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(x1 - x), lane);
+      __m256 colour = _mm256_setzero_ps();
+      for (int32_t f = 0; f < F; ++f) {
+        const __m256 v = load_lanes(planes[f] + row + x, whole, valid);
+        const __m256 t = _mm256_sub_ps(v, FC > 0 ? centre[f] : _mm256_set1_ps(c[3 + f]));
+        colour = _mm256_fmadd_ps(t, t, colour);
+      }
+      const __m256 dx =
+          _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x), lane)), cx);
+      const __m256 d =
+          _mm256_fmadd_ps(colour, inv_m2, _mm256_fmadd_ps(_mm256_mul_ps(wx, dx), dx, zy));
+      const __m256 b = load_lanes(b_row + x, whole, valid);
+      __m256 take = _mm256_cmp_ps(d, b, _CMP_LT_OQ);
+      if (!whole) take = _mm256_and_ps(take, _mm256_castsi256_ps(valid));
+      const __m256 new_b = _mm256_blendv_ps(b, d, take);
+      if (whole) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row + x));
+        const __m256i new_w = _mm256_castps_si256(
+            _mm256_blendv_ps(_mm256_castsi256_ps(w), _mm256_castsi256_ps(id), take));
+        _mm256_storeu_ps(b_row + x, new_b);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(w_row + x), new_w);
+      } else {  // lanes past x1 are not taken: storing the taken lanes only is enough
+        const __m256i taken = _mm256_castps_si256(take);
+        _mm256_maskstore_ps(b_row + x, taken, d);
+        _mm256_maskstore_epi32(w_row + x, taken, id);
+      }
+    }
+  }
 }
 #endif
 
@@ -453,6 +481,37 @@ ClaimFn pick_claim(int32_t F) {
     default:
       return &claim<0>;
   }
+}
+
+// Whether any of the 16 pixels from w_row / l_row changes cluster: claimed (w >= 0) by
+// another one. GCC vector extensions: AVX2 compares where the caller is an AVX2 function,
+// SSE ones elsewhere.
+typedef int32_t Lanes8 __attribute__((vector_size(32)));
+typedef uint64_t Words4 __attribute__((vector_size(32)));
+
+inline bool any_change16(const int32_t* w_row, const int32_t* l_row) {
+  Lanes8 w0, l0, w1, l1;
+  std::memcpy(&w0, w_row, sizeof w0);
+  std::memcpy(&l0, l_row, sizeof l0);
+  std::memcpy(&w1, w_row + 8, sizeof w1);
+  std::memcpy(&l1, l_row + 8, sizeof l1);
+  const Words4 changed =
+      reinterpret_cast<Words4>(((w0 >= 0) & (w0 != l0)) | ((w1 >= 0) & (w1 != l1)));
+  return (changed[0] | changed[1] | changed[2] | changed[3]) != 0;
+}
+
+// Sum of v[x .. e). Runs are mostly a few pixels long, too short for a vector loop's
+// set-up, so those are added one by one.
+inline int64_t run_sum(const int32_t* v, int32_t x, int32_t e) {
+  if (e - x <= 3) {
+    int64_t sum = v[x];
+    if (e - x > 1) sum += v[x + 1];
+    if (e - x > 2) sum += v[x + 2];
+    return sum;
+  }
+  int64_t sum = 0;
+  for (int32_t q = x; q < e; ++q) sum += v[q];
+  return sum;
 }
 
 // Labels of rows [y0, y1) of a chunk from the claims' winners (unclaimed pixels keep their
@@ -500,12 +559,7 @@ __attribute__((always_inline)) inline void accumulate_rows(
         s[1] += count * z;
         s[2] += count * y;
         s[3] += count * (x + e - 1) / 2;  // x + .. + (e - 1)
-        for (int32_t f = 0; f < F; ++f) {
-          const int32_t* v = v_row + f * P;
-          int64_t sum = 0;
-          for (int32_t q = x; q < e; ++q) sum += v[q];
-          s[4 + f] += sum;
-        }
+        for (int32_t f = 0; f < F; ++f) s[4 + f] += run_sum(v_row + f * P, x, e);
       }
       x = e;
     }
@@ -517,7 +571,9 @@ __attribute__((always_inline)) inline void accumulate_rows(
 // After the first pass: only the pixels that changed cluster move their (1, z, y, x,
 // features) from the old cluster's sums to the new one's; the chunk's rows hold these
 // differences. Integer sums, so the running totals equal a recount bit for bit, while a
-// pass touches a few percent of the pixels instead of all of them.
+// pass touches a few percent of the pixels instead of all of them. Changes come in runs
+// (a boundary that moves shifts a stretch of a row from one cluster to the same other
+// one), so they are moved run by run; blocks of 8 unchanged pixels are skipped at once.
 template <int FC>
 __attribute__((always_inline)) inline void accumulate_changes(
     const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
@@ -542,73 +598,36 @@ __attribute__((always_inline)) inline void accumulate_changes(
     int32_t* __restrict l_row = lab + row;
     const int32_t* __restrict w_row = winner + row;
     const int32_t* v_row = fixed_feat + row;
-    int32_t row_changed = 0;  // int32 like the labels: the loop vectorises
-    for (int32_t x = 0; x < W; ++x)
-      row_changed +=
-          static_cast<int32_t>(w_row[x] >= 0) & static_cast<int32_t>(w_row[x] != l_row[x]);
-    if (row_changed == 0) continue;
-    changed += row_changed;
-    if (row_changed * 8 > W) {
-      // Many changes (a subsampled cold start assigns whole rows): subtract the row's old
-      // runs and add its new ones instead of moving pixel by pixel; the same integers.
-      auto add_runs = [&](int64_t sign) {
-        for (int32_t x = 0; x < W;) {
-          const int32_t k = l_row[x];
-          int32_t e = x + 1;
-          while (e < W && l_row[e] == k) ++e;
-          if (k >= 0) {
-            int64_t* t = row_of(k);
-            const int64_t count = e - x;
-            t[0] += sign * count;
-            t[1] += sign * count * z;
-            t[2] += sign * count * y;
-            t[3] += sign * (count * (x + e - 1) / 2);
-            for (int32_t f = 0; f < F; ++f) {
-              const int32_t* v = v_row + f * P;
-              int64_t sum = 0;
-              for (int32_t q = x; q < e; ++q) sum += v[q];
-              t[4 + f] += sign * sum;
-            }
-          }
-          x = e;
-        }
-      };
-      add_runs(-1);
-      for (int32_t x = 0; x < W; ++x) {
-        const int32_t w = w_row[x], l = l_row[x];
-        l_row[x] = w >= 0 ? w : l;
-      }
-      add_runs(1);
-      continue;
-    }
-    for (int32_t x = 0; x < W; ++x) {
-      if ((x & 7) == 0 && x + 8 <= W) {  // most blocks of 8 pixels have no change: skip them
-        int32_t any = 0;
-        for (int32_t j = 0; j < 8; ++j)
-          any |= static_cast<int32_t>(w_row[x + j] >= 0) &
-                 static_cast<int32_t>(w_row[x + j] != l_row[x + j]);
-        if (!any) {
-          x += 7;
-          continue;
-        }
+    for (int32_t x = 0; x < W;) {
+      if (x + 16 <= W && !any_change16(w_row + x, l_row + x)) {
+        x += 16;
+        continue;
       }
       const int32_t w = w_row[x], l = l_row[x];
-      if (w < 0 || w == l) continue;  // unclaimed pixels keep their cluster
-      l_row[x] = w;
-      int64_t* add = row_of(w);
-      add[0] += 1;
-      add[1] += z;
-      add[2] += y;
-      add[3] += x;
-      for (int32_t f = 0; f < F; ++f) add[4 + f] += v_row[f * P + x];
-      if (l >= 0) {
-        int64_t* sub = row_of(l);
-        sub[0] -= 1;
-        sub[1] -= z;
-        sub[2] -= y;
-        sub[3] -= x;
-        for (int32_t f = 0; f < F; ++f) sub[4 + f] -= v_row[f * P + x];
+      if (w < 0 || w == l) {  // unclaimed pixels keep their cluster
+        ++x;
+        continue;
       }
+      int32_t e = x + 1;
+      while (e < W && w_row[e] == w && l_row[e] == l) ++e;
+      const int64_t count = e - x;
+      // Look w up after l: row_of may grow the sums and move rows found before it.
+      row_of(w);
+      int64_t* sub = l >= 0 ? row_of(l) : nullptr;
+      int64_t* add = row_of(w);
+      const int64_t moved[4] = {count, count * z, count * y, count * (x + e - 1) / 2};
+      for (int32_t j = 0; j < 4; ++j) add[j] += moved[j];
+      if (sub) {
+        for (int32_t j = 0; j < 4; ++j) sub[j] -= moved[j];
+      }
+      for (int32_t f = 0; f < F; ++f) {
+        const int64_t sum = run_sum(v_row + f * P, x, e);
+        add[4 + f] += sum;
+        if (sub) sub[4 + f] -= sum;
+      }
+      std::fill(l_row + x, l_row + e, w);
+      changed += count;
+      x = e;
     }
   }
   chunk.changed = changed;
@@ -754,9 +773,12 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
   if (init_labels) {
     // Warm start: pixels begin in their previous segment (= cluster); out-of-range ids,
     // like a pixel no window reaches, stay unassigned until a cluster claims them.
-    for (int64_t i = 0; i < g.N * g.P; ++i) {
-      const int32_t k = init_labels[i];
-      labels[i] = (k >= 0 && k < g.K && counts[(i / g.P) * g.K + k] > 0 && in_mask(g, i)) ? k : -1;
+    for (int64_t n = 0; n < g.N; ++n) {  // by sample: no division per pixel
+      const int32_t* live = counts + n * g.K;
+      for (int64_t i = n * g.P; i < (n + 1) * g.P; ++i) {
+        const int32_t k = init_labels[i];
+        labels[i] = (k >= 0 && k < g.K && live[k] > 0 && in_mask(g, i)) ? k : -1;
+      }
     }
   } else {
     std::fill(labels, labels + g.N * g.P, -1);

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -146,17 +147,30 @@ __device__ __forceinline__ float unit_value<double>(double v) {
   return static_cast<float>(v);
 }
 
+// uint8 values decode through kSrgbU8, as on the CPU (copied to shared memory: threads of a
+// warp read different entries, which constant memory would serialise); floats through powf.
 template <typename T>
 __global__ void features_kernel(Geometry g, const T* __restrict__ image, float* __restrict__ feat) {
+  __shared__ float srgb_u8[256];
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    for (int j = threadIdx.x; j < 256; j += blockDim.x) srgb_u8[j] = kSrgbU8[j];
+    __syncthreads();
+  }
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= g.N * g.P) return;
   const int64_t n = i / g.P, p = i % g.P;
   const T* src = image + n * g.C * g.P + p;
   float* dst = feat + n * g.F * g.P + p;
+  auto linear = [&](T v) -> float {
+    if constexpr (std::is_same_v<T, uint8_t>) {
+      return srgb_u8[v];
+    } else {
+      return srgb_to_linear(unit_value(v));
+    }
+  };
   if (g.convert_lab) {
     float L, A, B;
-    linear_rgb_to_lab(srgb_to_linear(unit_value(src[0])), srgb_to_linear(unit_value(src[g.P])),
-                      srgb_to_linear(unit_value(src[2 * g.P])), &L, &A, &B);
+    linear_rgb_to_lab(linear(src[0]), linear(src[g.P]), linear(src[2 * g.P]), &L, &A, &B);
     dst[0] = clamp_feature(L);
     dst[g.P] = clamp_feature(A);
     dst[2 * g.P] = clamp_feature(B);
@@ -323,11 +337,9 @@ __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
             float colour = 0.f;
             for (int32_t f = 0; f < g.F; ++f) {
               const float v = f < kCachedFeatures ? fv[f] : feat[f * g.P];
-              const float t = v - cen[3 + f];
-              colour += t * t;
+              colour = colour_step(colour, v - cen[3 + f]);
             }
-            const float base = g.weight[0] * dz * dz + g.weight[1] * dy * dy;
-            const float d = colour * g.inv_m2 + (base + g.weight[2] * dx * dx);
+            const float d = assignment_distance(g, colour, spatial_zy(g, dz, dy), dx);
             if (d < best || (d == best && k < best_k)) {
               best = d;
               best_k = k;
