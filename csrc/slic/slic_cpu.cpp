@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -186,8 +187,14 @@ void lab_span(const float* r, const float* gg, const float* b, float* L, float* 
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// GSWFAST_SLIC_PORTABLE=1 in the environment picks the portable loops on any CPU, so the
+// tests can check that both paths give the same bits.
 bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = [] {
+    const char* portable = std::getenv("GSWFAST_SLIC_PORTABLE");
+    if (portable != nullptr && portable[0] != '\0' && portable[0] != '0') return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return has;
 }
 
