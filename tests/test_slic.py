@@ -405,6 +405,54 @@ def test_cielab_features_match_scikit_image_pixel_by_pixel(device):
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
 
 
+_PORTABLE_CASES = """
+import torch, gswfast as gsw
+g = torch.Generator().manual_seed(3)
+photo = torch.load(IMAGE)
+clip = torch.rand(1, 3, 4, 30, 40, generator=g)
+mask = torch.zeros(1, 96, 128, dtype=torch.bool)
+mask[:, 10:80, 20:110] = True
+runs = {
+    "cielab": lambda: gsw.slic(photo, 120),
+    "cielab_subsample": lambda: gsw.slic(photo, 120, subsample=3),
+    "float_cielab": lambda: gsw.slic(photo.float() / 255, 120),
+    "grey": lambda: gsw.slic(photo[:, :1], 80),
+    "five_channels": lambda: gsw.slic(torch.rand(2, 5, 40, 50, generator=g), 30),
+    "volume": lambda: gsw.slic(clip, 40),
+    "mask": lambda: gsw.slic(photo, 60, mask=mask),
+    # Flat colour: space alone decides, with many pixels at equal real distance from two
+    # centres, where one rounding more or less picks the other winner.
+    "flat": lambda: gsw.slic(torch.full((1, 3, 70, 90), 0.5), 150, max_iter=3, convert_lab=False),
+    "flat_spacing": lambda: gsw.slic(
+        torch.full((1, 1, 5, 30, 40), 0.5), 80, max_iter=2, spacing=(0.7, 1.3, 1.1)
+    ),
+}
+fields = ("labels", "num_segments", "centers", "iterations", "clusters", "cluster_labels")
+out = {name: [getattr(run(), f) for f in fields] for name, run in runs.items()}
+torch.save(out, OUT)
+"""
+
+
+@pytest.mark.paths
+def test_portable_loops_give_the_avx2_loops_bits(tmp_path):
+    # slic.h fixes every rounding (CIELAB, the assignment distance's fused multiply-adds),
+    # so the portable loops (libm's fmaf; what CPUs without AVX2 and non-x86 builds run)
+    # must give the same bits as the AVX2 ones. GSWFAST_SLIC_PORTABLE picks them.
+    photo = _photo("astronaut")[:, :, :96, :128].contiguous()
+    torch.save(photo, tmp_path / "photo.pt")
+    outputs = {}
+    for name, portable in (("avx2", "0"), ("portable", "1")):
+        script = f"IMAGE = {str(tmp_path / 'photo.pt')!r}\nOUT = {str(tmp_path / name)!r}\n"
+        env = dict(os.environ, GSWFAST_SLIC_PORTABLE=portable, OMP_NUM_THREADS="1")
+        subprocess.run(
+            [sys.executable, "-c", script + _PORTABLE_CASES], env=env, check=True, timeout=300
+        )
+        outputs[name] = torch.load(tmp_path / name)
+    for case, fields in outputs["avx2"].items():
+        for a, b in zip(fields, outputs["portable"][case], strict=True):
+            assert torch.equal(a, b), case
+
+
 @pytest.mark.cuda
 def test_cuda_uint8_features_and_segments_equal_the_cpu_bit_for_bit():
     # slic.h: uint8 input decodes through one sRGB table, CIELAB rounds once per operation

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -186,8 +187,14 @@ void lab_span(const float* r, const float* gg, const float* b, float* L, float* 
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// GSWFAST_SLIC_PORTABLE=1 in the environment picks the portable loops on any CPU, so the
+// tests can check that both paths give the same bits.
 bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = [] {
+    const char* portable = std::getenv("GSWFAST_SLIC_PORTABLE");
+    if (portable != nullptr && portable[0] != '\0' && portable[0] != '0') return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return has;
 }
 
@@ -210,8 +217,12 @@ void compute_features(const Geometry& g, const T* image, float* features, int32_
   // sRGB gamma through a table: kSrgbU8 for uint8 inputs (the same on CUDA); for floats,
   // the 4096-step table is used in range (interpolated, error ~1e-6) and pow outside it.
   constexpr int kTable = 4096;
-  std::vector<float> gamma(kTable + 2);
-  for (int i = 0; i <= kTable + 1; ++i) gamma[i] = srgb_to_linear(static_cast<float>(i) / kTable);
+  // Built once per process (4098 powf calls cost ~80 us, more than a small frame's SLIC).
+  static const std::vector<float> gamma = [] {
+    std::vector<float> table(kTable + 2);
+    for (int i = 0; i <= kTable + 1; ++i) table[i] = srgb_to_linear(static_cast<float>(i) / kTable);
+    return table;
+  }();
   auto linearise = [&](T v) -> float {
     if constexpr (std::is_same_v<T, uint8_t>) {
       return kSrgbU8[v];
