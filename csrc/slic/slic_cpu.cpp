@@ -881,8 +881,10 @@ struct Components {
   int32_t stride = 4;            // 4 + F
   std::vector<int32_t> root;     // [M] root pixel
   std::vector<int32_t> cluster;  // [M]
+  std::vector<int32_t> owner;    // [M] band of the root (numbering in bands)
   std::vector<int64_t> stats;    // [M, 4 + F] size, sums of z, y, x, fixed-point features
   std::vector<uint64_t> edges;   // adjacent pairs (a << 32 | b), a < b, one smaller than min_size
+  int32_t count() const { return static_cast<int32_t>(stats.size() / stride); }
   int64_t size(int32_t m) const { return stats[int64_t{m} * stride]; }
 };
 
@@ -907,6 +909,7 @@ struct RowScratch {
   RunArrays runs;
   std::vector<int64_t> prefix;
   std::vector<int32_t> changed;  // runs whose pixels fill_ids rewrites
+  std::vector<uint64_t> later;   // runs of components rooted in other bands (group_stats)
   RunPairs same;                 // overlapping runs of one cluster (link_rows)
 };
 
@@ -1262,14 +1265,25 @@ void link_components(const Geometry& g, const Bands& bands, Runs& u, EdgeScratch
 }
 
 // Turns union-find parents into component numbers in raster order of the root run (-1
-// outside the mask); returns the number of components. A parent precedes its run, so one
-// ascending pass finds it numbered already.
-int32_t number_components(Runs& u) {
-  const int32_t runs = u.count();
+// outside the mask) and lists each component's root pixel and cluster; returns the number
+// of components. A parent precedes its run, so one ascending pass finds it numbered; no
+// branch on the runs (roots come at random).
+int32_t number_components(const Geometry& g, Runs& u, Components& c) {
+  c.root.resize(u.count() + 1);  // the slot past the last component takes every other run
+  c.cluster.resize(u.count() + 1);
   int32_t M = 0;
-  for (int32_t i = 0; i < runs; ++i) {
-    u.comp[i] = u.label[i] < 0 ? -1 : (u.comp[i] == i ? M++ : u.comp[u.comp[i]]);
+  for (int32_t r = 0; r < g.D * g.H; ++r) {
+    for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+      const int32_t parent = u.comp[i];
+      const bool root = (parent == i) & (u.label[i] >= 0);
+      c.root[M] = static_cast<int32_t>(int64_t{r} * g.W + u.begin(i, r));
+      c.cluster[M] = u.label[i];
+      u.comp[i] = u.label[i] < 0 ? -1 : (root ? M : u.comp[parent]);
+      M += root;
+    }
   }
+  c.root.resize(M);
+  c.cluster.resize(M);
   return M;
 }
 
@@ -1280,69 +1294,102 @@ int32_t root_run(const int32_t* parent, int32_t p) {
 
 // number_components in parallel: the pieces (the rows of one band in one frame: consecutive
 // runs) count their roots, a prefix sum over the pieces in raster order gives each piece
-// its first number, then every run takes its root's number.
+// its first number, then every run takes its root's number. c.owner: the band of each
+// component's root.
 int32_t number_components_in_bands(const Geometry& g, const Bands& bands, Runs& u,
-                                   std::vector<int32_t>& piece_first) {
+                                   std::vector<int32_t>& piece_first, Components& c) {
   u.root.resize(u.count());
   piece_first.assign(int64_t{g.D} * bands.count + 1, 0);
-  auto for_each_piece = [&](auto&& fn) {
+  auto for_each_piece = [&](auto&& fn) {  // fn(piece, band, first row, end row)
     for_each_band(g, bands, [&](int32_t b) {
-      for (int32_t z = 0; z < g.D; ++z) {
-        const int32_t row = z * g.H + bands.first(b), rows = bands.last(g, b) - bands.first(b);
-        fn(int64_t{z} * bands.count + b, u.row_start[row], u.row_start[row + rows]);
-      }
+      for (int32_t z = 0; z < g.D; ++z)
+        fn(int64_t{z} * bands.count + b, b, z * g.H + bands.first(b), z * g.H + bands.last(g, b));
     });
   };
-  for_each_piece([&](int64_t piece, int32_t first, int32_t last) {
+  for_each_piece([&](int64_t piece, int32_t, int32_t r0, int32_t r1) {
     int32_t roots = 0;
-    for (int32_t i = first; i < last; ++i) {
+    for (int32_t i = u.row_start[r0]; i < u.row_start[r1]; ++i) {
       u.root[i] = u.label[i] < 0 ? -1 : root_run(u.comp.data(), i);
       roots += u.root[i] == i;
     }
     piece_first[piece + 1] = roots;
   });
   std::partial_sum(piece_first.begin(), piece_first.end(), piece_first.begin());
-  for_each_piece([&](int64_t piece, int32_t first, int32_t last) {
+  const int32_t M = piece_first.back();
+  c.root.resize(M);
+  c.cluster.resize(M);
+  c.owner.resize(M);
+  for_each_piece([&](int64_t piece, int32_t b, int32_t r0, int32_t r1) {
     int32_t next = piece_first[piece];
-    for (int32_t i = first; i < last; ++i) {
-      if (u.root[i] == i) u.comp[i] = next++;
+    for (int32_t r = r0; r < r1; ++r) {
+      for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+        if (u.root[i] != i) continue;
+        c.root[next] = static_cast<int32_t>(int64_t{r} * g.W + u.begin(i, r));
+        c.cluster[next] = u.label[i];
+        c.owner[next] = b;
+        u.comp[i] = next++;
+      }
     }
   });
-  for_each_piece([&](int64_t, int32_t first, int32_t last) {
-    for (int32_t i = first; i < last; ++i) {
+  for_each_piece([&](int64_t, int32_t, int32_t r0, int32_t r1) {
+    for (int32_t i = u.row_start[r0]; i < u.row_start[r1]; ++i) {
       if (u.root[i] != i) u.comp[i] = u.root[i] < 0 ? -1 : u.comp[u.root[i]];
     }
   });
-  return piece_first.back();
+  return M;
 }
 
-// Size, coordinate and feature sums of the M groups that comp[i] gives each run (-1:
-// none), and each group's first pixel and cluster (its first run in raster order).
-void group_stats(const Geometry& g, const Runs& u, const int32_t* comp, int32_t M, Components& c) {
+// Adds run i of row r = (z, y) to the sums s (Components::stats row).
+void add_run(const Geometry& g, const Runs& u, int32_t i, int32_t r, int32_t z, int32_t y,
+             int64_t* s) {
+  const int32_t x = u.begin(i, r), e = u.end[i];
+  const int64_t count = e - x;
+  s[0] += count;
+  s[1] += count * z;
+  s[2] += count * y;
+  s[3] += count * (x + e - 1) / 2;
+  const int64_t* run_sum = &u.feature_sum[int64_t{i} * g.F];
+  for (int32_t f = 0; f < g.F; ++f) s[4 + f] += run_sum[f];
+}
+
+// Size, coordinate and feature sums (Components::stats) of the M groups that comp[i]
+// gives each run (-1: none). With owner (the band of each group's root), the bands add the
+// runs of the groups they own in parallel and set the others aside, added after in band
+// order (integer sums: no order changes them).
+void group_stats(const Geometry& g, const Bands& bands, const Runs& u, const int32_t* comp,
+                 int32_t M, const int32_t* owner, Components& c, std::vector<RowScratch>& rows) {
   const int32_t S = 4 + g.F;
   c.stride = S;
-  c.root.resize(M);
-  c.cluster.resize(M);
   c.stats.assign(int64_t{M} * S, 0);
-  const int32_t rows = g.D * g.H;
-  for (int32_t r = 0; r < rows; ++r) {
-    const int32_t z = r / g.H, y = r % g.H;
-    for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
-      const int32_t m = comp[i];
-      if (m < 0) continue;
-      const int32_t x = u.begin(i, r), e = u.end[i];
-      const int64_t count = e - x;
-      int64_t* s = &c.stats[int64_t{m} * S];
-      if (s[0] == 0) {
-        c.root[m] = static_cast<int32_t>(int64_t{r} * g.W + x);
-        c.cluster[m] = u.label[i];
+  auto add = [&](int32_t i, int32_t r, int32_t z, int32_t y) {
+    add_run(g, u, i, r, z, y, &c.stats[int64_t{comp[i]} * S]);
+  };
+  if (owner == nullptr) {
+    for (int32_t r = 0; r < g.D * g.H; ++r) {
+      for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+        if (comp[i] >= 0) add(i, r, r / g.H, r % g.H);
       }
-      s[0] += count;
-      s[1] += count * z;
-      s[2] += count * y;
-      s[3] += count * (x + e - 1) / 2;
-      const int64_t* run_sum = &u.feature_sum[int64_t{i} * g.F];
-      for (int32_t f = 0; f < g.F; ++f) s[4 + f] += run_sum[f];
+    }
+    return;
+  }
+  for_each_band(g, bands, [&](int32_t b) {
+    std::vector<uint64_t>& later = rows[b].later;
+    later.clear();
+    for_band_rows(g, bands, b, [&](int32_t r, int32_t z, int32_t y) {
+      for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+        if (comp[i] < 0) continue;
+        if (owner[comp[i]] == b) {
+          add(i, r, z, y);
+        } else {
+          later.push_back(uint64_t{static_cast<uint32_t>(r)} << 32 | static_cast<uint32_t>(i));
+        }
+      }
+    });
+  });
+  for (int32_t b = 0; b < bands.count; ++b) {
+    for (const uint64_t run : rows[b].later) {
+      const int32_t r = static_cast<int32_t>(run >> 32);
+      add(static_cast<int32_t>(run & 0xFFFFFFFFu), r, r / g.H, r % g.H);
     }
   }
 }
@@ -1352,7 +1399,7 @@ void group_stats(const Geometry& g, const Runs& u, const int32_t* comp, int32_t 
 // runs link_components found. By band in parallel, listed in band order.
 void find_edges(const Geometry& g, const Bands& bands, const Runs& u, Components& c,
                 EdgeScratch& s) {
-  const int32_t M = static_cast<int32_t>(c.root.size());
+  const int32_t M = c.count();
   s.small.assign(M + 1, 0);  // small[m + 1]: component m is small; small[0]: outside the mask
   for (int32_t m = 0; m < M; ++m) s.small[m + 1] = c.size(m) < g.min_size;
   s.band.resize(bands.count + 1);
@@ -1469,7 +1516,7 @@ void gather_merged_sets(const Geometry& g, MergeState& s) {
 // edges that can still matter (between two sets, one of them smaller than min_size),
 // named by their sets.
 void merge_small(const Geometry& g, Components& c, MergeState& s) {
-  const int32_t M = static_cast<int32_t>(c.root.size());
+  const int32_t M = c.count();
   std::vector<int32_t>& parent = s.parent;
   parent.resize(M);
   std::iota(parent.begin(), parent.end(), 0);
@@ -1538,7 +1585,7 @@ std::vector<int32_t> stable_ids(const std::vector<uint8_t>& has_main, int32_t n)
 // component; the set holding the largest component of cluster k is k's main segment.
 int32_t assign_ids(const Geometry& g, const Components& c, const std::vector<int32_t>& set,
                    std::vector<int32_t>& final_id) {
-  const int32_t M = static_cast<int32_t>(c.root.size());
+  const int32_t M = c.count();
   std::vector<uint64_t> main_of(g.K, 0), largest(M, 0);
   std::vector<int32_t> largest_comp(M, -1);
   for (int32_t m = 0; m < M; ++m) {
@@ -1587,7 +1634,8 @@ void fill_ids(const Geometry& g, const Bands& bands, const Runs& u, const int32_
       int32_t* lab = labels + int64_t{r} * g.W;
       for (int32_t k = 0; k < n; ++k) {
         const int32_t i = changed[k];
-        std::fill(lab + u.begin(i, r), lab + u.end[i], id[comp[i]]);
+        const int32_t value = id[comp[i]];
+        for (int32_t x = u.begin(i, r); x < u.end[i]; ++x) lab[x] = value;  // a few pixels
       }
     });
   });
@@ -1598,7 +1646,7 @@ void fill_ids(const Geometry& g, const Bands& bands, const Runs& u, const int32_
 void write_centers(const Geometry& g, const Components& c, const std::vector<int32_t>& id,
                    float* out) {
   const int32_t R = 3 + g.F;
-  const int32_t M = static_cast<int32_t>(c.root.size());
+  const int32_t M = c.count();
   std::vector<int64_t> sums(int64_t{g.max_centers} * (R + 1), 0);
   for (int32_t m = 0; m < M; ++m) {
     if (id[m] < 0 || id[m] >= g.max_centers) continue;
@@ -1618,9 +1666,11 @@ int64_t connect_sample(const Geometry& g, const int32_t* fixed, int32_t* labels,
   const Bands bands = bands_of(g);
   find_runs(g, bands, fixed, labels, s.runs, s.rows);
   link_components(g, bands, s.runs, s.edges, s.rows);
-  const int32_t M = bands.count == 1 ? number_components(s.runs)
-                                     : number_components_in_bands(g, bands, s.runs, s.piece_first);
-  group_stats(g, s.runs, s.runs.comp.data(), M, s.comps);
+  const bool in_bands = bands.count > 1;
+  const int32_t M = in_bands ? number_components_in_bands(g, bands, s.runs, s.piece_first, s.comps)
+                             : number_components(g, s.runs, s.comps);
+  group_stats(g, bands, s.runs, s.runs.comp.data(), M, in_bands ? s.comps.owner.data() : nullptr,
+              s.comps, s.rows);
   s.comps.edges.clear();
   if (g.min_size > 1) find_edges(g, bands, s.runs, s.comps, s.edges);
   merge_small(g, s.comps, s.merge);
@@ -1644,7 +1694,7 @@ int64_t relabel_clusters(const Geometry& g, const int32_t* fixed, int32_t* label
   int32_t n = 0;
   for (int32_t k = 0; k < g.K; ++k) n += used[k];
   const std::vector<int32_t> id = stable_ids(used, n);
-  group_stats(g, s.runs, s.runs.label.data(), g.K, s.comps);  // the clusters' sums
+  group_stats(g, bands, s.runs, s.runs.label.data(), g.K, nullptr, s.comps, s.rows);
   fill_ids(g, bands, s.runs, s.runs.label.data(), id, labels, s.rows);
   write_centers(g, s.comps, id, centers);
   s.release_if_large();
