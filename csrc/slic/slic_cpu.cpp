@@ -7,6 +7,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -1122,10 +1123,13 @@ __attribute__((target("avx2"))) void prefix_sums_avx2(const int32_t* v, int32_t 
 }
 #endif
 
+// The AVX2 row kernels where the CPU has them, unless ATen's own kernels are held to the
+// baseline (ATEN_CPU_CAPABILITY=default): `make isa-check` then runs the portable ones.
 RowKernels row_kernels() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (cpu_has_avx2() && __builtin_cpu_supports("popcnt"))
-    return {&row_run_ends_avx2, &prefix_sums_avx2};
+  static const bool avx2 =
+      cpu_has_avx2() && __builtin_cpu_supports("popcnt") && at::get_cpu_capability() != "DEFAULT";
+  if (avx2) return {&row_run_ends_avx2, &prefix_sums_avx2};
 #endif
   return {&row_run_ends, &prefix_sums};
 }
