@@ -109,10 +109,12 @@ MAPS = (
 
 
 def _features(clusters: torch.Tensor, kind: str, seed: int = 7) -> torch.Tensor:
-    """[2, D, H, W]: noise, or all equal (every merge distance ties: lower roots win)."""
+    """[2, D, H, W]: noise in 0..1; all equal (every merge distance ties: lower roots win);
+    or near +-kMaxFeature, whose fixed-point sums pass 2^31 within two pixels."""
     if kind == "flat":
         return torch.full((2, *clusters.shape), 0.5)
-    return torch.rand(2, *clusters.shape, generator=torch.Generator().manual_seed(seed))
+    noise = torch.rand(2, *clusters.shape, generator=torch.Generator().manual_seed(seed))
+    return torch.where(noise < 0.5, -32760.0, 32760.0) + noise if kind == "large" else noise
 
 
 def _assert_reference(
@@ -133,7 +135,7 @@ def _assert_reference(
 
 
 @pytest.mark.paths
-@pytest.mark.parametrize("features", ["noise", "flat"])
+@pytest.mark.parametrize("features", ["noise", "flat", "large"])
 @pytest.mark.parametrize("min_size", [0, 3, 12])
 @pytest.mark.parametrize("name", MAPS)
 def test_given_cluster_maps_equal_the_reference(name, min_size, features):

@@ -891,18 +891,30 @@ struct Components {
   int64_t size(int32_t m) const { return stats[int64_t{m} * stride]; }
 };
 
-// Pairs of runs (i << 32 | j), appended without a branch: overlapping runs of one
-// cluster to unite, and touching runs of different clusters (both inside the mask), which
-// with the neighbouring runs of each row are the candidates for merge edges.
-struct RunPairs {
-  std::vector<uint64_t> pairs;  // i << 32 | j
-  size_t count = 0;
-  void make_room(size_t more) {
-    if (pairs.size() < count + more) pairs.resize(std::max(2 * pairs.size(), count + more));
-  }
-  void add_if(bool wanted, int32_t i, int32_t j) {  // without a branch (room made)
-    pairs[count] = uint64_t{static_cast<uint32_t>(i)} << 32 | static_cast<uint32_t>(j);
+uint64_t pack_pair(int32_t i, int32_t j) {
+  return uint64_t{static_cast<uint32_t>(i)} << 32 | static_cast<uint32_t>(j);
+}
+
+// Appends values without a branch (room made), its count in a local: kept in memory, each
+// append would wait for the previous one's store.
+struct Appender {
+  uint64_t* out;
+  size_t count;
+  void add_if(bool wanted, uint64_t value) {
+    out[count] = value;
     count += wanted;
+  }
+};
+
+// Pairs of runs (pack_pair): overlapping runs of one cluster to unite, and touching runs
+// of different clusters (both inside the mask), which with the neighbouring runs of each
+// row are the candidates for merge edges.
+struct RunPairs {
+  std::vector<uint64_t> pairs;
+  size_t count = 0;
+  Appender appender(size_t more) {  // room for `more` pairs
+    if (pairs.size() < count + more) pairs.resize(std::max(2 * pairs.size(), count + more));
+    return {pairs.data(), count};
   }
 };
 
@@ -911,31 +923,36 @@ struct RunPairs {
 struct RowScratch {
   RunArrays runs;
   std::vector<int64_t> prefix;
+  std::vector<uint32_t> prefix32;
   std::vector<int32_t> changed;  // runs whose pixels fill_ids rewrites
   std::vector<uint64_t> later;   // runs of components rooted in other bands (group_stats)
   RunPairs same;                 // overlapping runs of one cluster (link_rows)
 };
 
-// A list of edges appended without a branch, with a small direct-mapped cache that drops
-// most repeats (a boundary between two components crosses many rows; repeats left do not
-// change the merges).
+// Edges of one band, and a small direct-mapped cache of the last ones, which drops most
+// repeats (a boundary between two components crosses many rows; repeats left change no
+// merge).
 struct EdgeList {
   static constexpr int32_t kCacheBits = 12;
   std::vector<uint64_t> edges;
-  size_t count = 0;
   std::vector<uint64_t> seen;
-  void clear() {
-    count = 0;
-    seen.assign(size_t{1} << kCacheBits, ~uint64_t{0});
-  }
-  void make_room(size_t more) {
-    if (edges.size() < count + more) edges.resize(std::max(2 * edges.size(), count + more));
+  size_t count = 0;
+};
+
+// Appends to an EdgeList without a branch (an Appender that skips what the cache saw).
+struct EdgeAppender {
+  Appender edges;
+  uint64_t* seen;
+  explicit EdgeAppender(EdgeList& list, size_t room) : edges{nullptr, 0} {
+    if (list.edges.size() < room) list.edges.resize(room);
+    list.seen.assign(size_t{1} << EdgeList::kCacheBits, ~uint64_t{0});
+    edges.out = list.edges.data();
+    seen = list.seen.data();
   }
   void add_if(bool wanted, uint64_t key) {
-    uint64_t& slot = seen[(key * 0x9E3779B97F4A7C15ull) >> (64 - kCacheBits)];
+    uint64_t& slot = seen[(key * 0x9E3779B97F4A7C15ull) >> (64 - EdgeList::kCacheBits)];
     wanted &= slot != key;
-    edges[count] = key;
-    count += wanted;
+    edges.add_if(wanted, key);
     slot = wanted ? key : slot;
   }
 };
@@ -1021,6 +1038,9 @@ void for_band_rows(const Geometry& g, const Bands& bands, int32_t b, Fn&& fn) {
 struct RowKernels {
   int32_t (*ends)(const int32_t* lab, int32_t W, int32_t* end);
   void (*prefix)(const int32_t* v, int32_t W, int64_t* prefix);
+  // AVX2 only (else null): the prefix sums modulo 2^32, eight lanes a step; returns the
+  // largest |v[x]|, which tells which run sums they give exactly (sums_over_runs).
+  uint32_t (*prefix32)(const int32_t* v, int32_t W, uint32_t* prefix);
 };
 
 int32_t row_run_ends(const int32_t* lab, int32_t W, int32_t* end) {
@@ -1123,6 +1143,36 @@ __attribute__((target("avx2"))) void prefix_sums_avx2(const int32_t* v, int32_t 
     prefix[x + 1] = acc;
   }
 }
+// prefix_sums modulo 2^32 (eight pixels a step, as prefix_sums_avx2 does four), and the
+// largest |v[x]| (below 2^31: the features are clamped).
+__attribute__((target("avx2"))) uint32_t prefix_sums32_avx2(const int32_t* v, int32_t W,
+                                                            uint32_t* prefix) {
+  prefix[0] = 0;
+  __m256i carry = _mm256_setzero_si256(), most = _mm256_setzero_si256();
+  const __m256i lane3 = _mm256_set1_epi32(3), lane7 = _mm256_set1_epi32(7);
+  int32_t x = 0;
+  for (; x + 8 <= W; x += 8) {
+    if ((x & 15) == 0) __builtin_prefetch(v + x + kPrefetchAhead);
+    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + x));
+    most = _mm256_max_epu32(most, _mm256_abs_epi32(a));
+    a = _mm256_add_epi32(a, _mm256_slli_si256(a, 4));
+    a = _mm256_add_epi32(a, _mm256_slli_si256(a, 8));
+    const __m256i low_total = _mm256_permutevar8x32_epi32(a, lane3);
+    a = _mm256_add_epi32(a, _mm256_blend_epi32(_mm256_setzero_si256(), low_total, 0xF0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix + x + 1), _mm256_add_epi32(a, carry));
+    carry = _mm256_add_epi32(carry, _mm256_permutevar8x32_epi32(a, lane7));
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), most);
+  uint32_t largest = *std::max_element(lanes, lanes + 8);
+  uint32_t acc = prefix[x];
+  for (; x < W; ++x) {
+    acc += static_cast<uint32_t>(v[x]);
+    prefix[x + 1] = acc;
+    largest = std::max(largest, static_cast<uint32_t>(std::abs(v[x])));
+  }
+  return largest;
+}
 #endif
 
 // The AVX2 row kernels where the CPU has them, unless ATen's own kernels are held to the
@@ -1131,18 +1181,40 @@ RowKernels row_kernels() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool avx2 =
       cpu_has_avx2() && __builtin_cpu_supports("popcnt") && at::get_cpu_capability() != "DEFAULT";
-  if (avx2) return {&row_run_ends_avx2, &prefix_sums_avx2};
+  if (avx2) return {&row_run_ends_avx2, &prefix_sums_avx2, &prefix_sums32_avx2};
 #endif
-  return {&row_run_ends, &prefix_sums};
+  return {&row_run_ends, &prefix_sums, nullptr};
+}
+
+// Sums of the feature row v over the n runs ending at end[] (the first starts at 0), into
+// sum[i * stride]: differences of prefix sums, exact in int64; modulo 2^32 with prefix32
+// where a run is too short to reach 2^31 (its length times the largest |v|), else summed
+// anew (a long run of large values: rare).
+void sums_over_runs(const RowKernels& kernel, const int32_t* v, int32_t W, const int32_t* end,
+                    int32_t n, RowScratch& s, int64_t* sum, int32_t stride) {
+  if (kernel.prefix32 == nullptr) {
+    kernel.prefix(v, W, s.prefix.data());
+    for (int32_t i = 0, b = 0; i < n; b = end[i++])
+      sum[int64_t{i} * stride] = s.prefix[end[i]] - s.prefix[b];
+    return;
+  }
+  const uint32_t largest = kernel.prefix32(v, W, s.prefix32.data());
+  const int64_t exact = largest == 0 ? W : std::numeric_limits<int32_t>::max() / largest;
+  for (int32_t i = 0, b = 0; i < n; b = end[i++]) {
+    if (end[i] - b <= exact) {
+      sum[int64_t{i} * stride] = static_cast<int32_t>(s.prefix32[end[i]] - s.prefix32[b]);
+    } else {
+      sum[int64_t{i} * stride] = std::accumulate(v + b, v + end[i], int64_t{0});
+    }
+  }
 }
 
 // Appends the runs of row r (ends, clusters) to out after its first `count` runs, and
-// each feature's sums over them, from differences of the row's prefix sums: runs are short
-// (some 11 pixels in a photo), and a loop per run costs a mispredicted branch or two each.
-// Returns the number of runs of the row.
+// each feature's sums over them (sums_over_runs: runs are short, some 11 pixels in a
+// photo, and a loop per run costs a mispredicted branch or two each). Returns the number
+// of runs of the row.
 int32_t row_runs(const Geometry& g, const RowKernels& kernel, const int32_t* fixed,
-                 const int32_t* labels, int32_t r, size_t count, RunArrays& out,
-                 std::vector<int64_t>& prefix) {
+                 const int32_t* labels, int32_t r, size_t count, RunArrays& out, RowScratch& s) {
   const int64_t row = int64_t{r} * g.W;
   const int32_t* lab = labels + row;
   out.make_room(count, g.W, g.F);
@@ -1151,10 +1223,8 @@ int32_t row_runs(const Geometry& g, const RowKernels& kernel, const int32_t* fix
   int32_t* label = &out.label[count];
   for (int32_t i = 0; i < n; ++i) label[i] = lab[end[i] - 1];
   for (int32_t f = 0; f < g.F; ++f) {
-    kernel.prefix(fixed + f * g.P + row, g.W, prefix.data());
-    int64_t* sum = &out.feature_sum[count * g.F + f];
-    for (int32_t i = 0, b = 0; i < n; b = end[i++])
-      sum[int64_t{i} * g.F] = prefix[end[i]] - prefix[b];
+    sums_over_runs(kernel, fixed + f * g.P + row, g.W, end, n, s, &out.feature_sum[count * g.F + f],
+                   g.F);
   }
   return n;
 }
@@ -1162,12 +1232,13 @@ int32_t row_runs(const Geometry& g, const RowKernels& kernel, const int32_t* fix
 // Runs of the rows of band b into out, the count of each row r at row_start[r + 1].
 void band_runs(const Geometry& g, const Bands& bands, int32_t b, const int32_t* fixed,
                const int32_t* labels, std::vector<int32_t>& row_start, RunArrays& out,
-               std::vector<int64_t>& prefix) {
+               RowScratch& s) {
   const RowKernels kernel = row_kernels();
-  prefix.resize(g.W + 1);
+  s.prefix.resize(g.W + 1);
+  s.prefix32.resize(g.W + 1);
   size_t count = 0;
   for_band_rows(g, bands, b, [&](int32_t r, int32_t, int32_t) {
-    row_start[r + 1] = row_runs(g, kernel, fixed, labels, r, count, out, prefix);
+    row_start[r + 1] = row_runs(g, kernel, fixed, labels, r, count, out, s);
     count += row_start[r + 1];
   });
 }
@@ -1197,10 +1268,10 @@ void find_runs(const Geometry& g, const Bands& bands, const int32_t* fixed, cons
   u.row_start[0] = 0;
   scratch.resize(bands.count);
   if (bands.count == 1) {
-    band_runs(g, bands, 0, fixed, labels, u.row_start, u, scratch[0].prefix);
+    band_runs(g, bands, 0, fixed, labels, u.row_start, u, scratch[0]);
   } else {
     for_each_band(g, bands, [&](int32_t b) {
-      band_runs(g, bands, b, fixed, labels, u.row_start, scratch[b].runs, scratch[b].prefix);
+      band_runs(g, bands, b, fixed, labels, u.row_start, scratch[b].runs, scratch[b]);
     });
   }
   for (int32_t r = 0; r < rows; ++r) u.row_start[r + 1] += u.row_start[r];
@@ -1210,9 +1281,10 @@ void find_runs(const Geometry& g, const Bands& bands, const int32_t* fixed, cons
 }
 
 // Calls fn(i, j) for every pair of overlapping runs i of row a and j of row b (both rows
-// are tiled by their runs).
+// are tiled by their runs). Inlined, so that fn's counters can stay in registers.
 template <typename Fn>
-void for_each_overlap(const Runs& u, int32_t a, int32_t b, Fn&& fn) {
+__attribute__((always_inline)) inline void for_each_overlap(const Runs& u, int32_t a, int32_t b,
+                                                            Fn&& fn) {
   int32_t i = u.row_start[a], j = u.row_start[b];
   const int32_t i_end = u.row_start[a + 1], j_end = u.row_start[b + 1];
   while (i < i_end && j < j_end) {
@@ -1229,14 +1301,14 @@ void for_each_overlap(const Runs& u, int32_t a, int32_t b, Fn&& fn) {
 void link_rows(Runs& u, int32_t a, int32_t b, RunPairs& same, RunPairs& touching) {
   const size_t most = u.row_start[a + 1] - u.row_start[a] + u.row_start[b + 1] - u.row_start[b];
   same.count = 0;
-  same.make_room(most);
-  touching.make_room(most);
+  Appender to_unite = same.appender(most), to_edges = touching.appender(most);
   for_each_overlap(u, a, b, [&](int32_t i, int32_t j) {
     const int32_t k = u.label[i], l = u.label[j];
-    same.add_if((k == l) & (k >= 0), i, j);
-    touching.add_if((k != l) & ((k | l) >= 0), i, j);
+    to_unite.add_if((k == l) & (k >= 0), pack_pair(i, j));
+    to_edges.add_if((k != l) & ((k | l) >= 0), pack_pair(i, j));
   });
-  for (size_t p = 0; p < same.count; ++p) {
+  touching.count = to_edges.count;
+  for (size_t p = 0; p < to_unite.count; ++p) {
     const uint64_t pair = same.pairs[p];
     unite(u.comp.data(), static_cast<int32_t>(pair >> 32),
           static_cast<int32_t>(pair & 0xFFFFFFFFu));
@@ -1409,30 +1481,31 @@ void find_edges(const Geometry& g, const Bands& bands, const Runs& u, Components
   s.small.assign(M + 1, 0);  // small[m + 1]: component m is small; small[0]: outside the mask
   for (int32_t m = 0; m < M; ++m) s.small[m + 1] = c.size(m) < g.min_size;
   s.band.resize(bands.count + 1);
-  auto add_edge = [&](EdgeList& out, int32_t i, int32_t j) {  // without a branch
+  auto add_edge = [&](EdgeAppender& out, int32_t i, int32_t j) {  // without a branch
     const int32_t ma = u.comp[i], mb = u.comp[j];
-    const uint64_t key = uint64_t{static_cast<uint32_t>(std::min(ma, mb))} << 32 |
-                         static_cast<uint32_t>(std::max(ma, mb));
+    const uint64_t key = pack_pair(std::min(ma, mb), std::max(ma, mb));
     out.add_if((ma != mb) & ((ma | mb) >= 0) & ((s.small[ma + 1] | s.small[mb + 1]) != 0), key);
   };
-  auto add_touching = [&](EdgeList& out, const RunPairs& touching) {
-    out.make_room(touching.count);
+  auto add_touching = [&](EdgeAppender& out, const RunPairs& touching) {
     for (size_t p = 0; p < touching.count; ++p) {
       const uint64_t pair = touching.pairs[p];
       add_edge(out, static_cast<int32_t>(pair >> 32), static_cast<int32_t>(pair & 0xFFFFFFFFu));
     }
   };
   for_each_band(g, bands, [&](int32_t b) {
-    EdgeList& out = s.band[b];
-    out.clear();
+    size_t runs = 0;  // of the band: its neighbouring runs are at most as many
+    for (int32_t z = 0; z < g.D; ++z)
+      runs += u.row_start[z * g.H + bands.last(g, b)] - u.row_start[z * g.H + bands.first(b)];
+    EdgeAppender out(s.band[b], runs + s.touching[b].count);
     for_band_rows(g, bands, b, [&](int32_t r, int32_t, int32_t) {
-      out.make_room(u.row_start[r + 1] - u.row_start[r]);
       for (int32_t i = u.row_start[r] + 1; i < u.row_start[r + 1]; ++i) add_edge(out, i - 1, i);
     });
     add_touching(out, s.touching[b]);
+    s.band[b].count = out.edges.count;
   });
-  s.band[bands.count].clear();
-  add_touching(s.band[bands.count], s.joins);
+  EdgeAppender joins(s.band[bands.count], s.joins.count);
+  add_touching(joins, s.joins);
+  s.band[bands.count].count = joins.edges.count;
   c.edges.clear();
   for (const EdgeList& e : s.band)
     c.edges.insert(c.edges.end(), e.edges.begin(), e.edges.begin() + e.count);
@@ -1459,12 +1532,15 @@ bool snapshot_round(const Geometry& g, MergeState& s) {
 // list; the others are renamed by their sets. Two passes: the keys of every edge first
 // (without a branch: the tests go either way at random; the distance is symmetric, x - y
 // being -(y - x) exactly), then the minima, so that no running minimum waits on a distance.
+// kF: the number of features when known at compile time (CIELAB: 3), else 0.
+template <int32_t kF>
 void pick_nearest(const Geometry& g, std::vector<uint64_t>& edges, MergeState& s) {
   const std::vector<int32_t>& parent = s.parent;
+  const int32_t F = kF > 0 ? kF : g.F;
   auto distance = [&](int32_t a, int32_t b) {
     float d = 0.f;
-    for (int32_t f = 0; f < g.F; ++f) {
-      const float t = s.mean[int64_t{a} * g.F + f] - s.mean[int64_t{b} * g.F + f];
+    for (int32_t f = 0; f < F; ++f) {
+      const float t = s.mean[int64_t{a} * F + f] - s.mean[int64_t{b} * F + f];
       d += t * t;
     }
     return d;
@@ -1540,7 +1616,7 @@ void merge_small(const Geometry& g, Components& c, MergeState& s) {
   s.best.resize(M);
   for (int32_t round = 0; round < kMergeRounds; ++round) {
     if (!snapshot_round(g, s)) break;
-    pick_nearest(g, c.edges, s);
+    g.F == 3 ? pick_nearest<3>(g, c.edges, s) : pick_nearest<0>(g, c.edges, s);
     s.links.clear();
     for (const int32_t r : s.roots) {
       if (s.size[r] < g.min_size && s.best[r] != ~uint64_t{0}) s.links.push_back(r);
