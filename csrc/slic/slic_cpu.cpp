@@ -832,7 +832,9 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
 // in parallel; then they are joined at their first rows in band order on one thread.
 // Unions link a set under its lowest run whatever their order, so the roots (lowest
 // pixel), the component numbers (raster order of root) and everything after them are
-// those of one band on one thread: the thread count changes no bit.
+// those of one band on one thread: the thread count changes no bit. Numbering, sums,
+// edges and the final ids are written by band too; the merge rounds, the choice of ids
+// and the centres (components and edges only) run on one thread.
 
 int32_t find_root(int32_t* parent, int32_t p) {
   while (parent[p] != p) {
@@ -1444,8 +1446,9 @@ void group_stats(const Geometry& g, const Bands& bands, const Runs& u, const int
   };
   if (owner == nullptr) {
     for (int32_t r = 0; r < g.D * g.H; ++r) {
+      const int32_t z = r / g.H, y = r % g.H;
       for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
-        if (comp[i] >= 0) add(i, r, r / g.H, r % g.H);
+        if (comp[i] >= 0) add(i, r, z, y);
       }
     }
     return;
@@ -1459,7 +1462,7 @@ void group_stats(const Geometry& g, const Bands& bands, const Runs& u, const int
         if (owner[comp[i]] == b) {
           add(i, r, z, y);
         } else {
-          later.push_back(uint64_t{static_cast<uint32_t>(r)} << 32 | static_cast<uint32_t>(i));
+          later.push_back(pack_pair(r, i));
         }
       }
     });
