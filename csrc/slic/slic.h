@@ -57,7 +57,9 @@
 //   max_size (when set: scikit-image's max_size_factor, a segment stops growing past it;
 //   unlike scikit-image, a k-means component larger than max_size is not split); then all picked
 //   pairs are united (root = lowest pixel). The partition depends on no visiting order or thread
-//   timing. Without connectivity each non-empty cluster is one segment.
+//   timing. Without connectivity each non-empty cluster is one segment. (The CPU works on runs,
+//   maximal stretches of one cluster along x, and splits a sample of 2^20 pixels or more into
+//   bands of rows joined at their first rows: the same components, roots and sums.)
 // * Ids 0..n-1 (n = num_segments[n]), stable: a set takes the cluster of its largest
 //   original component; the set holding the largest component of cluster k is k's main
 //   segment and gets id k when k < n. The ids below n left free go, ascending, to the other
@@ -83,7 +85,8 @@
 //   parallel regions gain little on one image, and OpenMP threads spinning at barriers
 //   lose a lot on a busy machine). Larger calls of several samples run one parallel region
 //   over samples (each on one thread); a single larger sample splits its passes across
-//   threads. Thread count never changes a result.
+//   threads, its connectivity pass by bands of rows (cut by shape). Thread count never changes
+//   a result.
 #pragma once
 
 #include <cmath>

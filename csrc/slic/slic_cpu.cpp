@@ -1,12 +1,13 @@
 // CPU twin of the SLIC kernels. See slic.h for the contract.
 //
 // Parallel work is cut by shape only (pixel ranges for the features, (sample, z, cell row)
-// chunks for the iterations, samples for the connectivity pass), and every reduction runs
-// in a fixed order, so results do not depend on the number of threads.
+// chunks for the iterations, samples or bands of rows for the connectivity pass), and every
+// reduction runs in a fixed order, so results do not depend on the number of threads.
 #include "slic.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -859,8 +860,24 @@ void iterate(const Geometry& g, const float* features, const int32_t* fixed, flo
 
 // ---------------------------------------------------------------------------------------
 // Connectivity: union-find components, small ones merged, then segment ids.
+//
+// The pass works on runs, maximal stretches of one cluster along x (a 640 x 480 photo has
+// some 27k, of 11 pixels on average): one pass over the pixels finds them and their
+// feature sums (from prefix sums of each row), and ids are written only over the runs
+// whose id differs from their cluster; union-find, statistics, merges and ids touch runs,
+// components and edges only, mostly without branches on the data (which go either way at
+// random along ragged boundaries).
+//
+// Threads: a sample of kParallelPixels or more is cut into bands of rows (a range of y in
+// every frame; bands_of: by shape only). The bands find their runs, sums and components
+// in parallel; then they are joined at their first rows in band order on one thread.
+// Unions link a set under its lowest run whatever their order, so the roots (lowest
+// pixel), the component numbers (raster order of root) and everything after them are
+// those of one band on one thread: the thread count changes no bit. Numbering, sums,
+// edges and the final ids are written by band too; the merge rounds, the choice of ids
+// and the centres (components and edges only) run on one thread.
 
-int32_t find_root(std::vector<int32_t>& parent, int32_t p) {
+int32_t find_root(int32_t* parent, int32_t p) {
   while (parent[p] != p) {
     parent[p] = parent[parent[p]];
     p = parent[p];
@@ -870,7 +887,7 @@ int32_t find_root(std::vector<int32_t>& parent, int32_t p) {
 
 // Links the two sets under their lower root, so a set's root is its lowest index whatever
 // the order of unions (the CUDA kernels rely on the same rule).
-void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
+void unite(int32_t* parent, int32_t a, int32_t b) {
   a = find_root(parent, a);
   b = find_root(parent, b);
   if (a == b) return;
@@ -880,184 +897,783 @@ void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
     parent[a] = b;
 }
 
-// Connected components of one sample's cluster map, computed on runs (maximal stretches
-// of one cluster along x): a photo of 640 x 480 pixels has some 12k runs, so the union-find
-// and the statistics touch runs, not pixels. Components are numbered in raster order of
-// their root (lowest pixel), so component order is root-pixel order.
-struct Components {
-  std::vector<int32_t> row_start;  // [D * H + 1] first run of each row (z, y)
-  std::vector<int32_t> run_begin;  // [runs] first x
-  std::vector<int32_t> run_end;    // [runs] one past the last x
-  std::vector<int32_t> run_comp;   // [runs] component
-  std::vector<int32_t> root;       // [M] root pixel
-  std::vector<int32_t> cluster;    // [M]
-  std::vector<int64_t> size;       // [M]
-  std::vector<int64_t> coord;      // [M, 3] sums of z, y, x
-  std::vector<int64_t> sum;        // [M, F] fixed point
-  std::vector<uint64_t> edges;     // adjacent component pairs (a << 32 | b), a < b
+// Runs of some rows, in order; the arrays keep spare room (their size is no count).
+struct RunArrays {
+  std::vector<int32_t> end;          // one past the last x
+  std::vector<int32_t> label;        // cluster (-1: outside the mask)
+  std::vector<int64_t> feature_sum;  // [runs, F] fixed point
+  // Room for `more` runs after the first `count` (8 spare: row_run_ends writes 8 at once).
+  void make_room(size_t count, size_t more, int32_t F) {
+    if (end.size() >= count + more + 8) return;
+    const size_t n = std::max(2 * end.size(), count + more + 8);
+    end.resize(n);
+    label.resize(n);
+    feature_sum.resize(n * F);
+  }
 };
 
-// Calls fn(i, j) for every pair of overlapping runs i of row a and j of row b (both rows
-// are tiled by their runs).
+// Runs of one sample in raster order of their first pixel; a run starts where the
+// previous one of its row ends.
+struct Runs : RunArrays {
+  std::vector<int32_t> row_start;  // [D * H + 1] first run of each row (z, y)
+  std::vector<int32_t> comp;       // [runs] union-find parent, then component (-1: outside)
+  std::vector<int32_t> root;       // [runs] root run, when numbering in bands
+  int32_t count() const { return row_start.back(); }
+  int32_t begin(int32_t i, int32_t r) const { return i == row_start[r] ? 0 : end[i - 1]; }
+};
+
+// Components in raster order of their root (lowest pixel).
+struct Components {
+  int32_t stride = 4;            // 4 + F
+  std::vector<int32_t> root;     // [M] root pixel
+  std::vector<int32_t> cluster;  // [M]
+  std::vector<int32_t> owner;    // [M] band of the root (numbering in bands)
+  std::vector<int64_t> stats;    // [M, 4 + F] size, sums of z, y, x, fixed-point features
+  std::vector<uint64_t> edges;   // adjacent pairs (a << 32 | b), a < b, one smaller than min_size
+  int32_t count() const { return static_cast<int32_t>(stats.size() / stride); }
+  int64_t size(int32_t m) const { return stats[int64_t{m} * stride]; }
+};
+
+uint64_t pack_pair(int32_t i, int32_t j) {
+  return uint64_t{static_cast<uint32_t>(i)} << 32 | static_cast<uint32_t>(j);
+}
+
+// Appends values without a branch (room made), its count in a local: kept in memory, each
+// append would wait for the previous one's store.
+struct Appender {
+  uint64_t* out;
+  size_t count;
+  void add_if(bool wanted, uint64_t value) {
+    out[count] = value;
+    count += wanted;
+  }
+};
+
+// Pairs of runs (pack_pair): overlapping runs of one cluster to unite, and touching runs
+// of different clusters (both inside the mask), which with the neighbouring runs of each
+// row are the candidates for merge edges.
+struct RunPairs {
+  std::vector<uint64_t> pairs;
+  size_t count = 0;
+  Appender appender(size_t more) {  // room for `more` pairs
+    if (pairs.size() < count + more) pairs.resize(std::max(2 * pairs.size(), count + more));
+    return {pairs.data(), count};
+  }
+};
+
+// Buffers for one band's rows: its runs (when there are several bands), prefix sums of a
+// feature row, lists.
+struct RowScratch {
+  RunArrays runs;
+  std::vector<int64_t> prefix;
+  std::vector<uint32_t> prefix32;
+  std::vector<int32_t> changed;  // runs whose pixels fill_ids rewrites
+  std::vector<uint64_t> later;   // runs of components rooted in other bands (group_stats)
+  RunPairs same;                 // overlapping runs of one cluster (link_rows)
+};
+
+// Edges of one band, and a small direct-mapped cache of the last ones, which drops most
+// repeats (a boundary between two components crosses many rows; repeats left change no
+// merge).
+struct EdgeList {
+  static constexpr int32_t kCacheBits = 12;
+  std::vector<uint64_t> edges;
+  std::vector<uint64_t> seen;
+  size_t count = 0;
+};
+
+// Appends to an EdgeList without a branch (an Appender that skips what the cache saw).
+struct EdgeAppender {
+  Appender edges;
+  uint64_t* seen;
+  explicit EdgeAppender(EdgeList& list, size_t room) : edges{nullptr, 0} {
+    if (list.edges.size() < room) list.edges.resize(room);
+    list.seen.assign(size_t{1} << EdgeList::kCacheBits, ~uint64_t{0});
+    edges.out = list.edges.data();
+    seen = list.seen.data();
+  }
+  void add_if(bool wanted, uint64_t key) {
+    uint64_t& slot = seen[(key * 0x9E3779B97F4A7C15ull) >> (64 - EdgeList::kCacheBits)];
+    wanted &= slot != key;
+    edges.add_if(wanted, key);
+    slot = wanted ? key : slot;
+  }
+};
+
+struct EdgeScratch {
+  std::vector<RunPairs> touching;  // by band, found by link_components
+  RunPairs joins;                  // found joining the bands
+  std::vector<uint8_t> small;      // [M + 1]
+  std::vector<EdgeList> band;      // by band, then the joins
+};
+
+struct MergeState {
+  std::vector<int32_t> parent;  // [M] union-find over components: the final sets
+  std::vector<int32_t> roots;   // the sets of the round, ascending
+  std::vector<int64_t> size, sum;
+  std::vector<float> mean;
+  std::vector<uint8_t> fresh;  // the set's mean needs computing
+  std::vector<uint64_t> best;
+  std::vector<uint64_t> key_a, key_b;  // by edge: the pick of its first / second set
+  std::vector<int32_t> links;
+};
+
+// Scratch of the connectivity pass, kept between calls on a thread (fresh pages cost a
+// page fault each) unless a call needed more than kKeptRuns runs (some 40 bytes each).
+struct ConnectivityScratch {
+  static constexpr size_t kKeptRuns = size_t{1} << 20;
+  Runs runs;
+  Components comps;
+  MergeState merge;
+  std::vector<int32_t> piece_first, final_id;
+  std::vector<RowScratch> rows;
+  EdgeScratch edges;
+  void release_if_large() {
+    if (runs.end.capacity() > kKeptRuns) *this = ConnectivityScratch();
+  }
+};
+
+ConnectivityScratch& connectivity_scratch() {
+  thread_local ConnectivityScratch scratch;
+  return scratch;
+}
+
+// Bands of rows: the y in [first(b), last(b)) of every frame. One band below
+// kParallelPixels, else bands of about kBandPixels pixels: cut by shape only.
+constexpr int64_t kBandPixels = int64_t{1} << 18;
+
+struct Bands {
+  int32_t rows;  // y per band (the last band may have fewer)
+  int32_t count;
+  int32_t first(int32_t b) const { return b * rows; }
+  int32_t last(const Geometry& g, int32_t b) const { return std::min(g.H, (b + 1) * rows); }
+};
+
+Bands bands_of(const Geometry& g) {
+  int32_t rows = g.H;
+  if (g.P >= kParallelPixels) {
+    const int64_t per_y = int64_t{g.D} * g.W;
+    rows = static_cast<int32_t>(std::clamp<int64_t>((kBandPixels + per_y - 1) / per_y, 1, g.H));
+  }
+  return {rows, (g.H + rows - 1) / rows};
+}
+
+// fn(b) for every band, on several threads when the call is large (parallel_for).
 template <typename Fn>
-void for_each_overlap(const Components& c, int32_t a, int32_t b, Fn&& fn) {
-  int32_t i = c.row_start[a], j = c.row_start[b];
-  const int32_t i_end = c.row_start[a + 1], j_end = c.row_start[b + 1];
+void for_each_band(const Geometry& g, const Bands& bands, const Fn& fn) {
+  parallel_for(g, 0, bands.count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) fn(static_cast<int32_t>(b));
+  });
+}
+
+// fn(r, z, y) for the rows r = z * H + y of band b, frame by frame.
+template <typename Fn>
+void for_band_rows(const Geometry& g, const Bands& bands, int32_t b, Fn&& fn) {
+  const int32_t y0 = bands.first(b), y1 = bands.last(g, b);
+  for (int32_t z = 0; z < g.D; ++z) {
+    for (int32_t y = y0; y < y1; ++y) fn(z * g.H + y, z, y);
+  }
+}
+
+// Row kernels: the ends of a row's runs (into an array with 8 spare slots), without a
+// branch per pixel, and the prefix sums of a feature row
+// (prefix[x] = v[0] + ... + v[x - 1], x in 0..W). The AVX2 variants give the same results.
+struct RowKernels {
+  int32_t (*ends)(const int32_t* lab, int32_t W, int32_t* end);
+  void (*prefix)(const int32_t* v, int32_t W, int64_t* prefix);
+  // AVX2 only (else null): the prefix sums modulo 2^32, eight lanes a step; returns the
+  // largest |v[x]|, which tells which run sums they give exactly (sums_over_runs).
+  uint32_t (*prefix32)(const int32_t* v, int32_t W, uint32_t* prefix);
+};
+
+int32_t row_run_ends(const int32_t* lab, int32_t W, int32_t* end) {
+  int32_t n = 0;
+  for (int32_t x = 1; x < W; ++x) {
+    end[n] = x;
+    n += lab[x] != lab[x - 1];
+  }
+  end[n] = W;
+  return n + 1;
+}
+
+// One dependent add per four pixels.
+void prefix_sums(const int32_t* v, int32_t W, int64_t* prefix) {
+  int64_t acc = 0;
+  prefix[0] = 0;
+  int32_t x = 0;
+  for (; x + 4 <= W; x += 4) {
+    const int64_t a = v[x], b = a + v[x + 1], c = b + v[x + 2], d = c + v[x + 3];
+    prefix[x + 1] = acc + a;
+    prefix[x + 2] = acc + b;
+    prefix[x + 3] = acc + c;
+    acc += d;
+    prefix[x + 4] = acc;
+  }
+  for (; x < W; ++x) {
+    acc += v[x];
+    prefix[x + 1] = acc;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Rows are read once, in order, mostly from memory: the AVX2 kernels prefetch 2 KiB ahead
+// (find_runs a third faster on 2048 x 1536 pixels and on a photo, where the hardware
+// prefetchers alone keep too few lines in flight).
+constexpr int32_t kPrefetchAhead = 512;
+
+// Positions of the set bits of each byte value, packed low: a compress-store table.
+struct BitPositions {
+  uint8_t at[256][8] = {};
+  BitPositions() {
+    for (int32_t m = 0; m < 256; ++m) {
+      for (int32_t j = 0, k = 0; j < 8; ++j) {
+        if (m >> j & 1) at[m][k++] = static_cast<uint8_t>(j);
+      }
+    }
+  }
+};
+
+const BitPositions kBitPositions;
+
+__attribute__((target("avx2"))) __m256i equal_neighbours(const int32_t* lab, int32_t x) {
+  const __m256i left = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lab + x - 1));
+  const __m256i right = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lab + x));
+  return _mm256_cmpeq_epi32(left, right);  // lane j: lab[x + j] == lab[x + j - 1]
+}
+
+__attribute__((target("avx2,popcnt"))) int32_t row_run_ends_avx2(const int32_t* lab, int32_t W,
+                                                                 int32_t* end) {
+  int32_t n = 0, x = 1;
+  for (; x + 8 <= W; x += 8) {
+    if ((x & 15) == 1) __builtin_prefetch(lab + x + kPrefetchAhead);
+    const uint32_t equal = _mm256_movemask_ps(_mm256_castsi256_ps(equal_neighbours(lab, x)));
+    const uint32_t change = ~equal & 0xFFu;
+    const __m128i packed =
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(kBitPositions.at[change]));
+    const __m256i at = _mm256_add_epi32(_mm256_cvtepu8_epi32(packed), _mm256_set1_epi32(x));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(end + n), at);  // 8 slots, n advance
+    n += _mm_popcnt_u32(change);
+  }
+  for (; x < W; ++x) {
+    end[n] = x;
+    n += lab[x] != lab[x - 1];
+  }
+  end[n] = W;
+  return n + 1;
+}
+
+// Four pixels a step: in-lane shift and add, the low half's total onto the high half,
+// then the running total (one add on the dependency chain).
+__attribute__((target("avx2"))) void prefix_sums_avx2(const int32_t* v, int32_t W,
+                                                      int64_t* prefix) {
+  prefix[0] = 0;
+  __m256i carry = _mm256_setzero_si256();
+  int32_t x = 0;
+  for (; x + 4 <= W; x += 4) {
+    if ((x & 15) == 0) __builtin_prefetch(v + x + kPrefetchAhead);
+    const __m256i a =
+        _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + x)));
+    const __m256i pairs = _mm256_add_epi64(a, _mm256_slli_si256(a, 8));
+    const __m256i low_total = _mm256_permute4x64_epi64(pairs, _MM_SHUFFLE(1, 1, 1, 1));
+    const __m256i four =
+        _mm256_add_epi64(pairs, _mm256_blend_epi32(_mm256_setzero_si256(), low_total, 0xF0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix + x + 1), _mm256_add_epi64(four, carry));
+    carry = _mm256_add_epi64(carry, _mm256_permute4x64_epi64(four, _MM_SHUFFLE(3, 3, 3, 3)));
+  }
+  int64_t acc = prefix[x];
+  for (; x < W; ++x) {
+    acc += v[x];
+    prefix[x + 1] = acc;
+  }
+}
+// prefix_sums modulo 2^32 (eight pixels a step, as prefix_sums_avx2 does four), and the
+// largest |v[x]| (below 2^31: the features are clamped).
+__attribute__((target("avx2"))) uint32_t prefix_sums32_avx2(const int32_t* v, int32_t W,
+                                                            uint32_t* prefix) {
+  prefix[0] = 0;
+  __m256i carry = _mm256_setzero_si256(), most = _mm256_setzero_si256();
+  const __m256i lane3 = _mm256_set1_epi32(3), lane7 = _mm256_set1_epi32(7);
+  int32_t x = 0;
+  for (; x + 8 <= W; x += 8) {
+    if ((x & 15) == 0) __builtin_prefetch(v + x + kPrefetchAhead);
+    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + x));
+    most = _mm256_max_epu32(most, _mm256_abs_epi32(a));
+    a = _mm256_add_epi32(a, _mm256_slli_si256(a, 4));
+    a = _mm256_add_epi32(a, _mm256_slli_si256(a, 8));
+    const __m256i low_total = _mm256_permutevar8x32_epi32(a, lane3);
+    a = _mm256_add_epi32(a, _mm256_blend_epi32(_mm256_setzero_si256(), low_total, 0xF0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix + x + 1), _mm256_add_epi32(a, carry));
+    carry = _mm256_add_epi32(carry, _mm256_permutevar8x32_epi32(a, lane7));
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), most);
+  uint32_t largest = *std::max_element(lanes, lanes + 8);
+  uint32_t acc = prefix[x];
+  for (; x < W; ++x) {
+    acc += static_cast<uint32_t>(v[x]);
+    prefix[x + 1] = acc;
+    largest = std::max(largest, static_cast<uint32_t>(std::abs(v[x])));
+  }
+  return largest;
+}
+#endif
+
+// The AVX2 row kernels where the CPU has them, unless ATen's own kernels are held to the
+// baseline (ATEN_CPU_CAPABILITY=default): `make isa-check` then runs the portable ones.
+RowKernels row_kernels() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx2 =
+      cpu_has_avx2() && __builtin_cpu_supports("popcnt") && at::get_cpu_capability() != "DEFAULT";
+  if (avx2) return {&row_run_ends_avx2, &prefix_sums_avx2, &prefix_sums32_avx2};
+#endif
+  return {&row_run_ends, &prefix_sums, nullptr};
+}
+
+// Sums of the feature row v over the n runs ending at end[] (the first starts at 0), into
+// sum[i * stride]: differences of prefix sums, exact in int64; modulo 2^32 with prefix32
+// where a run is too short to reach 2^31 (its length times the largest |v|), else summed
+// anew (a long run of large values: rare).
+void sums_over_runs(const RowKernels& kernel, const int32_t* v, int32_t W, const int32_t* end,
+                    int32_t n, RowScratch& s, int64_t* sum, int32_t stride) {
+  if (kernel.prefix32 == nullptr) {
+    kernel.prefix(v, W, s.prefix.data());
+    for (int32_t i = 0, b = 0; i < n; b = end[i++])
+      sum[int64_t{i} * stride] = s.prefix[end[i]] - s.prefix[b];
+    return;
+  }
+  const uint32_t largest = kernel.prefix32(v, W, s.prefix32.data());
+  const int64_t exact = largest == 0 ? W : std::numeric_limits<int32_t>::max() / largest;
+  for (int32_t i = 0, b = 0; i < n; b = end[i++]) {
+    if (end[i] - b <= exact) {
+      sum[int64_t{i} * stride] = static_cast<int32_t>(s.prefix32[end[i]] - s.prefix32[b]);
+    } else {
+      sum[int64_t{i} * stride] = std::accumulate(v + b, v + end[i], int64_t{0});
+    }
+  }
+}
+
+// Appends the runs of row r (ends, clusters) to out after its first `count` runs, and
+// each feature's sums over them (sums_over_runs: runs are short, some 11 pixels in a
+// photo, and a loop per run costs a mispredicted branch or two each). Returns the number
+// of runs of the row.
+int32_t row_runs(const Geometry& g, const RowKernels& kernel, const int32_t* fixed,
+                 const int32_t* labels, int32_t r, size_t count, RunArrays& out, RowScratch& s) {
+  const int64_t row = int64_t{r} * g.W;
+  const int32_t* lab = labels + row;
+  out.make_room(count, g.W, g.F);
+  int32_t* end = &out.end[count];
+  const int32_t n = kernel.ends(lab, g.W, end);
+  int32_t* label = &out.label[count];
+  for (int32_t i = 0; i < n; ++i) label[i] = lab[end[i] - 1];
+  for (int32_t f = 0; f < g.F; ++f) {
+    sums_over_runs(kernel, fixed + f * g.P + row, g.W, end, n, s, &out.feature_sum[count * g.F + f],
+                   g.F);
+  }
+  return n;
+}
+
+// Runs of the rows of band b into out, the count of each row r at row_start[r + 1].
+void band_runs(const Geometry& g, const Bands& bands, int32_t b, const int32_t* fixed,
+               const int32_t* labels, std::vector<int32_t>& row_start, RunArrays& out,
+               RowScratch& s) {
+  const RowKernels kernel = row_kernels();
+  s.prefix.resize(g.W + 1);
+  s.prefix32.resize(g.W + 1);
+  size_t count = 0;
+  for_band_rows(g, bands, b, [&](int32_t r, int32_t, int32_t) {
+    row_start[r + 1] = row_runs(g, kernel, fixed, labels, r, count, out, s);
+    count += row_start[r + 1];
+  });
+}
+
+// Copies band b's runs (rows in band order) to their places in u.
+void place_band_runs(const Geometry& g, const Bands& bands, int32_t b, const RunArrays& from,
+                     Runs& u) {
+  size_t at = 0;
+  const int32_t rows = bands.last(g, b) - bands.first(b);
+  for (int32_t z = 0; z < g.D; ++z) {
+    const int32_t row = z * g.H + bands.first(b);
+    const int32_t first = u.row_start[row], n = u.row_start[row + rows] - first;
+    std::copy_n(&from.end[at], n, &u.end[first]);
+    std::copy_n(&from.label[at], n, &u.label[first]);
+    std::copy_n(&from.feature_sum[at * g.F], int64_t{n} * g.F,
+                &u.feature_sum[int64_t{first} * g.F]);
+    at += n;
+  }
+}
+
+// The runs of every row and the sums of each feature over them, in one pass over the
+// pixels: one band writes into u directly; several write their own, then copy them over.
+void find_runs(const Geometry& g, const Bands& bands, const int32_t* fixed, const int32_t* labels,
+               Runs& u, std::vector<RowScratch>& scratch) {
+  const int32_t rows = g.D * g.H;
+  u.row_start.resize(rows + 1);
+  u.row_start[0] = 0;
+  scratch.resize(bands.count);
+  if (bands.count == 1) {
+    band_runs(g, bands, 0, fixed, labels, u.row_start, u, scratch[0]);
+  } else {
+    for_each_band(g, bands, [&](int32_t b) {
+      band_runs(g, bands, b, fixed, labels, u.row_start, scratch[b].runs, scratch[b]);
+    });
+  }
+  for (int32_t r = 0; r < rows; ++r) u.row_start[r + 1] += u.row_start[r];
+  if (bands.count == 1) return;
+  u.make_room(0, u.count(), g.F);
+  for_each_band(g, bands, [&](int32_t b) { place_band_runs(g, bands, b, scratch[b].runs, u); });
+}
+
+// Calls fn(i, j) for every pair of overlapping runs i of row a and j of row b (both rows
+// are tiled by their runs). Inlined, so that fn's counters can stay in registers.
+template <typename Fn>
+__attribute__((always_inline)) inline void for_each_overlap(const Runs& u, int32_t a, int32_t b,
+                                                            Fn&& fn) {
+  int32_t i = u.row_start[a], j = u.row_start[b];
+  const int32_t i_end = u.row_start[a + 1], j_end = u.row_start[b + 1];
   while (i < i_end && j < j_end) {
     fn(i, j);
-    const int32_t ei = c.run_end[i], ej = c.run_end[j];
+    const int32_t ei = u.end[i], ej = u.end[j];
     i += ei <= ej;
     j += ej <= ei;
   }
 }
 
-Components label_components(const Geometry& g, const int32_t* fixed, const int32_t* labels) {
-  const int32_t W = g.W;
-  const int32_t rows = g.D * g.H;
-  Components c;
-  c.row_start.resize(rows + 1);
-  std::vector<int32_t> run_label;
-  c.row_start[0] = 0;
-  for (int32_t r = 0; r < rows; ++r) {
-    const int32_t* lab = labels + int64_t{r} * W;
-    for (int32_t x = 0; x < W;) {
-      const int32_t k = lab[x];
-      int32_t e = x + 1;
-      while (e < W && lab[e] == k) ++e;
-      c.run_begin.push_back(x);
-      c.run_end.push_back(e);
-      run_label.push_back(k);
-      x = e;
-    }
-    c.row_start[r + 1] = static_cast<int32_t>(c.run_begin.size());
+// Unites the overlapping runs of rows a and b that hold the same cluster (runs outside
+// the mask are no component); the overlapping runs of different clusters go to touching.
+// The walk only lists the pairs (a branch on the clusters would go either way at random).
+void link_rows(Runs& u, int32_t a, int32_t b, RunPairs& same, RunPairs& touching) {
+  const size_t most = u.row_start[a + 1] - u.row_start[a] + u.row_start[b + 1] - u.row_start[b];
+  same.count = 0;
+  Appender to_unite = same.appender(most), to_edges = touching.appender(most);
+  for_each_overlap(u, a, b, [&](int32_t i, int32_t j) {
+    const int32_t k = u.label[i], l = u.label[j];
+    to_unite.add_if((k == l) & (k >= 0), pack_pair(i, j));
+    to_edges.add_if((k != l) & ((k | l) >= 0), pack_pair(i, j));
+  });
+  touching.count = to_edges.count;
+  for (size_t p = 0; p < to_unite.count; ++p) {
+    const uint64_t pair = same.pairs[p];
+    unite(u.comp.data(), static_cast<int32_t>(pair >> 32),
+          static_cast<int32_t>(pair & 0xFFFFFFFFu));
   }
-  const int32_t runs = static_cast<int32_t>(c.run_begin.size());
-  // Union-find over runs. Runs are numbered in raster order of their first pixel, so
-  // linking under the lower run index keeps the lowest pixel as the root.
-  std::vector<int32_t>& parent = c.run_comp;
-  parent.resize(runs);
-  std::iota(parent.begin(), parent.end(), 0);
-  auto link = [&](int32_t i, int32_t j) {  // runs outside the mask (-1) are no component
-    if (run_label[i] == run_label[j] && run_label[i] >= 0) unite(parent, i, j);
+}
+
+// Union-find over runs (4-connected, 6 in volumes). Runs are numbered in raster order of
+// their first pixel, so linking under the lower run keeps the lowest pixel as the root.
+// The bands link their own rows in parallel (each touches its own runs only), then the
+// bands are joined at their first rows, in order.
+void link_components(const Geometry& g, const Bands& bands, Runs& u, EdgeScratch& s,
+                     std::vector<RowScratch>& rows) {
+  u.comp.resize(u.count());
+  s.touching.resize(bands.count);
+  s.joins.count = 0;
+  for_each_band(g, bands, [&](int32_t b) {
+    RunPairs& touching = s.touching[b];
+    RunPairs& same = rows[b].same;
+    touching.count = 0;
+    for_band_rows(g, bands, b, [&](int32_t r, int32_t z, int32_t y) {
+      std::iota(u.comp.data() + u.row_start[r], u.comp.data() + u.row_start[r + 1], u.row_start[r]);
+      if (y > bands.first(b)) link_rows(u, r - 1, r, same, touching);  // the row above
+      if (z > 0) link_rows(u, r - g.H, r, same, touching);             // the previous frame
+    });
+  });
+  for (int32_t b = 1; b < bands.count; ++b) {
+    for (int32_t z = 0; z < g.D; ++z) {
+      const int32_t r = z * g.H + bands.first(b);
+      link_rows(u, r - 1, r, rows[0].same, s.joins);
+    }
+  }
+}
+
+// Turns union-find parents into component numbers in raster order of the root run (-1
+// outside the mask) and lists each component's root pixel and cluster; returns the number
+// of components. A parent precedes its run, so one ascending pass finds it numbered; no
+// branch on the runs (roots come at random).
+int32_t number_components(const Geometry& g, Runs& u, Components& c) {
+  c.root.resize(u.count() + 1);  // the slot past the last component takes every other run
+  c.cluster.resize(u.count() + 1);
+  int32_t M = 0;
+  for (int32_t r = 0; r < g.D * g.H; ++r) {
+    for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+      const int32_t parent = u.comp[i];
+      const bool root = (parent == i) & (u.label[i] >= 0);
+      c.root[M] = static_cast<int32_t>(int64_t{r} * g.W + u.begin(i, r));
+      c.cluster[M] = u.label[i];
+      u.comp[i] = u.label[i] < 0 ? -1 : (root ? M : u.comp[parent]);
+      M += root;
+    }
+  }
+  c.root.resize(M);
+  c.cluster.resize(M);
+  return M;
+}
+
+int32_t root_run(const int32_t* parent, int32_t p) {
+  while (parent[p] != p) p = parent[p];
+  return p;
+}
+
+// number_components in parallel: the pieces (the rows of one band in one frame: consecutive
+// runs) count their roots, a prefix sum over the pieces in raster order gives each piece
+// its first number, then every run takes its root's number. c.owner: the band of each
+// component's root.
+int32_t number_components_in_bands(const Geometry& g, const Bands& bands, Runs& u,
+                                   std::vector<int32_t>& piece_first, Components& c) {
+  u.root.resize(u.count());
+  piece_first.assign(int64_t{g.D} * bands.count + 1, 0);
+  auto for_each_piece = [&](auto&& fn) {  // fn(piece, band, first row, end row)
+    for_each_band(g, bands, [&](int32_t b) {
+      for (int32_t z = 0; z < g.D; ++z)
+        fn(int64_t{z} * bands.count + b, b, z * g.H + bands.first(b), z * g.H + bands.last(g, b));
+    });
   };
-  for (int32_t r = 0; r < rows; ++r) {
-    if (r % g.H > 0) for_each_overlap(c, r - 1, r, link);  // the row above
-    if (r >= g.H) for_each_overlap(c, r - g.H, r, link);   // the previous frame
-  }
-  // Roots precede their runs, so one pass turns parents into component numbers.
-  for (int32_t r = 0, row = 0; r < runs; ++r) {
-    while (c.row_start[row + 1] <= r) ++row;
-    if (run_label[r] < 0) {
-      parent[r] = -1;
-    } else if (parent[r] == r) {
-      parent[r] = static_cast<int32_t>(c.root.size());
-      c.root.push_back(row * W + c.run_begin[r]);
-      c.cluster.push_back(run_label[r]);
-    } else {
-      parent[r] = parent[parent[r]];  // parent[r] < r already holds a number
+  for_each_piece([&](int64_t piece, int32_t, int32_t r0, int32_t r1) {
+    int32_t roots = 0;
+    for (int32_t i = u.row_start[r0]; i < u.row_start[r1]; ++i) {
+      u.root[i] = u.label[i] < 0 ? -1 : root_run(u.comp.data(), i);
+      roots += u.root[i] == i;
     }
-  }
-  const size_t M = c.root.size();
-  c.size.assign(M, 0);
-  c.coord.assign(M * 3, 0);
-  c.sum.assign(M * g.F, 0);
-  // fixed: the features in fixed point, to_fixed32 (equal to to_fixed for clamped values).
-  for (int32_t r = 0; r < rows; ++r) {
-    const int32_t z = r / g.H, y = r % g.H;
-    const int64_t row = int64_t{r} * W;
-    for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i) {
-      const int32_t m = c.run_comp[i], x = c.run_begin[i], e = c.run_end[i];
-      if (m < 0) continue;
-      const int64_t count = e - x;
-      c.size[m] += count;
-      c.coord[int64_t{m} * 3] += count * z;
-      c.coord[int64_t{m} * 3 + 1] += count * y;
-      c.coord[int64_t{m} * 3 + 2] += count * (x + e - 1) / 2;
-      for (int32_t f = 0; f < g.F; ++f) {
-        const int32_t* v = fixed + f * g.P + row;
-        int64_t sum = 0;
-        for (int32_t q = x; q < e; ++q) sum += v[q];
-        c.sum[int64_t{m} * g.F + f] += sum;
+    piece_first[piece + 1] = roots;
+  });
+  std::partial_sum(piece_first.begin(), piece_first.end(), piece_first.begin());
+  const int32_t M = piece_first.back();
+  c.root.resize(M);
+  c.cluster.resize(M);
+  c.owner.resize(M);
+  for_each_piece([&](int64_t piece, int32_t b, int32_t r0, int32_t r1) {
+    int32_t next = piece_first[piece];
+    for (int32_t r = r0; r < r1; ++r) {
+      for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+        if (u.root[i] != i) continue;
+        c.root[next] = static_cast<int32_t>(int64_t{r} * g.W + u.begin(i, r));
+        c.cluster[next] = u.label[i];
+        c.owner[next] = b;
+        u.comp[i] = next++;
       }
     }
-  }
-  // Adjacent components: neighbouring runs of a row, overlapping runs of the row above
-  // and of the previous frame.
-  uint64_t last = ~uint64_t{0};
-  auto edge = [&](int32_t i, int32_t j) {
-    const uint32_t ma = static_cast<uint32_t>(c.run_comp[i]);
-    const uint32_t mb = static_cast<uint32_t>(c.run_comp[j]);
-    if (ma == mb || c.run_comp[i] < 0 || c.run_comp[j] < 0) return;
-    const uint64_t key = ma < mb ? (uint64_t{ma} << 32 | mb) : (uint64_t{mb} << 32 | ma);
-    if (key != last) c.edges.push_back(key);  // runs along a boundary repeat the same pair
-    last = key;
+  });
+  for_each_piece([&](int64_t, int32_t, int32_t r0, int32_t r1) {
+    for (int32_t i = u.row_start[r0]; i < u.row_start[r1]; ++i) {
+      if (u.root[i] != i) u.comp[i] = u.root[i] < 0 ? -1 : u.comp[u.root[i]];
+    }
+  });
+  return M;
+}
+
+// Adds run i of row r = (z, y) to the sums s (Components::stats row).
+void add_run(const Geometry& g, const Runs& u, int32_t i, int32_t r, int32_t z, int32_t y,
+             int64_t* s) {
+  const int32_t x = u.begin(i, r), e = u.end[i];
+  const int64_t count = e - x;
+  s[0] += count;
+  s[1] += count * z;
+  s[2] += count * y;
+  s[3] += count * (x + e - 1) / 2;
+  const int64_t* run_sum = &u.feature_sum[int64_t{i} * g.F];
+  for (int32_t f = 0; f < g.F; ++f) s[4 + f] += run_sum[f];
+}
+
+// Size, coordinate and feature sums (Components::stats) of the M groups that comp[i]
+// gives each run (-1: none). With owner (the band of each group's root), the bands add the
+// runs of the groups they own in parallel and set the others aside, added after in band
+// order (integer sums: no order changes them).
+void group_stats(const Geometry& g, const Bands& bands, const Runs& u, const int32_t* comp,
+                 int32_t M, const int32_t* owner, Components& c, std::vector<RowScratch>& rows) {
+  const int32_t S = 4 + g.F;
+  c.stride = S;
+  c.stats.assign(int64_t{M} * S, 0);
+  auto add = [&](int32_t i, int32_t r, int32_t z, int32_t y) {
+    add_run(g, u, i, r, z, y, &c.stats[int64_t{comp[i]} * S]);
   };
-  for (int32_t r = 0; r < rows; ++r) {
-    for (int32_t i = c.row_start[r] + 1; i < c.row_start[r + 1]; ++i) edge(i - 1, i);
-    if (r % g.H > 0) for_each_overlap(c, r - 1, r, edge);
-    if (r >= g.H) for_each_overlap(c, r - g.H, r, edge);
+  if (owner == nullptr) {
+    for (int32_t r = 0; r < g.D * g.H; ++r) {
+      const int32_t z = r / g.H, y = r % g.H;
+      for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+        if (comp[i] >= 0) add(i, r, z, y);
+      }
+    }
+    return;
   }
-  return c;
+  for_each_band(g, bands, [&](int32_t b) {
+    std::vector<uint64_t>& later = rows[b].later;
+    later.clear();
+    for_band_rows(g, bands, b, [&](int32_t r, int32_t z, int32_t y) {
+      for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+        if (comp[i] < 0) continue;
+        if (owner[comp[i]] == b) {
+          add(i, r, z, y);
+        } else {
+          later.push_back(pack_pair(r, i));
+        }
+      }
+    });
+  });
+  for (int32_t b = 0; b < bands.count; ++b) {
+    for (const uint64_t run : rows[b].later) {
+      const int32_t r = static_cast<int32_t>(run >> 32);
+      add(static_cast<int32_t>(run & 0xFFFFFFFFu), r, r / g.H, r % g.H);
+    }
+  }
+}
+
+// Adjacent component pairs of which one is smaller than min_size (the merges never look
+// at others: sets only grow), from the neighbouring runs of each row and the touching
+// runs link_components found. By band in parallel, listed in band order.
+void find_edges(const Geometry& g, const Bands& bands, const Runs& u, Components& c,
+                EdgeScratch& s) {
+  const int32_t M = c.count();
+  s.small.assign(M + 1, 0);  // small[m + 1]: component m is small; small[0]: outside the mask
+  for (int32_t m = 0; m < M; ++m) s.small[m + 1] = c.size(m) < g.min_size;
+  s.band.resize(bands.count + 1);
+  auto add_edge = [&](EdgeAppender& out, int32_t i, int32_t j) {  // without a branch
+    const int32_t ma = u.comp[i], mb = u.comp[j];
+    const uint64_t key = pack_pair(std::min(ma, mb), std::max(ma, mb));
+    out.add_if((ma != mb) & ((ma | mb) >= 0) & ((s.small[ma + 1] | s.small[mb + 1]) != 0), key);
+  };
+  auto add_touching = [&](EdgeAppender& out, const RunPairs& touching) {
+    for (size_t p = 0; p < touching.count; ++p) {
+      const uint64_t pair = touching.pairs[p];
+      add_edge(out, static_cast<int32_t>(pair >> 32), static_cast<int32_t>(pair & 0xFFFFFFFFu));
+    }
+  };
+  for_each_band(g, bands, [&](int32_t b) {
+    size_t runs = 0;  // of the band: its neighbouring runs are at most as many
+    for (int32_t z = 0; z < g.D; ++z)
+      runs += u.row_start[z * g.H + bands.last(g, b)] - u.row_start[z * g.H + bands.first(b)];
+    EdgeAppender out(s.band[b], runs + s.touching[b].count);
+    for_band_rows(g, bands, b, [&](int32_t r, int32_t, int32_t) {
+      for (int32_t i = u.row_start[r] + 1; i < u.row_start[r + 1]; ++i) add_edge(out, i - 1, i);
+    });
+    add_touching(out, s.touching[b]);
+    s.band[b].count = out.edges.count;
+  });
+  EdgeAppender joins(s.band[bands.count], s.joins.count);
+  add_touching(joins, s.joins);
+  s.band[bands.count].count = joins.edges.count;
+  c.edges.clear();
+  for (const EdgeList& e : s.band)
+    c.edges.insert(c.edges.end(), e.edges.begin(), e.edges.begin() + e.count);
+}
+
+// A merge round's snapshot: the means of new sets, no pick yet; false when no set is
+// smaller than min_size.
+bool snapshot_round(const Geometry& g, MergeState& s) {
+  bool any_small = false;
+  for (const int32_t r : s.roots) {
+    if (s.fresh[r]) {
+      for (int32_t f = 0; f < g.F; ++f)
+        s.mean[int64_t{r} * g.F + f] = fixed_mean(s.sum[int64_t{r} * g.F + f], s.size[r]);
+      s.fresh[r] = 0;
+    }
+    s.best[r] = ~uint64_t{0};
+    any_small |= s.size[r] < g.min_size;
+  }
+  return any_small;
+}
+
+// Each set smaller than min_size picks the adjacent set with the nearest mean (ties: lower
+// root) among those that take more (max_size). Edges that can no longer matter leave the
+// list; the others are renamed by their sets. Two passes: the keys of every edge first
+// (without a branch: the tests go either way at random; the distance is symmetric, x - y
+// being -(y - x) exactly), then the minima, so that no running minimum waits on a distance.
+// kF: the number of features when known at compile time (CIELAB: 3), else 0.
+template <int32_t kF>
+void pick_nearest(const Geometry& g, std::vector<uint64_t>& edges, MergeState& s) {
+  const std::vector<int32_t>& parent = s.parent;
+  const int32_t F = kF > 0 ? kF : g.F;
+  auto distance = [&](int32_t a, int32_t b) {
+    float d = 0.f;
+    for (int32_t f = 0; f < F; ++f) {
+      const float t = s.mean[int64_t{a} * F + f] - s.mean[int64_t{b} * F + f];
+      d += t * t;
+    }
+    return d;
+  };
+  const uint64_t none = ~uint64_t{0};
+  if (s.key_a.size() < edges.size()) {  // grown only: a resize would clear them each call
+    s.key_a.resize(edges.size());
+    s.key_b.resize(edges.size());
+  }
+  size_t kept = 0;
+  for (const uint64_t e : edges) {
+    const int32_t a = parent[static_cast<int32_t>(e >> 32)];
+    const int32_t b = parent[static_cast<int32_t>(e & 0xFFFFFFFFu)];
+    const bool a_small = s.size[a] < g.min_size, b_small = s.size[b] < g.min_size;
+    const bool keep = (a != b) & (a_small | b_small);
+    const float d = distance(a, b);
+    const bool a_picks = a_small & takes_more(g, s.size[b]);
+    const bool b_picks = b_small & takes_more(g, s.size[a]);
+    edges[kept] = uint64_t{static_cast<uint32_t>(a)} << 32 | static_cast<uint32_t>(b);
+    s.key_a[kept] = a_picks ? pack_distance(d, static_cast<uint32_t>(b)) : none;
+    s.key_b[kept] = b_picks ? pack_distance(d, static_cast<uint32_t>(a)) : none;
+    kept += keep;
+  }
+  edges.resize(kept);
+  for (size_t k = 0; k < kept; ++k) {
+    const int32_t a = static_cast<int32_t>(edges[k] >> 32);
+    const int32_t b = static_cast<int32_t>(edges[k] & 0xFFFFFFFFu);
+    s.best[a] = std::min(s.best[a], s.key_a[k]);
+    s.best[b] = std::min(s.best[b], s.key_b[k]);
+  }
+}
+
+// After the unions: each set of the round adds its size and sums into its new root, the
+// roots stay flat for the next round's lookups, and the merged sets leave s.roots.
+void gather_merged_sets(const Geometry& g, MergeState& s) {
+  size_t kept = 0;
+  for (const int32_t r : s.roots) {
+    const int32_t root = find_root(s.parent.data(), r);
+    s.parent[r] = root;
+    if (root == r) {
+      s.roots[kept++] = r;
+      continue;
+    }
+    s.size[root] += s.size[r];
+    for (int32_t f = 0; f < g.F; ++f) s.sum[int64_t{root} * g.F + f] += s.sum[int64_t{r} * g.F + f];
+    s.fresh[root] = 1;
+  }
+  s.roots.resize(kept);
 }
 
 // Components smaller than min_size join the adjacent set with the nearest mean feature,
-// round by round; returns the union-find parents over components.
-std::vector<int32_t> merge_small(const Geometry& g, const Components& c) {
-  const int32_t M = static_cast<int32_t>(c.root.size());
-  std::vector<int32_t> parent(M);
+// round by round; s.parent: the union-find parents over components (flat). A round keeps
+// the sets' sizes and sums up to date by adding each merged set into its new root (exact
+// integer sums, so in any order), computes the means of new sets only, and keeps only the
+// edges that can still matter (between two sets, one of them smaller than min_size),
+// named by their sets.
+void merge_small(const Geometry& g, Components& c, MergeState& s) {
+  const int32_t M = c.count();
+  std::vector<int32_t>& parent = s.parent;
+  parent.resize(M);
   std::iota(parent.begin(), parent.end(), 0);
-  if (g.min_size <= 1) return parent;
-  std::vector<int64_t> size(M), sum(int64_t{M} * g.F);
-  std::vector<float> mean(int64_t{M} * g.F);
-  std::vector<uint64_t> best(M);
-  std::vector<int32_t> links;
+  if (g.min_size <= 1) return;
+  s.roots = parent;
+  s.size.resize(M);
+  s.sum.resize(int64_t{M} * g.F);
+  for (int32_t m = 0; m < M; ++m) {
+    const int64_t* stats = &c.stats[int64_t{m} * c.stride];
+    s.size[m] = stats[0];
+    std::copy(stats + 4, stats + 4 + g.F, &s.sum[int64_t{m} * g.F]);
+  }
+  s.mean.resize(int64_t{M} * g.F);
+  s.fresh.assign(M, 1);
+  s.best.resize(M);
   for (int32_t round = 0; round < kMergeRounds; ++round) {
-    std::fill(size.begin(), size.end(), 0);
-    std::fill(sum.begin(), sum.end(), 0);
-    for (int32_t m = 0; m < M; ++m) {
-      const int32_t r = parent[m];  // parents are flat after each round
-      size[r] += c.size[m];
-      for (int32_t f = 0; f < g.F; ++f) sum[int64_t{r} * g.F + f] += c.sum[int64_t{m} * g.F + f];
+    if (!snapshot_round(g, s)) break;
+    g.F == 3 ? pick_nearest<3>(g, c.edges, s) : pick_nearest<0>(g, c.edges, s);
+    s.links.clear();
+    for (const int32_t r : s.roots) {
+      if (s.size[r] < g.min_size && s.best[r] != ~uint64_t{0}) s.links.push_back(r);
     }
-    bool any_small = false;
-    for (int32_t r = 0; r < M; ++r) {
-      if (parent[r] != r) continue;
-      for (int32_t f = 0; f < g.F; ++f)
-        mean[int64_t{r} * g.F + f] = fixed_mean(sum[int64_t{r} * g.F + f], size[r]);
-      best[r] = ~uint64_t{0};
-      any_small |= size[r] < g.min_size;
-    }
-    if (!any_small) break;
-    auto distance = [&](int32_t a, int32_t b) {
-      float d = 0.f;
-      for (int32_t f = 0; f < g.F; ++f) {
-        const float t = mean[int64_t{a} * g.F + f] - mean[int64_t{b} * g.F + f];
-        d += t * t;
-      }
-      return d;
-    };
-    for (uint64_t e : c.edges) {
-      const int32_t a = parent[static_cast<int32_t>(e >> 32)];
-      const int32_t b = parent[static_cast<int32_t>(e & 0xFFFFFFFFu)];
-      if (a == b) continue;
-      if (size[a] < g.min_size && takes_more(g, size[b]))
-        best[a] = std::min(best[a], pack_distance(distance(a, b), static_cast<uint32_t>(b)));
-      if (size[b] < g.min_size && takes_more(g, size[a]))
-        best[b] = std::min(best[b], pack_distance(distance(b, a), static_cast<uint32_t>(a)));
-    }
+    if (s.links.empty()) break;
     // Every pair is decided from the round's snapshot (parents are flat, sizes and means
     // fixed) before any of them is united: the partition does not depend on the order in
     // which the links are made (CUDA makes them concurrently).
-    links.clear();
-    for (int32_t r = 0; r < M; ++r) {
-      if (parent[r] != r || size[r] >= g.min_size || best[r] == ~uint64_t{0}) continue;
-      links.push_back(r);
-    }
-    if (links.empty()) break;
-    for (const int32_t r : links) unite(parent, r, static_cast<int32_t>(best[r] & 0xFFFFFFFFu));
-    for (int32_t m = 0; m < M; ++m) parent[m] = find_root(parent, m);
+    for (const int32_t r : s.links)
+      unite(parent.data(), r, static_cast<int32_t>(s.best[r] & 0xFFFFFFFFu));
+    gather_merged_sets(g, s);
   }
-  return parent;
+  for (int32_t m = 0; m < M; ++m) parent[m] = find_root(parent.data(), m);
 }
 
 // Stable ids: with n segments, the main segment of cluster k keeps id k when k < n. The
@@ -1090,37 +1706,16 @@ std::vector<int32_t> stable_ids(const std::vector<uint8_t>& has_main, int32_t n)
   return id;
 }
 
-// Mean (z, y, x, features) of each segment from its components' exact integer sums; rows
-// past max_centers are dropped.
-void write_centers(const Geometry& g, const Components& c, const std::vector<int32_t>& final_id,
-                   float* out) {
-  const int32_t R = 3 + g.F;
-  const int32_t M = static_cast<int32_t>(c.root.size());
-  std::vector<int64_t> sums(int64_t{g.max_centers} * (R + 1), 0);
-  for (int32_t m = 0; m < M; ++m) {
-    const int32_t id = final_id[m];
-    if (id >= g.max_centers) continue;
-    int64_t* s = sums.data() + int64_t{id} * (R + 1);
-    s[0] += c.size[m];
-    for (int32_t j = 0; j < 3; ++j) s[1 + j] += c.coord[int64_t{m} * 3 + j];
-    for (int32_t f = 0; f < g.F; ++f) s[4 + f] += c.sum[int64_t{m} * g.F + f];
-  }
-  for (int32_t k = 0; k < g.max_centers; ++k) {
-    const int64_t* s = sums.data() + int64_t{k} * (R + 1);
-    if (s[0] != 0) mean_row(s, g.F, out + int64_t{k} * R);
-  }
-}
-
-// Connectivity and ids for one sample; labels hold clusters on entry, segment ids on exit.
-int64_t connect_sample(const Geometry& g, const int32_t* fixed, int32_t* labels, float* centers) {
-  const Components c = label_components(g, fixed, labels);
-  const std::vector<int32_t> set = merge_small(g, c);
-  const int32_t M = static_cast<int32_t>(c.root.size());
-  // The set holding the largest component of cluster k is k's main segment.
+// Segment ids (slic.h, Ids) of the sets `set` (by component, flat): final_id[m] for each
+// component; returns the number of segments. A set takes the cluster of its largest
+// component; the set holding the largest component of cluster k is k's main segment.
+int32_t assign_ids(const Geometry& g, const Components& c, const std::vector<int32_t>& set,
+                   std::vector<int32_t>& final_id) {
+  const int32_t M = c.count();
   std::vector<uint64_t> main_of(g.K, 0), largest(M, 0);
   std::vector<int32_t> largest_comp(M, -1);
   for (int32_t m = 0; m < M; ++m) {
-    const uint64_t key = pack_size(c.size[m], static_cast<uint32_t>(c.root[m]));
+    const uint64_t key = pack_size(c.size(m), static_cast<uint32_t>(c.root[m]));
     main_of[c.cluster[m]] = std::max(main_of[c.cluster[m]], key);
     if (key > largest[set[m]]) {
       largest[set[m]] = key;
@@ -1136,56 +1731,54 @@ int64_t connect_sample(const Geometry& g, const int32_t* fixed, int32_t* labels,
     if (is_main(r)) has_main[c.cluster[largest_comp[r]]] = 1;
   }
   const std::vector<int32_t> id_of_cluster = stable_ids(has_main, count);
-  std::vector<int32_t> final_id(M, -1);
-  int32_t next_free = 0;
   const std::vector<int32_t> free_ids = free_slots(has_main, count);
+  final_id.assign(M, -1);
+  int32_t next_free = 0;
   for (int32_t r = 0; r < M; ++r) {  // sets in raster order of their root
     if (set[r] != r) continue;
     final_id[r] = is_main(r) ? id_of_cluster[c.cluster[largest_comp[r]]] : free_ids[next_free++];
   }
   for (int32_t m = 0; m < M; ++m) final_id[m] = final_id[set[m]];
-  const int32_t rows = g.D * g.H;
-  for (int32_t r = 0; r < rows; ++r) {
-    int32_t* lab = labels + int64_t{r} * g.W;
-    for (int32_t i = c.row_start[r]; i < c.row_start[r + 1]; ++i) {
-      if (c.run_comp[i] >= 0)
-        std::fill(lab + c.run_begin[i], lab + c.run_end[i], final_id[c.run_comp[i]]);
-    }
-  }
-  write_centers(g, c, final_id, centers);
   return count;
 }
 
-// Mean (z, y, x, features) of each segment of the final labels, from exact integer sums
-// (features in fixed point) taken run by run; rows past max_centers are dropped.
-void centers_from_labels(const Geometry& g, const int32_t* fixed, const int32_t* labels,
-                         float* out) {
-  const int32_t R = 3 + g.F;
-  std::vector<int64_t> sums(int64_t{g.max_centers} * (R + 1), 0);
-  for (int32_t z = 0; z < g.D; ++z) {
-    for (int32_t y = 0; y < g.H; ++y) {
-      const int64_t row = (int64_t{z} * g.H + y) * g.W;
-      for (int32_t x = 0; x < g.W;) {
-        const int32_t id = labels[row + x];
-        int32_t e = x + 1;
-        while (e < g.W && labels[row + e] == id) ++e;
-        if (id >= 0 && id < g.max_centers) {
-          int64_t* s = sums.data() + int64_t{id} * (R + 1);
-          const int64_t count = e - x;
-          s[0] += count;
-          s[1] += count * z;
-          s[2] += count * y;
-          s[3] += count * (x + e - 1) / 2;
-          for (int32_t f = 0; f < g.F; ++f) {
-            const int32_t* v = fixed + f * g.P + row;
-            int64_t sum = 0;
-            for (int32_t q = x; q < e; ++q) sum += v[q];
-            s[4 + f] += sum;
-          }
-        }
-        x = e;
+// Writes the id of each run's group (comp[i], -1: none) over its pixels where it differs
+// from the run's cluster (a quarter of a photo's runs, a few pixels each): the runs to
+// rewrite are listed first, without a branch.
+void fill_ids(const Geometry& g, const Bands& bands, const Runs& u, const int32_t* comp,
+              const std::vector<int32_t>& id, int32_t* labels, std::vector<RowScratch>& rows) {
+  for_each_band(g, bands, [&](int32_t b) {
+    rows[b].changed.resize(g.W);
+    int32_t* changed = rows[b].changed.data();
+    for_band_rows(g, bands, b, [&](int32_t r, int32_t, int32_t) {
+      int32_t n = 0;
+      for (int32_t i = u.row_start[r]; i < u.row_start[r + 1]; ++i) {
+        const int32_t m = comp[i];
+        changed[n] = i;
+        n += (m >= 0) & (id[std::max(m, 0)] != u.label[i]);
       }
-    }
+      int32_t* lab = labels + int64_t{r} * g.W;
+      for (int32_t k = 0; k < n; ++k) {
+        const int32_t i = changed[k];
+        const int32_t value = id[comp[i]];
+        for (int32_t x = u.begin(i, r); x < u.end[i]; ++x) lab[x] = value;  // a few pixels
+      }
+    });
+  });
+}
+
+// Mean (z, y, x, features) of each segment from its groups' exact integer sums; groups
+// without an id (-1) and rows past max_centers are dropped.
+void write_centers(const Geometry& g, const Components& c, const std::vector<int32_t>& id,
+                   float* out) {
+  const int32_t R = 3 + g.F;
+  const int32_t M = c.count();
+  std::vector<int64_t> sums(int64_t{g.max_centers} * (R + 1), 0);
+  for (int32_t m = 0; m < M; ++m) {
+    if (id[m] < 0 || id[m] >= g.max_centers) continue;
+    int64_t* s = sums.data() + int64_t{id[m]} * (R + 1);
+    const int64_t* stats = &c.stats[int64_t{m} * c.stride];
+    for (int32_t j = 0; j < R + 1; ++j) s[j] += stats[j];
   }
   for (int32_t k = 0; k < g.max_centers; ++k) {
     const int64_t* s = sums.data() + int64_t{k} * (R + 1);
@@ -1193,20 +1786,44 @@ void centers_from_labels(const Geometry& g, const int32_t* fixed, const int32_t*
   }
 }
 
+// Connectivity and ids for one sample; labels hold clusters on entry, segment ids on exit.
+int64_t connect_sample(const Geometry& g, const int32_t* fixed, int32_t* labels, float* centers) {
+  ConnectivityScratch& s = connectivity_scratch();
+  const Bands bands = bands_of(g);
+  find_runs(g, bands, fixed, labels, s.runs, s.rows);
+  link_components(g, bands, s.runs, s.edges, s.rows);
+  const bool in_bands = bands.count > 1;
+  const int32_t M = in_bands ? number_components_in_bands(g, bands, s.runs, s.piece_first, s.comps)
+                             : number_components(g, s.runs, s.comps);
+  group_stats(g, bands, s.runs, s.runs.comp.data(), M, in_bands ? s.comps.owner.data() : nullptr,
+              s.comps, s.rows);
+  s.comps.edges.clear();
+  if (g.min_size > 1) find_edges(g, bands, s.runs, s.comps, s.edges);
+  merge_small(g, s.comps, s.merge);
+  const int32_t count = assign_ids(g, s.comps, s.merge.parent, s.final_id);
+  fill_ids(g, bands, s.runs, s.runs.comp.data(), s.final_id, labels, s.rows);
+  write_centers(g, s.comps, s.final_id, centers);
+  s.release_if_large();
+  return count;
+}
+
 // Without connectivity: every non-empty cluster is a segment, numbered in cluster order;
 // its centre is the mean of its final pixels (the k-means centres are a pass older).
 int64_t relabel_clusters(const Geometry& g, const int32_t* fixed, int32_t* labels, float* centers) {
+  ConnectivityScratch& s = connectivity_scratch();
+  const Bands bands = bands_of(g);
+  find_runs(g, bands, fixed, labels, s.runs, s.rows);
   std::vector<uint8_t> used(g.K, 0);
-  for (int64_t p = 0; p < g.P; ++p) {
-    if (labels[p] >= 0) used[labels[p]] = 1;  // -1: outside the mask
+  for (int32_t i = 0; i < s.runs.count(); ++i) {
+    if (s.runs.label[i] >= 0) used[s.runs.label[i]] = 1;  // -1: outside the mask
   }
   int32_t n = 0;
   for (int32_t k = 0; k < g.K; ++k) n += used[k];
   const std::vector<int32_t> id = stable_ids(used, n);
-  for (int64_t p = 0; p < g.P; ++p) {
-    if (labels[p] >= 0) labels[p] = id[labels[p]];
-  }
-  centers_from_labels(g, fixed, labels, centers);
+  group_stats(g, bands, s.runs, s.runs.label.data(), g.K, nullptr, s.comps, s.rows);
+  fill_ids(g, bands, s.runs, s.runs.label.data(), id, labels, s.rows);
+  write_centers(g, s.comps, id, centers);
+  s.release_if_large();
   return n;
 }
 
@@ -1342,15 +1959,20 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
 
   at::Tensor num_segments = at::empty({g.N}, image.options().dtype(at::kLong));
   at::Tensor out_centers = at::zeros({g.N, g.max_centers, R}, f32);
-  parallel_for(g, 0, g.N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      int32_t* lab = labels.data_ptr<int32_t>() + n * g.P;
-      const int32_t* feat = fixed + n * g.F * g.P;
-      float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
-      num_segments.data_ptr<int64_t>()[n] =
-          g.connectivity ? connect_sample(g, feat, lab, out) : relabel_clusters(g, feat, lab, out);
-    }
-  });
+  auto segment = [&](int64_t n) {
+    int32_t* lab = labels.data_ptr<int32_t>() + n * g.P;
+    const int32_t* feat = fixed + n * g.F * g.P;
+    float* out = out_centers.data_ptr<float>() + n * int64_t{g.max_centers} * R;
+    num_segments.data_ptr<int64_t>()[n] =
+        g.connectivity ? connect_sample(g, feat, lab, out) : relabel_clusters(g, feat, lab, out);
+  };
+  if (g.N == 1) {
+    segment(0);  // outside a parallel region: a large sample splits its bands across threads
+  } else {
+    parallel_for(g, 0, g.N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) segment(n);
+    });
+  }
   ws.features.release_once();
   ws.fixed.release_once();
   return {labels, num_segments, out_centers, iterations, clusters, cluster_counts, cluster_labels};
