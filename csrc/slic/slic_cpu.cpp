@@ -188,12 +188,15 @@ void lab_span(const float* r, const float* gg, const float* b, float* L, float* 
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// GSWFAST_SLIC_PORTABLE=1 in the environment picks the portable loops on any CPU, so the
-// tests can check that both paths give the same bits.
+// The AVX2 + FMA loops where the CPU has them, unless the portable ones are asked for:
+// GSWFAST_SLIC_PORTABLE=1, or ATen's own kernels held to the baseline
+// (ATEN_CPU_CAPABILITY=default, one of `make isa-check`'s set-ups). Both paths must give
+// the same bits, and the tests run both.
 bool cpu_has_avx2() {
   static const bool has = [] {
     const char* portable = std::getenv("GSWFAST_SLIC_PORTABLE");
     if (portable != nullptr && portable[0] != '\0' && portable[0] != '0') return false;
+    if (at::get_cpu_capability() == "DEFAULT") return false;
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }();
   return has;
@@ -1218,12 +1221,10 @@ __attribute__((target("avx2"))) uint32_t prefix_sums32_avx2(const int32_t* v, in
 }
 #endif
 
-// The AVX2 row kernels where the CPU has them, unless ATen's own kernels are held to the
-// baseline (ATEN_CPU_CAPABILITY=default): `make isa-check` then runs the portable ones.
+// The AVX2 row kernels where cpu_has_avx2() (which also honours the portable switches).
 RowKernels row_kernels() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx2 =
-      cpu_has_avx2() && __builtin_cpu_supports("popcnt") && at::get_cpu_capability() != "DEFAULT";
+  static const bool avx2 = cpu_has_avx2() && __builtin_cpu_supports("popcnt");
   if (avx2) return {&row_run_ends_avx2, &prefix_sums_avx2, &prefix_sums32_avx2};
 #endif
   return {&row_run_ends, &prefix_sums, nullptr};
