@@ -205,6 +205,16 @@ GSW_HD float fma_rn(float a, float b, float c) {
 #endif
 }
 
+// Whether integer coordinate p lies in the window of a centre at c (|p - c| <= step),
+// decided on c - step and c + step rounded to float. The CPU's window bounds (slic_cpu.cpp,
+// window: ceil and floor of the same two values) select the same pixels, so both backends
+// give a cluster the same candidates even where |p - c| is within an ulp of step.
+GSW_HD bool in_window(int32_t p, float c, int32_t step) {
+  const float s = static_cast<float>(step);
+  const float v = static_cast<float>(p);
+  return v >= add_rn(c, -s) && v <= add_rn(c, s);
+}
+
 // The assignment distance (Distance in the contract), with every rounding written out so
 // that equal features and centres give equal bits on both backends:
 //   colour = fma(t_{F-1}, t_{F-1}, ... fma(t_1, t_1, fma(t_0, t_0, 0)))  (t_f = f_p - f_k)

@@ -348,7 +348,8 @@ struct Scratch {
   std::vector<int32_t> local_of;  // cluster -> row of Chunk::sums, -1 when absent
 };
 
-// Window of a centre along one dimension: integer coordinates within step of c.
+// Window of a centre along one dimension: integer coordinates within step of c, the
+// pixels in_window (slic.h) accepts, clipped to [lo, hi).
 inline void window(float c, int32_t step, int32_t lo, int32_t hi, int32_t* first, int32_t* last) {
   *first = std::max(lo, static_cast<int32_t>(std::ceil(c - static_cast<float>(step))));
   *last = std::min(hi - 1, static_cast<int32_t>(std::floor(c + static_cast<float>(step))));

@@ -333,7 +333,10 @@ __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
             const float dz = static_cast<float>(z) - cen[0];
             const float dy = static_cast<float>(y) - cen[1];
             const float dx = static_cast<float>(x) - cen[2];
-            if (fabsf(dz) > g.step[0] || fabsf(dy) > g.step[1] || fabsf(dx) > g.step[2]) continue;
+            if (!in_window(z, cen[0], g.step[0]) || !in_window(y, cen[1], g.step[1]) ||
+                !in_window(x, cen[2], g.step[2])) {
+              continue;
+            }
             float colour = 0.f;
             for (int32_t f = 0; f < g.F; ++f) {
               const float v = f < kCachedFeatures ? fv[f] : feat[f * g.P];
