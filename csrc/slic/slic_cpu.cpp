@@ -330,6 +330,19 @@ struct Chunk {
   std::vector<int32_t> clusters;  // clusters of the chunk's pixels, by first pixel
   std::vector<int64_t> sums;      // per cluster: count, z, y, x, fixed-point features
   int64_t changed = 0;
+
+  // The S sums of cluster k, a new zero row the first time k appears (local_of: cluster ->
+  // row, -1 when absent). A new row may move the earlier ones: use the pointer at once.
+  int64_t* sums_of(int32_t k, int32_t S, std::vector<int32_t>& local_of) {
+    int32_t local = local_of[k];
+    if (local < 0) {
+      local = static_cast<int32_t>(clusters.size());
+      local_of[k] = local;
+      clusters.push_back(k);
+      sums.resize(sums.size() + S, 0);
+    }
+    return sums.data() + int64_t{local} * S;
+  }
 };
 
 // The rows a pass reassigns: those with y % stride == phase (stride 1: all), and whether
@@ -562,14 +575,7 @@ __attribute__((always_inline)) inline void accumulate_rows(
       int32_t e = x + 1;
       while (e < W && l_row[e] == k) ++e;
       if (k >= 0) {
-        int32_t local = local_of[k];
-        if (local < 0) {
-          local = static_cast<int32_t>(chunk.clusters.size());
-          local_of[k] = local;
-          chunk.clusters.push_back(k);
-          chunk.sums.resize(chunk.sums.size() + S, 0);
-        }
-        int64_t* s = chunk.sums.data() + int64_t{local} * S;
+        int64_t* s = chunk.sums_of(k, S, local_of);
         const int64_t count = e - x;
         s[0] += count;
         s[1] += count * z;
@@ -589,7 +595,7 @@ __attribute__((always_inline)) inline void accumulate_rows(
 // differences. Integer sums, so the running totals equal a recount bit for bit, while a
 // pass touches a few percent of the pixels instead of all of them. Changes come in runs
 // (a boundary that moves shifts a stretch of a row from one cluster to the same other
-// one), so they are moved run by run; blocks of 8 unchanged pixels are skipped at once.
+// one), so they are moved run by run; blocks of 16 unchanged pixels are skipped at once.
 template <int FC>
 __attribute__((always_inline)) inline void accumulate_changes(
     const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
@@ -599,16 +605,6 @@ __attribute__((always_inline)) inline void accumulate_changes(
   const int32_t F = FC > 0 ? FC : g.F;
   const int32_t S = 4 + F;
   int64_t changed = 0;
-  auto row_of = [&](int32_t k) -> int64_t* {
-    int32_t local = local_of[k];
-    if (local < 0) {
-      local = static_cast<int32_t>(chunk.clusters.size());
-      local_of[k] = local;
-      chunk.clusters.push_back(k);
-      chunk.sums.resize(chunk.sums.size() + S, 0);
-    }
-    return chunk.sums.data() + int64_t{local} * S;
-  };
   for (int32_t y = pass.first_from(y0); y < y1; y += pass.stride) {
     const int64_t row = int64_t{y - y0} * W;
     int32_t* __restrict l_row = lab + row;
@@ -627,10 +623,10 @@ __attribute__((always_inline)) inline void accumulate_changes(
       int32_t e = x + 1;
       while (e < W && w_row[e] == w && l_row[e] == l) ++e;
       const int64_t count = e - x;
-      // Look w up after l: row_of may grow the sums and move rows found before it.
-      row_of(w);
-      int64_t* sub = l >= 0 ? row_of(l) : nullptr;
-      int64_t* add = row_of(w);
+      // w is looked up again after l: a new row for l may move w's.
+      chunk.sums_of(w, S, local_of);
+      int64_t* sub = l >= 0 ? chunk.sums_of(l, S, local_of) : nullptr;
+      int64_t* add = chunk.sums_of(w, S, local_of);
       const int64_t moved[4] = {count, count * z, count * y, count * (x + e - 1) / 2};
       for (int32_t j = 0; j < 4; ++j) add[j] += moved[j];
       if (sub) {
