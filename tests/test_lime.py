@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import TinyCNN, cpu_and_cuda
+from helpers import TinyCNN, cpu_and_cuda, untied
 
 import gswfast as gsw
 from gswfast.lime import lime_kernel, weighted_ridge
@@ -149,7 +149,11 @@ def test_lime_recovers_a_linear_model(device):
 
 @pytest.mark.cuda
 def test_cpu_and_cuda_agree():
-    model, x = _resnet(), photos(64, 2)
+    # float64: in float32 the GPU's convolutions use TF32 (10-bit mantissas) by default, and
+    # the first H200 run was 15% off on small weights at rtol 1e-3. The ridge fit is the
+    # same arithmetic on both backends; in float64 they agree to the float32 rounding of
+    # the model's outputs (LIME keeps them in float32).
+    model, x = _resnet().double(), untied(photos(64, 2))
     seg = gsw.slic(x, n_segments=25)
     cpu = gsw.lime(model, x, seg, 3, n_samples=200)
     cuda = gsw.lime(
@@ -157,7 +161,7 @@ def test_cpu_and_cuda_agree():
     )
     scale = float(cpu.segment_scores.abs().max())
     torch.testing.assert_close(
-        cuda.segment_scores.cpu(), cpu.segment_scores, rtol=1e-3, atol=1e-3 * scale
+        cuda.segment_scores.cpu(), cpu.segment_scores, rtol=1e-5, atol=1e-5 * scale
     )
 
 
