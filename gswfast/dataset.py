@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -310,9 +310,9 @@ class _Work:
                 _fail(self.folder, item, f"{type(error).__name__}: {error}")
             return
         seconds = (time.perf_counter() - begin) / len(items)
-        ranking = expl.ranking()
+        host = _BatchOnHost.of(expl)
         for b, item in enumerate(items):
-            _write_result(self.folder, item, expl, ranking, b, seconds, self.settings)
+            _write_result(self.folder, item, host, b, seconds, self.settings)
             if self.pictures:
                 picture = render.draw_picture(expl, x, size=448)[b]
                 if picture.dim() == 3:
@@ -333,22 +333,38 @@ def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Pat
     return kept
 
 
+class _BatchOnHost(NamedTuple):
+    """What a batch's result files hold, copied to the host once per batch (not per item:
+    on a GPU each copy is a synchronisation). Scores and ranking ``[B, K]``, labels
+    ``[B, (T,) H, W]``, target and segment counts ``[B]``."""
+
+    segment_scores: np.ndarray
+    ranking: np.ndarray
+    labels: np.ndarray
+    target: np.ndarray
+    num_segments: np.ndarray
+
+    @classmethod
+    def of(cls, expl: Explanation) -> _BatchOnHost:
+        tensors = (expl.segment_scores, expl.ranking(), expl.labels, expl.target, expl.num_segments)
+        return cls(*(tensor.cpu().numpy() for tensor in tensors))
+
+
 def _write_result(
     folder: Path,
     item: Item,
-    expl: Explanation,
-    ranking: torch.Tensor,
+    host: _BatchOnHost,
     b: int,
     seconds: float,
     settings: dict[str, Any],
 ) -> None:
-    n = int(expl.num_segments[b])
+    n = int(host.num_segments[b])
     # Any: np.savez_compressed's **kwds share their type with its allow_pickle: bool.
     arrays: dict[str, Any] = {
-        "segment_scores": expl.segment_scores[b, :n].cpu().numpy(),
-        "ranking": ranking[b, :n].cpu().numpy().astype(np.int32),
-        "labels": expl.labels[b].cpu().numpy().astype(np.int32),
-        "target": np.int64(expl.target[b]),
+        "segment_scores": host.segment_scores[b, :n],
+        "ranking": host.ranking[b, :n].astype(np.int32),
+        "labels": host.labels[b].astype(np.int32),
+        "target": np.int64(host.target[b]),
         "seconds": np.float64(seconds),
         "settings": np.array(json.dumps(settings, sort_keys=True)),
     }

@@ -92,6 +92,28 @@ def test_two_processes_equal_one(dataset, tmp_path):
     assert "cannot go through the image model" in two["clip.mp4@0000016"]["reason"]
 
 
+@pytest.mark.cuda
+def test_a_cuda_job_writes_what_a_cpu_job_writes(dataset, tmp_path):
+    # Images only (the demo image model): SLIC of uint8 pictures is the same bits on both
+    # backends, so labels and targets must match; scores only to rounding (the GPU's
+    # convolutions round differently, TF32 included).
+    common = {"method": "gradient", "batch_size": 4, "quiet": True}
+    explain_dataset(dataset, tmp_path / "cpu", "demo:shapes", device="cpu", **common)
+    explain_dataset(dataset, tmp_path / "cuda", "demo:shapes", device="cuda", **common)
+    cpu, cuda = _outputs(tmp_path / "cpu"), _outputs(tmp_path / "cuda")
+    done = [key for key, row in cpu.items() if row["status"] == "done"]
+    assert len(done) == 12
+    for key in done:
+        assert cuda[key]["status"] == "done", cuda[key]
+        a, b = np.load(cpu[key]["output"]), np.load(cuda[key]["output"])
+        assert np.array_equal(a["labels"], b["labels"])
+        assert int(a["target"]) == int(b["target"])
+        scale = np.abs(a["segment_scores"]).max()
+        np.testing.assert_allclose(
+            b["segment_scores"], a["segment_scores"], rtol=1e-2, atol=1e-2 * scale
+        )
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
