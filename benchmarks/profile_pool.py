@@ -101,10 +101,6 @@ def main() -> None:
             json.dump(result, f, indent=1)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _copy_gbs(graph_ms) -> float:
     """Device-to-device copy bandwidth in GB/s: the ceiling a memory-bound kernel can reach."""
     src = torch.empty(256 * 1024 * 1024, device="cuda")
@@ -132,3 +128,7 @@ def _cuda_row(name, values, labels, k, graph_ms, host_us) -> dict:
         ),
         "host_us_raw_op": host_us(lambda: torch.ops.gswfast.segment_pool(v3, flat, None, k, "sum")),
     }
+
+
+if __name__ == "__main__":
+    main()

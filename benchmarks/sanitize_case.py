@@ -1,6 +1,6 @@
 """A small CUDA workload for compute-sanitizer: every reduction, dtype and label dtype,
 valid and out-of-range labels, both kernel paths (vectorised and strided); SLIC in every
-mode, cold and warm, with and without connectivity.
+mode, cold and warm, with and without connectivity, masked, subsampled.
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize_case.py
 """
@@ -37,6 +37,12 @@ for mode in ("per_frame", "volume"):
     for connectivity in (True, False):
         seg = gsw.slic(images, 30, mode=mode, enforce_connectivity=connectivity)
         gsw.slic(images, 30, mode=mode, enforce_connectivity=connectivity, init=seg)
+frames = images[:, :, 0]
+mask = torch.zeros(2, 40, 52, dtype=torch.bool, device="cuda")
+mask[:, 5:33, 8:47] = True
+gsw.slic(frames, 25, mask=mask)
+gsw.slic(frames, 25, subsample=3, tol=0.01)
+gsw.slic(images, 30, mode="volume", subsample=2, min_size_factor=0.5)
 seg = gsw.slic((images[:, :, 0] * 255).to(torch.uint8), 25)
 gsw.slic(images[:, :, 0], 25, init=seg, max_iter=3)
 gsw.slic(images[:, :2, 0].double(), 25)
