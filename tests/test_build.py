@@ -125,3 +125,13 @@ def test_missing_extension_messages(tmp_path):
     installed_only = missing_extension_message(site, [str(site.parent)], "undefined symbol")
     assert "could not be loaded" in installed_only
     assert "undefined symbol" in installed_only
+
+
+def test_the_srgb_tables_are_the_generators_output():
+    # csrc/slic/srgb_tables.h is generated (exact decimal arithmetic, rounded once to float32):
+    # an edit by hand, or a change to the generator not written out, fails here.
+    generator = ROOT / "csrc" / "slic" / "gen_srgb_tables.py"
+    result = subprocess.run(
+        [sys.executable, str(generator), "--check"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -20,7 +20,7 @@
 //   with weight = spacing^2 / S^2 and S the largest grid step, in float32 with every
 //   rounding fixed (assignment_distance: fused multiply-adds written out), so both
 //   backends compute the same bits. CIELAB comes from linear_rgb_to_lab (one rounding per
-//   operation) and, for uint8 input, the kSrgbU8 table on both backends.
+//   operation) and sRGB from the generated tables of srgb_tables.h on both backends.
 // * grid = (step_z, step_y, step_x, start_z, start_y, start_x, cells_z, cells_y, cells_x
 //   [, subsample [, max_size]]): seeds sit at start + i * step (scikit-image's
 //   regular_grid); subsample (default 1) is the row stride of the middle passes
@@ -69,9 +69,10 @@
 //   no row. Sums are exact (integer coordinates, features in 2^-16 fixed point, int64:
 //   clamped features keep them in range), so equal labels give equal centres on both
 //   backends. gswfast/_slic_reference.py is the plain-torch twin of the exact stages.
-//   Exact parity between backends holds where the features are equal: uint8 input (with
-//   or without CIELAB), or float input without convert_lab; float sRGB with CIELAB decodes
-//   through the CPU's interpolated gamma table and CUDA's powf, which differ near 1e-6.
+//   Exact parity between backends holds where the features are equal: any uint8 input,
+//   and float input in 0..1, with or without CIELAB (sRGB decodes through the generated
+//   tables of srgb_tables.h on both). Floats outside 0..1 (validate=False) with CIELAB
+//   decode through powf, which differs in the last bits between libm and CUDA.
 // * mask (optional, maskSLIC): uint8 [N, P] on the image's device, nonzero inside. A pixel
 //   outside keeps cluster -1 throughout: it is never assigned (nor filled in at the end),
 //   adds to no sum, is no component and touches none (connectivity and merges see only
@@ -91,6 +92,8 @@
 
 #include <cmath>
 #include <cstdint>
+
+#include "srgb_tables.h"
 
 #if defined(__CUDACC__)
 #define GSW_HD __host__ __device__ __forceinline__
@@ -318,70 +321,20 @@ GSW_HD void mean_row(const int64_t* s, int32_t F, float* c) {
   for (int32_t f = 0; f < F; ++f) c[3 + f] = fixed_mean(s[4 + f], s[0]);
 }
 
-// sRGB decoding of the 256 uint8 values, srgb_to_linear(i / 255) evaluated in float64 and
-// rounded once to float32 (generated, not computed here: libm's and CUDA's powf differ in
-// the last bits, and both backends must read the same features from the same image).
-#if defined(__CUDACC__)
-static __constant__ float kSrgbU8[256] = {
-#else
-inline constexpr float kSrgbU8[256] = {
-#endif
-    0.e+00f,         3.03527e-04f,    6.07054e-04f,    9.10581e-04f,    1.214108e-03f,
-    1.517635e-03f,   1.821162e-03f,   2.1246888e-03f,  2.428216e-03f,   2.7317428e-03f,
-    3.03527e-03f,    3.3465358e-03f,  3.6765074e-03f,  4.024717e-03f,   4.391442e-03f,
-    4.7769533e-03f,  5.1815165e-03f,  5.6053917e-03f,  6.048833e-03f,   6.5120906e-03f,
-    6.99541e-03f,    7.499032e-03f,   8.023193e-03f,   8.568126e-03f,   9.134059e-03f,
-    9.721218e-03f,   1.0329823e-02f,  1.0960094e-02f,  1.1612245e-02f,  1.2286488e-02f,
-    1.29830325e-02f, 1.3702083e-02f,  1.4443844e-02f,  1.5208514e-02f,  1.5996294e-02f,
-    1.6807375e-02f,  1.7641954e-02f,  1.850022e-02f,   1.9382361e-02f,  2.0288562e-02f,
-    2.121901e-02f,   2.2173885e-02f,  2.3153367e-02f,  2.4157632e-02f,  2.518686e-02f,
-    2.6241222e-02f,  2.7320892e-02f,  2.842604e-02f,   2.9556835e-02f,  3.0713445e-02f,
-    3.1896032e-02f,  3.3104766e-02f,  3.4339808e-02f,  3.5601314e-02f,  3.688945e-02f,
-    3.8204372e-02f,  3.9546236e-02f,  4.09152e-02f,    4.231141e-02f,   4.373503e-02f,
-    4.5186203e-02f,  4.6665087e-02f,  4.8171826e-02f,  4.9706567e-02f,  5.1269457e-02f,
-    5.2860647e-02f,  5.4480277e-02f,  5.612849e-02f,   5.780543e-02f,   5.9511237e-02f,
-    6.1246052e-02f,  6.3010015e-02f,  6.4803265e-02f,  6.662594e-02f,   6.847817e-02f,
-    7.0360094e-02f,  7.227185e-02f,   7.421357e-02f,   7.618538e-02f,   7.818742e-02f,
-    8.021982e-02f,   8.228271e-02f,   8.437621e-02f,   8.650046e-02f,   8.865558e-02f,
-    9.084171e-02f,   9.3058966e-02f,  9.530747e-02f,   9.758735e-02f,   9.9898726e-02f,
-    1.0224173e-01f,  1.04616486e-01f, 1.07023105e-01f, 1.0946171e-01f,  1.1193243e-01f,
-    1.14435375e-01f, 1.16970666e-01f, 1.1953843e-01f,  1.22138776e-01f, 1.2477182e-01f,
-    1.2743768e-01f,  1.3013647e-01f,  1.3286832e-01f,  1.3563333e-01f,  1.3843161e-01f,
-    1.4126329e-01f,  1.4412847e-01f,  1.4702727e-01f,  1.4995979e-01f,  1.5292615e-01f,
-    1.5592647e-01f,  1.5896083e-01f,  1.6202937e-01f,  1.651322e-01f,   1.682694e-01f,
-    1.7144111e-01f,  1.746474e-01f,   1.7788842e-01f,  1.8116425e-01f,  1.8447499e-01f,
-    1.8782078e-01f,  1.9120169e-01f,  1.9461784e-01f,  1.9806932e-01f,  2.0155625e-01f,
-    2.0507874e-01f,  2.0863687e-01f,  2.1223076e-01f,  2.158605e-01f,   2.195262e-01f,
-    2.2322796e-01f,  2.2696587e-01f,  2.3074006e-01f,  2.3455058e-01f,  2.3839757e-01f,
-    2.4228112e-01f,  2.4620132e-01f,  2.5015828e-01f,  2.541521e-01f,   2.5818285e-01f,
-    2.6225066e-01f,  2.663556e-01f,   2.704978e-01f,   2.746773e-01f,   2.7889428e-01f,
-    2.8314874e-01f,  2.8744084e-01f,  2.9177064e-01f,  2.9613826e-01f,  3.0054379e-01f,
-    3.049873e-01f,   3.0946892e-01f,  3.1398872e-01f,  3.1854677e-01f,  3.231432e-01f,
-    3.277781e-01f,   3.3245152e-01f,  3.3716363e-01f,  3.4191442e-01f,  3.4670407e-01f,
-    3.515326e-01f,   3.5640013e-01f,  3.613068e-01f,   3.662526e-01f,   3.712377e-01f,
-    3.7626213e-01f,  3.8132602e-01f,  3.8642943e-01f,  3.9157248e-01f,  3.9675522e-01f,
-    4.0197778e-01f,  4.072402e-01f,   4.125426e-01f,   4.1788507e-01f,  4.2326766e-01f,
-    4.286905e-01f,   4.3415365e-01f,  4.3965718e-01f,  4.452012e-01f,   4.507858e-01f,
-    4.5641103e-01f,  4.62077e-01f,    4.677838e-01f,   4.7353148e-01f,  4.7932017e-01f,
-    4.8514995e-01f,  4.9102086e-01f,  4.9693298e-01f,  5.028865e-01f,   5.0888133e-01f,
-    5.149177e-01f,   5.2099556e-01f,  5.271151e-01f,   5.332764e-01f,   5.394795e-01f,
-    5.4572445e-01f,  5.5201143e-01f,  5.583404e-01f,   5.647115e-01f,   5.7112485e-01f,
-    5.7758045e-01f,  5.8407843e-01f,  5.9061885e-01f,  5.9720176e-01f,  6.0382736e-01f,
-    6.1049557e-01f,  6.172066e-01f,   6.239604e-01f,   6.3075715e-01f,  6.3759685e-01f,
-    6.444797e-01f,   6.5140563e-01f,  6.5837485e-01f,  6.653873e-01f,   6.7244315e-01f,
-    6.795425e-01f,   6.866853e-01f,   6.9387174e-01f,  7.011019e-01f,   7.0837575e-01f,
-    7.156935e-01f,   7.230551e-01f,   7.3046076e-01f,  7.379104e-01f,   7.454042e-01f,
-    7.529422e-01f,   7.605245e-01f,   7.6815116e-01f,  7.758222e-01f,   7.835378e-01f,
-    7.912979e-01f,   7.991027e-01f,   8.0695224e-01f,  8.148466e-01f,   8.2278574e-01f,
-    8.307699e-01f,   8.38799e-01f,    8.468732e-01f,   8.549926e-01f,   8.631572e-01f,
-    8.713671e-01f,   8.796224e-01f,   8.879231e-01f,   8.962694e-01f,   9.046612e-01f,
-    9.1309863e-01f,  9.2158186e-01f,  9.301109e-01f,   9.386857e-01f,   9.473065e-01f,
-    9.559733e-01f,   9.646863e-01f,   9.734453e-01f,   9.822506e-01f,   9.911021e-01f,
-    1.e+00f,
-};
-
 GSW_HD float srgb_to_linear(float c) {
   return c > 0.04045f ? powf((c + 0.055f) / 1.055f, 2.4f) : c / 12.92f;
+}
+
+// Float sRGB in 0..1 through kSrgbFloat (srgb_tables.h), interpolated between its steps
+// with one rounding per operation: the same bits on both backends (error ~1e-6 against the
+// exact curve). Outside 0..1 (only with validate=False), powf, which differs in the last
+// bits between libm and CUDA.
+GSW_HD float srgb_float_to_linear(const float* table, float c) {
+  if (!(c >= 0.f && c <= 1.f)) return srgb_to_linear(c);
+  const float t = mul_rn(c, static_cast<float>(kSrgbFloatSteps));  // exact: a power of 2
+  const int32_t i = static_cast<int32_t>(t);
+  const float below = table[i], above = table[i + 1];
+  return add_rn(below, mul_rn(add_rn(t, -static_cast<float>(i)), add_rn(above, -below)));
 }
 
 // Squared feature gradient at (z, y, x), central differences clamped at the borders.

@@ -218,24 +218,12 @@ LabSpanFn pick_lab_span() {
 
 template <typename T>
 void compute_features(const Geometry& g, const T* image, float* features, int32_t* fixed) {
-  // sRGB gamma through a table: kSrgbU8 for uint8 inputs (the same on CUDA); for floats,
-  // the 4096-step table is used in range (interpolated, error ~1e-6) and pow outside it.
-  constexpr int kTable = 4096;
-  // Built once per process (4098 powf calls cost ~80 us, more than a small frame's SLIC).
-  static const std::vector<float> gamma = [] {
-    std::vector<float> table(kTable + 2);
-    for (int i = 0; i <= kTable + 1; ++i) table[i] = srgb_to_linear(static_cast<float>(i) / kTable);
-    return table;
-  }();
-  auto linearise = [&](T v) -> float {
+  // sRGB decoding through the generated tables (srgb_tables.h), the same on CUDA.
+  auto linearise = [](T v) -> float {
     if constexpr (std::is_same_v<T, uint8_t>) {
       return kSrgbU8[v];
     } else {
-      const float c = static_cast<float>(v);
-      if (!(c >= 0.f && c <= 1.f)) return srgb_to_linear(c);
-      const float t = c * kTable;
-      const int i = static_cast<int>(t);
-      return gamma[i] + (t - i) * (gamma[i + 1] - gamma[i]);
+      return srgb_float_to_linear(kSrgbFloat, static_cast<float>(v));
     }
   };
   const LabSpanFn lab = pick_lab_span();

@@ -147,8 +147,9 @@ __device__ __forceinline__ float unit_value<double>(double v) {
   return static_cast<float>(v);
 }
 
-// uint8 values decode through kSrgbU8, as on the CPU (copied to shared memory: threads of a
-// warp read different entries, which constant memory would serialise); floats through powf.
+// sRGB decodes through the generated tables, as on the CPU: uint8 through kSrgbU8 (copied
+// to shared memory: threads of a warp read different entries, which constant memory would
+// serialise), floats through kSrgbFloat (global memory, 16 KiB, cached).
 template <typename T>
 __global__ void features_kernel(Geometry g, const T* __restrict__ image, float* __restrict__ feat) {
   __shared__ float srgb_u8[256];
@@ -165,7 +166,7 @@ __global__ void features_kernel(Geometry g, const T* __restrict__ image, float* 
     if constexpr (std::is_same_v<T, uint8_t>) {
       return srgb_u8[v];
     } else {
-      return srgb_to_linear(unit_value(v));
+      return srgb_float_to_linear(kSrgbFloat, unit_value(v));
     }
   };
   if (g.convert_lab) {
@@ -295,13 +296,19 @@ __global__ void bin_kernel(Geometry g, const float* clusters, const int32_t* cou
   }
 }
 
-constexpr int kCachedFeatures = 8;
-
+// The candidates of a pixel: the live clusters binned in the 3x3 (3x3x3) cells around its
+// own. The cells of one (z, y) row are consecutive in cell_items, so each row of candidate
+// cells is one contiguous range. kF > 0: the feature count, known when compiled (1 or 3, the
+// common cases), so the pixel's features stay in registers (a runtime-indexed array would
+// live in local memory); kF == 0 reads any F from global memory. The order of candidates
+// does not matter: ties go to the lower cluster index.
+template <int kF>
 __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
                                               const float* __restrict__ features,
                                               const float* __restrict__ clusters,
-                                              const int32_t* cell_start, const int32_t* cell_items,
-                                              int32_t it, int32_t* state, int32_t* labels) {
+                                              const int32_t* __restrict__ cell_start,
+                                              const int32_t* __restrict__ cell_items, int32_t it,
+                                              int32_t* state, int32_t* labels) {
   if (state[n * kSlots + kDone]) return;  // the whole block belongs to sample n
   const int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const bool full = pass_is_full(g, it, state[n * kSlots + kAfterConverged] != 0);
@@ -311,42 +318,50 @@ __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
   // A subsampled pass reassigns the rows y % subsample == it % subsample only.
   // Pixels outside the mask are never assigned (they keep -1, as on the CPU).
   if (p < g.P && in_mask(g, n * g.P + p) && (full || y % g.subsample == it % g.subsample)) {
-    const float* feat = features + n * g.F * g.P + p;
-    float fv[kCachedFeatures];
-    for (int32_t f = 0; f < min(g.F, kCachedFeatures); ++f) fv[f] = feat[f * g.P];
+    const int32_t F = kF > 0 ? kF : g.F;
+    const float* feat = features + n * int64_t{F} * g.P + p;
+    float fv[kF > 0 ? kF : 1];
+    if constexpr (kF > 0) {
+#pragma unroll
+      for (int32_t f = 0; f < kF; ++f) fv[f] = feat[f * g.P];
+    }
     const int32_t cells = g.cells[0] * g.cells[1] * g.cells[2];
     const int32_t* start = cell_start + n * (cells + 1);
     const int32_t* items = cell_items + n * g.K;
     const int32_t cz = cell_of_pixel(z, g.step[0], g.cells[0]);
     const int32_t cy = cell_of_pixel(y, g.step[1], g.cells[1]);
     const int32_t cx = cell_of_pixel(x, g.step[2], g.cells[2]);
-    const int32_t R = 3 + g.F;
+    const int32_t x_lo = max(cx - 1, 0), x_hi = min(cx + 1, g.cells[2] - 1);
+    const int32_t R = 3 + F;
+    const float* sample_clusters = clusters + n * g.K * int64_t{R};
     float best = __int_as_float(0x7f800000);  // +inf
     int32_t best_k = -1;
     for (int32_t iz = max(cz - 1, 0); iz <= min(cz + 1, g.cells[0] - 1); ++iz) {
       for (int32_t iy = max(cy - 1, 0); iy <= min(cy + 1, g.cells[1] - 1); ++iy) {
-        for (int32_t ix = max(cx - 1, 0); ix <= min(cx + 1, g.cells[2] - 1); ++ix) {
-          const int32_t c = (iz * g.cells[1] + iy) * g.cells[2] + ix;
-          for (int32_t i = start[c]; i < start[c + 1]; ++i) {
-            const int32_t k = items[i];
-            const float* cen = clusters + (n * g.K + k) * R;
-            const float dz = static_cast<float>(z) - cen[0];
-            const float dy = static_cast<float>(y) - cen[1];
-            const float dx = static_cast<float>(x) - cen[2];
-            if (!in_window(z, cen[0], g.step[0]) || !in_window(y, cen[1], g.step[1]) ||
-                !in_window(x, cen[2], g.step[2])) {
-              continue;
-            }
-            float colour = 0.f;
-            for (int32_t f = 0; f < g.F; ++f) {
-              const float v = f < kCachedFeatures ? fv[f] : feat[f * g.P];
-              colour = colour_step(colour, v - cen[3 + f]);
-            }
-            const float d = assignment_distance(g, colour, spatial_zy(g, dz, dy), dx);
-            if (d < best || (d == best && k < best_k)) {
-              best = d;
-              best_k = k;
-            }
+        const int32_t row = (iz * g.cells[1] + iy) * g.cells[2];
+        const int32_t end = start[row + x_hi + 1];
+        for (int32_t i = start[row + x_lo]; i < end; ++i) {
+          const int32_t k = items[i];
+          const float* cen = sample_clusters + k * R;
+          if (!in_window(z, cen[0], g.step[0]) || !in_window(y, cen[1], g.step[1]) ||
+              !in_window(x, cen[2], g.step[2])) {
+            continue;
+          }
+          const float dz = static_cast<float>(z) - cen[0];
+          const float dy = static_cast<float>(y) - cen[1];
+          const float dx = static_cast<float>(x) - cen[2];
+          float colour = 0.f;
+          if constexpr (kF > 0) {
+#pragma unroll
+            for (int32_t f = 0; f < kF; ++f) colour = colour_step(colour, fv[f] - cen[3 + f]);
+          } else {
+            for (int32_t f = 0; f < F; ++f)
+              colour = colour_step(colour, feat[f * g.P] - cen[3 + f]);
+          }
+          const float d = assignment_distance(g, colour, spatial_zy(g, dz, dy), dx);
+          if (d < best || (d == best && k < best_k)) {
+            best = d;
+            best_k = k;
           }
         }
       }
@@ -360,13 +375,29 @@ __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
   if (threadIdx.x == 0 && block_changed) atomicAdd(&state[n * kSlots + kChanged], block_changed);
 }
 
+template <int kF>
 __global__ void assign_kernel(Geometry g, const float* __restrict__ features,
                               const float* __restrict__ clusters, const int32_t* cell_start,
                               const int32_t* cell_items, int32_t it, int32_t* state,
                               int32_t* labels) {
   for (int64_t n = blockIdx.y; n < g.N; n += gridDim.y) {
-    assign_sample(n, g, features, clusters, cell_start, cell_items, it, state, labels);
+    assign_sample<kF>(n, g, features, clusters, cell_start, cell_items, it, state, labels);
   }
+}
+
+void launch_assign(const Geometry& g, const Buffers& b, int32_t it, cudaStream_t stream) {
+  const auto launch = [&](auto kernel) {
+    kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.clusters, b.cell_start,
+                                                   b.cell_items, it, b.state, b.labels);
+  };
+  if (g.F == 3) {
+    launch(assign_kernel<3>);
+  } else if (g.F == 1) {
+    launch(assign_kernel<1>);
+  } else {
+    launch(assign_kernel<0>);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // With a mask: state[n, kArea] = the in-mask pixels of sample n (the glue zeroes state).
@@ -588,6 +619,7 @@ __global__ void merge_edges_kernel(Geometry g, const int32_t* parent, const int3
   const int64_t plane = int64_t{g.H} * g.W;
   const int64_t a = parent[i];
   const int64_t neighbours[3] = {x > 0 ? i - 1 : -1, y > 0 ? i - g.W : -1, z > 0 ? i - plane : -1};
+#pragma unroll  // unrolled, neighbours stays in registers (indexed at run time: local memory)
   for (int j = 0; j < 3; ++j) {
     if (neighbours[j] < 0 || labels[neighbours[j]] < 0) continue;
     const int64_t b = parent[neighbours[j]];
@@ -984,9 +1016,7 @@ void launch_iterations(const Geometry& g, const Buffers& b, void* stream_ptr) {
     bin_kernel<<<static_cast<unsigned>(g.N), kThreads, 0, stream>>>(
         g, b.clusters, b.counts, b.state, b.cell_start, b.cell_cursor, b.cell_items);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    assign_kernel<<<pixel_grid(g), kThreads, 0, stream>>>(g, b.features, b.clusters, b.cell_start,
-                                                          b.cell_items, it, b.state, b.labels);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_assign(g, b, it, stream);
     step_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g, it, b.state, b.iterations,
                                                           early_exit.signal());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
