@@ -90,3 +90,29 @@ def bench_cuda_gsw_lime(benchmark, precision):
     )
     _record(benchmark, "gswfast" if precision == "float32" else "gswfast_float16")
     benchmark.extra_info["images_per_call"] = 16
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("role", ["lime_package", "gswfast"])
+def bench_cuda_one_photo(benchmark, role):
+    """One photo, the model on the GPU for both: the package perturbs in numpy on the host
+    and sends each batch to the GPU; gsw.lime keeps masks, images and the fit on the device."""
+    pytest.importorskip("lime")
+    benchmark.group = "cuda-lime-resnet18-224-1000-samples-one-photo"
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().cuda().eval()
+    x = photos(224, 1).cuda()
+    seg = gsw.slic(x, n_segments=50)
+    if role == "lime_package":
+        labels = seg.labels[0].cpu()
+        benchmark.pedantic(
+            lime_weights,
+            (model, x[0].cpu(), labels, 1),
+            dict(n_samples=N_SAMPLES, batch_size=BATCH),
+            rounds=2,
+            warmup_rounds=1,
+        )
+    else:
+        run = lambda: gsw.lime(model, x, seg, 1, n_samples=N_SAMPLES, batch_size=BATCH)  # noqa: E731
+        benchmark.pedantic(cuda_timed(run, 1), rounds=3, warmup_rounds=1)
+    _record(benchmark, role)

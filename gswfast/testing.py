@@ -126,14 +126,18 @@ def lime_package(
     """The real ``lime`` package on one float image ``[3, H, W]`` (0..1) and its segments
     ``labels [H, W]``, with LIME's defaults (hidden segments take their mean colour unless
     ``hide_color``, cosine kernel of width 0.25, ridge regression) on the model's raw
-    outputs. Returns ``weights [K]``, ``intercept`` and ``score`` (R^2), float64; its masks
-    are ``lime_masks(seed, n_samples, K)``."""
+    outputs; the model runs on the device of its parameters. Returns ``weights [K]``,
+    ``intercept`` and ``score`` (R^2), float64; its masks are
+    ``lime_masks(seed, n_samples, K)``."""
     from lime import lime_image  # heavy and optional: imported here
 
+    device = next(model.parameters(), torch.empty(0)).device  # a GPU model runs on the GPU
+
     def classify(batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().to(device)
         with torch.no_grad():
-            return torch.cat([model(chunk) for chunk in torch.split(x, batch_size)]).numpy()
+            outputs = torch.cat([model(chunk) for chunk in torch.split(x, batch_size)])
+        return outputs.cpu().numpy()
 
     segments = labels.cpu().numpy()
     explainer = lime_image.LimeImageExplainer(random_state=seed)
