@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,10 @@ _T = TypeVar("_T")
 __all__ = ["UserError", "main"]
 
 PICTURE_SIDE = 448  # longer side of the pictures `explain` writes
+# Counts above these are mistakes: larger ones overflow C integers (OverflowError), and a
+# side above MAX_SIZE asks for tens of GB per image (100000 x 100000 x 3 float32: 120 GB).
+MAX_COUNT, MAX_SIZE = 2**31 - 1, 4096
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
 NORMALIZE_CHOICES = ("auto", "imagenet", "kinetics", "none")
 EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
 
@@ -68,16 +73,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def _count(minimum: int) -> Callable[[str], int]:
+def _count(
+    minimum: int, maximum: int = MAX_COUNT, shown: str | None = None
+) -> Callable[[str], int]:
+    """An argparse type: an int in ``minimum..maximum`` (``shown`` names the range in
+    messages; ``>= minimum`` when the maximum is only there to stop overflows)."""
+    bounds = f"an int from {shown or f'{minimum} to {maximum}'}"
+    expected = bounds if shown or maximum != MAX_COUNT else f"an int >= {minimum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an int >= {minimum}, got {text!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected {bounds}, got {value}")
         return value
 
     return parse
@@ -172,14 +184,17 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--weights", type=Path, help="a state_dict to load into --model")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of random weights (default 0: the same every run)"
+        "--seed",
+        type=_count(*SEED_RANGE, shown="-2**63 to 2**64 - 1"),
+        default=0,
+        help="seed of random weights (default 0: the same every run)"
     )
     parser.add_argument(
         "--target", type=_count(0), help="class to explain (default: the predicted one)"
     )
     parser.add_argument(
         "--size",
-        type=_count(1),
+        type=_count(1, MAX_SIZE),
         help="the model sees SIZE x SIZE inputs (default: 224 for images; 112 for video, 224 for "
         "s3d and MViT; 64 for the demo models); pictures keep the input's aspect ratio",
     )
@@ -226,14 +241,32 @@ def _check_options(args: argparse.Namespace) -> None:
     """The checks that need no model: before anything heavy loads."""
     if args.method is not None:
         check_method(args.method)
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out: {args.out} exists and is not a folder")
+    _check_out(args.out)
     if getattr(args, "layer", None) is not None and (args.method or "gradcam") != "gradcam":
         raise UserError(f"--layer: only --method gradcam uses a layer, not {args.method}")
     if getattr(args, "stream", False) and args.stride is not None and args.stride > args.frames:
         raise UserError(
             f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})"
         )
+
+
+def _check_out(out: Path) -> None:
+    """An ``--out`` that is a folder, or that can be made in the nearest folder above it."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a folder")
+    above = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not above.is_dir():
+        raise UserError(f"--out: {out}: cannot make it, {above} is not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise UserError(f"--out: {out}: cannot write there, {above} is not writable")
+
+
+def _make_folder(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # what _check_out cannot see: /proc, a read-only file system
+        raise UserError(f"--out: cannot make {out} ({error.strerror})") from None
+    return out
 
 
 def _method(args: argparse.Namespace, kind: str) -> str:
@@ -270,7 +303,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         x, masks = batch.images.to(device), batch.masks.to(device)
         explainer = gsw.Explainer(model, method, n_segments=args.segments or segments)
         expl, seconds = _timed(functools.partial(explainer, x), device)
-        args.out.mkdir(parents=True, exist_ok=True)
+        _make_folder(args.out)
         files = _write_demo_pictures(expl, x, args.out, name, args.top_k)
         report[name] = _records(expl, batch.classes, labels, files, masks)
         report[f"{name}_seconds"] = seconds
@@ -481,8 +514,7 @@ class _ExplainJob:
 
     def folder(self) -> Path:
         out: Path = self.args.out  # argparse: type=Path
-        out.mkdir(parents=True, exist_ok=True)  # made when the first output is written
-        return out
+        return _make_folder(out)  # made when the first output is written
 
     def remove_empty_folder(self) -> None:
         """No empty output folder left behind when nothing could be written."""

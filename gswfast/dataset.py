@@ -82,15 +82,17 @@ def list_items(
     rank: int = 0,
     world: int = 1,
     share: Share | None = None,
+    exclude: str | Path | None = None,
 ) -> list[Item]:
     """The work items of ``source``, in a deterministic order (sorted paths, then windows;
     the last window of a video is aligned to its end). A video that cannot be opened, or
-    is shorter than a window, becomes one item, which fails with its reason.
+    is shorter than a window, becomes one item, which fails with its reason. A folder's
+    files under ``exclude`` (the job's ``out``, when it lies inside ``source``) are left out.
 
     ``rank``/``world``/``share``: under torchrun each rank counts the frames of its share
     of the videos without a frame count in their header, and ``share`` (all-gather) gives
     every rank all counts."""
-    paths, root = _source_paths(Path(source))
+    paths, root = _source_paths(Path(source), None if exclude is None else Path(exclude))
     kinds = [media_kind(path) or "image" for path in paths]
     counts = _frame_counts(
         [p for p, k in zip(paths, kinds, strict=True) if k == "video"], rank, world, share
@@ -176,10 +178,15 @@ def explain_dataset(
                 file=sys.stderr,
             )
         items = list_items(
-            source, frames, stride, rank, world, lambda value: _all_gather(value, world, group)
+            source,
+            frames,
+            stride,
+            rank,
+            world,
+            lambda value: _all_gather(value, world, group),
+            exclude=out,
         )
-        folder = out / "items"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = _make_folder(out / "items")
         _barrier(
             world, group
         )  # every rank has checked the old settings before rank 0 records the new ones
@@ -411,7 +418,7 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> Non
     recorded = out / "settings.json"
     if overwrite or not recorded.exists():
         return
-    old = json.loads(recorded.read_text())
+    old = _recorded_settings(recorded)
     changed = [
         f"{key} {old.get(key)!r} -> {settings.get(key)!r}"
         for key in sorted(set(old) | set(settings))
@@ -422,6 +429,19 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> Non
             f"--out: {out} holds results made with other settings ({'; '.join(changed)}); pass "
             "--overwrite to recompute them, or choose another --out"
         )
+
+
+def _recorded_settings(path: Path) -> dict[str, Any]:
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if not isinstance(old, dict):
+        raise UserError(
+            f"--out: {path} is not the settings file of a gswfast job (damaged?); pass "
+            "--overwrite to replace it, or choose another --out"
+        )
+    return old
 
 
 # ------------------------------------------------------------------------ manifest
@@ -519,10 +539,15 @@ class _RankProgress:
 # ------------------------------------------------------------------------ helpers
 
 
-def _source_paths(source: Path) -> tuple[list[Path], Path]:
+def _source_paths(source: Path, exclude: Path | None = None) -> tuple[list[Path], Path]:
     if source.is_dir():
+        outputs = None if exclude is None else exclude.resolve()
         paths = sorted(
-            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES
+            p
+            for p in source.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in MEDIA_SUFFIXES
+            and (outputs is None or outputs not in p.resolve().parents)
         )
         return paths, source
     if source.is_file() and source.suffix.lower() in MEDIA_SUFFIXES:  # one image or video
@@ -540,6 +565,14 @@ def _source_paths(source: Path) -> tuple[list[Path], Path]:
         ]
         return paths, source.parent
     raise UserError(f"{source}: no such folder or list file")
+
+
+def _make_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out: cannot make {folder} ({error.strerror})") from None
+    return folder
 
 
 def _key(path: Path, root: Path) -> str:

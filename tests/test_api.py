@@ -128,6 +128,17 @@ def test_target_mistakes_are_named():
         attribute(model, x, lambda out: out, "gradient")
     with pytest.raises(ValueError, match="for other outputs pass target= as a tuple"):
         attribute(_Grid(model), x, 1, "gradient")
+    for huge in (10**21, [0, -(10**21)], np.uint64(2**64 - 1)):
+        with pytest.raises(ValueError, match="target: class -?[0-9]+ is out of range"):
+            attribute(model, x, huge, "gradient")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided_backprop"])
+def test_hooked_methods_refuse_torchscript_models(method):
+    model = torch.jit.script(torchvision.models.resnet18(num_classes=4).eval())
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=f"method: {method} hooks the model's modules"):
+        gsw.explain(model, x, method=method, **({"layer": "layer4"} if method == "gradcam" else {}))
 
 
 # ------------------------------------------------------------------ additional forward args

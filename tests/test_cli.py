@@ -1067,3 +1067,140 @@ def test_every_image_and_video_format_goes_through(files, tmp_path):
         [0, 4],
         [0, 4],
     ]  # 12 frames: tail at 4
+
+
+# ---------------------------------------------------------------- a user session: what broke
+
+
+def test_out_holding_the_inputs_never_overwrites_them(files, tmp_path):
+    """``--out`` the inputs' own folder: the outputs take the next free name (as inputs
+    with the same stem do), and the input files stay as they were."""
+    import shutil
+
+    for name in ("shape.png", "short.mp4", "action.gif"):
+        shutil.copy(files / name, tmp_path / name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for name, model in (
+        ("shape.png", "demo:shapes"),
+        ("short.mp4", "demo:actions"),
+        ("action.gif", "demo:actions"),
+    ):
+        argv = ["explain", str(tmp_path / name), "--model", model, "--frames", "8"]
+        assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
+        assert json.loads((tmp_path / "explanations.json").read_text())[0]["output"] != str(
+            tmp_path / name
+        )
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert {"shape-2.png", "short-2.mp4", "short-2.gif", "action-2.mp4", "action-2.gif"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+
+
+def test_an_out_that_cannot_be_made_is_one_line(files, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    for argv in (
+        ["explain", str(files / "shape.png"), "--model", "demo:shapes"],
+        ["explain-dataset", str(files / "shape.png"), "--model", "demo:shapes"],
+        ["demo"],
+    ):
+        assert main([*argv, "--out", str(taken / "sub"), "--quiet"]) == 2
+        _one_line_error(capsys, f"--out: {taken / 'sub'}", f"{taken} is not a folder")
+    assert taken.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target", "99999999999999999999"], "argument --target: expected an int from 0 to"),
+        (["--seed", "99999999999999999999"], "argument --seed: expected an int from -2**63 to"),
+        (["--seed", "-99999999999999999999"], "argument --seed: expected an int from -2**63 to"),
+        (["--frames", "99999999999999999999"], "argument --frames: expected an int from 1 to"),
+        (["--size", "100000"], "argument --size: expected an int from 1 to 4096, got 100000"),
+    ],
+)
+def test_huge_numbers_are_one_clear_error(files, tmp_path, capsys, argv, message):
+    for command in (["explain", str(files / "action.mp4")], ["explain-dataset", str(files)]):
+        out = ["--out", str(tmp_path / "out")]
+        assert main([*command, "--model", "demo:actions", *argv, *out, "--quiet"]) == 2
+        _one_line_error(capsys, message)
+        assert not (tmp_path / "out").exists()
+
+
+def test_arch_with_a_named_model_is_refused(files, tmp_path, capsys):
+    for command in (
+        ["explain", str(files / "shape.png")],
+        ["explain-dataset", str(files / "shape.png")],
+    ):
+        argv = [*command, "--model", "demo:shapes", "--arch", "torchvision:resnet18"]
+        assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+        _one_line_error(capsys, "--arch: only a state_dict .pt --model takes --arch", "demo:shapes")
+        assert not (tmp_path / "out").exists()
+
+
+def test_hooked_methods_on_torchscript_say_why_not(files, tmp_path, capsys):
+    """Grad-CAM and guided backprop hook modules, which TorchScript does not allow: a
+    clear refusal, not advice (``--layer``) that fails on the next run."""
+    script = str(files / "shapes_script.pt")
+    for extra, method in (
+        (["--method", "gradcam"], "gradcam"),
+        (["--method", "gradcam", "--layer", "features.6"], "gradcam"),
+        (["--method", "guided_backprop"], "guided_backprop"),
+    ):
+        argv = ["explain", str(files / "shape.png"), "--model", script, *extra]
+        assert main([*argv, "--size", "64", "--out", str(tmp_path), "--quiet"]) == 2
+        _one_line_error(capsys, f"method: {method} hooks the model's modules", "TorchScript")
+
+
+def test_weights_that_are_a_torchscript_model_say_so(files, tmp_path, capsys):
+    script = str(files / "shapes_script.pt")
+    argv = ["explain", str(files / "shape.png"), "--model", "demo:shapes", "--weights", script]
+    assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 2
+    _one_line_error(capsys, f"--weights: {script} is a TorchScript model", f"--model {script}")
+
+
+def test_a_file_without_a_video_stream_says_so(files, tmp_path, capsys):
+    import av
+    import numpy as np
+
+    sound = tmp_path / "sound.mp4"
+    with av.open(str(sound), mode="w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    argv = ["explain", str(sound), "--model", "demo:actions", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--quiet"]) == 2
+    _one_line_error(capsys, f"{sound}: cannot decode it as a video (no video stream)")
+
+
+def test_a_stream_that_fails_leaves_no_partial_files(files, tmp_path, capsys):
+    import av
+
+    from gswfast.video import read_video
+
+    whole = tmp_path / "whole.mp4"  # the index first (faststart): frames decode until the cut
+    with av.open(str(whole), mode="w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for frame in read_video(files / "action.mp4")[0]:
+            picture = av.VideoFrame.from_ndarray(frame.permute(1, 2, 0).numpy(), format="rgb24")
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = whole.read_bytes()
+    assert 0 < data.find(b"moov") < data.find(b"mdat")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    argv = ["explain", str(cut), str(files / "short.mp4"), "--model", "demo:actions", "--stream"]
+    assert main([*argv, "--frames", "8", "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    _one_line_error(capsys, f"{cut}: the video is corrupt")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "explanations.json",
+        "short.mp4",
+        "short.timeline.jsonl",
+    ]

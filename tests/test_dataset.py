@@ -304,6 +304,46 @@ def test_settings_are_recorded_and_a_rerun_with_others_refuses(dataset, tmp_path
     assert json.loads(str(np.load(again["items"][0]["output"])["settings"]))["method"] == "gradcam"
 
 
+def test_a_damaged_settings_file_is_one_line(dataset, tmp_path, capsys):
+    from gswfast.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "settings.json").write_text("{half")
+    argv = ["explain-dataset", str(dataset / "shape00.png"), "--out", str(out)]
+    argv += ["--model", "demo:shapes", "--method", "gradient", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gswfast: error: --out: {out / 'settings.json'} is not")
+    assert "--overwrite" in err
+    assert "\n" not in err
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_an_out_inside_the_source_is_not_explained_again(dataset, tmp_path):
+    """``--out`` inside the source folder: a rerun skips everything; the pictures the first
+    run wrote there are outputs, not new items."""
+    from gswfast.cli import main
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in ("shape00.png", "shape01.png"):
+        (source / name).write_bytes((dataset / name).read_bytes())
+    argv = ["explain-dataset", str(source), "--out", str(source / "audit"), "--pictures"]
+    argv += ["--model", "demo:shapes", "--method", "gradient", "--quiet"]
+    for _ in range(2):
+        assert main(argv) == 0
+        assert [r["item"] for r in _outputs(source / "audit").values()] == [
+            "shape00.png",
+            "shape01.png",
+        ]
+    assert [i.key for i in list_items(source, exclude=source / "audit")] == [
+        "shape00.png",
+        "shape01.png",
+    ]
+    assert len(list_items(source)) == 4  # without exclude: the two pictures too
+
+
 def test_exit_codes_when_items_fail(dataset, tmp_path, capsys):
     from gswfast.cli import main
 
