@@ -40,6 +40,7 @@ PICTURE_SIDE = 448  # longer side of the pictures `explain` writes
 # side above MAX_SIZE asks for tens of GB per image (100000 x 100000 x 3 float32: 120 GB).
 MAX_COUNT, MAX_SIZE = 2**31 - 1, 4096
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+OUTPUT_SUFFIXES = (".png", ".mp4", ".gif", ".timeline.jsonl")  # what explain writes per input
 NORMALIZE_CHOICES = ("auto", "imagenet", "kinetics", "none")
 EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
 
@@ -392,7 +393,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     try:
         with job.progress(sum(counts)) as progress:
             for path, kind, stem, count in zip(
-                args.paths, kinds, _unique_stems(args.paths), counts, strict=True
+                args.paths, kinds, _unique_stems(args.paths, args.out), counts, strict=True
             ):
                 before = progress.done
                 try:
@@ -415,14 +416,22 @@ def _run_explain(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else 0
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
+def _unique_stems(paths: Sequence[Path], out: Path) -> list[str]:
     """Output names: each input's stem, with ``-2``, ``-3``... when stems repeat
-    (``a/x.png`` and ``b/x.jpg`` give ``x`` and ``x-2``)."""
+    (``a/x.png`` and ``b/x.jpg`` give ``x`` and ``x-2``) or when an output in ``out`` would
+    overwrite an input (``--out`` the inputs' folder: ``x.png`` gives ``x-2.png``)."""
+    inputs = {path.resolve() for path in paths}
+
+    def taken(name: str) -> bool:
+        return name.lower() in used or any(
+            (out / f"{name}{suffix}").resolve() in inputs for suffix in OUTPUT_SUFFIXES
+        )
+
     used: set[str] = set()
     stems = []
     for path in paths:
         stem, n = path.stem, 1
-        while (stem if n == 1 else f"{stem}-{n}").lower() in used:
+        while taken(stem if n == 1 else f"{stem}-{n}"):
             n += 1
         stem = stem if n == 1 else f"{stem}-{n}"
         used.add(stem.lower())
