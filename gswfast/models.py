@@ -73,6 +73,11 @@ def load_model(
     unless ``weights`` names a state_dict; nothing is ever downloaded."""
     if spec.endswith((".pt", ".pth")) or Path(spec).exists():
         return _model_file(Path(spec), arch, weights, seed)
+    if arch is not None:
+        raise UserError(
+            f"--arch: only a state_dict .pt --model takes --arch; --model {spec} names its "
+            "architecture itself"
+        )
     loaded = _named_model(spec, seed, "--model")
     if weights is not None:
         _load_weights(loaded.module, Path(weights), spec, "--weights")
