@@ -333,14 +333,14 @@ def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved
             raise TypeError(f"target: expected an integer tensor, got {target.dtype}")
         t = target.to(device=device, dtype=torch.int64)
     elif _is_int(target):
-        t = torch.full((batch,), int(target), dtype=torch.int64, device=device)
+        t = torch.full((batch,), _class(target), dtype=torch.int64, device=device)
     elif (
         isinstance(target, Sequence)
         # a str is outside Target but a caller may pass one: refused here, not a list of chars
         and not isinstance(target, str)  # type: ignore[unreachable]
         and all(_is_int(v) for v in target)
     ):
-        t = torch.tensor([int(v) for v in target], dtype=torch.int64, device=device)
+        t = torch.tensor([_class(v) for v in target], dtype=torch.int64, device=device)
     else:
         raise TypeError(
             "target: expected None, an int, a list/array/tensor of ints (one per sample), a tuple "
@@ -353,6 +353,14 @@ def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved
             f"target: expected one class per sample ([{batch}]), got shape {tuple(t.shape)}"
         )
     return t.contiguous()
+
+
+def _class(value: numbers.Integral) -> int:
+    """``value`` as an int64 class index (``ValueError`` beyond int64, not OverflowError)."""
+    index = int(value)
+    if not -(2**63) <= index < 2**63:
+        raise ValueError(f"target: class {index} is out of range for any model")
+    return index
 
 
 def _is_int(value: object) -> TypeGuard[numbers.Integral]:
