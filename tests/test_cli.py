@@ -402,6 +402,8 @@ def test_torchscript_models_fail_in_one_line(files, tmp_path, capsys):
                 str(files / "action.mp4"),
                 "--model",
                 script,
+                "--method",
+                "gradient",
                 "--size",
                 "64",
                 "--quiet",
@@ -432,7 +434,7 @@ def test_torchscript_models_fail_in_one_line(files, tmp_path, capsys):
         )
         == 2
     )
-    _one_line_error(capsys, "guided_backprop needs nn.ReLU modules")
+    _one_line_error(capsys, "guided_backprop hooks the model's modules")
     assert (
         main(
             [
@@ -451,7 +453,7 @@ def test_torchscript_models_fail_in_one_line(files, tmp_path, capsys):
         )
         == 2
     )
-    _one_line_error(capsys, "--layer NAME")
+    _one_line_error(capsys, "gradcam hooks the model's modules")
     assert (
         main(
             [

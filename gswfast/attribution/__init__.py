@@ -237,11 +237,13 @@ class Attributor:
         if method == "gradient":
             return Gradient()
         if method == "guided_backprop":
+            _check_hookable(self.model, method)
             guided = GuidedBackprop(self.model)
             guided.register(handles)
             return guided
         if method == "gradcam":
             _check_single_replica(self.model)
+            _check_hookable(self.model, method)
             cam = GradCAM(self._gradcam_layer(x))
             cam.register(handles)
             return cam
@@ -269,6 +271,15 @@ class Attributor:
             self._layer = last_conv_layer(self.model, self.forward, x)
             self._layer_key = key
         return self._layer
+
+
+def _check_hookable(model: nn.Module, method: str) -> None:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError(
+            f"method: {method} hooks the model's modules, which a TorchScript model does not "
+            "allow; use another method, or the nn.Module the TorchScript was made from (a "
+            "state_dict .pt with --arch on the command line)"
+        )
 
 
 def _check_single_replica(model: nn.Module) -> None:
