@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +288,10 @@ def _model_file(path: Path, arch: str | None, weights: str | Path | None, seed: 
 def _load_weights(model: torch.nn.Module, path: Path, name: str, flag: str) -> None:
     if not path.is_file():
         raise UserError(f"{flag}: {path}: no such file")
+    if _is_torchscript(path):
+        raise UserError(
+            f"{flag}: {path} is a TorchScript model, not a state_dict; pass it as --model {path}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and format errors all mean: not a weights file
@@ -301,6 +306,15 @@ def _load_weights(model: torch.nn.Module, path: Path, name: str, flag: str) -> N
     if problem:
         raise UserError(f"{flag}: {path} does not fit {name}: {problem}")
     model.load_state_dict(state)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip with ``constants.pkl`` (as ``torch.load`` tells them)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def weight_mismatch(model: torch.nn.Module, state: dict[str, Any]) -> str:
