@@ -104,13 +104,14 @@ def read_video(path: str | Path) -> tuple[Iterator[Tensor], float]:
     path = _existing(path)
     try:
         container = av.open(str(path))
-        # streams.video: the streams of type "video", typed as VideoStream (so decode gives
-        # VideoFrame)
-        stream = next(iter(container.streams.video))
-    except (av.error.FFmpegError, StopIteration, OSError) as error:
-        raise MediaError(
-            f"{path}: cannot decode it as a video ({error or 'no video stream'})"
-        ) from None
+    except (av.error.FFmpegError, OSError) as error:
+        raise MediaError(f"{path}: cannot decode it as a video ({error})") from None
+    # streams.video: the streams of type "video", typed as VideoStream (so decode gives
+    # VideoFrame)
+    if not container.streams.video:  # sound only, subtitles...
+        container.close()
+        raise MediaError(f"{path}: cannot decode it as a video (no video stream)")
+    stream = container.streams.video[0]
     rate = float(stream.average_rate or stream.guessed_rate or 25)
 
     def frames() -> Iterator[Tensor]:
