@@ -666,12 +666,15 @@ class _ExplainJob:
                         windows += 1
                         progress.update()
         except MediaError as error:
+            _remove(out, timeline_path)  # no partial outputs of a failed input
             raise InputFailed(str(error)) from None
+        except InputFailed:
+            _remove(out, timeline_path)
+            raise
         finally:
             stream.close()
         if not windows:
-            out.unlink(missing_ok=True)
-            timeline_path.unlink(missing_ok=True)
+            _remove(out, timeline_path)
             raise InputFailed(f"{path}: shorter than one window of --frames {args.frames}")
         left_out = frames_seen - (args.frames + (windows - 1) * stride)
         if left_out:
@@ -760,6 +763,11 @@ class _FrameShower:
             if sum(p.shape[1] for p in self.preview) < 64:
                 self.preview.append(picture[:, first:last])
         self.shown = max(self.shown, start + last)
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _remember_shape(
