@@ -188,7 +188,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--seed",
         type=_count(*SEED_RANGE, shown="-2**63 to 2**64 - 1"),
         default=0,
-        help="seed of random weights (default 0: the same every run)"
+        help="seed of random weights (default 0: the same every run)",
     )
     parser.add_argument(
         "--target", type=_count(0), help="class to explain (default: the predicted one)"

@@ -129,7 +129,7 @@ def test_target_mistakes_are_named():
     with pytest.raises(ValueError, match="for other outputs pass target= as a tuple"):
         attribute(_Grid(model), x, 1, "gradient")
     for huge in (10**21, [0, -(10**21)], np.uint64(2**64 - 1)):
-        with pytest.raises(ValueError, match="target: class -?[0-9]+ is out of range"):
+        with pytest.raises(ValueError, match=r"target: class -?[0-9]+ is out of range"):
             attribute(model, x, huge, "gradient")
 
 

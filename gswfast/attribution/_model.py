@@ -8,7 +8,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, SupportsInt, TypeGuard
 
 import numpy as np
 import torch
@@ -355,7 +355,7 @@ def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved
     return t.contiguous()
 
 
-def _class(value: numbers.Integral) -> int:
+def _class(value: SupportsInt) -> int:
     """``value`` as an int64 class index (``ValueError`` beyond int64, not OverflowError)."""
     index = int(value)
     if not -(2**63) <= index < 2**63:
