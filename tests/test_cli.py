@@ -1206,3 +1206,17 @@ def test_a_stream_that_fails_leaves_no_partial_files(files, tmp_path, capsys):
         "short.mp4",
         "short.timeline.jsonl",
     ]
+
+
+def test_float_images_are_refused_not_read_black(files, tmp_path, capsys):
+    """Pillow's mode F (float TIFFs) has no fixed range: converted to RGB, values in 0..1
+    became a black picture, explained without a word."""
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(Image.open(files / "shape.png").convert("L"), np.float32) / 255
+    Image.fromarray(grey).save(tmp_path / "float.tiff")
+    argv = ["explain", str(tmp_path / "float.tiff"), "--model", "demo:shapes"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = _one_line_error(capsys, "float.tiff: a floating-point image", "8 or 16 bits")
+    assert "cannot read it" not in err

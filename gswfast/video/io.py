@@ -27,6 +27,10 @@ class MediaError(ValueError):
     """A file that is missing, unreadable or not the media it claims to be."""
 
 
+class _FloatImage(Exception):
+    """Pillow's mode F: float values with no fixed range."""
+
+
 def read_image(path: str | Path) -> Tensor:
     """uint8 ``[3, H, W]`` RGB of a PNG/JPEG/... file."""
     from PIL import Image, UnidentifiedImageError
@@ -35,9 +39,16 @@ def read_image(path: str | Path) -> Tensor:
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode == "F":  # 0..1? 0..255? converting clips it to black or white
+                raise _FloatImage
             if image.mode.startswith("I"):  # 16-bit (or 32-bit) grey: scale, do not clip at 255
                 return _grey_to_rgb8(image)
             rgb = image.convert("RGB")
+    except _FloatImage:
+        raise MediaError(
+            f"{path}: a floating-point image (Pillow mode F) has no fixed value range; save it "
+            "with 8 or 16 bits per channel"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise MediaError(f"{path}: cannot read it as an image ({error})") from None
     import numpy as np
