@@ -1220,3 +1220,25 @@ def test_float_images_are_refused_not_read_black(files, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = _one_line_error(capsys, "float.tiff: a floating-point image", "8 or 16 bits")
     assert "cannot read it" not in err
+
+
+def test_photos_are_read_the_way_up_their_exif_says(files, tmp_path):
+    """A phone's JPEG stores its pixels sideways with an EXIF orientation; every viewer
+    turns it upright, and so must the explanation (it explained the sideways pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    from gswfast.video import read_image
+
+    stored = np.zeros((100, 200, 3), np.uint8)
+    stored[:, :100] = (255, 0, 0)  # landscape as stored: the left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: portrait, the top half red
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    pixels = read_image(tmp_path / "phone.jpg")
+    assert pixels.shape == (3, 200, 100)
+    assert pixels[0, :90].float().mean() > 200
+    assert pixels[0, 110:].float().mean() < 50
+    argv = ["explain", str(tmp_path / "phone.jpg"), "--model", "demo:shapes"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert read_image(tmp_path / "out" / "phone.png").shape == (3, 448, 224)

@@ -32,13 +32,14 @@ class _FloatImage(Exception):
 
 
 def read_image(path: str | Path) -> Tensor:
-    """uint8 ``[3, H, W]`` RGB of a PNG/JPEG/... file."""
-    from PIL import Image, UnidentifiedImageError
+    """uint8 ``[3, H, W]`` RGB of a PNG/JPEG/... file, the way up its EXIF orientation says
+    (as viewers show it: phones store photos sideways)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = _existing(path)
     try:
-        with Image.open(path) as image:
-            image.load()
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
             if image.mode == "F":  # 0..1? 0..255? converting clips it to black or white
                 raise _FloatImage
             if image.mode.startswith("I"):  # 16-bit (or 32-bit) grey: scale, do not clip at 255
