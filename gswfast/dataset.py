@@ -563,7 +563,7 @@ def _source_paths(source: Path, exclude: Path | None = None) -> tuple[list[Path]
         paths = [
             Path(line) if Path(line).is_absolute() else source.parent / line for line in listed
         ]
-        return paths, source.parent
+        return _once(paths), source.parent
     raise UserError(f"{source}: no such folder or list file")
 
 
@@ -575,11 +575,25 @@ def _make_folder(folder: Path) -> Path:
     return folder
 
 
+def _once(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` in their order, each file once (however it is spelled)."""
+    seen: set[Path] = set()
+    kept = []
+    for path in paths:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            kept.append(path)
+    return kept
+
+
 def _key(path: Path, root: Path) -> str:
+    """The item's name: its path under ``root``, or its whole path when elsewhere (not its
+    last two parts: ``d1/cats/x.png`` and ``d2/cats/x.png`` would share a result)."""
+    resolved = path.resolve()
     try:
-        relative = path.resolve().relative_to(root.resolve())
+        relative = resolved.relative_to(root.resolve())
     except ValueError:
-        relative = Path(*path.parts[-2:])
+        relative = resolved.relative_to(resolved.anchor)
     return str(relative).replace(os.sep, "__")
 
 

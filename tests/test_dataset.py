@@ -344,6 +344,32 @@ def test_an_out_inside_the_source_is_not_explained_again(dataset, tmp_path):
     assert len(list_items(source)) == 4  # without exclude: the two pictures too
 
 
+def test_listed_files_with_the_same_folder_and_name_keep_their_own_results(dataset, tmp_path):
+    """``d1/cats/x.png`` and ``d2/cats/x.png`` listed from elsewhere were both item
+    ``cats__x.png``: one result file, and a manifest that called both done. A file listed
+    twice is one item."""
+    from gswfast.cli import main
+
+    for folder, name in (("d1", "shape00.png"), ("d2", "shape01.png")):
+        (tmp_path / folder / "cats").mkdir(parents=True)
+        (tmp_path / folder / "cats" / "x.png").write_bytes((dataset / name).read_bytes())
+    (tmp_path / "lists").mkdir()
+    listing = tmp_path / "lists" / "list.txt"
+    listed = [tmp_path / "d1/cats/x.png", tmp_path / "d2/cats/x.png", tmp_path / "d1/cats/x.png"]
+    listing.write_text("".join(f"{path}\n" for path in listed))
+    out = tmp_path / "out"
+    argv = ["explain-dataset", str(listing), "--out", str(out), "--model", "demo:shapes"]
+    assert main([*argv, "--method", "gradient", "--quiet"]) == 0
+    rows = _outputs(out)
+    assert [row["path"] for row in rows.values()] == [str(p) for p in listed[:2]]
+    for i, row in enumerate(rows.values()):  # each result is its own file's
+        alone = ["explain-dataset", row["path"], "--out", str(tmp_path / f"alone{i}")]
+        assert main([*alone, *argv[4:], "--method", "gradient", "--quiet"]) == 0
+        (expected,) = _outputs(tmp_path / f"alone{i}").values()
+        with np.load(row["output"]) as mine, np.load(expected["output"]) as single:
+            np.testing.assert_allclose(mine["segment_scores"], single["segment_scores"], 1e-5)
+
+
 def test_exit_codes_when_items_fail(dataset, tmp_path, capsys):
     from gswfast.cli import main
 
