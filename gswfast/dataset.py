@@ -87,7 +87,8 @@ def list_items(
     """The work items of ``source``, in a deterministic order (sorted paths, then windows;
     the last window of a video is aligned to its end). A video that cannot be opened, or
     is shorter than a window, becomes one item, which fails with its reason. A folder's
-    files under ``exclude`` (the job's ``out``, when it lies inside ``source``) are left out.
+    files under ``exclude`` (the job's ``out/items``, when it lies inside ``source``) are
+    left out.
 
     ``rank``/``world``/``share``: under torchrun each rank counts the frames of its share
     of the videos without a frame count in their header, and ``share`` (all-gather) gives
@@ -184,7 +185,7 @@ def explain_dataset(
             rank,
             world,
             lambda value: _all_gather(value, world, group),
-            exclude=out,
+            exclude=out / "items",
         )
         folder = _make_folder(out / "items")
         _barrier(

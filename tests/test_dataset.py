@@ -321,27 +321,23 @@ def test_a_damaged_settings_file_is_one_line(dataset, tmp_path, capsys):
 
 
 def test_an_out_inside_the_source_is_not_explained_again(dataset, tmp_path):
-    """``--out`` inside the source folder: a rerun skips everything; the pictures the first
-    run wrote there are outputs, not new items."""
+    """``--out`` inside the source folder (or the folder itself): a rerun skips everything;
+    the pictures the first run wrote there are outputs, not new items."""
     from gswfast.cli import main
 
-    source = tmp_path / "photos"
-    source.mkdir()
-    for name in ("shape00.png", "shape01.png"):
-        (source / name).write_bytes((dataset / name).read_bytes())
-    argv = ["explain-dataset", str(source), "--out", str(source / "audit"), "--pictures"]
-    argv += ["--model", "demo:shapes", "--method", "gradient", "--quiet"]
-    for _ in range(2):
-        assert main(argv) == 0
-        assert [r["item"] for r in _outputs(source / "audit").values()] == [
-            "shape00.png",
-            "shape01.png",
-        ]
-    assert [i.key for i in list_items(source, exclude=source / "audit")] == [
-        "shape00.png",
-        "shape01.png",
-    ]
-    assert len(list_items(source)) == 4  # without exclude: the two pictures too
+    for case, inside in (("below", "audit"), ("itself", "")):
+        source = tmp_path / case
+        source.mkdir()
+        for name in ("shape00.png", "shape01.png"):
+            (source / name).write_bytes((dataset / name).read_bytes())
+        out = source / inside
+        argv = ["explain-dataset", str(source), "--out", str(out), "--pictures"]
+        argv += ["--model", "demo:shapes", "--method", "gradient", "--quiet"]
+        for _ in range(2):
+            assert main(argv) == 0
+            assert list(_outputs(out)) == ["shape00.png", "shape01.png"]
+        assert len(list_items(source)) == 4  # without exclude: the two pictures too
+        assert [i.key for i in list_items(source, exclude=out / "items")] == list(_outputs(out))
 
 
 def test_listed_files_with_the_same_folder_and_name_keep_their_own_results(dataset, tmp_path):
