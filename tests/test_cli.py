@@ -893,6 +893,7 @@ def test_grad_cam_layer_option(files, tmp_path, capsys):
 
 
 def test_version_and_fast_argument_checks(tmp_path):
+    (tmp_path / "f").write_text("a file")
     version = subprocess.run(
         [sys.executable, "-m", "gswfast", "--version"], capture_output=True, text=True
     )
@@ -912,7 +913,9 @@ def test_version_and_fast_argument_checks(tmp_path):
         (["explain", "x.png", "--method", "lrp"], 2, "--method: expected one of"),
         (["explain", "x.png", "--segments", "0"], 2, "--segments: expected an int >= 1"),
         (["explain", "x.png", "--top-k", "-1"], 2, "--top-k: expected an int >= 0"),
-        (["explain", "x.png", "--size", "0"], 2, "--size: expected an int >= 1"),
+        (["explain", "x.png", "--size", "0"], 2, "--size: expected an int from 1 to 4096"),
+        (["explain", "x.png", "--target", "1" + "0" * 20], 2, "--target: expected an int from"),
+        (["explain", "x.png", "--out", str(tmp_path / "f" / "o")], 2, "f is not a folder"),
         (["demo", "--segments", "0"], 2, "--segments: expected an int >= 1"),
         (
             ["explain-dataset", "src", "--out", str(tmp_path), "--batch-size", "0"],
