@@ -26,9 +26,10 @@ _SEQUENTIAL = ((0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255
 
 
 def colormap(values: Tensor, points: tuple[tuple[int, int, int], ...]) -> Tensor:
-    """float ``values`` in [0, 1], any shape ``S`` -> float RGB ``[*S, 3]`` in 0..255."""
+    """float ``values`` in [0, 1], any shape ``S`` -> float RGB ``[*S, 3]`` in 0..255 (NaN
+    gets the first colour, infinities the ends: never an index out of the table)."""
     table = torch.tensor(points, dtype=torch.float32, device=values.device)
-    pos = values.float().clamp(0, 1) * (len(points) - 1)
+    pos = values.float().nan_to_num(0.0, 1.0, 0.0).clamp(0, 1) * (len(points) - 1)
     low = pos.floor().long().clamp(max=len(points) - 2)
     frac = (pos - low).unsqueeze(-1)
     return table[low] * (1 - frac) + table[low + 1] * frac

@@ -84,6 +84,23 @@ def test_batched_equals_per_sample(method, options):
     assert batched.target.tolist() == [1, 2, 3]
 
 
+def test_overlay_of_a_model_that_gives_nan_draws_instead_of_raising():
+    """NaN scores (a model with NaN weights) made the colour map index its table at
+    -2**63: IndexError on the CPU, a device-side assert on a GPU."""
+    model = TinyCNN(classes=3).eval()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    x = photos(32, 1)
+    expl = gsw.explain(model, x, 0, method="gradient")
+    assert torch.isnan(expl.segment_scores).all()
+    picture = expl.overlay(x)
+    assert picture.shape == (1, 3, 32, 32)
+    colours = gsw.render.colormap(
+        torch.tensor([float("nan"), float("inf"), -float("inf")]), ((0, 0, 0), (255, 255, 255))
+    )
+    assert colours.tolist() == [[0.0] * 3, [255.0] * 3, [0.0] * 3]
+
+
 def test_explanation_ranking_top_k_heatmap_overlay():
     x = photos(64, 2)
     expl = gsw.explain(_resnet(), x, method="gradient")
