@@ -653,6 +653,7 @@ class _ExplainJob:
                     x = render.resize_frames(frame[None], self.size)[0].to(self.device)
                     for result in self._push(stream, x, path):
                         self._check_target_width(result.logits.shape[-1])
+                        self._check_finite(result.explanation, path)
                         fresh = (
                             result.clip.shape[2] if result.index == 0 else stride
                         )  # frames not shown yet
@@ -710,7 +711,17 @@ class _ExplainJob:
             expl = explainer(x, self.args.target)
         except (ValueError, RuntimeError) as error:
             raise self._model_error(error, path, x) from None
+        self._check_finite(expl, path)
         return expl
+
+    def _check_finite(self, expl: Explanation, path: Path) -> None:
+        import torch
+
+        if not bool(torch.isfinite(expl.segment_scores).all()):
+            raise InputFailed(
+                f"{path}: the model {self.args.model} gave NaN or infinite scores (are its "
+                "weights finite?)"
+            )
 
     def _check_target_width(self, classes: int) -> None:
         if self.args.target is not None and self.args.target >= classes:

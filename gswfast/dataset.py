@@ -320,6 +320,13 @@ class _Work:
         seconds = (time.perf_counter() - begin) / len(items)
         host = _BatchOnHost.of(expl)
         for b, item in enumerate(items):
+            if not np.isfinite(host.segment_scores[b]).all():
+                _fail(
+                    self.folder,
+                    item,
+                    f"{item.path}: the model gave NaN or infinite scores (are its weights finite?)",
+                )
+                continue
             _write_result(self.folder, item, host, b, seconds, self.settings)
             if self.pictures:
                 picture = render.draw_picture(expl, x, size=448)[b]

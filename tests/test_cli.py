@@ -1245,3 +1245,28 @@ def test_photos_are_read_the_way_up_their_exif_says(files, tmp_path):
     argv = ["explain", str(tmp_path / "phone.jpg"), "--model", "demo:shapes"]
     assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert read_image(tmp_path / "out" / "phone.png").shape == (3, 448, 224)
+
+
+def test_a_model_that_gives_nan_fails_its_inputs(files, tmp_path, capsys):
+    """NaN weights: explain crashed drawing the picture, explain-dataset wrote NaN scores
+    and called the item done."""
+    for name in ("shapes", "actions"):
+        state = load(name).state_dict()
+        state["classifier.weight"] = state["classifier.weight"] * float("nan")
+        torch.save(state, tmp_path / f"{name}.pt")
+    for path, name, extra in (
+        ("shape.png", "shapes", []),
+        ("short.mp4", "actions", ["--frames", "8"]),
+        ("short.mp4", "actions", ["--frames", "8", "--stream"]),
+    ):
+        argv = ["explain", str(files / path), "--model", f"demo:{name}", *extra]
+        argv += ["--weights", str(tmp_path / f"{name}.pt"), "--method", "gradient"]
+        assert main([*argv, "--out", str(tmp_path / "a"), "--quiet"]) == 2
+        _one_line_error(capsys, f"{path}: the model demo:{name} gave NaN or infinite scores")
+        assert not (tmp_path / "a").exists()
+    argv = ["explain-dataset", str(files / "shape.png"), "--model", "demo:shapes", "--quiet"]
+    argv += ["--weights", str(tmp_path / "shapes.pt"), "--method", "gradient"]
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    (row,) = json.loads((tmp_path / "b" / "manifest.json").read_text())["items"]
+    assert row["status"] == "failed"
+    assert "gave NaN or infinite scores" in row["reason"]
