@@ -41,6 +41,7 @@ PICTURE_SIDE = 448  # longer side of the pictures `explain` writes
 MAX_COUNT, MAX_SIZE = 2**31 - 1, 4096
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
 OUTPUT_SUFFIXES = (".png", ".mp4", ".gif", ".timeline.jsonl")  # what explain writes per input
+STEM_BYTES = 200  # output stems are cut there: with "-NN" and a suffix, within 255 bytes
 NORMALIZE_CHOICES = ("auto", "imagenet", "kinetics", "none")
 EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
 
@@ -407,13 +408,29 @@ def _run_explain(args: argparse.Namespace) -> int:
     failed = sum("error" in r for r in results)
     if failed == len(results):
         return EXIT_USER_ERROR
-    (args.out / "explanations.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    (args.out / "explanations.json").write_text(_json_text(results), encoding="utf-8")
     _say(
         args,
         f"wrote {args.out}/explanations.json and the pictures beside it"
         + (f"; {failed} of {len(results)} inputs failed (listed there)" if failed else ""),
     )
     return EXIT_PARTIAL if failed else 0
+
+
+def _json_text(value: Any) -> str:
+    """JSON with its text as is (UTF-8), or, when a file name is not UTF-8 (Latin-1 names
+    from old archives), with ``\\uXXXX`` escapes, which give the name back exactly."""
+    text = json.dumps(value, indent=1, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes are lone surrogates (PEP 383)
+        return json.dumps(value, indent=1)
+    return text
+
+
+def _short(stem: str, limit: int = STEM_BYTES) -> str:
+    """``stem`` cut to ``limit`` bytes of its file-system encoding (whole characters)."""
+    return os.fsdecode(os.fsencode(stem)[:limit])
 
 
 def _unique_stems(paths: Sequence[Path], out: Path) -> list[str]:
@@ -430,7 +447,7 @@ def _unique_stems(paths: Sequence[Path], out: Path) -> list[str]:
     used: set[str] = set()
     stems = []
     for path in paths:
-        stem, n = path.stem, 1
+        stem, n = _short(path.stem), 1
         while taken(stem if n == 1 else f"{stem}-{n}"):
             n += 1
         stem = stem if n == 1 else f"{stem}-{n}"

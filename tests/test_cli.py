@@ -1270,3 +1270,33 @@ def test_a_model_that_gives_nan_fails_its_inputs(files, tmp_path, capsys):
     (row,) = json.loads((tmp_path / "b" / "manifest.json").read_text())["items"]
     assert row["status"] == "failed"
     assert "gave NaN or infinite scores" in row["reason"]
+
+
+def test_inputs_with_names_near_the_limit_get_outputs_that_fit(files, tmp_path):
+    """A 250-byte file name (the limit is 255) made ``<name>-2.png`` and
+    ``<name>.timeline.jsonl`` too long: OSError, with a traceback."""
+    image, video = tmp_path / f"{'é' * 125}i.png", tmp_path / f"{'v' * 246}.mp4"
+    image.write_bytes((files / "shape.png").read_bytes())
+    video.write_bytes((files / "short.mp4").read_bytes())
+    out = tmp_path / "out"
+    argv = ["explain", str(image), str(image), "--model", "demo:shapes", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    argv = ["explain", str(video), "--model", "demo:actions", "--stream", "--frames", "8"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert len(list(out.iterdir())) == 2 + 2 + 1
+    assert all(len(p.name.encode()) <= 255 for p in out.iterdir())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes: Linux")
+def test_a_file_name_that_is_not_utf8_is_explained_and_listed(files, tmp_path):
+    """``caf\\xe9.png`` (Latin-1): writing explanations.json raised UnicodeEncodeError and
+    left it empty."""
+    import os
+
+    name = os.fsdecode(b"caf\xe9.png")
+    (tmp_path / name).write_bytes((files / "shape.png").read_bytes())
+    argv = ["explain", str(tmp_path / name), "--model", "demo:shapes"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    (result,) = json.loads((tmp_path / "out" / "explanations.json").read_bytes())
+    assert os.fsencode(result["input"]) == os.fsencode(tmp_path / name)
+    assert Path(result["output"]).is_file()
