@@ -20,6 +20,7 @@ finishes long before the others waits instead of timing out.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import sys
@@ -57,6 +58,9 @@ from gswfast.video.io import (
     windows,
 )
 
+# Item names past this many bytes are shortened: with "@<window>", ".failed.json" and a
+# temporary name's ".<pid>.tmp", a file name stays within 255 bytes.
+KEY_BYTES = 200
 BARRIER_TIMEOUT = datetime.timedelta(days=7)  # ranks wait for each other however uneven the shards
 # All-gather across ranks: each rank's value in, every rank's values (in rank order) out.
 Share = Callable[[dict[str, int]], list[dict[str, int]]]
@@ -596,13 +600,18 @@ def _once(paths: Sequence[Path]) -> list[Path]:
 
 def _key(path: Path, root: Path) -> str:
     """The item's name: its path under ``root``, or its whole path when elsewhere (not its
-    last two parts: ``d1/cats/x.png`` and ``d2/cats/x.png`` would share a result)."""
+    last two parts: ``d1/cats/x.png`` and ``d2/cats/x.png`` would share a result). Past
+    ``KEY_BYTES``, a hash of it and its last bytes: file names end at 255 bytes."""
     resolved = path.resolve()
     try:
         relative = resolved.relative_to(root.resolve())
     except ValueError:
         relative = resolved.relative_to(resolved.anchor)
-    return str(relative).replace(os.sep, "__")
+    key = os.fsencode(relative).replace(os.fsencode(os.sep), b"__")
+    if len(key) <= KEY_BYTES:
+        return os.fsdecode(key)
+    digest = hashlib.sha256(key).hexdigest()[:16]
+    return f"{digest}~{os.fsdecode(key[len(key) - KEY_BYTES + 17 :])}"
 
 
 def _frame_counts(

@@ -366,6 +366,24 @@ def test_listed_files_with_the_same_folder_and_name_keep_their_own_results(datas
             np.testing.assert_allclose(mine["segment_scores"], single["segment_scores"], 1e-5)
 
 
+def test_deep_folders_and_long_names_get_item_files_that_fit(dataset, tmp_path):
+    """Three folders of 90 characters made ``d..__d..__d..__x.png.npz`` longer than the
+    255 bytes a file name can have: OSError, with a traceback."""
+    from gswfast.cli import main
+
+    deep = tmp_path / "source" / ("d" * 90) / ("e" * 90) / ("f" * 90)
+    deep.mkdir(parents=True)
+    for name in ("x.png", f"{'l' * 240}.png"):
+        (deep / name).write_bytes((dataset / "shape00.png").read_bytes())
+    out = tmp_path / "out"
+    argv = ["explain-dataset", str(tmp_path / "source"), "--out", str(out), "--pictures"]
+    assert main([*argv, "--model", "demo:shapes", "--method", "gradient", "--quiet"]) == 0
+    rows = _outputs(out)
+    assert len(rows) == 2
+    assert all(len(os.fsencode(p.name)) <= 255 for p in (out / "items").iterdir())
+    assert len(set(rows)) == 2
+
+
 def test_exit_codes_when_items_fail(dataset, tmp_path, capsys):
     from gswfast.cli import main
 
