@@ -205,7 +205,7 @@ def explain_dataset(
             **options,
         )
         shard = [item for i, item in enumerate(items) if i % world == rank]
-        mine = [item for item in shard if not _finished(folder, item, settings)]
+        mine = [item for item in shard if not _finished(folder, item, settings, pictures)]
         progress = _RankProgress(out, rank, world, len(items), len(shard) - len(mine), quiet)
         work = _Work(
             explainer,
@@ -335,9 +335,9 @@ class _Work:
             if self.pictures:
                 picture = render.draw_picture(expl, x, size=448)[b]
                 if picture.dim() == 3:
-                    viz.save_png(picture, self.folder / f"{item.key}.png")
+                    viz.save_png(picture, _picture(self.folder, item))
                 else:
-                    viz.save_gif(picture, self.folder / f"{item.key}.gif")
+                    viz.save_gif(picture, _picture(self.folder, item))
 
 
 def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Path) -> list[Item]:
@@ -402,9 +402,15 @@ def _fail(folder: Path, item: Item, reason: str) -> None:
     )
 
 
-def _finished(folder: Path, item: Item, settings: dict[str, Any]) -> bool:
-    """Done before with the same settings (so skipped)."""
+def _finished(folder: Path, item: Item, settings: dict[str, Any], pictures: bool = False) -> bool:
+    """Done before with the same settings (so skipped), and drawn when ``pictures``."""
+    if pictures and not _picture(folder, item).exists():
+        return False
     return _item_settings(folder / f"{item.key}.npz") == settings
+
+
+def _picture(folder: Path, item: Item) -> Path:
+    return folder / f"{item.key}{'.gif' if item.is_video else '.png'}"
 
 
 def _item_settings(path: Path) -> dict[str, Any] | None:

@@ -384,6 +384,19 @@ def test_deep_folders_and_long_names_get_item_files_that_fit(dataset, tmp_path):
     assert len(set(rows)) == 2
 
 
+def test_a_rerun_with_pictures_draws_them(dataset, tmp_path):
+    """A rerun that adds --pictures skipped every finished item: no picture, exit 0."""
+    from gswfast.cli import main
+
+    out = tmp_path / "out"
+    argv = ["explain-dataset", str(dataset / "shape00.png"), "--out", str(out), "--quiet"]
+    argv += ["--model", "demo:shapes", "--method", "gradient"]
+    assert main(argv) == 0
+    assert not (out / "items" / "shape00.png.png").exists()
+    assert main([*argv, "--pictures"]) == 0
+    assert (out / "items" / "shape00.png.png").stat().st_size > 0
+
+
 def test_exit_codes_when_items_fail(dataset, tmp_path, capsys):
     from gswfast.cli import main
 
