@@ -72,7 +72,7 @@ def load_model(
 
     torchvision models get random weights drawn from ``seed`` (the same on every run)
     unless ``weights`` names a state_dict; nothing is ever downloaded."""
-    if spec.endswith((".pt", ".pth")) or Path(spec).exists():
+    if spec.endswith((".pt", ".pth")) or (spec and Path(spec).exists()):  # Path("") is "."
         return _model_file(Path(spec), arch, weights, seed)
     if arch is not None:
         raise UserError(

@@ -324,6 +324,9 @@ def test_find_layer_through_wrappers():
         find_layer(model, "conv9")
     with pytest.raises(ValueError, match="not part of the model"):
         find_layer(model, torch.nn.Conv2d(1, 1, 1))
+    for blank in ("", "module.", " "):  # "" named the whole model: its output, not a map
+        with pytest.raises(ValueError, match="layer: expected a module name such as 'conv2'"):
+            find_layer(wrapped, blank)
 
 
 def test_bad_input():

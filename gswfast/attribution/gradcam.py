@@ -27,11 +27,14 @@ def find_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
         raise TypeError(
             f"layer: expected a module, a dotted name or None, got {type(layer).__name__}"
         )
+    convs = [n for n, m in model.named_modules() if isinstance(m, _CONVS)][-3:]
+    if not layer.strip().removeprefix("module."):  # "" names the whole model
+        example = convs[-1].removeprefix("module.") if convs else "layer4"
+        raise ValueError(f"layer: expected a module name such as {example!r}, got {layer!r}")
     modules: dict[str, nn.Module] = dict(model.named_modules())
     for name in (layer, f"module.{layer}", layer.removeprefix("module.")):
         if name in modules:
             return modules[name]
-    convs = [n for n, m in model.named_modules() if isinstance(m, _CONVS)][-3:]
     raise ValueError(
         f"layer: the model has no module named {layer!r} (its last convolutions: {convs})"
     )
