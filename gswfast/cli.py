@@ -429,8 +429,14 @@ def _json_text(value: Any) -> str:
 
 
 def _short(stem: str, limit: int = STEM_BYTES) -> str:
-    """``stem`` cut to ``limit`` bytes of its file-system encoding (whole characters)."""
-    return os.fsdecode(os.fsencode(stem)[:limit])
+    """``stem`` cut to at most ``limit`` bytes of its file-system encoding, at a character."""
+    kept, size = [], 0
+    for char in stem:
+        size += len(os.fsencode(char))
+        if size > limit:
+            break
+        kept.append(char)
+    return "".join(kept)
 
 
 def _unique_stems(paths: Sequence[Path], out: Path) -> list[str]:

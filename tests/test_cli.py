@@ -1275,7 +1275,7 @@ def test_a_model_that_gives_nan_fails_its_inputs(files, tmp_path, capsys):
 def test_inputs_with_names_near_the_limit_get_outputs_that_fit(files, tmp_path):
     """A 250-byte file name (the limit is 255) made ``<name>-2.png`` and
     ``<name>.timeline.jsonl`` too long: OSError, with a traceback."""
-    image, video = tmp_path / f"{'é' * 125}i.png", tmp_path / f"{'v' * 246}.mp4"
+    image, video = tmp_path / f"i{'é' * 125}.png", tmp_path / f"{'v' * 246}.mp4"
     image.write_bytes((files / "shape.png").read_bytes())
     video.write_bytes((files / "short.mp4").read_bytes())
     out = tmp_path / "out"
@@ -1284,7 +1284,7 @@ def test_inputs_with_names_near_the_limit_get_outputs_that_fit(files, tmp_path):
     argv = ["explain", str(video), "--model", "demo:actions", "--stream", "--frames", "8"]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     assert len(list(out.iterdir())) == 2 + 2 + 1
-    assert all(len(p.name.encode()) <= 255 for p in out.iterdir())
+    assert all(len(p.name.encode()) <= 255 for p in out.iterdir())  # UTF-8: whole characters
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes: Linux")
