@@ -617,7 +617,8 @@ def _key(path: Path, root: Path) -> str:
     if len(key) <= KEY_BYTES:
         return os.fsdecode(key)
     digest = hashlib.sha256(key).hexdigest()[:16]
-    return f"{digest}~{os.fsdecode(key[len(key) - KEY_BYTES + 17 :])}"
+    tail = key[len(key) - KEY_BYTES + 17 :].lstrip(bytes(range(0x80, 0xC0)))  # at a character
+    return f"{digest}~{os.fsdecode(tail)}"
 
 
 def _frame_counts(
