@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from gswfast import __version__
-from gswfast.options import METHOD_NAMES, UserError, check_method
+from gswfast.options import METHOD_NAMES, UserError, check_method, make_out_folder
 
 if TYPE_CHECKING:
     import torch
@@ -263,14 +263,6 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out: {out}: cannot write there, {above} is not writable")
 
 
-def _make_folder(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # what _check_out cannot see: /proc, a read-only file system
-        raise UserError(f"--out: cannot make {out} ({error.strerror})") from None
-    return out
-
-
 def _method(args: argparse.Namespace, kind: str) -> str:
     from gswfast.models import DEFAULT_METHODS
 
@@ -305,7 +297,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         x, masks = batch.images.to(device), batch.masks.to(device)
         explainer = gsw.Explainer(model, method, n_segments=args.segments or segments)
         expl, seconds = _timed(functools.partial(explainer, x), device)
-        _make_folder(args.out)
+        make_out_folder(args.out)
         files = _write_demo_pictures(expl, x, args.out, name, args.top_k)
         report[name] = _records(expl, batch.classes, labels, files, masks)
         report[f"{name}_seconds"] = seconds
@@ -546,7 +538,7 @@ class _ExplainJob:
 
     def folder(self) -> Path:
         out: Path = self.args.out  # argparse: type=Path
-        return _make_folder(out)  # made when the first output is written
+        return make_out_folder(out)  # made when the first output is written
 
     def remove_empty_folder(self) -> None:
         """No empty output folder left behind when nothing could be written."""

@@ -45,7 +45,7 @@ from gswfast.models import (
     normaliser,
     resolve_device,
 )
-from gswfast.options import UserError, check_method
+from gswfast.options import UserError, check_method, make_out_folder
 from gswfast.progress import Progress
 from gswfast.video.io import (
     MEDIA_SUFFIXES,
@@ -191,7 +191,7 @@ def explain_dataset(
             lambda value: _all_gather(value, world, group),
             exclude=out / "items",
         )
-        folder = _make_folder(out / "items")
+        folder = make_out_folder(out / "items")
         _barrier(
             world, group
         )  # every rank has checked the old settings before rank 0 records the new ones
@@ -583,14 +583,6 @@ def _source_paths(source: Path, exclude: Path | None = None) -> tuple[list[Path]
         ]
         return _once(paths), source.parent
     raise UserError(f"{source}: no such folder or list file")
-
-
-def _make_folder(folder: Path) -> Path:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out: cannot make {folder} ({error.strerror})") from None
-    return folder
 
 
 def _once(paths: Sequence[Path]) -> list[Path]:

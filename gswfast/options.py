@@ -1,8 +1,11 @@
-"""What the command checks before anything heavy loads: the method names, ``check_method``
-and ``UserError``. No torch here, so ``gswfast --help`` and option mistakes are fast.
+"""What the command checks before anything heavy loads: the method names, ``check_method``,
+``UserError`` and ``make_out_folder``. No torch here, so ``gswfast --help`` and option
+mistakes are fast.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 # The methods of gswfast.explain (gswfast.attribution.METHODS is this tuple), here without torch
 METHOD_NAMES: tuple[str, ...] = (
@@ -26,3 +29,13 @@ def check_method(name: str) -> str:
     if name not in METHOD_NAMES:
         raise UserError(f"--method: expected one of {', '.join(METHOD_NAMES)}, got {name!r}")
     return name
+
+
+def make_out_folder(folder: Path) -> Path:
+    """Makes ``folder`` (an ``--out`` or a folder in it); ``UserError`` when the system
+    refuses what the option checks could not see (/proc, a read-only file system)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out: cannot make {folder} ({error.strerror})") from None
+    return folder
