@@ -500,21 +500,101 @@ ClaimFn pick_claim(int32_t F) {
   }
 }
 
-// Whether any of the 16 pixels from w_row / l_row changes cluster: claimed (w >= 0) by
-// another one. GCC vector extensions: AVX2 compares where the caller is an AVX2 function,
-// SSE ones elsewhere.
-typedef int32_t Lanes8 __attribute__((vector_size(32)));
-typedef uint64_t Words4 __attribute__((vector_size(32)));
+// Bit masks over 8 pixels for the change scan (accumulate_changes): change8, bit j set
+// where pixel j changes cluster (claimed, w >= 0, by another one); same8, bit j set where
+// pixel j has claim w and label l (the run of changes goes on). The AVX2 twins compare 8
+// lanes at once; the portable ones 4 (SSE2) or 1 at a time. All give the same bits.
+struct PortableBits {
+  static uint32_t change8(const int32_t* w_row, const int32_t* l_row) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    uint32_t bits = 0;
+    for (int32_t half = 0; half < 2; ++half) {
+      const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w_row + 4 * half));
+      const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(l_row + 4 * half));
+      const __m128i changed =
+          _mm_andnot_si128(_mm_cmpeq_epi32(w, l), _mm_cmpgt_epi32(w, _mm_set1_epi32(-1)));
+      bits |= static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(changed))) << (4 * half);
+    }
+    return bits;
+#else
+    uint32_t bits = 0;
+    for (int32_t j = 0; j < 8; ++j)
+      bits |= static_cast<uint32_t>(w_row[j] >= 0 && w_row[j] != l_row[j]) << j;
+    return bits;
+#endif
+  }
+  static uint32_t same8(const int32_t* w_row, const int32_t* l_row, int32_t w, int32_t l) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    uint32_t bits = 0;
+    for (int32_t half = 0; half < 2; ++half) {
+      const __m128i wv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w_row + 4 * half));
+      const __m128i lv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(l_row + 4 * half));
+      const __m128i same = _mm_and_si128(_mm_cmpeq_epi32(wv, _mm_set1_epi32(w)),
+                                         _mm_cmpeq_epi32(lv, _mm_set1_epi32(l)));
+      bits |= static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(same))) << (4 * half);
+    }
+    return bits;
+#else
+    uint32_t bits = 0;
+    for (int32_t j = 0; j < 8; ++j)
+      bits |= static_cast<uint32_t>(w_row[j] == w && l_row[j] == l) << j;
+    return bits;
+#endif
+  }
+};
 
-inline bool any_change16(const int32_t* w_row, const int32_t* l_row) {
-  Lanes8 w0, l0, w1, l1;
-  std::memcpy(&w0, w_row, sizeof w0);
-  std::memcpy(&l0, l_row, sizeof l0);
-  std::memcpy(&w1, w_row + 8, sizeof w1);
-  std::memcpy(&l1, l_row + 8, sizeof l1);
-  const Words4 changed =
-      reinterpret_cast<Words4>(((w0 >= 0) & (w0 != l0)) | ((w1 >= 0) & (w1 != l1)));
-  return (changed[0] | changed[1] | changed[2] | changed[3]) != 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+// Not always_inline: the generic templates that call these could not take them (target
+// mismatch); once those are inlined into run_chunk_avx2, GCC inlines these too.
+struct Avx2Bits {
+  __attribute__((target("avx2"))) static uint32_t change8(const int32_t* w_row,
+                                                          const int32_t* l_row) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row));
+    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l_row));
+    const __m256i changed =
+        _mm256_andnot_si256(_mm256_cmpeq_epi32(w, l), _mm256_cmpgt_epi32(w, _mm256_set1_epi32(-1)));
+    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(changed)));
+  }
+  __attribute__((target("avx2"))) static uint32_t same8(const int32_t* w_row, const int32_t* l_row,
+                                                        int32_t w, int32_t l) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row));
+    const __m256i lv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l_row));
+    const __m256i same = _mm256_and_si256(_mm256_cmpeq_epi32(wv, _mm256_set1_epi32(w)),
+                                          _mm256_cmpeq_epi32(lv, _mm256_set1_epi32(l)));
+    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(same)));
+  }
+};
+#endif
+
+// The first pixel from x on of a row of W that changes cluster (W if none): 16 pixels a
+// step, then straight to it (changes are sparse, and a step per pixel near each one cost
+// more than the rest of the scan).
+template <typename Bits>
+__attribute__((always_inline)) inline int32_t next_change(const int32_t* w_row,
+                                                          const int32_t* l_row, int32_t x,
+                                                          int32_t W) {
+  for (; x + 16 <= W; x += 16) {
+    const uint32_t bits =
+        Bits::change8(w_row + x, l_row + x) | Bits::change8(w_row + x + 8, l_row + x + 8) << 8;
+    if (bits != 0) return x + __builtin_ctz(bits);
+  }
+  for (; x < W; ++x) {
+    if (w_row[x] >= 0 && w_row[x] != l_row[x]) return x;
+  }
+  return W;
+}
+
+// One past the run of pixels from x + 1 on with claim w and label l (pixel x has them).
+template <typename Bits>
+__attribute__((always_inline)) inline int32_t run_end(const int32_t* w_row, const int32_t* l_row,
+                                                      int32_t x, int32_t W, int32_t w, int32_t l) {
+  int32_t e = x + 1;
+  for (; e + 8 <= W; e += 8) {
+    const uint32_t same = Bits::same8(w_row + e, l_row + e, w, l);
+    if (same != 0xFFu) return e + __builtin_ctz(~same);
+  }
+  while (e < W && w_row[e] == w && l_row[e] == l) ++e;
+  return e;
 }
 
 // Sum of v[x .. e). Runs are mostly a few pixels long, too short for a vector loop's
@@ -584,7 +664,7 @@ __attribute__((always_inline)) inline void accumulate_rows(
 // pass touches a few percent of the pixels instead of all of them. Changes come in runs
 // (a boundary that moves shifts a stretch of a row from one cluster to the same other
 // one), so they are moved run by run; blocks of 16 unchanged pixels are skipped at once.
-template <int FC>
+template <int FC, typename Bits>
 __attribute__((always_inline)) inline void accumulate_changes(
     const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
     const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
@@ -598,18 +678,11 @@ __attribute__((always_inline)) inline void accumulate_changes(
     int32_t* __restrict l_row = lab + row;
     const int32_t* __restrict w_row = winner + row;
     const int32_t* v_row = fixed_feat + row;
-    for (int32_t x = 0; x < W;) {
-      if (x + 16 <= W && !any_change16(w_row + x, l_row + x)) {
-        x += 16;
-        continue;
-      }
+    // Unclaimed pixels (w < 0) keep their cluster.
+    for (int32_t x = next_change<Bits>(w_row, l_row, 0, W); x < W;
+         x = next_change<Bits>(w_row, l_row, x, W)) {
       const int32_t w = w_row[x], l = l_row[x];
-      if (w < 0 || w == l) {  // unclaimed pixels keep their cluster
-        ++x;
-        continue;
-      }
-      int32_t e = x + 1;
-      while (e < W && w_row[e] == w && l_row[e] == l) ++e;
+      const int32_t e = run_end<Bits>(w_row, l_row, x, W, w, l);
       const int64_t count = e - x;
       // w is looked up again after l: a new row for l may move w's.
       chunk.sums_of(w, S, local_of);
@@ -634,6 +707,7 @@ __attribute__((always_inline)) inline void accumulate_changes(
   for (const int32_t k : chunk.clusters) local_of[k] = -1;
 }
 
+template <typename Bits>
 __attribute__((always_inline)) inline void run_chunk_body(
     const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
     const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z, int32_t cy,
@@ -689,9 +763,11 @@ __attribute__((always_inline)) inline void run_chunk_body(
   const int32_t* win = scratch.winner.data();
   if (pass.changes_only) {
     if (g.F == 3) {
-      accumulate_changes<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
+      accumulate_changes<3, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk,
+                                  scratch.local_of);
     } else {
-      accumulate_changes<0>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
+      accumulate_changes<0, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk,
+                                  scratch.local_of);
     }
   } else if (g.F == 3) {
     accumulate_rows<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
@@ -707,8 +783,8 @@ using RunChunkFn = void (*)(const Geometry&, const float*, const int32_t*, const
 void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
                const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
                int32_t cy, PassRows pass, int32_t* labels, Chunk& chunk, Scratch& scratch) {
-  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass, labels, chunk,
-                 scratch);
+  run_chunk_body<PortableBits>(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass,
+                               labels, chunk, scratch);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -719,8 +795,8 @@ __attribute__((target("avx2"))) void run_chunk_avx2(const Geometry& g, const flo
                                                     const int32_t* cell_items, int64_t n, int32_t z,
                                                     int32_t cy, PassRows pass, int32_t* labels,
                                                     Chunk& chunk, Scratch& scratch) {
-  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass, labels, chunk,
-                 scratch);
+  run_chunk_body<Avx2Bits>(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass,
+                           labels, chunk, scratch);
 }
 #endif
 
