@@ -364,7 +364,8 @@ struct Scratch {
   std::vector<float> best;
   std::vector<int32_t> winner;
   std::vector<int32_t> cands;
-  std::vector<int32_t> local_of;  // cluster -> row of Chunk::sums, -1 when absent
+  std::vector<int32_t> local_of;      // cluster -> row of Chunk::sums, -1 when absent
+  std::vector<int32_t> starts, ends;  // runs of changes of a row (accumulate_changes)
 };
 
 // Window of a centre along one dimension: integer coordinates within step of c, the
@@ -518,103 +519,6 @@ ClaimFn pick_claim(int32_t F) {
   }
 }
 
-// Bit masks over 8 pixels for the change scan (accumulate_changes): change8, bit j set
-// where pixel j changes cluster (claimed, w >= 0, by another one); same8, bit j set where
-// pixel j has claim w and label l (the run of changes goes on). The AVX2 twins compare 8
-// lanes at once; the portable ones 4 (SSE2) or 1 at a time. All give the same bits.
-struct PortableBits {
-  static uint32_t change8(const int32_t* w_row, const int32_t* l_row) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    uint32_t bits = 0;
-    for (int32_t half = 0; half < 2; ++half) {
-      const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w_row + 4 * half));
-      const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(l_row + 4 * half));
-      const __m128i changed =
-          _mm_andnot_si128(_mm_cmpeq_epi32(w, l), _mm_cmpgt_epi32(w, _mm_set1_epi32(-1)));
-      bits |= static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(changed))) << (4 * half);
-    }
-    return bits;
-#else
-    uint32_t bits = 0;
-    for (int32_t j = 0; j < 8; ++j)
-      bits |= static_cast<uint32_t>(w_row[j] >= 0 && w_row[j] != l_row[j]) << j;
-    return bits;
-#endif
-  }
-  static uint32_t same8(const int32_t* w_row, const int32_t* l_row, int32_t w, int32_t l) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    uint32_t bits = 0;
-    for (int32_t half = 0; half < 2; ++half) {
-      const __m128i wv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w_row + 4 * half));
-      const __m128i lv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(l_row + 4 * half));
-      const __m128i same = _mm_and_si128(_mm_cmpeq_epi32(wv, _mm_set1_epi32(w)),
-                                         _mm_cmpeq_epi32(lv, _mm_set1_epi32(l)));
-      bits |= static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(same))) << (4 * half);
-    }
-    return bits;
-#else
-    uint32_t bits = 0;
-    for (int32_t j = 0; j < 8; ++j)
-      bits |= static_cast<uint32_t>(w_row[j] == w && l_row[j] == l) << j;
-    return bits;
-#endif
-  }
-};
-
-#if defined(__x86_64__) && defined(__GNUC__)
-// Not always_inline: the generic templates that call these could not take them (target
-// mismatch); once those are inlined into run_chunk_avx2, GCC inlines these too.
-struct Avx2Bits {
-  __attribute__((target("avx2"))) static uint32_t change8(const int32_t* w_row,
-                                                          const int32_t* l_row) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row));
-    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l_row));
-    const __m256i changed =
-        _mm256_andnot_si256(_mm256_cmpeq_epi32(w, l), _mm256_cmpgt_epi32(w, _mm256_set1_epi32(-1)));
-    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(changed)));
-  }
-  __attribute__((target("avx2"))) static uint32_t same8(const int32_t* w_row, const int32_t* l_row,
-                                                        int32_t w, int32_t l) {
-    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row));
-    const __m256i lv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l_row));
-    const __m256i same = _mm256_and_si256(_mm256_cmpeq_epi32(wv, _mm256_set1_epi32(w)),
-                                          _mm256_cmpeq_epi32(lv, _mm256_set1_epi32(l)));
-    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(same)));
-  }
-};
-#endif
-
-// The first pixel from x on of a row of W that changes cluster (W if none): 16 pixels a
-// step, then straight to it (changes are sparse, and a step per pixel near each one cost
-// more than the rest of the scan).
-template <typename Bits>
-__attribute__((always_inline)) inline int32_t next_change(const int32_t* w_row,
-                                                          const int32_t* l_row, int32_t x,
-                                                          int32_t W) {
-  for (; x + 16 <= W; x += 16) {
-    const uint32_t bits =
-        Bits::change8(w_row + x, l_row + x) | Bits::change8(w_row + x + 8, l_row + x + 8) << 8;
-    if (bits != 0) return x + __builtin_ctz(bits);
-  }
-  for (; x < W; ++x) {
-    if (w_row[x] >= 0 && w_row[x] != l_row[x]) return x;
-  }
-  return W;
-}
-
-// One past the run of pixels from x + 1 on with claim w and label l (pixel x has them).
-template <typename Bits>
-__attribute__((always_inline)) inline int32_t run_end(const int32_t* w_row, const int32_t* l_row,
-                                                      int32_t x, int32_t W, int32_t w, int32_t l) {
-  int32_t e = x + 1;
-  for (; e + 8 <= W; e += 8) {
-    const uint32_t same = Bits::same8(w_row + e, l_row + e, w, l);
-    if (same != 0xFFu) return e + __builtin_ctz(~same);
-  }
-  while (e < W && w_row[e] == w && l_row[e] == l) ++e;
-  return e;
-}
-
 // Sum of v[x .. e). Runs are mostly a few pixels long, too short for a vector loop's
 // set-up, so those are added one by one.
 inline int64_t run_sum(const int32_t* v, int32_t x, int32_t e) {
@@ -628,6 +532,94 @@ inline int64_t run_sum(const int32_t* v, int32_t x, int32_t e) {
   for (int32_t q = x; q < e; ++q) sum += v[q];
   return sum;
 }
+
+// Positions of the set bits of each byte value, packed low: a compress-store table.
+struct BitPositions {
+  uint8_t at[256][8] = {};
+  BitPositions() {
+    for (int32_t m = 0; m < 256; ++m) {
+      for (int32_t j = 0, k = 0; j < 8; ++j) {
+        if (m >> j & 1) at[m][k++] = static_cast<uint8_t>(j);
+      }
+    }
+  }
+};
+
+const BitPositions kBitPositions;
+
+// The runs of changes of a row (accumulate_changes): maximal stretches of pixels that
+// change cluster (claimed, w >= 0, by another one) with one claim and one label, as
+// [starts[i], ends[i]), found without a branch per pixel or per run: runs are a few pixels
+// long at random places, and branches on them mostly mispredicted. Each returns the number
+// of runs; the arrays hold W + 8 values. The AVX2 variant gives the same runs.
+struct PortableBits {
+  static int32_t change_runs(const int32_t* w, const int32_t* l, int32_t W, int32_t* starts,
+                             int32_t* ends) {
+    return change_runs_from(w, l, 0, W, 0, 0, starts, ends);
+  }
+  // From pixel x on, ns runs started and ne ended before it.
+  static int32_t change_runs_from(const int32_t* w, const int32_t* l, int32_t x, int32_t W,
+                                  int32_t ns, int32_t ne, int32_t* starts, int32_t* ends) {
+    for (; x < W; ++x) {
+      const bool changed = w[x] >= 0 && w[x] != l[x];
+      const bool same = x > 0 && w[x] == w[x - 1] && l[x] == l[x - 1];
+      const bool prev_changed = x > 0 && w[x - 1] >= 0 && w[x - 1] != l[x - 1];
+      starts[ns] = x;
+      ns += changed && !same;
+      ends[ne] = x;
+      ne += prev_changed && !same;
+    }
+    ends[ne] = W;
+    ne += W > 0 && w[W - 1] >= 0 && w[W - 1] != l[W - 1];
+    return ns;
+  }
+};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+struct Avx2Bits {
+  // 8 pixels a step: starts and ends as bit masks, their positions compress-stored.
+  __attribute__((target("avx2,popcnt"))) static int32_t change_runs(const int32_t* w,
+                                                                    const int32_t* l, int32_t W,
+                                                                    int32_t* starts,
+                                                                    int32_t* ends) {
+    if (W < 9) return PortableBits::change_runs(w, l, W, starts, ends);
+    int32_t ns = 0, ne = 0;
+    starts[0] = 0;
+    ns += w[0] >= 0 && w[0] != l[0];
+    int32_t x = 1;
+    const __m256i none = _mm256_set1_epi32(-1);
+    for (; x + 8 <= W; x += 8) {
+      const __m256i wc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + x));
+      const __m256i lc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l + x));
+      const __m256i wp = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + x - 1));
+      const __m256i lp = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l + x - 1));
+      const __m256i changed =
+          _mm256_andnot_si256(_mm256_cmpeq_epi32(wc, lc), _mm256_cmpgt_epi32(wc, none));
+      const __m256i prev_changed =
+          _mm256_andnot_si256(_mm256_cmpeq_epi32(wp, lp), _mm256_cmpgt_epi32(wp, none));
+      const __m256i same = _mm256_and_si256(_mm256_cmpeq_epi32(wc, wp), _mm256_cmpeq_epi32(lc, lp));
+      const uint32_t start = static_cast<uint32_t>(
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(same, changed))));
+      const uint32_t end = static_cast<uint32_t>(
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(same, prev_changed))));
+      const __m256i at = _mm256_set1_epi32(x);
+      const __m256i start_at = _mm256_add_epi32(
+          _mm256_cvtepu8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(kBitPositions.at[start]))),
+          at);
+      const __m256i end_at = _mm256_add_epi32(
+          _mm256_cvtepu8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(kBitPositions.at[end]))),
+          at);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(starts + ns), start_at);  // 8 slots
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ends + ne), end_at);
+      ns += _mm_popcnt_u32(start);
+      ne += _mm_popcnt_u32(end);
+    }
+    return PortableBits::change_runs_from(w, l, x, W, ns, ne, starts, ends);
+  }
+};
+#endif
 
 // Labels of rows [y0, y1) of a chunk from the claims' winners (unclaimed pixels keep their
 // previous cluster), and the chunk's partial sums, accumulated run by run since
@@ -681,11 +673,13 @@ __attribute__((always_inline)) inline void accumulate_rows(
 // differences. Integer sums, so the running totals equal a recount bit for bit, while a
 // pass touches a few percent of the pixels instead of all of them. Changes come in runs
 // (a boundary that moves shifts a stretch of a row from one cluster to the same other
-// one), so they are moved run by run; blocks of 16 unchanged pixels are skipped at once.
+// one), so they are moved run by run: each row's runs are listed first (change_runs),
+// then moved. starts and ends: room for W + 8 values each.
 template <int FC, typename Bits>
 __attribute__((always_inline)) inline void accumulate_changes(
     const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
-    const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
+    const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of,
+    int32_t* starts, int32_t* ends) {
   const int32_t W = g.W;
   const int64_t P = g.P;
   const int32_t F = FC > 0 ? FC : g.F;
@@ -697,10 +691,10 @@ __attribute__((always_inline)) inline void accumulate_changes(
     const int32_t* __restrict w_row = winner + row;
     const int32_t* v_row = fixed_feat + row;
     // Unclaimed pixels (w < 0) keep their cluster.
-    for (int32_t x = next_change<Bits>(w_row, l_row, 0, W); x < W;
-         x = next_change<Bits>(w_row, l_row, x, W)) {
+    const int32_t runs = Bits::change_runs(w_row, l_row, W, starts, ends);
+    for (int32_t i = 0; i < runs; ++i) {
+      const int32_t x = starts[i], e = ends[i];
       const int32_t w = w_row[x], l = l_row[x];
-      const int32_t e = run_end<Bits>(w_row, l_row, x, W, w, l);
       const int64_t count = e - x;
       // w is looked up again after l: a new row for l may move w's.
       chunk.sums_of(w, S, local_of);
@@ -718,7 +712,6 @@ __attribute__((always_inline)) inline void accumulate_changes(
       }
       std::fill(l_row + x, l_row + e, w);
       changed += count;
-      x = e;
     }
   }
   chunk.changed = changed;
@@ -780,12 +773,14 @@ __attribute__((always_inline)) inline void run_chunk_body(
   int32_t* lab = labels + n * g.P + first;
   const int32_t* win = scratch.winner.data();
   if (pass.changes_only) {
+    scratch.starts.resize(g.W + 8);
+    scratch.ends.resize(g.W + 8);
     if (g.F == 3) {
-      accumulate_changes<3, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk,
-                                  scratch.local_of);
+      accumulate_changes<3, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of,
+                                  scratch.starts.data(), scratch.ends.data());
     } else {
-      accumulate_changes<0, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk,
-                                  scratch.local_of);
+      accumulate_changes<0, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of,
+                                  scratch.starts.data(), scratch.ends.data());
     }
   } else if (g.F == 3) {
     accumulate_rows<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
@@ -1202,20 +1197,6 @@ void prefix_sums(const int32_t* v, int32_t W, int64_t* prefix) {
 // (find_runs a third faster on 2048 x 1536 pixels and on a photo, where the hardware
 // prefetchers alone keep too few lines in flight).
 constexpr int32_t kPrefetchAhead = 512;
-
-// Positions of the set bits of each byte value, packed low: a compress-store table.
-struct BitPositions {
-  uint8_t at[256][8] = {};
-  BitPositions() {
-    for (int32_t m = 0; m < 256; ++m) {
-      for (int32_t j = 0, k = 0; j < 8; ++j) {
-        if (m >> j & 1) at[m][k++] = static_cast<uint8_t>(j);
-      }
-    }
-  }
-};
-
-const BitPositions kBitPositions;
 
 __attribute__((target("avx2"))) __m256i equal_neighbours(const int32_t* lab, int32_t x) {
   const __m256i left = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lab + x - 1));
