@@ -427,13 +427,55 @@ using ClaimFn = void (*)(const Geometry&, const float* const*, const float*, int
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // The same claims 8 pixels at a time with AVX2 + FMA: the fused multiply-adds of
-// assignment_distance in each lane, and the row's last partial group through masked loads
-// and stores (no scalar tail: a window row of 2 * step + 1 pixels is mostly whole groups).
-// 8 floats from p, or the valid lanes only (zeros elsewhere) at the end of a row.
-__attribute__((target("avx2"))) inline __m256 load_lanes(const float* p, bool whole,
-                                                         __m256i valid) {
-  return whole ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, valid);
-}
+// assignment_distance in each lane. A row's last partial group is a whole group ending at
+// the row's end, overlapping the previous one: its pixels claimed already give the same
+// distance again, not strictly nearer, so they stay as they are. Rows narrower than a group
+// (clipped at the border) use masked loads and stores instead.
+template <int FC>
+struct ClaimAvx2 {
+  static constexpr int32_t kMax = FC > 0 ? FC : 1;
+  const float* plane[kMax];  // locals: the stores to best could alias planes[]
+  const float* const* planes;
+  __m256 centre[kMax];
+  const float* c;
+  int32_t F;
+  __m256 cx, wx, inv_m2;
+  __m256i id;
+
+  // Pixels x .. x + 7 of a row (from its first pixel `row`), x_float their coordinates;
+  // valid: the lanes inside the window (kWhole: all of them).
+  template <bool kWhole>
+  __attribute__((target("avx2,fma"), always_inline)) void group(int64_t row, int32_t x,
+                                                                __m256 x_float, __m256 zy,
+                                                                __m256i valid, float* b_row,
+                                                                int32_t* w_row) const {
+    __m256 colour = _mm256_setzero_ps();
+    for (int32_t f = 0; f < F; ++f) {
+      const float* p = (FC > 0 ? plane[f] : planes[f]) + row + x;
+      const __m256 v = kWhole ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, valid);
+      const __m256 t = _mm256_sub_ps(v, FC > 0 ? centre[f] : _mm256_set1_ps(c[3 + f]));
+      colour = _mm256_fmadd_ps(t, t, colour);
+    }
+    const __m256 dx = _mm256_sub_ps(x_float, cx);
+    const __m256 d =
+        _mm256_fmadd_ps(colour, inv_m2, _mm256_fmadd_ps(_mm256_mul_ps(wx, dx), dx, zy));
+    if (kWhole) {
+      const __m256 b = _mm256_loadu_ps(b_row + x);
+      const __m256 take = _mm256_cmp_ps(d, b, _CMP_LT_OQ);
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row + x));
+      const __m256i new_w = _mm256_castps_si256(
+          _mm256_blendv_ps(_mm256_castsi256_ps(w), _mm256_castsi256_ps(id), take));
+      _mm256_storeu_ps(b_row + x, _mm256_blendv_ps(b, d, take));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w_row + x), new_w);
+    } else {  // lanes past the window are not taken: storing the taken lanes only is enough
+      const __m256 b = _mm256_maskload_ps(b_row + x, valid);
+      const __m256i taken = _mm256_castps_si256(
+          _mm256_and_ps(_mm256_cmp_ps(d, b, _CMP_LT_OQ), _mm256_castsi256_ps(valid)));
+      _mm256_maskstore_ps(b_row + x, taken, d);
+      _mm256_maskstore_epi32(w_row + x, taken, id);
+    }
+  }
+};
 
 template <int FC>
 __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const float* const* planes,
@@ -441,49 +483,41 @@ __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const flo
                                                     int32_t yf, int32_t yl, int32_t ystep,
                                                     int32_t x0, int32_t x1, float* best,
                                                     int32_t* winner) {
-  constexpr int32_t kMax = FC > 0 ? FC : 1;
-  const int32_t F = FC > 0 ? FC : g.F;
-  __m256 centre[kMax];
-  for (int32_t f = 0; f < kMax; ++f) centre[f] = _mm256_set1_ps(c[3 + f]);
+  ClaimAvx2<FC> claim;
+  for (int32_t f = 0; f < ClaimAvx2<FC>::kMax; ++f) {
+    claim.plane[f] = FC > 0 ? planes[f] : nullptr;
+    claim.centre[f] = _mm256_set1_ps(c[3 + f]);
+  }
+  claim.planes = planes;
+  claim.c = c;
+  claim.F = FC > 0 ? FC : g.F;
+  claim.cx = _mm256_set1_ps(c[2]);
+  claim.wx = _mm256_set1_ps(g.weight[2]);
+  claim.inv_m2 = _mm256_set1_ps(g.inv_m2);
+  claim.id = _mm256_set1_epi32(k);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256 cx = _mm256_set1_ps(c[2]), wx = _mm256_set1_ps(g.weight[2]);
-  const __m256 inv_m2 = _mm256_set1_ps(g.inv_m2);
-  const __m256i id = _mm256_set1_epi32(k);
+  // Coordinates are integers below 2^24: exact in float, and so are their sums with 8.
+  const __m256 x_first = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x0), lane));
+  const __m256 x_last = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x1 - 8), lane));
+  const __m256 eight = _mm256_set1_ps(8.f);
   const float dz = z - c[0];
   for (int32_t y = yf; y <= yl; y += ystep) {
     const int64_t row = int64_t{y - y0} * g.W;
     const __m256 zy = _mm256_set1_ps(spatial_zy(g, dz, static_cast<float>(y) - c[1]));
     float* b_row = best + row;
     int32_t* w_row = winner + row;
-    for (int32_t x = x0; x < x1; x += 8) {
-      const bool whole = x1 - x >= 8;
-      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(x1 - x), lane);
-      __m256 colour = _mm256_setzero_ps();
-      for (int32_t f = 0; f < F; ++f) {
-        const __m256 v = load_lanes(planes[f] + row + x, whole, valid);
-        const __m256 t = _mm256_sub_ps(v, FC > 0 ? centre[f] : _mm256_set1_ps(c[3 + f]));
-        colour = _mm256_fmadd_ps(t, t, colour);
-      }
-      const __m256 dx =
-          _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x), lane)), cx);
-      const __m256 d =
-          _mm256_fmadd_ps(colour, inv_m2, _mm256_fmadd_ps(_mm256_mul_ps(wx, dx), dx, zy));
-      const __m256 b = load_lanes(b_row + x, whole, valid);
-      __m256 take = _mm256_cmp_ps(d, b, _CMP_LT_OQ);
-      if (!whole) take = _mm256_and_ps(take, _mm256_castsi256_ps(valid));
-      const __m256 new_b = _mm256_blendv_ps(b, d, take);
-      if (whole) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row + x));
-        const __m256i new_w = _mm256_castps_si256(
-            _mm256_blendv_ps(_mm256_castsi256_ps(w), _mm256_castsi256_ps(id), take));
-        _mm256_storeu_ps(b_row + x, new_b);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(w_row + x), new_w);
-      } else {  // lanes past x1 are not taken: storing the taken lanes only is enough
-        const __m256i taken = _mm256_castps_si256(take);
-        _mm256_maskstore_ps(b_row + x, taken, d);
-        _mm256_maskstore_epi32(w_row + x, taken, id);
-      }
+    if (x1 - x0 < 8) {
+      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(x1 - x0), lane);
+      claim.template group<false>(row, x0, x_first, zy, valid, b_row, w_row);
+      continue;
     }
+    __m256 x_float = x_first;
+    int32_t x = x0;
+    for (; x + 8 <= x1; x += 8) {
+      claim.template group<true>(row, x, x_float, zy, lane, b_row, w_row);
+      x_float = _mm256_add_ps(x_float, eight);
+    }
+    if (x < x1) claim.template group<true>(row, x1 - 8, x_last, zy, lane, b_row, w_row);
   }
 }
 #endif
