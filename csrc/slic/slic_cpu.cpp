@@ -496,7 +496,9 @@ __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const flo
   claim.inv_m2 = _mm256_set1_ps(g.inv_m2);
   claim.id = _mm256_set1_epi32(k);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  // Coordinates are integers below 2^24: exact in float, and so are their sums with 8.
+  // Coordinates below 2^24 are exact in float, and so are their sums with 8; wider rows
+  // convert each group's, as the scalar claim does.
+  const bool exact_steps = x1 <= (1 << 24);
   const __m256 x_first = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x0), lane));
   const __m256 x_last = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x1 - 8), lane));
   const __m256 eight = _mm256_set1_ps(8.f);
@@ -515,7 +517,8 @@ __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const flo
     int32_t x = x0;
     for (; x + 8 <= x1; x += 8) {
       claim.template group<true>(row, x, x_float, zy, lane, b_row, w_row);
-      x_float = _mm256_add_ps(x_float, eight);
+      x_float = exact_steps ? _mm256_add_ps(x_float, eight)
+                            : _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x + 8), lane));
     }
     if (x < x1) claim.template group<true>(row, x1 - 8, x_last, zy, lane, b_row, w_row);
   }
