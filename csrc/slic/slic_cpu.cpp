@@ -207,9 +207,27 @@ __attribute__((target("avx2"))) void lab_span_avx2(const float* r, const float* 
                                                    float* L, float* A, float* B, int64_t len) {
   lab_span_body(r, gg, b, L, A, B, len);
 }
+
+#if !defined(__clang__)
+// 16 lanes where the CPU has AVX-512 and ATen's kernels use it too: the conversion is
+// compute-bound (a photo's SLIC with subsample=3 took 0.93x the CPU time). AVX-512F brings
+// FMA: contraction off (GCC's optimize attribute, hence not with clang), so that every
+// product and sum still rounds on its own, as in lab_span.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"), optimize("fp-contract=off"))) void
+lab_span_avx512(const float* r, const float* gg, const float* b, float* L, float* A, float* B,
+                int64_t len) {
+  lab_span_body(r, gg, b, L, A, B, len);
+}
+#endif
 #endif
 
 LabSpanFn pick_lab_span() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (cpu_has_avx2() && at::get_cpu_capability() == "AVX512" && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bw"))
+    return &lab_span_avx512;
+#endif
 #if defined(__x86_64__) && defined(__GNUC__)
   if (cpu_has_avx2()) return &lab_span_avx2;
 #endif
@@ -346,7 +364,8 @@ struct Scratch {
   std::vector<float> best;
   std::vector<int32_t> winner;
   std::vector<int32_t> cands;
-  std::vector<int32_t> local_of;  // cluster -> row of Chunk::sums, -1 when absent
+  std::vector<int32_t> local_of;      // cluster -> row of Chunk::sums, -1 when absent
+  std::vector<int32_t> starts, ends;  // runs of changes of a row (accumulate_changes)
 };
 
 // Window of a centre along one dimension: integer coordinates within step of c, the
@@ -408,13 +427,55 @@ using ClaimFn = void (*)(const Geometry&, const float* const*, const float*, int
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // The same claims 8 pixels at a time with AVX2 + FMA: the fused multiply-adds of
-// assignment_distance in each lane, and the row's last partial group through masked loads
-// and stores (no scalar tail: a window row of 2 * step + 1 pixels is mostly whole groups).
-// 8 floats from p, or the valid lanes only (zeros elsewhere) at the end of a row.
-__attribute__((target("avx2"))) inline __m256 load_lanes(const float* p, bool whole,
-                                                         __m256i valid) {
-  return whole ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, valid);
-}
+// assignment_distance in each lane. A row's last partial group is a whole group ending at
+// the row's end, overlapping the previous one: its pixels claimed already give the same
+// distance again, not strictly nearer, so they stay as they are. Rows narrower than a group
+// (clipped at the border) use masked loads and stores instead.
+template <int FC>
+struct ClaimAvx2 {
+  static constexpr int32_t kMax = FC > 0 ? FC : 1;
+  const float* plane[kMax];  // locals: the stores to best could alias planes[]
+  const float* const* planes;
+  __m256 centre[kMax];
+  const float* c;
+  int32_t F;
+  __m256 cx, wx, inv_m2;
+  __m256i id;
+
+  // Pixels x .. x + 7 of a row (from its first pixel `row`), x_float their coordinates;
+  // valid: the lanes inside the window (kWhole: all of them).
+  template <bool kWhole>
+  __attribute__((target("avx2,fma"), always_inline)) void group(int64_t row, int32_t x,
+                                                                __m256 x_float, __m256 zy,
+                                                                __m256i valid, float* b_row,
+                                                                int32_t* w_row) const {
+    __m256 colour = _mm256_setzero_ps();
+    for (int32_t f = 0; f < F; ++f) {
+      const float* p = (FC > 0 ? plane[f] : planes[f]) + row + x;
+      const __m256 v = kWhole ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, valid);
+      const __m256 t = _mm256_sub_ps(v, FC > 0 ? centre[f] : _mm256_set1_ps(c[3 + f]));
+      colour = _mm256_fmadd_ps(t, t, colour);
+    }
+    const __m256 dx = _mm256_sub_ps(x_float, cx);
+    const __m256 d =
+        _mm256_fmadd_ps(colour, inv_m2, _mm256_fmadd_ps(_mm256_mul_ps(wx, dx), dx, zy));
+    if (kWhole) {
+      const __m256 b = _mm256_loadu_ps(b_row + x);
+      const __m256 take = _mm256_cmp_ps(d, b, _CMP_LT_OQ);
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row + x));
+      const __m256i new_w = _mm256_castps_si256(
+          _mm256_blendv_ps(_mm256_castsi256_ps(w), _mm256_castsi256_ps(id), take));
+      _mm256_storeu_ps(b_row + x, _mm256_blendv_ps(b, d, take));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w_row + x), new_w);
+    } else {  // lanes past the window are not taken: storing the taken lanes only is enough
+      const __m256 b = _mm256_maskload_ps(b_row + x, valid);
+      const __m256i taken = _mm256_castps_si256(
+          _mm256_and_ps(_mm256_cmp_ps(d, b, _CMP_LT_OQ), _mm256_castsi256_ps(valid)));
+      _mm256_maskstore_ps(b_row + x, taken, d);
+      _mm256_maskstore_epi32(w_row + x, taken, id);
+    }
+  }
+};
 
 template <int FC>
 __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const float* const* planes,
@@ -422,49 +483,44 @@ __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const flo
                                                     int32_t yf, int32_t yl, int32_t ystep,
                                                     int32_t x0, int32_t x1, float* best,
                                                     int32_t* winner) {
-  constexpr int32_t kMax = FC > 0 ? FC : 1;
-  const int32_t F = FC > 0 ? FC : g.F;
-  __m256 centre[kMax];
-  for (int32_t f = 0; f < kMax; ++f) centre[f] = _mm256_set1_ps(c[3 + f]);
+  ClaimAvx2<FC> claim;
+  for (int32_t f = 0; f < ClaimAvx2<FC>::kMax; ++f) {
+    claim.plane[f] = FC > 0 ? planes[f] : nullptr;
+    claim.centre[f] = _mm256_set1_ps(c[3 + f]);
+  }
+  claim.planes = planes;
+  claim.c = c;
+  claim.F = FC > 0 ? FC : g.F;
+  claim.cx = _mm256_set1_ps(c[2]);
+  claim.wx = _mm256_set1_ps(g.weight[2]);
+  claim.inv_m2 = _mm256_set1_ps(g.inv_m2);
+  claim.id = _mm256_set1_epi32(k);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256 cx = _mm256_set1_ps(c[2]), wx = _mm256_set1_ps(g.weight[2]);
-  const __m256 inv_m2 = _mm256_set1_ps(g.inv_m2);
-  const __m256i id = _mm256_set1_epi32(k);
+  // Coordinates below 2^24 are exact in float, and so are their sums with 8; wider rows
+  // convert each group's, as the scalar claim does.
+  const bool exact_steps = x1 <= (1 << 24);
+  const __m256 x_first = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x0), lane));
+  const __m256 x_last = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x1 - 8), lane));
+  const __m256 eight = _mm256_set1_ps(8.f);
   const float dz = z - c[0];
   for (int32_t y = yf; y <= yl; y += ystep) {
     const int64_t row = int64_t{y - y0} * g.W;
     const __m256 zy = _mm256_set1_ps(spatial_zy(g, dz, static_cast<float>(y) - c[1]));
     float* b_row = best + row;
     int32_t* w_row = winner + row;
-    for (int32_t x = x0; x < x1; x += 8) {
-      const bool whole = x1 - x >= 8;
-      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(x1 - x), lane);
-      __m256 colour = _mm256_setzero_ps();
-      for (int32_t f = 0; f < F; ++f) {
-        const __m256 v = load_lanes(planes[f] + row + x, whole, valid);
-        const __m256 t = _mm256_sub_ps(v, FC > 0 ? centre[f] : _mm256_set1_ps(c[3 + f]));
-        colour = _mm256_fmadd_ps(t, t, colour);
-      }
-      const __m256 dx =
-          _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x), lane)), cx);
-      const __m256 d =
-          _mm256_fmadd_ps(colour, inv_m2, _mm256_fmadd_ps(_mm256_mul_ps(wx, dx), dx, zy));
-      const __m256 b = load_lanes(b_row + x, whole, valid);
-      __m256 take = _mm256_cmp_ps(d, b, _CMP_LT_OQ);
-      if (!whole) take = _mm256_and_ps(take, _mm256_castsi256_ps(valid));
-      const __m256 new_b = _mm256_blendv_ps(b, d, take);
-      if (whole) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_row + x));
-        const __m256i new_w = _mm256_castps_si256(
-            _mm256_blendv_ps(_mm256_castsi256_ps(w), _mm256_castsi256_ps(id), take));
-        _mm256_storeu_ps(b_row + x, new_b);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(w_row + x), new_w);
-      } else {  // lanes past x1 are not taken: storing the taken lanes only is enough
-        const __m256i taken = _mm256_castps_si256(take);
-        _mm256_maskstore_ps(b_row + x, taken, d);
-        _mm256_maskstore_epi32(w_row + x, taken, id);
-      }
+    if (x1 - x0 < 8) {
+      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(x1 - x0), lane);
+      claim.template group<false>(row, x0, x_first, zy, valid, b_row, w_row);
+      continue;
     }
+    __m256 x_float = x_first;
+    int32_t x = x0;
+    for (; x + 8 <= x1; x += 8) {
+      claim.template group<true>(row, x, x_float, zy, lane, b_row, w_row);
+      x_float = exact_steps ? _mm256_add_ps(x_float, eight)
+                            : _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(x + 8), lane));
+    }
+    if (x < x1) claim.template group<true>(row, x1 - 8, x_last, zy, lane, b_row, w_row);
   }
 }
 #endif
@@ -500,23 +556,6 @@ ClaimFn pick_claim(int32_t F) {
   }
 }
 
-// Whether any of the 16 pixels from w_row / l_row changes cluster: claimed (w >= 0) by
-// another one. GCC vector extensions: AVX2 compares where the caller is an AVX2 function,
-// SSE ones elsewhere.
-typedef int32_t Lanes8 __attribute__((vector_size(32)));
-typedef uint64_t Words4 __attribute__((vector_size(32)));
-
-inline bool any_change16(const int32_t* w_row, const int32_t* l_row) {
-  Lanes8 w0, l0, w1, l1;
-  std::memcpy(&w0, w_row, sizeof w0);
-  std::memcpy(&l0, l_row, sizeof l0);
-  std::memcpy(&w1, w_row + 8, sizeof w1);
-  std::memcpy(&l1, l_row + 8, sizeof l1);
-  const Words4 changed =
-      reinterpret_cast<Words4>(((w0 >= 0) & (w0 != l0)) | ((w1 >= 0) & (w1 != l1)));
-  return (changed[0] | changed[1] | changed[2] | changed[3]) != 0;
-}
-
 // Sum of v[x .. e). Runs are mostly a few pixels long, too short for a vector loop's
 // set-up, so those are added one by one.
 inline int64_t run_sum(const int32_t* v, int32_t x, int32_t e) {
@@ -530,6 +569,94 @@ inline int64_t run_sum(const int32_t* v, int32_t x, int32_t e) {
   for (int32_t q = x; q < e; ++q) sum += v[q];
   return sum;
 }
+
+// Positions of the set bits of each byte value, packed low: a compress-store table.
+struct BitPositions {
+  uint8_t at[256][8] = {};
+  BitPositions() {
+    for (int32_t m = 0; m < 256; ++m) {
+      for (int32_t j = 0, k = 0; j < 8; ++j) {
+        if (m >> j & 1) at[m][k++] = static_cast<uint8_t>(j);
+      }
+    }
+  }
+};
+
+const BitPositions kBitPositions;
+
+// The runs of changes of a row (accumulate_changes): maximal stretches of pixels that
+// change cluster (claimed, w >= 0, by another one) with one claim and one label, as
+// [starts[i], ends[i]), found without a branch per pixel or per run: runs are a few pixels
+// long at random places, and branches on them mostly mispredicted. Each returns the number
+// of runs; the arrays hold W + 8 values. The AVX2 variant gives the same runs.
+struct PortableBits {
+  static int32_t change_runs(const int32_t* w, const int32_t* l, int32_t W, int32_t* starts,
+                             int32_t* ends) {
+    return change_runs_from(w, l, 0, W, 0, 0, starts, ends);
+  }
+  // From pixel x on, ns runs started and ne ended before it.
+  static int32_t change_runs_from(const int32_t* w, const int32_t* l, int32_t x, int32_t W,
+                                  int32_t ns, int32_t ne, int32_t* starts, int32_t* ends) {
+    for (; x < W; ++x) {
+      const bool changed = w[x] >= 0 && w[x] != l[x];
+      const bool same = x > 0 && w[x] == w[x - 1] && l[x] == l[x - 1];
+      const bool prev_changed = x > 0 && w[x - 1] >= 0 && w[x - 1] != l[x - 1];
+      starts[ns] = x;
+      ns += changed && !same;
+      ends[ne] = x;
+      ne += prev_changed && !same;
+    }
+    ends[ne] = W;
+    ne += W > 0 && w[W - 1] >= 0 && w[W - 1] != l[W - 1];
+    return ns;
+  }
+};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+struct Avx2Bits {
+  // 8 pixels a step: starts and ends as bit masks, their positions compress-stored.
+  __attribute__((target("avx2,popcnt"))) static int32_t change_runs(const int32_t* w,
+                                                                    const int32_t* l, int32_t W,
+                                                                    int32_t* starts,
+                                                                    int32_t* ends) {
+    if (W < 9) return PortableBits::change_runs(w, l, W, starts, ends);
+    int32_t ns = 0, ne = 0;
+    starts[0] = 0;
+    ns += w[0] >= 0 && w[0] != l[0];
+    int32_t x = 1;
+    const __m256i none = _mm256_set1_epi32(-1);
+    for (; x + 8 <= W; x += 8) {
+      const __m256i wc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + x));
+      const __m256i lc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l + x));
+      const __m256i wp = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + x - 1));
+      const __m256i lp = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(l + x - 1));
+      const __m256i changed =
+          _mm256_andnot_si256(_mm256_cmpeq_epi32(wc, lc), _mm256_cmpgt_epi32(wc, none));
+      const __m256i prev_changed =
+          _mm256_andnot_si256(_mm256_cmpeq_epi32(wp, lp), _mm256_cmpgt_epi32(wp, none));
+      const __m256i same = _mm256_and_si256(_mm256_cmpeq_epi32(wc, wp), _mm256_cmpeq_epi32(lc, lp));
+      const uint32_t start = static_cast<uint32_t>(
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(same, changed))));
+      const uint32_t end = static_cast<uint32_t>(
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(same, prev_changed))));
+      const __m256i at = _mm256_set1_epi32(x);
+      const __m256i start_at = _mm256_add_epi32(
+          _mm256_cvtepu8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(kBitPositions.at[start]))),
+          at);
+      const __m256i end_at = _mm256_add_epi32(
+          _mm256_cvtepu8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(kBitPositions.at[end]))),
+          at);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(starts + ns), start_at);  // 8 slots
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ends + ne), end_at);
+      ns += _mm_popcnt_u32(start);
+      ne += _mm_popcnt_u32(end);
+    }
+    return PortableBits::change_runs_from(w, l, x, W, ns, ne, starts, ends);
+  }
+};
+#endif
 
 // Labels of rows [y0, y1) of a chunk from the claims' winners (unclaimed pixels keep their
 // previous cluster), and the chunk's partial sums, accumulated run by run since
@@ -583,11 +710,13 @@ __attribute__((always_inline)) inline void accumulate_rows(
 // differences. Integer sums, so the running totals equal a recount bit for bit, while a
 // pass touches a few percent of the pixels instead of all of them. Changes come in runs
 // (a boundary that moves shifts a stretch of a row from one cluster to the same other
-// one), so they are moved run by run; blocks of 16 unchanged pixels are skipped at once.
-template <int FC>
+// one), so they are moved run by run: each row's runs are listed first (change_runs),
+// then moved. starts and ends: room for W + 8 values each.
+template <int FC, typename Bits>
 __attribute__((always_inline)) inline void accumulate_changes(
     const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
-    const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of) {
+    const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of,
+    int32_t* starts, int32_t* ends) {
   const int32_t W = g.W;
   const int64_t P = g.P;
   const int32_t F = FC > 0 ? FC : g.F;
@@ -598,18 +727,11 @@ __attribute__((always_inline)) inline void accumulate_changes(
     int32_t* __restrict l_row = lab + row;
     const int32_t* __restrict w_row = winner + row;
     const int32_t* v_row = fixed_feat + row;
-    for (int32_t x = 0; x < W;) {
-      if (x + 16 <= W && !any_change16(w_row + x, l_row + x)) {
-        x += 16;
-        continue;
-      }
+    // Unclaimed pixels (w < 0) keep their cluster.
+    const int32_t runs = Bits::change_runs(w_row, l_row, W, starts, ends);
+    for (int32_t i = 0; i < runs; ++i) {
+      const int32_t x = starts[i], e = ends[i];
       const int32_t w = w_row[x], l = l_row[x];
-      if (w < 0 || w == l) {  // unclaimed pixels keep their cluster
-        ++x;
-        continue;
-      }
-      int32_t e = x + 1;
-      while (e < W && w_row[e] == w && l_row[e] == l) ++e;
       const int64_t count = e - x;
       // w is looked up again after l: a new row for l may move w's.
       chunk.sums_of(w, S, local_of);
@@ -627,13 +749,13 @@ __attribute__((always_inline)) inline void accumulate_changes(
       }
       std::fill(l_row + x, l_row + e, w);
       changed += count;
-      x = e;
     }
   }
   chunk.changed = changed;
   for (const int32_t k : chunk.clusters) local_of[k] = -1;
 }
 
+template <typename Bits>
 __attribute__((always_inline)) inline void run_chunk_body(
     const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
     const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z, int32_t cy,
@@ -688,10 +810,14 @@ __attribute__((always_inline)) inline void run_chunk_body(
   int32_t* lab = labels + n * g.P + first;
   const int32_t* win = scratch.winner.data();
   if (pass.changes_only) {
+    scratch.starts.resize(g.W + 8);
+    scratch.ends.resize(g.W + 8);
     if (g.F == 3) {
-      accumulate_changes<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
+      accumulate_changes<3, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of,
+                                  scratch.starts.data(), scratch.ends.data());
     } else {
-      accumulate_changes<0>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
+      accumulate_changes<0, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of,
+                                  scratch.starts.data(), scratch.ends.data());
     }
   } else if (g.F == 3) {
     accumulate_rows<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
@@ -707,8 +833,8 @@ using RunChunkFn = void (*)(const Geometry&, const float*, const int32_t*, const
 void run_chunk(const Geometry& g, const float* features, const int32_t* fixed, const float* centers,
                const int32_t* cell_start, const int32_t* cell_items, int64_t n, int32_t z,
                int32_t cy, PassRows pass, int32_t* labels, Chunk& chunk, Scratch& scratch) {
-  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass, labels, chunk,
-                 scratch);
+  run_chunk_body<PortableBits>(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass,
+                               labels, chunk, scratch);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -719,8 +845,8 @@ __attribute__((target("avx2"))) void run_chunk_avx2(const Geometry& g, const flo
                                                     const int32_t* cell_items, int64_t n, int32_t z,
                                                     int32_t cy, PassRows pass, int32_t* labels,
                                                     Chunk& chunk, Scratch& scratch) {
-  run_chunk_body(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass, labels, chunk,
-                 scratch);
+  run_chunk_body<Avx2Bits>(g, features, fixed, centers, cell_start, cell_items, n, z, cy, pass,
+                           labels, chunk, scratch);
 }
 #endif
 
@@ -1108,20 +1234,6 @@ void prefix_sums(const int32_t* v, int32_t W, int64_t* prefix) {
 // (find_runs a third faster on 2048 x 1536 pixels and on a photo, where the hardware
 // prefetchers alone keep too few lines in flight).
 constexpr int32_t kPrefetchAhead = 512;
-
-// Positions of the set bits of each byte value, packed low: a compress-store table.
-struct BitPositions {
-  uint8_t at[256][8] = {};
-  BitPositions() {
-    for (int32_t m = 0; m < 256; ++m) {
-      for (int32_t j = 0, k = 0; j < 8; ++j) {
-        if (m >> j & 1) at[m][k++] = static_cast<uint8_t>(j);
-      }
-    }
-  }
-};
-
-const BitPositions kBitPositions;
 
 __attribute__((target("avx2"))) __m256i equal_neighbours(const int32_t* lab, int32_t x) {
   const __m256i left = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lab + x - 1));
