@@ -323,6 +323,7 @@ class _Work:
             return
         seconds = (time.perf_counter() - begin) / len(items)
         host = _BatchOnHost.of(expl)
+        pictures = render.draw_picture(expl, x, size=448) if self.pictures else None
         for b, item in enumerate(items):
             if not np.isfinite(host.segment_scores[b]).all():
                 _fail(
@@ -332,8 +333,8 @@ class _Work:
                 )
                 continue
             _write_result(self.folder, item, host, b, seconds, self.settings)
-            if self.pictures:
-                picture = render.draw_picture(expl, x, size=448)[b]
+            if pictures is not None:
+                picture = pictures[b]
                 if picture.dim() == 3:
                     viz.save_png(picture, _picture(self.folder, item))
                 else:
@@ -590,8 +591,9 @@ def _once(paths: Sequence[Path]) -> list[Path]:
     seen: set[Path] = set()
     kept = []
     for path in paths:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+        resolved = path.resolve()
+        if resolved not in seen:
+            seen.add(resolved)
             kept.append(path)
     return kept
 
