@@ -19,14 +19,21 @@ from gswfast import _extension, ops
 
 Mode = Literal["auto", "image", "per_frame", "volume"]
 MODES: tuple[str, ...] = ("auto", "image", "per_frame", "volume")
-_IMAGE_DTYPES = (
-    torch.uint8,
+# Integer images other than uint8 (which the kernel reads itself) are read as value / the
+# dtype's largest value, as scikit-image's img_as_float and torchvision's convert_image_dtype:
+# unsigned ones and bool in 0..1, signed ones in -1..1.
+_INTEGER_DTYPES = (
+    torch.bool,
     torch.uint16,
-    torch.float16,
-    torch.bfloat16,
-    torch.float32,
-    torch.float64,
+    torch.uint32,
+    torch.uint64,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
 )
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_IMAGE_DTYPES = (torch.uint8, *_INTEGER_DTYPES, *_FLOAT_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -108,12 +115,14 @@ def slic(
 
     Args:
         images: ``[B, C, H, W]`` images or ``[B, C, T, H, W]`` clips, uint8 (0..255),
-            uint16 (0..65535) or float16/bfloat16/float32/float64 (0..1), any number of
+            float16/bfloat16/float32/float64 (0..1), or other integers and bool, read as
+            scikit-image's ``img_as_float`` does: value / the dtype's largest value (uint16
+            0..65535 as 0..1, int16 -32767..32767 as -1..1, bool as 0 and 1); any number of
             channels, CPU or CUDA. Values are taken in their nominal range (no per-image
             stretch, unlike scikit-image), so a frame's segments never depend on the
-            brightest pixel of another frame; float sRGB outside 0..1 is an error when
-            converted to CIELAB (with ``validate``). Without CIELAB, float channels are
-            used as given (features), clamped to +-32767.
+            brightest pixel of another frame; sRGB outside 0..1 (negative signed integers
+            too) is an error when converted to CIELAB (with ``validate``). Without CIELAB,
+            float channels are used as given (features), clamped to +-32767.
         n_segments: approximate number of segments per image (``image``, ``per_frame``)
             or per clip (``volume``). Seeds sit on scikit-image's regular grid; more
             segments than pixels give one per pixel, and a thin image gets one row of seeds.
@@ -189,8 +198,8 @@ def slic(
     Same input, same output, bitwise, on a given device.
     """
     _check_images(images)
-    if images.dtype == torch.uint16:  # nominal range 0..65535, as scikit-image's img_as_float
-        images = images.float() / 65535
+    given_dtype = images.dtype
+    images = _integers_as_float(images)
     mode = _resolve_mode(mode, images)
     _check_parameters(n_segments, compactness, max_iter, min_size_factor, tol)
     if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
@@ -229,7 +238,7 @@ def slic(
     max_centers = _max_centers(seeds, pixels, min_size, enforce_connectivity)
     init_centers, init_counts, init_labels = _warm_start(init, images, mode, volume, channels)
     if validate:
-        _validate_values(images, init_counts, lab)
+        _validate_values(images, init_counts, lab, given_dtype)
     if any(s > 0 for s in blur):
         volume = _smooth(volume, blur)
     outputs = ops.slic_kernel(
@@ -500,13 +509,23 @@ def _smooth(volume: Tensor, sigma: Sequence[float]) -> Tensor:
 # ------------------------------------------------------------------------ checks
 
 
+def _integers_as_float(images: Tensor) -> Tensor:
+    """Integer and bool images (but uint8) as float32 value / the dtype's largest value,
+    signed ones clamped at -1 (-128 / 127 is -1), as scikit-image's ``img_as_float``: the
+    product in float64 first, so int32 and int64 round once, to the same float32 as it."""
+    if images.dtype not in _INTEGER_DTYPES:
+        return images
+    top = 1 if images.dtype == torch.bool else torch.iinfo(images.dtype).max
+    return (images.double() * (1.0 / top)).clamp(min=-1.0).float()
+
+
 def _check_images(images: object) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
     if images.dtype not in _IMAGE_DTYPES:
         raise TypeError(
-            f"images: expected dtype uint8, uint16, float16, bfloat16, float32 or float64, got "
-            f"{images.dtype} (convert other integer images to float in 0..1)"
+            f"images: expected an integer, bool or float16/bfloat16/float32/float64 dtype, got "
+            f"{images.dtype} (convert it to float in 0..1)"
         )
     if images.dim() not in (4, 5):
         raise ValueError(
@@ -550,10 +569,12 @@ def _resolve_convert_lab(convert_lab: bool | None, channels: int) -> bool:
     return bool(convert_lab)
 
 
-def _validate_values(images: Tensor, init_counts: Tensor | None, lab: bool) -> None:
-    """NaN/inf pixels, float sRGB outside 0..1 when converting to CIELAB, and warm-start
-    samples without a live cluster (the kernel would put every pixel in cluster 0): one
-    device sync for all."""
+def _validate_values(
+    images: Tensor, init_counts: Tensor | None, lab: bool, given_dtype: torch.dtype
+) -> None:
+    """NaN/inf pixels, float sRGB outside 0..1 when converting to CIELAB (``images`` as
+    read from ``given_dtype``), and warm-start samples without a live cluster (the kernel
+    would put every pixel in cluster 0): one device sync for all."""
     if torch.compiler.is_compiling():
         return
     floats = images.dtype != torch.uint8
@@ -573,8 +594,8 @@ def _validate_values(images: Tensor, init_counts: Tensor | None, lab: bool) -> N
     if floats and counts[1]:
         raise ValueError(
             f"images: {counts[1]} value(s) outside 0..1; CIELAB conversion (convert_lab, the default "
-            "for 3 channels) expects float sRGB in 0..1 (scikit-image would stretch each image to "
-            "0..1, gswfast does not): divide 0..255 floats by 255, or pass convert_lab=False to "
+            "for 3 channels) expects sRGB in 0..1 (scikit-image would stretch each image to "
+            f"0..1, gswfast does not): {_range_fix(given_dtype)}, or pass convert_lab=False to "
             "use the values as features"
         )
     if init_counts is not None and counts[-1]:
@@ -582,6 +603,17 @@ def _validate_values(images: Tensor, init_counts: Tensor | None, lab: bool) -> N
             f"init: {counts[-1]} sample(s) have no live cluster (all cluster_counts are 0); "
             "expected a Segmentation returned by slic"
         )
+
+
+def _range_fix(dtype: torch.dtype) -> str:
+    """What to do about sRGB outside 0..1, for images of ``dtype``."""
+    if dtype.is_floating_point:
+        return "divide 0..255 floats by 255"
+    # Only signed integers get here: the other integer dtypes map into 0..1.
+    return (
+        f"{dtype} images are read as value / {torch.iinfo(dtype).max} (scikit-image's "
+        "img_as_float), so their negative values fall below 0: pass values >= 0"
+    )
 
 
 def _warm_start(

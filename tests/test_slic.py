@@ -988,8 +988,8 @@ def test_bad_parameters(kwargs, error, match):
 def test_bad_images():
     with pytest.raises(TypeError, match="images"):
         gsw.slic(np.zeros((1, 3, 20, 20)))
-    with pytest.raises(TypeError, match="images"):
-        gsw.slic(torch.zeros(1, 3, 20, 20, dtype=torch.int32))
+    with pytest.raises(TypeError, match=r"images: expected an integer, bool or float.*complex64"):
+        gsw.slic(torch.zeros(1, 3, 20, 20, dtype=torch.complex64))
     for shape in ((3, 20, 20), (1, 1, 3, 4, 20, 20)):
         with pytest.raises(ValueError, match="images"):
             gsw.slic(torch.rand(shape))
@@ -1120,8 +1120,64 @@ def test_uint16_images_are_their_nominal_range():
     same = gsw.slic(image.float() / 65535, n_segments=20)
     assert torch.equal(seg.labels, same.labels)
     assert torch.equal(seg.centers, same.centers)
-    with pytest.raises(TypeError, match=r"images.*uint16.*float in 0..1"):
-        gsw.slic(image.to(torch.int16), n_segments=20)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint32, torch.uint64],
+)
+def test_integer_and_bool_images_are_read_as_img_as_float(dtype):
+    # value / the dtype's largest value, as scikit-image's img_as_float (signed: -1..1): the
+    # same bits as segmenting its float image, cast to float32.
+    from skimage.util import img_as_float
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(1, 3, 30, 40, generator=g, dtype=torch.float64)
+    if dtype == torch.bool:
+        images = [noise > 0.5]
+    else:
+        top = torch.iinfo(dtype).max
+        images = [(noise * top).to(dtype)]  # 0..max
+        if dtype.is_signed:  # -max..max, and min: -128 / 127 is read as -1
+            images.append(((2 * noise - 1) * top).to(dtype))
+            images[1].view(-1)[:5] = torch.iinfo(dtype).min
+    for image, lab in zip(images, (True, False), strict=False):  # CIELAB needs 0..1
+        seg = gsw.slic(image, n_segments=20, convert_lab=lab)
+        theirs = torch.from_numpy(img_as_float(image.numpy())).float()
+        same = gsw.slic(theirs, n_segments=20, convert_lab=lab)
+        assert torch.equal(seg.labels, same.labels)
+        assert torch.equal(seg.centers, same.centers)
+    if dtype.is_signed:  # negative values are below CIELAB's 0..1, and the error says why
+        with pytest.raises(ValueError, match=rf"outside 0..1.*{dtype} images are read as value /"):
+            gsw.slic(images[1], n_segments=20)
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32])
+def test_integer_photos_segment_as_well_as_skimage(dtype):
+    # scikit-image segments the same integer array (after its own img_as_float).
+    photo = _photo("chelsea")
+    image = photo.to(dtype) * (torch.iinfo(dtype).max // 255)
+    ours = gsw.slic(image, n_segments=100).labels[0]
+    ref = torch.from_numpy(
+        segmentation.slic(image[0].permute(1, 2, 0).numpy(), n_segments=100, start_label=0)
+    )
+    pixels = photo[0].float() / 255
+    assert explained_variation(ours, pixels) >= explained_variation(ref, pixels) - 0.02
+    assert abs(int(ours.max()) + 1 - 100) <= 0.15 * 100
+    assert is_connected(ours)
+
+
+def test_bool_images_segment_as_well_as_skimage():
+    regions, _ = synthetic_regions(seed=0, noise=0.0)
+    image = regions > 0.5  # [3, H, W]: up to 8 colours
+    ours = gsw.slic(image[None], n_segments=100).labels[0]
+    ref = torch.from_numpy(
+        segmentation.slic(image.permute(1, 2, 0).numpy(), n_segments=100, start_label=0)
+    )
+    pixels = image.float()
+    assert explained_variation(ours, pixels) >= explained_variation(ref, pixels) - 0.02
+    assert abs(int(ours.max()) + 1 - 100) <= 0.15 * 100
+    assert is_connected(ours)
 
 
 def test_bad_init():
