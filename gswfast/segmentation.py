@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, SupportsFloat
 
 import torch
 from torch import Tensor
@@ -129,7 +131,8 @@ def slic(
         compactness: weight of space against colour; larger gives squarer segments. Same
             scale as scikit-image: colour distance in CIELAB units (or 0..1 values) divided
             by ``compactness``, spatial distance divided by the grid step.
-        max_iter: k-means passes at most; a sample stops early once no pixel changes.
+        max_iter: k-means passes at most (up to 2^31 - 1); a sample stops early once no
+            pixel changes.
         mode: ``"image"`` (4-D input), ``"per_frame"`` (each frame of a clip on its own),
             ``"volume"`` (supervoxels over ``T x H x W``) or ``"auto"`` (4-D: image,
             5-D: volume).
@@ -192,6 +195,11 @@ def slic(
             with CIELAB, and an ``init`` sample without a live cluster (one device sync on
             CUDA). Unvalidated, such an ``init`` sample comes out as one segment.
 
+    Integer arguments take Python or NumPy integers, number arguments any real number
+    (NumPy floats too), but no bools; ``enforce_connectivity``, ``convert_lab`` and
+    ``validate`` take True or False only. A wrong type raises ``TypeError``, a value out
+    of range ``ValueError``, naming the argument.
+
     Returns:
         ``Segmentation`` with int32 labels ``[B, H, W]`` or ``[B, T, H, W]``.
 
@@ -201,18 +209,16 @@ def slic(
     given_dtype = images.dtype
     images = _integers_as_float(images)
     mode = _resolve_mode(mode, images)
-    _check_parameters(n_segments, compactness, max_iter, min_size_factor, tol)
-    if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
-        raise ValueError(f"subsample: expected an int >= 1, got {subsample!r}")
-    if max_size_factor is not None and not (
-        isinstance(max_size_factor, (int, float))
-        and not isinstance(max_size_factor, bool)
-        and math.isfinite(max_size_factor)
-        and max_size_factor > 0
-    ):
-        raise ValueError(
-            f"max_size_factor: expected a finite number > 0 or None, got {max_size_factor!r}"
-        )
+    n_segments = _as_int("n_segments", n_segments, 1)
+    compactness = _as_float("compactness", compactness, 0.0, above=True)
+    max_iter = _as_int("max_iter", max_iter, 1, _INT32_MAX)
+    min_size_factor = _as_float("min_size_factor", min_size_factor, 0.0, 1.0)
+    tol = _as_float("tol", tol, 0.0, 1.0)
+    subsample = _as_int("subsample", subsample, 1, _INT32_MAX)
+    if max_size_factor is not None:
+        max_size_factor = _as_float("max_size_factor", max_size_factor, 0.0, above=True)
+    enforce_connectivity = _as_flag("enforce_connectivity", enforce_connectivity)
+    validate = _as_flag("validate", validate)
     channels = images.shape[1]
     lab = _resolve_convert_lab(convert_lab, channels)
     volume = _as_volume_batch(images, mode)  # [N, C, D, H, W]
@@ -230,8 +236,8 @@ def slic(
     blur = _resolve_sigma(sigma, spacing, mode)
     pixels = d * h * w
     min_size = int(min_size_factor * area / seeds) if enforce_connectivity else 0
-    max_size = (
-        max(1, int(max_size_factor * area / seeds))
+    max_size = (  # at most the pixels (the kernel's limit too): 1e300 * area would overflow
+        max(1, int(min(max_size_factor * area / seeds, pixels)))
         if enforce_connectivity and max_size_factor is not None
         else 0
     )
@@ -405,7 +411,9 @@ def _masked_grid(
             raise ValueError(f"mask: sample {b} has no True pixel; expected some pixels to segment")
     nonempty = [i for i, a in enumerate(areas) if a > 0]
     total = sum(areas[i] for i in nonempty)
-    target = min(pixels, max(1, round(n_segments * pixels * len(nonempty) / total)))
+    # At most one seed per pixel: min(n_segments, pixels) gives the same target, and keeps a
+    # huge n_segments out of the float division.
+    target = min(pixels, max(1, round(min(n_segments, pixels) * pixels * len(nonempty) / total)))
     volume = mask.view(n, *shape)
     while True:
         steps, starts, cells = _seed_grid(shape, target, mode)
@@ -425,10 +433,7 @@ def _spatial_weights(
     if spacing is None:
         values = [1.0, 1.0, 1.0]
     else:
-        try:
-            values = [float(v) for v in spacing]
-        except (TypeError, ValueError):
-            raise TypeError(f"spacing: expected a sequence of floats, got {spacing!r}") from None
+        values = _as_floats("spacing", spacing, "a sequence of floats")
         if len(values) == 2 and mode != "volume":
             values = [1.0, *values]
         if len(values) != 3:
@@ -458,24 +463,18 @@ def _resolve_sigma(
 ) -> list[float]:
     """Per-dimension (t, y, x) standard deviations, as scikit-image: a scalar is divided by
     the spacing; frames of ``image`` and ``per_frame`` inputs are never smoothed together."""
-    try:
-        values = (
-            [float(sigma)] * 3 if isinstance(sigma, (int, float)) else [float(v) for v in sigma]
-        )
-    except (TypeError, ValueError):
-        raise TypeError(f"sigma: expected a float or a sequence of floats, got {sigma!r}") from None
-    if (
-        isinstance(sigma, bool)
-        or len(values) not in (2, 3)
-        or not all(math.isfinite(v) and v >= 0 for v in values)
-    ):
+    scalar = isinstance(sigma, numbers.Real) and not isinstance(sigma, bool)
+    values = _as_floats(
+        "sigma", [sigma] * 3 if scalar else sigma, "a float or a sequence of floats"
+    )
+    if len(values) not in (2, 3) or not all(math.isfinite(v) and v >= 0 for v in values):
         raise ValueError(
             f"sigma: expected finite values >= 0, one or (y, x) or (t, y, x), got {sigma!r}"
         )
     if len(values) == 2:
         values = [0.0, *values]
-    if isinstance(sigma, (int, float)) and spacing is not None:
-        space = [float(v) for v in spacing]
+    if scalar and spacing is not None:
+        space = _as_floats("spacing", spacing, "a sequence of floats")
         space = [1.0, *space] if len(space) == 2 else space
         values = [v / p for v, p in zip(values, space, strict=True)]
     if mode != "volume":
@@ -542,28 +541,76 @@ def _check_images(images: object) -> None:
         )
 
 
-def _check_parameters(
-    n_segments: int, compactness: float, max_iter: int, min_size_factor: float, tol: float
-) -> None:
-    if isinstance(n_segments, bool) or not isinstance(n_segments, int):
-        raise TypeError(f"n_segments: expected an int, got {type(n_segments).__name__}")
-    if n_segments < 1:
-        raise ValueError(f"n_segments: expected >= 1, got {n_segments}")
+# The kernel keeps max_iter and subsample in int32.
+_INT32_MAX = 2**31 - 1
+
+
+def _as_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]``: Python and NumPy integers, not bools (True
+    is no count), else ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {value!r}")
+    number = operator.index(value)
+    if number < low or (high is not None and number > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: expected an int {bounds}, got {number}")
+    return number
+
+
+def _as_float(
+    name: str, value: object, low: float, high: float = math.inf, *, above: bool = False
+) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` when ``above``):
+    Python and NumPy numbers, not bools, else ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    number = _float_or_inf(value)
     if not (
-        isinstance(compactness, (int, float)) and math.isfinite(compactness) and compactness > 0
+        math.isfinite(number) and (number > low if above else number >= low) and number <= high
     ):
-        raise ValueError(f"compactness: expected a finite number > 0, got {compactness!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
-    if not (isinstance(min_size_factor, (int, float)) and 0 <= min_size_factor <= 1):
-        raise ValueError(f"min_size_factor: expected a number in [0, 1], got {min_size_factor!r}")
-    if not (isinstance(tol, (int, float)) and 0 <= tol <= 1):
-        raise ValueError(f"tol: expected a number in [0, 1], got {tol!r}")
+        if high == math.inf:
+            bounds = f"> {low:g}" if above else f">= {low:g}"
+        else:
+            bounds = f"in {'(' if above else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name}: expected a finite number {bounds}, got {value!r}")
+    return number
+
+
+def _as_floats(name: str, values: object, expected: str) -> list[float]:
+    """``values``, a sequence of numbers (not bools or strings), as floats, else
+    ``TypeError`` naming ``name`` and what was ``expected``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name}: expected {expected}, got {values!r}")
+    items = list(values)
+    if any(isinstance(v, (bool, str, bytes)) for v in items):
+        raise TypeError(f"{name}: expected {expected}, got {values!r}")
+    try:
+        return [_float_or_inf(v) for v in items]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected {expected}, got {values!r}") from None
+
+
+def _float_or_inf(value: SupportsFloat) -> float:
+    """``float(value)``, and inf for an int past the float range (which ``float`` refuses
+    with ``OverflowError``): the range checks then name the argument."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _as_flag(name: str, value: object) -> bool:
+    """``value`` if it is a bool: a string or a number is refused, not read as true."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
 
 
 def _resolve_convert_lab(convert_lab: bool | None, channels: int) -> bool:
     if convert_lab is None:
         return channels == 3
+    if not isinstance(convert_lab, bool):
+        raise TypeError(f"convert_lab: expected True, False or None, got {convert_lab!r}")
     if convert_lab and channels != 3:
         raise ValueError(f"convert_lab: CIELAB needs 3 (RGB) channels, got {channels}")
     return bool(convert_lab)

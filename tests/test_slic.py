@@ -964,10 +964,31 @@ def test_opcheck():
         (dict(compactness=0.0), ValueError, "compactness"),
         (dict(compactness=-1.0), ValueError, "compactness"),
         (dict(compactness=math.nan), ValueError, "compactness"),
+        (dict(compactness=10**400), ValueError, "compactness: expected a finite number > 0"),
         (dict(max_iter=0), ValueError, "max_iter"),
+        (dict(max_iter=2**31), ValueError, r"max_iter: expected an int in \[1, 2147483647\]"),
+        (dict(max_iter=2**70), ValueError, r"max_iter: expected an int in \[1, 2147483647\]"),
+        (dict(max_iter=2.5), TypeError, "max_iter: expected an int"),
         (dict(subsample=0), ValueError, "subsample"),
-        (dict(subsample=2.0), ValueError, "subsample"),
+        (dict(subsample=2.0), TypeError, "subsample: expected an int"),
+        (dict(subsample=2**70), ValueError, r"subsample: expected an int in \[1, 2147483647\]"),
         (dict(min_size_factor=-0.1), ValueError, "min_size_factor"),
+        # Bools are no numbers, and flags are bools (a string is no flag).
+        (dict(n_segments=True), TypeError, "n_segments: expected an int, got True"),
+        (dict(n_segments=np.bool_(True)), TypeError, "n_segments: expected an int"),
+        (dict(compactness=True), TypeError, "compactness: expected a number, got True"),
+        (dict(min_size_factor=True), TypeError, "min_size_factor: expected a number"),
+        (dict(tol=True), TypeError, "tol: expected a number"),
+        (dict(tol="0.1"), TypeError, "tol: expected a number"),
+        (dict(enforce_connectivity="no"), TypeError, "enforce_connectivity: expected True or"),
+        (dict(enforce_connectivity=1), TypeError, "enforce_connectivity: expected True or"),
+        (dict(convert_lab="no"), TypeError, "convert_lab: expected True, False or None"),
+        (dict(validate=0), TypeError, "validate: expected True or False"),
+        (dict(spacing=(True, 1)), TypeError, "spacing: expected a sequence of floats"),
+        (dict(sigma=True), TypeError, "sigma: expected a float or a sequence"),
+        (dict(sigma=(1.0, True)), TypeError, "sigma: expected a float or a sequence"),
+        (dict(sigma="12"), TypeError, "sigma: expected a float or a sequence"),
+        (dict(max_iter=2**31 - 1, subsample=2**31 - 1, max_size_factor=1e300), None, None),
         (dict(mode="video"), ValueError, "mode"),
         (dict(mode="volume"), ValueError, "mode"),
         (dict(convert_lab=True, n_segments=10), None, None),
@@ -983,6 +1004,36 @@ def test_bad_parameters(kwargs, error, match):
         return
     with pytest.raises(error, match=match):
         gsw.slic(image, **kwargs)
+
+
+def test_numpy_scalars_are_read_as_their_python_values():
+    # scikit-image users pass NumPy scalars (n_segments from an array, factors from a config).
+    image = torch.rand(1, 3, 40, 50, generator=torch.Generator().manual_seed(0))
+    given = dict(n_segments=60, compactness=5.0, max_iter=4, min_size_factor=0.5, tol=0.01)
+    given |= dict(sigma=1.5, subsample=2, max_size_factor=2.5)
+    ints = {"n_segments", "max_iter", "subsample"}
+    as_numpy = {k: (np.int64(v) if k in ints else np.float32(v)) for k, v in given.items()}
+    ours, theirs = gsw.slic(image, **given), gsw.slic(image, **as_numpy)
+    assert torch.equal(ours.labels, theirs.labels)
+    assert torch.equal(ours.centers, theirs.centers)
+    assert torch.equal(ours.iterations, theirs.iterations)
+
+
+def test_huge_limits_mean_no_limit():
+    # max_size_factor past the pixel count, n_segments past it, max_iter and subsample at the
+    # int32 limit: each is the same call as no limit (or one segment per pixel).
+    image = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(1, 20, 24, dtype=torch.bool)
+    mask[:, :, :5] = False
+    free = gsw.slic(image, n_segments=30)
+    assert torch.equal(gsw.slic(image, n_segments=30, max_size_factor=1e300).labels, free.labels)
+    capped = gsw.slic(image, n_segments=30, max_iter=1000)
+    assert int(capped.iterations.max()) < 1000  # converged: a larger cap changes nothing
+    assert torch.equal(gsw.slic(image, n_segments=30, max_iter=2**31 - 1).labels, capped.labels)
+    assert torch.equal(gsw.slic(image, n_segments=30, subsample=2**31 - 1).labels, free.labels)
+    for m in (None, mask):
+        huge = gsw.slic(image, n_segments=10**400, mask=m)
+        assert torch.equal(huge.labels, gsw.slic(image, n_segments=20 * 24, mask=m).labels)
 
 
 def test_bad_images():
@@ -1551,7 +1602,8 @@ def test_max_size_factor_three_matches_skimage(seed):
 
 @pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, True, "3"])
 def test_max_size_factor_bad_values(value):
-    with pytest.raises(ValueError, match="max_size_factor"):
+    error = TypeError if isinstance(value, (bool, str)) else ValueError
+    with pytest.raises(error, match="max_size_factor"):
         gsw.slic(torch.rand(1, 3, 20, 24), max_size_factor=value)
 
 
