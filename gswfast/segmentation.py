@@ -165,7 +165,8 @@ def slic(
         sigma: Gaussian smoothing before segmenting, as scikit-image's ``sigma``: the
             standard deviation in pixels, divided by ``spacing`` when a scalar, or one value
             per dimension (``(y, x)`` or ``(t, y, x)``); scipy's ``reflect`` borders,
-            truncated at 4 sigma. Time is smoothed in ``volume`` mode only. 0: none.
+            truncated at 4 sigma. Time is smoothed in ``volume`` mode only. 0: none; at most
+            1e5 pixels (after the spacing), which already flattens any image to its mean.
         subsample: row stride of the k-means passes (fast-slic's subsampled assignment).
             A pass reassigns the rows ``y % subsample == pass % subsample`` of each frame
             only, except the last pass and the first of a warm start or of a masked call,
@@ -458,6 +459,12 @@ def _max_centers(seeds: int, pixels: int, min_size: int, connectivity: bool) -> 
     return min(pixels, seeds + pixels // max(min_size, 1) + 1)
 
 
+# Beyond 1e5 pixels (twice the side of the largest square sample the kernel takes, under
+# 2^31 pixels) a Gaussian flattens any such image to its mean, to float32 precision; the
+# bound keeps the weights (4 sigma each side, summed over the reflected period) cheap.
+_MAX_SIGMA = 1e5
+
+
 def _resolve_sigma(
     sigma: float | Sequence[float], spacing: Sequence[float] | None, mode: str
 ) -> list[float]:
@@ -477,6 +484,12 @@ def _resolve_sigma(
         space = _as_floats("spacing", spacing, "a sequence of floats")
         space = [1.0, *space] if len(space) == 2 else space
         values = [v / p for v, p in zip(values, space, strict=True)]
+    if max(values) > _MAX_SIGMA:
+        raise ValueError(
+            f"sigma: expected at most {_MAX_SIGMA:g} pixels (divided by spacing), got {sigma!r}"
+            f"{'' if spacing is None else f' with spacing {spacing!r}'}: that flattens any "
+            "image to its mean"
+        )
     if mode != "volume":
         values[0] = 0.0
     return values
@@ -491,18 +504,35 @@ def _smooth(volume: Tensor, sigma: Sequence[float]) -> Tensor:
         n = x.shape[dim]
         if s <= 0 or n == 1:
             continue
-        radius = int(4.0 * s + 0.5)
-        offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        gauss = torch.exp(-0.5 * (offsets / s) ** 2)
-        weights = (gauss / gauss.sum()).tolist()
-        index = torch.arange(-radius, n + radius) % (2 * n)  # scipy "reflect": d c b a | a b c d
-        index = torch.where(index >= n, 2 * n - 1 - index, index).to(x.device)
+        first, weights = _gaussian_taps(s, n)
+        index = torch.arange(first, first + len(weights) - 1 + n) % (2 * n)
+        index = torch.where(index >= n, 2 * n - 1 - index, index).to(x.device)  # d c b a | a b c d
         padded = x.index_select(dim, index)
         out = torch.zeros_like(x)
         for k, w in enumerate(weights):
             out += w * padded.narrow(dim, k, n)
         x = out
     return x.contiguous()
+
+
+def _gaussian_taps(sigma: float, n: int) -> tuple[int, list[float]]:
+    """The first offset and the weights of scipy's Gaussian (truncated at 4 sigma) along a
+    dimension of ``n`` pixels with scipy's ``reflect`` border.
+
+    The reflected signal repeats every ``2 n`` pixels, so a kernel as wide as that adds its
+    weights up over one period: ``2 n`` taps whatever ``sigma`` (the same result up to
+    rounding, and a short loop). Narrower kernels (radius ``4 sigma``, rounded, below
+    ``n``) are scipy's taps as they are: the same bits as before the folding.
+    """
+    radius = int(4.0 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    gauss = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    weights = gauss / gauss.sum()
+    if radius < n:
+        return -radius, weights.tolist()
+    period = (torch.arange(-radius, radius + 1) + n) % (2 * n)  # 0: offset -n
+    folded = torch.zeros(2 * n, dtype=torch.float64).index_add_(0, period, weights)
+    return -n, folded.tolist()
 
 
 # ------------------------------------------------------------------------ checks

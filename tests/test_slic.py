@@ -988,6 +988,10 @@ def test_opcheck():
         (dict(sigma=True), TypeError, "sigma: expected a float or a sequence"),
         (dict(sigma=(1.0, True)), TypeError, "sigma: expected a float or a sequence"),
         (dict(sigma="12"), TypeError, "sigma: expected a float or a sequence"),
+        # A Gaussian of 1e5 pixels flattens any image: more is an error, spacing included.
+        (dict(sigma=1e9), ValueError, r"sigma: expected at most 100000 pixels"),
+        (dict(sigma=2.0, spacing=(1e-9, 1.0)), ValueError, r"sigma: .* with spacing"),
+        (dict(sigma=(0.0, 1e5)), None, None),
         (dict(max_iter=2**31 - 1, subsample=2**31 - 1, max_size_factor=1e300), None, None),
         (dict(mode="video"), ValueError, "mode"),
         (dict(mode="volume"), ValueError, "mode"),
@@ -1140,6 +1144,28 @@ def test_sigma_smooths_as_scipy_gaussian_filter(sigma):
     assert torch.equal(
         gsw.slic(image, n_segments=40, sigma=0).labels, gsw.slic(image, n_segments=40).labels
     )
+
+
+@pytest.mark.parametrize(("sigma", "spacing"), [((30.0, 60.0), None), (1e3, (1.0, 0.5))])
+def test_sigma_wider_than_the_image_is_folded_onto_it(sigma, spacing):
+    # scipy's reflected signal repeats every 2n pixels: a kernel that wide adds its weights
+    # up over one period, 2n taps (not 8 sigma + 1: sigma=1e4 took a second on 20 x 30).
+    from scipy import ndimage
+
+    from gswfast.segmentation import _gaussian_taps, _resolve_sigma, _smooth
+
+    image = torch.rand(2, 3, 1, 40, 50, generator=torch.Generator().manual_seed(0))
+    blur = _resolve_sigma(sigma, spacing, "image")
+    for s, n in zip(blur[1:], (40, 50), strict=True):
+        assert len(_gaussian_taps(s, n)[1]) == 2 * n
+    ours = _smooth(image, blur)
+    theirs = ndimage.gaussian_filter(
+        image.double().numpy(), [0, 0, *blur], mode="reflect", truncate=4.0
+    )
+    torch.testing.assert_close(ours.double(), torch.from_numpy(theirs), atol=1e-6, rtol=0)
+    # Narrower kernels are scipy's taps as they are.
+    first, weights = _gaussian_taps(2.0, 40)
+    assert (first, len(weights)) == (-8, 17)
 
 
 def test_sigma_per_frame_images_and_spacing():
