@@ -327,6 +327,42 @@ def test_deterministic_and_independent_of_thread_count():
         assert torch.equal(first.iterations, other.iterations)
 
 
+def _large_photo() -> torch.Tensor:
+    """uint8 [1, 3, 1024, 1024]: 2^20 pixels, one sample (its passes may use threads)."""
+    photo = _photo("astronaut").float()
+    big = torch.nn.functional.interpolate(photo, size=(1024, 1024), mode="bilinear")
+    return big.round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.paths
+def test_a_large_photo_beside_busy_processes_equals_one_thread():
+    # One sample of 2^20 pixels or more uses ATen's threads only while the machine has a
+    # free core for each; with every core kept busy by other processes it runs on the
+    # calling thread instead. Either way the bits are those of one thread.
+    image = _large_photo()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gsw.slic(image, n_segments=1000)
+    finally:
+        torch.set_num_threads(threads)
+    idle = gsw.slic(image, n_segments=1000)
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        busy = gsw.slic(image, n_segments=1000)
+        assert all(s.poll() is None for s in spinners)  # busy the whole call
+    finally:
+        for s in spinners:
+            s.kill()
+            s.wait()
+    for other in (idle, busy):
+        for name in ("labels", "centers", "iterations", "clusters", "cluster_labels"):
+            assert torch.equal(getattr(other, name), getattr(one, name)), name
+
+
 @pytest.mark.parametrize("subsample", [1, 3])
 def test_threads_above_the_single_thread_size_change_nothing(subsample):
     # 2^20 pixels per call and more run on several threads (smaller calls on one): the
