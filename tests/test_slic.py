@@ -489,6 +489,45 @@ def test_portable_loops_give_the_avx2_loops_bits(tmp_path):
             assert torch.equal(a, b), case
 
 
+_GROUP_CASES = """
+import torch, gswfast as gsw
+images = torch.load(IMAGE).to(DEVICE)
+cold = gsw.slic(images, n_segments=60)
+calls = {
+    "cold": cold,
+    "warm": gsw.slic(images, n_segments=60, init=cold),
+    "masked": gsw.slic(images, n_segments=60, mask=images[:, 1] > images[:, 1].median()),
+    "subsampled": gsw.slic(images, n_segments=60, subsample=3),
+}
+fields = ("labels", "num_segments", "centers", "iterations", "clusters", "cluster_labels")
+torch.save({k: [getattr(s, f).cpu() for f in fields] for k, s in calls.items()}, OUT)
+"""
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_a_batch_cut_into_groups_equals_one_call(tmp_path, device):
+    # A batch above the pixels of one kernel call (2^31 on the CPU, 2^28 on CUDA) runs in
+    # groups of samples; GSWFAST_SLIC_CHUNK_PIXELS lowers that bound so that 5 samples run
+    # as groups of 2, 2 and 1. Samples are independent: the groups change no bit.
+    names = ("astronaut", "coffee", "chelsea", "rocket", "astronaut")
+    images = torch.cat([_photo(name)[:, :, :64, :80] for name in names])
+    torch.save(images, tmp_path / "images.pt")
+    outputs = {}
+    for name, bound in (("whole", "0"), ("groups", str(2 * 64 * 80 + 1))):
+        script = (
+            f"IMAGE = {str(tmp_path / 'images.pt')!r}\nOUT = {str(tmp_path / name)!r}\n"
+            f"DEVICE = {device!r}\n"
+        )
+        env = dict(os.environ, GSWFAST_SLIC_CHUNK_PIXELS=bound, OMP_NUM_THREADS="1")
+        subprocess.run(
+            [sys.executable, "-c", script + _GROUP_CASES], env=env, check=True, timeout=300
+        )
+        outputs[name] = torch.load(tmp_path / name)
+    for case, fields in outputs["whole"].items():
+        for a, b in zip(fields, outputs["groups"][case], strict=True):
+            assert torch.equal(a, b), case
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float16, torch.float64])
 def test_cuda_features_and_segments_equal_the_cpu_bit_for_bit(dtype):

@@ -2142,6 +2142,10 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
   TORCH_CHECK(!mask || (mask->dim() == 2 && mask->size(0) == N && mask->size(1) == P),
               "mask: expected [N, P] = [", N, ", ", P, "], got ",
               mask ? mask->sizes() : at::IntArrayRef{});
+  if (const char* lowered = std::getenv("GSWFAST_SLIC_CHUNK_PIXELS")) {
+    const long long value = std::strtoll(lowered, nullptr, 10);
+    if (value > 0) max_pixels = std::min<int64_t>(max_pixels, value);
+  }
   const int64_t per_call = std::max<int64_t>(1, (std::min(max_pixels, kMaxPixels) - 1) / P);
   auto call = [&](int64_t start, int64_t length) {
     auto part = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
