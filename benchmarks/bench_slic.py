@@ -17,13 +17,19 @@ absolute times move; run with OMP_NUM_THREADS=1 and again with 2):
     under-segmentation error against scikit-image on the same images), every segment
     connected;
   * 2 threads on a busy machine no slower than 1 (calls under 2^20 pixels run on the
-    calling thread: no OpenMP barrier spins against another process). Batches and clips:
+    calling thread: no OpenMP barrier spins against another process; larger ones use the
+    threads only while the machine has a free core for each): the ``cpu-slic-busy`` group
+    times a 1280x1024 photo on one thread and on all of them beside a busy process.
+    Batches and clips:
 8 images of 320x240 in one call, and a 16x112x112 clip as supervoxels.
 CUDA: 64 frames of 640x480 in one call (frames/s in extra_info), and a 16x112x112 clip;
 each timed call runs ``CUDA_REPEAT`` segmentations and synchronises once.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -107,6 +113,37 @@ def bench_cpu_fast_slic(benchmark, vga, variant):
     labels = benchmark(model.iterate, image)
     _record(benchmark, f"fast_slic_{variant}")
     assert labels.shape == (480, 640)
+
+
+@pytest.fixture
+def busy_process():
+    """Another process that keeps one core busy while the benchmark runs."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    yield spinner
+    spinner.kill()
+    spinner.wait()
+
+
+@pytest.fixture(scope="module")
+def photo_1280x1024():
+    return _photo(1024, 1280)
+
+
+@pytest.mark.benchmark(group="cpu-slic-busy-1280x1024")
+@pytest.mark.parametrize("threads", ["one", "all"])
+def bench_cpu_gswfast_beside_a_busy_process(benchmark, photo_1280x1024, busy_process, threads):
+    """Above 2^20 pixels the CPU path may use ATen's threads: beside a busy process, all
+    threads must be no slower than one (compare the two medians of this group)."""
+    before = torch.get_num_threads()
+    if threads == "one":
+        torch.set_num_threads(1)
+    try:
+        seg = benchmark(gsw.slic, photo_1280x1024[None], 1600)
+        _record(benchmark, f"gswfast_{threads}_threads")
+    finally:
+        torch.set_num_threads(before)
+    assert busy_process.poll() is None  # it was busy the whole time
+    assert abs(int(seg.num_segments[0]) - 1600) < 0.15 * 1600
 
 
 @pytest.fixture(scope="module")

@@ -327,6 +327,42 @@ def test_deterministic_and_independent_of_thread_count():
         assert torch.equal(first.iterations, other.iterations)
 
 
+def _large_photo() -> torch.Tensor:
+    """uint8 [1, 3, 1024, 1024]: 2^20 pixels, one sample (its passes may use threads)."""
+    photo = _photo("astronaut").float()
+    big = torch.nn.functional.interpolate(photo, size=(1024, 1024), mode="bilinear")
+    return big.round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.paths
+def test_a_large_photo_beside_busy_processes_equals_one_thread():
+    # One sample of 2^20 pixels or more uses ATen's threads only while the machine has a
+    # free core for each; with every core kept busy by other processes it runs on the
+    # calling thread instead. Either way the bits are those of one thread.
+    image = _large_photo()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gsw.slic(image, n_segments=1000)
+    finally:
+        torch.set_num_threads(threads)
+    idle = gsw.slic(image, n_segments=1000)
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        busy = gsw.slic(image, n_segments=1000)
+        assert all(s.poll() is None for s in spinners)  # busy the whole call
+    finally:
+        for s in spinners:
+            s.kill()
+            s.wait()
+    for other in (idle, busy):
+        for name in ("labels", "centers", "iterations", "clusters", "cluster_labels"):
+            assert torch.equal(getattr(other, name), getattr(one, name)), name
+
+
 @pytest.mark.parametrize("subsample", [1, 3])
 def test_threads_above_the_single_thread_size_change_nothing(subsample):
     # 2^20 pixels per call and more run on several threads (smaller calls on one): the
@@ -450,6 +486,45 @@ def test_portable_loops_give_the_avx2_loops_bits(tmp_path):
         outputs[name] = torch.load(tmp_path / name)
     for case, fields in outputs["avx2"].items():
         for a, b in zip(fields, outputs["portable"][case], strict=True):
+            assert torch.equal(a, b), case
+
+
+_GROUP_CASES = """
+import torch, gswfast as gsw
+images = torch.load(IMAGE).to(DEVICE)
+cold = gsw.slic(images, n_segments=60)
+calls = {
+    "cold": cold,
+    "warm": gsw.slic(images, n_segments=60, init=cold),
+    "masked": gsw.slic(images, n_segments=60, mask=images[:, 1] > images[:, 1].median()),
+    "subsampled": gsw.slic(images, n_segments=60, subsample=3),
+}
+fields = ("labels", "num_segments", "centers", "iterations", "clusters", "cluster_labels")
+torch.save({k: [getattr(s, f).cpu() for f in fields] for k, s in calls.items()}, OUT)
+"""
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_a_batch_cut_into_groups_equals_one_call(tmp_path, device):
+    # A batch above the pixels of one kernel call (2^31 on the CPU, 2^28 on CUDA) runs in
+    # groups of samples; GSWFAST_SLIC_CHUNK_PIXELS lowers that bound so that 5 samples run
+    # as groups of 2, 2 and 1. Samples are independent: the groups change no bit.
+    names = ("astronaut", "coffee", "chelsea", "rocket", "astronaut")
+    images = torch.cat([_photo(name)[:, :, :64, :80] for name in names])
+    torch.save(images, tmp_path / "images.pt")
+    outputs = {}
+    for name, bound in (("whole", "0"), ("groups", str(2 * 64 * 80 + 1))):
+        script = (
+            f"IMAGE = {str(tmp_path / 'images.pt')!r}\nOUT = {str(tmp_path / name)!r}\n"
+            f"DEVICE = {device!r}\n"
+        )
+        env = dict(os.environ, GSWFAST_SLIC_CHUNK_PIXELS=bound, OMP_NUM_THREADS="1")
+        subprocess.run(
+            [sys.executable, "-c", script + _GROUP_CASES], env=env, check=True, timeout=300
+        )
+        outputs[name] = torch.load(tmp_path / name)
+    for case, fields in outputs["whole"].items():
+        for a, b in zip(fields, outputs["groups"][case], strict=True):
             assert torch.equal(a, b), case
 
 

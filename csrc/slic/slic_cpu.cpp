@@ -22,11 +22,17 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
+
+#if defined(__linux__)
+#include <dirent.h>  // own_running_threads
+#include <unistd.h>  // sysconf
+#endif
 
 namespace gswfast {
 namespace slic {
@@ -139,10 +145,80 @@ namespace {
 // 3.5x slower on 2 threads than on 1. Results never depend on this (work is cut by shape).
 constexpr int64_t kParallelPixels = int64_t{1} << 20;
 
+// Larger calls use ATen's threads only when the machine has a free core for each extra
+// one: OpenMP splits a region in fixed parts and its threads spin at the barriers, so a
+// thread that waits for a core delays the whole region. Beside one busy process, a
+// 1280x1024 photo took 66 ms on 2 threads against 52 ms on 1. Read once per call: the
+// runnable tasks of the machine (procs_running of /proc/stat) less those of this process
+// (its own OpenMP threads may still be spinning after the last region); where they cannot
+// be read, the threads are used.
+#if defined(__linux__)
+// procs_running of /proc/stat, -1 when unreadable.
+long machine_running_tasks() {
+  FILE* file = std::fopen("/proc/stat", "r");
+  if (file == nullptr) return -1;
+  char line[256];
+  long running = -1;
+  while (std::fgets(line, sizeof line, file) != nullptr) {
+    if (std::strncmp(line, "procs_running ", 14) == 0) {
+      running = std::strtol(line + 14, nullptr, 10);
+      break;
+    }
+  }
+  std::fclose(file);
+  return running;
+}
+
+// Threads of this process in state R (running or runnable), this one included.
+long own_running_threads() {
+  DIR* tasks = opendir("/proc/self/task");
+  if (tasks == nullptr) return 1;
+  long running = 0;
+  while (const dirent* task = readdir(tasks)) {
+    if (task->d_name[0] == '.') continue;
+    char path[300], stat[512];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", task->d_name);
+    FILE* file = std::fopen(path, "r");
+    if (file == nullptr) continue;
+    const size_t n = std::fread(stat, 1, sizeof stat - 1, file);
+    std::fclose(file);
+    stat[n] = '\0';
+    const char* name_end = std::strrchr(stat, ')');  // the name may hold spaces and ')'
+    if (name_end != nullptr && name_end[1] == ' ' && name_end[2] == 'R') ++running;
+  }
+  closedir(tasks);
+  return std::max<long>(running, 1);
+}
+#endif
+
+bool cores_free_for(int64_t threads) {
+#if defined(__linux__)
+  const long machine = machine_running_tasks();
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (machine < 1 || cpus < 1) return true;
+  const long others = std::max<long>(machine - own_running_threads(), 0);
+  return others + threads <= cpus;
+#else
+  return true;
+#endif
+}
+
+// Set while a call runs on the calling thread only (OneThreadCall): a small call, or a
+// machine without a free core for each thread.
+thread_local bool one_thread_call = false;
+
+struct OneThreadCall {
+  bool before;
+  explicit OneThreadCall(bool one) : before(one_thread_call) { one_thread_call = before || one; }
+  ~OneThreadCall() { one_thread_call = before; }
+  OneThreadCall(const OneThreadCall&) = delete;
+  OneThreadCall& operator=(const OneThreadCall&) = delete;
+};
+
 template <typename Fn>
 void parallel_for(const Geometry& g, int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
   if (begin >= end) return;
-  if (g.N * g.P < kParallelPixels) {
+  if (g.N * g.P < kParallelPixels || one_thread_call) {
     fn(begin, end);
   } else {
     at::parallel_for(begin, end, grain, fn);
@@ -221,12 +297,20 @@ lab_span_avx512(const float* r, const float* gg, const float* b, float* L, float
 #endif
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// The 16-lane loops: where the CPU has AVX-512 and ATen's kernels use it too, so that
+// ATEN_CPU_CAPABILITY=avx2 (one of `make isa-check`'s set-ups) runs the 8-lane ones.
+bool cpu_has_avx512() {
+  static const bool has = cpu_has_avx2() && at::get_cpu_capability() == "AVX512" &&
+                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+#endif
+
 LabSpanFn pick_lab_span() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (cpu_has_avx2() && at::get_cpu_capability() == "AVX512" && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512bw"))
-    return &lab_span_avx512;
+  if (cpu_has_avx512()) return &lab_span_avx512;
 #endif
 #if defined(__x86_64__) && defined(__GNUC__)
   if (cpu_has_avx2()) return &lab_span_avx2;
@@ -525,8 +609,107 @@ __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const flo
 }
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same claims 16 pixels at a time with AVX-512: the same operations in each lane as
+// the AVX2 loop (a wider FMA rounds no differently), so the same bits. A row's tail is one
+// masked group; masked-off lanes neither fault nor store. A photo's window rows are some
+// 55 pixels wide: 4 groups here against 7 with AVX2.
+template <int FC>
+struct ClaimAvx512 {
+  static constexpr int32_t kMax = FC > 0 ? FC : 1;
+  const float* plane[kMax];  // locals: the stores to best could alias planes[]
+  const float* const* planes;
+  __m512 centre[kMax];
+  const float* c;
+  int32_t F;
+  __m512 cx, wx, inv_m2;
+  __m512i id;
+
+  // Pixels x .. x + 15 of a row, x_float their coordinates; valid: the lanes inside the
+  // window (kWhole: all of them).
+  template <bool kWhole>
+  __attribute__((target("avx512f"), always_inline)) void group(int64_t row, int32_t x,
+                                                               __m512 x_float, __m512 zy,
+                                                               __mmask16 valid, float* b_row,
+                                                               int32_t* w_row) const {
+    __m512 colour = _mm512_setzero_ps();
+    for (int32_t f = 0; f < F; ++f) {
+      const float* p = (FC > 0 ? plane[f] : planes[f]) + row + x;
+      const __m512 v = kWhole ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(valid, p);
+      const __m512 t = _mm512_sub_ps(v, FC > 0 ? centre[f] : _mm512_set1_ps(c[3 + f]));
+      colour = _mm512_fmadd_ps(t, t, colour);
+    }
+    const __m512 dx = _mm512_sub_ps(x_float, cx);
+    const __m512 d =
+        _mm512_fmadd_ps(colour, inv_m2, _mm512_fmadd_ps(_mm512_mul_ps(wx, dx), dx, zy));
+    const __m512 b = kWhole ? _mm512_loadu_ps(b_row + x) : _mm512_maskz_loadu_ps(valid, b_row + x);
+    const __mmask16 take = _mm512_mask_cmp_ps_mask(valid, d, b, _CMP_LT_OQ);
+    _mm512_mask_storeu_ps(b_row + x, take, d);
+    _mm512_mask_storeu_epi32(w_row + x, take, id);
+  }
+};
+
+template <int FC>
+__attribute__((target("avx512f"))) void claim_avx512(const Geometry& g, const float* const* planes,
+                                                     const float* c, int32_t k, float z, int32_t y0,
+                                                     int32_t yf, int32_t yl, int32_t ystep,
+                                                     int32_t x0, int32_t x1, float* best,
+                                                     int32_t* winner) {
+  ClaimAvx512<FC> claim;
+  for (int32_t f = 0; f < ClaimAvx512<FC>::kMax; ++f) {
+    claim.plane[f] = FC > 0 ? planes[f] : nullptr;
+    claim.centre[f] = _mm512_set1_ps(c[3 + f]);
+  }
+  claim.planes = planes;
+  claim.c = c;
+  claim.F = FC > 0 ? FC : g.F;
+  claim.cx = _mm512_set1_ps(c[2]);
+  claim.wx = _mm512_set1_ps(g.weight[2]);
+  claim.inv_m2 = _mm512_set1_ps(g.inv_m2);
+  claim.id = _mm512_set1_epi32(k);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // As in claim_avx2: coordinates below 2^24 step exactly in float.
+  const bool exact_steps = x1 <= (1 << 24);
+  const __m512 x_first =
+      _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_add_epi32(_mm512_set1_epi32(x0), lane));
+  const __m512 sixteen = _mm512_set1_ps(16.f);
+  const int32_t whole_end = x0 + (x1 - x0) / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << ((x1 - x0) % 16)) - 1u);
+  const float dz = z - c[0];
+  for (int32_t y = yf; y <= yl; y += ystep) {
+    const int64_t row = int64_t{y - y0} * g.W;
+    const __m512 zy = _mm512_set1_ps(spatial_zy(g, dz, static_cast<float>(y) - c[1]));
+    float* b_row = best + row;
+    int32_t* w_row = winner + row;
+    __m512 x_float = x_first;
+    int32_t x = x0;
+    for (; x < whole_end; x += 16) {
+      claim.template group<true>(row, x, x_float, zy, 0xFFFF, b_row, w_row);
+      x_float = exact_steps ? _mm512_add_ps(x_float, sixteen)
+                            : _mm512_maskz_cvtepi32_ps(
+                                  0xFFFF, _mm512_add_epi32(_mm512_set1_epi32(x + 16), lane));
+    }
+    if (tail != 0) claim.template group<false>(row, x, x_float, zy, tail, b_row, w_row);
+  }
+}
+#endif
+
 ClaimFn pick_claim(int32_t F) {
 #if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx512()) {
+    switch (F) {
+      case 1:
+        return &claim_avx512<1>;
+      case 2:
+        return &claim_avx512<2>;
+      case 3:
+        return &claim_avx512<3>;
+      case 4:
+        return &claim_avx512<4>;
+      default:
+        return &claim_avx512<0>;
+    }
+  }
   if (cpu_has_avx2()) {
     switch (F) {
       case 1:
@@ -567,6 +750,14 @@ inline int64_t run_sum(const int32_t* v, int32_t x, int32_t e) {
   }
   int64_t sum = 0;
   for (int32_t q = x; q < e; ++q) sum += v[q];
+  return sum;
+}
+
+// Sum of the fixed-point values of v[x .. e) (to_fixed32: the values of the fixed planes,
+// computed again from the float ones, which the claims have just brought into the cache).
+inline int64_t run_fixed_sum(const float* v, int32_t x, int32_t e) {
+  int64_t sum = 0;
+  for (int32_t q = x; q < e; ++q) sum += to_fixed32(v[q]);
   return sum;
 }
 
@@ -711,10 +902,13 @@ __attribute__((always_inline)) inline void accumulate_rows(
 // pass touches a few percent of the pixels instead of all of them. Changes come in runs
 // (a boundary that moves shifts a stretch of a row from one cluster to the same other
 // one), so they are moved run by run: each row's runs are listed first (change_runs),
-// then moved. starts and ends: room for W + 8 values each.
+// then moved. The feature sums come from the float planes (chunk_feat: the chunk's first
+// pixel), converted to fixed point as compute_features does: the changed pixels lie
+// scattered along the boundaries, where the fixed planes are rarely in the cache but the
+// float ones are. starts and ends: room for W + 8 values each.
 template <int FC, typename Bits>
 __attribute__((always_inline)) inline void accumulate_changes(
-    const Geometry& g, const int32_t* fixed_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
+    const Geometry& g, const float* chunk_feat, int32_t z, int32_t y0, int32_t y1, PassRows pass,
     const int32_t* winner, int32_t* lab, Chunk& chunk, std::vector<int32_t>& local_of,
     int32_t* starts, int32_t* ends) {
   const int32_t W = g.W;
@@ -726,7 +920,7 @@ __attribute__((always_inline)) inline void accumulate_changes(
     const int64_t row = int64_t{y - y0} * W;
     int32_t* __restrict l_row = lab + row;
     const int32_t* __restrict w_row = winner + row;
-    const int32_t* v_row = fixed_feat + row;
+    const float* v_row = chunk_feat + row;
     // Unclaimed pixels (w < 0) keep their cluster.
     const int32_t runs = Bits::change_runs(w_row, l_row, W, starts, ends);
     for (int32_t i = 0; i < runs; ++i) {
@@ -743,7 +937,7 @@ __attribute__((always_inline)) inline void accumulate_changes(
         for (int32_t j = 0; j < 4; ++j) sub[j] -= moved[j];
       }
       for (int32_t f = 0; f < F; ++f) {
-        const int64_t sum = run_sum(v_row + f * P, x, e);
+        const int64_t sum = run_fixed_sum(v_row + f * P, x, e);
         add[4 + f] += sum;
         if (sub) sub[4 + f] -= sum;
       }
@@ -813,11 +1007,11 @@ __attribute__((always_inline)) inline void run_chunk_body(
     scratch.starts.resize(g.W + 8);
     scratch.ends.resize(g.W + 8);
     if (g.F == 3) {
-      accumulate_changes<3, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of,
-                                  scratch.starts.data(), scratch.ends.data());
+      accumulate_changes<3, Bits>(g, feat + first, z, y0, y1, pass, win, lab, chunk,
+                                  scratch.local_of, scratch.starts.data(), scratch.ends.data());
     } else {
-      accumulate_changes<0, Bits>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of,
-                                  scratch.starts.data(), scratch.ends.data());
+      accumulate_changes<0, Bits>(g, feat + first, z, y0, y1, pass, win, lab, chunk,
+                                  scratch.local_of, scratch.starts.data(), scratch.ends.data());
     }
   } else if (g.F == 3) {
     accumulate_rows<3>(g, fixed_feat, z, y0, y1, pass, win, lab, chunk, scratch.local_of);
@@ -1948,6 +2142,10 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
   TORCH_CHECK(!mask || (mask->dim() == 2 && mask->size(0) == N && mask->size(1) == P),
               "mask: expected [N, P] = [", N, ", ", P, "], got ",
               mask ? mask->sizes() : at::IntArrayRef{});
+  if (const char* lowered = std::getenv("GSWFAST_SLIC_CHUNK_PIXELS")) {
+    const long long value = std::strtoll(lowered, nullptr, 10);
+    if (value > 0) max_pixels = std::min<int64_t>(max_pixels, value);
+  }
   const int64_t per_call = std::max<int64_t>(1, (std::min(max_pixels, kMaxPixels) - 1) / P);
   auto call = [&](int64_t start, int64_t length) {
     auto part = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
@@ -2004,6 +2202,15 @@ Workspace& workspace() {
   return ws;
 }
 
+// Zeros filled on the calling thread. ATen's fills and copies above 32k elements run on
+// OpenMP threads, which spin against a busy machine as parallel_for's would: a call that
+// runs on one thread writes its outputs itself (so no clone() or at::zeros below).
+at::Tensor zeros_here(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  std::memset(out.data_ptr(), 0, out.nbytes());
+  return out;
+}
+
 SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
                            const std::optional<at::Tensor>& init_counts,
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
@@ -2038,7 +2245,7 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
       compute_features(g, image_ptr<double>(image), features, fixed);
       break;
   }
-  at::Tensor clusters = at::zeros({g.N, g.K, R}, f32);
+  at::Tensor clusters = zeros_here({g.N, g.K, R}, f32);
   at::Tensor cluster_counts = at::empty({g.N, g.K}, image.options().dtype(at::kInt));
   float* centers = clusters.data_ptr<float>();
   int32_t* counts = cluster_counts.data_ptr<int32_t>();
@@ -2049,14 +2256,15 @@ SlicOutputs slic_cpu_chunk(const at::Tensor& image, const std::optional<at::Tens
     seed_centers(g, features, centers, counts);
   }
   at::Tensor labels = at::empty({g.N, g.P}, image.options().dtype(at::kInt));
-  at::Tensor iterations = at::zeros({g.N}, image.options().dtype(at::kInt));
+  at::Tensor iterations = zeros_here({g.N}, image.options().dtype(at::kInt));
   iterate(g, features, fixed, centers, counts,
           init_labels ? init_labels->const_data_ptr<int32_t>() : nullptr,
           labels.data_ptr<int32_t>(), iterations.data_ptr<int32_t>());
-  at::Tensor cluster_labels = labels.clone();
+  at::Tensor cluster_labels = at::empty(labels.sizes(), labels.options());
+  std::memcpy(cluster_labels.data_ptr(), labels.const_data_ptr(), labels.nbytes());
 
   at::Tensor num_segments = at::empty({g.N}, image.options().dtype(at::kLong));
-  at::Tensor out_centers = at::zeros({g.N, g.max_centers, R}, f32);
+  at::Tensor out_centers = zeros_here({g.N, g.max_centers, R}, f32);
   auto segment = [&](int64_t n) {
     int32_t* lab = labels.data_ptr<int32_t>() + n * g.P;
     const int32_t* feat = fixed + n * g.F * g.P;
@@ -2092,8 +2300,13 @@ SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& i
   };
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);
-  if (N < 2 || N * P < kParallelPixels || at::get_num_threads() < 2 || at::in_parallel_region())
+  if (at::get_num_threads() < 2 || at::in_parallel_region())
     return run(image, init_centers, init_counts, init_labels, mask);
+  if (N * P < kParallelPixels) return run(image, init_centers, init_counts, init_labels, mask);
+  if (N < 2) {
+    const OneThreadCall one_thread(!cores_free_for(at::get_num_threads()));
+    return run(image, init_centers, init_counts, init_labels, mask);
+  }
   // Batches: one parallel region over samples, each segmented on one thread. Samples are
   // independent, so this changes no result; it replaces some fifty short parallel regions
   // per call, whose barriers make OpenMP threads spin while another process holds a core.
