@@ -130,7 +130,8 @@ def slic(
             segments than pixels give one per pixel, and a thin image gets one row of seeds.
         compactness: weight of space against colour; larger gives squarer segments. Same
             scale as scikit-image: colour distance in CIELAB units (or 0..1 values) divided
-            by ``compactness``, spatial distance divided by the grid step.
+            by ``compactness``, spatial distance divided by the grid step. At least 1e-10
+            (smaller would overflow the kernel's float32 colour term).
         max_iter: k-means passes at most (up to 2^31 - 1); a sample stops early once no
             pixel changes.
         mode: ``"image"`` (4-D input), ``"per_frame"`` (each frame of a clip on its own),
@@ -211,7 +212,7 @@ def slic(
     images = _integers_as_float(images)
     mode = _resolve_mode(mode, images)
     n_segments = _as_int("n_segments", n_segments, 1)
-    compactness = _as_float("compactness", compactness, 0.0, above=True)
+    compactness = _as_float("compactness", compactness, _MIN_COMPACTNESS)
     max_iter = _as_int("max_iter", max_iter, 1, _INT32_MAX)
     min_size_factor = _as_float("min_size_factor", min_size_factor, 0.0, 1.0)
     tol = _as_float("tol", tol, 0.0, 1.0)
@@ -573,6 +574,10 @@ def _check_images(images: object) -> None:
 
 # The kernel keeps max_iter and subsample in int32.
 _INT32_MAX = 2**31 - 1
+# The kernel divides colour distances by compactness^2 in float32: below about 1e-14 a
+# colour term overflows to inf (and 0 * inf is NaN), which would silently segment by
+# position alone, the opposite of what a tiny compactness asks for.
+_MIN_COMPACTNESS = 1e-10
 
 
 def _as_int(name: str, value: object, low: int, high: int | None = None) -> int:

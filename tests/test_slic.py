@@ -1037,9 +1037,10 @@ def test_opcheck():
         (dict(n_segments=0), ValueError, "n_segments"),
         (dict(n_segments=2.5), TypeError, "n_segments"),
         (dict(compactness=0.0), ValueError, "compactness"),
+        (dict(compactness=1e-20), ValueError, "compactness"),  # 1/c^2 overflows float32
         (dict(compactness=-1.0), ValueError, "compactness"),
         (dict(compactness=math.nan), ValueError, "compactness"),
-        (dict(compactness=10**400), ValueError, "compactness: expected a finite number > 0"),
+        (dict(compactness=10**400), ValueError, "compactness: expected a finite number >= 1e-10"),
         (dict(max_iter=0), ValueError, "max_iter"),
         (dict(max_iter=2**31), ValueError, r"max_iter: expected an int in \[1, 2147483647\]"),
         (dict(max_iter=2**70), ValueError, r"max_iter: expected an int in \[1, 2147483647\]"),
