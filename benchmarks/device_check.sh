@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device check for a GPU machine that has its own torch (see README, "GPU check").
-# Builds gswfast for sm_90 only, runs the whole test suite (CUDA tests included), a
-# compute-sanitizer memcheck of the kernels on a small input, the benchmarks, and a
+# Builds gswfast for sm_90 only, runs the whole test suite (CUDA tests included),
+# compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on the kernels with a small
+# input (benchmarks/sanitize_case.py), the benchmarks, and a
 # graph-timed profile of segment_pool. Writes under $OUT (or $1): summary.json,
 # bench.json, bench.md, profile*.json and logs.txt (every stage's output).
 # GSWFAST_DEVICE_PROFILE=1 adds a tile-size sweep and an Nsight Compute report (ncu.log).
@@ -66,6 +67,8 @@ if command -v compute-sanitizer > /dev/null; then
   stage sanitizer 240 compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" benchmarks/sanitize_case.py
   stage racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 3 "$PY" benchmarks/sanitize_case.py
   stage synccheck 120 compute-sanitizer --tool synccheck --error-exitcode 3 "$PY" benchmarks/sanitize_case.py
+  # Reads of device memory no kernel or copy wrote (at::empty scratch read before written).
+  stage initcheck 180 compute-sanitizer --tool initcheck --error-exitcode 3 "$PY" benchmarks/sanitize_case.py
 fi
 bench_filter=(-m cuda)
 [ "${GSWFAST_DEVICE_ALL_BENCH:-0}" = 1 ] && bench_filter=()
