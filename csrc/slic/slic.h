@@ -450,8 +450,8 @@ constexpr int64_t kMaxCudaPixels = int64_t{1} << 28;
 // Runs fn on consecutive groups of samples of fewer than max_pixels pixels each (at least
 // one sample per group) and concatenates the outputs (samples are independent): both
 // backends take any N. An empty image (N or P = 0) is an error on both backends. The
-// environment variable GSWFAST_SLIC_CHUNK_PIXELS (a positive integer) lowers max_pixels,
-// so that the tests cut small batches into groups too.
+// environment variable GSWFAST_SLIC_CHUNK_PIXELS (a whole number; 0 or unset: no change)
+// lowers max_pixels, so that the tests cut small batches into groups too.
 SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& image,
                            const std::optional<at::Tensor>& init_centers,
                            const std::optional<at::Tensor>& init_counts,

@@ -10,7 +10,6 @@
 #include <ATen/Version.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -145,15 +144,16 @@ namespace {
 // 3.5x slower on 2 threads than on 1. Results never depend on this (work is cut by shape).
 constexpr int64_t kParallelPixels = int64_t{1} << 20;
 
-// Larger calls use ATen's threads only when the machine has a free core for each extra
-// one: OpenMP splits a region in fixed parts and its threads spin at the barriers, so a
-// thread that waits for a core delays the whole region. Beside one busy process, a
-// 1280x1024 photo took 66 ms on 2 threads against 52 ms on 1. Read once per call: the
-// runnable tasks of the machine (procs_running of /proc/stat) less those of this process
-// (its own OpenMP threads may still be spinning after the last region); where they cannot
-// be read, the threads are used.
+// Larger calls use as many of ATen's threads as the machine has free cores for: OpenMP
+// splits a region in fixed parts and its threads spin at the barriers, so a thread that
+// waits for a core delays the whole region. Beside one busy process, a 1280x1024 photo
+// took 66 ms on 2 threads of 2 cores against 52 ms on 1. Read once per call: the runnable
+// tasks of the machine (procs_running of /proc/stat, machine-wide, against its online
+// CPUs) less those of this process (its own OpenMP threads may still be spinning after
+// the last region); where they cannot be read, every thread is used.
 #if defined(__linux__)
-// procs_running of /proc/stat, -1 when unreadable.
+// procs_running of /proc/stat, -1 when unreadable. Its long lines (intr) come in 256-byte
+// pieces, none of which can start with "procs_running ".
 long machine_running_tasks() {
   FILE* file = std::fopen("/proc/stat", "r");
   if (file == nullptr) return -1;
@@ -169,13 +169,17 @@ long machine_running_tasks() {
   return running;
 }
 
-// Threads of this process in state R (running or runnable), this one included.
+// Threads of this process in state R (running or runnable), this one included; at most
+// kMaxTasksRead are read, so that a process of many threads pays a bounded cost.
 long own_running_threads() {
+  constexpr int kMaxTasksRead = 256;
   DIR* tasks = opendir("/proc/self/task");
   if (tasks == nullptr) return 1;
   long running = 0;
+  int read = 0;
   while (const dirent* task = readdir(tasks)) {
     if (task->d_name[0] == '.') continue;
+    if (++read > kMaxTasksRead) break;
     char path[300], stat[512];
     std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", task->d_name);
     FILE* file = std::fopen(path, "r");
@@ -191,35 +195,40 @@ long own_running_threads() {
 }
 #endif
 
-bool cores_free_for(int64_t threads) {
+// Of `threads` (the calling one included), how many have a free core now: at least 1.
+int64_t threads_with_free_cores(int64_t threads) {
 #if defined(__linux__)
   const long machine = machine_running_tasks();
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  if (machine < 1 || cpus < 1) return true;
+  if (machine < 1 || cpus < 1) return threads;
   const long others = std::max<long>(machine - own_running_threads(), 0);
-  return others + threads <= cpus;
+  return std::clamp<int64_t>(cpus - others, 1, threads);
 #else
-  return true;
+  return threads;
 #endif
 }
 
-// Set while a call runs on the calling thread only (OneThreadCall): a small call, or a
-// machine without a free core for each thread.
-thread_local bool one_thread_call = false;
+// The threads of the call on this thread (ThreadCap): 0 for no cap. Results never depend
+// on it: work is cut by shape, and a region's parts only move between threads.
+thread_local int64_t call_threads = 0;
 
-struct OneThreadCall {
-  bool before;
-  explicit OneThreadCall(bool one) : before(one_thread_call) { one_thread_call = before || one; }
-  ~OneThreadCall() { one_thread_call = before; }
-  OneThreadCall(const OneThreadCall&) = delete;
-  OneThreadCall& operator=(const OneThreadCall&) = delete;
+struct ThreadCap {
+  int64_t before;
+  explicit ThreadCap(int64_t threads) : before(call_threads) { call_threads = threads; }
+  ~ThreadCap() { call_threads = before; }
+  ThreadCap(const ThreadCap&) = delete;
+  ThreadCap& operator=(const ThreadCap&) = delete;
 };
 
+// ATen's OpenMP regions take at most ceil(range / grain) threads: a larger grain caps them.
 template <typename Fn>
 void parallel_for(const Geometry& g, int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
   if (begin >= end) return;
-  if (g.N * g.P < kParallelPixels || one_thread_call) {
+  if (g.N * g.P < kParallelPixels || call_threads == 1) {
     fn(begin, end);
+  } else if (call_threads > 1) {
+    const int64_t per_thread = (end - begin + call_threads - 1) / call_threads;
+    at::parallel_for(begin, end, std::max(grain, per_thread), fn);
   } else {
     at::parallel_for(begin, end, grain, fn);
   }
@@ -609,7 +618,7 @@ __attribute__((target("avx2,fma"))) void claim_avx2(const Geometry& g, const flo
 }
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 // The same claims 16 pixels at a time with AVX-512: the same operations in each lane as
 // the AVX2 loop (a wider FMA rounds no differently), so the same bits. A row's tail is one
 // masked group; masked-off lanes neither fault nor store. A photo's window rows are some
@@ -668,7 +677,9 @@ __attribute__((target("avx512f"))) void claim_avx512(const Geometry& g, const fl
   claim.inv_m2 = _mm512_set1_ps(g.inv_m2);
   claim.id = _mm512_set1_epi32(k);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  // As in claim_avx2: coordinates below 2^24 step exactly in float.
+  // As in claim_avx2: coordinates below 2^24 step exactly in float. (The zero-masked
+  // conversion with every lane kept is the plain one; GCC 12 warns on the plain one's
+  // undefined pass-through operand.)
   const bool exact_steps = x1 <= (1 << 24);
   const __m512 x_first =
       _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_add_epi32(_mm512_set1_epi32(x0), lane));
@@ -695,7 +706,8 @@ __attribute__((target("avx512f"))) void claim_avx512(const Geometry& g, const fl
 #endif
 
 ClaimFn pick_claim(int32_t F) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  // Not with clang: some releases need "evex512" beside "avx512f" for 512-bit vectors.
   if (cpu_has_avx512()) {
     switch (F) {
       case 1:
@@ -710,6 +722,8 @@ ClaimFn pick_claim(int32_t F) {
         return &claim_avx512<0>;
     }
   }
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
   if (cpu_has_avx2()) {
     switch (F) {
       case 1:
@@ -2143,7 +2157,12 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
               "mask: expected [N, P] = [", N, ", ", P, "], got ",
               mask ? mask->sizes() : at::IntArrayRef{});
   if (const char* lowered = std::getenv("GSWFAST_SLIC_CHUNK_PIXELS")) {
-    const long long value = std::strtoll(lowered, nullptr, 10);
+    char* rest = nullptr;
+    const long long value = std::strtoll(lowered, &rest, 10);
+    TORCH_CHECK(rest != lowered && *rest == '\0' && value >= 0,
+                "GSWFAST_SLIC_CHUNK_PIXELS: expected a whole number of pixels >= 0 (0: no "
+                "limit), got '",
+                lowered, "'");
     if (value > 0) max_pixels = std::min<int64_t>(max_pixels, value);
   }
   const int64_t per_call = std::max<int64_t>(1, (std::min(max_pixels, kMaxPixels) - 1) / P);
@@ -2207,7 +2226,7 @@ Workspace& workspace() {
 // runs on one thread writes its outputs itself (so no clone() or at::zeros below).
 at::Tensor zeros_here(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor out = at::empty(sizes, options);
-  std::memset(out.data_ptr(), 0, out.nbytes());
+  if (out.nbytes() > 0) std::memset(out.data_ptr(), 0, out.nbytes());
   return out;
 }
 
@@ -2304,7 +2323,7 @@ SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& i
     return run(image, init_centers, init_counts, init_labels, mask);
   if (N * P < kParallelPixels) return run(image, init_centers, init_counts, init_labels, mask);
   if (N < 2) {
-    const OneThreadCall one_thread(!cores_free_for(at::get_num_threads()));
+    const ThreadCap cap(threads_with_free_cores(at::get_num_threads()));
     return run(image, init_centers, init_counts, init_labels, mask);
   }
   // Batches: one parallel region over samples, each segmented on one thread. Samples are
