@@ -18,7 +18,7 @@ absolute times move; run with OMP_NUM_THREADS=1 and again with 2):
     connected;
   * 2 threads on a busy machine no slower than 1 (calls under 2^20 pixels run on the
     calling thread: no OpenMP barrier spins against another process; larger ones use the
-    threads only while the machine has a free core for each): the ``cpu-slic-busy`` group
+    threads only as far as the machine has free cores): the ``cpu-slic-busy`` group
     times a 1280x1024 photo on one thread and on all of them beside a busy process.
     Batches and clips:
 8 images of 320x240 in one call, and a 16x112x112 clip as supervoxels.

@@ -336,9 +336,9 @@ def _large_photo() -> torch.Tensor:
 
 @pytest.mark.paths
 def test_a_large_photo_beside_busy_processes_equals_one_thread():
-    # One sample of 2^20 pixels or more uses ATen's threads only while the machine has a
-    # free core for each; with every core kept busy by other processes it runs on the
-    # calling thread instead. Either way the bits are those of one thread.
+    # One sample of 2^20 pixels or more uses as many of ATen's threads as the machine has
+    # free cores; with every core kept busy by other processes it runs on the calling
+    # thread alone. Either way the bits are those of one thread.
     image = _large_photo()
     threads = torch.get_num_threads()
     try:
