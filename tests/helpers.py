@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -10,6 +13,17 @@ from gswfast.testing import grid_labels, photos, reference_pool  # noqa: F401  (
 
 def cpu_and_cuda():
     return ("cpu", pytest.param("cuda", marks=pytest.mark.cuda))
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """ATen's CPU thread count set to ``count`` inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 TOLERANCES = {

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import TinyCNN, cpu_and_cuda
+from helpers import TinyCNN, cpu_and_cuda, cpu_threads
 
 import gswfast as gsw
 import gswfast.ops
@@ -314,12 +314,8 @@ def test_warm_start_volume_and_per_frame():
 def test_deterministic_and_independent_of_thread_count():
     images = torch.cat([_photo("astronaut")[:, :, :240, :320], _photo("chelsea")[:, :, :240, :320]])
     first = gsw.slic(images, n_segments=200)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with cpu_threads(1):
         single = gsw.slic(images, n_segments=200)
-    finally:
-        torch.set_num_threads(threads)
     again = gsw.slic(images, n_segments=200)
     for other in (single, again):
         assert torch.equal(first.labels, other.labels)
@@ -340,12 +336,8 @@ def test_a_large_photo_beside_busy_processes_equals_one_thread():
     # free cores; with every core kept busy by other processes it runs on the calling
     # thread alone. Either way the bits are those of one thread.
     image = _large_photo()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with cpu_threads(1):
         one = gsw.slic(image, n_segments=1000)
-    finally:
-        torch.set_num_threads(threads)
     idle = gsw.slic(image, n_segments=1000)
     spinners = [
         subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -369,14 +361,10 @@ def test_threads_above_the_single_thread_size_change_nothing(subsample):
     # work is cut by shape, so the thread count changes no bit.
     photos = [_photo(name)[:, :, :256, :256] for name in ("astronaut", "chelsea")]
     images = torch.cat(photos * 8)  # 16 x 256 x 256 = 2^20 pixels
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with cpu_threads(2):
         two = gsw.slic(images, n_segments=100, subsample=subsample)
-        torch.set_num_threads(1)
+    with cpu_threads(1):
         one = gsw.slic(images, n_segments=100, subsample=subsample)
-    finally:
-        torch.set_num_threads(threads)
     for name in ("labels", "centers", "iterations", "clusters", "cluster_labels"):
         assert torch.equal(getattr(two, name), getattr(one, name)), name
     # Samples are independent: the first one alone gives the same result.
@@ -469,24 +457,42 @@ torch.save(out, OUT)
 """
 
 
+def _cases_in_two_processes(
+    tmp_path, images: torch.Tensor, cases: str, variable: str, values: tuple[str, str], device="cpu"
+) -> list[dict[str, list[torch.Tensor]]]:
+    """Runs the ``cases`` script (it reads IMAGE and DEVICE, saves a dict of tensor lists
+    to OUT) in a fresh process per value of the environment ``variable``, one thread, and
+    returns the two dicts: what a process reads once at start (or per call) can differ."""
+    torch.save(images, tmp_path / "images.pt")
+    outputs = []
+    for i, value in enumerate(values):
+        out = tmp_path / f"out{i}.pt"
+        script = (
+            f"IMAGE = {str(tmp_path / 'images.pt')!r}\nOUT = {str(out)!r}\nDEVICE = {device!r}\n"
+        )
+        env = dict(os.environ, OMP_NUM_THREADS="1", **{variable: value})
+        subprocess.run([sys.executable, "-c", script + cases], env=env, check=True, timeout=300)
+        outputs.append(torch.load(out))
+    return outputs
+
+
+def _assert_same_cases(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for case, fields in first.items():
+        for a, b in zip(fields, second[case], strict=True):
+            assert torch.equal(a, b), case
+
+
 @pytest.mark.paths
 def test_portable_loops_give_the_avx2_loops_bits(tmp_path):
     # slic.h fixes every rounding (CIELAB, the assignment distance's fused multiply-adds),
     # so the portable loops (libm's fmaf; what CPUs without AVX2 and non-x86 builds run)
     # must give the same bits as the AVX2 ones. GSWFAST_SLIC_PORTABLE picks them.
     photo = _photo("astronaut")[:, :, :96, :128].contiguous()
-    torch.save(photo, tmp_path / "photo.pt")
-    outputs = {}
-    for name, portable in (("avx2", "0"), ("portable", "1")):
-        script = f"IMAGE = {str(tmp_path / 'photo.pt')!r}\nOUT = {str(tmp_path / name)!r}\n"
-        env = dict(os.environ, GSWFAST_SLIC_PORTABLE=portable, OMP_NUM_THREADS="1")
-        subprocess.run(
-            [sys.executable, "-c", script + _PORTABLE_CASES], env=env, check=True, timeout=300
-        )
-        outputs[name] = torch.load(tmp_path / name)
-    for case, fields in outputs["avx2"].items():
-        for a, b in zip(fields, outputs["portable"][case], strict=True):
-            assert torch.equal(a, b), case
+    vector, portable = _cases_in_two_processes(
+        tmp_path, photo, _PORTABLE_CASES, "GSWFAST_SLIC_PORTABLE", ("0", "1")
+    )
+    _assert_same_cases(vector, portable)
 
 
 _GROUP_CASES = """
@@ -511,21 +517,11 @@ def test_a_batch_cut_into_groups_equals_one_call(tmp_path, device):
     # as groups of 2, 2 and 1. Samples are independent: the groups change no bit.
     names = ("astronaut", "coffee", "chelsea", "rocket", "astronaut")
     images = torch.cat([_photo(name)[:, :, :64, :80] for name in names])
-    torch.save(images, tmp_path / "images.pt")
-    outputs = {}
-    for name, bound in (("whole", "0"), ("groups", str(2 * 64 * 80 + 1))):
-        script = (
-            f"IMAGE = {str(tmp_path / 'images.pt')!r}\nOUT = {str(tmp_path / name)!r}\n"
-            f"DEVICE = {device!r}\n"
-        )
-        env = dict(os.environ, GSWFAST_SLIC_CHUNK_PIXELS=bound, OMP_NUM_THREADS="1")
-        subprocess.run(
-            [sys.executable, "-c", script + _GROUP_CASES], env=env, check=True, timeout=300
-        )
-        outputs[name] = torch.load(tmp_path / name)
-    for case, fields in outputs["whole"].items():
-        for a, b in zip(fields, outputs["groups"][case], strict=True):
-            assert torch.equal(a, b), case
+    bound = str(2 * 64 * 80 + 1)
+    whole, groups = _cases_in_two_processes(
+        tmp_path, images, _GROUP_CASES, "GSWFAST_SLIC_CHUNK_PIXELS", ("0", bound), device
+    )
+    _assert_same_cases(whole, groups)
 
 
 @pytest.mark.cuda

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import cpu_threads
 
 import gswfast._C  # noqa: F401  (registers torch.ops.gswfast)
 from gswfast import _slic_reference as reference
@@ -206,14 +207,10 @@ def test_bands_of_a_large_sample_equal_one_band_on_any_thread_count(kind):
     # map must give the bits of the map itself, on 1, 2 or 3 threads.
     clusters, features, big, big_features = _large_case(kind)
     one_band = _given(clusters, features, 30, max_centers=4096)
-    threads = torch.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
+    runs = []
+    for n in (1, 2, 3):
+        with cpu_threads(n):
             runs.append(_given(big, big_features, 30, max_centers=4096))
-    finally:
-        torch.set_num_threads(threads)
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a, b)
