@@ -306,9 +306,10 @@ lab_span_avx512(const float* r, const float* gg, const float* b, float* L, float
 #endif
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// The 16-lane loops: where the CPU has AVX-512 and ATen's kernels use it too, so that
-// ATEN_CPU_CAPABILITY=avx2 (one of `make isa-check`'s set-ups) runs the 8-lane ones.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// The 16-lane loops (GCC builds only, as they are): where the CPU has AVX-512 and ATen's kernels
+// use it too, so that ATEN_CPU_CAPABILITY=avx2 (one of `make isa-check`'s set-ups) runs the 8-lane
+// ones.
 bool cpu_has_avx512() {
   static const bool has = cpu_has_avx2() && at::get_cpu_capability() == "AVX512" &&
                           __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -2319,9 +2320,8 @@ SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& i
   };
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);
-  if (at::get_num_threads() < 2 || at::in_parallel_region())
+  if (N * P < kParallelPixels || at::get_num_threads() < 2 || at::in_parallel_region())
     return run(image, init_centers, init_counts, init_labels, mask);
-  if (N * P < kParallelPixels) return run(image, init_centers, init_counts, init_labels, mask);
   if (N < 2) {
     const ThreadCap cap(threads_with_free_cores(at::get_num_threads()));
     return run(image, init_centers, init_counts, init_labels, mask);
