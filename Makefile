@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 GSWFAST_CUDA ?= AUTO
 export GSWFAST_CUDA
 
-.PHONY: demo test lint docs format bench install clean bench-peers isa-check
+.PHONY: demo test lint docs format bench install clean bench-peers isa-check sanitize
 
 demo: install
 	$(VENV)/bin/gswfast demo --out gswfast_demo
@@ -54,6 +54,36 @@ isa-check: install
 	  echo "== isa-check: $${setup:-as is}"; \
 	  env $$setup $(PY) -m pytest -p no:cacheprovider -q -m paths tests || exit 1; \
 	done
+
+# AddressSanitizer and UBSan over the native code (GSWFAST_SANITIZE in CMakeLists.txt): the
+# CPU kernels are built into build/sanitize (never over the installed build), conftest.py
+# loads them there (GSWFAST_SANITIZED_EXTENSION), and the tests of the native code run in an
+# ordinary Python with the ASan runtime preloaded, libstdc++ right after it (the runtime
+# looks up the real __cxa_throw when it starts, before Python would load libstdc++; without
+# it the first C++ exception anywhere, such as one torch throws and catches while importing,
+# stops the process). Leak checks are off: the interpreter and torch keep their allocations
+# to the end. Reports go to build/sanitize/report.*: any report fails the run, and is
+# printed. The stateful tests run 300 sequences here (40 in `make test`). CI runs this after
+# `make test`.
+SANITIZE_CXX ?= g++
+SANITIZE_BUILD := build/sanitize
+SANITIZE_TESTS := tests/test_state.py tests/test_slic.py tests/test_slic_connectivity.py \
+	tests/test_segment_pool.py tests/test_paint.py
+
+sanitize: install
+	CXX=$(SANITIZE_CXX) cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DGSWFAST_CUDA=OFF -DGSWFAST_SANITIZE=ON \
+	  -DCMAKE_BUILD_TYPE=Release \
+	  -DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) > /dev/null
+	cmake --build $(SANITIZE_BUILD)
+	@rm -f $(SANITIZE_BUILD)/report.*
+	@GSWFAST_SANITIZED_EXTENSION=$(abspath $(SANITIZE_BUILD)) GSWFAST_HYPOTHESIS_EXAMPLES=300 \
+	  LD_PRELOAD="$$($(SANITIZE_CXX) -print-file-name=libasan.so) $$($(SANITIZE_CXX) -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(abspath $(SANITIZE_BUILD))/report \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(abspath $(SANITIZE_BUILD))/report \
+	  $(PY) -m pytest -p no:cacheprovider -q -m "not cuda" $(SANITIZE_TESTS); status=$$?; \
+	if ls $(SANITIZE_BUILD)/report.* > /dev/null 2>&1; then \
+	  echo "make sanitize: sanitizer reports:"; cat $(SANITIZE_BUILD)/report.*; exit 1; fi; \
+	exit $$status
 
 install: $(VENV)/.deps
 	$(PY) -m pip install --no-build-isolation --no-deps -q -e .

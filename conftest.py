@@ -1,9 +1,48 @@
-"""Shared pytest set-up for tests/ and benchmarks/: skip `cuda`-marked items without a GPU."""
+"""Shared pytest set-up for tests/ and benchmarks/: skip `cuda`-marked items without a GPU;
+under `make sanitize`, load the sanitizer build of the extension instead of the installed one."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import gswfast
+
+
+def _load_sanitized_extension(build: Path) -> None:
+    """Puts ``gswfast._C`` and ``gswfast._build_info`` from ``build`` (the folder `make
+    sanitize` builds) into ``sys.modules`` before anything imports them, so that every op
+    the tests call runs the instrumented code. Needs the sanitizer runtime preloaded."""
+    compiled = sorted(build.glob("_C.*.so"))
+    if not compiled:
+        raise pytest.UsageError(f"GSWFAST_SANITIZED_EXTENSION: no _C.*.so in {build}")
+    for name, path in (
+        ("gswfast._build_info", build / "_build_info.py"),
+        ("gswfast._C", compiled[0]),
+    ):
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+if os.environ.get("GSWFAST_SANITIZED_EXTENSION"):
+    if "gswfast._C" in sys.modules:
+        raise pytest.UsageError(
+            "GSWFAST_SANITIZED_EXTENSION: gswfast._C was loaded before conftest"
+        )
+    _load_sanitized_extension(Path(os.environ["GSWFAST_SANITIZED_EXTENSION"]).resolve())
+
+
+def pytest_report_header(config):
+    if "gswfast._C" in sys.modules:
+        return f"gswfast extension: {sys.modules['gswfast._C'].__file__}"
+    return None
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,9 +10,11 @@
 // * values: float16, bfloat16, float32 or float64, any strides (N is the flattened
 //   spatial extent H*W or T*H*W). labels: int32 or int64, contiguous.
 // * Label -1 means "ignore this pixel". A label l of sample b is valid when
-//   0 <= l < limits[b] (limits[b] <= K; without limits the bound is K). Any other label is
-//   skipped (never used as an index) and counted in num_invalid, which the Python layer
-//   turns into an exception: no out-of-bounds access on either backend.
+//   0 <= l < label_limit(limits, b, K): limits[b] clamped to [0, K] (without limits the
+//   bound is K). Any other label is skipped (never used as an index) and counted in
+//   num_invalid, which the Python layer turns into an exception: no out-of-bounds access on
+//   either backend, whatever limits a direct caller passes (the Python layer passes
+//   limits <= K; checking them on CUDA would cost a device sync, clamping costs nothing).
 // * reduce: "sum", "mean", "max", "min". Empty segments give 0 for every reduction.
 //   C may be 0 (only count is wanted). NaN in a segment propagates to its result.
 // * Accumulation: float64 for float64 values; otherwise float64 on the CPU and float32 on
@@ -37,6 +39,21 @@
 namespace gswfast {
 
 enum class Reduce : int { Sum = 0, Mean = 1, Max = 2, Min = 3 };
+
+#if defined(__CUDACC__)
+#define GSW_POOL_HD __host__ __device__ __forceinline__
+#else
+#define GSW_POOL_HD inline
+#endif
+
+// The bound of sample b's valid labels (the contract above): limits[b] clamped to [0, K],
+// as an unsigned value, so that one comparison uint64(label) < bound also rejects
+// negative labels.
+GSW_POOL_HD uint64_t label_limit(const int64_t* limits, int64_t b, int64_t K) {
+  if (limits == nullptr) return static_cast<uint64_t>(K);
+  const int64_t l = limits[b];
+  return static_cast<uint64_t>(l < 0 ? 0 : (l > K ? K : l));
+}
 
 // CPU pixels per tile of one sample: a function of the shape only (never of the thread
 // count) so that results stay bitwise reproducible. Big enough to amortise the per-tile

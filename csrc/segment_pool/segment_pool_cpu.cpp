@@ -94,7 +94,7 @@ int64_t pool_unit(const PoolProblem<scalar_t, label_t>& p, int64_t b, int64_t t,
   const int64_t begin = t * p.tile;
   const int64_t end = std::min(begin + p.tile, p.N);
   const label_t* lab = p.labels + b * p.N;
-  const uint64_t limit = p.limits ? static_cast<uint64_t>(p.limits[b]) : p.K;
+  const uint64_t limit = label_limit(p.limits, b, p.K);
   const int64_t K = p.K;
   const bool extreme = p.reduce == Reduce::Max || p.reduce == Reduce::Min;
   const acc_t sign = p.reduce == Reduce::Min ? acc_t(-1) : acc_t(1);
@@ -198,6 +198,22 @@ int64_t pool_all(const PoolProblem<scalar_t, label_t>& p, int64_t B, scalar_t* o
   return invalid.load();
 }
 
+// Labels of [B, N] outside [0, label_limit) other than -1: what paint counts as it
+// paints, for the case with no channel to paint.
+template <typename label_t>
+int64_t count_invalid_labels(const label_t* lab, const int64_t* limits, int64_t B, int64_t N,
+                             int64_t K) {
+  int64_t bad = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const uint64_t limit = label_limit(limits, b, K);
+    for (int64_t i = 0; i < N; ++i) {
+      const auto l = static_cast<int64_t>(lab[b * N + i]);
+      bad += static_cast<uint64_t>(l) >= limit && l != -1;
+    }
+  }
+  return bad;
+}
+
 int32_t clamp_count(int64_t n) {
   return static_cast<int32_t>(std::min<int64_t>(n, std::numeric_limits<int32_t>::max()));
 }
@@ -266,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor> paint_cpu(const at::Tensor& segment_values,
         int64_t bad = 0;
         for (int64_t bc = begin; bc < end; ++bc) {
           const int64_t b = bc / C;
-          const uint64_t limit = lim ? static_cast<uint64_t>(lim[b]) : K;
+          const uint64_t limit = label_limit(lim, b, K);
           const scalar_t* s = sv + bc * K;
           const index_t* l = lab + b * N;
           scalar_t* row = o + bc * N;
@@ -281,6 +297,7 @@ std::tuple<at::Tensor, at::Tensor> paint_cpu(const at::Tensor& segment_values,
         }
         invalid += bad;
       });
+      if (C == 0) invalid += count_invalid_labels(lab, lim, B, N, K);  // no rows counted them
     });
   });
   at::Tensor num_invalid = at::empty({}, labels.options().dtype(at::kInt));

@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -207,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) pool_tiles_kernel(TileArgs a) {
   const int64_t end = min(begin + a.tile, a.num_pixels);
   const L* labels = static_cast<const L*>(a.labels) + b * a.num_pixels;
   const T* values = static_cast<const T*>(a.values) + b * a.stride_b;
-  const uint64_t limit = a.limits ? uint64_t(a.limits[b]) : uint64_t(a.num_segments);
+  const uint64_t limit = label_limit(a.limits, b, a.num_segments);
   const A sign = a.negate ? A(-1) : A(1);
   int invalid = 0;
 
@@ -401,16 +402,21 @@ void pick_kernels_reduce(const PoolArgs& a, int channel_chunk, TilesKernel& tile
 }
 
 int multiprocessor_count() {
-  static int cache[128] = {0};  // per device; a benign race writes the same value
+  // Per device, relaxed atomics: threads that race store the same value. Devices past the
+  // table are asked every time (a cached slot must never stand for another device).
+  constexpr int kCached = 128;
+  static std::atomic<int> cache[kCached] = {};
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  if (device >= 128) device = 127;
-  if (cache[device] == 0) {
-    int n = 0;
-    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "SM count");
-    cache[device] = n;
+  const bool cached = device >= 0 && device < kCached;
+  if (cached) {
+    const int known = cache[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
   }
-  return cache[device];
+  int n = 0;
+  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "SM count");
+  if (cached) cache[device].store(n, std::memory_order_relaxed);
+  return n;
 }
 
 // Tuning knob for benchmarks: GSWFAST_POOL_TILE=<pixels> fixes the tile size.
@@ -494,7 +500,7 @@ __global__ void paint_kernel(const T* seg, const L* labels, const int64_t* limit
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / N, p = i % N;
     const int64_t l = int64_t(labels[i]);
-    const uint64_t limit = limits ? uint64_t(limits[b]) : uint64_t(K);
+    const uint64_t limit = label_limit(limits, b, K);
     const bool ok = uint64_t(l) < limit;
     for (int64_t c = 0; c < channels; ++c)
       out[(b * channels + c) * N + p] = ok ? seg[(b * channels + c) * K + l] : fill;

@@ -26,10 +26,13 @@
 //   regular_grid); subsample (default 1) is the row stride of the middle passes
 //   (Iterations); max_size (default 0: none) bounds merges (Connectivity). Cluster k may take the
 //   pixels of its window, |p_dim - k_dim| <= step_dim in every dimension (SLIC's 2S x 2S
-//   region); among the clusters whose window holds a pixel the nearest wins, ties to the
-//   lower index. A pixel no window holds keeps its previous cluster. The CPU lets clusters
-//   claim their windows in ascending order; CUDA threads scan the clusters binned in the
-//   3 x 3 (x 3) cells (of size step) around their pixel: the same rule, for any centres.
+//   region: window_first .. window_last, integer bounds from c -+ step rounded to float)
+//   and whose centre lies in the cell of the pixel or a neighbouring one (cell_of against
+//   cell_of_pixel, within one in every dimension; cell_span); among the clusters that may
+//   take a pixel the nearest wins, ties to the lower index. A pixel none may take keeps its
+//   previous cluster. The CPU lets clusters claim their windows clipped to the cells
+//   around theirs in ascending order; CUDA threads scan the clusters binned in the
+//   3 x 3 (x 3) cells around their pixel: the same rule, for any centres.
 // * Cold start (no init): one cluster per cell, seeded at the grid point moved to the
 //   lowest feature gradient of its 3x3 in-frame neighbourhood (Achanta et al. 2012); not
 //   moved along y or x where the step is below 3 (seeds must not meet).
@@ -161,9 +164,14 @@ GSW_HD int64_t max_changed(const Geometry& g, int64_t area) {
 // that many passes of drift.
 GSW_HD bool subsampled_converged(int64_t changed, int64_t limit) { return changed <= limit; }
 
+// The cell of a centre coordinate: floor(coordinate / step) clamped to [0, cells - 1] (NaN:
+// 0); no float-to-int conversion out of range, whatever centres a warm start brings.
 GSW_HD int32_t cell_of(float coordinate, int32_t step, int32_t cells) {
-  int32_t c = static_cast<int32_t>(coordinate >= 0.f ? coordinate / step : -1.f);
-  return c < 0 ? 0 : (c >= cells ? cells - 1 : c);
+  const float q = coordinate / static_cast<float>(step);
+  if (!(q >= 1.f)) return 0;
+  if (q >= static_cast<float>(cells - 1)) return cells - 1;
+  const int32_t c = static_cast<int32_t>(q);
+  return c < cells - 1 ? c : cells - 1;
 }
 
 GSW_HD int32_t cell_of_pixel(int32_t coordinate, int32_t step, int32_t cells) {
@@ -208,14 +216,39 @@ GSW_HD float fma_rn(float a, float b, float c) {
 #endif
 }
 
-// Whether integer coordinate p lies in the window of a centre at c (|p - c| <= step),
-// decided on c - step and c + step rounded to float. The CPU's window bounds (slic_cpu.cpp,
-// window: ceil and floor of the same two values) select the same pixels, so both backends
-// give a cluster the same candidates even where |p - c| is within an ulp of step.
+// A float of integer value, saturated to int32 (NaN: INT32_MIN).
+GSW_HD int32_t saturate_int32(float v) {
+  if (v >= 2147483648.f) return INT32_MAX;
+  return v > -2147483648.f ? static_cast<int32_t>(v) : INT32_MIN;
+}
+
+// Window of a centre at c along one dimension: the integer coordinates window_first ..
+// window_last, those with |p - c| <= step, decided on c - step and c + step rounded to
+// float (ceil and floor, saturated to int32). Pixels are compared as integers on both
+// backends: a pixel coordinate of 2^24 or more would round as a float. A NaN centre has
+// an empty window.
+GSW_HD int32_t window_first(float c, int32_t step) {
+  return saturate_int32(ceilf(add_rn(c, -static_cast<float>(step))));
+}
+
+GSW_HD int32_t window_last(float c, int32_t step) {
+  return saturate_int32(floorf(add_rn(c, static_cast<float>(step))));
+}
+
 GSW_HD bool in_window(int32_t p, float c, int32_t step) {
-  const float s = static_cast<float>(step);
-  const float v = static_cast<float>(p);
-  return v >= add_rn(c, -s) && v <= add_rn(c, s);
+  return p >= window_first(c, step) && p <= window_last(c, step);
+}
+
+// The pixels of cells ck - 1 .. ck + 1 along one dimension of `size` pixels: [first, last]
+// (cell_of_pixel puts the pixels past the last cell's start into the last cell). A cluster
+// may claim a pixel only when its centre's cell (cell_of) is within one cell of the pixel's
+// in every dimension, besides the window: CUDA scans exactly those cells, and the window
+// alone, rounded to float, can reach a pixel two cells away (a centre just below a cell
+// edge whose c + step rounds up across a power of two).
+GSW_HD void cell_span(int32_t ck, int32_t step, int32_t cells, int32_t size, int32_t* first,
+                      int32_t* last) {
+  *first = ck <= 1 ? 0 : (ck - 1) * step;
+  *last = ck + 2 >= cells ? size - 1 : (ck + 2) * step - 1;
 }
 
 // The assignment distance (Distance in the contract), with every rounding written out so

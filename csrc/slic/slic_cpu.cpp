@@ -123,6 +123,8 @@ Geometry make_geometry(const at::Tensor& image, const std::optional<at::Tensor>&
     TORCH_CHECK(n.scalar_type() == at::kInt && n.dim() == 2 && n.size(0) == g.N &&
                     n.size(1) == c.size(1) && n.is_contiguous() && n.device() == image.device(),
                 "init: expected cluster counts int32 [", g.N, ", ", c.size(1), "]");
+    TORCH_CHECK(c.size(1) < (int64_t{1} << 31), "init: expected fewer than 2^31 clusters, got ",
+                c.size(1));
     g.K = static_cast<int32_t>(c.size(1));
     const at::Tensor& l = *init_labels;
     TORCH_CHECK(l.scalar_type() == at::kInt && l.dim() == 2 && l.size(0) == g.N &&
@@ -410,12 +412,12 @@ void bin_centers(const Geometry& g, const float* centers, const int32_t* counts,
   const int32_t num_cells = g.cells[0] * g.cells[1] * g.cells[2];
   std::fill(cell_start, cell_start + num_cells + 1, 0);
   for (int32_t k = 0; k < g.K; ++k) {
-    if (counts[k] > 0) ++cell_start[cell_index(g, centers + k * R) + 1];
+    if (counts[k] > 0) ++cell_start[cell_index(g, centers + int64_t{k} * R) + 1];
   }
   for (int32_t c = 0; c < num_cells; ++c) cell_start[c + 1] += cell_start[c];
   std::vector<int32_t> cursor(cell_start, cell_start + num_cells);
   for (int32_t k = 0; k < g.K; ++k) {  // ascending k within each cell
-    if (counts[k] > 0) cell_items[cursor[cell_index(g, centers + k * R)]++] = k;
+    if (counts[k] > 0) cell_items[cursor[cell_index(g, centers + int64_t{k} * R)]++] = k;
   }
 }
 
@@ -462,11 +464,11 @@ struct Scratch {
   std::vector<int32_t> starts, ends;  // runs of changes of a row (accumulate_changes)
 };
 
-// Window of a centre along one dimension: integer coordinates within step of c, the
-// pixels in_window (slic.h) accepts, clipped to [lo, hi).
+// Window of a centre along one dimension: the pixels in_window (slic.h) accepts, clipped
+// to [lo, hi).
 inline void window(float c, int32_t step, int32_t lo, int32_t hi, int32_t* first, int32_t* last) {
-  *first = std::max(lo, static_cast<int32_t>(std::ceil(c - static_cast<float>(step))));
-  *last = std::min(hi - 1, static_cast<int32_t>(std::floor(c + static_cast<float>(step))));
+  *first = std::max(lo, window_first(c, step));
+  *last = std::min(hi - 1, window_last(c, step));
 }
 
 // Clusters whose window reaches rows [y0, y1) of frame z, ascending.
@@ -901,7 +903,7 @@ __attribute__((always_inline)) inline void accumulate_rows(
         s[0] += count;
         s[1] += count * z;
         s[2] += count * y;
-        s[3] += count * (x + e - 1) / 2;  // x + .. + (e - 1)
+        s[3] += count * (int64_t{x} + e - 1) / 2;  // x + .. + (e - 1)
         for (int32_t f = 0; f < F; ++f) s[4 + f] += run_sum(v_row + f * P, x, e);
       }
       x = e;
@@ -946,7 +948,7 @@ __attribute__((always_inline)) inline void accumulate_changes(
       chunk.sums_of(w, S, local_of);
       int64_t* sub = l >= 0 ? chunk.sums_of(l, S, local_of) : nullptr;
       int64_t* add = chunk.sums_of(w, S, local_of);
-      const int64_t moved[4] = {count, count * z, count * y, count * (x + e - 1) / 2};
+      const int64_t moved[4] = {count, count * z, count * y, count * (int64_t{x} + e - 1) / 2};
       for (int32_t j = 0; j < 4; ++j) add[j] += moved[j];
       if (sub) {
         for (int32_t j = 0; j < 4; ++j) sub[j] -= moved[j];
@@ -1005,9 +1007,13 @@ __attribute__((always_inline)) inline void run_chunk_body(
   const ClaimFn claim_fn = pick_claim(g.F);
   for (const int32_t k : scratch.cands) {
     const float* c = centers + int64_t{k} * R;
-    int32_t yf, yl, xf, xl;
+    int32_t yf, yl, xf, xl, cell_first, cell_last;
     window(c[1], g.step[1], y0, y1, &yf, &yl);
-    window(c[2], g.step[2], 0, g.W, &xf, &xl);
+    // Rows: the chunk's cell row is within one of k's (chunk_candidates); columns: clipped
+    // to the cells around k's, as CUDA scans them (cell_span).
+    cell_span(cell_of(c[2], g.step[2], g.cells[2]), g.step[2], g.cells[2], g.W, &cell_first,
+              &cell_last);
+    window(c[2], g.step[2], cell_first, cell_last + 1, &xf, &xl);
     if (xf > xl) continue;
     claim_fn(g, planes.data(), c, k, static_cast<float>(z), y0, pass.first_from(yf), yl,
              pass.stride, xf, xl + 1, scratch.best.data(), scratch.winner.data());
@@ -1220,18 +1226,23 @@ void unite(int32_t* parent, int32_t a, int32_t b) {
     parent[a] = b;
 }
 
-// Runs of some rows, in order; the arrays keep spare room (their size is no count).
+// Runs of some rows, in order; the arrays keep spare room (their size is no count). Kept
+// between calls (ConnectivityScratch), so each array is checked against this call's needs
+// on its own: the runs of the last call say nothing of this call's feature count F.
 struct RunArrays {
   std::vector<int32_t> end;          // one past the last x
   std::vector<int32_t> label;        // cluster (-1: outside the mask)
   std::vector<int64_t> feature_sum;  // [runs, F] fixed point
-  // Room for `more` runs after the first `count` (8 spare: row_run_ends writes 8 at once).
+  // Room for `more` runs after the first `count` (8 spare: row_run_ends writes 8 at once),
+  // with F feature sums each.
   void make_room(size_t count, size_t more, int32_t F) {
-    if (end.size() >= count + more + 8) return;
-    const size_t n = std::max(2 * end.size(), count + more + 8);
-    end.resize(n);
-    label.resize(n);
-    feature_sum.resize(n * F);
+    const size_t need = count + more + 8;
+    if (end.size() < need) {
+      const size_t n = std::max(2 * end.size(), need);
+      end.resize(n);
+      label.resize(n);
+    }
+    if (feature_sum.size() < end.size() * F) feature_sum.resize(end.size() * F);
   }
 };
 
@@ -1775,7 +1786,7 @@ void add_run(const Geometry& g, const Runs& u, int32_t i, int32_t r, int32_t z, 
   s[0] += count;
   s[1] += count * z;
   s[2] += count * y;
-  s[3] += count * (x + e - 1) / 2;
+  s[3] += count * (int64_t{x} + e - 1) / 2;
   const int64_t* run_sum = &u.feature_sum[int64_t{i} * g.F];
   for (int32_t f = 0; f < g.F; ++f) s[4 + f] += run_sum[f];
 }
@@ -2054,6 +2065,9 @@ int32_t assign_ids(const Geometry& g, const Components& c, const std::vector<int
 // rewrite are listed first, without a branch.
 void fill_ids(const Geometry& g, const Bands& bands, const Runs& u, const int32_t* comp,
               const std::vector<int32_t>& id, int32_t* labels, std::vector<RowScratch>& rows) {
+  // No component (a sample wholly outside its mask): nothing to write, and the branchless
+  // test below would read id[0] of an empty list.
+  if (id.empty()) return;
   for_each_band(g, bands, [&](int32_t b) {
     rows[b].changed.resize(g.W);
     int32_t* changed = rows[b].changed.data();

@@ -342,7 +342,7 @@ __device__ __forceinline__ void assign_sample(int64_t n, const Geometry& g,
         const int32_t end = start[row + x_hi + 1];
         for (int32_t i = start[row + x_lo]; i < end; ++i) {
           const int32_t k = items[i];
-          const float* cen = sample_clusters + k * R;
+          const float* cen = sample_clusters + int64_t{k} * R;
           if (!in_window(z, cen[0], g.step[0]) || !in_window(y, cen[1], g.step[1]) ||
               !in_window(x, cen[2], g.step[2])) {
             continue;
