@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 GSWFAST_CUDA ?= AUTO
 export GSWFAST_CUDA
 
-.PHONY: demo test lint docs format bench install clean bench-peers isa-check sanitize
+.PHONY: demo test lint docs format bench install clean bench-peers isa-check sanitize fma-check
 
 demo: install
 	$(VENV)/bin/gswfast demo --out gswfast_demo
@@ -57,7 +57,7 @@ isa-check: install
 
 # AddressSanitizer and UBSan over the native code (GSWFAST_SANITIZE in CMakeLists.txt): the
 # CPU kernels are built into build/sanitize (never over the installed build), conftest.py
-# loads them there (GSWFAST_SANITIZED_EXTENSION), and the tests of the native code run in an
+# loads them from there (GSWFAST_TEST_EXTENSION), and the tests of the native code run in an
 # ordinary Python with the ASan runtime preloaded, libstdc++ right after it (the runtime
 # looks up the real __cxa_throw when it starts, before Python would load libstdc++; without
 # it the first C++ exception anywhere, such as one torch throws and catches while importing,
@@ -76,7 +76,7 @@ sanitize: install
 	  -DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) > /dev/null
 	cmake --build $(SANITIZE_BUILD)
 	@rm -f $(SANITIZE_BUILD)/report.*
-	@GSWFAST_SANITIZED_EXTENSION=$(abspath $(SANITIZE_BUILD)) GSWFAST_HYPOTHESIS_EXAMPLES=300 \
+	@GSWFAST_TEST_EXTENSION=$(abspath $(SANITIZE_BUILD)) GSWFAST_HYPOTHESIS_EXAMPLES=300 \
 	  LD_PRELOAD="$$($(SANITIZE_CXX) -print-file-name=libasan.so) $$($(SANITIZE_CXX) -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(abspath $(SANITIZE_BUILD))/report \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(abspath $(SANITIZE_BUILD))/report \
@@ -84,6 +84,28 @@ sanitize: install
 	if ls $(SANITIZE_BUILD)/report.* > /dev/null 2>&1; then \
 	  echo "make sanitize: sanitizer reports:"; cat $(SANITIZE_BUILD)/report.*; exit 1; fi; \
 	exit $$status
+
+# The CPU/CUDA parity contract on a host build that fuses multiply-adds where it may: the
+# CPU kernels built with -march=haswell (AVX2 and FMA for every loop; GCC then contracts
+# a * b + c unless told not to, as CMakeLists.txt does) into build/fma, and the SLIC tests
+# run on them in-process, the exact twin comparisons among them (CIELAB bits, centres,
+# merges), then the `paths` tests again on the AVX2 loops and on the portable ones (the
+# AVX-512 loops, where the CPU has them, are picked first). Skipped, saying so, on a CPU
+# without FMA. CI runs this after `make sanitize`.
+FMA_BUILD := build/fma
+
+fma-check: install
+	@if ! grep -qw fma /proc/cpuinfo; then echo "make fma-check: this CPU has no FMA; skipped"; exit 0; fi; \
+	cmake -S . -B $(FMA_BUILD) -G Ninja -DGSWFAST_CUDA=OFF -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_CXX_FLAGS=-march=haswell -DPython_EXECUTABLE=$(abspath $(PY)) \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) > /dev/null && \
+	cmake --build $(FMA_BUILD) && \
+	GSWFAST_TEST_EXTENSION=$(abspath $(FMA_BUILD)) $(PY) -m pytest -p no:cacheprovider -q -m "not cuda" tests/test_slic.py && \
+	for setup in "ATEN_CPU_CAPABILITY=avx2" "GSWFAST_SLIC_PORTABLE=1"; do \
+	  echo "== fma-check: $$setup"; \
+	  env $$setup GSWFAST_TEST_EXTENSION=$(abspath $(FMA_BUILD)) $(PY) -m pytest -p no:cacheprovider -q \
+	    -m "paths and not cuda" tests/test_slic.py || exit 1; \
+	done
 
 install: $(VENV)/.deps
 	$(PY) -m pip install --no-build-isolation --no-deps -q -e .

@@ -1,5 +1,6 @@
 """Shared pytest set-up for tests/ and benchmarks/: skip `cuda`-marked items without a GPU;
-under `make sanitize`, load the sanitizer build of the extension instead of the installed one."""
+under `make sanitize` and `make fma-check`, load the extension of their own build folder
+(GSWFAST_TEST_EXTENSION) instead of the installed one."""
 
 import importlib.util
 import os
@@ -12,13 +13,14 @@ import torch
 import gswfast
 
 
-def _load_sanitized_extension(build: Path) -> None:
-    """Puts ``gswfast._C`` and ``gswfast._build_info`` from ``build`` (the folder `make
-    sanitize` builds) into ``sys.modules`` before anything imports them, so that every op
-    the tests call runs the instrumented code. Needs the sanitizer runtime preloaded."""
+def _load_extension_from(build: Path) -> None:
+    """Puts ``gswfast._C`` and ``gswfast._build_info`` from ``build`` (a CMake build folder,
+    such as `make sanitize`'s) into ``sys.modules`` before anything imports them, so that
+    every op the tests call in this process runs that build (child processes the tests
+    start load the installed one)."""
     compiled = sorted(build.glob("_C.*.so"))
     if not compiled:
-        raise pytest.UsageError(f"GSWFAST_SANITIZED_EXTENSION: no _C.*.so in {build}")
+        raise pytest.UsageError(f"GSWFAST_TEST_EXTENSION: no _C.*.so in {build}")
     for name, path in (
         ("gswfast._build_info", build / "_build_info.py"),
         ("gswfast._C", compiled[0]),
@@ -31,12 +33,12 @@ def _load_sanitized_extension(build: Path) -> None:
         spec.loader.exec_module(module)
 
 
-if os.environ.get("GSWFAST_SANITIZED_EXTENSION"):
+if os.environ.get("GSWFAST_TEST_EXTENSION"):
     if "gswfast._C" in sys.modules:
         raise pytest.UsageError(
-            "GSWFAST_SANITIZED_EXTENSION: gswfast._C was loaded before conftest"
+            "GSWFAST_TEST_EXTENSION: gswfast._C was loaded before conftest"
         )
-    _load_sanitized_extension(Path(os.environ["GSWFAST_SANITIZED_EXTENSION"]).resolve())
+    _load_extension_from(Path(os.environ["GSWFAST_TEST_EXTENSION"]).resolve())
 
 
 def pytest_report_header(config):

@@ -42,6 +42,88 @@ def fixed_mean(sums: Tensor, counts: Tensor) -> Tensor:
     return (sums.double() / counts.double() / FIXED_SCALE).float()
 
 
+# ------------------------------------------------------------------ CIELAB, bit for bit
+
+
+def _f32(value: float) -> Tensor:
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def _fast_cbrt(x: Tensor) -> Tensor:
+    """slic.h fast_cbrt on float32, one rounding per operation (torch's float32 ops)."""
+    third = _f32(1.0) / _f32(3.0)
+    bits = x.view(torch.int32).long() & 0xFFFFFFFF  # float_bits, unsigned
+    r = ((0x54A2FA8C - bits // 3) & 0xFFFFFFFF).to(torch.int32).view(torch.float32)
+    for _ in range(2):
+        r3x = r * r * r * x
+        r = r * (_f32(4.0) - r3x) * third
+    y = x * r * r
+    residual = y * y * y - x
+    return y - residual * (r * r) * third
+
+
+def _lab_f(t: Tensor) -> Tensor:
+    linear = _f32(7.787) * t + _f32(16.0) / _f32(116.0)
+    return torch.where(t > _f32(0.008856), _fast_cbrt(t), linear)
+
+
+def linear_rgb_to_lab(rgb: Tensor) -> Tensor:
+    """slic.h linear_rgb_to_lab, then clamp_feature: float32 linear RGB ``[3, ...]`` ->
+    CIELAB ``[3, ...]``, every product and sum rounded on its own, as both backends must
+    compute it (a host build that fuses a multiply-add gives other bits)."""
+    r, g, b = rgb.float()
+
+    def dot3(a: float, b_: float, c: float) -> Tensor:
+        return (_f32(a) * r + _f32(b_) * g) + _f32(c) * b
+
+    x = dot3(0.412453, 0.357580, 0.180423) * (_f32(1.0) / _f32(0.95047))
+    y = dot3(0.212671, 0.715160, 0.072169)
+    z = dot3(0.019334, 0.119193, 0.950227) * (_f32(1.0) / _f32(1.08883))
+    fx, fy, fz = _lab_f(x), _lab_f(y), _lab_f(z)
+    lab = torch.stack(
+        [_f32(116.0) * fy - _f32(16.0), _f32(500.0) * (fx - fy), _f32(200.0) * (fy - fz)]
+    )
+    return clamp_features(lab)
+
+
+# ------------------------------------------------------------------ assignment candidates
+
+
+def window(centers: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    """slic.h window_first and window_last of float32 centre coordinates ``[K]``: int64
+    ``ceil(c - step)`` and ``floor(c + step)``, the sums rounded to float32."""
+    c = centers.float()
+    s = _f32(float(step))
+    return torch.ceil(c - s).long(), torch.floor(c + s).long()
+
+
+def cell_of(coordinates: Tensor, step: int, cells: int) -> Tensor:
+    """slic.h cell_of: the cell of float32 centre coordinates, floor(c / step) in float32,
+    clamped to ``[0, cells - 1]``."""
+    q = torch.floor(coordinates.float() / _f32(float(step)))
+    return q.clamp(0, cells - 1).long()
+
+
+def candidates(
+    centers: Tensor, shape: tuple[int, int, int], steps: list[int], cells: list[int]
+) -> Tensor:
+    """bool ``[K, D, H, W]``: the clusters that may take each pixel (slic.h, Iterations):
+    the pixel lies in the centre's window and the centre's cell is within one cell of the
+    pixel's (cell_of_pixel: ``min(p // step, cells - 1)``) in every dimension."""
+    allowed = torch.ones((centers.shape[0], *shape), dtype=torch.bool)
+    for dim in range(3):
+        p = torch.arange(shape[dim])
+        first, last = window(centers[:, dim], steps[dim])
+        in_window = (p >= first[:, None]) & (p <= last[:, None])
+        pixel_cell = (p // steps[dim]).clamp(max=cells[dim] - 1)
+        centre_cell = cell_of(centers[:, dim], steps[dim], cells[dim])
+        near = (pixel_cell - centre_cell[:, None]).abs() <= 1
+        view = [centers.shape[0], 1, 1, 1]
+        view[1 + dim] = shape[dim]
+        allowed &= (in_window & near).view(view)
+    return allowed
+
+
 def _shape3(t: Tensor) -> tuple[int, int, int]:
     """``(D, H, W)`` of a ``[D, H, W]`` tensor."""
     d, h, w = t.shape

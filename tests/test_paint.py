@@ -79,3 +79,30 @@ def test_paint_bad_input_raises(device):
         gsw.paint(torch.ones(2, 6, dtype=torch.int32, device=device), labels)
     with pytest.raises(TypeError, match="labels: expected dtype"):
         gsw.paint(torch.ones(2, 6, device=device), labels.float())
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("limit", [8, 2**40, -1])
+def test_ops_clamp_limits_to_the_segments_they_hold(device, limit):
+    # A direct caller's limits past K (or negative) must never index past the K rows
+    # (segment_pool.h, label_limit): labels from K (from 0 when negative) count as invalid.
+    labels = torch.tensor([[0, 1, 5, 5, -1]], dtype=torch.int64, device=device)
+    limits = torch.tensor([limit], device=device)
+    seg = torch.arange(2.0, device=device).view(1, 1, 2)
+    painted, invalid = torch.ops.gswfast.paint(seg, labels, limits, -3.0)
+    kept = [0.0, 1.0] if limit > 0 else [-3.0, -3.0]
+    assert painted.cpu().tolist() == [[[*kept, -3.0, -3.0, -3.0]]]
+    assert int(invalid) == (2 if limit > 0 else 4)
+    values = torch.ones(1, 1, 5, device=device)
+    for reduce in ("sum", "max"):
+        out, count, invalid = torch.ops.gswfast.segment_pool(values, labels, limits, 2, reduce)
+        assert count.cpu().tolist() == ([[1, 1]] if limit > 0 else [[0, 0]])
+        assert out.cpu().tolist() == ([[[1.0, 1.0]]] if limit > 0 else [[[0.0, 0.0]]])
+        assert int(invalid) == (2 if limit > 0 else 4)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_paint_without_channels_still_counts_invalid_labels(device):
+    labels = torch.tensor([[0, 3, -1, -2]], dtype=torch.int32, device=device)
+    _, invalid = torch.ops.gswfast.paint(torch.zeros(1, 0, 2, device=device), labels, None, 0.0)
+    assert int(invalid) == 2

@@ -429,6 +429,121 @@ def test_cielab_features_match_scikit_image_pixel_by_pixel(device):
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
 
 
+def _srgb_table(name: str) -> torch.Tensor:
+    """float32 entries of the array ``name`` of csrc/slic/srgb_tables.h."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "csrc" / "slic" / "srgb_tables.h").read_text()
+    body = text.split(f"inline constexpr float {name}[", 1)[1].split("#endif", 1)[1]
+    body = body.split("};", 1)[0]
+    values = [np.float32(v.rstrip("f")) for v in body.replace(",", " ").split()]
+    return torch.from_numpy(np.array(values, dtype=np.float32))
+
+
+def _lab_centres(linear: torch.Tensor) -> torch.Tensor:
+    """What a one-pixel segment's centre holds for linear RGB ``[3, P]``: the twin's CIELAB
+    in 2^-16 fixed point, as the kernels sum it."""
+    lab = reference.linear_rgb_to_lab(linear)
+    return reference.fixed_mean(reference.to_fixed(lab), torch.ones(())).T
+
+
+@pytest.mark.paths
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_cielab_features_have_the_contract_bits(device):
+    # slic.h: one rounding per product and per sum in the CIELAB conversion, on every host
+    # build and on CUDA. A build that fuses multiply-adds (aarch64, -march=haswell without
+    # -ffp-contract=off) rounds otherwise and moves many centres by a fixed-point step.
+    g = torch.Generator().manual_seed(6)
+    colours = torch.cat(
+        [torch.arange(256).expand(3, 256), torch.randint(0, 256, (3, 768), generator=g)], 1
+    )
+    image = colours.to(torch.uint8).view(1, 3, 32, 32)
+    seg = _one_segment_per_pixel(image.to(device))
+    labels = seg.labels[0].cpu().long().reshape(-1)
+    linear = _srgb_table("kSrgbU8")[colours.long()]
+    assert torch.equal(seg.centers[0].cpu()[labels, 3:], _lab_centres(linear))
+    # Float input in 0..1 decodes by interpolating kSrgbFloat (srgb_float_to_linear).
+    unit = torch.rand(3, 1024, generator=g)
+    table, steps = _srgb_table("kSrgbFloat"), 4096
+    t = unit * steps
+    i = t.long()
+    linear = table[i] + (t - i.float()) * (table[i + 1] - table[i])
+    seg = _one_segment_per_pixel(unit.view(1, 3, 32, 32).to(device))
+    labels = seg.labels[0].cpu().long().reshape(-1)
+    assert torch.equal(seg.centers[0].cpu()[labels, 3:], _lab_centres(linear))
+
+
+def _warm_pass(device, image, centres, steps, starts, cells, init_label=0):
+    """One full k-means pass of the kernel from the given centres (feature planes as given,
+    no connectivity): its cluster labels [P]."""
+    k = centres.shape[0]
+    outputs = gswfast.ops.slic_kernel(
+        image.to(device),
+        (*steps, *starts, *cells),
+        [1.0 / steps[2] ** 2] * 3,
+        0.1,
+        False,
+        1,
+        False,
+        0,
+        k,
+        centres[None].float().to(device),
+        torch.ones(1, k, dtype=torch.int32, device=device),
+        torch.full((1, image[0, 0].numel()), init_label, dtype=torch.int32, device=device),
+    )
+    return outputs[6][0].cpu()
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_assignment_takes_candidates_by_window_and_neighbouring_cells(device):
+    # A centre just below a cell edge (x = nextafter(63, 0), step 3: cell 20) has a window
+    # whose c + step rounds up to 66 (float32), which lies in cell 22: two cells away, so
+    # CUDA, scanning the cells around each pixel, never sees it. Both backends follow that
+    # rule (slic.h, cell_span): pixel 66 goes to the centre at 67.5, although the colour of
+    # the one below 63 is its own.
+    below = float(np.nextafter(np.float32(63.0), np.float32(0.0)))
+    centres = torch.tensor(
+        [[0.0, 3.0, 30.0, 0.5], [0.0, 3.0, below, 0.9], [0.0, 3.0, 67.5, 0.1]], dtype=torch.float64
+    )
+    image = torch.full((1, 1, 1, 7, 80), 0.5)
+    image[..., 60:] = 0.9
+    steps, starts, cells = (1, 3, 3), (0, 1, 1), (1, 2, 26)
+    labels = _warm_pass(device, image, centres, steps, starts, cells).view(1, 7, 80)
+    allowed = reference.candidates(centres.float(), (1, 7, 80), list(steps), list(cells))
+    _, last = reference.window(centres[:, 2].float(), 3)
+    assert int(last[1]) == 66  # the window alone reaches pixel 66
+    assert not bool(allowed[1, 0, 0, 66])  # the cells do not
+    spatial = sum(
+        (torch.arange(n, dtype=torch.float64).view(view) - centres[:, d].view(-1, 1, 1, 1)) ** 2 / 9
+        for d, (n, view) in enumerate(
+            zip((1, 7, 80), ((1, -1, 1, 1), (1, 1, -1, 1), (1, 1, 1, -1)), strict=True)
+        )
+    )
+    colour = (image[0].double() - centres[:, 3].view(-1, 1, 1, 1)) ** 2 / 0.1**2
+    distance = torch.where(allowed, colour + spatial, torch.inf)
+    expected = torch.where(allowed.any(0), distance.argmin(0), 0)
+    assert torch.equal(labels.long(), expected)
+    assert bool((labels[0, :, 66] == 2).all())
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_windows_past_2_to_the_24_are_integer_bounds(device):
+    # Pixel x = 2^24 + 1 is 16777216 as a float32: a window compared in floats (CUDA's, once)
+    # took it where the window ends at 2^24; both backends compare integers (slic.h,
+    # window_first/window_last), so the centre at 2^24 - 2^22 (window up to 2^24 exactly)
+    # does not reach it and the centre past it takes it, though the colour is the first's.
+    step = 2**22
+    width = 2**24 + 8
+    centres = torch.tensor(
+        [[0.0, 0.0, 2.0**24 - step, 0.9], [0.0, 0.0, width - 1.0, 0.1]], dtype=torch.float64
+    )
+    image = torch.full((1, 1, 1, 1, width), 0.9)
+    labels = _warm_pass(device, image, centres, (1, 1, step), (0, 0, 0), (1, 1, 4), init_label=0)
+    assert int(labels[2**24]) == 0  # the last pixel of the first window
+    assert int(labels[2**24 + 1]) == 1
+    assert int(labels[2**24 - step - 1]) == 0  # no candidate: keeps its label
+
+
 _PORTABLE_CASES = """
 import torch, gswfast as gsw
 g = torch.Generator().manual_seed(3)
@@ -630,6 +745,29 @@ def _check_early_exit_data(call: dict, iterations: list[int]) -> None:
     # (the last one counts the call out, not the first).
     assert max(iterations) < call["max_iter"], iterations
     assert min(iterations) < max(iterations), iterations
+
+
+@pytest.mark.cuda
+def test_cuda_pieces_fit_the_free_memory(monkeypatch):
+    # slic_cuda.cpp sizes each piece of a batch from the device's free memory;
+    # GSWFAST_SLIC_CUDA_FREE_BYTES stands in for it. One 64x80 sample needs some 0.45 MB.
+    names = ("astronaut", "coffee", "chelsea", "rocket", "astronaut")
+    images = torch.cat([_photo(name)[:, :, :64, :80] for name in names]).cuda()
+    whole = gsw.slic(images, n_segments=60)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    gsw.slic(images[:1], n_segments=60)
+    used = torch.cuda.max_memory_allocated() - base  # one sample, measured
+    monkeypatch.setenv("GSWFAST_SLIC_CUDA_FREE_BYTES", str(2 * used))
+    pieces = gsw.slic(images, n_segments=60)  # in pieces of a sample or two
+    for name in ("labels", "num_segments", "centers", "iterations", "clusters"):
+        assert torch.equal(getattr(whole, name), getattr(pieces, name)), name
+    # The estimate is within a factor two of what one sample takes: below half of it the
+    # call refuses, naming the memory.
+    monkeypatch.setenv("GSWFAST_SLIC_CUDA_FREE_BYTES", str(used // 2))
+    with pytest.raises(torch.OutOfMemoryError, match=r"GiB of scratch memory on cuda"):
+        gsw.slic(images[:1], n_segments=60)
 
 
 @pytest.mark.cuda

@@ -115,13 +115,25 @@ class SlicCall:
     def mask(self) -> torch.Tensor | None:
         return make_mask(self.seed + 1, self.batch, self.spatial) if self.masked else None
 
-    def run(self, init: gsw.Segmentation | None = None) -> gsw.Segmentation:
-        return gsw.slic(self.images(), mask=self.mask(), init=init, **self.options)
+    def run(self, init: gsw.Segmentation | None = None, device: str = "cpu") -> gsw.Segmentation:
+        mask = self.mask()
+        return gsw.slic(
+            self.images().to(device),
+            mask=None if mask is None else mask.to(device),
+            init=None if init is None else init.to(device),
+            **self.options,
+        )
 
 
 def assert_same_segmentation(a: gsw.Segmentation, b: gsw.Segmentation) -> None:
     for name in ("labels", "num_segments", "centers", "iterations", "clusters", "cluster_labels"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(getattr(a, name).cpu(), getattr(b, name).cpu()), name
+
+
+# Where a GPU is present the machine also calls the CUDA kernels, whose answers must equal
+# the CPU's bit for bit (slic.h: exact parity for uint8 input and floats in 0..1, which is
+# all this file makes); `benchmarks/device_check.sh` runs it under compute-sanitizer.
+DEVICES = ["cpu", "cuda"] if gsw.cuda_available() else ["cpu"]
 
 
 def connected(labels: torch.Tensor) -> bool:
@@ -324,20 +336,20 @@ class NativeCalls(RuleBasedStateMachine):
     def set_threads(self, threads: int) -> None:
         torch.set_num_threads(threads)
 
-    @rule(target=segmentations, data=st.data())
-    def slic(self, data: st.DataObject) -> tuple[SlicCall, gsw.Segmentation]:
+    @rule(target=segmentations, data=st.data(), device=st.sampled_from(DEVICES))
+    def slic(self, data: st.DataObject, device: str) -> tuple[SlicCall, gsw.Segmentation]:
         call = data.draw(slic_calls(self.next_seed()))
-        seg = call.run()
-        assert_same_segmentation(seg, on_fresh_thread(call.run))
-        check_contract(call, seg)
-        return call, seg
+        seg = call.run(device=device)
+        assert_same_segmentation(seg, on_fresh_thread(call.run))  # the CPU, alone
+        check_contract(call, seg.to("cpu"))
+        return call, seg.to("cpu")
 
-    @rule(previous=segmentations)
-    def warm_start(self, previous: tuple[SlicCall, gsw.Segmentation]) -> None:
+    @rule(previous=segmentations, device=st.sampled_from(DEVICES))
+    def warm_start(self, previous: tuple[SlicCall, gsw.Segmentation], device: str) -> None:
         call, seg = previous
-        warm = call.run(init=seg)
+        warm = call.run(init=seg, device=device)
         assert_same_segmentation(warm, on_fresh_thread(lambda: call.run(init=seg)))
-        check_contract(call, warm)
+        check_contract(call, warm.to("cpu"))
 
     @rule(
         previous=segmentations,

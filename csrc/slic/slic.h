@@ -476,17 +476,18 @@ constexpr int64_t kMaxPixels = int64_t{1} << 31;
 
 // CUDA pieces stay smaller: the glue's scratch is about 80-160 bytes per pixel (features,
 // labels, root-indexed union-find, statistics, merge keys, centre sums), so a piece of 2^31
-// pixels would need more memory than a GPU has. Samples are independent: the piece size
-// changes no result.
+// pixels would need more memory than a GPU has; slic_cuda.cpp also sizes each piece from the
+// device's free memory (max_samples). Samples are independent: the piece size changes no
+// result.
 constexpr int64_t kMaxCudaPixels = int64_t{1} << 28;
 
-// Runs fn on consecutive groups of samples of fewer than max_pixels pixels each (at least
-// one sample per group) and concatenates the outputs (samples are independent): both
-// backends take any N. An empty image (N or P = 0) is an error on both backends. The
-// environment variable GSWFAST_SLIC_CHUNK_PIXELS (a whole number; 0 or unset: no change)
-// lowers max_pixels, so that the tests cut small batches into groups too.
-SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& image,
-                           const std::optional<at::Tensor>& init_centers,
+// Runs fn on consecutive groups of at most max_samples samples of fewer than max_pixels
+// pixels each (at least one sample per group) and concatenates the outputs (samples are
+// independent): both backends take any N. An empty image (N or P = 0) is an error on both
+// backends. The environment variable GSWFAST_SLIC_CHUNK_PIXELS (a whole number; 0 or unset:
+// no change) lowers max_pixels, so that the tests cut small batches into groups too.
+SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, int64_t max_samples,
+                           const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
                            const std::optional<at::Tensor>& init_counts,
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                            at::ArrayRef<double> weights, double compactness, bool convert_lab,

@@ -2155,8 +2155,8 @@ const T* image_ptr(const at::Tensor& t) {
 
 }  // namespace
 
-SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& image,
-                           const std::optional<at::Tensor>& init_centers,
+SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, int64_t max_samples,
+                           const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
                            const std::optional<at::Tensor>& init_counts,
                            const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                            at::ArrayRef<double> weights, double compactness, bool convert_lab,
@@ -2180,7 +2180,9 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, const at::Tensor& imag
                 lowered, "'");
     if (value > 0) max_pixels = std::min<int64_t>(max_pixels, value);
   }
-  const int64_t per_call = std::max<int64_t>(1, (std::min(max_pixels, kMaxPixels) - 1) / P);
+  TORCH_CHECK(max_samples >= 1, "slic_in_chunks: expected max_samples >= 1, got ", max_samples);
+  const int64_t per_call =
+      std::min(max_samples, std::max<int64_t>(1, (std::min(max_pixels, kMaxPixels) - 1) / P));
   auto call = [&](int64_t start, int64_t length) {
     auto part = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
       if (!t) return std::nullopt;
@@ -2329,8 +2331,9 @@ SlicOutputs slic_cpu(const at::Tensor& image, const std::optional<at::Tensor>& i
   auto run = [&](const at::Tensor& part, const std::optional<at::Tensor>& c,
                  const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& l,
                  const std::optional<at::Tensor>& m) {
-    return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, part, c, k, l, grid, weights, compactness,
-                          convert_lab, max_iter, tol, connectivity, min_size, max_centers, m);
+    return slic_in_chunks(&slic_cpu_chunk, kMaxPixels, std::numeric_limits<int64_t>::max(), part, c,
+                          k, l, grid, weights, compactness, convert_lab, max_iter, tol,
+                          connectivity, min_size, max_centers, m);
   };
   TORCH_CHECK(image.dim() == 5, "image: expected [N, C, D, H, W], got ", image.sizes());
   const int64_t N = image.size(0), P = image.size(2) * image.size(3) * image.size(4);

@@ -4,15 +4,20 @@
 // Scratch memory: about 80 bytes per pixel with F = 3 and connectivity (features, labels,
 // root-indexed union-find, statistics, merge keys), about 160 when every pixel may be a
 // segment (min_size <= 1: centre sums per pixel); released when the call returns. Calls run
-// in pieces of at most kMaxCudaPixels pixels (slic.h) so that this fits on a GPU.
+// in pieces of at most kMaxCudaPixels pixels (slic.h) and of as many samples as the
+// device's free memory holds (device_bytes_per_sample, piece_samples), so that this fits.
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <limits>
 
 #include "slic.h"
 
@@ -127,13 +132,77 @@ SlicOutputs slic_cuda_chunk(const at::Tensor& image, const std::optional<at::Ten
   return {labels, num_segments, out_centers, iterations, clusters, counts, cluster_labels};
 }
 
+// Device bytes slic_cuda_chunk allocates per sample: the tensors above (outputs included)
+// and the cumsum's result, from the same shapes; the state's extra row and the loop
+// counters are a few bytes per call. Keep it in step with slic_cuda_chunk.
+int64_t device_bytes_per_sample(int64_t P, int64_t F, int64_t K, int64_t max_centers, int64_t cells,
+                                bool connectivity) {
+  const int64_t R = 3 + F;
+  int64_t per_pixel = 4 * F + 4 + 4;  // features, labels, cluster_labels
+  // parent, stats, orig_size, was_root, best, extra_rank and its cumsum, final_id
+  if (connectivity) per_pixel += 4 + 8 * (1 + F) + 4 + 1 + 8 + 4 + 4 + 4;
+  // clusters, counts, cell_items, main_of, has_main, free_list, id_of_cluster
+  const int64_t per_cluster = 4 * R + 4 + 4 + 8 + 4 + 4 + 4;
+  const int64_t sums = std::max(K, max_centers) * (R + 1) * 8;
+  const int64_t centres = max_centers * R * 4;
+  const int64_t cell_lists = (2 * cells + 1) * 4;
+  const int64_t per_sample = 4 * cuda::kStateSlots + 4 + 4 + 4 + 8;  // state, counters, ids
+  return P * per_pixel + K * per_cluster + sums + centres + cell_lists + per_sample;
+}
+
+// Device memory a call may use: the device's free memory and what torch's caching allocator
+// holds without using (it frees its cache and retries before it fails), less a tenth for
+// fragmentation and the library's own temporaries. GSWFAST_SLIC_CUDA_FREE_BYTES (a whole
+// number of bytes) stands in for the measured amount, so that the tests can make it small.
+int64_t usable_device_bytes(const at::Device& device) {
+  if (const char* given = std::getenv("GSWFAST_SLIC_CUDA_FREE_BYTES")) {
+    char* rest = nullptr;
+    const long long value = std::strtoll(given, &rest, 10);
+    TORCH_CHECK(rest != given && *rest == '\0' && value >= 0,
+                "GSWFAST_SLIC_CUDA_FREE_BYTES: expected a whole number of bytes, got '", given,
+                "'");
+    return value;
+  }
+  size_t free_bytes = 0, total_bytes = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+  constexpr size_t kAggregate =
+      0;  // StatType::AGGREGATE (its namespace moved across torch releases)
+  const int64_t cached =
+      stats.reserved_bytes[kAggregate].current - stats.allocated_bytes[kAggregate].current;
+  return (static_cast<int64_t>(free_bytes) + std::max<int64_t>(cached, 0)) / 10 * 9;
+}
+
+// Samples per piece that the device's memory holds: at least one, else an out-of-memory
+// error that names the memory needed and what the device has.
+int64_t piece_samples(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
+                      at::IntArrayRef grid, bool connectivity, int64_t max_centers) {
+  TORCH_CHECK(image.dim() == 5 && grid.size() >= 9, "image: expected [N, C, D, H, W]");
+  const int64_t P = image.size(2) * image.size(3) * image.size(4);
+  const int64_t cells = grid[6] * grid[7] * grid[8];
+  const int64_t K = init_centers ? init_centers->size(1) : cells;
+  const int64_t need =
+      device_bytes_per_sample(P, image.size(1), K, max_centers, cells, connectivity);
+  const int64_t usable = usable_device_bytes(image.device());
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  TORCH_CHECK_WITH(OutOfMemoryError, need <= usable, "slic: one sample of ", P, " pixels needs ",
+                   static_cast<double>(need) / kGiB, " GiB of scratch memory on ", image.device(),
+                   ", which has ", static_cast<double>(usable) / kGiB,
+                   " GiB free for it (free memory and torch's cache, less a tenth); segment on "
+                   "the CPU, or free memory on the device");
+  return std::max<int64_t>(1, usable / std::max<int64_t>(need, 1));
+}
+
 SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
                       const std::optional<at::Tensor>& init_counts,
                       const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
                       at::ArrayRef<double> weights, double compactness, bool convert_lab,
                       int64_t max_iter, double tol, bool connectivity, int64_t min_size,
                       int64_t max_centers, const std::optional<at::Tensor>& mask) {
-  return slic_in_chunks(&slic_cuda_chunk, kMaxCudaPixels, image, init_centers, init_counts,
+  TORCH_CHECK(image.is_cuda(), "image: expected a CUDA tensor, got ", image.device());
+  const c10::cuda::CUDAGuard guard(image.device());
+  const int64_t samples = piece_samples(image, init_centers, grid, connectivity, max_centers);
+  return slic_in_chunks(&slic_cuda_chunk, kMaxCudaPixels, samples, image, init_centers, init_counts,
                         init_labels, grid, weights, compactness, convert_lab, max_iter, tol,
                         connectivity, min_size, max_centers, mask);
 }
