@@ -67,7 +67,7 @@ isa-check: install
 # `make test`.
 SANITIZE_CXX ?= g++
 SANITIZE_BUILD := build/sanitize
-SANITIZE_TESTS := tests/test_state.py tests/test_slic.py tests/test_slic_connectivity.py \
+SANITIZE_TESTS := tests/test_state.py tests/test_state_machine.py tests/test_slic.py tests/test_slic_connectivity.py \
 	tests/test_segment_pool.py tests/test_paint.py
 
 sanitize: install

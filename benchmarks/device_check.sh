@@ -8,8 +8,11 @@
 # GSWFAST_DEVICE_PROFILE=1 adds a tile-size sweep and an Nsight Compute report (ncu.log).
 # The benchmark stage runs the `cuda` benchmarks only (the CPU ones are measured on the
 # build machines); GSWFAST_DEVICE_ALL_BENCH=1 runs them all. Wheels carried in .whl/
-# (captum, lime, grad-cam, av: the peers and PyAV the GPU machine lacks) are installed
-# first, so their tests and benchmarks run instead of skipping.
+# (captum, lime, grad-cam, av, hypothesis: the peers, PyAV and the property-test library
+# the GPU machine lacks; for its Python 3.12, e.g. `pip download --no-deps --only-binary
+# :all: --python-version 3.12 -d .whl hypothesis`) are installed first, so their tests and
+# benchmarks run instead of skipping. The statecheck stage runs the stateful tests under
+# compute-sanitizer memcheck (GSWFAST_DEVICE_STATE_EXAMPLES sequences, default 15).
 # Device time is short, so every stage has a wall-clock limit and logs.txt is written as
 # the stages run (a run killed at its limit still returns what it saw). Knobs:
 #   GSWFAST_DEVICE_TESTS   pytest selection for the test stage (default: tests; e.g.
@@ -69,6 +72,11 @@ if command -v compute-sanitizer > /dev/null; then
   stage synccheck 120 compute-sanitizer --tool synccheck --error-exitcode 3 "$PY" benchmarks/sanitize_case.py
   # Reads of device memory no kernel or copy wrote (at::empty scratch read before written).
   stage initcheck 180 compute-sanitizer --tool initcheck --error-exitcode 3 "$PY" benchmarks/sanitize_case.py
+  # Sequences of calls in one process, the CUDA kernels held to the CPU's bits (tests/test_state*.py;
+  # the random sequences need hypothesis, carried in .whl/ for the GPU machine's Python).
+  stage statecheck 300 env GSWFAST_HYPOTHESIS_EXAMPLES="${GSWFAST_DEVICE_STATE_EXAMPLES:-15}" \
+    compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" -m pytest -p no:cacheprovider -q -x \
+    tests/test_state.py tests/test_state_machine.py
 fi
 bench_filter=(-m cuda)
 [ "${GSWFAST_DEVICE_ALL_BENCH:-0}" = 1 ] && bench_filter=()
