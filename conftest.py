@@ -35,9 +35,7 @@ def _load_extension_from(build: Path) -> None:
 
 if os.environ.get("GSWFAST_TEST_EXTENSION"):
     if "gswfast._C" in sys.modules:
-        raise pytest.UsageError(
-            "GSWFAST_TEST_EXTENSION: gswfast._C was loaded before conftest"
-        )
+        raise pytest.UsageError("GSWFAST_TEST_EXTENSION: gswfast._C was loaded before conftest")
     _load_extension_from(Path(os.environ["GSWFAST_TEST_EXTENSION"]).resolve())
 
 

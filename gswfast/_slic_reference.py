@@ -71,7 +71,7 @@ def linear_rgb_to_lab(rgb: Tensor) -> Tensor:
     """slic.h linear_rgb_to_lab, then clamp_feature: float32 linear RGB ``[3, ...]`` ->
     CIELAB ``[3, ...]``, every product and sum rounded on its own, as both backends must
     compute it (a host build that fuses a multiply-add gives other bits)."""
-    r, g, b = rgb.float()
+    r, g, b = rgb.float().unbind(0)
 
     def dot3(a: float, b_: float, c: float) -> Tensor:
         return (_f32(a) * r + _f32(b_) * g) + _f32(c) * b
@@ -98,8 +98,8 @@ def window(centers: Tensor, step: int) -> tuple[Tensor, Tensor]:
 
 
 def cell_of(coordinates: Tensor, step: int, cells: int) -> Tensor:
-    """slic.h cell_of: the cell of float32 centre coordinates, floor(c / step) in float32,
-    clamped to ``[0, cells - 1]``."""
+    """slic.h cell_of: the cell of finite float32 centre coordinates, floor(c / step) in
+    float32, clamped to ``[0, cells - 1]`` (the kernels also map NaN to 0; this does not)."""
     q = torch.floor(coordinates.float() / _f32(float(step)))
     return q.clamp(0, cells - 1).long()
 

@@ -164,7 +164,8 @@ GSW_HD int64_t max_changed(const Geometry& g, int64_t area) {
 // that many passes of drift.
 GSW_HD bool subsampled_converged(int64_t changed, int64_t limit) { return changed <= limit; }
 
-// The cell of a centre coordinate: floor(coordinate / step) clamped to [0, cells - 1] (NaN:
+// The cell of a centre coordinate: the floor of coordinate / step rounded to float (a
+// coordinate just below k * step may round up to cell k), clamped to [0, cells - 1] (NaN:
 // 0); no float-to-int conversion out of range, whatever centres a warm start brings.
 GSW_HD int32_t cell_of(float coordinate, int32_t step, int32_t cells) {
   const float q = coordinate / static_cast<float>(step);

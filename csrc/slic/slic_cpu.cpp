@@ -1354,6 +1354,11 @@ struct MergeState {
 
 // Scratch of the connectivity pass, kept between calls on a thread (fresh pages cost a
 // page fault each) unless a call needed more than kKeptRuns runs (some 40 bytes each).
+// The rule for everything in it: the call that uses an array sizes it (resize, assign,
+// make_room) for what it writes, in every unit it is indexed by (runs, runs x F, bands,
+// components), before it writes or reads it, and reads nothing an earlier call left. The
+// sizes of the last call say nothing of this one's: 1 then 3 feature channels overflowed
+// the runs' feature sums when their room was checked in runs alone (tests/test_state.py).
 struct ConnectivityScratch {
   static constexpr size_t kKeptRuns = size_t{1} << 20;
   Runs runs;
@@ -2211,7 +2216,9 @@ SlicOutputs slic_in_chunks(SlicFn fn, int64_t max_pixels, int64_t max_samples,
 namespace {
 
 // A buffer that keeps its memory between calls up to kKeptElements (larger ones are freed
-// when the call ends, so one huge call does not pin its scratch).
+// when the call ends, so one huge call does not pin its scratch). get(n) sizes it for this
+// call's n elements, which the call writes in full before reading (ConnectivityScratch's
+// rule).
 template <typename T>
 struct KeptBuffer {
   static constexpr int64_t kKeptElements = int64_t{1} << 24;

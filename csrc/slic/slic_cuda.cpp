@@ -132,28 +132,38 @@ SlicOutputs slic_cuda_chunk(const at::Tensor& image, const std::optional<at::Ten
   return {labels, num_segments, out_centers, iterations, clusters, counts, cluster_labels};
 }
 
-// Device bytes slic_cuda_chunk allocates per sample: the tensors above (outputs included)
-// and the cumsum's result, from the same shapes; the state's extra row and the loop
-// counters are a few bytes per call. Keep it in step with slic_cuda_chunk.
-int64_t device_bytes_per_sample(int64_t P, int64_t F, int64_t K, int64_t max_centers, int64_t cells,
-                                bool connectivity) {
-  const int64_t R = 3 + F;
-  int64_t per_pixel = 4 * F + 4 + 4;  // features, labels, cluster_labels
+// Device bytes of one sample: what slic_cuda_chunk allocates for it (scratch: its tensors
+// and the cumsum's result), and the part that outlives the piece (outputs: what it
+// returns, which slic_in_chunks keeps until it concatenates every piece's). The state's
+// extra row and the loop counters are a few bytes per call. Keep in step with
+// slic_cuda_chunk.
+struct SampleBytes {
+  int64_t scratch;  // outputs included
+  int64_t outputs;
+};
+
+SampleBytes device_bytes_per_sample(const Geometry& g) {
+  const int64_t P = g.P, F = g.F, K = g.K, R = 3 + F, max_centers = g.max_centers;
+  const int64_t cells = int64_t{g.cells[0]} * g.cells[1] * g.cells[2];
+  // labels, cluster_labels, num_segments, iterations, out_centers, clusters, counts
+  const int64_t outputs = 8 * P + 8 + 4 + max_centers * R * 4 + K * (4 * R + 4);
+  int64_t per_pixel = 4 * F;  // features
   // parent, stats, orig_size, was_root, best, extra_rank and its cumsum, final_id
-  if (connectivity) per_pixel += 4 + 8 * (1 + F) + 4 + 1 + 8 + 4 + 4 + 4;
-  // clusters, counts, cell_items, main_of, has_main, free_list, id_of_cluster
-  const int64_t per_cluster = 4 * R + 4 + 4 + 8 + 4 + 4 + 4;
-  const int64_t sums = std::max(K, max_centers) * (R + 1) * 8;
-  const int64_t centres = max_centers * R * 4;
+  if (g.connectivity) per_pixel += 4 + 8 * (1 + F) + 4 + 1 + 8 + 4 + 4 + 4;
+  // cell_items, main_of, has_main, free_list, id_of_cluster
+  const int64_t per_cluster = 4 + 8 + 4 + 4 + 4;
+  const int64_t sums = std::max<int64_t>(K, max_centers) * (R + 1) * 8;
   const int64_t cell_lists = (2 * cells + 1) * 4;
-  const int64_t per_sample = 4 * cuda::kStateSlots + 4 + 4 + 4 + 8;  // state, counters, ids
-  return P * per_pixel + K * per_cluster + sums + centres + cell_lists + per_sample;
+  const int64_t per_sample = 4 * cuda::kStateSlots + 4 + 4;  // state, num_roots, free_low
+  return {P * per_pixel + K * per_cluster + sums + cell_lists + per_sample + outputs, outputs};
 }
 
 // Device memory a call may use: the device's free memory and what torch's caching allocator
-// holds without using (it frees its cache and retries before it fails), less a tenth for
-// fragmentation and the library's own temporaries. GSWFAST_SLIC_CUDA_FREE_BYTES (a whole
-// number of bytes) stands in for the measured amount, so that the tests can make it small.
+// holds without using (it frees its cache and retries before it fails), less a tenth and
+// 64 MiB for fragmentation, the allocator's rounding of some 30 tensors and the scan's
+// temporaries. An allocator without statistics (CUDAPluggableAllocator: RMM and others)
+// counts no cache. GSWFAST_SLIC_CUDA_FREE_BYTES (a whole number of bytes) stands in for
+// the result, so that the tests can make it small.
 int64_t usable_device_bytes(const at::Device& device) {
   if (const char* given = std::getenv("GSWFAST_SLIC_CUDA_FREE_BYTES")) {
     char* rest = nullptr;
@@ -165,32 +175,59 @@ int64_t usable_device_bytes(const at::Device& device) {
   }
   size_t free_bytes = 0, total_bytes = 0;
   C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-  constexpr size_t kAggregate =
-      0;  // StatType::AGGREGATE (its namespace moved across torch releases)
-  const int64_t cached =
-      stats.reserved_bytes[kAggregate].current - stats.allocated_bytes[kAggregate].current;
-  return (static_cast<int64_t>(free_bytes) + std::max<int64_t>(cached, 0)) / 10 * 9;
+  int64_t cached = 0;
+  try {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    constexpr size_t kAggregate = 0;  // StatType::AGGREGATE (its namespace moved in torch)
+    cached = stats.reserved_bytes[kAggregate].current - stats.allocated_bytes[kAggregate].current;
+  } catch (const c10::Error&) {
+    cached = 0;
+  }
+  constexpr int64_t kSlack = int64_t{64} << 20;
+  const int64_t usable = (static_cast<int64_t>(free_bytes) + std::max<int64_t>(cached, 0)) / 10 * 9;
+  return std::max<int64_t>(usable - kSlack, 0);
 }
 
-// Samples per piece that the device's memory holds: at least one, else an out-of-memory
-// error that names the memory needed and what the device has.
+// Samples per piece that the device's memory holds (at least one), else an out-of-memory
+// error that names the memory needed and what the device has. Checks the arguments first
+// (make_geometry on the first sample), so that no unchecked size reaches the arithmetic.
+// A call in several pieces keeps the finished pieces' outputs while the next piece runs,
+// then concatenates them (twice the outputs of the batch).
 int64_t piece_samples(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
-                      at::IntArrayRef grid, bool connectivity, int64_t max_centers) {
-  TORCH_CHECK(image.dim() == 5 && grid.size() >= 9, "image: expected [N, C, D, H, W]");
-  const int64_t P = image.size(2) * image.size(3) * image.size(4);
-  const int64_t cells = grid[6] * grid[7] * grid[8];
-  const int64_t K = init_centers ? init_centers->size(1) : cells;
-  const int64_t need =
-      device_bytes_per_sample(P, image.size(1), K, max_centers, cells, connectivity);
+                      const std::optional<at::Tensor>& init_counts,
+                      const std::optional<at::Tensor>& init_labels, at::IntArrayRef grid,
+                      at::ArrayRef<double> weights, double compactness, bool convert_lab,
+                      int64_t max_iter, double tol, bool connectivity, int64_t min_size,
+                      int64_t max_centers, const std::optional<at::Tensor>& mask) {
+  TORCH_CHECK(image.dim() == 5 && image.size(0) > 0,
+              "image: expected [N, C, D, H, W] with N >= 1, got ", image.sizes());
+  auto first = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!t || t->dim() == 0 || t->size(0) < 1) return t;
+    return t->narrow(0, 0, 1);
+  };
+  const int64_t N = image.size(0);
+  const Geometry g = make_geometry(image.narrow(0, 0, 1), first(init_centers), first(init_counts),
+                                   first(init_labels), grid, weights, compactness, convert_lab,
+                                   max_iter, tol, connectivity, min_size, max_centers, first(mask));
+  const SampleBytes one = device_bytes_per_sample(g);
   const int64_t usable = usable_device_bytes(image.device());
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-  TORCH_CHECK_WITH(OutOfMemoryError, need <= usable, "slic: one sample of ", P, " pixels needs ",
-                   static_cast<double>(need) / kGiB, " GiB of scratch memory on ", image.device(),
-                   ", which has ", static_cast<double>(usable) / kGiB,
-                   " GiB free for it (free memory and torch's cache, less a tenth); segment on "
-                   "the CPU, or free memory on the device");
-  return std::max<int64_t>(1, usable / std::max<int64_t>(need, 1));
+  TORCH_CHECK_WITH(OutOfMemoryError, one.scratch <= usable, "slic: one sample of ", g.P,
+                   " pixels needs ", static_cast<double>(one.scratch) / kGiB,
+                   " GiB of scratch memory on ", image.device(), ", which has ",
+                   static_cast<double>(usable) / kGiB,
+                   " GiB free for it (free memory and torch's cache, less a tenth and 64 MiB); "
+                   "segment on the CPU, or free memory on the device");
+  if (N <= usable / one.scratch) return N;  // one piece
+  const int64_t left = usable - 2 * N * one.outputs;
+  TORCH_CHECK_WITH(
+      OutOfMemoryError, left >= one.scratch - one.outputs, "slic: ", N, " samples of ", g.P,
+      " pixels need ", static_cast<double>(2 * N * one.outputs + one.scratch) / kGiB, " GiB on ",
+      image.device(),
+      " (their outputs twice, to concatenate, and one "
+      "sample's scratch), which has ",
+      static_cast<double>(usable) / kGiB, " GiB free for it; call slic on fewer samples at a time");
+  return std::max<int64_t>(1, left / (one.scratch - one.outputs));
 }
 
 SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& init_centers,
@@ -201,7 +238,9 @@ SlicOutputs slic_cuda(const at::Tensor& image, const std::optional<at::Tensor>& 
                       int64_t max_centers, const std::optional<at::Tensor>& mask) {
   TORCH_CHECK(image.is_cuda(), "image: expected a CUDA tensor, got ", image.device());
   const c10::cuda::CUDAGuard guard(image.device());
-  const int64_t samples = piece_samples(image, init_centers, grid, connectivity, max_centers);
+  const int64_t samples =
+      piece_samples(image, init_centers, init_counts, init_labels, grid, weights, compactness,
+                    convert_lab, max_iter, tol, connectivity, min_size, max_centers, mask);
   return slic_in_chunks(&slic_cuda_chunk, kMaxCudaPixels, samples, image, init_centers, init_counts,
                         init_labels, grid, weights, compactness, convert_lab, max_iter, tol,
                         connectivity, min_size, max_centers, mask);
