@@ -63,7 +63,8 @@ isa-check: install
 # it the first C++ exception anywhere, such as one torch throws and catches while importing,
 # stops the process). Leak checks are off: the interpreter and torch keep their allocations
 # to the end. Reports go to build/sanitize/report.*: any report fails the run, and is
-# printed. The stateful tests run 300 sequences here (40 in `make test`). CI runs this after
+# printed; libstdc++'s assertions (_GLIBCXX_ASSERTIONS) abort with their message on stderr,
+# which pytest does not capture here (a capture would die with the process). The stateful tests run 300 sequences here (40 in `make test`). CI runs this after
 # `make test`.
 SANITIZE_CXX ?= g++
 SANITIZE_BUILD := build/sanitize
@@ -80,7 +81,7 @@ sanitize: install
 	  LD_PRELOAD="$$($(SANITIZE_CXX) -print-file-name=libasan.so) $$($(SANITIZE_CXX) -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(abspath $(SANITIZE_BUILD))/report \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(abspath $(SANITIZE_BUILD))/report \
-	  $(PY) -m pytest -p no:cacheprovider -q -m "not cuda" $(SANITIZE_TESTS); status=$$?; \
+	  $(PY) -m pytest -p no:cacheprovider -q --capture=no -m "not cuda" $(SANITIZE_TESTS); status=$$?; \
 	if ls $(SANITIZE_BUILD)/report.* > /dev/null 2>&1; then \
 	  echo "make sanitize: sanitizer reports:"; cat $(SANITIZE_BUILD)/report.*; exit 1; fi; \
 	exit $$status
