@@ -139,7 +139,9 @@ class Explainer:
 
     Args:
         model: any ``nn.Module`` returning logits ``[B, classes]`` (wrappers such as
-            ``nn.DataParallel`` included). May be None when every call passes ``attribution``.
+            ``nn.DataParallel`` included): a tensor, a tuple or list whose first item is
+            one, a dict with ``"logits"`` or an object with ``.logits`` (Hugging Face's
+            ``ModelOutput``). May be None when every call passes ``attribution``.
         method: ``"integrated_gradients"`` (default), ``"lime_ig"`` (LIME-like answers, fast),
             ``"banzhaf"`` (LIME's target, the Banzhaf value of the segments, from gradients),
             ``"gradient"``, ``"input_x_gradient"``, ``"smoothgrad"``, ``"gradcam"`` or

@@ -112,6 +112,82 @@ def test_tuple_and_function_targets_in_lime_and_attribute():
     assert target.tolist() == [-1, -1]
 
 
+class _Held(torch.nn.Module):
+    """TinyCNN's logits inside a tuple (with its features), a list or a dict."""
+
+    def __init__(self, inner, holder):
+        super().__init__()
+        self.inner, self.holder = inner, holder
+
+    def forward(self, x):
+        logits = self.inner(x)
+        if self.holder == "tuple":
+            return logits, x.mean((2, 3))
+        if self.holder == "list":
+            return [logits]
+        return {"features": x.mean((2, 3)), "logits": logits}
+
+
+@pytest.mark.parametrize("holder", ["tuple", "list", "dict"])
+@pytest.mark.parametrize("method", ["gradient", "integrated_gradients", "gradcam"])
+def test_logits_held_in_tuples_lists_and_dicts(holder, method):
+    model, x = _net(), _x()
+    labels, _ = grid_labels(2, 12, 12, cell=4)
+    options = {"n_steps": 4} if method == "integrated_gradients" else {}
+    plain = gsw.explain(model, x, method=method, segmentation=labels, **options)
+    held = gsw.explain(_Held(model, holder), x, method=method, segmentation=labels, **options)
+    assert torch.equal(held.segment_scores, plain.segment_scores)
+    assert torch.equal(held.target, plain.target)
+    lime_plain = gsw.lime(model, x, labels, n_samples=20)
+    lime_held = gsw.lime(_Held(model, holder), x, labels, n_samples=20)
+    assert torch.equal(lime_held.segment_scores, lime_plain.segment_scores)
+
+
+def test_hugging_face_model_outputs_give_the_bare_logits_scores():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=5,
+    )
+    torch.manual_seed(0)
+    vit = transformers.ViTForImageClassification(config).eval()
+
+    class Bare(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = vit
+
+        def forward(self, x):
+            return self.vit(pixel_values=x).logits
+
+    x = torch.rand(2, 3, 32, 32)
+    labels, _ = grid_labels(2, 32, 32, cell=8)
+    ours = gsw.explain(vit, x, 2, method="gradient", segmentation=labels)  # returns a ModelOutput
+    bare = gsw.explain(Bare(), x, 2, method="gradient", segmentation=labels)
+    assert torch.equal(ours.segment_scores, bare.segment_scores)
+
+
+def test_outputs_holding_no_logits_are_named():
+    class Text(torch.nn.Module):
+        def forward(self, x):
+            return "cat"
+
+    with pytest.raises(ValueError, match=r"model output: expected logits \[B, classes\].*got str"):
+        attribute(Text(), _x(), None, "gradient")
+
+    class Scores(torch.nn.Module):
+        def forward(self, x):
+            return {"scores": x.mean((2, 3))}
+
+    with pytest.raises(ValueError, match=r"model output: expected logits.*got dict"):
+        attribute(Scores(), _x(), 1, "gradient")
+
+
 def test_target_mistakes_are_named():
     model, x = _net(), _x()
     with pytest.raises(

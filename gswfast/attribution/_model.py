@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, SupportsInt, TypeGuard
 
@@ -166,8 +166,9 @@ class ModelForward:
             return self._run(inputs, self._args(rows))
 
     def logits(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        """``[B, classes]`` logits of ``x [B, C, (T), H, W]``, float32 or float64."""
-        out = self.output(x, rows)
+        """``[B, classes]`` logits of ``x [B, C, (T), H, W]``, float32 or float64, taken out
+        of whatever holds them (``logits_of``)."""
+        out = logits_of(self.output(x, rows))
         _check_logits(out, x.shape[0])
         logits: Tensor = out  # checked by _check_logits
         return logits.to(accumulation_dtype(logits.dtype))
@@ -180,7 +181,10 @@ class ModelForward:
             self._check_output_target()
             out = self.output(x, rows)
             score = target.select(out, x.shape[0])
-            self.last_logits = out.detach() if isinstance(out, Tensor) and out.dim() == 2 else None
+            held = logits_of(out)
+            self.last_logits = (
+                held.detach() if isinstance(held, Tensor) and held.dim() == 2 else None
+            )
             return score.to(accumulation_dtype(score.dtype))
         out = self.logits(x, rows)
         self.last_logits = out.detach()
@@ -408,12 +412,35 @@ def model_session(model: nn.Module, eval_mode: bool = True) -> Iterator[list[Rem
 
 
 _OTHER = "; for other outputs pass target= as a tuple (an index into each sample's output) or a function of the output"
+_HOLDERS = (
+    "a tensor, a tuple or list whose first item is one, a dict with 'logits' or an object "
+    "with .logits (Hugging Face)"
+)
+
+
+def logits_of(out: object) -> object:
+    """The logits a model's output holds: the output itself when it is a tensor, the entry
+    ``"logits"`` of a mapping, the attribute ``.logits`` (Hugging Face's ``ModelOutput``,
+    which is a mapping too), or the first item of a tuple or list (torchvision's
+    ``InceptionOutputs``, models that return ``(logits, features)``); otherwise the output
+    unchanged, which ``_check_logits`` then names."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping):
+        return out.get("logits", out)
+    held = getattr(out, "logits", None)
+    if isinstance(held, Tensor):
+        return held
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    return out
 
 
 def _check_logits(out: object, batch: int) -> None:
     if not isinstance(out, Tensor):
         raise ValueError(
-            f"model: expected it to return a logits tensor [B, classes], got {type(out).__name__}{_OTHER}"
+            f"model output: expected logits [B, classes] as {_HOLDERS}, got "
+            f"{type(out).__name__}{_OTHER}"
         )
     if out.dim() != 2 or out.shape[0] != batch:
         raise ValueError(
