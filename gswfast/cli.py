@@ -212,7 +212,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layer",
         help="the Grad-CAM layer, a dotted module name such as layer4 (default: the "
-        "last convolution with a spatial output)",
+        "last module whose output is a grid over the input that the class score reaches)",
     )
 
 

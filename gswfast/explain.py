@@ -54,7 +54,10 @@ class Explanation:
             inputs, for the methods that run the model on them once: gradient,
             input_x_gradient, gradcam, guided_backprop), ``delta [B]`` (integrated
             gradients' convergence delta: summed attribution minus ``f(x) - f(baseline)``),
-            LIME's ``intercept`` and ``score``.
+            LIME's ``intercept`` and ``score``; Grad-CAM's ``layer`` (its dotted name),
+            ``layout`` (how its output was read: ``"[B, K, h, w]"``, ``"[B, h, w, K]"``,
+            ``"[B, 1 + 14*14, D]"``, ``"reshape="``) and ``degenerate`` (bool ``[B]``: a map
+            zero or constant everywhere).
     """
 
     segment_scores: Tensor
@@ -301,6 +304,11 @@ class Explainer:
                 info["logits"] = self._attributor.logits
             if self._attributor.delta is not None:
                 info["delta"] = self._attributor.delta
+            cam = self._attributor.gradcam
+            if self.spec.base == "gradcam" and cam is not None and cam.layout is not None:
+                info["layer"] = cam.name
+                info["layout"] = cam.layout.describe()
+                info["degenerate"] = cam.degenerate
         if self.swag:
             seg = slic(
                 _swag_features(images, pixel, self.swag_weight),

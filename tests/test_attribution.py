@@ -224,10 +224,11 @@ def test_gradcam_equals_hand_computation(device):
     torch.testing.assert_close(cam, expected.to(cam.dtype))
 
 
-def test_gradcam_finds_the_last_convolution_and_upsamples_over_time():
+def test_gradcam_finds_the_last_grid_layer_and_upsamples_over_time():
+    # The last module whose output is a grid the score reaches: TinyCNN's relu2, after conv2.
     model, x = _net("cpu", 3), _inputs("cpu", (2, 3, 4, 8, 8))
     auto, _ = attribute(model, x, 0, "gradcam")
-    named, _ = attribute(model, x, 0, "gradcam", layer=model.conv2)
+    named, _ = attribute(model, x, 0, "gradcam", layer=model.relu2)
     assert auto.shape == (2, 1, 4, 8, 8)
     torch.testing.assert_close(auto, named)
     assert auto.min() >= 0

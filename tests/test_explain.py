@@ -411,18 +411,76 @@ def test_torchvision_models(name, shape):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_s3d_gradcam_skips_the_classifier_convolution():
-    from gswfast.attribution import ModelForward
-    from gswfast.attribution.gradcam import last_conv_layer
+# Grad-CAM's default layer, found by what the modules output (real torchvision models,
+# random weights): the last grid over the input that the class score reaches.
+GRADCAM_LAYERS = {
+    "resnet18": ("layer4", "[B, K, h, w]", (1, 3, 64, 64)),
+    "convnext_tiny": ("features", "[B, K, h, w]", (1, 3, 64, 64)),
+    # Swin's stages are channels last; its permute makes the last grid channels first.
+    "swin_t": ("permute", "[B, K, h, w]", (1, 3, 64, 64)),
+    # The head reads the class token alone: the last block's ln_1, ahead of the attention
+    # that mixes the tokens, is the last token grid its score reaches.
+    "vit_b_16": ("encoder.layers.encoder_layer_11.ln_1", "[B, 1 + 4*4, D]", (1, 3, 64, 64)),
+}
 
+
+@pytest.mark.parametrize("name", list(GRADCAM_LAYERS))
+def test_gradcam_default_layer_is_the_last_grid_the_score_reaches(name):
+    layer, layout, shape = GRADCAM_LAYERS[name]
+    torch.manual_seed(0)
+    kwargs = {"image_size": shape[-1]} if name == "vit_b_16" else {}
+    model = getattr(torchvision.models, name)(num_classes=5, **kwargs).eval()
+    if name == "vit_b_16":  # torchvision starts the ViT head at zero: no score reaches anything
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    x = torch.rand(shape)
+    expl = gsw.explain(model, x, method="gradcam", n_segments=16)
+    assert expl.info["layer"] == layer
+    assert expl.info["layout"] == layout
+    named = gsw.explain(model, x, method="gradcam", segmentation=expl.labels, layer=layer)
+    assert torch.equal(named.pixel_scores, expl.pixel_scores)
+    assert named.info["layout"] == layout
+
+
+def test_gradcam_reads_swin_stages_channels_last_and_tokens_with_reshape():
+    torch.manual_seed(0)
+    swin = torchvision.models.swin_t(num_classes=5).eval()
+    x = torch.rand(1, 3, 64, 64)
+    last = gsw.explain(swin, x, method="gradcam", layer="features.7", n_segments=16)
+    assert last.info["layout"] == "[B, h, w, K]"
+    by_hand = gsw.explain(
+        swin,
+        x,
+        method="gradcam",
+        layer="features.7",
+        segmentation=last.labels,
+        reshape=lambda a: a.permute(0, 3, 1, 2),
+    )
+    assert by_hand.info["layout"] == "reshape="
+    torch.testing.assert_close(by_hand.pixel_scores, last.pixel_scores)
+    with pytest.raises(ValueError, match=r"reshape: expected it to return \[B, K, h, w\]"):
+        gsw.explain(swin, x, method="gradcam", layer="features.7", reshape=lambda a: a[0])
+    with pytest.raises(ValueError, match=r"is no grid over the input.*pass reshape="):
+        gsw.explain(swin, x, method="gradcam", layer="avgpool")
+
+
+def test_s3d_gradcam_is_not_zero():
+    # S3D ends in a 1x1x1 convolution used as the classifier after global pooling; its
+    # Grad-CAM once gave all-zero scores. The default layer now has a grid the score reaches.
     model = torchvision.models.video.s3d(num_classes=5).eval()
     x = torch.rand(1, 3, 16, 224, 224)
-    layer = last_conv_layer(model, ModelForward(model), x)
-    assert layer is not model.classifier[1]
-    assert isinstance(layer, torch.nn.Conv3d)
     expl = gsw.explain(model, x, method="gradcam")
+    assert expl.info["layer"] == "features"
     assert expl.pixel_scores.shape == (1, 16, 224, 224)
     assert expl.segment_scores.abs().sum() > 0
+
+
+def test_a_zero_gradcam_map_warns_and_is_recorded():
+    model = TinyCNN()
+    with torch.no_grad():  # ReLU of all-negative maps: Grad-CAM is zero everywhere
+        model.conv2.bias.fill_(-100.0)
+    with pytest.warns(RuntimeWarning, match=r"Grad-CAM on layer 'relu2' is zero or constant"):
+        expl = gsw.explain(model, torch.rand(2, 3, 16, 16), 0, method="gradcam", n_segments=8)
+    assert expl.info["degenerate"].tolist() == [True, True]
 
 
 def test_clips_are_scored_per_frame():

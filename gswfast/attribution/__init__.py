@@ -23,8 +23,14 @@ input value ``[B, C, (T), H, W]`` (Grad-CAM: ``[B, 1, (T), H, W]``) and the targ
 - ``smoothgrad``: ``base="gradient"`` (any other method but itself), ``n_samples=25``,
   ``noise_level=0.15``, ``square=False``, ``seed=None``, ``batch_size=None``,
   plus the base method's options.
-- ``gradcam``: ``layer=None`` (a module or dotted name; default: the last Conv2d/Conv3d
-  that runs with a spatial output).
+- ``gradcam``: ``layer=None`` (a module or dotted name; default: the last module, in
+  execution order, whose output is a grid over the input that the target's score reaches:
+  feature maps ``[B, K, (t), h, w]``, channels-last maps ``[B, (t), h, w, K]`` (Swin) or
+  tokens ``[B, extra + h*w, D]`` (ViT, DeiT, DINOv2), found on the first sample, once per
+  input shape); ``reshape=None`` (a function from the layer's output to
+  ``[B, K, (t), h, w]``, as pytorch-grad-cam's ``reshape_transform``, for other layouts).
+  ``Explanation.info`` records ``layer``, ``layout`` and ``degenerate`` (the samples whose
+  map is zero or constant, which also warns).
 - ``guided_backprop``: guided ReLU gradients.
 
 Baselines (``baseline=``): ``"zeros"``, ``"blur"`` (``blur_sigma=``), ``"segment_mean"``
@@ -64,7 +70,7 @@ from gswfast.attribution.baselines import (
     needs_segmentation,
 )
 from gswfast.attribution.channels import CHANNEL_REDUCTIONS, reduce_channels
-from gswfast.attribution.gradcam import GradCAM, find_layer, last_conv_layer
+from gswfast.attribution.gradcam import GradCAM, GridLayout, find_layer, module_name, probe_layer
 from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient, Scorer
 from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGradients
 from gswfast.attribution.smoothgrad import SmoothGrad
@@ -83,7 +89,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "integrated_gradients": _BASELINE_OPTIONS + _IG_OPTIONS,
     "lime_ig": _BASELINE_OPTIONS + _IG_OPTIONS,
     "banzhaf": (*_BASELINE_OPTIONS, "n_samples", "design", "seed", "batch_size"),
-    "gradcam": ("layer",),
+    "gradcam": ("layer", "reshape"),
     "guided_backprop": (),
 }
 # lime_ig: 16 Gauss-Legendre steps rank segments like LIME as well as 32 do (Spearman 0.972
@@ -184,8 +190,9 @@ class Attributor:
         )
         self.eval_mode = eval_mode
         self.delta: Tensor | None = None
-        self._layer: nn.Module | None = None
+        self._layer: tuple[nn.Module, str, GridLayout] | None = None
         self._layer_key: tuple[int, ...] | None = None
+        self.gradcam: GradCAM | None = None  # the last call's, for its layer and layout
 
     def __call__(
         self,
@@ -244,8 +251,10 @@ class Attributor:
         if method == "gradcam":
             _check_single_replica(self.model)
             _check_hookable(self.model, method)
-            cam = GradCAM(self._gradcam_layer(x))
+            layer, name, layout = self._gradcam_layer(x)
+            cam = GradCAM(layer, name, layout, self.spec.options.get("reshape"))
             cam.register(handles)
+            self.gradcam = cam
             return cam
         baseline = make_baseline(
             self.spec.baseline, x, labels, num_segments, options.get("blur_sigma")
@@ -262,13 +271,15 @@ class Attributor:
         }
         return IntegratedGradients(baseline, **ig)
 
-    def _gradcam_layer(self, x: Tensor) -> nn.Module:
+    def _gradcam_layer(self, x: Tensor) -> tuple[nn.Module, str, GridLayout | None]:
+        """The Grad-CAM layer, its name and layout (None: read from its output per call)."""
         layer = self.spec.options.get("layer")
         if layer is not None:
-            return find_layer(self.model, layer)
+            module = find_layer(self.model, layer)
+            return module, module_name(self.model, module), None
         key = tuple(x.shape[1:])
         if self._layer is None or self._layer_key != key:  # found once per input shape
-            self._layer = last_conv_layer(self.model, self.forward, x)
+            self._layer = probe_layer(self.model, self.forward, x)
             self._layer_key = key
         return self._layer
 

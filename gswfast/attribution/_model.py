@@ -168,9 +168,7 @@ class ModelForward:
     def logits(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         """``[B, classes]`` logits of ``x [B, C, (T), H, W]``, float32 or float64, taken out
         of whatever holds them (``logits_of``)."""
-        out = logits_of(self.output(x, rows))
-        _check_logits(out, x.shape[0])
-        logits: Tensor = out  # checked by _check_logits
+        logits = _check_logits(logits_of(self.output(x, rows)), x.shape[0])
         return logits.to(accumulation_dtype(logits.dtype))
 
     def scores(
@@ -436,7 +434,8 @@ def logits_of(out: object) -> object:
     return out
 
 
-def _check_logits(out: object, batch: int) -> None:
+def _check_logits(out: object, batch: int) -> Tensor:
+    """``out`` when it is float logits ``[batch, classes]``; ValueError naming it otherwise."""
     if not isinstance(out, Tensor):
         raise ValueError(
             f"model output: expected logits [B, classes] as {_HOLDERS}, got "
@@ -448,6 +447,7 @@ def _check_logits(out: object, batch: int) -> None:
         )
     if not out.is_floating_point():
         raise ValueError(f"model: expected floating-point logits, got {out.dtype}")
+    return out
 
 
 def _check_differentiable(score: Tensor) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -40,44 +43,170 @@ def find_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     )
 
 
-def last_conv_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> nn.Module:
-    """The last Conv2d/Conv3d, in execution order, whose output still has a spatial
-    extent (more than one pixel), found by running the first sample through the model.
+@dataclass(frozen=True)
+class GridLayout:
+    """How a layer's activations map onto the input's grid: ``channels_first``
+    ``[B, K, (t), h, w]`` (CNNs), ``channels_last`` ``[B, (t), h, w, K]`` (Swin) or
+    ``tokens`` ``[B, extra + h*w, D]`` (ViT, DeiT, DINOv2: class, distillation or register
+    tokens first), or ``reshaped``: a user's ``reshape=`` function made the maps."""
 
-    Execution order and extent matter: some models (S3D) end in a 1x1x1 convolution
-    used as the classifier after global pooling, which would give a constant map.
+    kind: str
+    extra: int = 0
+    grid: tuple[int, ...] = ()
+
+    def to_maps(self, activations: Tensor) -> Tensor:
+        """``[B, K, (t), h, w]`` from the layer's activations."""
+        if self.kind == "channels_last":
+            return activations.movedim(-1, 1)
+        if self.kind == "tokens":
+            tokens = activations[:, self.extra :]
+            return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
+        return activations
+
+    def describe(self) -> str:
+        if self.kind == "channels_last":
+            return "[B, h, w, K]" if len(self.grid) == 2 else "[B, t, h, w, K]"
+        if self.kind == "tokens":
+            extra = f"{self.extra} + " if self.extra else ""
+            return f"[B, {extra}{self.grid[0]}*{self.grid[1]}, D]"
+        if self.kind == "reshaped":
+            return "reshape="
+        return "[B, K, h, w]" if len(self.grid) == 2 else "[B, K, t, h, w]"
+
+
+def _fits(grid: tuple[int, ...], spatial: tuple[int, ...]) -> bool:
+    """Whether a grid ``[(t), h, w]`` can be the input's ``[(T), H, W]`` at one stride: no
+    larger, more than one pixel in ``h x w``, and about the same stride along h and w."""
+    if len(grid) != len(spatial) or any(g < 1 or g > s for g, s in zip(grid, spatial, strict=True)):
+        return False
+    h, w = grid[-2:]
+    if h * w < 2:
+        return False
+    ratio = (spatial[-2] / h) / (spatial[-1] / w)
+    return 1 / 1.5 <= ratio <= 1.5
+
+
+def _token_grid(tokens: int, spatial: tuple[int, ...]) -> tuple[int, tuple[int, int]] | None:
+    """(extra tokens, (h, w)) of a token sequence over an image ``(H, W)``: ``h * w`` grid
+    tokens at one stride after 0 to 4 extra ones; None when no split fits."""
+    height, width = spatial
+    for extra in range(5):
+        grid = tokens - extra
+        best: tuple[float, int] | None = None
+        for h in range(2, height + 1):
+            if grid % h or grid // h > width:
+                continue
+            ratio = (height / h) / (width / (grid // h))
+            if 0.8 <= ratio <= 1.25 and (best is None or abs(ratio - 1) < best[0]):
+                best = (abs(ratio - 1), h)
+        if best is not None:
+            return extra, (best[1], grid // best[1])
+    return None
+
+
+def read_layout(shape: tuple[int, ...], spatial: tuple[int, ...]) -> GridLayout | None:
+    """The layout of activations of ``shape`` over an input of ``spatial`` size ``[(T), H,
+    W]``, or None. Where channels first and last both fit (``[B, 7, 7, 7]``), channels
+    first, PyTorch's convention; ``reshape=`` says otherwise."""
+    if len(shape) == len(spatial) + 2:
+        first = _fits(tuple(shape[2:]), spatial)
+        last = _fits(tuple(shape[1:-1]), spatial)
+        if first:
+            return GridLayout("channels_first", grid=tuple(shape[2:]))
+        if last:
+            return GridLayout("channels_last", grid=tuple(shape[1:-1]))
+        return None
+    if len(shape) == 3 and len(spatial) == 2:
+        split = _token_grid(shape[1], spatial)
+        if split is not None:
+            return GridLayout("tokens", extra=split[0], grid=split[1])
+    return None
+
+
+def probe_layer(
+    model: nn.Module, forward: ModelForward, x: Tensor
+) -> tuple[nn.Module, str, GridLayout]:
+    """Grad-CAM's default layer: the last module, in execution order, whose output is a grid
+    over the input (``read_layout``) and whose grid receives gradient from the predicted
+    class's score, found on the first sample (one forward and one backward, hooks only).
+
+    The gradient matters: a ViT's last blocks and final norm output a token grid, but only
+    the class token reaches the head, so their grid gets none (the last block's ``ln_1``,
+    ahead of the attention that mixes the tokens, is the last that does); a layer after
+    global pooling has no grid at all.
     """
-    seen: list[nn.Module] = []
+    spatial = tuple(x.shape[2:])
+    seen: list[tuple[str, nn.Module, GridLayout, Tensor]] = []
 
-    def record(module: nn.Module, _inputs: tuple[Any, ...], output: Tensor) -> None:
-        if isinstance(output, Tensor) and output.shape[-1] * output.shape[-2] > 1:
-            seen.append(module)
+    def hook(name: str) -> Any:
+        def record(module: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, Tensor) and output.shape[:1] == (1,) and output.requires_grad:
+                layout = read_layout(tuple(output.shape), spatial)
+                if isinstance(layout, GridLayout):
+                    seen.append((name, module, layout, output))
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _CONVS)]
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    probe = x[:1].detach().requires_grad_(True)
     try:
-        with torch.no_grad():
-            forward.output(x[:1], torch.zeros(1, dtype=torch.int64, device=x.device))
+        with torch.enable_grad():
+            score, _ = forward.selected(probe, None)
+    except ValueError:  # not [B, classes] logits: the last grid, without the gradient check
+        score = None
     finally:
         for handle in handles:
             handle.remove()
     if not seen:
         raise ValueError(
-            "layer: the model runs no Conv2d/Conv3d with a spatial output; pass layer="
+            "layer: no module of the model outputs a grid over the input ([B, K, (t), h, w], "
+            "[B, (t), h, w, K] or [B, N, D] tokens); pass layer= (and reshape= for another layout)"
         )
-    return seen[-1]
+    if score is not None:
+        grads = torch.autograd.grad(
+            score.sum(), [out for *_, out in seen], allow_unused=True, retain_graph=False
+        )
+        for (name, module, layout, _), grad in zip(reversed(seen), reversed(grads), strict=True):
+            if grad is not None and bool(layout.to_maps(grad).abs().sum() > 0):
+                return module, name, layout
+    name, module, layout, _ = seen[-1]
+    return module, name, layout
+
+
+def module_name(model: nn.Module, layer: nn.Module) -> str:
+    """``layer``'s dotted name in ``model``."""
+    return next((n for n, m in model.named_modules() if m is layer), "")
+
+
+Reshape = Callable[[Tensor], Tensor]
 
 
 class GradCAM:
     """``relu(sum_k mean(dS/dA_k) * A_k)`` over the activations ``A [B, K, (t), h, w]`` of
-    ``layer``, upsampled (bilinear, trilinear over time for 3-D CNNs) to the input's
-    ``[(T), H, W]``. Returns ``[B, 1, (T), H, W]`` in the inputs' dtype.
+    ``layer`` (read from its output through ``layout``, or ``reshape``, a function from the
+    output to ``[B, K, (t), h, w]`` as pytorch-grad-cam's ``reshape_transform``, applied to
+    the activations and to their gradients alike), upsampled (bilinear, trilinear over time)
+    to the input's ``[(T), H, W]``. Returns ``[B, 1, (T), H, W]`` in the inputs' dtype.
+    Afterwards ``layout`` is the layout used and ``degenerate [B]`` says which samples got a
+    map that is zero or constant everywhere (a warning names the layer).
 
     Only the layers after ``layer`` take part in the backward pass: the hook makes the
     activation the leaf of the graph when nothing before it needs gradients.
     """
 
-    def __init__(self, layer: nn.Module) -> None:
-        self.layer = layer
+    def __init__(
+        self,
+        layer: nn.Module,
+        name: str = "",
+        layout: GridLayout | None = None,
+        reshape: Reshape | None = None,
+    ) -> None:
+        if reshape is not None and not callable(reshape):
+            raise TypeError(f"reshape: expected a function or None, got {type(reshape).__name__}")
+        self.layer, self.name = layer, name
+        self.layout = GridLayout("reshaped") if reshape is not None else layout
+        self.reshape = reshape
+        self.degenerate: Tensor | None = None
         self._activation: Tensor | None = None
 
     def register(self, handles: list[RemovableHandle]) -> None:
@@ -92,6 +221,36 @@ class GradCAM:
         # neither touches the captured activation nor modifies a leaf.
         return activation.clone()
 
+    def _maps(self, activations: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """The function from this layer's outputs (and gradients) to ``[B, K, (t), h, w]``."""
+        what = f"layer {self.name!r}" if self.name else "layer"
+        if self.reshape is not None:
+            reshape = self.reshape
+            maps = reshape(activations)
+            if not isinstance(maps, Tensor) or maps.dim() != x.dim() or maps.shape[0] != x.shape[0]:
+                shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+                raise ValueError(
+                    f"reshape: expected it to return [B, K, {'t, ' if x.dim() == 5 else ''}h, w] "
+                    f"with B = {x.shape[0]} from the {what}'s output {tuple(activations.shape)}, "
+                    f"got {shape}"
+                )
+            return reshape
+        layout = self.layout
+        if layout is None or layout.kind != "reshaped":
+            read = read_layout(tuple(activations.shape), tuple(x.shape[2:]))
+            if read is None or activations.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"{what}: its output of shape {tuple(activations.shape)} is no grid over "
+                    f"the input of shape {tuple(x.shape)} "
+                    f"(expected [B, K, {'t, ' if x.dim() == 5 else ''}h, w], channels last, or "
+                    "[B, N, D] tokens with B = "
+                    f"{x.shape[0]}); pick another layer= or pass reshape=, a function to "
+                    "[B, K, (t), h, w]"
+                )
+            layout = read
+        self.layout = layout
+        return layout.to_maps
+
     def __call__(
         self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
     ) -> tuple[Tensor, Tensor | OutputTarget]:
@@ -103,18 +262,30 @@ class GradCAM:
             activation = cast("Tensor | None", self._activation)
             if activation is None:
                 raise ValueError("layer: the model did not run the Grad-CAM layer")
-            if activation.dim() != x.dim() or activation.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"layer: expected activations [B, K, {'t, ' if x.dim() == 5 else ''}h, w] "
-                    f"with B = {x.shape[0]}, got shape {tuple(activation.shape)}"
-                )
+            to_maps = self._maps(activation, x)
             (grad,) = torch.autograd.grad(score.sum(), activation)
         finally:
             self._activation = None
-        acc = accumulation_dtype(activation.dtype)
+        maps, grad = to_maps(activation.detach()), to_maps(grad)
+        acc = accumulation_dtype(maps.dtype)
         weights = grad.to(acc).mean(dim=tuple(range(2, grad.dim())), keepdim=True)
-        cam = torch.relu((weights * activation.detach().to(acc)).sum(1, keepdim=True))
+        cam = torch.relu((weights * maps.to(acc)).sum(1, keepdim=True))
+        self._check_degenerate(cam)
         mode = "trilinear" if x.dim() == 5 else "bilinear"
         return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).to(
             x.dtype
         ), target
+
+    def _check_degenerate(self, cam: Tensor) -> None:
+        flat = cam.flatten(1)
+        self.degenerate = (flat.amax(1) - flat.amin(1)) <= 0
+        if bool(self.degenerate.any()):
+            samples = self.degenerate.nonzero().flatten().tolist()
+            warnings.warn(
+                f"gswfast: Grad-CAM on layer {self.name or '(given)'!r} is zero or constant for "
+                f"sample(s) {samples}: every channel's weighted sum is at most 0 (a ReLU of "
+                "all-negative weights, often a random or untrained model), or the layer comes "
+                "after global pooling; try another layer= or method",
+                RuntimeWarning,
+                stacklevel=6,
+            )
