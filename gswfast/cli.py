@@ -825,11 +825,17 @@ def _timeline_entry(result: WindowResult) -> dict[str, Any]:
 
 def _scores(expl: Explanation, b: int) -> dict[str, Any]:
     n = int(expl.num_segments[b])
-    return {
+    out: dict[str, Any] = {
         "target": int(expl.target[b]),
         "segment_scores": float32_list(expl.segment_scores[b, :n]),
         "ranking": expl.ranking()[b, :n].tolist(),
     }
+    if "layer" in expl.info:  # Grad-CAM: the layer it read, how, and whether its map says anything
+        out["layer"] = expl.info["layer"]
+        out["layout"] = expl.info["layout"]
+        degenerate = expl.info.get("degenerate")
+        out["degenerate"] = bool(degenerate[b]) if degenerate is not None else False
+    return out
 
 
 def float32_list(values: torch.Tensor) -> list[float]:

@@ -377,3 +377,17 @@ class _Detached(torch.nn.Module):
 
     def forward(self, x):
         return self.inner(x).detach()
+
+
+@pytest.mark.parametrize(
+    ("name", "activation"), [("vit_b_16", "GELU"), ("efficientnet_b0", "SiLU")]
+)
+def test_guided_backprop_names_the_activation_of_a_model_without_relu(name, activation):
+    import torchvision
+
+    kwargs = {"image_size": 32} if name == "vit_b_16" else {}
+    model = getattr(torchvision.models, name)(num_classes=3, **kwargs).eval()
+    with pytest.raises(
+        ValueError, match=rf"needs nn.ReLU modules.*activations are .*{activation}.*'gradient'"
+    ):
+        attribute(model, torch.rand(1, 3, 32, 32), 0, "guided_backprop")

@@ -885,9 +885,13 @@ def test_grad_cam_layer_option(files, tmp_path, capsys):
     common = [str(files / "shape.png"), "--model", "demo:shapes", "--method", "gradcam", "--quiet"]
     assert main(["explain", *common, "--layer", "features.6", "--out", str(tmp_path / "a")]) == 0
     assert main(["explain", *common, "--out", str(tmp_path / "b")]) == 0
-    a = json.loads((tmp_path / "a" / "explanations.json").read_text())[0]["segment_scores"]
-    b = json.loads((tmp_path / "b" / "explanations.json").read_text())[0]["segment_scores"]
-    assert a != b  # features.6 is not the default (last) layer
+    a = json.loads((tmp_path / "a" / "explanations.json").read_text())[0]
+    b = json.loads((tmp_path / "b" / "explanations.json").read_text())[0]
+    assert a["segment_scores"] != b["segment_scores"]  # features.6 is not the default layer
+    assert a["layer"] == "features.6"
+    assert a["layout"] == b["layout"] == "[B, K, h, w]"
+    assert b["layer"] != "features.6"
+    assert b["degenerate"] is False
     assert main(["explain", *common, "--layer", "nope", "--out", str(tmp_path / "c")]) == 2
     _one_line_error(capsys, "no module named 'nope'")
 

@@ -53,6 +53,26 @@ class InputXGradient:
         return (x - pick(self.baseline, sample)) * grad, target
 
 
+# Activation modules other than ReLU, named when guided backprop has no ReLU to guide.
+_ACTIVATIONS = (
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ReLU6,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+)
+
+
 class GuidedBackprop:
     """Gradient with every ``nn.ReLU``'s backward also zeroing negative incoming gradients
     (Springenberg et al. 2015). ReLUs called as functions (``F.relu``) are not guided."""
@@ -60,7 +80,15 @@ class GuidedBackprop:
     def __init__(self, model: nn.Module) -> None:
         self.relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
         if not self.relus:
-            raise ValueError("method: guided_backprop needs nn.ReLU modules, the model has none")
+            found = sorted(
+                {type(m).__name__ for m in model.modules() if isinstance(m, _ACTIVATIONS)}
+            )
+            uses = f"; its activations are {', '.join(found)}" if found else ""
+            raise ValueError(
+                f"method: guided_backprop needs nn.ReLU modules, the model has none{uses}: "
+                "guided backprop is defined for ReLU networks; use 'gradient' or "
+                "'input_x_gradient' (or 'integrated_gradients')"
+            )
 
     def register(self, handles: list[RemovableHandle]) -> None:
         """Hooks every ReLU module (the caller removes the handles)."""
