@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from gswfast import __version__
-from gswfast.options import METHOD_NAMES, UserError, check_method, make_out_folder
+from gswfast.options import CAM_METHODS, METHOD_NAMES, UserError, check_method, make_out_folder
 
 if TYPE_CHECKING:
     import torch
@@ -244,8 +244,10 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.method is not None:
         check_method(args.method)
     _check_out(args.out)
-    if getattr(args, "layer", None) is not None and (args.method or "gradcam") != "gradcam":
-        raise UserError(f"--layer: only --method gradcam uses a layer, not {args.method}")
+    if getattr(args, "layer", None) is not None and (args.method or "gradcam") not in CAM_METHODS:
+        raise UserError(
+            f"--layer: only the CAM methods ({', '.join(CAM_METHODS)}) use a layer, not {args.method}"
+        )
     if getattr(args, "stream", False) and args.stride is not None and args.stride > args.frames:
         raise UserError(
             f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})"

@@ -30,6 +30,7 @@ from gswfast.checks import (
     resolve_given_segmentation,
     unit_float,
 )
+from gswfast.options import CAM_METHODS
 from gswfast.segmentation import Segmentation, rgb_to_lab, slic
 
 SEGMENT_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "max", "positive_mean", "abs_mean")
@@ -147,8 +148,10 @@ class Explainer:
             ``ModelOutput``). May be None when every call passes ``attribution``.
         method: ``"integrated_gradients"`` (default), ``"lime_ig"`` (LIME-like answers, fast),
             ``"banzhaf"`` (LIME's target, the Banzhaf value of the segments, from gradients),
-            ``"gradient"``, ``"input_x_gradient"``, ``"smoothgrad"``, ``"gradcam"`` or
-            ``"guided_backprop"``; see ``gswfast.attribution`` for their options.
+            ``"gradient"``, ``"input_x_gradient"``, ``"smoothgrad"``, ``"gradcam"`` and the
+            rest of the CAM family (``"gradcam_plus_plus"``, ``"hirescam"``, ``"xgradcam"``,
+            ``"layercam"``, ``"eigencam"``) or ``"guided_backprop"``; see
+            ``gswfast.attribution`` for their options.
         reduce: segment reduction, ``"mean"`` (the paper's choice; default), ``"sum"``
             (default for ``lime_ig`` and ``banzhaf``: LIME weights are sums), ``"max"``,
             ``"positive_mean"`` (mean of the positive parts, negatives count as 0) or
@@ -305,7 +308,7 @@ class Explainer:
             if self._attributor.delta is not None:
                 info["delta"] = self._attributor.delta
             cam = self._attributor.gradcam
-            if self.spec.base == "gradcam" and cam is not None and cam.layout is not None:
+            if self.spec.base in CAM_METHODS and cam is not None and cam.layout is not None:
                 info["layer"] = cam.name
                 info["layout"] = cam.layout.describe()
                 info["degenerate"] = cam.degenerate

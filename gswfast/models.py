@@ -22,7 +22,7 @@ import torch
 from gswfast._extension import cuda_available
 from gswfast.demo.models import ARCHITECTURES
 from gswfast.demo.models import load as load_demo
-from gswfast.options import UserError, check_method  # noqa: F401  (re-exported: the command and dataset use them)
+from gswfast.options import CAM_METHODS, UserError, check_method  # noqa: F401  (re-exported: the command and dataset use them)
 
 NORMALISATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -177,9 +177,10 @@ def layer_option(layer: str | None, method: str) -> dict[str, str]:
     given to another method."""
     if layer is None:
         return {}
-    if method != "gradcam":
+    if method not in CAM_METHODS:
         raise UserError(
-            f"--layer: only --method gradcam uses a layer, and this input's method is {method}"
+            f"--layer: only the CAM methods ({', '.join(CAM_METHODS)}) use a layer, and this "
+            f"input's method is {method}"
         )
     return {"layer": layer}
 

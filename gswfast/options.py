@@ -16,7 +16,21 @@ METHOD_NAMES: tuple[str, ...] = (
     "banzhaf",
     "smoothgrad",
     "gradcam",
+    "gradcam_plus_plus",
+    "hirescam",
+    "xgradcam",
+    "layercam",
+    "eigencam",
     "guided_backprop",
+)
+# The class activation map methods: each reads one layer's activations (``layer=``).
+CAM_METHODS: tuple[str, ...] = (
+    "gradcam",
+    "gradcam_plus_plus",
+    "hirescam",
+    "xgradcam",
+    "layercam",
+    "eigencam",
 )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import SmoothNet, TinyCNN, cpu_and_cuda
+from helpers import SmoothNet, TinyCNN, cpu_and_cuda, untied
 
 from gswfast.attribution import METHODS, attribute, find_layer, make_baseline
 from gswfast.attribution.baselines import gaussian_blur, segment_mean_image
@@ -391,3 +392,52 @@ def test_guided_backprop_names_the_activation_of_a_model_without_relu(name, acti
         ValueError, match=rf"needs nn.ReLU modules.*activations are .*{activation}.*'gradient'"
     ):
         attribute(model, torch.rand(1, 3, 32, 32), 0, "guided_backprop")
+
+
+CAM_PEERS = {
+    "gradcam": "GradCAM",
+    "gradcam_plus_plus": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+}
+
+
+@pytest.mark.paths
+@pytest.mark.parametrize("method", list(CAM_PEERS))
+def test_cam_methods_equal_pytorch_grad_cam(method):
+    # The same model, layer and target; pytorch-grad-cam scales each map to 0..1 and
+    # resizes it with OpenCV, so the pixel maps are compared by correlation. EigenCAM's
+    # first component has no sign of its own: the peer's sign-corrected projection
+    # (get_2d_projection_with_sign_correction, the rule ours follows) is the reference.
+    import torchvision
+
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=6).double().eval()
+    x = untied(torch.rand(3, 3, 64, 80))
+    targets = [1, 4, 5]
+    layer = model.layer3  # 4 x 5: maps with some detail, not all-zero on a random net
+    ours, _ = attribute(model, x, targets, method, layer="layer3")
+    if method == "eigencam":
+        activations = []
+        handle = layer.register_forward_hook(lambda m, i, o: activations.append(o.detach()))
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        projection = get_2d_projection_with_sign_correction(activations[0].numpy())
+        theirs = scale_cam_image(np.maximum(projection, 0), (80, 64))
+    else:
+        peer = getattr(grad_cam, CAM_PEERS[method])(model=model, target_layers=[layer])
+        theirs = peer(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+    for b in range(3):
+        a = ours[b, 0].flatten()
+        t = torch.from_numpy(np.asarray(theirs[b])).double().flatten()
+        assert float(a.std()) > 0, (method, b)
+        correlation = torch.corrcoef(torch.stack([a, t]))[0, 1]
+        assert correlation >= 0.999, (method, b, float(correlation))

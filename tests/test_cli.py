@@ -334,7 +334,7 @@ def _one_line_error(capsys, *fragments: str) -> str:
         (["explain", "{png}", "--method", "gradient", "--layer", "features.6"], "--layer"),
         (
             ["explain", "{png}", "--layer", "features.6"],
-            "--layer: only --method gradcam",
+            "--layer: only the CAM methods",
         ),  # images default to IG
     ],
 )
@@ -929,7 +929,7 @@ def test_version_and_fast_argument_checks(tmp_path):
         (
             ["explain", "x.png", "--method", "gradient", "--layer", "a"],
             2,
-            "only --method gradcam uses a layer",
+            "only the CAM methods (gradcam, gradcam_plus_plus, hirescam, xgradcam, layercam, eigencam) use a layer",
         ),
         (["nope"], 2, "invalid choice: 'nope'"),
     ]

@@ -31,6 +31,9 @@ input value ``[B, C, (T), H, W]`` (Grad-CAM: ``[B, 1, (T), H, W]``) and the targ
   ``[B, K, (t), h, w]``, as pytorch-grad-cam's ``reshape_transform``, for other layouts).
   ``Explanation.info`` records ``layer``, ``layout`` and ``degenerate`` (the samples whose
   map is zero or constant, which also warns).
+- ``gradcam_plus_plus``, ``hirescam``, ``xgradcam``, ``layercam``, ``eigencam``: the rest
+  of the CAM family, as pytorch-grad-cam computes it (``gswfast.attribution.gradcam.class_map``),
+  with ``gradcam``'s options.
 - ``guided_backprop``: guided ReLU gradients.
 
 Baselines (``baseline=``): ``"zeros"``, ``"blur"`` (``blur_sigma=``), ``"segment_mean"``
@@ -74,7 +77,7 @@ from gswfast.attribution.gradcam import GradCAM, GridLayout, find_layer, module_
 from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient, Scorer
 from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGradients
 from gswfast.attribution.smoothgrad import SmoothGrad
-from gswfast.options import METHOD_NAMES
+from gswfast.options import CAM_METHODS, METHOD_NAMES
 
 # One list of method names, in the torch-free module the command's fast checks read.
 METHODS: tuple[str, ...] = METHOD_NAMES
@@ -89,13 +92,18 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "integrated_gradients": _BASELINE_OPTIONS + _IG_OPTIONS,
     "lime_ig": _BASELINE_OPTIONS + _IG_OPTIONS,
     "banzhaf": (*_BASELINE_OPTIONS, "n_samples", "design", "seed", "batch_size"),
-    "gradcam": ("layer", "reshape"),
+    **dict.fromkeys(CAM_METHODS, ("layer", "reshape")),
     "guided_backprop": (),
 }
 # lime_ig: 16 Gauss-Legendre steps rank segments like LIME as well as 32 do (Spearman 0.972
 # both, benchmarks/lime_agreement.py), at half the cost.
 _DEFAULT_STEPS = {"integrated_gradients": 32, "lime_ig": 16}
-_SINGLE_PASS = ("gradient", "input_x_gradient", "gradcam", "guided_backprop")  # one model pass on x
+_SINGLE_PASS = (
+    "gradient",
+    "input_x_gradient",
+    *CAM_METHODS,
+    "guided_backprop",
+)  # one model pass on x
 _DEFAULT_BASELINE = {
     "input_x_gradient": "zeros",
     "integrated_gradients": "zeros",
@@ -128,7 +136,7 @@ class MethodSpec:
 
     @property
     def default_channel_reduce(self) -> str:
-        return "sum" if self.base in _DEFAULT_BASELINE or self.base == "gradcam" else "abs_sum"
+        return "sum" if self.base in _DEFAULT_BASELINE or self.base in CAM_METHODS else "abs_sum"
 
 
 def method_spec(method: str, options: dict[str, Any]) -> MethodSpec:
@@ -248,11 +256,11 @@ class Attributor:
             guided = GuidedBackprop(self.model)
             guided.register(handles)
             return guided
-        if method == "gradcam":
+        if method in CAM_METHODS:
             _check_single_replica(self.model)
             _check_hookable(self.model, method)
             layer, name, layout = self._gradcam_layer(x)
-            cam = GradCAM(layer, name, layout, self.spec.options.get("reshape"))
+            cam = GradCAM(layer, name, layout, self.spec.options.get("reshape"), method)
             cam.register(handles)
             self.gradcam = cam
             return cam

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gswfast.attribution._model import ModelForward, OutputTarget, Resolved, accumulation_dtype
+from gswfast.options import CAM_METHODS
 
 _CONVS = (nn.Conv2d, nn.Conv3d)
 
@@ -181,6 +182,52 @@ def module_name(model: nn.Module, layer: nn.Module) -> str:
 Reshape = Callable[[Tensor], Tensor]
 
 
+def class_map(variant: str, maps: Tensor, grad: Tensor) -> Tensor:
+    """The class activation map ``[B, 1, (t), h, w]`` (before its ReLU) of a CAM method from
+    the layer's maps ``A`` and their gradients ``G``, both ``[B, K, (t), h, w]``, as
+    pytorch-grad-cam computes them (sums over the grid ``s``, over channels ``k``):
+
+    - gradcam: ``sum_k mean_s(G_k) A_k`` (Selvaraju et al. 2017);
+    - gradcam_plus_plus: ``sum_k (sum_s relu(G) a) A_k``, ``a = G^2 / (2 G^2 + sum_s(A) G^3)``
+      where ``G != 0`` (Chattopadhay et al. 2018);
+    - hirescam: ``sum_k G_k A_k`` pixel by pixel (Draelos and Carin 2020);
+    - xgradcam: ``sum_k (sum_s G A / sum_s A) A_k`` (Fu et al. 2020);
+    - layercam: ``sum_k relu(G_k) A_k`` pixel by pixel (Jiang et al. 2021);
+    - eigencam: the projection of the centred activations on their first principal
+      component, its sign set so that its largest magnitude is positive (Muhammad and
+      Yeasin 2020; the sign rule of pytorch-grad-cam's ``get_2d_projection_with_sign_correction``).
+      No gradient: it also serves models whose score has none.
+    """
+    grid = tuple(range(2, maps.dim()))
+    if variant == "hirescam":
+        return (grad * maps).sum(1, keepdim=True)
+    if variant == "layercam":
+        return (torch.relu(grad) * maps).sum(1, keepdim=True)
+    if variant == "eigencam":
+        return _first_component(maps)
+    if variant == "xgradcam":
+        weights = (grad * maps / (maps.sum(grid, keepdim=True) + 1e-7)).sum(grid, keepdim=True)
+    elif variant == "gradcam_plus_plus":
+        g2 = grad * grad
+        alpha = g2 / (2 * g2 + maps.sum(grid, keepdim=True) * g2 * grad + 1e-6)
+        alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
+        weights = (torch.relu(grad) * alpha).sum(grid, keepdim=True)
+    else:
+        weights = grad.mean(grid, keepdim=True)
+    return (weights * maps).sum(1, keepdim=True)
+
+
+def _first_component(maps: Tensor) -> Tensor:
+    b, k = maps.shape[:2]
+    rows = maps.reshape(b, k, -1).transpose(1, 2)  # [B, pixels, K]
+    rows = rows - rows.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(rows, full_matrices=False)
+    projection = rows @ vh[:, :1].transpose(1, 2)  # [B, pixels, 1]
+    flip = projection.amin(1, keepdim=True).abs() > projection.amax(1, keepdim=True).abs()
+    projection = torch.where(flip, -projection, projection)
+    return projection.transpose(1, 2).reshape(b, 1, *maps.shape[2:])
+
+
 class GradCAM:
     """``relu(sum_k mean(dS/dA_k) * A_k)`` over the activations ``A [B, K, (t), h, w]`` of
     ``layer`` (read from its output through ``layout``, or ``reshape``, a function from the
@@ -200,7 +247,11 @@ class GradCAM:
         name: str = "",
         layout: GridLayout | None = None,
         reshape: Reshape | None = None,
+        variant: str = "gradcam",
     ) -> None:
+        if variant not in CAM_METHODS:
+            raise ValueError(f"method: expected one of {CAM_METHODS}, got {variant!r}")
+        self.variant = variant
         if reshape is not None and not callable(reshape):
             raise TypeError(f"reshape: expected a function or None, got {type(reshape).__name__}")
         self.layer, self.name = layer, name
@@ -263,13 +314,15 @@ class GradCAM:
             if activation is None:
                 raise ValueError("layer: the model did not run the Grad-CAM layer")
             to_maps = self._maps(activation, x)
-            (grad,) = torch.autograd.grad(score.sum(), activation)
+            if self.variant == "eigencam":  # no gradient: the activations' first component
+                grad = torch.zeros_like(activation)
+            else:
+                (grad,) = torch.autograd.grad(score.sum(), activation)
         finally:
             self._activation = None
-        maps, grad = to_maps(activation.detach()), to_maps(grad)
+        maps = to_maps(activation.detach())
         acc = accumulation_dtype(maps.dtype)
-        weights = grad.to(acc).mean(dim=tuple(range(2, grad.dim())), keepdim=True)
-        cam = torch.relu((weights * maps.to(acc)).sum(1, keepdim=True))
+        cam = torch.relu(class_map(self.variant, maps.to(acc), to_maps(grad).to(acc)))
         self._check_degenerate(cam)
         mode = "trilinear" if x.dim() == 5 else "bilinear"
         return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).to(
