@@ -441,6 +441,89 @@ def test_gradcam_default_layer_is_the_last_grid_the_score_reaches(name):
     assert named.info["layout"] == layout
 
 
+# More of the zoo (random weights; the timm and Hugging Face ones where installed): the
+# layer the probe picks, its layout, and a map that is not zero or constant.
+ZOO = {
+    "torchvision:efficientnet_b0": ("features", "[B, K, h, w]", (1, 3, 64, 64)),
+    "torchvision:regnet_y_400mf": ("trunk_output", "[B, K, h, w]", (1, 3, 64, 64)),
+    "torchvision:mobilenet_v3_small": ("features", "[B, K, h, w]", (1, 3, 64, 64)),
+    "torchvision:swin_v2_t": ("permute", "[B, K, h, w]", (1, 3, 64, 64)),
+    "video:r3d_18": ("layer4", "[B, K, t, h, w]", (1, 3, 8, 64, 64)),
+    "video:r2plus1d_18": ("layer4", "[B, K, t, h, w]", (1, 3, 8, 64, 64)),
+    "video:mc3_18": ("layer4", "[B, K, t, h, w]", (1, 3, 8, 64, 64)),
+    "video:swin3d_t": ("norm", "[B, t, h, w, K]", (1, 3, 8, 64, 64)),
+    "timm:vit_tiny_patch16_224": ("blocks.11.norm1", "[B, 1 + 14*14, D]", (1, 3, 224, 224)),
+    "timm:deit_tiny_distilled_patch16_224": (
+        "blocks.11.norm1",
+        "[B, 2 + 14*14, D]",
+        (1, 3, 224, 224),
+    ),
+    "timm:convnext_atto": ("norm_pre", "[B, K, h, w]", (1, 3, 224, 224)),
+    "hf:vit": ("vit.layers.1.layernorm_before", "[B, 1 + 4*4, D]", (1, 3, 64, 64)),
+}
+
+
+def _zoo_model(spec):
+    family, name = spec.split(":")
+    torch.manual_seed(0)
+    if family == "torchvision":
+        return getattr(torchvision.models, name)(num_classes=5).eval()
+    if family == "video":
+        return getattr(torchvision.models.video, name)(num_classes=5).eval()
+    if family == "timm":
+        return (
+            pytest.importorskip("timm").create_model(name, pretrained=False, num_classes=5).eval()
+        )
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=64,
+        patch_size=16,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=5,
+    )
+    return transformers.ViTForImageClassification(config).eval()
+
+
+@pytest.mark.parametrize("spec", list(ZOO))
+def test_gradcam_layers_across_the_model_zoo(spec):
+    layer, layout, shape = ZOO[spec]
+    model = _zoo_model(spec)
+    expl = gsw.explain(model, torch.rand(shape), method="gradcam", n_segments=16)
+    assert (expl.info["layer"], expl.info["layout"]) == (layer, layout)
+    assert expl.info["degenerate"].tolist() == [False]
+    assert float(expl.pixel_scores.std()) > 0
+
+
+def test_vit_gradcam_equals_pytorch_grad_cam_with_its_reshape_transform():
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = _zoo_model("timm:vit_tiny_patch16_224")
+    x = torch.rand(2, 3, 224, 224)
+
+    def reshape_transform(tokens):
+        grid = tokens[:, 1:].reshape(tokens.shape[0], 14, 14, tokens.shape[2])
+        return grid.permute(0, 3, 1, 2)
+
+    ours = gsw.explain(model, x, [1, 3], method="gradcam", n_segments=16)
+    assert ours.info["layer"] == "blocks.11.norm1"
+    peer = grad_cam.GradCAM(
+        model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape_transform
+    )
+    theirs = peer(input_tensor=x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
+    for b in range(2):
+        pair = torch.stack(
+            [
+                ours.pixel_scores[b].flatten().double(),
+                torch.from_numpy(theirs[b]).flatten().double(),
+            ]
+        )
+        assert float(torch.corrcoef(pair)[0, 1]) >= 0.99
+
+
 def test_gradcam_reads_swin_stages_channels_last_and_tokens_with_reshape():
     torch.manual_seed(0)
     swin = torchvision.models.swin_t(num_classes=5).eval()

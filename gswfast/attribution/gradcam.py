@@ -89,9 +89,10 @@ def _fits(grid: tuple[int, ...], spatial: tuple[int, ...]) -> bool:
 
 def _token_grid(tokens: int, spatial: tuple[int, ...]) -> tuple[int, tuple[int, int]] | None:
     """(extra tokens, (h, w)) of a token sequence over an image ``(H, W)``: ``h * w`` grid
-    tokens at one stride after 0 to 4 extra ones; None when no split fits."""
+    tokens at one stride after 0 to 8 extra ones (class, distillation, register tokens:
+    DINOv2 with registers has 5); None when no split fits."""
     height, width = spatial
-    for extra in range(5):
+    for extra in range(9):
         grid = tokens - extra
         best: tuple[float, int] | None = None
         for h in range(2, height + 1):
@@ -132,9 +133,11 @@ def probe_layer(
     class's score, found on the first sample (one forward and one backward, hooks only).
 
     The gradient matters: a ViT's last blocks and final norm output a token grid, but only
-    the class token reaches the head, so their grid gets none (the last block's ``ln_1``,
-    ahead of the attention that mixes the tokens, is the last that does); a layer after
-    global pooling has no grid at all.
+    the class token reaches the head, so their grid gets none (the last block's attention,
+    which mixes the tokens, and what runs before it still do); a layer after global pooling
+    has no grid at all. Among token grids the last normalisation layer is taken (the last
+    block's ``norm1``, ``ln_1`` or ``layernorm_before``, pytorch-grad-cam's advice for
+    ViTs): the projections after it inside the attention (``qkv``) mix other channels.
     """
     spatial = tuple(x.shape[2:])
     seen: list[tuple[str, nn.Module, GridLayout, Tensor]] = []
@@ -167,9 +170,18 @@ def probe_layer(
         grads = torch.autograd.grad(
             score.sum(), [out for *_, out in seen], allow_unused=True, retain_graph=False
         )
-        for (name, module, layout, _), grad in zip(reversed(seen), reversed(grads), strict=True):
-            if grad is not None and bool(layout.to_maps(grad).abs().sum() > 0):
-                return module, name, layout
+        reached = [
+            (module, name, layout)
+            for (name, module, layout, _), grad in zip(seen, grads, strict=True)
+            if grad is not None and bool(layout.to_maps(grad).abs().sum() > 0)
+        ]
+        if reached:
+            if reached[-1][2].kind == "tokens":  # a transformer: its last block's first norm
+                norms = [
+                    r for r in reached if r[2].kind == "tokens" and "Norm" in type(r[0]).__name__
+                ]
+                return norms[-1] if norms else reached[-1]
+            return reached[-1]
     name, module, layout, _ = seen[-1]
     return module, name, layout
 
