@@ -441,3 +441,21 @@ def test_cam_methods_equal_pytorch_grad_cam(method):
         assert float(a.std()) > 0, (method, b)
         correlation = torch.corrcoef(torch.stack([a, t]))[0, 1]
         assert correlation >= 0.999, (method, b, float(correlation))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided_backprop"])
+def test_hooked_methods_run_a_compiled_model_eagerly(method):
+    # torch.compile wraps the model; the hooked methods run the module it wraps, so their
+    # hooks always reach it, nothing recompiles and layer names are the user's.
+    import gswfast as gsw
+
+    model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
+    compiled = torch.compile(model, backend="eager")
+    compiled(x)  # it has run before
+    eager, _ = attribute(model, x, 1, method)
+    ours, _ = attribute(compiled, x, 1, method)
+    torch.testing.assert_close(ours, eager)
+    if method == "gradcam":
+        labels = torch.zeros(2, 8, 8, dtype=torch.int64)
+        expl = gsw.explain(compiled, x, 1, method="gradcam", segmentation=labels)
+        assert expl.info["layer"] == "relu2"

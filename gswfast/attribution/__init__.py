@@ -191,6 +191,8 @@ class Attributor:
         additional_forward_args: Any = None,
         output: str = "logit",
     ) -> None:
+        if spec.base in (*CAM_METHODS, "guided_backprop"):
+            model = _eager_module(model)
         self.model = model
         self.spec = spec
         self.forward = ModelForward(
@@ -290,6 +292,17 @@ class Attributor:
             self._layer = probe_layer(self.model, self.forward, x)
             self._layer_key = key
         return self._layer
+
+
+def _eager_module(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile``'d model wraps (its ``_orig_mod``), for the methods that
+    hook modules: the hooks reach it whatever the torch release does with hooks added to a
+    compiled graph, adding them recompiles nothing (31 s for resnet18 on a 2-core CPU), and
+    layer names read as the user wrote the model (``layer4``, not ``_orig_mod.layer4``)."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner
+    return model
 
 
 def _check_hookable(model: nn.Module, method: str) -> None:
