@@ -209,6 +209,73 @@ def bench_cpu_gradcam_pytorch_grad_cam(benchmark, gradcam_inputs):
         p.grad = None  # pytorch-grad-cam's backward accumulates parameter gradients
 
 
+# Transformers: Grad-CAM on the layer pytorch-grad-cam's documentation names for them (the
+# last block's first norm), which is gswfast's default too; pytorch-grad-cam reads the
+# tokens through a reshape_transform. Random weights (the head drawn, not torchvision's
+# zeros, so that the class score reaches the tokens).
+TRANSFORMER_LAYERS = {
+    "vit_b_16": ("encoder.layers.encoder_layer_11.ln_1", "tokens"),
+    "swin_t": ("features.7.1.norm1", "channels_last"),
+}
+
+
+@pytest.fixture(scope="module", params=list(TRANSFORMER_LAYERS))
+def transformer_inputs(request):
+    name = request.param
+    model = _model(name)
+    head = model.heads.head if name == "vit_b_16" else model.head
+    torch.nn.init.normal_(head.weight, std=0.02)
+    x = _photos(4)
+    return name, model, x, gsw.slic(x, n_segments=50)
+
+
+def _transformer_reshape(kind: str):
+    if kind == "tokens":  # [B, 1 + 14*14, D] -> [B, D, 14, 14]
+        return lambda t: t[:, 1:].reshape(t.shape[0], 14, 14, t.shape[2]).permute(0, 3, 1, 2)
+    return lambda t: t.permute(0, 3, 1, 2)  # [B, 7, 7, C] -> [B, C, 7, 7]
+
+
+@pytest.mark.benchmark(group="cpu-gradcam-transformers-b4")
+def bench_cpu_gradcam_transformer_gswfast(benchmark, transformer_inputs):
+    name, model, x, seg = transformer_inputs
+    layer, _ = TRANSFORMER_LAYERS[name]
+    expl = benchmark.pedantic(
+        gsw.explain,
+        (model, x, 1),
+        dict(method="gradcam", layer=layer, segmentation=seg),
+        rounds=3,
+        warmup_rounds=1,
+    )
+    _record(benchmark, f"gswfast_{name}", 4)
+    assert torch.isfinite(expl.segment_scores).all()
+
+
+@pytest.mark.benchmark(group="cpu-gradcam-transformers-b4")
+def bench_cpu_gradcam_transformer_pytorch_grad_cam(benchmark, transformer_inputs):
+    GradCAM = pytest.importorskip("pytorch_grad_cam").GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    name, model, x, seg = transformer_inputs
+    layer, kind = TRANSFORMER_LAYERS[name]
+    k = int(seg.num_segments.max())
+    cam = GradCAM(
+        model=model,
+        target_layers=[model.get_submodule(layer)],
+        reshape_transform=_transformer_reshape(kind),
+    )
+    targets = [ClassifierOutputTarget(1)] * x.shape[0]
+
+    def grad_cam_and_pool():
+        maps = torch.from_numpy(cam(input_tensor=x, targets=targets))
+        return index_add_pool(maps, seg.labels, k)
+
+    scores = benchmark.pedantic(grad_cam_and_pool, rounds=3, warmup_rounds=1)
+    _record(benchmark, f"pytorch_grad_cam_{name}", 4)
+    assert scores.shape == (4, k)
+    for p in model.parameters():
+        p.grad = None  # pytorch-grad-cam's backward accumulates parameter gradients
+
+
 # ------------------------------------------------------------------ CUDA
 
 
