@@ -176,10 +176,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="torchvision:resnet18",
-        help="torchvision:NAME (a classification or video model), demo:shapes, demo:actions, or a "
+        help="torchvision:NAME (a classification or video model), timm:NAME (an image "
+        "classifier, where timm is installed), demo:shapes, demo:actions, or a "
         ".pt file (TorchScript, or a state_dict with --arch). Default: torchvision:resnet18 "
-        "with RANDOM weights: torchvision models have random weights (drawn from --seed) "
-        "unless --weights is given; nothing is downloaded",
+        "with RANDOM weights: torchvision and timm models have random weights (drawn from "
+        "--seed) unless --weights is given; nothing is downloaded",
     )
     parser.add_argument(
         "--arch", help="architecture of a state_dict .pt file (torchvision:NAME or demo:NAME)"

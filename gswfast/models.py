@@ -46,16 +46,20 @@ _NOT_CLASSIFIERS = {
 }
 
 
+MeanStd = tuple[tuple[float, ...], tuple[float, ...]]
+
+
 @dataclass
 class LoadedModel:
     """A model ready to explain: ``module`` in eval mode on the CPU, its input ``kind``
-    (``image``, ``video`` or ``any`` for TorchScript), its ``normalisation`` name
-    (``imagenet``, ``kinetics`` or ``none``), its ``name`` for messages, and whether its
-    weights are random (``seed`` drew them)."""
+    (``image``, ``video`` or ``any`` for TorchScript), its ``normalisation`` (a name,
+    ``imagenet``, ``kinetics`` or ``none``, or the model's own (mean, std), as timm's
+    configuration gives), its ``name`` for messages, and whether its weights are random
+    (``seed`` drew them)."""
 
     module: torch.nn.Module
     kind: str
-    normalisation: str
+    normalisation: str | MeanStd
     name: str
     random_weights: bool = False
     seed: int | None = None
@@ -93,6 +97,8 @@ def model_kind(spec: str) -> str | None:
         return "video" if name == "actions" else "image"
     if source == "torchvision":
         return "video" if name in _torchvision_names("video") else "image"
+    if source == "timm":
+        return "image"
     return None
 
 
@@ -101,6 +107,8 @@ def default_size(spec: str, arch: str | None, kind: str) -> int:
     need it); 224 for the rest."""
     if spec.startswith("demo:") or (arch or "").startswith("demo:"):
         return 64
+    if spec.startswith("timm:"):
+        return _timm_size(spec.partition(":")[2])
     if kind != "video":
         return 224
     name = _torchvision_name(spec, arch) or ""
@@ -126,15 +134,17 @@ def check_video_input(spec: str, arch: str | None, frames: int, size: int) -> No
 
 
 def normaliser(
-    choice: str, default: str, device: torch.device | str
+    choice: str, default: str | MeanStd, device: torch.device | str
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The ``preprocess`` for ``--normalize`` (None for ``none``); ``auto`` takes ``default``."""
+    """The ``preprocess`` for ``--normalize`` (None for ``none``); ``auto`` takes ``default``,
+    a name or the model's own (mean, std)."""
     name = default if choice == "auto" else choice
     if name == "none":
         return None
-    if name not in NORMALISATION:
+    if isinstance(name, str) and name not in NORMALISATION:
         raise UserError(f"--normalize: expected auto, imagenet, kinetics or none, got {choice!r}")
-    mean, std = (torch.tensor(v, device=device) for v in NORMALISATION[name])
+    pair = NORMALISATION[name] if isinstance(name, str) else name
+    mean, std = (torch.tensor(v, device=device) for v in pair)
 
     def normalise(x: torch.Tensor) -> torch.Tensor:
         shape = (1, 3) + (1,) * (x.dim() - 2)
@@ -222,7 +232,47 @@ def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
         return LoadedModel(
             module, kind, "kinetics" if kind == "video" else "imagenet", spec, True, seed
         )
-    raise UserError(f"{flag}: expected torchvision:NAME, demo:NAME or a .pt file, got {spec!r}")
+    if source == "timm":
+        return _timm_model(name, seed, flag, spec)
+    raise UserError(
+        f"{flag}: expected torchvision:NAME, timm:NAME, demo:NAME or a .pt file, got {spec!r}"
+    )
+
+
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise UserError(
+            "--model: timm:NAME needs the timm package, which is not installed (pip install timm)"
+        ) from None
+    return timm
+
+
+def _timm_model(name: str, seed: int, flag: str, spec: str) -> LoadedModel:
+    """A timm image classifier with random weights drawn from ``seed`` (never downloaded),
+    normalised with the mean and std of its own configuration."""
+    timm = _timm()
+    if name not in timm.list_models():
+        raise UserError(f"{flag}: unknown timm model {name!r} (timm.list_models() lists them)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module: torch.nn.Module = timm.create_model(name, pretrained=False)
+    config = getattr(module, "pretrained_cfg", None) or {}
+    mean, std = config.get("mean"), config.get("std")
+    normalisation: str | MeanStd = (
+        (tuple(mean), tuple(std)) if mean is not None and std is not None else "imagenet"
+    )
+    return LoadedModel(module, "image", normalisation, spec, True, seed)
+
+
+def _timm_size(name: str) -> int:
+    """The input side timm's configuration of ``name`` gives (224 when it gives none)."""
+    try:
+        size = _timm().get_pretrained_cfg(name).input_size[-1]
+    except (AttributeError, RuntimeError, ValueError):
+        return 224
+    return int(size)
 
 
 def _torchvision_kind(name: str, flag: str) -> str:

@@ -1312,3 +1312,29 @@ def test_an_empty_model_or_layer_is_named_as_such(files, tmp_path, capsys):
     _one_line_error(capsys, "--model: expected torchvision:NAME, demo:NAME or a .pt file, got ''")
     assert main([*argv, "--model", "demo:shapes", "--method", "gradcam", "--layer", ""]) == 2
     _one_line_error(capsys, "layer: expected a module name such as 'features.")
+
+
+def test_timm_models_in_the_command(files, tmp_path, capsys):
+    # timm:NAME: random weights from --seed, its own input size and normalisation, and
+    # Grad-CAM on the layer the probe finds (the last block's norm1 of a ViT).
+    timm = pytest.importorskip("timm")
+    name = "vit_tiny_patch16_224"
+    args = ["explain", str(files / "shape.png"), "--model", f"timm:{name}", "--quiet"]
+    assert main([*args, "--method", "gradcam", "--segments", "20", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "explanations.json").read_text())[0]
+    assert result["layer"] == "blocks.11.norm1"
+    assert result["layout"] == "[B, 1 + 14*14, D]"
+    from gswfast.models import default_size, load_model, normaliser
+
+    assert default_size(f"timm:{name}", None, "image") == 224
+    loaded = load_model(f"timm:{name}")
+    config = timm.create_model(name, pretrained=False).pretrained_cfg
+    assert loaded.normalisation == (tuple(config["mean"]), tuple(config["std"]))
+    x = torch.rand(1, 3, 8, 8)
+    normalise = normaliser("auto", loaded.normalisation, "cpu")
+    assert normalise is not None
+    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalise(x), (x - mean) / std)
+    assert main(["explain", str(files / "shape.png"), "--model", "timm:no_such_net"]) == 2
+    _one_line_error(capsys, "unknown timm model 'no_such_net'")
