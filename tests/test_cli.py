@@ -1309,7 +1309,9 @@ def test_a_file_name_that_is_not_utf8_is_explained_and_listed(files, tmp_path):
 def test_an_empty_model_or_layer_is_named_as_such(files, tmp_path, capsys):
     argv = ["explain", str(files / "shape.png"), "--out", str(tmp_path), "--quiet"]
     assert main([*argv, "--model", ""]) == 2
-    _one_line_error(capsys, "--model: expected torchvision:NAME, timm:NAME, demo:NAME or a .pt file, got ''")
+    _one_line_error(
+        capsys, "--model: expected torchvision:NAME, timm:NAME, demo:NAME or a .pt file, got ''"
+    )
     assert main([*argv, "--model", "demo:shapes", "--method", "gradcam", "--layer", ""]) == 2
     _one_line_error(capsys, "layer: expected a module name such as 'features.")
 
