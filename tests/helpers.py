@@ -76,3 +76,20 @@ class SmoothNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.tanh(self.conv(x)).mean((2, 3)))
+
+
+def tiny_hf_vit(image_size: int, patch_size: int, width: int) -> torch.nn.Module:
+    """A Hugging Face ViTForImageClassification built from a small config (no download):
+    2 layers, 2 heads, 5 classes; skips the test where transformers is not installed."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * width,
+        num_labels=5,
+    )
+    model: torch.nn.Module = transformers.ViTForImageClassification(config).eval()
+    return model

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import SmoothNet, TinyCNN
+from helpers import SmoothNet, TinyCNN, tiny_hf_vit
 
 import gswfast as gsw
 from gswfast.attribution import attribute
@@ -144,18 +144,8 @@ def test_logits_held_in_tuples_lists_and_dicts(holder, method):
 
 
 def test_hugging_face_model_outputs_give_the_bare_logits_scores():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=5,
-    )
     torch.manual_seed(0)
-    vit = transformers.ViTForImageClassification(config).eval()
+    vit = tiny_hf_vit(image_size=32, patch_size=8, width=32)
 
     class Bare(torch.nn.Module):
         def __init__(self):

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torchvision
-from helpers import TinyCNN, cpu_and_cuda, photos, untied
+from helpers import TinyCNN, cpu_and_cuda, photos, tiny_hf_vit, untied
 
 import gswfast as gsw
 from gswfast.explain import SEGMENT_REDUCTIONS
@@ -474,17 +474,7 @@ def _zoo_model(spec):
         return (
             pytest.importorskip("timm").create_model(name, pretrained=False, num_classes=5).eval()
         )
-    transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
-        image_size=64,
-        patch_size=16,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        num_labels=5,
-    )
-    return transformers.ViTForImageClassification(config).eval()
+    return tiny_hf_vit(image_size=64, patch_size=16, width=64)
 
 
 @pytest.mark.parametrize("spec", list(ZOO))
