@@ -7,22 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The methods of gswfast.explain (gswfast.attribution.METHODS is this tuple), here without torch
-METHOD_NAMES: tuple[str, ...] = (
-    "gradient",
-    "input_x_gradient",
-    "integrated_gradients",
-    "lime_ig",
-    "banzhaf",
-    "smoothgrad",
-    "gradcam",
-    "gradcam_plus_plus",
-    "hirescam",
-    "xgradcam",
-    "layercam",
-    "eigencam",
-    "guided_backprop",
-)
 # The class activation map methods: each reads one layer's activations (``layer=``).
 CAM_METHODS: tuple[str, ...] = (
     "gradcam",
@@ -31,6 +15,17 @@ CAM_METHODS: tuple[str, ...] = (
     "xgradcam",
     "layercam",
     "eigencam",
+)
+# The methods of gswfast.explain (gswfast.attribution.METHODS is this tuple), here without torch
+METHOD_NAMES: tuple[str, ...] = (
+    "gradient",
+    "input_x_gradient",
+    "integrated_gradients",
+    "lime_ig",
+    "banzhaf",
+    "smoothgrad",
+    *CAM_METHODS,
+    "guided_backprop",
 )
 
 
