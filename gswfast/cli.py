@@ -836,8 +836,7 @@ def _scores(expl: Explanation, b: int) -> dict[str, Any]:
     if "layer" in expl.info:  # Grad-CAM: the layer it read, how, and whether its map says anything
         out["layer"] = expl.info["layer"]
         out["layout"] = expl.info["layout"]
-        degenerate = expl.info.get("degenerate")
-        out["degenerate"] = bool(degenerate[b]) if degenerate is not None else False
+        out["degenerate"] = bool(expl.info["degenerate"][b])
     return out
 
 

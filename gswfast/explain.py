@@ -30,7 +30,6 @@ from gswfast.checks import (
     resolve_given_segmentation,
     unit_float,
 )
-from gswfast.options import CAM_METHODS
 from gswfast.segmentation import Segmentation, rgb_to_lab, slic
 
 SEGMENT_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "max", "positive_mean", "abs_mean")
@@ -307,8 +306,8 @@ class Explainer:
                 info["logits"] = self._attributor.logits
             if self._attributor.delta is not None:
                 info["delta"] = self._attributor.delta
-            cam = self._attributor.gradcam
-            if self.spec.base in CAM_METHODS and cam is not None and cam.layout is not None:
+            cam = self._attributor.gradcam  # set by the CAM methods only
+            if cam is not None and cam.layout is not None:
                 info["layer"] = cam.name
                 info["layout"] = cam.layout.describe()
                 info["degenerate"] = cam.degenerate

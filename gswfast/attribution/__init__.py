@@ -73,7 +73,7 @@ from gswfast.attribution.baselines import (
     needs_segmentation,
 )
 from gswfast.attribution.channels import CHANNEL_REDUCTIONS, reduce_channels
-from gswfast.attribution.gradcam import GradCAM, GridLayout, find_layer, module_name, probe_layer
+from gswfast.attribution.gradcam import GradCAM, find_layer, module_name, probe_layer
 from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient, Scorer
 from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGradients
 from gswfast.attribution.smoothgrad import SmoothGrad
@@ -200,7 +200,7 @@ class Attributor:
         )
         self.eval_mode = eval_mode
         self.delta: Tensor | None = None
-        self._layer: tuple[nn.Module, str, GridLayout] | None = None
+        self._layer: tuple[nn.Module, str] | None = None
         self._layer_key: tuple[int, ...] | None = None
         self.gradcam: GradCAM | None = None  # the last call's, for its layer and layout
 
@@ -261,8 +261,8 @@ class Attributor:
         if method in CAM_METHODS:
             _check_single_replica(self.model)
             _check_hookable(self.model, method)
-            layer, name, layout = self._gradcam_layer(x)
-            cam = GradCAM(layer, name, layout, self.spec.options.get("reshape"), method)
+            layer, name = self._gradcam_layer(x)
+            cam = GradCAM(layer, name, self.spec.options.get("reshape"), method)
             cam.register(handles)
             self.gradcam = cam
             return cam
@@ -281,12 +281,12 @@ class Attributor:
         }
         return IntegratedGradients(baseline, **ig)
 
-    def _gradcam_layer(self, x: Tensor) -> tuple[nn.Module, str, GridLayout | None]:
-        """The Grad-CAM layer, its name and layout (None: read from its output per call)."""
+    def _gradcam_layer(self, x: Tensor) -> tuple[nn.Module, str]:
+        """The Grad-CAM layer and its dotted name."""
         layer = self.spec.options.get("layer")
         if layer is not None:
             module = find_layer(self.model, layer)
-            return module, module_name(self.model, module), None
+            return module, module_name(self.model, module)
         key = tuple(x.shape[1:])
         if self._layer is None or self._layer_key != key:  # found once per input shape
             self._layer = probe_layer(self.model, self.forward, x)

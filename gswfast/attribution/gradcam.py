@@ -111,11 +111,9 @@ def read_layout(shape: tuple[int, ...], spatial: tuple[int, ...]) -> GridLayout 
     W]``, or None. Where channels first and last both fit (``[B, 7, 7, 7]``), channels
     first, PyTorch's convention; ``reshape=`` says otherwise."""
     if len(shape) == len(spatial) + 2:
-        first = _fits(tuple(shape[2:]), spatial)
-        last = _fits(tuple(shape[1:-1]), spatial)
-        if first:
+        if _fits(tuple(shape[2:]), spatial):
             return GridLayout("channels_first", grid=tuple(shape[2:]))
-        if last:
+        if _fits(tuple(shape[1:-1]), spatial):
             return GridLayout("channels_last", grid=tuple(shape[1:-1]))
         return None
     if len(shape) == 3 and len(spatial) == 2:
@@ -125,12 +123,12 @@ def read_layout(shape: tuple[int, ...], spatial: tuple[int, ...]) -> GridLayout 
     return None
 
 
-def probe_layer(
-    model: nn.Module, forward: ModelForward, x: Tensor
-) -> tuple[nn.Module, str, GridLayout]:
+def probe_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> tuple[nn.Module, str]:
     """Grad-CAM's default layer: the last module, in execution order, whose output is a grid
     over the input (``read_layout``) and whose grid receives gradient from the predicted
     class's score, found on the first sample (one forward and one backward, hooks only).
+    Returns the module and its dotted name; GradCAM reads the layout again from each call's
+    activations.
 
     The gradient matters: a ViT's last blocks and final norm output a token grid, but only
     the class token reaches the head, so their grid gets none (the last block's attention,
@@ -146,7 +144,7 @@ def probe_layer(
         def record(module: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
             if isinstance(output, Tensor) and output.shape[:1] == (1,) and output.requires_grad:
                 layout = read_layout(tuple(output.shape), spatial)
-                if isinstance(layout, GridLayout):
+                if layout is not None:
                     seen.append((name, module, layout, output))
 
         return record
@@ -180,10 +178,11 @@ def probe_layer(
                 norms = [
                     r for r in reached if r[2].kind == "tokens" and "Norm" in type(r[0]).__name__
                 ]
-                return norms[-1] if norms else reached[-1]
-            return reached[-1]
-    name, module, layout, _ = seen[-1]
-    return module, name, layout
+                reached = norms or reached
+            module, name, _ = reached[-1]
+            return module, name
+    name, module, _, _ = seen[-1]
+    return module, name
 
 
 def module_name(model: nn.Module, layer: nn.Module) -> str:
@@ -257,7 +256,6 @@ class GradCAM:
         self,
         layer: nn.Module,
         name: str = "",
-        layout: GridLayout | None = None,
         reshape: Reshape | None = None,
         variant: str = "gradcam",
     ) -> None:
@@ -267,7 +265,7 @@ class GradCAM:
         if reshape is not None and not callable(reshape):
             raise TypeError(f"reshape: expected a function or None, got {type(reshape).__name__}")
         self.layer, self.name = layer, name
-        self.layout = GridLayout("reshaped") if reshape is not None else layout
+        self.layout: GridLayout | None = None  # read from the layer's output by each call
         self.reshape = reshape
         self.degenerate: Tensor | None = None
         self._activation: Tensor | None = None
@@ -297,20 +295,18 @@ class GradCAM:
                     f"with B = {x.shape[0]} from the {what}'s output {tuple(activations.shape)}, "
                     f"got {shape}"
                 )
+            self.layout = GridLayout("reshaped")
             return reshape
-        layout = self.layout
-        if layout is None or layout.kind != "reshaped":
-            read = read_layout(tuple(activations.shape), tuple(x.shape[2:]))
-            if read is None or activations.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"{what}: its output of shape {tuple(activations.shape)} is no grid over "
-                    f"the input of shape {tuple(x.shape)} "
-                    f"(expected [B, K, {'t, ' if x.dim() == 5 else ''}h, w], channels last, or "
-                    "[B, N, D] tokens with B = "
-                    f"{x.shape[0]}); pick another layer= or pass reshape=, a function to "
-                    "[B, K, (t), h, w]"
-                )
-            layout = read
+        layout = read_layout(tuple(activations.shape), tuple(x.shape[2:]))
+        if layout is None or activations.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{what}: its output of shape {tuple(activations.shape)} is no grid over "
+                f"the input of shape {tuple(x.shape)} "
+                f"(expected [B, K, {'t, ' if x.dim() == 5 else ''}h, w], channels last, or "
+                "[B, N, D] tokens with B = "
+                f"{x.shape[0]}); pick another layer= or pass reshape=, a function to "
+                "[B, K, (t), h, w]"
+            )
         self.layout = layout
         return layout.to_maps
 
