@@ -276,6 +276,106 @@ def bench_cpu_gradcam_transformer_pytorch_grad_cam(benchmark, transformer_inputs
         p.grad = None  # pytorch-grad-cam's backward accumulates parameter gradients
 
 
+@pytest.mark.benchmark(group="cpu-gradient-transformers-b4")
+def bench_cpu_gradient_transformer_gswfast(benchmark, transformer_inputs):
+    name, model, x, seg = transformer_inputs
+    expl = benchmark.pedantic(
+        gsw.explain,
+        (model, x, 1),
+        dict(method="gradient", segmentation=seg),
+        rounds=3,
+        warmup_rounds=1,
+    )
+    _record(benchmark, f"gswfast_{name}", 4)
+    assert torch.isfinite(expl.segment_scores).all()
+
+
+@pytest.mark.benchmark(group="cpu-gradient-transformers-b4")
+def bench_cpu_gradient_transformer_captum(benchmark, transformer_inputs):
+    Saliency = pytest.importorskip("captum.attr").Saliency
+
+    name, model, x, seg = transformer_inputs
+    k = int(seg.num_segments.max())
+    saliency = Saliency(model)
+
+    def saliency_and_pool():
+        attr = saliency.attribute(x, target=1, abs=True)
+        return index_add_pool(attr.sum(1), seg.labels, k)
+
+    scores = benchmark.pedantic(saliency_and_pool, rounds=3, warmup_rounds=1)
+    _record(benchmark, f"captum_saliency_{name}", 4)
+    assert scores.shape == (4, k)
+
+
+# The rest of the CAM family against pytorch-grad-cam's classes: resnet18 on layer4, the
+# same target and segments. Score-CAM runs the model once per channel (512 of layer4) and
+# sample: one image, one round.
+CAM_PEERS = {
+    "gradcam_plus_plus": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "scorecam": "ScoreCAM",
+}
+
+
+def _cam_batch(method: str) -> int:
+    return 1 if method == "scorecam" else 4
+
+
+@pytest.fixture(scope="module")
+def cam_inputs():
+    model, x = _model("resnet18"), _photos(4)
+    return model, x, gsw.slic(x, n_segments=50)
+
+
+def _cam_rounds(method: str) -> dict[str, int]:
+    return (
+        {"rounds": 1, "warmup_rounds": 0}
+        if method == "scorecam"
+        else {"rounds": 3, "warmup_rounds": 1}
+    )
+
+
+@pytest.mark.parametrize("method", list(CAM_PEERS))
+def bench_cpu_cam_family_gswfast(benchmark, cam_inputs, method):
+    benchmark.group = f"cpu-{method}-resnet18-b{_cam_batch(method)}"
+    model, x, seg = cam_inputs
+    n = _cam_batch(method)
+    expl = benchmark.pedantic(
+        gsw.explain,
+        (model, x[:n], 1),
+        dict(method=method, layer="layer4", segmentation=seg.labels[:n]),
+        **_cam_rounds(method),
+    )
+    _record(benchmark, "gswfast", n)
+    assert torch.isfinite(expl.segment_scores).all()
+
+
+@pytest.mark.parametrize("method", list(CAM_PEERS))
+def bench_cpu_cam_family_pytorch_grad_cam(benchmark, cam_inputs, method):
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    benchmark.group = f"cpu-{method}-resnet18-b{_cam_batch(method)}"
+    model, x, seg = cam_inputs
+    n = _cam_batch(method)
+    k = int(seg.num_segments.max())
+    cam = getattr(grad_cam, CAM_PEERS[method])(model=model, target_layers=[model.layer4])
+    targets = [ClassifierOutputTarget(1)] * n
+
+    def cam_and_pool():
+        maps = torch.from_numpy(cam(input_tensor=x[:n], targets=targets))
+        return index_add_pool(maps, seg.labels[:n], k)
+
+    scores = benchmark.pedantic(cam_and_pool, **_cam_rounds(method))
+    _record(benchmark, "pytorch_grad_cam", n)
+    assert scores.shape == (n, k)
+    for p in model.parameters():
+        p.grad = None  # pytorch-grad-cam's backward accumulates parameter gradients
+
+
 # ------------------------------------------------------------------ CUDA
 
 

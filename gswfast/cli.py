@@ -177,7 +177,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="torchvision:resnet18",
         help="torchvision:NAME (a classification or video model), timm:NAME (an image "
-        "classifier, where timm is installed), demo:shapes, demo:actions, or a "
+        "classifier, where timm is installed), hf:FOLDER (a Hugging Face image classifier "
+        "saved with save_pretrained, loaded offline), demo:shapes, demo:actions, or a "
         ".pt file (TorchScript, or a state_dict with --arch). Default: torchvision:resnet18 "
         "with RANDOM weights: torchvision and timm models have random weights (drawn from "
         "--seed) unless --weights is given; nothing is downloaded",
@@ -212,8 +213,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--layer",
-        help="the Grad-CAM layer, a dotted module name such as layer4 (default: the "
-        "last module whose output is a grid over the input that the class score reaches)",
+        help="the CAM methods' layer, a dotted module name such as layer4, or several "
+        "separated by commas (layer3,layer4: their maps scaled to 0..1 and averaged); "
+        "default: the last module whose output is a grid over the input that the class "
+        "score reaches",
     )
 
 

@@ -54,7 +54,8 @@ class Explanation:
             inputs, for the methods that run the model on them once: gradient,
             input_x_gradient, gradcam, guided_backprop), ``delta [B]`` (integrated
             gradients' convergence delta: summed attribution minus ``f(x) - f(baseline)``),
-            LIME's ``intercept`` and ``score``; Grad-CAM's ``layer`` (its dotted name),
+            LIME's ``intercept`` and ``score``; the CAM methods' ``layer`` (its dotted
+            name; a list for several),
             ``layout`` (how its output was read: ``"[B, K, h, w]"``, ``"[B, h, w, K]"``,
             ``"[B, 1 + 14*14, D]"``, ``"reshape="``) and ``degenerate`` (bool ``[B]``: a map
             zero or constant everywhere).
@@ -149,7 +150,7 @@ class Explainer:
             ``"banzhaf"`` (LIME's target, the Banzhaf value of the segments, from gradients),
             ``"gradient"``, ``"input_x_gradient"``, ``"smoothgrad"``, ``"gradcam"`` and the
             rest of the CAM family (``"gradcam_plus_plus"``, ``"hirescam"``, ``"xgradcam"``,
-            ``"layercam"``, ``"eigencam"``) or ``"guided_backprop"``; see
+            ``"layercam"``, ``"eigencam"``, ``"scorecam"``) or ``"guided_backprop"``; see
             ``gswfast.attribution`` for their options.
         reduce: segment reduction, ``"mean"`` (the paper's choice; default), ``"sum"``
             (default for ``lime_ig`` and ``banzhaf``: LIME weights are sums), ``"max"``,
@@ -307,9 +308,10 @@ class Explainer:
             if self._attributor.delta is not None:
                 info["delta"] = self._attributor.delta
             cam = self._attributor.gradcam  # set by the CAM methods only
-            if cam is not None and cam.layout is not None:
-                info["layer"] = cam.name
-                info["layout"] = cam.layout.describe()
+            layouts = cam.layouts if cam is not None else None
+            if cam is not None and layouts is not None:  # one layer: a name; several: a list
+                info["layer"] = cam.names[0] if len(cam.names) == 1 else cam.names
+                info["layout"] = layouts[0] if len(layouts) == 1 else layouts
                 info["degenerate"] = cam.degenerate
         if self.swag:
             seg = slic(

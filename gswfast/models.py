@@ -1,21 +1,24 @@
 """Models for the command and dataset jobs: loading, normalisation, input sizes, devices.
 
 ``load_model(spec)`` builds ``torchvision:NAME`` (classifiers and video classifiers only,
-random weights unless given, never downloaded), ``demo:NAME`` (the shipped demo models) or
-a ``.pt`` file (TorchScript, or a state_dict with ``arch``). Everything the user can get
+random weights unless given, never downloaded), ``timm:NAME`` (random weights),
+``hf:FOLDER`` (a Hugging Face image classifier saved with ``save_pretrained``, loaded
+offline), ``demo:NAME`` (the shipped demo models) or a ``.pt`` file (TorchScript, or a
+state_dict with ``arch``). Everything the user can get
 wrong raises ``UserError`` with a one-line message naming the option; the command prints it
 as ``gswfast: error: ...`` and exits 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -97,18 +100,20 @@ def model_kind(spec: str) -> str | None:
         return "video" if name == "actions" else "image"
     if source == "torchvision":
         return "video" if name in _torchvision_names("video") else "image"
-    if source == "timm":
+    if source in ("timm", "hf"):
         return "image"
     return None
 
 
 def default_size(spec: str, arch: str | None, kind: str) -> int:
     """Input side: 64 for the demo models; 112 for video models (224 for s3d and MViT, which
-    need it); 224 for the rest."""
+    need it); timm and Hugging Face models' own configured size; 224 for the rest."""
     if spec.startswith("demo:") or (arch or "").startswith("demo:"):
         return 64
     if spec.startswith("timm:"):
         return _timm_size(spec.partition(":")[2])
+    if spec.startswith("hf:"):
+        return _hf_size(Path(spec.partition(":")[2]))
     if kind != "video":
         return 224
     name = _torchvision_name(spec, arch) or ""
@@ -182,9 +187,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def layer_option(layer: str | None, method: str) -> dict[str, str]:
-    """``{"layer": layer}`` for Grad-CAM (empty without a layer); ``UserError`` for a layer
-    given to another method."""
+def layer_option(layer: str | None, method: str) -> dict[str, str | list[str]]:
+    """``{"layer": layer}`` for the CAM methods (empty without a layer; a list for names
+    separated by commas); ``UserError`` for a layer given to another method."""
     if layer is None:
         return {}
     if method not in CAM_METHODS:
@@ -192,7 +197,7 @@ def layer_option(layer: str | None, method: str) -> dict[str, str]:
             f"--layer: only the CAM methods ({', '.join(CAM_METHODS)}) use a layer, and this "
             f"input's method is {method}"
         )
-    return {"layer": layer}
+    return {"layer": layer.split(",")} if "," in layer else {"layer": layer}
 
 
 # ------------------------------------------------------------------------ helpers
@@ -234,8 +239,11 @@ def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
         )
     if source == "timm":
         return _timm_model(name, seed, flag, spec)
+    if source == "hf":
+        return _hf_model(Path(name), flag, spec)
     raise UserError(
-        f"{flag}: expected torchvision:NAME, timm:NAME, demo:NAME or a .pt file, got {spec!r}"
+        f"{flag}: expected torchvision:NAME, timm:NAME, hf:FOLDER, demo:NAME or a .pt file, "
+        f"got {spec!r}"
     )
 
 
@@ -264,6 +272,97 @@ def _timm_model(name: str, seed: int, flag: str, spec: str) -> LoadedModel:
         (tuple(mean), tuple(std)) if mean is not None and std is not None else "imagenet"
     )
     return LoadedModel(module, "image", normalisation, spec, True, seed)
+
+
+def _hf_model(folder: Path, flag: str, spec: str) -> LoadedModel:
+    """A Hugging Face image classifier saved in ``folder`` (``save_pretrained``: its
+    ``config.json`` and weights), loaded offline with its own weights; normalised with the
+    mean and std of the folder's ``preprocessor_config.json`` (ImageNet's without one)."""
+    if not (folder / "config.json").is_file():
+        raise UserError(
+            f"{flag}: {spec}: expected a folder holding a Hugging Face model's config.json "
+            "(what save_pretrained writes)"
+        )
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            f"{flag}: hf:FOLDER needs the transformers package, which is not installed "
+            "(pip install transformers)"
+        ) from None
+    try:
+        with _hf_quiet(transformers):
+            module: torch.nn.Module = transformers.AutoModelForImageClassification.from_pretrained(
+                str(folder), local_files_only=True
+            )
+    except (OSError, ValueError, KeyError) as error:  # no weights, another task, bad JSON
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"{flag}: {spec}: cannot load it as an image classifier ({first})"
+        ) from None
+    preprocessing = _hf_preprocessing(folder)
+    mean, std = preprocessing.get("image_mean"), preprocessing.get("image_std")
+    normalisation: str | MeanStd = "imagenet"
+    if preprocessing.get("do_normalize") is False:
+        normalisation = "none"
+    elif _three_floats(mean) and _three_floats(std):
+        normalisation = (tuple(mean), tuple(std))
+    return LoadedModel(module, "image", normalisation, spec)
+
+
+@contextlib.contextmanager
+def _hf_quiet(transformers: Any) -> Iterator[None]:
+    """No progress bars or info logs from transformers while loading (the command's output
+    is its own), put back as they were afterwards."""
+    logging = transformers.utils.logging
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _hf_preprocessing(folder: Path) -> dict[str, Any]:
+    """The folder's ``preprocessor_config.json`` (empty when absent or unreadable)."""
+    import json
+
+    try:
+        config = json.loads((folder / "preprocessor_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _three_floats(value: object) -> TypeGuard[list[float]]:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) for v in value)
+    )
+
+
+def _hf_size(folder: Path) -> int:
+    """The input side of a Hugging Face folder: its preprocessor's ``size`` (an int, or
+    ``height``/``shortest_edge``), else its config's ``image_size``, else 224."""
+    import json
+
+    size = _hf_preprocessing(folder).get("size")
+    if isinstance(size, dict):
+        size = size.get("height", size.get("shortest_edge"))
+    if isinstance(size, int) and size > 0:
+        return size
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        side = config.get("image_size") if isinstance(config, dict) else None
+    except (OSError, ValueError):
+        side = None
+    if isinstance(side, list) and side:
+        side = side[-1]
+    return side if isinstance(side, int) and side > 0 else 224
 
 
 def _timm_size(name: str) -> int:

@@ -15,6 +15,7 @@ CAM_METHODS: tuple[str, ...] = (
     "xgradcam",
     "layercam",
     "eigencam",
+    "scorecam",
 )
 # The methods of gswfast.explain (gswfast.attribution.METHODS is this tuple), here without torch
 METHOD_NAMES: tuple[str, ...] = (

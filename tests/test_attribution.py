@@ -136,7 +136,9 @@ def test_smoothgrad(device):
     assert not torch.allclose(a, grad)
 
 
-@pytest.mark.parametrize("base", [m for m in METHODS if m not in ("smoothgrad", "banzhaf")])
+@pytest.mark.parametrize(
+    "base", [m for m in METHODS if m not in ("smoothgrad", "banzhaf", "scorecam")]
+)
 def test_smoothgrad_wraps_every_method(base):
     model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
     labels, _ = grid_labels(2, 8, 8, cell=4)
@@ -155,6 +157,13 @@ def test_smoothgrad_wraps_every_method(base):
         **options,
     )
     torch.testing.assert_close(smooth, plain)
+
+
+def test_smoothgrad_refuses_the_bases_that_sample_already():
+    model, x = _net("cpu"), _inputs("cpu", (2, 3, 8, 8))
+    for base in ("smoothgrad", "banzhaf", "scorecam"):
+        with pytest.raises(ValueError, match=f"base: expected one of .*got '{base}'"):
+            attribute(model, x, 1, "smoothgrad", base=base)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -345,6 +354,9 @@ def test_bad_input():
         attribute(torch.nn.Conv2d(3, 2, 1).double(), x, 0, "gradient")
     with pytest.raises(ValueError, match="does not depend differentiably"):
         attribute(_Detached(model), x, 0, "gradient")
+    # a graph through its weights (requires_grad left on), none through the input
+    with pytest.raises(ValueError, match="does not depend differentiably"):
+        attribute(_IgnoresInput(model), x, 0, "gradient")
     with pytest.raises(ValueError, match="method: expected one of"):
         attribute(model, x, 0, "lrp")
     with pytest.raises(TypeError, match="unexpected option"):
@@ -369,6 +381,15 @@ def test_bad_input():
         attribute(model, x, 0, "integrated_gradients", baseline="blur", blur_sigma=0.0)
     with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
         attribute(lambda t: t, x, 0, "gradient")
+
+
+class _IgnoresInput(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.detach())
 
 
 class _Detached(torch.nn.Module):
@@ -401,6 +422,7 @@ CAM_PEERS = {
     "xgradcam": "XGradCAM",
     "layercam": "LayerCAM",
     "eigencam": "EigenCAM",
+    "scorecam": "ScoreCAM",
 }
 
 
@@ -422,6 +444,8 @@ def test_cam_methods_equal_pytorch_grad_cam(method):
     model = torchvision.models.resnet18(num_classes=6).double().eval()
     x = untied(torch.rand(3, 3, 64, 80))
     targets = [1, 4, 5]
+    if method == "scorecam":  # a model run per channel and sample: 256 runs for one
+        x, targets = x[:1], targets[:1]
     layer = model.layer3  # 4 x 5: maps with some detail, not all-zero on a random net
     ours, _ = attribute(model, x, targets, method, layer="layer3")
     if method == "eigencam":
@@ -435,12 +459,41 @@ def test_cam_methods_equal_pytorch_grad_cam(method):
     else:
         peer = getattr(grad_cam, CAM_PEERS[method])(model=model, target_layers=[layer])
         theirs = peer(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
-    for b in range(3):
+    for b in range(len(targets)):
         a = ours[b, 0].flatten()
         t = torch.from_numpy(np.asarray(theirs[b])).double().flatten()
         assert float(a.std()) > 0, (method, b)
         correlation = torch.corrcoef(torch.stack([a, t]))[0, 1]
         assert correlation >= 0.999, (method, b, float(correlation))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_several_cam_layers_equal_pytorch_grad_cam(method):
+    # layer=[...]: each layer's map scaled to 0..1 and the maps averaged, as
+    # pytorch-grad-cam aggregates target_layers.
+    import torchvision
+
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=6).double().eval()
+    x = untied(torch.rand(2, 3, 64, 80))
+    ours, _ = attribute(model, x, [1, 4], method, layer=["layer3", model.layer4])
+    one, _ = attribute(model, x, [1, 4], method, layer="layer4")
+    peer = getattr(grad_cam, CAM_PEERS[method])(
+        model=model, target_layers=[model.layer3, model.layer4]
+    )
+    theirs = peer(input_tensor=x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(4)])
+    for b in range(2):
+        a = ours[b, 0].flatten()
+        t = torch.from_numpy(theirs[b]).double().flatten()
+        assert float(torch.corrcoef(torch.stack([a, t]))[0, 1]) >= 0.999
+        assert float(torch.corrcoef(torch.stack([a, one[b, 0].flatten()]))[0, 1]) < 0.99
+    with pytest.raises(ValueError, match="'layer4' is given twice"):
+        attribute(model, x, 1, method, layer=["layer4", model.layer4])
+    with pytest.raises(ValueError, match="got \\[\\]"):
+        attribute(model, x, 1, method, layer=[])
 
 
 @pytest.mark.parametrize("method", ["gradcam", "guided_backprop"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_hf_vit
 
 from gswfast.cli import main
 from gswfast.demo import action_clips, shape_images
@@ -894,6 +895,18 @@ def test_grad_cam_layer_option(files, tmp_path, capsys):
     assert b["degenerate"] is False
     assert main(["explain", *common, "--layer", "nope", "--out", str(tmp_path / "c")]) == 2
     _one_line_error(capsys, "no module named 'nope'")
+    # several layers, comma-separated; and Score-CAM, a method like the others
+    several = ["--layer", "features.6,features.10", "--out", str(tmp_path / "d")]
+    assert main(["explain", *common, *several]) == 0
+    d = json.loads((tmp_path / "d" / "explanations.json").read_text())[0]
+    assert d["layer"] == ["features.6", "features.10"]
+    assert d["layout"] == ["[B, K, h, w]", "[B, K, h, w]"]
+    assert d["segment_scores"] != a["segment_scores"]
+    score = [*common[:3], "--method", "scorecam", "--quiet", "--out", str(tmp_path / "e")]
+    assert main(["explain", *score]) == 0
+    e = json.loads((tmp_path / "e" / "explanations.json").read_text())[0]
+    assert e["layer"] == b["layer"]
+    assert e["segment_scores"] != b["segment_scores"]
 
 
 def test_version_and_fast_argument_checks(tmp_path):
@@ -929,7 +942,7 @@ def test_version_and_fast_argument_checks(tmp_path):
         (
             ["explain", "x.png", "--method", "gradient", "--layer", "a"],
             2,
-            "only the CAM methods (gradcam, gradcam_plus_plus, hirescam, xgradcam, layercam, eigencam) use a layer",
+            "only the CAM methods (gradcam, gradcam_plus_plus, hirescam, xgradcam, layercam, eigencam, scorecam) use a layer",
         ),
         (["nope"], 2, "invalid choice: 'nope'"),
     ]
@@ -1310,10 +1323,56 @@ def test_an_empty_model_or_layer_is_named_as_such(files, tmp_path, capsys):
     argv = ["explain", str(files / "shape.png"), "--out", str(tmp_path), "--quiet"]
     assert main([*argv, "--model", ""]) == 2
     _one_line_error(
-        capsys, "--model: expected torchvision:NAME, timm:NAME, demo:NAME or a .pt file, got ''"
+        capsys,
+        "--model: expected torchvision:NAME, timm:NAME, hf:FOLDER, demo:NAME or a .pt file, got ''",
     )
     assert main([*argv, "--model", "demo:shapes", "--method", "gradcam", "--layer", ""]) == 2
     _one_line_error(capsys, "layer: expected a module name such as 'features.")
+
+
+def test_hugging_face_folders_in_the_command(files, tmp_path, capsys):
+    # hf:FOLDER: a save_pretrained folder loaded offline with its own weights, its
+    # preprocessor's size and normalisation; Grad-CAM on the last layer's first norm.
+    transformers = pytest.importorskip("transformers")
+    from gswfast.models import default_size, load_model, normaliser
+
+    model = tiny_hf_vit(image_size=64, patch_size=16, width=64)
+    folder = tmp_path / "vit"
+    model.save_pretrained(folder)
+    processor = transformers.ViTImageProcessor(
+        size={"height": 64, "width": 64}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4]
+    )
+    processor.save_pretrained(folder)
+    capsys.readouterr()  # save_pretrained's progress bar
+    spec = f"hf:{folder}"
+    args = ["explain", str(files / "shape.png"), "--model", spec, "--quiet"]
+    assert (
+        main([*args, "--method", "gradcam", "--segments", "20", "--out", str(tmp_path / "o")]) == 0
+    )
+    assert capsys.readouterr().err == ""  # no loading progress bars in --quiet
+    result = json.loads((tmp_path / "o" / "explanations.json").read_text())[0]
+    assert (result["layer"], result["layout"]) == (
+        "vit.layers.1.layernorm_before",
+        "[B, 1 + 4*4, D]",
+    )
+    assert default_size(spec, None, "image") == 64
+    loaded = load_model(spec)
+    assert loaded.normalisation == ((0.4, 0.5, 0.6), (0.2, 0.3, 0.4))
+    assert not loaded.random_weights
+    x = torch.rand(2, 3, 64, 64)
+    normalise = normaliser("auto", loaded.normalisation, "cpu")
+    assert normalise is not None
+    with torch.no_grad():  # its own weights, not fresh random ones
+        torch.testing.assert_close(loaded.module(normalise(x)).logits, model(normalise(x)).logits)
+    (folder / "preprocessor_config.json").unlink()
+    assert load_model(spec).normalisation == "imagenet"
+    assert default_size(spec, None, "image") == 64  # the config's image_size
+    assert main(["explain", str(files / "shape.png"), "--model", f"hf:{tmp_path}"]) == 2
+    _one_line_error(capsys, "expected a folder holding a Hugging Face model's config.json")
+    for weights in folder.glob("model.safetensors"):
+        weights.unlink()
+    assert main(["explain", str(files / "shape.png"), "--model", spec]) == 2
+    _one_line_error(capsys, "cannot load it as an image classifier")
 
 
 def test_timm_models_in_the_command(files, tmp_path, capsys):

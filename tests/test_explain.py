@@ -459,6 +459,11 @@ ZOO = {
         (1, 3, 224, 224),
     ),
     "timm:convnext_atto": ("norm_pre", "[B, K, h, w]", (1, 3, 224, 224)),
+    "torchvision:maxvit_t": ("blocks.3", "[B, K, h, w]", (1, 3, 224, 224)),
+    # MViT's blocks return (tokens, thw); their first norm sees [B, 1 + t*h*w, D] tokens,
+    # 16 x 224 x 224 clips pooled to 8 x 7 x 7 (the finest time grid that fits is read).
+    "video:mvit_v1_b": ("blocks.15.norm1", "[B, 1 + 8*7*7, D]", (1, 3, 16, 224, 224)),
+    "video:mvit_v2_s": ("blocks.15.norm1", "[B, 1 + 8*7*7, D]", (1, 3, 16, 224, 224)),
     "hf:vit": ("vit.layers.1.layernorm_before", "[B, 1 + 4*4, D]", (1, 3, 64, 64)),
 }
 
@@ -485,6 +490,74 @@ def test_gradcam_layers_across_the_model_zoo(spec):
     assert (expl.info["layer"], expl.info["layout"]) == (layer, layout)
     assert expl.info["degenerate"].tolist() == [False]
     assert float(expl.pixel_scores.std()) > 0
+
+
+# Every method on the transformers (random weights, small inputs): each gives a finite map
+# that is not constant, or, for guided backprop, a message naming the activation found.
+# (shape, target): a random Swin's CAMs over its last 3 x 3 grid are all zero for some
+# classes (flagged as degenerate), not for class 0.
+TRANSFORMERS = {"hf:vit": ((1, 3, 64, 64), 2), "torchvision:swin_t": ((1, 3, 96, 96), 0)}
+FAST_OPTIONS = {
+    "integrated_gradients": {"n_steps": 2},
+    "lime_ig": {"n_steps": 2},
+    "banzhaf": {"n_samples": 2},
+    "smoothgrad": {"n_samples": 2},
+    "scorecam": {"batch_size": 256},
+}
+
+
+@pytest.mark.parametrize("spec", list(TRANSFORMERS))
+def test_every_method_runs_on_transformers(spec):
+    model = _zoo_model(spec)
+    if spec == "torchvision:swin_t":  # torchvision starts the head at zero
+        torch.nn.init.normal_(model.head.weight, std=0.02)
+    shape, target = TRANSFORMERS[spec]
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    seg = gsw.slic(x, n_segments=16)
+    for method in gsw.METHODS:
+        if method == "scorecam" and spec == "torchvision:swin_t":
+            continue  # 768 model runs; the ViT's 64 channels serve
+        if method == "guided_backprop":
+            with pytest.raises(ValueError, match=r"needs nn.ReLU modules.*GELU"):
+                gsw.explain(model, x, method=method, segmentation=seg)
+            continue
+        options = FAST_OPTIONS.get(method, {})
+        expl = gsw.explain(model, x, target, method=method, segmentation=seg, **options)
+        assert torch.isfinite(expl.pixel_scores).all(), method
+        assert float(expl.pixel_scores.std()) > 0, method
+    for region, options in ((gsw.lime, {"n_samples": 16}), (gsw.occlusion, {})):
+        expl = region(model, x, seg, target, **options)
+        assert torch.isfinite(expl.segment_scores).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_inputs_follow_the_models_dtype(dtype):
+    # As uint8 images become float: a float32 model explains float64, float16 and bfloat16
+    # images (the cast is part of the differentiated function), and a float64 model
+    # float32 images, in the model's precision.
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    x = torch.rand(2, 3, 16, 16).to(dtype)
+    seg = gsw.slic(x.float(), n_segments=8)
+    # The attribution comes back in the inputs' dtype: 8 (bfloat16) or 11 (float16) bits,
+    # and segment means of values of both signs lose a little more.
+    rtol = 1e-5 if dtype == torch.float64 else 4 * torch.finfo(dtype).eps
+    for method in ("gradient", "gradcam", "integrated_gradients"):
+        ours = gsw.explain(model, x, method=method, segmentation=seg)
+        as_float = gsw.explain(model, x.float(), method=method, segmentation=seg)
+        assert torch.equal(ours.target, as_float.target)
+        scale = float(as_float.segment_scores.abs().max())
+        torch.testing.assert_close(
+            ours.segment_scores.float(), as_float.segment_scores, rtol=rtol, atol=rtol * scale
+        )
+    assert torch.isfinite(gsw.lime(model, x, seg, n_samples=16).segment_scores).all()
+    double = TinyCNN().double().eval()
+    double.load_state_dict(model.state_dict())
+    ours = gsw.explain(double, x.float(), method="gradient", segmentation=seg)
+    torch.testing.assert_close(
+        ours.segment_scores.float(),
+        gsw.explain(model, x.float(), method="gradient", segmentation=seg).segment_scores,
+    )
 
 
 def test_vit_gradcam_equals_pytorch_grad_cam_with_its_reshape_transform():
@@ -551,7 +624,7 @@ def test_a_zero_gradcam_map_warns_and_is_recorded():
     model = TinyCNN()
     with torch.no_grad():  # ReLU of all-negative maps: Grad-CAM is zero everywhere
         model.conv2.bias.fill_(-100.0)
-    with pytest.warns(RuntimeWarning, match=r"Grad-CAM on layer 'relu2' is zero or constant"):
+    with pytest.warns(RuntimeWarning, match=r"gradcam on layer 'relu2' is zero or constant"):
         expl = gsw.explain(model, torch.rand(2, 3, 16, 16), 0, method="gradcam", n_segments=8)
     assert expl.info["degenerate"].tolist() == [True, True]
 

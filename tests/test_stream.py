@@ -17,6 +17,7 @@ import torch
 import gswfast as gsw
 from gswfast.demo import action_clips, load
 from gswfast.metrics import explained_variation
+from gswfast.options import CAM_METHODS
 from gswfast.video import StreamExplainer
 
 
@@ -30,7 +31,7 @@ def _frames(count: int = 40, seed: int = 4) -> torch.Tensor:
     return (clip * 255).round().to(torch.uint8).permute(1, 0, 2, 3).contiguous()  # [T, 3, H, W]
 
 
-@pytest.mark.parametrize("method", ["gradient", "gradcam", "integrated_gradients"])
+@pytest.mark.parametrize("method", ["gradient", *CAM_METHODS, "integrated_gradients"])
 @pytest.mark.paths
 def test_cold_windows_equal_explain(model, method):
     frames = _frames()

@@ -23,21 +23,28 @@ input value ``[B, C, (T), H, W]`` (Grad-CAM: ``[B, 1, (T), H, W]``) and the targ
 - ``smoothgrad``: ``base="gradient"`` (any other method but itself), ``n_samples=25``,
   ``noise_level=0.15``, ``square=False``, ``seed=None``, ``batch_size=None``,
   plus the base method's options.
-- ``gradcam``: ``layer=None`` (a module or dotted name; default: the last module, in
+- ``gradcam``: ``layer=None`` (a module or dotted name, or a list of them: each layer's
+  map scaled to 0..1 per sample and the maps averaged; default: the last module, in
   execution order, whose output is a grid over the input that the target's score reaches:
   feature maps ``[B, K, (t), h, w]``, channels-last maps ``[B, (t), h, w, K]`` (Swin) or
-  tokens ``[B, extra + h*w, D]`` (ViT, DeiT, DINOv2), found on the first sample, once per
-  input shape); ``reshape=None`` (a function from the layer's output to
+  tokens ``[B, extra + (t*)h*w, D]`` (ViT, DeiT, DINOv2, MViT), found on the first sample,
+  once per input shape); ``reshape=None`` (a function from the layer's output to
   ``[B, K, (t), h, w]``, as pytorch-grad-cam's ``reshape_transform``, for other layouts).
   ``Explanation.info`` records ``layer``, ``layout`` and ``degenerate`` (the samples whose
   map is zero or constant, which also warns).
 - ``gradcam_plus_plus``, ``hirescam``, ``xgradcam``, ``layercam``, ``eigencam``: the rest
   of the CAM family, as pytorch-grad-cam computes it (``gswfast.attribution.gradcam.class_map``),
   with ``gradcam``'s options.
+- ``scorecam``: Score-CAM, one model run per channel of the layer and sample (no
+  gradient), ``gradcam``'s options and ``batch_size=32`` (masked inputs per model call).
 - ``guided_backprop``: guided ReLU gradients.
 
 Baselines (``baseline=``): ``"zeros"``, ``"blur"`` (``blur_sigma=``), ``"segment_mean"``
 (needs ``labels``) or a tensor.
+
+Float inputs of another dtype than the model's weights (float64 or float16 images for a
+float32 model) are cast to the weights' dtype on the way in, as uint8 images become float;
+the attribution comes back in the inputs' dtype.
 
 Targets follow Captum: None (the predicted class), an int, a list, NumPy array or tensor of
 classes (one per sample), a tuple (an index into each sample's output, for models whose
@@ -73,7 +80,7 @@ from gswfast.attribution.baselines import (
     needs_segmentation,
 )
 from gswfast.attribution.channels import CHANNEL_REDUCTIONS, reduce_channels
-from gswfast.attribution.gradcam import GradCAM, find_layer, module_name, probe_layer
+from gswfast.attribution.gradcam import GradCAM, find_layer, find_layers, probe_layer
 from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient, Scorer
 from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGradients
 from gswfast.attribution.smoothgrad import SmoothGrad
@@ -93,6 +100,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "lime_ig": _BASELINE_OPTIONS + _IG_OPTIONS,
     "banzhaf": (*_BASELINE_OPTIONS, "n_samples", "design", "seed", "batch_size"),
     **dict.fromkeys(CAM_METHODS, ("layer", "reshape")),
+    "scorecam": ("layer", "reshape", "batch_size"),
     "guided_backprop": (),
 }
 # lime_ig: 16 Gauss-Legendre steps rank segments like LIME as well as 32 do (Spearman 0.972
@@ -110,7 +118,8 @@ _DEFAULT_BASELINE = {
     "lime_ig": "segment_mean",
     "banzhaf": "segment_mean",
 }
-_NOT_SMOOTHED = ("smoothgrad", "banzhaf")  # banzhaf averages over points already
+# banzhaf averages over points already; Score-CAM runs the model once per channel
+_NOT_SMOOTHED = ("smoothgrad", "banzhaf", "scorecam")
 
 
 @dataclass(frozen=True)
@@ -219,7 +228,8 @@ class Attributor:
         self.forward.check_targets = isinstance(target, Tensor)
         self.forward.last_logits = None
         self.delta = None
-        with model_session(self.model, self.eval_mode) as handles:
+        freeze = self.spec.base in CAM_METHODS  # the others differentiate to the input
+        with model_session(self.model, self.eval_mode, freeze) as handles:
             scorer = self._scorer(self.spec.base, x, labels, num_segments, handles)
             top = scorer
             if self.spec.method == "smoothgrad":
@@ -261,8 +271,12 @@ class Attributor:
         if method in CAM_METHODS:
             _check_single_replica(self.model)
             _check_hookable(self.model, method)
-            layer, name = self._gradcam_layer(x)
-            cam = GradCAM(layer, name, self.spec.options.get("reshape"), method)
+            cam = GradCAM(
+                self._cam_layers(x),
+                options.get("reshape"),
+                method,
+                options.get("batch_size"),
+            )
             cam.register(handles)
             self.gradcam = cam
             return cam
@@ -281,17 +295,17 @@ class Attributor:
         }
         return IntegratedGradients(baseline, **ig)
 
-    def _gradcam_layer(self, x: Tensor) -> tuple[nn.Module, str]:
-        """The Grad-CAM layer and its dotted name."""
+    def _cam_layers(self, x: Tensor) -> list[tuple[nn.Module, str]]:
+        """The CAM layers (``layer=``: one, or a list or tuple of them; default: the probed
+        one) and their dotted names."""
         layer = self.spec.options.get("layer")
         if layer is not None:
-            module = find_layer(self.model, layer)
-            return module, module_name(self.model, module)
+            return find_layers(self.model, layer)
         key = tuple(x.shape[1:])
         if self._layer is None or self._layer_key != key:  # found once per input shape
             self._layer = probe_layer(self.model, self.forward, x)
             self._layer_key = key
-        return self._layer
+        return [self._layer]
 
 
 def _eager_module(model: nn.Module) -> nn.Module:

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from gswfast.attribution._model import ModelForward, OutputTarget, Resolved, accumulation_dtype
+from gswfast.attribution._model import (
+    ModelForward,
+    OutputTarget,
+    Resolved,
+    accumulation_dtype,
+    rows_of,
+)
+from gswfast.attribution.integrated_gradients import check_batch_size
 from gswfast.options import CAM_METHODS
 
 _CONVS = (nn.Conv2d, nn.Conv3d)
@@ -44,12 +52,27 @@ def find_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     )
 
 
+def find_layers(model: nn.Module, layer: object) -> list[tuple[nn.Module, str]]:
+    """``layer=``: a module or dotted name, or a list or tuple of them (several CAM layers),
+    as ``(module, dotted name)`` pairs; ``ValueError`` for an empty list or a layer given
+    twice."""
+    given: list[Any] = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not given:
+        raise ValueError("layer: expected a module, a dotted name or a list of them, got []")
+    modules = [find_layer(model, one) for one in given]
+    names = [module_name(model, m) for m in modules]
+    for i, module in enumerate(modules):
+        if any(m is module for m in modules[:i]):
+            raise ValueError(f"layer: {names[i]!r} is given twice")
+    return list(zip(modules, names, strict=True))
+
+
 @dataclass(frozen=True)
 class GridLayout:
     """How a layer's activations map onto the input's grid: ``channels_first``
     ``[B, K, (t), h, w]`` (CNNs), ``channels_last`` ``[B, (t), h, w, K]`` (Swin) or
-    ``tokens`` ``[B, extra + h*w, D]`` (ViT, DeiT, DINOv2: class, distillation or register
-    tokens first), or ``reshaped``: a user's ``reshape=`` function made the maps."""
+    ``tokens`` ``[B, extra + (t*)h*w, D]`` (ViT, DeiT, DINOv2, MViT: class, distillation
+    or register tokens first), or ``reshaped``: a user's ``reshape=`` function made the maps."""
 
     kind: str
     extra: int = 0
@@ -69,7 +92,7 @@ class GridLayout:
             return "[B, h, w, K]" if len(self.grid) == 2 else "[B, t, h, w, K]"
         if self.kind == "tokens":
             extra = f"{self.extra} + " if self.extra else ""
-            return f"[B, {extra}{self.grid[0]}*{self.grid[1]}, D]"
+            return f"[B, {extra}{'*'.join(map(str, self.grid))}, D]"
         if self.kind == "reshaped":
             return "reshape="
         return "[B, K, h, w]" if len(self.grid) == 2 else "[B, K, t, h, w]"
@@ -87,23 +110,36 @@ def _fits(grid: tuple[int, ...], spatial: tuple[int, ...]) -> bool:
     return 1 / 1.5 <= ratio <= 1.5
 
 
-def _token_grid(tokens: int, spatial: tuple[int, ...]) -> tuple[int, tuple[int, int]] | None:
-    """(extra tokens, (h, w)) of a token sequence over an image ``(H, W)``: ``h * w`` grid
-    tokens at one stride after 0 to 8 extra ones (class, distillation, register tokens:
-    DINOv2 with registers has 5); None when no split fits."""
-    height, width = spatial
+def _token_grid(tokens: int, spatial: tuple[int, ...]) -> tuple[int, tuple[int, ...]] | None:
+    """(extra tokens, ``[(t), h, w]``) of a token sequence over an input ``[(T), H, W]``:
+    a grid of tokens at one stride after 0 to 8 extra ones (class, distillation, register
+    tokens: DINOv2 with registers has 5; MViT's ``[B, 1 + t*h*w, D]``); None when no split
+    fits. Over clips the finest time grid that fits is taken (8 x 7 x 7 rather than
+    2 x 14 x 14 for 392 tokens: video transformers keep most of the time steps)."""
+    height, width = spatial[-2:]
+    times = range(spatial[0], 0, -1) if len(spatial) == 3 else (0,)
     for extra in range(9):
-        grid = tokens - extra
-        best: tuple[float, int] | None = None
-        for h in range(2, height + 1):
-            if grid % h or grid // h > width:
+        for t in times:
+            grid = tokens - extra
+            if t and grid % t:
                 continue
-            ratio = (height / h) / (width / (grid // h))
-            if 0.8 <= ratio <= 1.25 and (best is None or abs(ratio - 1) < best[0]):
-                best = (abs(ratio - 1), h)
-        if best is not None:
-            return extra, (best[1], grid // best[1])
+            plane = _plane_grid(grid // t if t else grid, height, width)
+            if plane is not None:
+                return extra, ((t, *plane) if t else plane)
     return None
+
+
+def _plane_grid(cells: int, height: int, width: int) -> tuple[int, int] | None:
+    """``(h, w)`` with ``h * w = cells`` at about the same stride along H and W (the
+    closest), at least 2 rows; None when none fits."""
+    best: tuple[float, int] | None = None
+    for h in range(2, height + 1):
+        if cells % h or cells // h > width:
+            continue
+        ratio = (height / h) / (width / (cells // h))
+        if 0.8 <= ratio <= 1.25 and (best is None or abs(ratio - 1) < best[0]):
+            best = (abs(ratio - 1), h)
+    return None if best is None else (best[1], cells // best[1])
 
 
 def read_layout(shape: tuple[int, ...], spatial: tuple[int, ...]) -> GridLayout | None:
@@ -116,7 +152,7 @@ def read_layout(shape: tuple[int, ...], spatial: tuple[int, ...]) -> GridLayout 
         if _fits(tuple(shape[1:-1]), spatial):
             return GridLayout("channels_last", grid=tuple(shape[1:-1]))
         return None
-    if len(shape) == 3 and len(spatial) == 2:
+    if len(shape) == 3:
         split = _token_grid(shape[1], spatial)
         if split is not None:
             return GridLayout("tokens", extra=split[0], grid=split[1])
@@ -239,52 +275,85 @@ def _first_component(maps: Tensor) -> Tensor:
     return projection.transpose(1, 2).reshape(b, 1, *maps.shape[2:])
 
 
-class GradCAM:
-    """``relu(sum_k mean(dS/dA_k) * A_k)`` over the activations ``A [B, K, (t), h, w]`` of
-    ``layer`` (read from its output through ``layout``, or ``reshape``, a function from the
-    output to ``[B, K, (t), h, w]`` as pytorch-grad-cam's ``reshape_transform``, applied to
-    the activations and to their gradients alike), upsampled (bilinear, trilinear over time)
-    to the input's ``[(T), H, W]``. Returns ``[B, 1, (T), H, W]`` in the inputs' dtype.
-    Afterwards ``layout`` is the layout used and ``degenerate [B]`` says which samples got a
-    map that is zero or constant everywhere (a warning names the layer).
+@dataclass
+class _Tap:
+    """One CAM layer: the module, its dotted name, and the activation its forward hook
+    captured during the current call."""
 
-    Only the layers after ``layer`` take part in the backward pass: the hook makes the
-    activation the leaf of the graph when nothing before it needs gradients.
+    layer: nn.Module
+    name: str
+    activation: Tensor | None = None
+    layout: GridLayout | None = None
+
+
+class GradCAM:
+    """The CAM family (``variant``, see ``class_map``; and ``scorecam``) over one or several
+    layers. Each layer's activations ``A [B, K, (t), h, w]`` are read from its output through
+    its layout, or ``reshape``, a function from the output to ``[B, K, (t), h, w]`` as
+    pytorch-grad-cam's ``reshape_transform``, applied to the activations and to their
+    gradients alike. A layer's map is ``relu`` of its class map, upsampled (bilinear,
+    trilinear over time) to the input's ``[(T), H, W]``; with several layers each map is
+    scaled to 0..1 per sample and the maps are averaged, as pytorch-grad-cam aggregates
+    ``target_layers``. Returns ``[B, 1, (T), H, W]`` in the inputs' dtype. Afterwards
+    ``layouts`` are the layouts used and ``degenerate [B]`` says which samples got a map
+    that is zero or constant everywhere (a warning names the layer).
+
+    Only the layers after the first CAM layer take part in the backward pass: the hook
+    makes each activation a leaf of the graph when nothing before it needs gradients.
     """
 
     def __init__(
         self,
-        layer: nn.Module,
-        name: str = "",
+        layers: Sequence[tuple[nn.Module, str]],
         reshape: Reshape | None = None,
         variant: str = "gradcam",
+        batch_size: int | None = None,
     ) -> None:
         if variant not in CAM_METHODS:
             raise ValueError(f"method: expected one of {CAM_METHODS}, got {variant!r}")
-        self.variant = variant
         if reshape is not None and not callable(reshape):
             raise TypeError(f"reshape: expected a function or None, got {type(reshape).__name__}")
-        self.layer, self.name = layer, name
-        self.layout: GridLayout | None = None  # read from the layer's output by each call
+        self.variant = variant
+        self.taps = [_Tap(layer, name) for layer, name in layers]
         self.reshape = reshape
+        self.batch_size = check_batch_size(batch_size) or 32
         self.degenerate: Tensor | None = None
-        self._activation: Tensor | None = None
+        self._recording = False
+
+    @property
+    def names(self) -> list[str]:
+        return [tap.name for tap in self.taps]
+
+    @property
+    def layouts(self) -> list[str] | None:
+        """Each layer's layout as read by the last call (None before any)."""
+        if any(tap.layout is None for tap in self.taps):
+            return None
+        return [tap.layout.describe() for tap in self.taps if tap.layout is not None]
 
     def register(self, handles: list[RemovableHandle]) -> None:
-        handles.append(self.layer.register_forward_hook(self._capture))
+        handles.extend(
+            tap.layer.register_forward_hook(partial(self._capture, tap)) for tap in self.taps
+        )
 
-    def _capture(self, _module: nn.Module, _inputs: tuple[Any, ...], output: Tensor) -> Tensor:
+    def _capture(
+        self, tap: _Tap, _module: nn.Module, _inputs: tuple[Any, ...], output: Any
+    ) -> Tensor | None:
+        if not self._recording:  # Score-CAM's masked runs: nothing to keep
+            return None
         if not isinstance(output, Tensor):
-            raise ValueError(f"layer: expected it to output a tensor, got {type(output).__name__}")
+            raise ValueError(
+                f"layer {tap.name!r}: expected it to output a tensor, got {type(output).__name__}"
+            )
         activation = output if output.requires_grad else output.detach().requires_grad_(True)
-        self._activation = activation
+        tap.activation = activation
         # A copy goes on, so that an in-place op after the layer (ReLU(inplace=True))
         # neither touches the captured activation nor modifies a leaf.
         return activation.clone()
 
-    def _maps(self, activations: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
+    def _maps(self, tap: _Tap, activations: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
         """The function from this layer's outputs (and gradients) to ``[B, K, (t), h, w]``."""
-        what = f"layer {self.name!r}" if self.name else "layer"
+        what = f"layer {tap.name!r}" if tap.name else "layer"
         if self.reshape is not None:
             reshape = self.reshape
             maps = reshape(activations)
@@ -295,7 +364,7 @@ class GradCAM:
                     f"with B = {x.shape[0]} from the {what}'s output {tuple(activations.shape)}, "
                     f"got {shape}"
                 )
-            self.layout = GridLayout("reshaped")
+            tap.layout = GridLayout("reshaped")
             return reshape
         layout = read_layout(tuple(activations.shape), tuple(x.shape[2:]))
         if layout is None or activations.shape[0] != x.shape[0]:
@@ -307,46 +376,126 @@ class GradCAM:
                 f"{x.shape[0]}); pick another layer= or pass reshape=, a function to "
                 "[B, K, (t), h, w]"
             )
-        self.layout = layout
+        tap.layout = layout
         return layout.to_maps
 
     def __call__(
         self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None = None
     ) -> tuple[Tensor, Tensor | OutputTarget]:
-        self._activation = None
-        try:
-            score, target = forward.selected(x.detach(), target, sample)
-            # Set by the _capture hook during forward.selected, which mypy cannot see (it
-            # keeps self._activation narrowed to the None assigned above).
-            activation = cast("Tensor | None", self._activation)
-            if activation is None:
-                raise ValueError("layer: the model did not run the Grad-CAM layer")
-            to_maps = self._maps(activation, x)
-            if self.variant == "eigencam":  # no gradient: the activations' first component
-                grad = torch.zeros_like(activation)
+        activations, grads, target = self._run(forward, x, target, sample)
+        held = forward.last_logits
+        cams = []
+        for tap, maps, grad in zip(self.taps, activations, grads, strict=True):
+            acc = accumulation_dtype(maps.dtype)
+            if self.variant == "scorecam":
+                weights = self._score_weights(forward, x, target, maps.to(acc), sample)
+                cam = (weights * maps.to(acc)).sum(1, keepdim=True)
             else:
-                (grad,) = torch.autograd.grad(score.sum(), activation)
-        finally:
-            self._activation = None
-        maps = to_maps(activation.detach())
-        acc = accumulation_dtype(maps.dtype)
-        cam = torch.relu(class_map(self.variant, maps.to(acc), to_maps(grad).to(acc)))
-        self._check_degenerate(cam)
-        mode = "trilinear" if x.dim() == 5 else "bilinear"
-        return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).to(
-            x.dtype
-        ), target
+                cam = class_map(self.variant, maps.to(acc), grad.to(acc))
+            cam = upsample(torch.relu(cam), x.shape[2:])
+            self._warn_if_constant(cam, tap.name)
+            cams.append(cam)
+        forward.last_logits = held  # Score-CAM's masked runs leave theirs
+        result = cams[0] if len(cams) == 1 else torch.stack([unit_scaled(c) for c in cams]).mean(0)
+        self.degenerate = _constant(result)
+        return result.to(x.dtype), target
 
-    def _check_degenerate(self, cam: Tensor) -> None:
-        flat = cam.flatten(1)
-        self.degenerate = (flat.amax(1) - flat.amin(1)) <= 0
-        if bool(self.degenerate.any()):
-            samples = self.degenerate.nonzero().flatten().tolist()
+    def _run(
+        self, forward: ModelForward, x: Tensor, target: Resolved, sample: Tensor | None
+    ) -> tuple[list[Tensor], list[Tensor], Tensor | OutputTarget]:
+        """Each layer's maps and their gradients ``[B, K, (t), h, w]`` (zeros for the
+        gradient-free variants) from one forward and one backward pass, and the targets."""
+        for tap in self.taps:
+            tap.activation = None
+        self._recording = True
+        try:
+            score, resolved = forward.selected(x.detach(), target, sample)
+            captured = [tap.activation for tap in self.taps]
+            missing = [tap.name for tap, a in zip(self.taps, captured, strict=True) if a is None]
+            if missing:
+                raise ValueError(f"layer: the model did not run the CAM layer(s) {missing}")
+            kept = [a for a in captured if a is not None]
+            to_maps = [self._maps(tap, a, x) for tap, a in zip(self.taps, kept, strict=True)]
+            if self.variant in _GRADIENT_FREE:
+                grads = [torch.zeros_like(a) for a in kept]
+            else:
+                grads = list(torch.autograd.grad(score.sum(), kept, allow_unused=True))
+                grads = [
+                    torch.zeros_like(a) if g is None else g
+                    for a, g in zip(kept, grads, strict=True)
+                ]
+        finally:
+            self._recording = False
+            for tap in self.taps:
+                tap.activation = None
+        maps = [f(a.detach()) for f, a in zip(to_maps, kept, strict=True)]
+        return maps, [f(g) for f, g in zip(to_maps, grads, strict=True)], resolved
+
+    def _score_weights(
+        self,
+        forward: ModelForward,
+        x: Tensor,
+        target: Tensor | OutputTarget,
+        maps: Tensor,
+        sample: Tensor | None,
+    ) -> Tensor:
+        """Score-CAM's channel weights ``[B, K, 1, ...]`` (Wang et al. 2020, as
+        pytorch-grad-cam): each channel's map, upsampled (``align_corners=True``) and scaled
+        to 0..1, multiplies the input (before ``preprocess``); the softmax over channels of
+        the target's scores on those inputs. ``batch_size`` masked inputs per model call."""
+        batch, channels = maps.shape[:2]
+        scores = torch.empty(batch, channels, dtype=maps.dtype, device=maps.device)
+        mode = "trilinear" if x.dim() == 5 else "bilinear"
+        with torch.no_grad():
+            for b in range(batch):
+                for start in range(0, channels, self.batch_size):
+                    chunk = maps[b : b + 1, start : start + self.batch_size]
+                    masks = F.interpolate(chunk, size=x.shape[2:], mode=mode, align_corners=True)
+                    flat = masks.flatten(2)
+                    low = flat.amin(2).view(*masks.shape[:2], *[1] * (x.dim() - 2))
+                    high = flat.amax(2).view(*masks.shape[:2], *[1] * (x.dim() - 2))
+                    masks = ((masks - low) / (high - low + 1e-8))[0].unsqueeze(1)  # [n, 1, ...]
+                    masked = (x[b : b + 1].detach() * masks).to(x.dtype)
+                    n = masked.shape[0]
+                    rows = rows_of(sample, torch.full((n,), b, device=x.device))
+                    row_target = target if isinstance(target, OutputTarget) else target[b].expand(n)
+                    scores[b, start : start + n] = forward.scores(masked, row_target, rows)
+        return torch.softmax(scores, dim=1).view(batch, channels, *[1] * (x.dim() - 2))
+
+    def _warn_if_constant(self, cam: Tensor, name: str) -> None:
+        constant = _constant(cam)
+        if bool(constant.any()):
+            samples = constant.nonzero().flatten().tolist()
             warnings.warn(
-                f"gswfast: Grad-CAM on layer {self.name or '(given)'!r} is zero or constant for "
+                f"gswfast: {self.variant} on layer {name or '(given)'!r} is zero or constant for "
                 f"sample(s) {samples}: every channel's weighted sum is at most 0 (a ReLU of "
                 "all-negative weights, often a random or untrained model), or the layer comes "
                 "after global pooling; try another layer= or method",
                 RuntimeWarning,
                 stacklevel=6,
             )
+
+
+_GRADIENT_FREE = ("eigencam", "scorecam")
+
+
+def upsample(cam: Tensor, size: Sequence[int]) -> Tensor:
+    """``cam [B, 1, (t), h, w]`` resized to ``size`` ``[(T), H, W]`` (bilinear, trilinear
+    for clips)."""
+    mode = "trilinear" if cam.dim() == 5 else "bilinear"
+    return F.interpolate(cam, size=tuple(size), mode=mode, align_corners=False)
+
+
+def unit_scaled(cam: Tensor) -> Tensor:
+    """Each sample's map shifted and scaled to 0..1 (pytorch-grad-cam's ``scale_cam_image``:
+    a constant map becomes 0)."""
+    flat = cam.flatten(1)
+    low = flat.amin(1).view(-1, *[1] * (cam.dim() - 1))
+    high = flat.amax(1).view(-1, *[1] * (cam.dim() - 1))
+    return (cam - low) / (high - low + 1e-7)
+
+
+def _constant(cam: Tensor) -> Tensor:
+    """``[B]``: whether each sample's map is the same everywhere (zero included)."""
+    flat = cam.flatten(1)
+    return (flat.amax(1) - flat.amin(1)) <= 0

@@ -53,7 +53,9 @@ class InputXGradient:
         return (x - pick(self.baseline, sample)) * grad, target
 
 
-# Activation modules other than ReLU, named when guided backprop has no ReLU to guide.
+# Activation modules other than ReLU, named when guided backprop has no ReLU to guide;
+# libraries' own activation classes (Hugging Face's GELUActivation, timm's) by their names.
+_ACTIVATION_NAMES = ("GELU", "SiLU", "Swish", "Mish", "Tanh", "Sigmoid")
 _ACTIVATIONS = (
     nn.GELU,
     nn.SiLU,
@@ -73,6 +75,11 @@ _ACTIVATIONS = (
 )
 
 
+def _is_activation(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return isinstance(module, _ACTIVATIONS) or any(word in name for word in _ACTIVATION_NAMES)
+
+
 class GuidedBackprop:
     """Gradient with every ``nn.ReLU``'s backward also zeroing negative incoming gradients
     (Springenberg et al. 2015). ReLUs called as functions (``F.relu``) are not guided."""
@@ -80,9 +87,7 @@ class GuidedBackprop:
     def __init__(self, model: nn.Module) -> None:
         self.relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
         if not self.relus:
-            found = sorted(
-                {type(m).__name__ for m in model.modules() if isinstance(m, _ACTIVATIONS)}
-            )
+            found = sorted({type(m).__name__ for m in model.modules() if _is_activation(m)})
             uses = f"; its activations are {', '.join(found)}" if found else ""
             raise ValueError(
                 f"method: guided_backprop needs nn.ReLU modules, the model has none{uses}: "
