@@ -10,8 +10,10 @@ milliseconds per explanation (CPU, batch of the section's inputs).
     python benchmarks/quality_report.py --quick --sections shapes   # smoke test
 
 Sections: the trained demo models (``gswfast.demo``: shapes, action clips; they know where
-the object is), the trained square classifier (``gswfast.testing``) and resnet18 with random
-weights on scikit-image's photos (no object masks). The package's answer is ``gsw.lime``
+the object is), the trained square classifier (``gswfast.testing``), and three models with
+random weights on scikit-image's photos (no object masks): resnet18, a ViT-S/16 built from
+torchvision's ``VisionTransformer`` and swin_t. Random weights serve agreement with LIME and
+deletion/insertion (what the network computes, trained or not), not where the object is. The package's answer is ``gsw.lime``
 with the package's own masks (``gswfast.testing.lime_masks``: the same weights,
 ``tests/test_lime.py``); the package itself is timed on the first image. ``gsw.lime, other
 seed`` is the seed-to-seed floor. A new method is one line in ``METHODS``.
@@ -120,6 +122,8 @@ METHODS: list[Method] = [
     Method("banzhaf (16 mixes)", explained("banzhaf", n_samples=16)),
     Method("banzhaf, zeros (8 mixes)", explained("banzhaf", baseline="zeros")),
     Method("gradcam", explained("gradcam")),
+    Method("eigencam", explained("eigencam")),
+    Method("scorecam", explained("scorecam", batch_size=64), warm_up=False),
     Method("smoothgrad", explained("smoothgrad", seed=0)),
     Method("guided_backprop", explained("guided_backprop")),
     Method("swag (gradient)", explained("gradient", swag=True), swag=True),
@@ -159,6 +163,8 @@ def cases(quick: bool, names: list[str]) -> list[Case]:
         "actions": actions_case,
         "square": square_case,
         "photos": photos_case,
+        "vit": vit_case,
+        "swin": swin_case,
     }
     return [builders[name](quick) for name in names]
 
@@ -190,6 +196,33 @@ def photos_case(quick: bool) -> Case:
     with torch.no_grad():
         target = model(x).argmax(1)
     return make_case("photos", model, x, target, None, 50, "probability", quick)
+
+
+def vit_case(quick: bool) -> Case:
+    """A ViT-S/16 built from torchvision's ``VisionTransformer`` (6 layers, 6 heads, width
+    384: a quarter of vit_b_16's cost, the same code) on the photos, random weights; its
+    head drawn (torchvision starts it at zero, which makes every score constant)."""
+    size = 64 if quick else 112
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=size, patch_size=16, num_layers=6, num_heads=6, hidden_dim=384, mlp_dim=1536
+    ).eval()
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    return transformer_case("vit", model, size, quick)
+
+
+def swin_case(quick: bool) -> Case:
+    """torchvision's swin_t on the photos, random weights."""
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t().eval()
+    return transformer_case("swin", model, 64 if quick else 112, quick)
+
+
+def transformer_case(name: str, model: nn.Module, size: int, quick: bool) -> Case:
+    x = photos(size, 1 if quick else 2)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    return make_case(name, model, x, target, None, 50, "probability", quick)
 
 
 def make_case(
@@ -264,12 +297,19 @@ def measure(case: Case, method: Method, reference: gsw.Explanation) -> dict[str,
             )
             row[f"top{k}"] = float(agree["top_k_iou"].mean())
             row["spearman"] = float(agree["spearman"].mean())
+        if _constant_for_an_input(expl):  # no ranking to correlate (a zero Grad-CAM map)
+            row["spearman"] = None
     row["deletion"] = float(gsw.metrics.deletion(case.model, x, expl).auc.mean())
     row["insertion"] = float(gsw.metrics.insertion(case.model, x, expl).auc.mean())
     if case.masks is not None:
         row["pointing"] = float(gsw.metrics.pointing_game(expl, case.masks).float().mean())
         row["mass"] = float(gsw.metrics.relevance_mass(expl, case.masks).mean())
     return row
+
+
+def _constant_for_an_input(expl: gsw.Explanation) -> bool:
+    scores = [expl.segment_scores[b, : int(n)] for b, n in enumerate(expl.num_segments)]
+    return any(bool(s.max() == s.min()) for s in scores)
 
 
 def package_seconds(case: Case) -> float:
@@ -286,7 +326,18 @@ def package_seconds(case: Case) -> float:
 def section(case: Case) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
     """The rows of one case, the package's 1000-sample answer as the reference."""
     reference = lime_run(0)(case, case.model, case.inputs, case.target)
-    return describe(case), [(m.name, measure(case, m, reference)) for m in METHODS]
+    return describe(case), [(m.name, measure_if_defined(case, m, reference)) for m in METHODS]
+
+
+def measure_if_defined(case: Case, method: Method, reference: gsw.Explanation) -> dict[str, Any]:
+    """``measure``, or an empty row where the method refuses the model (guided backprop on
+    a model without ReLU)."""
+    try:
+        return measure(case, method, reference)
+    except ValueError as error:
+        if "needs nn.ReLU" not in str(error):
+            raise
+        return {}
 
 
 def describe(case: Case) -> str:
@@ -319,7 +370,9 @@ def markdown(sections: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> st
             "random-weight photos, as LIME's users do; the logit for the trained models, whose "
             "probabilities saturate at 1. The lime package row shows its answer (gsw.lime with "
             "its masks, the reference) and its own time on the first input; for clips, which "
-            "the package does not take, gsw.lime's time. ms: the faster of two runs (LIME: one)."
+            "the package does not take, gsw.lime's time. ms: the faster of two runs (LIME: one). "
+            "A Spearman of — beside Jaccards: the method's scores are constant for an input "
+            "(a zero Grad-CAM map of a random transformer), so they rank nothing."
         ),
     ]
     return "\n".join(lines).strip() + "\n"
@@ -352,6 +405,8 @@ def cells(row: dict[str, Any]) -> list[str]:
         value = row.get(key)
         return "—" if value is None else f"{value:.{digits}f}"
 
+    if not row:  # the method does not apply to the model
+        return ["—"] * (len(COLUMNS) - 1)
     rows, graph = row["evaluations"]
     evaluations = f"{rows:.0f}" + (f" ({graph:.0f})" if graph else "")
     return [
@@ -368,13 +423,14 @@ def cells(row: dict[str, Any]) -> list[str]:
 
 
 def finite(sections: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> bool:
-    """Every measured number is finite."""
+    """Every measured number is finite (None: not measured)."""
     return all(
         math.isfinite(v)
         for _, rows in sections
         for _, row in rows
         for value in row.values()
         for v in (value if isinstance(value, tuple) else (value,))
+        if v is not None
     )
 
 
@@ -383,8 +439,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="tiny inputs, 100 LIME samples")
     parser.add_argument(
         "--sections",
-        default="shapes,actions,square,photos",
-        help="comma-separated: shapes, actions, square, photos",
+        default="shapes,actions,square,photos,vit,swin",
+        help="comma-separated: shapes, actions, square, photos, vit, swin",
     )
     parser.add_argument("--out", help="also write the Markdown table to this file")
     args = parser.parse_args(argv)

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from gswfast import __version__
-from gswfast.options import CAM_METHODS, METHOD_NAMES, UserError, check_method, make_out_folder
+from gswfast.options import (
+    CAM_METHODS,
+    METHOD_NAMES,
+    UserError,
+    check_method,
+    failure_line,
+    make_out_folder,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -218,6 +225,13 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "default: the last module whose output is a grid over the input that the class "
         "score reaches",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when some inputs failed (default: 0 when any input was explained; the "
+        "failures are printed and recorded either way, so a torchrun job with a corrupt "
+        "file does not end as a crash)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser, method_help: str | None = None) -> None:
@@ -397,7 +411,10 @@ def _run_explain(args: argparse.Namespace) -> int:
                 before = progress.done
                 try:
                     results.append(job.explain(path, kind, stem, progress))
-                except InputFailed as failure:
+                except UserError:
+                    raise  # an option mistake: the same for every input
+                except Exception as error:  # any other failure fails this input alone
+                    failure = error if isinstance(error, InputFailed) else input_failed(path, error)
                     progress.write(f"gswfast: error: {failure}", always=True)
                     results.append({"input": str(path), "error": str(failure)})
                 progress.set(max(progress.done, before + count))  # a failed input counts as done
@@ -407,12 +424,31 @@ def _run_explain(args: argparse.Namespace) -> int:
     if failed == len(results):
         return EXIT_USER_ERROR
     (args.out / "explanations.json").write_text(_json_text(results), encoding="utf-8")
+    names = [Path(r["input"]).name for r in results if "error" in r]
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     _say(
         args,
         f"wrote {args.out}/explanations.json and the pictures beside it"
-        + (f"; {failed} of {len(results)} inputs failed (listed there)" if failed else ""),
+        + (
+            f"; {failed} of {len(results)} inputs failed: {listed} (reasons there)"
+            if failed
+            else ""
+        ),
     )
-    return EXIT_PARTIAL if failed else 0
+    return partial_exit(failed, args.strict)
+
+
+def partial_exit(failed: int, strict: bool) -> int:
+    """The exit code of a run where some inputs were explained and ``failed`` were not:
+    0, or 1 with ``--strict``. A failed input is reported and recorded, not a crash: under
+    torchrun an exit 1 reads as a crashed worker (``ChildFailedError``) and stops the
+    others."""
+    return EXIT_PARTIAL if failed and strict else 0
+
+
+def input_failed(path: Path, error: BaseException) -> InputFailed:
+    """A failure of any type on one input, in one line (``failure_line``)."""
+    return InputFailed(f"{path}: {failure_line(error)}")
 
 
 def _json_text(value: Any) -> str:
@@ -718,19 +754,15 @@ class _ExplainJob:
     def _push(self, stream: StreamExplainer, frame: torch.Tensor, path: Path) -> list[WindowResult]:
         try:
             return stream.push(frame)
-        except (ValueError, RuntimeError) as error:
+        except Exception as error:
             # A failed window breaks the stream; what failed is the error's cause.
-            cause = (
-                error.__cause__
-                if isinstance(error.__cause__, (ValueError, RuntimeError))
-                else error
-            )
+            cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
             raise self._model_error(cause, path, frame) from None
 
     def _call(self, explainer: Explainer, x: torch.Tensor, path: Path) -> Explanation:
         try:
             expl = explainer(x, self.args.target)
-        except (ValueError, RuntimeError) as error:
+        except Exception as error:
             raise self._model_error(error, path, x) from None
         self._check_finite(expl, path)
         return expl
@@ -754,15 +786,13 @@ class _ExplainJob:
         """Option mistakes (target, layer) stop the run; a model that fails on one input
         fails that input."""
         message = str(error).strip()
-        if message.startswith(("target:", "layer:", "method:", "model:")):
+        if isinstance(error, (ValueError, RuntimeError)) and message.startswith(
+            ("target:", "layer:", "method:", "model:")
+        ):
             return UserError(message.replace("pass layer=", "pass --layer NAME"))
-        if isinstance(error, ValueError):
-            raise error  # not a user mistake: a bug, with its traceback
-        lines = [line.strip() for line in message.splitlines() if line.strip()]
-        reason = lines[-1] if lines else type(error).__name__
         return InputFailed(
             f"{path}: the model {self.args.model} failed on an input of shape "
-            f"{list(x.shape)}: {reason[:300]}"
+            f"{list(x.shape)}: {failure_line(error)}"
         )
 
 
@@ -888,7 +918,16 @@ def _run_dataset(args: argparse.Namespace) -> int:
     )
     if totals["done"] == 0 and totals["items"] > 0:
         return EXIT_USER_ERROR if totals["missing"] == 0 else EXIT_PARTIAL
-    return EXIT_PARTIAL if totals["failed"] or totals["missing"] else 0
+    if totals["failed"]:  # even with --quiet, which silences all but errors
+        print(
+            f"gswfast: {totals['failed']} items failed: their reasons are in "
+            f"{args.out}/items/*.failed.json and manifest.json"
+            + ("" if args.strict else " (--strict makes this exit 1)"),
+            file=sys.stderr,
+        )
+    if totals["missing"]:  # a rank did not finish: rerun the job
+        return EXIT_PARTIAL
+    return partial_exit(totals["failed"], args.strict)
 
 
 # ------------------------------------------------------------------------ helpers

@@ -45,7 +45,7 @@ from gswfast.models import (
     normaliser,
     resolve_device,
 )
-from gswfast.options import UserError, check_method, make_out_folder
+from gswfast.options import UserError, check_method, failure_line, make_out_folder
 from gswfast.progress import Progress
 from gswfast.video.io import (
     MEDIA_SUFFIXES,
@@ -313,13 +313,13 @@ class _Work:
         begin = time.perf_counter()
         try:
             expl = self.explainer(x, self.target)
-        except (ValueError, RuntimeError) as error:
-            if str(error).startswith(
+        except Exception as error:  # any type: the batch's items fail, the job goes on
+            if isinstance(error, (ValueError, RuntimeError)) and str(error).startswith(
                 ("target:", "layer:")
             ):  # the same for every item: stop the job
                 raise UserError(str(error)) from None
             for item in items:
-                _fail(self.folder, item, f"{type(error).__name__}: {error}")
+                _fail(self.folder, item, failure_line(error))
             return
         seconds = (time.perf_counter() - begin) / len(items)
         host = _BatchOnHost.of(expl)

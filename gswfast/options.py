@@ -1,5 +1,5 @@
 """What the command checks before anything heavy loads: the method names, ``check_method``,
-``UserError`` and ``make_out_folder``. No torch here, so ``gswfast --help`` and option
+``UserError``, ``make_out_folder`` and ``failure_line``. No torch here, so ``gswfast --help`` and option
 mistakes are fast.
 """
 
@@ -49,3 +49,17 @@ def make_out_folder(folder: Path) -> Path:
     except OSError as error:
         raise UserError(f"--out: cannot make {folder} ({error.strerror})") from None
     return folder
+
+
+def failure_line(error: BaseException) -> str:
+    """Any exception in one line: its type (with its module where it is not a builtin, as
+    ``torch.jit.Error``) and its last message line (a TorchScript error's is the ``raise``
+    in the model's code), cut at 300 characters."""
+    kind = type(error)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{name}: {lines[-1][:300]}" if lines else name

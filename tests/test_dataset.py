@@ -71,9 +71,12 @@ def test_two_processes_equal_one(dataset, tmp_path):
     ]
     single = _run([sys.executable, "-m", "gswfast", *common, "--out", str(tmp_path / "one")])
     double = _run([*TORCHRUN, "-m", "gswfast", *common, "--out", str(tmp_path / "two")])
-    # exit 1: some items failed (the corrupt image, the video windows given to an image model)
-    assert single.returncode == 1, single.stderr[-2000:]
-    assert double.returncode == 1, double.stderr[-2000:]
+    # exit 0: some items failed (the corrupt image, the video windows given to an image
+    # model), each recorded and named in the summary; torchrun reports no crashed worker
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert "ChildFailedError" not in double.stderr
+    assert "4 items failed: their reasons are in" in single.stdout + single.stderr
     one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
     assert list(one) == list(two)
     assert len(two) == 16
@@ -164,7 +167,7 @@ def test_a_killed_worker_loses_only_its_items_in_flight(dataset, tmp_path):
     for name in before:
         np.load(items / name)["segment_scores"]  # every finished file is whole
     rerun = _run(argv)
-    assert rerun.returncode == 1, rerun.stderr[-2000:]  # 1: corrupt.png failed
+    assert rerun.returncode == 0, rerun.stderr[-2000:]  # corrupt.png failed: recorded
     rows = _outputs(out)
     assert sorted(rows) == sorted(i.key for i in list_items(dataset))
     assert sum(r["status"] == "done" for r in rows.values()) == 12
@@ -255,7 +258,7 @@ def test_uneven_ranks_wait_at_barriers_and_progress_ends_at_the_total(dataset, t
         env=env,
         timeout=300,
     )
-    assert done.returncode == 1, done.stderr[-3000:]  # 1: the missing files failed
+    assert done.returncode == 0, done.stderr[-3000:]  # the missing files failed: recorded
     totals = json.loads((out / "manifest.json").read_text())["totals"]
     assert totals["done"] == 6
     assert totals["failed"] == 6

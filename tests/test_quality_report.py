@@ -45,3 +45,22 @@ def test_quick_report_has_every_column_and_finite_values(tmp_path):
                 assert math.isfinite(float(cell.split(" ")[0])), row
     lime_row = rows[1 + names.index("lime package")]
     assert "| 1.000 | 1.00 | 1.00 |" in lime_row
+
+
+def test_quick_transformer_section_marks_what_does_not_apply():
+    # The ViT (random weights; the Swin section is built the same way): every method that
+    # applies gives finite numbers, the lime package agrees with itself, and guided
+    # backprop (no ReLU) is a row of dashes, not an error.
+    pytest.importorskip("lime")
+    report = _report()
+    table = report.main(["--quick", "--sections", "vit"])
+    titles = [line for line in table.splitlines() if line.startswith("**")]
+    assert [t.split("**")[1] for t in titles] == ["vit"]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if cells[0] == "guided_backprop":
+            assert set(cells[1:]) == {"—"}, row
+        elif cells[0] != "method":
+            assert math.isfinite(float(cells[-1])), row
+    assert sum(row.startswith("| lime package | 1.000 |") for row in rows) == 1
