@@ -13,8 +13,8 @@ Sections: the trained demo models (``gswfast.demo``: shapes, action clips; they 
 the object is), the trained square classifier (``gswfast.testing``), and three models with
 random weights on scikit-image's photos (no object masks): resnet18, a ViT-S/16 built from
 torchvision's ``VisionTransformer`` and swin_t. Random weights serve agreement with LIME and
-deletion/insertion (what the network computes, trained or not), not where the object is. The package's answer is ``gsw.lime``
-with the package's own masks (``gswfast.testing.lime_masks``: the same weights,
+deletion/insertion (what the network computes, trained or not), not where the object is.
+The package's answer is ``gsw.lime`` with the package's own masks (``gswfast.testing.lime_masks``: the same weights,
 ``tests/test_lime.py``); the package itself is timed on the first image. ``gsw.lime, other
 seed`` is the seed-to-seed floor. A new method is one line in ``METHODS``.
 """

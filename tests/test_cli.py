@@ -14,6 +14,7 @@ from helpers import tiny_hf_vit
 from gswfast.cli import main
 from gswfast.demo import action_clips, shape_images
 from gswfast.demo.models import ShapeNet, load
+from gswfast.options import CAM_METHODS
 
 pytest.importorskip("av")
 
@@ -942,7 +943,7 @@ def test_version_and_fast_argument_checks(tmp_path):
         (
             ["explain", "x.png", "--method", "gradient", "--layer", "a"],
             2,
-            "only the CAM methods (gradcam, gradcam_plus_plus, hirescam, xgradcam, layercam, eigencam, scorecam) use a layer",
+            f"only the CAM methods ({', '.join(CAM_METHODS)}) use a layer",
         ),
         (["nope"], 2, "invalid choice: 'nope'"),
     ]
@@ -1416,9 +1417,9 @@ class _Picky(torch.nn.Module):
 
 
 def test_any_exception_of_the_model_fails_one_input_in_one_line(tmp_path, capsys):
-    from gswfast import viz
-
     import warnings
+
+    from gswfast import viz
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
