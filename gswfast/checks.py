@@ -6,6 +6,9 @@ that none of them has to import another's internals.
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -91,11 +94,20 @@ def resolve_given_segmentation(
     """A given ``Segmentation`` or labels ``[B, (T), H, W]`` checked against ``images``:
     ``(segmentation or None, labels, num_segments [B])``."""
     seg = segmentation if isinstance(segmentation, Segmentation) else None
-    labels = seg.labels if seg is not None else segmentation
+    labels: object = seg.labels if seg is not None else segmentation
+    if isinstance(labels, np.ndarray) and labels.dtype in (np.int32, np.int64):
+        labels = torch.from_numpy(np.ascontiguousarray(labels)).to(images.device)
     expected = (images.shape[0], *images.shape[2:])
     if not isinstance(labels, Tensor) or labels.dtype not in (torch.int32, torch.int64):
-        got = getattr(labels, "dtype", type(labels).__name__)
-        raise TypeError(f"segmentation: expected a Segmentation or int32/int64 labels, got {got}")
+        got = (
+            f"a {type(labels).__module__}.{type(labels).__name__} of {labels.dtype}"
+            if hasattr(labels, "dtype")
+            else type(labels).__name__
+        )
+        raise TypeError(
+            "segmentation: expected a Segmentation or int32/int64 labels (a tensor, or a "
+            f"NumPy array), got {got}"
+        )
     if tuple(labels.shape) != expected:
         raise ValueError(
             f"segmentation: expected labels of shape {expected} (the inputs' [B, (T), H, W]), "
@@ -139,3 +151,40 @@ def composite_logits(
     """The model's logits ``[rows, classes]`` on ``composite(...)``'s rows (the additional
     forward args follow ``sample``)."""
     return forward.logits(composite(inside, outside, flat_labels, sample, segments), sample)
+
+
+def tied_samples(scores: Tensor, num_segments: Tensor) -> Tensor:
+    """bool ``[B]``: the samples with two or more segments whose ``scores [B, K]`` are all
+    equal (no segment is best). On the device, no sync."""
+    valid = torch.arange(scores.shape[1], device=scores.device) < num_segments.unsqueeze(1)
+    high = torch.where(valid, scores, float("-inf")).amax(1)
+    low = torch.where(valid, scores, float("inf")).amin(1)
+    return (high == low) & (num_segments > 1)
+
+
+def check_scores(scores: Tensor, num_segments: Tensor, warned: Tensor | None = None) -> Tensor:
+    """The tied samples ``[B]`` (``tied_samples``) of segment ``scores [B, K]``, with a
+    warning for those not in ``warned`` (a CAM map already reported as constant);
+    ``ValueError`` for NaN or infinite scores, which a model with NaN weights or an output
+    that overflows gives. One device sync."""
+    valid = torch.arange(scores.shape[1], device=scores.device) < num_segments.unsqueeze(1)
+    finite = torch.isfinite(torch.where(valid, scores, 0)).all(1)
+    tied = tied_samples(scores, num_segments)
+    fresh = tied if warned is None else tied & ~warned.to(tied.device)
+    flags = torch.stack([~finite, fresh]).cpu()
+    bad = flags[0].nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"segment_scores: NaN or infinite for sample(s) {bad}: the model's output or its "
+            "gradient is not finite there (are its weights finite?)"
+        )
+    if bool(flags[1].any()):
+        warnings.warn(
+            f"gswfast: every segment scores the same for sample(s) "
+            f"{flags[1].nonzero().flatten().tolist()}: the explained output does not change with "
+            "the input there (a head initialised to zero, as a random torchvision ViT's?); no "
+            "segment is best, so top_k() and the pictures outline none",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return tied

@@ -397,6 +397,13 @@ class InputFailed(Exception):
 def _run_explain(args: argparse.Namespace) -> int:
     from gswfast.video import media_kind
 
+    for path in args.paths:
+        if path.is_dir():
+            raise UserError(
+                f"{path} is a folder: explain takes image and video files; for a folder run "
+                f"gswfast explain-dataset {path} --out FOLDER (resumable, torchrun-aware)"
+            )
+
     kinds = [
         media_kind(path) or "image" for path in args.paths
     ]  # other suffixes: Pillow says what they are
@@ -866,6 +873,8 @@ def _scores(expl: Explanation, b: int) -> dict[str, Any]:
         "segment_scores": float32_list(expl.segment_scores[b, :n]),
         "ranking": expl.ranking()[b, :n].tolist(),
     }
+    if "tied" in expl.info:  # every segment scores the same: no best segment, none outlined
+        out["tied"] = bool(expl.info["tied"][b])
     if "layer" in expl.info:  # Grad-CAM: the layer it read, how, and whether its map says anything
         out["layer"] = expl.info["layer"]
         out["layout"] = expl.info["layout"]

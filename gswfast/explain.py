@@ -27,7 +27,9 @@ from gswfast.checks import (
     Segments,
     check_input_values,
     check_inputs,
+    check_scores,
     resolve_given_segmentation,
+    tied_samples,
     unit_float,
 )
 from gswfast.segmentation import Segmentation, rgb_to_lab, slic
@@ -79,7 +81,8 @@ class Explanation:
         return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
     def top_k(self, k: int) -> Tensor:
-        """bool ``[B, (T), H, W]``: the pixels of each sample's ``k`` best segments."""
+        """bool ``[B, (T), H, W]``: the pixels of each sample's ``k`` best segments (none
+        where every segment scores the same: no segment is best)."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise ValueError(f"k: expected an int >= 0, got {k!r}")
         b, width = self.segment_scores.shape
@@ -87,6 +90,7 @@ class Explanation:
         chosen = torch.zeros((b, width), dtype=torch.bool, device=best.device)
         chosen.scatter_(1, best, True)
         chosen &= torch.arange(width, device=best.device) < self.num_segments.unsqueeze(1)
+        chosen &= ~tied_samples(self.segment_scores, self.num_segments).unsqueeze(1)
         flat = self.labels.reshape(b, -1).long()
         return chosen.gather(1, flat).reshape(self.labels.shape)
 
@@ -95,8 +99,12 @@ class Explanation:
         return ops.paint(self.segment_scores, self.labels, validate=False)
 
     def overlay(self, images: Tensor, alpha: float = 0.5, boundaries: bool = True) -> Tensor:
-        """uint8 ``[B, 3, (T), H, W]``: ``images`` (uint8, or float 0..1) under the coloured
-        heatmap (diverging map for signed scores), with segment boundaries in yellow."""
+        """uint8 ``[B, 3, (T), H, W]``: ``images`` (uint8, or float 0..1, checked as
+        ``explain`` checks them) under the coloured heatmap (diverging map for signed
+        scores), with segment boundaries in yellow."""
+        images = check_inputs(images)
+        if images.is_floating_point():
+            check_input_values(images, needs_unit_range=True)
         return render.overlay(
             images.to(self.labels.device),
             self.heatmap(),
@@ -322,8 +330,10 @@ class Explainer:
             labels, num = seg.labels, seg.num_segments
         assert labels is not None  # given, from SLIC, or from SWAG above
         assert num is not None
+        scores = pool_scores(pixel, labels, num, self.reduce)
+        info["tied"] = check_scores(scores, num, info.get("degenerate"))
         return Explanation(
-            segment_scores=pool_scores(pixel, labels, num, self.reduce),
+            segment_scores=scores,
             labels=labels,
             num_segments=num,
             pixel_scores=pixel,

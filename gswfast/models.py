@@ -241,9 +241,9 @@ def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
         return _timm_model(name, seed, flag, spec)
     if source == "hf":
         return _hf_model(Path(name), flag, spec)
+    files = " or a .pt file" if flag == "--model" else ""  # --arch names an architecture
     raise UserError(
-        f"{flag}: expected torchvision:NAME, timm:NAME, hf:FOLDER, demo:NAME or a .pt file, "
-        f"got {spec!r}"
+        f"{flag}: expected torchvision:NAME, timm:NAME, hf:FOLDER or demo:NAME{files}, got {spec!r}"
     )
 
 
@@ -424,7 +424,7 @@ def _model_file(path: Path, arch: str | None, weights: str | Path | None, seed: 
             )
         return LoadedModel(module.eval(), "any", "none", str(path))
     if arch is None:
-        raise UserError(f"--model: {path} is not TorchScript; give its architecture with --arch")
+        raise UserError(f"--model: {path} {_what_file(path)}")
     if weights is not None:
         raise UserError(
             f"--weights: --model {path} is already the weights file of --arch {arch}; drop --weights"
@@ -433,6 +433,23 @@ def _model_file(path: Path, arch: str | None, weights: str | Path | None, seed: 
     _load_weights(loaded.module, path, arch, "--model")
     loaded.random_weights, loaded.seed, loaded.name = False, None, f"{path} ({arch})"
     return loaded.eval_mode()
+
+
+def _what_file(path: Path) -> str:
+    """What a .pt file that is not TorchScript is, and what to do with it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and format errors
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            return (
+                "is a pickled Python object (torch.save(model)), which gswfast does not load: "
+                "unpickling runs whatever code the file names. Save model.state_dict() and pass "
+                "it with --arch NAME, or save torch.jit.script(model)"
+            )
+        return f"is neither TorchScript nor a state_dict ({type(error).__name__})"
+    if isinstance(state, dict):
+        return "is a state_dict; give its architecture with --arch (torchvision:NAME, timm:NAME, demo:NAME)"
+    return f"holds a {type(state).__name__}, not TorchScript or a state_dict"
 
 
 def _load_weights(model: torch.nn.Module, path: Path, name: str, flag: str) -> None:
@@ -452,10 +469,23 @@ def _load_weights(model: torch.nn.Module, path: Path, name: str, flag: str) -> N
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"{flag}: {path}: expected a state_dict, got {type(state).__name__}")
+    state = _without_wrapper_prefix(state, model)
     problem = weight_mismatch(model, state)
     if problem:
         raise UserError(f"{flag}: {path} does not fit {name}: {problem}")
     model.load_state_dict(state)
+
+
+def _without_wrapper_prefix(state: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """``state`` without the ``module.`` prefix that ``nn.DataParallel`` and
+    ``DistributedDataParallel`` put on every name, when the model's own names have none (as
+    ``--layer`` takes names with or without it)."""
+    prefix = "module."
+    if not state or not all(k.startswith(prefix) for k in state):
+        return state
+    if any(k.startswith(prefix) for k in model.state_dict()):
+        return state
+    return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -29,6 +29,7 @@ from gswfast.attribution.integrated_gradients import to_device
 from gswfast.checks import (
     check_input_values,
     check_inputs,
+    check_scores,
     composite,
     resolve_given_segmentation,
     unit_float,
@@ -166,8 +167,10 @@ def run_masks(
 def explanation(
     problem: Problem, scores: Tensor, method: str, reduce: str, info: dict[str, Any]
 ) -> Explanation:
-    """The ``Explanation`` of segment ``scores [B, K]`` (any float dtype, stored float32)."""
+    """The ``Explanation`` of segment ``scores [B, K]`` (any float dtype, stored float32);
+    ``info["tied"]`` as ``explain``'s (``check_scores``)."""
     scores = scores.float()
+    info["tied"] = check_scores(scores, problem.num_segments)
     target = problem.target
     if isinstance(target, OutputTarget):
         target = torch.full((problem.batch,), -1, dtype=torch.int64, device=problem.x.device)
@@ -218,16 +221,20 @@ def given_masks(masks: object, batch: int, n_samples: int, present: Tensor) -> T
         raise ValueError("masks: expected a tensor of 0/1 (or bool) values")
     if masks.dim() == 2:
         masks = masks.unsqueeze(0).expand(batch, -1, -1)
-    if (
-        masks.dim() != 3
-        or masks.shape[0] != batch
-        or masks.shape[1] != n_samples
-        or masks.shape[2] < k
-    ):
+    if masks.dim() != 3 or masks.shape[0] != batch:
         raise ValueError(
-            f"masks: expected [n_samples, K] or [B, n_samples, K] with B = {batch}, "
-            f"n_samples = {n_samples} and K >= {k} (the most segments of a sample), "
-            f"got shape {tuple(masks.shape)}"
+            f"masks: expected [n_samples, K] or [B, n_samples, K] with B = {batch}, got shape "
+            f"{tuple(masks.shape)}"
+        )
+    if masks.shape[1] != n_samples:
+        raise ValueError(
+            f"masks: {masks.shape[1]} rows (samples), but n_samples is {n_samples}; pass "
+            f"n_samples={masks.shape[1]} with these masks"
+        )
+    if masks.shape[2] < k:
+        raise ValueError(
+            f"masks: {masks.shape[2]} columns, fewer than the {k} segments of the largest "
+            "sample (one column per segment id)"
         )
     keep = masks[:, :, :k].to(device=present.device, dtype=torch.uint8)
     return keep * present.unsqueeze(1)

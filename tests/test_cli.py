@@ -223,7 +223,7 @@ def test_model_files(files, tmp_path):
         ),
         (
             ["explain", "{png}", "--model", "{state}"],
-            "is not TorchScript; give its architecture with --arch",
+            "is a state_dict; give its architecture with --arch",
         ),
         (
             ["explain", "{png}", "--model", "demo:shapes", "--weights", "{corrupt_png}"],
@@ -1325,7 +1325,7 @@ def test_an_empty_model_or_layer_is_named_as_such(files, tmp_path, capsys):
     assert main([*argv, "--model", ""]) == 2
     _one_line_error(
         capsys,
-        "--model: expected torchvision:NAME, timm:NAME, hf:FOLDER, demo:NAME or a .pt file, got ''",
+        "--model: expected torchvision:NAME, timm:NAME, hf:FOLDER or demo:NAME or a .pt file, got ''",
     )
     assert main([*argv, "--model", "demo:shapes", "--method", "gradcam", "--layer", ""]) == 2
     _one_line_error(capsys, "layer: expected a module name such as 'features.")
@@ -1449,3 +1449,27 @@ def test_any_exception_of_the_model_fails_one_input_in_one_line(tmp_path, capsys
     assert failed["reason"] == "torch.jit.Error: builtins.ValueError: too bright for this model"
     assert len(list((tmp_path / "d" / "items").glob("*.npz"))) == 1
     assert main([*data, "--strict"]) == 1
+
+
+def test_messages_say_what_a_file_or_name_is_and_what_to_do(files, tmp_path, capsys):
+    import torchvision
+
+    model = torchvision.models.resnet18()  # --arch torchvision:resnet18 has 1000 classes
+    torch.save(model, tmp_path / "pickled.pt")  # a whole pickled module
+    wrapped = {f"module.{k}": v for k, v in model.state_dict().items()}  # DataParallel's names
+    torch.save(wrapped, tmp_path / "wrapped.pt")
+    png = str(files / "shape.png")
+    common = ["--method", "gradient", "--segments", "8", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(["explain", png, "--model", str(tmp_path / "pickled.pt"), *common]) == 2
+    _one_line_error(capsys, "is a pickled Python object (torch.save(model))", "state_dict()")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    assert (
+        main(["explain", png, "--model", str(tmp_path / "weights.pt"), "--arch", "resnet18"]) == 2
+    )
+    err = _one_line_error(capsys, "--arch: expected torchvision:NAME")
+    assert ".pt" not in err.split("got")[0]  # --arch cannot take a file
+    arch = ["--arch", "torchvision:resnet18", "--model", str(tmp_path / "wrapped.pt")]
+    assert main(["explain", png, *arch, *common]) == 0  # module. prefixes are dropped
+    capsys.readouterr()
+    assert main(["explain", str(files), "--model", "demo:shapes"]) == 2
+    _one_line_error(capsys, "is a folder", f"gswfast explain-dataset {files} --out")

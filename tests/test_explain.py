@@ -84,21 +84,75 @@ def test_batched_equals_per_sample(method, options):
     assert batched.target.tolist() == [1, 2, 3]
 
 
-def test_overlay_of_a_model_that_gives_nan_draws_instead_of_raising():
-    """NaN scores (a model with NaN weights) made the colour map index its table at
-    -2**63: IndexError on the CPU, a device-side assert on a GPU."""
+def test_nan_scores_raise_and_their_overlay_draws():
+    """A model with NaN weights: explain names the samples (as the command does); an
+    Explanation holding NaN scores still draws (the colour map indexed its table at
+    -2**63: IndexError on the CPU, a device-side assert on a GPU)."""
     model = TinyCNN(classes=3).eval()
+    x = photos(32, 1)
+    fine = gsw.explain(model, x, 0, method="gradient")
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
-    x = photos(32, 1)
-    expl = gsw.explain(model, x, 0, method="gradient")
-    assert torch.isnan(expl.segment_scores).all()
+    with pytest.raises(ValueError, match=r"segment_scores: NaN or infinite for sample\(s\) \[0\]"):
+        gsw.explain(model, x, 0, method="gradient")
+    with pytest.raises(ValueError, match="segment_scores: NaN"):
+        gsw.lime(model, x, fine.labels, 0, n_samples=8)
+    expl = dataclasses.replace(
+        fine, segment_scores=torch.full_like(fine.segment_scores, float("nan"))
+    )
     picture = expl.overlay(x)
     assert picture.shape == (1, 3, 32, 32)
     colours = gsw.render.colormap(
         torch.tensor([float("nan"), float("inf"), -float("inf")]), ((0, 0, 0), (255, 255, 255))
     )
     assert colours.tolist() == [[0.0] * 3, [255.0] * 3, [0.0] * 3]
+
+
+class _Flat(torch.nn.Module):
+    """A head that ignores its input, as a random torchvision ViT's (initialised to zero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3))) * 0
+
+
+def test_tied_scores_warn_are_recorded_and_outline_nothing():
+    x = photos(32, 2)
+    with pytest.warns(
+        RuntimeWarning, match=r"every segment scores the same for sample\(s\) \[0, 1\]"
+    ):
+        expl = gsw.explain(_Flat(), x, 1, method="gradient", n_segments=8)
+    assert expl.info["tied"].tolist() == [True, True]
+    assert not expl.top_k(3).any()  # no segment is best
+    with pytest.warns(RuntimeWarning, match="every segment scores the same"):
+        region = gsw.occlusion(_Flat(), x, expl.labels, 1)
+    assert region.info["tied"].tolist() == [True, True]
+    plain = gsw.explain(TinyCNN().eval(), x, 1, method="gradient", segmentation=expl.labels)
+    assert plain.info["tied"].tolist() == [False, False]
+    assert plain.top_k(3).any(dim=(1, 2)).all()
+
+
+def test_other_input_spellings_are_taken_or_refused_clearly():
+    model, x = TinyCNN().eval(), photos(32, 2)
+    expl = gsw.explain(model, x, 1, method="gradient", n_segments=8)
+    as_numpy = gsw.explain(model, x, 1, method="gradient", segmentation=expl.labels.numpy())
+    torch.testing.assert_close(as_numpy.segment_scores, expl.segment_scores)
+    with pytest.raises(TypeError, match=r"got a numpy.ndarray of uint8"):
+        gsw.explain(model, x, 1, segmentation=expl.labels.numpy().astype("uint8"))
+    captum = gsw.explain(
+        model, x, 1, method="input_x_gradient", baselines="blur", segmentation=expl.labels
+    )
+    ours = gsw.explain(
+        model, x, 1, method="input_x_gradient", baseline="blur", segmentation=expl.labels
+    )
+    torch.testing.assert_close(captum.segment_scores, ours.segment_scores)
+    with pytest.raises(ValueError, match=r"0..255 pixel values"):
+        expl.overlay(x * 255)
+    with pytest.raises(ValueError, match=r"masks: 5 rows .* pass n_samples=5"):
+        gsw.lime(model, x, expl.labels, 1, masks=torch.ones(5, 16, dtype=torch.uint8))
 
 
 def test_explanation_ranking_top_k_heatmap_overlay():

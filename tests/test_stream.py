@@ -303,13 +303,25 @@ def test_a_failed_window_breaks_the_stream(model, background):
 
     errors = _run_with_timeout(feed)
     assert errors
-    assert all("the stream is broken: its explainer failed on window 1" in str(e) for e in errors)
+    assert all("the stream is broken: its explainer failed on window 1 (" in str(e) for e in errors)
+    assert all("second call" in str(e) for e in errors)  # the cause, in the error's own text
     assert all(
         isinstance(e.__cause__, ValueError) and "second call" in str(e.__cause__) for e in errors
     )
     first = len(frames) - len(errors)  # the push that reported the failure, then every later one
     assert first <= 8 + 2 * 1 + 2 * 2 + 1  # reported within a few windows of window 1
     assert stream.windows_seen <= first // 2 + 1  # nothing queued once it is broken
+
+
+def test_float_frames_are_checked_as_explain_checks_inputs(model):
+    # 0..255 floats (logits hundreds of times off, another class) are refused as
+    # gsw.explain refuses them, with the cause in the stream's error
+    stream = StreamExplainer(model, window=4, stride=4, method="gradient", n_segments=10)
+    with pytest.raises(RuntimeError, match=r"0..255 pixel values"):
+        stream.push_many(_frames(4).float())
+    unit = StreamExplainer(model, window=4, stride=4, method="gradient", n_segments=10)
+    (result,) = unit.push_many(_frames(4).float() / 255)
+    assert torch.isfinite(result.explanation.segment_scores).all()
 
 
 def test_close_after_a_failure_does_not_hang(model):

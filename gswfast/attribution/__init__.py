@@ -91,7 +91,7 @@ METHODS: tuple[str, ...] = METHOD_NAMES
 
 _IG_OPTIONS = ("n_steps", "integration", "batch_size")
 _SMOOTH_OPTIONS = ("base", "n_samples", "noise_level", "square", "seed", "batch_size")
-_ALIASES = {"internal_batch_size": "batch_size"}  # Captum's spelling, accepted as is
+_ALIASES = {"internal_batch_size": "batch_size", "baselines": "baseline"}  # Captum's spellings
 _BASELINE_OPTIONS = ("baseline", "blur_sigma")
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "gradient": (),

@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from gswfast.attribution._model import Target
-from gswfast.checks import unit_float
+from gswfast.checks import check_input_values, unit_float
 from gswfast.explain import DEFAULT_SEGMENTS, Explainer, Explanation
+from gswfast.options import failure_line
 from gswfast.segmentation import Segmentation, slic
 
 POLICIES: tuple[str, ...] = ("block", "drop_oldest")
@@ -356,6 +357,8 @@ class StreamExplainer:
     def _explain_window(self, index: int, start: int, clip: Tensor, arrived: float) -> WindowResult:
         target: Target
         logits = None
+        if clip.is_floating_point():  # as explain checks its inputs (0..255 floats, NaN)
+            check_input_values(clip, needs_unit_range=True)
         if callable(self.target):
             logits = self._logits(clip)
             target = _chosen_class(self.target(logits[0]))
@@ -429,8 +432,8 @@ class StreamExplainer:
     def _raise_if_broken(self) -> None:
         if self._error is not None:
             raise RuntimeError(
-                f"the stream is broken: its explainer failed on window {self._failed_window}; "
-                "make a new StreamExplainer to go on"
+                f"the stream is broken: its explainer failed on window {self._failed_window} "
+                f"({failure_line(self._error)}); make a new StreamExplainer to go on"
             ) from self._error
 
 
