@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -25,6 +25,7 @@ from gswfast import __version__
 from gswfast.options import (
     CAM_METHODS,
     METHOD_NAMES,
+    PICTURE_SIDE,
     UserError,
     check_method,
     failure_line,
@@ -42,7 +43,6 @@ _T = TypeVar("_T")
 
 __all__ = ["UserError", "main"]
 
-PICTURE_SIDE = 448  # longer side of the pictures `explain` writes
 # Counts above these are mistakes: larger ones overflow C integers (OverflowError), and a
 # side above MAX_SIZE asks for tens of GB per image (100000 x 100000 x 3 float32: 120 GB).
 MAX_COUNT, MAX_SIZE = 2**31 - 1, 4096
@@ -627,13 +627,14 @@ class _ExplainJob:
 
         from gswfast import render, viz
         from gswfast.video import MediaError, Mp4Writer, read_video, windows
+        from gswfast.video.io import remember_shape
 
         explained: list[dict[str, Any]] = []
         show = _FrameShower()
         out = self.folder() / f"{stem}.mp4"
         try:
             frames, fps = read_video(path)
-            frames, shape = _remember_shape(frames)
+            frames, shape = remember_shape(frames)
             with Mp4Writer(out, fps) as movie:
                 for start, clip in windows(
                     frames, self.args.frames, self.args.stride or self.args.frames, self.size
@@ -717,7 +718,6 @@ class _ExplainJob:
                     x = render.resize_frames(frame[None], self.size)[0].to(self.device)
                     for result in self._push(stream, x, path):
                         self._check_target_width(result.logits.shape[-1])
-                        self._check_finite(result.explanation, path)
                         fresh = (
                             result.clip.shape[2] if result.index == 0 else stride
                         )  # frames not shown yet
@@ -771,17 +771,7 @@ class _ExplainJob:
             expl = explainer(x, self.args.target)
         except Exception as error:
             raise self._model_error(error, path, x) from None
-        self._check_finite(expl, path)
         return expl
-
-    def _check_finite(self, expl: Explanation, path: Path) -> None:
-        import torch
-
-        if not bool(torch.isfinite(expl.segment_scores).all()):
-            raise InputFailed(
-                f"{path}: the model {self.args.model} gave NaN or infinite scores (are its "
-                "weights finite?)"
-            )
 
     def _check_target_width(self, classes: int) -> None:
         if self.args.target is not None and self.args.target >= classes:
@@ -837,21 +827,6 @@ class _FrameShower:
 def _remove(*paths: Path) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
-
-
-def _remember_shape(
-    frames: Iterator[torch.Tensor],
-) -> tuple[Iterator[torch.Tensor], list[tuple[int, int]]]:
-    """The frames, and a list that holds the first frame's ``(H, W)`` once it is read."""
-    shape: list[tuple[int, int]] = []
-
-    def walk() -> Iterator[torch.Tensor]:
-        for frame in frames:
-            if not shape:
-                shape.append((frame.shape[-2], frame.shape[-1]))
-            yield frame
-
-    return walk(), shape
 
 
 def _timeline_entry(result: WindowResult) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from gswfast.models import (
     normaliser,
     resolve_device,
 )
-from gswfast.options import UserError, check_method, failure_line, make_out_folder
+from gswfast.options import PICTURE_SIDE, UserError, check_method, failure_line, make_out_folder
 from gswfast.progress import Progress
 from gswfast.video.io import (
     MEDIA_SUFFIXES,
@@ -54,6 +54,7 @@ from gswfast.video.io import (
     media_kind,
     read_image,
     read_video,
+    remember_shape,
     window_starts,
     windows,
 )
@@ -278,15 +279,17 @@ class _Work:
             self._video(path, windows_wanted)
 
     def _images(self, batch: Sequence[Item]) -> None:
-        loaded, pixels = [], []
+        loaded, pixels, sizes = [], [], []
         for item in batch:
             try:
-                pixels.append(render.resize_frames(read_image(item.path)[None], self.size)[0])
+                image = read_image(item.path)
+                pixels.append(render.resize_frames(image[None], self.size)[0])
+                sizes.append((image.shape[-2], image.shape[-1]))
                 loaded.append(item)
             except MediaError as error:
                 _fail(self.folder, item, str(error))
         if loaded:
-            self._explain(loaded, torch.stack(pixels).to(self.device))
+            self._explain(loaded, torch.stack(pixels).to(self.device), sizes)
 
     def _video(self, path: Path, items: Sequence[Item]) -> None:
         """Decodes the video once, explaining this rank's windows as they fill."""
@@ -294,9 +297,10 @@ class _Work:
         last = max(wanted)
         try:
             frames, _ = read_video(path)
+            frames, shape = remember_shape(frames)
             for start, clip in windows(frames, self.frames, self.stride, self.size):
                 if start in wanted:
-                    self._explain([wanted.pop(start)], clip[None].to(self.device))
+                    self._explain([wanted.pop(start)], clip[None].to(self.device), shape)
                     self.progress.add(1)
                 if start >= last:
                     break
@@ -309,7 +313,11 @@ class _Work:
             _fail(self.folder, item, f"{path}: fewer frames than a window of {self.frames}")
         self.progress.add(len(wanted))
 
-    def _explain(self, items: Sequence[Item], x: torch.Tensor) -> None:
+    def _explain(
+        self, items: Sequence[Item], x: torch.Tensor, sizes: Sequence[tuple[int, int]]
+    ) -> None:
+        """Explains ``x [B, C, (T), size, size]`` (each item stretched to the model's size);
+        ``sizes``: each item's ``(H, W)`` before, which its record and picture keep."""
         begin = time.perf_counter()
         try:
             expl = self.explainer(x, self.target)
@@ -323,22 +331,30 @@ class _Work:
             return
         seconds = (time.perf_counter() - begin) / len(items)
         host = _BatchOnHost.of(expl)
-        pictures = render.draw_picture(expl, x, size=448) if self.pictures else None
         for b, item in enumerate(items):
-            if not np.isfinite(host.segment_scores[b]).all():
-                _fail(
-                    self.folder,
-                    item,
-                    f"{item.path}: the model gave NaN or infinite scores (are its weights finite?)",
-                )
-                continue
-            _write_result(self.folder, item, host, b, seconds, self.settings)
-            if pictures is not None:
-                picture = pictures[b]
-                if picture.dim() == 3:
-                    viz.save_png(picture, _picture(self.folder, item))
+            _write_result(self.folder, item, host, b, seconds, self.settings, sizes[b])
+        if self.pictures:
+            self._draw(items, expl, x, sizes)
+
+    def _draw(
+        self,
+        items: Sequence[Item],
+        expl: Explanation,
+        x: torch.Tensor,
+        sizes: Sequence[tuple[int, int]],
+    ) -> None:
+        """The pictures, as ``gswfast explain`` draws them: the input's aspect ratio, the
+        longer side ``PICTURE_SIDE`` (one drawing per distinct input size in the batch)."""
+        for size in dict.fromkeys(sizes):
+            shape = render.picture_shape(size[0], size[1], PICTURE_SIDE)
+            pictures = render.draw_picture(expl, x, shape=shape)
+            for b, item in enumerate(items):
+                if sizes[b] != size:
+                    continue
+                if pictures[b].dim() == 3:
+                    viz.save_png(pictures[b], _picture(self.folder, item))
                 else:
-                    viz.save_gif(picture, _picture(self.folder, item))
+                    viz.save_gif(pictures[b], _picture(self.folder, item))
 
 
 def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Path) -> list[Item]:
@@ -377,7 +393,11 @@ def _write_result(
     b: int,
     seconds: float,
     settings: dict[str, Any],
+    input_size: tuple[int, int],
 ) -> None:
+    """``<item>.npz``: the scores, ranking and labels (at the model's size), the target,
+    the time, the settings, and ``input_size``, the file's ``(H, W)`` before it was
+    stretched to the model's (the labels' shape)."""
     n = int(host.num_segments[b])
     # Any: np.savez_compressed's **kwds share their type with its allow_pickle: bool.
     arrays: dict[str, Any] = {
@@ -387,6 +407,7 @@ def _write_result(
         "target": np.int64(host.target[b]),
         "seconds": np.float64(seconds),
         "settings": np.array(json.dumps(settings, sort_keys=True)),
+        "input_size": np.array(input_size, dtype=np.int64),
     }
     final = folder / f"{item.key}.npz"
     temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -483,6 +504,8 @@ def _write_manifest(
                     output=str(done),
                     target=int(data["target"]),
                     seconds=float(data["seconds"]),
+                    input_size=data["input_size"].tolist() if "input_size" in data else None,
+                    model_size=list(data["labels"].shape[-2:]),
                 )
             seconds += row["seconds"]
         elif failed.exists():

@@ -30,6 +30,9 @@ METHOD_NAMES: tuple[str, ...] = (
 )
 
 
+PICTURE_SIDE = 448  # the longer side of the pictures both commands write
+
+
 class UserError(ValueError):
     """A mistake in the options or the files: reported in one line, exit code 2."""
 

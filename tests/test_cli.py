@@ -1280,14 +1280,14 @@ def test_a_model_that_gives_nan_fails_its_inputs(files, tmp_path, capsys):
         argv = ["explain", str(files / path), "--model", f"demo:{name}", *extra]
         argv += ["--weights", str(tmp_path / f"{name}.pt"), "--method", "gradient"]
         assert main([*argv, "--out", str(tmp_path / "a"), "--quiet"]) == 2
-        _one_line_error(capsys, f"{path}: the model demo:{name} gave NaN or infinite scores")
+        _one_line_error(capsys, f"{path}: the model demo:{name} failed", "segment_scores: NaN")
         assert not (tmp_path / "a").exists()
     argv = ["explain-dataset", str(files / "shape.png"), "--model", "demo:shapes", "--quiet"]
     argv += ["--weights", str(tmp_path / "shapes.pt"), "--method", "gradient"]
     assert main([*argv, "--out", str(tmp_path / "b")]) == 2
     (row,) = json.loads((tmp_path / "b" / "manifest.json").read_text())["items"]
     assert row["status"] == "failed"
-    assert "gave NaN or infinite scores" in row["reason"]
+    assert "segment_scores: NaN or infinite for sample(s) [0]" in row["reason"]
 
 
 def test_inputs_with_names_near_the_limit_get_outputs_that_fit(files, tmp_path):
@@ -1473,3 +1473,36 @@ def test_messages_say_what_a_file_or_name_is_and_what_to_do(files, tmp_path, cap
     capsys.readouterr()
     assert main(["explain", str(files), "--model", "demo:shapes"]) == 2
     _one_line_error(capsys, "is a folder", f"gswfast explain-dataset {files} --out")
+
+
+def _with_display_matrix(data: bytes, a: int, b: int, c: int, d: int) -> bytes:
+    """An MP4's bytes with the 2x2 part of its video track's display matrix (the ``tkhd``
+    box's, in 16.16 fixed point) set, as a phone writes it for a portrait clip."""
+    import struct
+
+    start = data.find(b"tkhd") + 4
+    offset = start + (40 if data[start] == 0 else 52)  # version 0 or 1 of the box
+    matrix = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
+    return data[:offset] + matrix + data[offset + 36 :]
+
+
+@pytest.mark.parametrize(
+    ("matrix", "turns"),
+    [((0, 1, -1, 0), -1), ((-1, 0, 0, -1), 2), ((0, -1, 1, 0), 1), ((1, 0, 0, 1), 0)],
+)
+def test_videos_are_read_upright(tmp_path, matrix, turns):
+    # A 64x32 clip whose left quarter is white, stored with the display matrix of a phone
+    # held upright (a quarter turn clockwise: frame.rotation -90), upside down, the other
+    # way, and none: the frames come as a player shows them.
+    from gswfast.video import read_video, write_mp4
+
+    clip = torch.zeros(3, 4, 32, 64, dtype=torch.uint8)
+    clip[:, :, :, :16] = 255
+    write_mp4(clip, tmp_path / "plain.mp4", fps=8)
+    rotated = tmp_path / "rotated.mp4"
+    rotated.write_bytes(_with_display_matrix((tmp_path / "plain.mp4").read_bytes(), *matrix))
+    frames = list(read_video(rotated)[0])
+    expected = torch.rot90(clip[:, 0], k=turns, dims=(-2, -1))
+    assert len(frames) == 4
+    assert frames[0].shape == expected.shape
+    assert (frames[0].float() - expected.float()).abs().mean() < 8  # lossy H.264

@@ -493,3 +493,30 @@ def test_imports_flow_one_way():
             for a in n.names
         }
         assert not imported & forbidden, (name, imported & forbidden)
+
+
+def test_pictures_keep_the_aspect_ratio_as_explain_does(tmp_path):
+    # One picture rule for both commands: the input's aspect ratio, the longer side 448;
+    # the records say what was stretched to what.
+    from PIL import Image
+
+    from gswfast import viz
+    from gswfast.cli import main
+    from gswfast.demo import shape_images
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = (shape_images(1, size=64).images[0] * 255).to(torch.uint8)
+    viz.save_png(torch.cat([image, image], dim=2)[:, :40], folder / "wide.png")  # 40 x 128
+    manifest = explain_dataset(
+        folder, tmp_path / "d", "demo:shapes", method="gradient", pictures=True, quiet=True
+    )
+    (row,) = manifest["items"]
+    assert row["input_size"] == [40, 128]
+    assert row["model_size"] == [64, 64]
+    with Image.open(next((tmp_path / "d" / "items").glob("*.png"))) as picture:
+        dataset_size = picture.size
+    argv = ["explain", str(folder / "wide.png"), "--model", "demo:shapes", "--method", "gradient"]
+    assert main([*argv, "--quiet", "--out", str(tmp_path / "e")]) == 0
+    with Image.open(tmp_path / "e" / "wide.png") as picture:
+        assert picture.size == dataset_size == (448, 140)

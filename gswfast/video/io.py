@@ -110,7 +110,9 @@ def frame_count(path: str | Path) -> int:
 
 def read_video(path: str | Path) -> tuple[Iterator[Tensor], float]:
     """An iterator over the frames (uint8 ``[3, H, W]`` RGB) of a video file, decoded one at a
-    time (constant memory), and its frame rate."""
+    time (constant memory), and its frame rate. Frames come upright: a phone clip's display
+    rotation (its display matrix, PyAV's ``frame.rotation``) is applied, as players and
+    EXIF orientation for images do."""
     import av
 
     path = _existing(path)
@@ -129,15 +131,36 @@ def read_video(path: str | Path) -> tuple[Iterator[Tensor], float]:
     def frames() -> Iterator[Tensor]:
         try:
             for frame in container.decode(stream):
-                yield (
-                    torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
-                )
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                yield upright(pixels, getattr(frame, "rotation", 0)).contiguous()
         except av.error.FFmpegError as error:
             raise MediaError(f"{path}: the video is corrupt ({error})") from None
         finally:
             container.close()
 
     return frames(), rate
+
+
+def upright(frame: Tensor, rotation: float) -> Tensor:
+    """``frame [C, H, W]`` as displayed: ``rotation`` is the display matrix's angle in
+    degrees, counterclockwise (FFmpeg's ``av_display_rotation_get``), so the picture turns
+    by ``-rotation`` (a phone's "rotate 90" tag reads -90: a quarter turn clockwise), to the
+    nearest quarter turn."""
+    quarters = round(-float(rotation or 0) / 90) % 4  # clockwise quarter turns
+    return torch.rot90(frame, k=-quarters, dims=(-2, -1)) if quarters else frame
+
+
+def remember_shape(frames: Iterator[Tensor]) -> tuple[Iterator[Tensor], list[tuple[int, int]]]:
+    """The frames, and a list that holds the first frame's ``(H, W)`` once it is read."""
+    shape: list[tuple[int, int]] = []
+
+    def walk() -> Iterator[Tensor]:
+        for frame in frames:
+            if not shape:
+                shape.append((frame.shape[-2], frame.shape[-1]))
+            yield frame
+
+    return walk(), shape
 
 
 def window_starts(count: int, length: int, stride: int, tail: bool = True) -> list[int]:
