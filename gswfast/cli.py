@@ -12,6 +12,7 @@ mistakes never import torch; torch, torchvision, PyAV, Pillow and tqdm load only
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -147,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--out", type=Path, default=Path("gswfast_out"), help="output folder (default: gswfast_out)"
+    )
+    explain.add_argument(
+        "--no-pictures",
+        dest="pictures",
+        action="store_false",
+        help="write explanations.json (and the timelines of --stream) only: no PNG, MP4 or GIF",
     )
     _common(explain)
     explain.set_defaults(run=_run_explain)
@@ -430,6 +437,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     failed = sum("error" in r for r in results)
     if failed == len(results):
         return EXIT_USER_ERROR
+    make_out_folder(args.out)  # with --no-pictures nothing else may have made it
     (args.out / "explanations.json").write_text(_json_text(results), encoding="utf-8")
     names = [Path(r["input"]).name for r in results if "error" in r]
     listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -607,13 +615,14 @@ class _ExplainJob:
         expl, seconds = _timed(
             lambda: self._call(self.explainer("image"), image, path), self.device
         )
-        shape = render.picture_shape(original.shape[-2], original.shape[-1], PICTURE_SIDE)
-        out = self.folder() / f"{stem}.png"
-        viz.save_png(render.draw_picture(expl, image, self.args.top_k, shape=shape)[0], out)
+        out = self.folder() / f"{stem}.png" if self.args.pictures else None
+        if out is not None:
+            shape = render.picture_shape(original.shape[-2], original.shape[-1], PICTURE_SIDE)
+            viz.save_png(render.draw_picture(expl, image, self.args.top_k, shape=shape)[0], out)
         progress.update()
         return {
             "input": str(path),
-            "output": str(out),
+            "output": None if out is None else str(out),
             "method": expl.method,
             **_scores(expl, 0),
             "seconds": seconds,
@@ -626,7 +635,7 @@ class _ExplainJob:
         import torch
 
         from gswfast import render, viz
-        from gswfast.video import MediaError, Mp4Writer, read_video, windows
+        from gswfast.video import MediaError, read_video, windows
         from gswfast.video.io import remember_shape
 
         explained: list[dict[str, Any]] = []
@@ -635,7 +644,7 @@ class _ExplainJob:
         try:
             frames, fps = read_video(path)
             frames, shape = remember_shape(frames)
-            with Mp4Writer(out, fps) as movie:
+            with _movie(out, fps, self.args.pictures) as movie:
                 for start, clip in windows(
                     frames, self.args.frames, self.args.stride or self.args.frames, self.size
                 ):
@@ -650,15 +659,17 @@ class _ExplainJob:
                             "seconds": seconds,
                         }
                     )
-                    picture = render.draw_picture(
-                        expl,
-                        x,
-                        self.args.top_k,
-                        shape=render.picture_shape(shape[0][0], shape[0][1], PICTURE_SIDE),
-                    )[0].cpu()
-                    show.next_window(movie, start, picture)
+                    if movie is not None:
+                        picture = render.draw_picture(
+                            expl,
+                            x,
+                            self.args.top_k,
+                            shape=render.picture_shape(shape[0][0], shape[0][1], PICTURE_SIDE),
+                        )[0].cpu()
+                        show.next_window(movie, start, picture)
                     progress.update()
-                show.finish(movie)
+                if movie is not None:
+                    show.finish(movie)
         except MediaError as error:
             out.unlink(missing_ok=True)
             raise InputFailed(str(error)) from None
@@ -668,10 +679,13 @@ class _ExplainJob:
         if not explained:
             out.unlink(missing_ok=True)
             raise InputFailed(f"{path}: shorter than one window of --frames {self.args.frames}")
-        viz.save_gif(torch.cat(show.preview, 1)[:, :64], self.folder() / f"{stem}.gif", fps)
+        if self.args.pictures:  # a preview at half the pictures' size (Pillow's palettes)
+            preview = torch.cat(show.preview, 1)[:, :64]
+            half = (max(1, preview.shape[-2] // 2), max(1, preview.shape[-1] // 2))
+            viz.save_gif(render.resize_frames(preview[None], half)[0], self.folder() / f"{stem}.gif", fps)
         return {
             "input": str(path),
-            "output": str(out),
+            "output": str(out) if self.args.pictures else None,
             "fps": fps,
             "method": _method(self.args, "video"),
             "windows": explained,
@@ -684,7 +698,7 @@ class _ExplainJob:
         Frames after the last full window are not shown (counted in the JSON)."""
         from gswfast import render
         from gswfast.models import layer_option
-        from gswfast.video import MediaError, Mp4Writer, StreamExplainer, read_video
+        from gswfast.video import MediaError, StreamExplainer, read_video
 
         args, stride = self.args, self.args.stride or 4
         options: dict[str, Any] = layer_option(args.layer, _method(args, "video"))
@@ -711,7 +725,7 @@ class _ExplainJob:
         )
         try:
             frames, fps = read_video(path)
-            with Mp4Writer(out, fps) as movie, open(timeline_path, "w") as timeline:
+            with _movie(out, fps, args.pictures) as movie, open(timeline_path, "w") as timeline:
                 for frame in frames:
                     frames_seen += 1
                     shape = render.picture_shape(frame.shape[-2], frame.shape[-1], PICTURE_SIDE)
@@ -721,10 +735,11 @@ class _ExplainJob:
                         fresh = (
                             result.clip.shape[2] if result.index == 0 else stride
                         )  # frames not shown yet
-                        picture = render.draw_picture(
-                            result.explanation, result.clip, args.top_k, shape=shape
-                        )[0]
-                        movie.write(picture[:, -fresh:].cpu())
+                        if movie is not None:
+                            picture = render.draw_picture(
+                                result.explanation, result.clip, args.top_k, shape=shape, last=fresh
+                            )[0]
+                            movie.write(picture.cpu())
                         timeline.write(
                             json.dumps(_timeline_entry(result)) + "\n"
                         )  # streamed: constant memory
@@ -749,7 +764,7 @@ class _ExplainJob:
             )
         return {
             "input": str(path),
-            "output": str(out),
+            "output": str(out) if args.pictures else None,
             "fps": fps,
             "method": _method(args, "video"),
             "stride": stride,
@@ -791,6 +806,14 @@ class _ExplainJob:
             f"{path}: the model {self.args.model} failed on an input of shape "
             f"{list(x.shape)}: {failure_line(error)}"
         )
+
+
+def _movie(path: Path, fps: float, pictures: bool) -> contextlib.AbstractContextManager[Any]:
+    """The MP4 writer of a video's pictures, encoding while the next window is explained, or
+    None (as a context) with ``--no-pictures``."""
+    from gswfast.video import Mp4Writer
+
+    return Mp4Writer(path, fps, background=True) if pictures else contextlib.nullcontext()
 
 
 class _FrameShower:

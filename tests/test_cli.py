@@ -1506,3 +1506,71 @@ def test_videos_are_read_upright(tmp_path, matrix, turns):
     assert len(frames) == 4
     assert frames[0].shape == expected.shape
     assert (frames[0].float() - expected.float()).abs().mean() < 8  # lossy H.264
+
+
+def test_no_pictures_writes_the_json_alone(files, tmp_path):
+    for name, extra in (
+        ("shape.png", ["--model", "demo:shapes"]),
+        ("short.mp4", ["--model", "demo:actions", "--frames", "8"]),
+        ("short.mp4", ["--model", "demo:actions", "--frames", "8", "--stream"]),
+    ):
+        out = tmp_path / f"out{len(extra)}"
+        argv = ["explain", str(files / name), *extra, "--method", "gradient", "--quiet"]
+        assert main([*argv, "--no-pictures", "--out", str(out)]) == 0
+        written = sorted(p.suffix for p in out.iterdir())
+        assert written == ([".json", ".jsonl"] if "--stream" in extra else [".json"])
+        (record,) = json.loads((out / "explanations.json").read_text())
+        assert record["output"] is None
+
+
+def test_pictures_equal_a_float_reference_within_one():
+    # draw_picture looks colours up per segment and blends in int16; the reference paints
+    # the heatmap, colours every pixel and blends in float32, as pictures were drawn before.
+    import torch.nn.functional as F
+
+    import gswfast as gsw
+    from gswfast import render
+
+    torch.manual_seed(0)
+    clip = (torch.rand(1, 3, 4, 20, 28) * 255).to(torch.uint8)
+    expl = gsw.explain(
+        None,
+        clip,
+        segmentation=gsw.slic(clip, n_segments=12).labels,
+        attribution=torch.randn(1, 4, 20, 28),
+    )
+    ours = render.draw_picture(expl, clip, k=2, shape=(60, 84)).int()
+    rows, cols = torch.arange(60) * 20 // 60, torch.arange(84) * 28 // 84
+    labels = expl.labels[..., rows, :][..., cols]
+    assert torch.equal(labels, F.interpolate(expl.labels.float(), size=(60, 84)).int())
+    rgb = render.resize_frames(clip, (60, 84)).float()
+    heat = render.color_scores(gsw.paint(expl.segment_scores, labels)).movedim(-1, 1)
+    reference = rgb * 0.5 + heat * 0.5
+    yellow = torch.tensor(render.BOUNDARY_COLOUR).view(1, 3, 1, 1, 1).float()
+    edge = render.boundaries(labels).unsqueeze(1)
+    reference = torch.where(edge, 0.5 * reference + 0.5 * yellow, reference)
+    top = render.outline(expl.top_k(2)[..., rows, :][..., cols]).unsqueeze(1)
+    cyan = torch.tensor(render.TOP_K_COLOUR).view(1, 3, 1, 1, 1).float()
+    reference = torch.where(top, cyan, reference).round()
+    assert (ours - reference.int()).abs().max() <= 1
+    last = render.draw_picture(expl, clip, k=2, shape=(60, 84), last=1)
+    assert torch.equal(last, ours[:, :, -1:].to(torch.uint8))
+
+
+def test_mp4_writer_in_the_background_writes_the_same_and_reports_failures(tmp_path):
+    from gswfast.video import Mp4Writer, read_video
+
+    clip = (torch.rand(3, 6, 32, 48) * 255).to(torch.uint8)
+    for background in (False, True):
+        with Mp4Writer(tmp_path / f"{background}.mp4", 8, background=background) as movie:
+            movie.write(clip[:, :3])
+            movie.write(clip[:, 3:])
+    plain = torch.stack(list(read_video(tmp_path / "False.mp4")[0]))
+    threaded = torch.stack(list(read_video(tmp_path / "True.mp4")[0]))
+    assert plain.shape == threaded.shape == (6, 3, 32, 48)
+    assert (plain.float() - threaded.float()).abs().mean() < 4  # H.264 is lossy
+    movie = Mp4Writer(tmp_path / "bad.mp4", 8, background=True)
+    movie.write(clip[:, :2])
+    movie.write(torch.rand(3, 2, 32, 48))  # float frames: PyAV refuses them on the thread
+    with pytest.raises(RuntimeError, match="writing the MP4 failed"):
+        movie.close()

@@ -7,6 +7,8 @@ PyAV (FFmpeg) decodes and encodes video; Pillow reads images. Both load on first
 from __future__ import annotations
 
 import collections
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -197,20 +199,53 @@ def windows(
 
 class Mp4Writer:
     """Writes uint8 frames ``[3, T, H, W]`` to an H.264 MP4 as they come (constant memory).
-    Odd sizes are padded to even ones, as yuv420p needs."""
+    Odd sizes are padded to even ones, as yuv420p needs.
 
-    def __init__(self, path: str | Path, fps: float = 8.0) -> None:
+    ``background``: encode on a thread of its own while the caller goes on (the next window
+    is explained as this one encodes; PyAV lets go of the GIL inside the encoder). At most
+    ``_QUEUED`` writes wait; an encoding error is raised by the next ``write`` or by
+    ``close``, which waits for the queue to drain."""
+
+    _QUEUED = 4
+
+    def __init__(self, path: str | Path, fps: float = 8.0, background: bool = False) -> None:
         import av
 
         self._container = av.open(str(path), mode="w")
         self._stream = self._container.add_stream("libx264", rate=max(1, round(fps)))
         self._stream.pix_fmt = "yuv420p"
         self._size: tuple[int, int] | None = None
+        self._queue: queue.Queue[Tensor | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        if background:
+            self._queue = queue.Queue(maxsize=self._QUEUED)
+            self._thread = threading.Thread(target=self._drain, name="gswfast-mp4", daemon=True)
+            self._thread.start()
 
     def write(self, frames: Tensor) -> None:
+        if self._queue is None:
+            self._encode(frames.cpu())
+            return
+        self._raise_if_failed()
+        self._queue.put(frames.cpu().clone())  # the caller may reuse its tensor
+
+    def _drain(self) -> None:
+        assert self._queue is not None  # started with a queue
+        while (frames := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, only empty the queue
+                try:
+                    self._encode(frames)
+                except BaseException as error:
+                    self._error = error
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing the MP4 failed: {self._error}") from self._error
+
+    def _encode(self, clip: Tensor) -> None:
         import av
 
-        clip = frames.cpu()
         clip = torch.nn.functional.pad(
             clip, (0, clip.shape[-1] % 2, 0, clip.shape[-2] % 2), mode="replicate"
         )
@@ -225,10 +260,17 @@ class Mp4Writer:
                 self._container.mux(packet)
 
     def close(self) -> None:
-        if self._size is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-        self._container.close()
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        try:
+            self._raise_if_failed()
+            if self._size is not None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
 
     def __enter__(self) -> Mp4Writer:
         return self
