@@ -682,7 +682,9 @@ class _ExplainJob:
         if self.args.pictures:  # a preview at half the pictures' size (Pillow's palettes)
             preview = torch.cat(show.preview, 1)[:, :64]
             half = (max(1, preview.shape[-2] // 2), max(1, preview.shape[-1] // 2))
-            viz.save_gif(render.resize_frames(preview[None], half)[0], self.folder() / f"{stem}.gif", fps)
+            viz.save_gif(
+                render.resize_frames(preview[None], half)[0], self.folder() / f"{stem}.gif", fps
+            )
         return {
             "input": str(path),
             "output": str(out) if self.args.pictures else None,

@@ -216,7 +216,9 @@ def resize_nearest(values: Tensor, shape: tuple[int, int]) -> Tensor:
 
 
 def _nearest_index(size: int, out: int, device: torch.device) -> Tensor:
-    return (torch.arange(out, device=device, dtype=torch.int64) * size).div(out, rounding_mode="floor")
+    return (torch.arange(out, device=device, dtype=torch.int64) * size).div(
+        out, rounding_mode="floor"
+    )
 
 
 def _grow(t: Tensor, factor: int) -> Tensor:
