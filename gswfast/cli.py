@@ -18,9 +18,10 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 from gswfast import __version__
 from gswfast.options import (
@@ -63,13 +64,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_options(args)
         run: Callable[[argparse.Namespace], int] = args.run  # set by each subcommand's parser
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            if getattr(args, "quiet", False):
+                warnings.simplefilter("ignore")
+            return run(args)
     except UserError as error:
         print(f"gswfast: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("gswfast: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """The command's warnings as its other messages: one line, ``gswfast: warning: ...``,
+    without the source location Python's default shows."""
+    text = str(message).removeprefix("gswfast: ")
+    print(f"gswfast: warning: {text}", file=sys.stderr if file is None else file)
 
 
 # ------------------------------------------------------------------------ arguments

