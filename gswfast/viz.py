@@ -23,9 +23,7 @@ def save_gif(frames: Tensor, path: str | Path, fps: float = 8.0) -> None:
     # Each frame's palette by fast octree quantisation: 50x faster than Pillow's default
     # median cut on an RGB frame, for pictures that are mostly flat segment colours.
     pictures = [
-        Image.fromarray(f.permute(1, 2, 0).cpu().numpy()).quantize(
-            method=Image.Quantize.FASTOCTREE
-        )
+        Image.fromarray(f.permute(1, 2, 0).cpu().numpy()).quantize(method=Image.Quantize.FASTOCTREE)
         for f in frames.unbind(1)
     ]
     pictures[0].save(
