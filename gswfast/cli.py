@@ -28,8 +28,10 @@ from gswfast.options import (
     CAM_METHODS,
     METHOD_NAMES,
     PICTURE_SIDE,
+    SAMPLING_METHODS,
     UserError,
     check_method,
+    check_method_options,
     failure_line,
     make_out_folder,
 )
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
     from gswfast.explain import Explainer, Explanation
     from gswfast.progress import Progress
+    from gswfast.regions import RegionExplainer
     from gswfast.video import Mp4Writer, StreamExplainer, WindowResult
 
 _T = TypeVar("_T")
@@ -252,6 +255,21 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "score reaches",
     )
     parser.add_argument(
+        "--samples",
+        type=_count(1),
+        help=f"samples drawn by {', '.join(SAMPLING_METHODS)} (their own defaults otherwise)",
+    )
+    parser.add_argument(
+        "--design",
+        help="how lime draws its masks (random, balanced, antithetic, sobol) or banzhaf its "
+        "mixes (latin, uniform, swap, binary, centre, arcsine)",
+    )
+    parser.add_argument(
+        "--swag",
+        action="store_true",
+        help="SWAG: segments built from the image and the attribution together (gradient methods)",
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 when some inputs failed (default: 0 when any input was explained; the "
@@ -292,6 +310,15 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UserError(
             f"--layer: only the CAM methods ({', '.join(CAM_METHODS)}) use a layer, not {args.method}"
         )
+    if hasattr(args, "samples"):  # explain and explain-dataset
+        for kind in ("image", "video"):
+            check_method_options(
+                _method(args, kind),
+                args.samples,
+                args.design,
+                args.swag,
+                getattr(args, "stream", False) and kind == "video",
+            )
     if getattr(args, "stream", False) and args.stride is not None and args.stride > args.frames:
         raise UserError(
             f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})"
@@ -307,6 +334,12 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out: {out}: cannot make it, {above} is not a folder")
     if not os.access(above, os.W_OK | os.X_OK):
         raise UserError(f"--out: {out}: cannot write there, {above} is not writable")
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options of ``--samples``, ``--design`` and ``--swag`` that were given."""
+    given = {"n_samples": args.samples, "design": args.design, "swag": args.swag or None}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _method(args: argparse.Namespace, kind: str) -> str:
@@ -326,9 +359,9 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    import gswfast as gsw
     from gswfast.demo import ACTIONS, SHAPES, action_clips, load, shape_images
     from gswfast.models import resolve_device
+    from gswfast.regions import make_explainer
 
     device = resolve_device(args.device)
     method = args.method or "integrated_gradients"
@@ -341,7 +374,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     ):
         model = load("shapes" if name == "images" else "actions", device)
         x, masks = batch.images.to(device), batch.masks.to(device)
-        explainer = gsw.Explainer(model, method, n_segments=args.segments or segments)
+        explainer = make_explainer(model, method, n_segments=args.segments or segments)
         expl, seconds = _timed(functools.partial(explainer, x), device)
         make_out_folder(args.out)
         files = _write_demo_pictures(expl, x, args.out, name, args.top_k)
@@ -549,7 +582,7 @@ class _ExplainJob:
         self.model = self.loaded.module.to(self.device)
         self.size = args.size or default_size(args.model, args.arch, self.loaded.kind)
         self.preprocess = normaliser(args.normalize, self.loaded.normalisation, self.device)
-        self._explainers: dict[str, Explainer] = {}
+        self._explainers: dict[str, Explainer | RegionExplainer] = {}
         self._folder_existed = args.out.exists()
 
     def item_counts(self, paths: Sequence[Path], kinds: Sequence[str | None]) -> list[int]:
@@ -595,21 +628,25 @@ class _ExplainJob:
         if kind == "video":
             check_video_input(self.args.model, self.args.arch, self.args.frames, self.size)
 
-    def explainer(self, kind: str) -> Explainer:
-        import gswfast as gsw
+    def explainer(self, kind: str) -> Explainer | RegionExplainer:
         from gswfast.models import layer_option
+        from gswfast.regions import make_explainer
 
         method = _method(self.args, kind)
         if method not in self._explainers:
             options: dict[str, Any] = layer_option(self.args.layer, method)
-            self._explainers[method] = gsw.Explainer(
-                self.model,
-                method,
-                preprocess=self.preprocess,
-                n_segments=self.args.segments,
-                channels_last=None,
-                **options,
-            )
+            options.update(sampling_options(self.args))
+            try:
+                self._explainers[method] = make_explainer(
+                    self.model,
+                    method,
+                    preprocess=self.preprocess,
+                    n_segments=self.args.segments,
+                    channels_last=None,
+                    **options,
+                )
+            except (ValueError, TypeError) as error:  # the options of the method
+                raise UserError(f"--method {method}: {error}") from None
         return self._explainers[method]
 
     def folder(self) -> Path:
@@ -802,7 +839,9 @@ class _ExplainJob:
             cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
             raise self._model_error(cause, path, frame) from None
 
-    def _call(self, explainer: Explainer, x: torch.Tensor, path: Path) -> Explanation:
+    def _call(
+        self, explainer: Explainer | RegionExplainer, x: torch.Tensor, path: Path
+    ) -> Explanation:
         try:
             expl = explainer(x, self.args.target)
         except Exception as error:
@@ -820,7 +859,7 @@ class _ExplainJob:
         fails that input."""
         message = str(error).strip()
         if isinstance(error, (ValueError, RuntimeError)) and message.startswith(
-            ("target:", "layer:", "method:", "model:")
+            ("target:", "layer:", "method:", "model:", "n_samples:", "design:")
         ):
             return UserError(message.replace("pass layer=", "pass --layer NAME"))
         return InputFailed(
@@ -933,6 +972,7 @@ def _run_dataset(args: argparse.Namespace) -> int:
         layer=args.layer,
         pictures=args.pictures,
         overwrite=args.overwrite,
+        **sampling_options(args),
         device=args.device,
         quiet=args.quiet,
     )

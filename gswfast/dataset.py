@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-import gswfast as gsw
 from gswfast import render, viz
 from gswfast.explain import Explainer, Explanation
 from gswfast.models import (
@@ -47,6 +46,7 @@ from gswfast.models import (
 )
 from gswfast.options import PICTURE_SIDE, UserError, check_method, failure_line, make_out_folder
 from gswfast.progress import Progress
+from gswfast.regions import RegionExplainer, make_explainer
 from gswfast.video.io import (
     MEDIA_SUFFIXES,
     MediaError,
@@ -198,13 +198,16 @@ def explain_dataset(
         )  # every rank has checked the old settings before rank 0 records the new ones
         if rank == 0:
             _write_json(out / "settings.json", settings)
-        explainer = gsw.Explainer(
-            loaded.module.to(target_device),
-            method,
-            n_segments=segments,
-            preprocess=normaliser(normalize, loaded.normalisation, target_device),
-            **options,
-        )
+        try:
+            explainer = make_explainer(
+                loaded.module.to(target_device),
+                method,
+                n_segments=segments,
+                preprocess=normaliser(normalize, loaded.normalisation, target_device),
+                **options,
+            )
+        except (ValueError, TypeError) as error:  # the options of the method
+            raise UserError(f"--method {method}: {error}") from None
         shard = [item for i, item in enumerate(items) if i % world == rank]
         mine = [item for item in shard if not _finished(folder, item, settings, pictures)]
         progress = _RankProgress(out, rank, world, len(items), len(shard) - len(mine), quiet)
@@ -238,7 +241,7 @@ def explain_dataset(
 class _Work:
     def __init__(
         self,
-        explainer: Explainer,
+        explainer: Explainer | RegionExplainer,
         folder: Path,
         size: int,
         frames: int,

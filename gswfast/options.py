@@ -33,15 +33,48 @@ METHOD_NAMES: tuple[str, ...] = (
 PICTURE_SIDE = 448  # the longer side of the pictures both commands write
 
 
+# The region methods (gswfast.lime and gswfast.regions), methods of the command beside
+# gswfast.explain's; their explainer is gswfast.regions.RegionExplainer.
+REGION_METHODS: tuple[str, ...] = ("lime", "occlusion", "kernel_shap", "rise")
+# The command's options that only some methods take
+SAMPLING_METHODS: tuple[str, ...] = ("lime", "kernel_shap", "rise", "banzhaf", "smoothgrad")
+DESIGN_METHODS: tuple[str, ...] = ("lime", "banzhaf")
+
+
 class UserError(ValueError):
     """A mistake in the options or the files: reported in one line, exit code 2."""
 
 
 def check_method(name: str) -> str:
-    """``name`` if it is a method of ``gswfast.explain``, else ``UserError``."""
-    if name not in METHOD_NAMES:
-        raise UserError(f"--method: expected one of {', '.join(METHOD_NAMES)}, got {name!r}")
+    """``name`` if it is a method of ``gswfast.explain`` or a region method, else
+    ``UserError``."""
+    if name not in METHOD_NAMES + REGION_METHODS:
+        names = ", ".join(METHOD_NAMES + REGION_METHODS)
+        raise UserError(f"--method: expected one of {names}, got {name!r}")
     return name
+
+
+def check_method_options(
+    method: str, samples: int | None, design: str | None, swag: bool, stream: bool = False
+) -> None:
+    """``UserError`` for ``--samples``, ``--design``, ``--swag`` or ``--stream`` given to a
+    method that does not take it."""
+    if samples is not None and method not in SAMPLING_METHODS:
+        raise UserError(f"--samples: only {', '.join(SAMPLING_METHODS)} draw samples, not {method}")
+    if design is not None and method not in DESIGN_METHODS:
+        raise UserError(
+            f"--design: only {' and '.join(DESIGN_METHODS)} take a design, not {method}"
+        )
+    if swag and method in REGION_METHODS:
+        raise UserError(
+            f"--swag: SWAG builds segments from a pixel attribution; the region method {method} "
+            "has none (use a gradient method)"
+        )
+    if stream and method in REGION_METHODS:
+        raise UserError(
+            f"--stream: the streaming explainer runs gswfast.explain's methods; explain a video "
+            f"with {method} window by window without --stream"
+        )
 
 
 def make_out_folder(folder: Path) -> Path:

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from gswfast.attribution._model import Preprocess, Target
-from gswfast.explain import Explanation
-from gswfast.lime import weighted_ridge
+from gswfast.explain import Explainer, Explanation
+from gswfast.lime import lime, weighted_ridge
+from gswfast.options import REGION_METHODS
 from gswfast.perturb import (
     Problem,
     Progress,
@@ -338,3 +339,38 @@ def _check_sampling(n_samples: object, batch_size: object, seed: object) -> None
     check_count("n_samples", n_samples, 2)
     check_count("batch_size", batch_size, 1)
     check_seed(seed)
+
+
+class RegionExplainer:
+    """A region method (``REGION_METHODS``) with its options bound, called as an
+    ``Explainer`` is: ``(inputs, target, segmentation=None) -> Explanation``; SLIC segments
+    the inputs with ``n_segments`` when no segmentation is given. The command's and
+    explain-dataset's explainer for ``--method lime|occlusion|kernel_shap|rise``."""
+
+    swag = False  # segments come from SLIC (or the caller), never from an attribution
+
+    def __init__(self, model: nn.Module, method: str, **options: Any) -> None:
+        if method not in REGION_METHODS:
+            raise ValueError(f"method: expected one of {REGION_METHODS}, got {method!r}")
+        self.model, self.method, self.options = model, method, options
+
+    def __call__(
+        self,
+        inputs: Tensor,
+        target: Target = None,
+        segmentation: Segmentation | Tensor | None = None,
+    ) -> Explanation:
+        run = {"lime": lime, "occlusion": occlusion, "kernel_shap": kernel_shap, "rise": rise}
+        result: Explanation = run[self.method](
+            self.model, inputs, segmentation, target, **self.options
+        )
+        return result
+
+
+def make_explainer(model: nn.Module, method: str, **options: Any) -> Explainer | RegionExplainer:
+    """``Explainer(model, method, **options)``, or a ``RegionExplainer`` for the region
+    methods (``n_samples``, ``design``, ``seed``, ``n_segments``, ``preprocess`` and the
+    other keywords of ``gsw.lime`` and its kin)."""
+    if method in REGION_METHODS:
+        return RegionExplainer(model, method, **options)
+    return Explainer(model, method, **options)

@@ -1591,3 +1591,68 @@ def test_warnings_are_one_line_and_quiet_silences_them(files, tmp_path, capsys):
     assert record["tied"] is True
     assert main([*argv, "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("method", ["lime", "occlusion", "kernel_shap", "rise"])
+def test_region_methods_in_the_command_equal_the_api(files, tmp_path, method):
+    import gswfast as gsw
+    from gswfast import render
+    from gswfast.video import read_image
+
+    samples = [] if method == "occlusion" else ["--samples", "32"]
+    design = ["--design", "sobol"] if method == "lime" else []
+    argv = ["explain", str(files / "shape.png"), "--model", "demo:shapes", "--method", method]
+    argv += [*samples, *design, "--segments", "12", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    (record,) = json.loads((tmp_path / "explanations.json").read_text())
+    assert record["method"] == method
+    image = render.resize_frames(read_image(files / "shape.png")[None], 64)
+    options = {} if method == "occlusion" else {"n_samples": 32}
+    options.update({"design": "sobol"} if method == "lime" else {})
+    expected = getattr(gsw, method)(load("shapes"), image, None, None, n_segments=12, **options)
+    assert record["segment_scores"] == pytest.approx(
+        expected.segment_scores[0].tolist(), rel=1e-4, abs=1e-6
+    )
+
+
+def test_swag_samples_and_design_reach_the_methods_or_are_refused(files, tmp_path, capsys):
+    png, clip = str(files / "shape.png"), str(files / "short.mp4")
+    base = ["--model", "demo:shapes", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(["explain", png, *base, "--method", "gradient", "--swag"]) == 0
+    assert (
+        main(
+            ["explain", png, *base, "--method", "banzhaf", "--samples", "4", "--design", "uniform"]
+        )
+        == 0
+    )
+    for argv, message in (
+        ([png, *base, "--method", "gradient", "--samples", "4"], "--samples: only lime"),
+        ([png, *base, "--method", "rise", "--design", "sobol"], "--design: only lime and banzhaf"),
+        ([png, *base, "--method", "lime", "--swag"], "--swag: SWAG builds segments"),
+        ([png, *base, "--method", "lime", "--design", "zigzag"], "design: expected one of"),
+        (
+            [
+                clip,
+                "--model",
+                "demo:actions",
+                "--method",
+                "lime",
+                "--stream",
+                "--out",
+                str(tmp_path),
+            ],
+            "--stream: the streaming explainer runs",
+        ),
+    ):
+        assert main(["explain", *argv]) == 2, argv
+        _one_line_error(capsys, message)
+
+
+def test_explain_dataset_takes_the_region_methods(files, tmp_path):
+    from gswfast.dataset import explain_dataset
+
+    manifest = explain_dataset(
+        files / "shape.png", tmp_path, "demo:shapes", method="lime", n_samples=16, quiet=True
+    )
+    assert manifest["totals"]["done"] == 1
+    assert manifest["settings"]["method"] == "lime"
