@@ -52,7 +52,7 @@ __all__ = ["UserError", "main"]
 # side above MAX_SIZE asks for tens of GB per image (100000 x 100000 x 3 float32: 120 GB).
 MAX_COUNT, MAX_SIZE = 2**31 - 1, 4096
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
-OUTPUT_SUFFIXES = (".png", ".mp4", ".gif", ".timeline.jsonl")  # what explain writes per input
+OUTPUT_SUFFIXES = (".png", ".mp4", ".gif", ".timeline.jsonl", ".labels.npz")  # what explain writes per input
 STEM_BYTES = 200  # output stems are cut there: with "-NN" and a suffix, within 255 bytes
 NORMALIZE_CHOICES = ("auto", "imagenet", "kinetics", "none")
 EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
@@ -175,7 +175,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-pictures",
         dest="pictures",
         action="store_false",
-        help="write explanations.json (and the timelines of --stream) only: no PNG, MP4 or GIF",
+        help="no pictures (PNG, MP4, GIF): explanations.json, the labels and the timelines of "
+        "--stream only",
     )
     _common(explain)
     explain.set_defaults(run=_run_explain)
@@ -649,6 +650,17 @@ class _ExplainJob:
                 raise UserError(f"--method {method}: {error}") from None
         return self._explainers[method]
 
+    def _save_labels(self, stem: str, labels: dict[str, torch.Tensor]) -> str:
+        """``<stem>.labels.npz``: the segment ids (int32 ``[(T), H, W]`` at the model's input
+        size) that the JSON's segment scores and rankings index, one array per image or per
+        video window (``window_<first frame>``); its path."""
+        import numpy as np
+
+        path = self.folder() / f"{stem}.labels.npz"
+        arrays = {k: v.cpu().numpy().astype(np.int32) for k, v in labels.items()}
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+        return str(path)
+
     def folder(self) -> Path:
         out: Path = self.args.out  # argparse: type=Path
         return make_out_folder(out)  # made when the first output is written
@@ -680,7 +692,8 @@ class _ExplainJob:
             "input": str(path),
             "output": None if out is None else str(out),
             "method": expl.method,
-            **_scores(expl, 0),
+            **_scores(expl, 0, self.loaded.class_names),
+            "labels": self._save_labels(stem, {"labels": expl.labels[0]}),
             "seconds": seconds,
         }
 
@@ -695,6 +708,7 @@ class _ExplainJob:
         from gswfast.video.io import remember_shape
 
         explained: list[dict[str, Any]] = []
+        window_labels: dict[str, torch.Tensor] = {}  # each window's supervoxels
         show = _FrameShower()
         out = self.folder() / f"{stem}.mp4"
         try:
@@ -707,11 +721,12 @@ class _ExplainJob:
                     x = clip.to(self.device)[None]  # [1, 3, T, H, W]
                     call = functools.partial(self._call, self.explainer("video"), x, path)
                     expl, seconds = _timed(call, self.device)
+                    window_labels[f"window_{start}"] = expl.labels[0]
                     explained.append(
                         {
                             "first_frame": start,
                             "frames": self.args.frames,
-                            **_scores(expl, 0),
+                            **_scores(expl, 0, self.loaded.class_names),
                             "seconds": seconds,
                         }
                     )
@@ -746,6 +761,7 @@ class _ExplainJob:
             "output": str(out) if self.args.pictures else None,
             "fps": fps,
             "method": _method(self.args, "video"),
+            "labels": self._save_labels(stem, window_labels),
             "windows": explained,
         }
 
@@ -924,10 +940,13 @@ def _timeline_entry(result: WindowResult) -> dict[str, Any]:
     }
 
 
-def _scores(expl: Explanation, b: int) -> dict[str, Any]:
+def _scores(expl: Explanation, b: int, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     n = int(expl.num_segments[b])
+    target = int(expl.target[b])
+    named = class_names is not None and 0 <= target < len(class_names)
     out: dict[str, Any] = {
-        "target": int(expl.target[b]),
+        "target": target,
+        **({"class": class_names[target]} if named and class_names else {}),
         "segment_scores": float32_list(expl.segment_scores[b, :n]),
         "ranking": expl.ranking()[b, :n].tolist(),
     }

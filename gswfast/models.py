@@ -23,6 +23,7 @@ from typing import Any, TypeGuard
 import torch
 
 from gswfast._extension import cuda_available
+from gswfast.demo.data import ACTIONS, SHAPES
 from gswfast.demo.models import ARCHITECTURES
 from gswfast.demo.models import load as load_demo
 from gswfast.options import CAM_METHODS, UserError, check_method  # noqa: F401  (re-exported: the command and dataset use them)
@@ -55,10 +56,11 @@ MeanStd = tuple[tuple[float, ...], tuple[float, ...]]
 @dataclass
 class LoadedModel:
     """A model ready to explain: ``module`` in eval mode on the CPU, its input ``kind``
-    (``image``, ``video`` or ``any`` for TorchScript), its ``normalisation`` (a name,
-    ``imagenet``, ``kinetics`` or ``none``, or the model's own (mean, std), as timm's
-    configuration gives), its ``name`` for messages, and whether its weights are random
-    (``seed`` drew them)."""
+        (``image``, ``video`` or ``any`` for TorchScript), its ``normalisation`` (a name,
+        ``imagenet``, ``kinetics`` or ``none``, or the model's own (mean, std), as timm's
+        configuration gives), its ``name`` for messages, and whether its weights are random
+        (``seed`` drew them), and ``class_names`` where the model says what its outputs are
+    (the demo models, a Hugging Face config's ``id2label``)."""
 
     module: torch.nn.Module
     kind: str
@@ -66,6 +68,7 @@ class LoadedModel:
     name: str
     random_weights: bool = False
     seed: int | None = None
+    class_names: tuple[str, ...] | None = None  # what each output means, where known
 
     def eval_mode(self) -> LoadedModel:
         self.module.eval()
@@ -228,7 +231,9 @@ def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
             raise UserError(
                 f"{flag}: unknown demo model {name!r} (choose from {', '.join(sorted(ARCHITECTURES))})"
             )
-        return LoadedModel(load_demo(name), "video" if name == "actions" else "image", "none", spec)
+        names = ACTIONS if name == "actions" else SHAPES
+        kind = "video" if name == "actions" else "image"
+        return LoadedModel(load_demo(name), kind, "none", spec, class_names=tuple(names))
     if source == "torchvision":
         kind = _torchvision_kind(name, flag)
         with torch.random.fork_rng(devices=[]):  # the same random weights on every run
@@ -307,7 +312,15 @@ def _hf_model(folder: Path, flag: str, spec: str) -> LoadedModel:
         normalisation = "none"
     elif _three_floats(mean) and _three_floats(std):
         normalisation = (tuple(mean), tuple(std))
-    return LoadedModel(module, "image", normalisation, spec)
+    return LoadedModel(module, "image", normalisation, spec, class_names=_hf_names(module))
+
+
+def _hf_names(module: torch.nn.Module) -> tuple[str, ...] | None:
+    """The config's ``id2label`` as a tuple of names, when it names every output."""
+    labels = getattr(getattr(module, "config", None), "id2label", None) or {}
+    if set(labels) != set(range(len(labels))):
+        return None
+    return tuple(str(labels[i]) for i in range(len(labels)))
 
 
 @contextlib.contextmanager

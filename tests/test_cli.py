@@ -1301,7 +1301,7 @@ def test_inputs_with_names_near_the_limit_get_outputs_that_fit(files, tmp_path):
     assert main([*argv, "--quiet"]) == 0
     argv = ["explain", str(video), "--model", "demo:actions", "--stream", "--frames", "8"]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
-    assert len(list(out.iterdir())) == 2 + 2 + 1
+    assert len(list(out.iterdir())) == 2 + 2 + 2 + 1  # 2 PNGs, their labels, MP4 + timeline, JSON
     assert all(len(p.name.encode()) <= 255 for p in out.iterdir())  # UTF-8: whole characters
 
 
@@ -1517,8 +1517,10 @@ def test_no_pictures_writes_the_json_alone(files, tmp_path):
         out = tmp_path / f"out{len(extra)}"
         argv = ["explain", str(files / name), *extra, "--method", "gradient", "--quiet"]
         assert main([*argv, "--no-pictures", "--out", str(out)]) == 0
-        written = sorted(p.suffix for p in out.iterdir())
-        assert written == ([".json", ".jsonl"] if "--stream" in extra else [".json"])
+        written = sorted("".join(p.suffixes) for p in out.iterdir())
+        assert written == (
+            [".json", ".timeline.jsonl"] if "--stream" in extra else [".json", ".labels.npz"]
+        )
         (record,) = json.loads((out / "explanations.json").read_text())
         assert record["output"] is None
 
@@ -1656,3 +1658,27 @@ def test_explain_dataset_takes_the_region_methods(files, tmp_path):
     )
     assert manifest["totals"]["done"] == 1
     assert manifest["settings"]["method"] == "lime"
+
+
+def test_the_json_names_the_class_and_points_to_the_labels(files, tmp_path):
+    import numpy as np
+
+    from gswfast.demo import ACTIONS, SHAPES
+
+    argv = ["explain", str(files / "shape.png"), str(files / "short.mp4"), "--frames", "8"]
+    assert main([*argv, "--model", "demo:shapes", "--quiet", "--out", str(tmp_path / "i")]) == 0
+    image, _ = json.loads((tmp_path / "i" / "explanations.json").read_text())
+    assert image["class"] == SHAPES[image["target"]]
+    with np.load(image["labels"]) as saved:
+        labels = saved["labels"]
+    assert labels.shape == (64, 64)
+    assert labels.max() + 1 == len(image["segment_scores"])  # the ids the scores index
+    assert main([*argv, "--model", "demo:actions", "--quiet", "--out", str(tmp_path / "v")]) == 0
+    _, video = json.loads((tmp_path / "v" / "explanations.json").read_text())
+    with np.load(video["labels"]) as saved:
+        assert sorted(saved.files) == sorted(f"window_{w['first_frame']}" for w in video["windows"])
+        first = video["windows"][0]
+        window = saved[f"window_{first['first_frame']}"]
+    assert window.shape == (8, 64, 64)  # the demo model's size
+    assert window.max() + 1 == len(first["segment_scores"])
+    assert first["class"] == ACTIONS[first["target"]]
