@@ -52,7 +52,13 @@ __all__ = ["UserError", "main"]
 # side above MAX_SIZE asks for tens of GB per image (100000 x 100000 x 3 float32: 120 GB).
 MAX_COUNT, MAX_SIZE = 2**31 - 1, 4096
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
-OUTPUT_SUFFIXES = (".png", ".mp4", ".gif", ".timeline.jsonl", ".labels.npz")  # what explain writes per input
+OUTPUT_SUFFIXES = (
+    ".png",
+    ".mp4",
+    ".gif",
+    ".timeline.jsonl",
+    ".labels.npz",
+)  # what explain writes per input
 STEM_BYTES = 200  # output stems are cut there: with "-NN" and a suffix, within 255 bytes
 NORMALIZE_CHOICES = ("auto", "imagenet", "kinetics", "none")
 EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
