@@ -174,7 +174,7 @@ def test_bad_input():
         gsw.lime(model, x, labels, 1, n_samples=4, batch_size=0)
     with pytest.raises(ValueError, match=r"segmentation: expected labels of shape \(2, 32, 32\)"):
         gsw.lime(model, x, labels[:, :16], 1, n_samples=4)
-    with pytest.raises(ValueError, match=r"masks: expected \[n_samples, K\]"):
+    with pytest.raises(ValueError, match=r"masks: 3 rows \(samples\), but n_samples is 4"):
         gsw.lime(model, x, labels, 1, n_samples=4, masks=torch.ones(3, k))
     with pytest.raises(ValueError, match="masks: expected a tensor of 0/1"):
         gsw.lime(model, x, labels, 1, n_samples=4, masks=torch.full((4, k), 0.5))

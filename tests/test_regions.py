@@ -239,9 +239,9 @@ def test_bad_input():
         gsw.occlusion(model, x, labels, 1, batch_size=0)
     with pytest.raises(TypeError, match="seed: expected an int"):
         gsw.rise(model, x, labels, 1, n_samples=4, seed=1.0)
-    with pytest.raises(ValueError, match=r"masks: expected \[n_samples, K\]"):
+    with pytest.raises(ValueError, match=r"masks: 3 rows \(samples\), but n_samples is 4"):
         gsw.kernel_shap(model, x, labels, 1, n_samples=4, masks=torch.ones(3, k))
-    with pytest.raises(ValueError, match=r"masks: expected \[n_samples, K\]"):
+    with pytest.raises(ValueError, match=rf"masks: {k - 1} columns, fewer than the {k} segments"):
         gsw.rise(model, x, labels, 1, n_samples=4, masks=torch.ones(4, k - 1))
     with pytest.raises(ValueError, match="masks: expected a tensor of 0/1"):
         gsw.rise(model, x, labels, 1, n_samples=4, masks=torch.full((4, k), 0.5))
