@@ -692,7 +692,8 @@ class _ExplainJob:
         out = self.folder() / f"{stem}.png" if self.args.pictures else None
         if out is not None:
             shape = render.picture_shape(original.shape[-2], original.shape[-1], PICTURE_SIDE)
-            viz.save_png(render.draw_picture(expl, image, self.args.top_k, shape=shape)[0], out)
+            picture = render.draw_picture(expl, image, self.args.top_k, shape=shape)[0]
+            viz.save_png(viz.captioned(picture, expl, 0, self.loaded.class_names), out)
         progress.update()
         return {
             "input": str(path),
@@ -742,7 +743,8 @@ class _ExplainJob:
                             x,
                             self.args.top_k,
                             shape=render.picture_shape(shape[0][0], shape[0][1], PICTURE_SIDE),
-                        )[0].cpu()
+                        )[0]
+                        picture = viz.captioned(picture, expl, 0, self.loaded.class_names)
                         show.next_window(movie, start, picture)
                     progress.update()
                 if movie is not None:
@@ -776,7 +778,7 @@ class _ExplainJob:
         supervoxels); the MP4 shows each frame once, with the heatmap of the newest window
         holding it; ``<name>.timeline.jsonl`` gets one JSON line per window as it finishes.
         Frames after the last full window are not shown (counted in the JSON)."""
-        from gswfast import render
+        from gswfast import render, viz
         from gswfast.models import layer_option
         from gswfast.video import MediaError, StreamExplainer, read_video
 
@@ -819,7 +821,8 @@ class _ExplainJob:
                             picture = render.draw_picture(
                                 result.explanation, result.clip, args.top_k, shape=shape, last=fresh
                             )[0]
-                            movie.write(picture.cpu())
+                            names = self.loaded.class_names
+                            movie.write(viz.captioned(picture, result.explanation, 0, names))
                         timeline.write(
                             json.dumps(_timeline_entry(result)) + "\n"
                         )  # streamed: constant memory
@@ -883,6 +886,13 @@ class _ExplainJob:
         if isinstance(error, (ValueError, RuntimeError)) and message.startswith(
             ("target:", "layer:", "method:", "model:", "n_samples:", "design:")
         ):
+            api_hint = message.find("; for other outputs pass target=")
+            if api_hint >= 0:  # target= is the API's; say what the command can take
+                message = (
+                    message[:api_hint] + "; the command explains [B, classes] logits (first in "
+                    "a tuple or list, 'logits' in a dict); explain other outputs from Python "
+                    "with target= a function of the output"
+                )
             return UserError(message.replace("pass layer=", "pass --layer NAME"))
         return InputFailed(
             f"{path}: the model {self.args.model} failed on an input of shape "

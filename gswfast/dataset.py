@@ -223,6 +223,7 @@ def explain_dataset(
             target,
             settings,
             progress,
+            loaded.class_names,
         )
         work.run(_refuse_other_kind(mine, loaded.kind, model, folder))
         _barrier(world, group)
@@ -252,7 +253,9 @@ class _Work:
         target: int | None,
         settings: dict[str, Any],
         progress: _RankProgress,
+        class_names: Sequence[str] | None = None,
     ) -> None:
+        self.class_names = class_names  # for the pictures' captions
         self.explainer, self.folder, self.size, self.frames, self.stride = (
             explainer,
             folder,
@@ -354,10 +357,11 @@ class _Work:
             for b, item in enumerate(items):
                 if sizes[b] != size:
                     continue
-                if pictures[b].dim() == 3:
-                    viz.save_png(pictures[b], _picture(self.folder, item))
+                picture = viz.captioned(pictures[b], expl, b, self.class_names)
+                if picture.dim() == 3:
+                    viz.save_png(picture, _picture(self.folder, item))
                 else:
-                    viz.save_gif(pictures[b], _picture(self.folder, item))
+                    viz.save_gif(picture, _picture(self.folder, item))
 
 
 def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Path) -> list[Item]:

@@ -123,9 +123,11 @@ def draw_picture(
     shape: tuple[int, int] | None = None,
     alpha: float = 0.5,
     last: int | None = None,
+    grey: bool = True,
 ) -> Tensor:
     """uint8 ``[B, 3, (T), H', W']``: the heatmap over ``images [B, C, (T), H, W]`` (uint8 or
-    float 0..1), segment boundaries half-transparent yellow, the full outline of the ``k``
+    float 0..1; with ``grey``, their grey copy, so that the heat stays readable on coloured
+    objects), segment boundaries half-transparent yellow, the full outline of the ``k``
     best segments cyan; lines one pixel wide at the output size.
 
     ``shape``: the output ``(H', W')`` (say, the input file's aspect ratio). Otherwise
@@ -142,6 +144,8 @@ def draw_picture(
     rgb = as_rgb_uint8(images.to(labels.device), tuple(labels.shape[1:]))
     if last is not None and labels.dim() == 4:
         labels, top, rgb = labels[:, -last:], top[:, -last:], rgb[:, :, -last:]
+    if grey:
+        rgb = luma(rgb)  # [B, 1, ...]: blended against every heat channel alike
     factor = max(1, (size or 0) // max(height, width))
     out_shape = (shape[0], shape[1]) if shape is not None else (height * factor, width * factor)
     rgb = _grow(rgb, factor) if shape is None else resize_frames(rgb, out_shape)
@@ -157,6 +161,14 @@ def draw_picture(
     out = torch.where(edge, (out + _colour(BOUNDARY_COLOUR, out) + 1) >> 1, out)
     out = torch.where(outline(top).unsqueeze(1), _colour(TOP_K_COLOUR, out), out)
     return out.to(torch.uint8)
+
+
+def luma(rgb: Tensor) -> Tensor:
+    """uint8 ``[B, 1, *S]``: the grey of uint8 ``rgb [B, 3, *S]`` (ITU-R BT.601 weights in
+    1/256ths: 77 R + 150 G + 29 B)."""
+    weights = torch.tensor([77, 150, 29], dtype=torch.int32, device=rgb.device)
+    grey = (rgb.to(torch.int32) * weights.view(1, 3, *[1] * (rgb.dim() - 2))).sum(1, keepdim=True)
+    return ((grey + 128) >> 8).to(torch.uint8)
 
 
 def segment_colours(scores: Tensor, num_segments: Tensor) -> Tensor:

@@ -4,9 +4,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from gswfast.explain import Explanation
 
 
 def save_png(image: Tensor, path: str | Path) -> None:
@@ -29,3 +35,68 @@ def save_gif(frames: Tensor, path: str | Path, fps: float = 8.0) -> None:
     pictures[0].save(
         str(path), save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0
     )
+
+
+LEGEND_HEIGHT = 40  # rows of the strip under the command's pictures
+
+
+def legend(width: int, scores: Tensor, caption: str) -> Tensor:
+    """uint8 ``[3, LEGEND_HEIGHT, width]``, a strip to put under a picture: ``caption`` (the class,
+    its score), then the colour scale of one sample's segment ``scores [K]`` as the
+    picture colours them (``render.color_scores``: diverging around zero when a score is
+    negative, else sequential from zero to the largest), its ends and middle labelled."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from gswfast import render
+
+    scores = scores.detach().float().cpu()
+    scale = float(scores.abs().max()) if scores.numel() else 0.0
+    signed = bool(scores.numel()) and float(scores.min()) < 0
+    low = -scale if signed else 0.0
+    ramp = torch.linspace(low, scale, max(width, 2))[None]
+    bar = render.color_scores(ramp)[0].round().clamp(0, 255).to(torch.uint8)  # [W, 3]
+    strip = Image.new("RGB", (width, LEGEND_HEIGHT), (32, 32, 32))
+    strip.paste(Image.fromarray(bar[None].expand(10, -1, -1).numpy()), (0, 16))
+    draw = ImageDraw.Draw(strip)
+    font = _font(11)
+    draw.text((3, 1), caption, fill=(240, 240, 240), font=font)
+    for text, x, anchor in (
+        (f"{low:.3g}", 2, "la"),
+        (f"{(low + scale) / 2:.3g}", width // 2, "ma"),
+        (f"{scale:.3g}", width - 2, "ra"),
+    ):
+        draw.text((x, 27), text, fill=(200, 200, 200), font=font, anchor=anchor)
+    return torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def captioned(
+    picture: Tensor, expl: Explanation, b: int, class_names: Sequence[str] | None = None
+) -> Tensor:
+    """``picture`` (uint8 ``[3, (T), H, W]``, sample ``b`` of ``expl`` as
+    ``render.draw_picture`` draws it) with its ``legend`` below, on every frame: the
+    class (its name where ``class_names`` has one), the target's logit where the method
+    ran the model on the input, the method, and the colour scale."""
+    import torch
+
+    target = int(expl.target[b])
+    name = class_names[target] if class_names and 0 <= target < len(class_names) else None
+    words = [f"{name} (class {target})" if name else f"class {target}"]
+    logits = expl.info.get("logits")
+    if isinstance(logits, Tensor) and target >= 0:
+        words.append(f"logit {float(logits[b, target]):.4g}")
+    words.append(expl.method)
+    n = int(expl.num_segments[b])
+    strip = legend(picture.shape[-1], expl.segment_scores[b, :n], "  ".join(words))
+    if picture.dim() == 4:  # a clip: the strip under every frame
+        strip = strip.unsqueeze(1).expand(-1, picture.shape[1], -1, -1)
+    return torch.cat([picture.cpu(), strip], dim=-2)

@@ -15,6 +15,7 @@ from gswfast.cli import main
 from gswfast.demo import action_clips, shape_images
 from gswfast.demo.models import ShapeNet, load
 from gswfast.options import CAM_METHODS
+from gswfast.viz import LEGEND_HEIGHT as LEGEND
 
 pytest.importorskip("av")
 
@@ -801,11 +802,8 @@ def test_pictures_keep_the_aspect_ratio(files, tmp_path):
     )
     result = json.loads((tmp_path / "ü out" / "explanations.json").read_text())[0]
     assert result["method"] == "integrated_gradients"  # the default for images
-    assert tuple(read_image(result["output"]).shape) == (
-        3,
-        270,
-        448,
-    )  # 97x161 scaled to a 448 long side
+    # 97x161 scaled to a 448 long side, the legend strip under it
+    assert tuple(read_image(result["output"]).shape) == (3, 270 + LEGEND, 448)
 
 
 def test_animated_gifs_are_videos_everywhere(files, tmp_path):
@@ -1048,12 +1046,12 @@ def test_every_image_and_video_format_goes_through(files, tmp_path):
     from gswfast.video import read_image
 
     shapes = {Path(r["input"]).name: tuple(read_image(r["output"]).shape[1:]) for r in results}
-    assert shapes == {
-        "cmyk.jpg": (448, 448),
-        "grey.png": (448, 448),
-        "rgba.png": (448, 448),
-        "strip.png": (1, 448),
-        "tiny.png": (448, 448),
+    assert shapes == {  # each with the legend strip under it
+        "cmyk.jpg": (448 + LEGEND, 448),
+        "grey.png": (448 + LEGEND, 448),
+        "rgba.png": (448 + LEGEND, 448),
+        "strip.png": (1 + LEGEND, 448),
+        "tiny.png": (448 + LEGEND, 448),
     }
     from gswfast.video import read_video
 
@@ -1262,7 +1260,7 @@ def test_photos_are_read_the_way_up_their_exif_says(files, tmp_path):
     assert pixels[0, 110:].float().mean() < 50
     argv = ["explain", str(tmp_path / "phone.jpg"), "--model", "demo:shapes"]
     assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    assert read_image(tmp_path / "out" / "phone.png").shape == (3, 448, 224)
+    assert read_image(tmp_path / "out" / "phone.png").shape == (3, 448 + LEGEND, 224)
 
 
 def test_a_model_that_gives_nan_fails_its_inputs(files, tmp_path, capsys):
@@ -1541,7 +1539,13 @@ def test_pictures_equal_a_float_reference_within_one():
         segmentation=gsw.slic(clip, n_segments=12).labels,
         attribution=torch.randn(1, 4, 20, 28),
     )
-    ours = render.draw_picture(expl, clip, k=2, shape=(60, 84)).int()
+    ours = render.draw_picture(expl, clip, k=2, shape=(60, 84), grey=False).int()
+    # grey (the default): the same picture drawn over the grey copy, 0.299 R + 0.587 G + 0.114 B
+    grey = (clip.double() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1, 1)).sum(1)
+    grey_clip = grey.round().to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1, -1)
+    on_grey = render.draw_picture(expl, clip, k=2, shape=(60, 84)).int()
+    expected = render.draw_picture(expl, grey_clip, k=2, shape=(60, 84), grey=False).int()
+    assert (on_grey - expected).abs().max() <= 2  # luma in 1/256ths, resized once more
     rows, cols = torch.arange(60) * 20 // 60, torch.arange(84) * 28 // 84
     labels = expl.labels[..., rows, :][..., cols]
     assert torch.equal(labels, F.interpolate(expl.labels.float(), size=(60, 84)).int())
@@ -1555,7 +1559,7 @@ def test_pictures_equal_a_float_reference_within_one():
     cyan = torch.tensor(render.TOP_K_COLOUR).view(1, 3, 1, 1, 1).float()
     reference = torch.where(top, cyan, reference).round()
     assert (ours - reference.int()).abs().max() <= 1
-    last = render.draw_picture(expl, clip, k=2, shape=(60, 84), last=1)
+    last = render.draw_picture(expl, clip, k=2, shape=(60, 84), last=1, grey=False)
     assert torch.equal(last, ours[:, :, -1:].to(torch.uint8))
 
 
@@ -1682,3 +1686,41 @@ def test_the_json_names_the_class_and_points_to_the_labels(files, tmp_path):
     assert window.shape == (8, 64, 64)  # the demo model's size
     assert window.max() + 1 == len(first["segment_scores"])
     assert first["class"] == ACTIONS[first["target"]]
+
+
+class _FeaturesFirst(torch.nn.Module):
+    """Returns (features [B, 4, H, W], logits): the first item is no [B, classes] logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.conv(x)
+        return features, features.mean((2, 3))
+
+
+def test_an_output_the_command_cannot_read_gets_a_command_hint(files, tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        torch.jit.script(_FeaturesFirst()).save(str(tmp_path / "features.pt"))
+    argv = ["explain", str(files / "shape.png"), "--model", str(tmp_path / "features.pt")]
+    assert main([*argv, "--method", "gradient", "--out", str(tmp_path / "o")]) == 2
+    err = _one_line_error(capsys, "expected logits [B, classes]", "the command explains")
+    assert "pass target=" not in err
+
+
+def test_pictures_carry_the_class_the_score_and_the_colour_scale(files, tmp_path):
+    from gswfast.demo import SHAPES
+    from gswfast.video import read_image
+
+    argv = ["explain", str(files / "shape.png"), "--model", "demo:shapes", "--method", "gradient"]
+    assert main([*argv, "--quiet", "--out", str(tmp_path)]) == 0
+    (record,) = json.loads((tmp_path / "explanations.json").read_text())
+    picture = read_image(tmp_path / "shape.png")
+    assert picture.shape == (3, 448 + LEGEND, 448)  # the legend strip under the picture
+    strip = picture[:, 448:]
+    assert strip[:, 16:26].float().std(dim=2).mean() > 10  # the colour ramp varies
+    assert record["class"] in SHAPES

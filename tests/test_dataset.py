@@ -519,4 +519,4 @@ def test_pictures_keep_the_aspect_ratio_as_explain_does(tmp_path):
     argv = ["explain", str(folder / "wide.png"), "--model", "demo:shapes", "--method", "gradient"]
     assert main([*argv, "--quiet", "--out", str(tmp_path / "e")]) == 0
     with Image.open(tmp_path / "e" / "wide.png") as picture:
-        assert picture.size == dataset_size == (448, 140)
+        assert picture.size == dataset_size == (448, 140 + 40)  # and the legend strip
