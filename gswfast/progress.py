@@ -51,7 +51,11 @@ class Progress:
         step, self.done = done - self.done, done
         if self._bar is not None:
             self._bar.update(step)
-        elif not self.quiet and time.perf_counter() - self._last >= self.every:
+        elif (
+            not self.quiet
+            and done != self._printed  # the same count again (a failed input set to its end)
+            and time.perf_counter() - self._last >= self.every
+        ):
             self._line()
 
     def write(self, message: str, always: bool = False) -> None:

@@ -1013,6 +1013,23 @@ def test_progress_bar_on_a_terminal():
     assert quiet.getvalue() == ""
 
 
+def test_progress_lines_in_logs_print_each_count_once():
+    # a failed input sets the count to where it would have ended: the same count again
+    # printed its line twice, with two rates
+    import io
+
+    from gswfast.progress import Progress
+
+    log = io.StringIO()
+    with Progress("work", 2, "item", stream=log, every=0.0) as progress:
+        progress.update()
+        progress.set(1)  # unchanged
+        progress.update()
+        progress.set(2)
+    lines = log.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["work: 1/2 items", "work: 2/2 items"]
+
+
 def test_every_image_and_video_format_goes_through(files, tmp_path):
     import av
     from PIL import Image
