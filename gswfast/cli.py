@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from gswfast.progress import Progress
     from gswfast.regions import RegionExplainer
     from gswfast.video import Mp4Writer, StreamExplainer, WindowResult
+    from gswfast.viz import NpzWriter
 
 _T = TypeVar("_T")
 
@@ -656,16 +657,18 @@ class _ExplainJob:
                 raise UserError(f"--method {method}: {error}") from None
         return self._explainers[method]
 
-    def _save_labels(self, stem: str, labels: dict[str, torch.Tensor]) -> str:
-        """``<stem>.labels.npz``: the segment ids (int32 ``[(T), H, W]`` at the model's input
-        size) that the JSON's segment scores and rankings index, one array per image or per
-        video window (``window_<first frame>``); its path."""
-        import numpy as np
+    def _labels_writer(self, stem: str) -> NpzWriter:
+        """``<stem>.labels.npz``, written as the explanations come: the segment ids (int32
+        ``[(T), H, W]`` at the model's input size) that the JSON's segment scores and
+        rankings index, ``labels`` for an image, ``window_<first frame>`` per video window."""
+        from gswfast.viz import NpzWriter
 
-        path = self.folder() / f"{stem}.labels.npz"
-        arrays = {k: v.cpu().numpy().astype(np.int32) for k, v in labels.items()}
-        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
-        return str(path)
+        return NpzWriter(self.folder() / f"{stem}.labels.npz")
+
+    def _image_labels(self, stem: str, expl: Explanation) -> str:
+        with self._labels_writer(stem) as labels:
+            labels.add("labels", expl.labels[0].int())
+        return str(self.folder() / f"{stem}.labels.npz")
 
     def folder(self) -> Path:
         out: Path = self.args.out  # argparse: type=Path
@@ -700,7 +703,7 @@ class _ExplainJob:
             "output": None if out is None else str(out),
             "method": expl.method,
             **_scores(expl, 0, self.loaded.class_names),
-            "labels": self._save_labels(stem, {"labels": expl.labels[0]}),
+            "labels": self._image_labels(stem, expl),
             "seconds": seconds,
         }
 
@@ -715,20 +718,19 @@ class _ExplainJob:
         from gswfast.video.io import remember_shape
 
         explained: list[dict[str, Any]] = []
-        window_labels: dict[str, torch.Tensor] = {}  # each window's supervoxels
         show = _FrameShower()
-        out = self.folder() / f"{stem}.mp4"
+        out, labels_path = self.folder() / f"{stem}.mp4", self.folder() / f"{stem}.labels.npz"
         try:
             frames, fps = read_video(path)
             frames, shape = remember_shape(frames)
-            with _movie(out, fps, self.args.pictures) as movie:
+            with _movie(out, fps, self.args.pictures) as movie, self._labels_writer(stem) as labels:
                 for start, clip in windows(
                     frames, self.args.frames, self.args.stride or self.args.frames, self.size
                 ):
                     x = clip.to(self.device)[None]  # [1, 3, T, H, W]
                     call = functools.partial(self._call, self.explainer("video"), x, path)
                     expl, seconds = _timed(call, self.device)
-                    window_labels[f"window_{start}"] = expl.labels[0]
+                    labels.add(f"window_{start}", expl.labels[0].int())
                     explained.append(
                         {
                             "first_frame": start,
@@ -750,13 +752,13 @@ class _ExplainJob:
                 if movie is not None:
                     show.finish(movie)
         except MediaError as error:
-            out.unlink(missing_ok=True)
+            _remove(out, labels_path)
             raise InputFailed(str(error)) from None
-        except InputFailed:
-            out.unlink(missing_ok=True)
+        except BaseException:  # no partial outputs of a failed input, whatever failed
+            _remove(out, labels_path)
             raise
         if not explained:
-            out.unlink(missing_ok=True)
+            _remove(out, labels_path)
             raise InputFailed(f"{path}: shorter than one window of --frames {self.args.frames}")
         if self.args.pictures:  # a preview at half the pictures' size (Pillow's palettes)
             preview = torch.cat(show.preview, 1)[:, :64]
@@ -769,7 +771,7 @@ class _ExplainJob:
             "output": str(out) if self.args.pictures else None,
             "fps": fps,
             "method": _method(self.args, "video"),
-            "labels": self._save_labels(stem, window_labels),
+            "labels": str(labels_path),
             "windows": explained,
         }
 
@@ -799,6 +801,7 @@ class _ExplainJob:
         except (ValueError, TypeError) as error:
             raise UserError(str(error)) from None
         folder = self.folder()
+        labels_path = folder / f"{stem}.labels.npz"
         out, timeline_path, windows, frames_seen = (
             folder / f"{stem}.mp4",
             folder / f"{stem}.timeline.jsonl",
@@ -807,7 +810,11 @@ class _ExplainJob:
         )
         try:
             frames, fps = read_video(path)
-            with _movie(out, fps, args.pictures) as movie, open(timeline_path, "w") as timeline:
+            with (
+                _movie(out, fps, args.pictures) as movie,
+                open(timeline_path, "w") as timeline,
+                self._labels_writer(stem) as labels,
+            ):
                 for frame in frames:
                     frames_seen += 1
                     shape = render.picture_shape(frame.shape[-2], frame.shape[-1], PICTURE_SIDE)
@@ -823,21 +830,25 @@ class _ExplainJob:
                             )[0]
                             names = self.loaded.class_names
                             movie.write(viz.captioned(picture, result.explanation, 0, names))
+                        labels.add(
+                            f"window_{result.first_frame}",
+                            result.explanation.labels[0].int(),
+                        )
                         timeline.write(
                             json.dumps(_timeline_entry(result)) + "\n"
                         )  # streamed: constant memory
                         windows += 1
                         progress.update()
         except MediaError as error:
-            _remove(out, timeline_path)  # no partial outputs of a failed input
+            _remove(out, timeline_path, labels_path)  # no partial outputs of a failed input
             raise InputFailed(str(error)) from None
-        except InputFailed:
-            _remove(out, timeline_path)
+        except BaseException:  # whatever failed
+            _remove(out, timeline_path, labels_path)
             raise
         finally:
             stream.close()
         if not windows:
-            _remove(out, timeline_path)
+            _remove(out, timeline_path, labels_path)
             raise InputFailed(f"{path}: shorter than one window of --frames {args.frames}")
         left_out = frames_seen - (args.frames + (windows - 1) * stride)
         if left_out:
@@ -854,6 +865,7 @@ class _ExplainJob:
             "windows": windows,
             "frames_not_explained": left_out,
             "timeline": str(timeline_path),
+            "labels": str(labels_path),
         }
 
     def _push(self, stream: StreamExplainer, frame: torch.Tensor, path: Path) -> list[WindowResult]:

@@ -100,3 +100,27 @@ def captioned(
     if picture.dim() == 4:  # a clip: the strip under every frame
         strip = strip.unsqueeze(1).expand(-1, picture.shape[1], -1, -1)
     return torch.cat([picture.cpu(), strip], dim=-2)
+
+
+class NpzWriter:
+    """Writes arrays one at a time into an ``.npz`` (deflated; ``np.load`` reads it), so a
+    long video's per-window labels never sit in memory together."""
+
+    def __init__(self, path: str | Path) -> None:
+        import zipfile
+
+        self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED)
+
+    def add(self, name: str, array: np.ndarray[Any, Any] | Tensor) -> None:
+        values = array.detach().cpu().numpy() if isinstance(array, Tensor) else array
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as handle:
+            np.lib.format.write_array(handle, np.ascontiguousarray(values), allow_pickle=False)
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> NpzWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1239,6 +1239,7 @@ def test_a_stream_that_fails_leaves_no_partial_files(files, tmp_path, capsys):
     _one_line_error(capsys, f"{cut}: the video is corrupt")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "explanations.json",
+        "short.labels.npz",
         "short.mp4",
         "short.timeline.jsonl",
     ]
@@ -1316,7 +1317,9 @@ def test_inputs_with_names_near_the_limit_get_outputs_that_fit(files, tmp_path):
     assert main([*argv, "--quiet"]) == 0
     argv = ["explain", str(video), "--model", "demo:actions", "--stream", "--frames", "8"]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
-    assert len(list(out.iterdir())) == 2 + 2 + 2 + 1  # 2 PNGs, their labels, MP4 + timeline, JSON
+    assert (
+        len(list(out.iterdir())) == 2 + 2 + 3 + 1
+    )  # 2 PNGs + labels, MP4 + timeline + labels, JSON
     assert all(len(p.name.encode()) <= 255 for p in out.iterdir())  # UTF-8: whole characters
 
 
@@ -1534,7 +1537,9 @@ def test_no_pictures_writes_the_json_alone(files, tmp_path):
         assert main([*argv, "--no-pictures", "--out", str(out)]) == 0
         written = sorted("".join(p.suffixes) for p in out.iterdir())
         assert written == (
-            [".json", ".timeline.jsonl"] if "--stream" in extra else [".json", ".labels.npz"]
+            [".json", ".labels.npz", ".timeline.jsonl"]
+            if "--stream" in extra
+            else [".json", ".labels.npz"]
         )
         (record,) = json.loads((out / "explanations.json").read_text())
         assert record["output"] is None
@@ -1703,6 +1708,16 @@ def test_the_json_names_the_class_and_points_to_the_labels(files, tmp_path):
     assert window.shape == (8, 64, 64)  # the demo model's size
     assert window.max() + 1 == len(first["segment_scores"])
     assert first["class"] == ACTIONS[first["target"]]
+    # --stream: each window's labels as it finishes, beside the timeline
+    stream = [*argv[:1], str(files / "short.mp4"), "--frames", "8", "--stream"]
+    assert main([*stream, "--model", "demo:actions", "--quiet", "--out", str(tmp_path / "s")]) == 0
+    (record,) = json.loads((tmp_path / "s" / "explanations.json").read_text())
+    timeline = [json.loads(line) for line in open(record["timeline"])]
+    with np.load(record["labels"]) as saved:
+        assert sorted(saved.files) == sorted(f"window_{w['first_frame']}" for w in timeline)
+        last = saved[f"window_{timeline[-1]['first_frame']}"]
+    assert last.dtype == np.int32
+    assert last.max() + 1 == len(timeline[-1]["segment_scores"])
 
 
 class _FeaturesFirst(torch.nn.Module):
