@@ -1712,7 +1712,7 @@ def test_the_json_names_the_class_and_points_to_the_labels(files, tmp_path):
     stream = [*argv[:1], str(files / "short.mp4"), "--frames", "8", "--stream"]
     assert main([*stream, "--model", "demo:actions", "--quiet", "--out", str(tmp_path / "s")]) == 0
     (record,) = json.loads((tmp_path / "s" / "explanations.json").read_text())
-    timeline = [json.loads(line) for line in open(record["timeline"])]
+    timeline = [json.loads(line) for line in Path(record["timeline"]).read_text().splitlines()]
     with np.load(record["labels"]) as saved:
         assert sorted(saved.files) == sorted(f"window_{w['first_frame']}" for w in timeline)
         last = saved[f"window_{timeline[-1]['first_frame']}"]
