@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 from gswfast import __version__
 from gswfast.options import (
     CAM_METHODS,
+    DEFAULT_METHODS,
     METHOD_NAMES,
     PICTURE_SIDE,
     SAMPLING_METHODS,
     UserError,
     check_method,
     check_method_options,
+    check_streamable,
     failure_line,
     make_out_folder,
 )
@@ -320,13 +322,7 @@ def _check_options(args: argparse.Namespace) -> None:
         )
     if hasattr(args, "samples"):  # explain and explain-dataset
         for kind in ("image", "video"):
-            check_method_options(
-                _method(args, kind),
-                args.samples,
-                args.design,
-                args.swag,
-                getattr(args, "stream", False) and kind == "video",
-            )
+            check_method_options(_method(args, kind), args.samples, args.design, args.swag)
     if getattr(args, "stream", False) and args.stride is not None and args.stride > args.frames:
         raise UserError(
             f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})"
@@ -351,8 +347,6 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _method(args: argparse.Namespace, kind: str) -> str:
-    from gswfast.models import DEFAULT_METHODS
-
     return args.method or DEFAULT_METHODS["video" if kind == "video" else "image"]
 
 
@@ -785,6 +779,7 @@ class _ExplainJob:
         from gswfast.video import MediaError, StreamExplainer, read_video
 
         args, stride = self.args, self.args.stride or 4
+        check_streamable(_method(args, "video"))
         options: dict[str, Any] = layer_option(args.layer, _method(args, "video"))
         options["target"] = args.target
         try:

@@ -36,7 +36,6 @@ import torch
 from gswfast import render, viz
 from gswfast.explain import Explainer, Explanation
 from gswfast.models import (
-    DEFAULT_METHODS,
     check_video_input,
     default_size,
     layer_option,
@@ -44,7 +43,14 @@ from gswfast.models import (
     normaliser,
     resolve_device,
 )
-from gswfast.options import PICTURE_SIDE, UserError, check_method, failure_line, make_out_folder
+from gswfast.options import (
+    DEFAULT_METHODS,
+    PICTURE_SIDE,
+    UserError,
+    check_method,
+    failure_line,
+    make_out_folder,
+)
 from gswfast.progress import Progress
 from gswfast.regions import RegionExplainer, make_explainer
 from gswfast.video.io import (
@@ -327,13 +333,16 @@ class _Work:
         begin = time.perf_counter()
         try:
             expl = self.explainer(x, self.target)
-        except Exception as error:  # any type: the batch's items fail, the job goes on
+        except Exception as error:  # any type: the items fail, the job goes on
             if isinstance(error, (ValueError, RuntimeError)) and str(error).startswith(
-                ("target:", "layer:")
+                ("target:", "layer:", "n_samples:", "design:")
             ):  # the same for every item: stop the job
                 raise UserError(str(error)) from None
-            for item in items:
-                _fail(self.folder, item, failure_line(error))
+            if len(items) > 1:  # one bad input (NaN scores, say) fails alone
+                for b, item in enumerate(items):
+                    self._explain([item], x[b : b + 1], sizes[b : b + 1])
+                return
+            _fail(self.folder, items[0], failure_line(error))
             return
         seconds = (time.perf_counter() - begin) / len(items)
         host = _BatchOnHost.of(expl)

@@ -32,10 +32,6 @@ NORMALISATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
 }
-# Per input kind: integrated gradients for images; Grad-CAM for video, where integrated
-# gradients cost 32 forward+backward passes of a 3-D CNN per window (48 s on a 2-core CPU
-# for r2plus1d_18, against 1-5 s for Grad-CAM).
-DEFAULT_METHODS = {"image": "integrated_gradients", "video": "gradcam"}
 # What torchvision's video models take, probed with torchvision 0.29 (every other video
 # model runs at 112x112 with 8 or more frames): s3d pools 7x7 (and 2 in time) after its
 # /32 (/8 in time) strides; MViT's position embeddings fix its input at 16 x 224 x 224.
@@ -200,7 +196,8 @@ def layer_option(layer: str | None, method: str) -> dict[str, str | list[str]]:
             f"--layer: only the CAM methods ({', '.join(CAM_METHODS)}) use a layer, and this "
             f"input's method is {method}"
         )
-    return {"layer": layer.split(",")} if "," in layer else {"layer": layer}
+    names = [name.strip() for name in layer.split(",")]
+    return {"layer": names} if len(names) > 1 else {"layer": names[0]}
 
 
 # ------------------------------------------------------------------------ helpers

@@ -139,6 +139,10 @@ def draw_picture(
     cost of one gather."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 0:
         raise ValueError(f"k: expected an int >= 0, got {k!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}")
+    if last is not None and (not isinstance(last, int) or isinstance(last, bool) or last < 1):
+        raise ValueError(f"last: expected an int >= 1 or None, got {last!r}")
     labels, top = expl.labels, expl.top_k(k)
     height, width = labels.shape[-2:]
     rgb = as_rgb_uint8(images.to(labels.device), tuple(labels.shape[1:]))

@@ -895,7 +895,7 @@ def test_grad_cam_layer_option(files, tmp_path, capsys):
     assert main(["explain", *common, "--layer", "nope", "--out", str(tmp_path / "c")]) == 2
     _one_line_error(capsys, "no module named 'nope'")
     # several layers, comma-separated; and Score-CAM, a method like the others
-    several = ["--layer", "features.6,features.10", "--out", str(tmp_path / "d")]
+    several = ["--layer", "features.6, features.10", "--out", str(tmp_path / "d")]
     assert main(["explain", *common, *several]) == 0
     d = json.loads((tmp_path / "d" / "explanations.json").read_text())[0]
     assert d["layer"] == ["features.6", "features.10"]
@@ -930,6 +930,8 @@ def test_version_and_fast_argument_checks(tmp_path):
         (["explain", "x.png", "--segments", "0"], 2, "--segments: expected an int >= 1"),
         (["explain", "x.png", "--top-k", "-1"], 2, "--top-k: expected an int >= 0"),
         (["explain", "x.png", "--size", "0"], 2, "--size: expected an int from 1 to 4096"),
+        (["explain", "x.mp4", "--stream", "--frames", "4", "--stride", "10"], 2, "--stride 10"),
+        (["explain", "x.png", "--method", "gradient", "--samples", "4"], 2, "--samples: only"),
         (["explain", "x.png", "--target", "1" + "0" * 20], 2, "--target: expected an int from"),
         (["explain", "x.png", "--out", str(tmp_path / "f" / "o")], 2, "f is not a folder"),
         (["demo", "--segments", "0"], 2, "--segments: expected an int >= 1"),
@@ -1461,7 +1463,7 @@ def test_any_exception_of_the_model_fails_one_input_in_one_line(tmp_path, capsys
     # explain-dataset: the same, with the reason in failed.json
     data = ["explain-dataset", str(folder), "--model", str(tmp_path / "picky.pt")]
     data += ["--method", "gradient", "--segments", "4", "--normalize", "none", "--quiet"]
-    data += ["--batch-size", "1", "--out", str(tmp_path / "d")]
+    data += ["--out", str(tmp_path / "d")]  # one batch: the bright image fails it alone
     assert main(data) == 0
     failed = json.loads(next((tmp_path / "d" / "items").glob("*.failed.json")).read_text())
     assert failed["reason"] == "torch.jit.Error: builtins.ValueError: too bright for this model"
@@ -1647,6 +1649,7 @@ def test_swag_samples_and_design_reach_the_methods_or_are_refused(files, tmp_pat
     png, clip = str(files / "shape.png"), str(files / "short.mp4")
     base = ["--model", "demo:shapes", "--quiet", "--out", str(tmp_path / "o")]
     assert main(["explain", png, *base, "--method", "gradient", "--swag"]) == 0
+    assert main(["explain", png, *base, "--method", "lime", "--samples", "8", "--stream"]) == 0
     assert (
         main(
             ["explain", png, *base, "--method", "banzhaf", "--samples", "4", "--design", "uniform"]
@@ -1756,3 +1759,16 @@ def test_pictures_carry_the_class_the_score_and_the_colour_scale(files, tmp_path
     strip = picture[:, 448:]
     assert strip[:, 16:26].float().std(dim=2).mean() > 10  # the colour ramp varies
     assert record["class"] in SHAPES
+
+
+def test_draw_picture_refuses_what_it_cannot_draw():
+    import gswfast as gsw
+    from gswfast import render
+
+    clip = torch.zeros(1, 3, 2, 8, 8)
+    labels = torch.zeros(1, 2, 8, 8, dtype=torch.int32)
+    expl = gsw.explain(None, clip, segmentation=labels, attribution=torch.ones(1, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"alpha: expected a value in \[0, 1\], got 1.5"):
+        render.draw_picture(expl, clip, alpha=1.5)
+    with pytest.raises(ValueError, match="last: expected an int >= 1 or None, got 0"):
+        render.draw_picture(expl, clip, last=0)

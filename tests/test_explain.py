@@ -614,6 +614,35 @@ def test_inputs_follow_the_models_dtype(dtype):
     )
 
 
+class _FrameSequence(torch.nn.Module):
+    """A 3-D convolution, then a sequence of per-frame features [B, 8, D] through a linear
+    layer and a norm, pooled over time: the sequence is no token grid over the clip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(3, 16, (2, 4, 4), stride=(2, 4, 4))
+        self.linear = torch.nn.Linear(16, 16)
+        self.norm = torch.nn.LayerNorm(16)
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.conv(x).mean((3, 4)).transpose(1, 2)  # [B, 8, 16]
+        return self.head(self.norm(self.linear(frames)).mean(1))
+
+
+def test_short_sequences_are_not_read_as_token_grids():
+    from gswfast.attribution.gradcam import read_layout
+
+    torch.manual_seed(0)
+    expl = gsw.explain(_FrameSequence(), torch.rand(1, 3, 16, 64, 64), method="gradcam")
+    assert (expl.info["layer"], expl.info["layout"]) == ("conv", "[B, K, t, h, w]")
+    # a pooled token or a few features: no grid (and no division by zero)
+    assert read_layout((1, 1, 768), (8, 224, 224)) is None
+    assert read_layout((1, 3, 16), (16, 112, 112)) is None
+    assert read_layout((1, 1 + 4, 64), (64, 64)) is None  # 2 x 2: coarser than 32 px patches
+    assert read_layout((1, 1 + 8 * 7 * 7, 96), (16, 224, 224)).describe() == "[B, 1 + 8*7*7, D]"
+
+
 def test_vit_gradcam_equals_pytorch_grad_cam_with_its_reshape_transform():
     grad_cam = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

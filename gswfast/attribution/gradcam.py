@@ -131,10 +131,14 @@ def _token_grid(tokens: int, spatial: tuple[int, ...]) -> tuple[int, tuple[int, 
 
 def _plane_grid(cells: int, height: int, width: int) -> tuple[int, int] | None:
     """``(h, w)`` with ``h * w = cells`` at about the same stride along H and W (the
-    closest), at least 2 rows; None when none fits."""
+    closest), at least 3 x 3 and a stride of at most 32 pixels (ViT and DeiT patches are
+    8 to 32): fewer, coarser tokens are no patch grid (a sequence of frame features,
+    a pooled token); None when none fits."""
+    if cells < 9:
+        return None
     best: tuple[float, int] | None = None
-    for h in range(2, height + 1):
-        if cells % h or cells // h > width:
+    for h in range(max(3, -(-height // 32)), height + 1):
+        if cells % h or cells // h > width or cells // h < max(3, -(-width // 32)):
             continue
         ratio = (height / h) / (width / (cells // h))
         if 0.8 <= ratio <= 1.25 and (best is None or abs(ratio - 1) < best[0]):
