@@ -449,16 +449,11 @@ class GradCAM:
         the target's scores on those inputs. ``batch_size`` masked inputs per model call."""
         batch, channels = maps.shape[:2]
         scores = torch.empty(batch, channels, dtype=maps.dtype, device=maps.device)
-        mode = "trilinear" if x.dim() == 5 else "bilinear"
         with torch.no_grad():
             for b in range(batch):
                 for start in range(0, channels, self.batch_size):
-                    chunk = maps[b : b + 1, start : start + self.batch_size]
-                    masks = F.interpolate(chunk, size=x.shape[2:], mode=mode, align_corners=True)
-                    flat = masks.flatten(2)
-                    low = flat.amin(2).view(*masks.shape[:2], *[1] * (x.dim() - 2))
-                    high = flat.amax(2).view(*masks.shape[:2], *[1] * (x.dim() - 2))
-                    masks = ((masks - low) / (high - low + 1e-8))[0].unsqueeze(1)  # [n, 1, ...]
+                    chunk = maps[b, start : start + self.batch_size].unsqueeze(1)  # [n, 1, ...]
+                    masks = unit_scaled(upsample(chunk, x.shape[2:], align_corners=True), eps=1e-8)
                     masked = (x[b : b + 1].detach() * masks).to(x.dtype)
                     n = masked.shape[0]
                     rows = rows_of(sample, torch.full((n,), b, device=x.device))
@@ -483,20 +478,20 @@ class GradCAM:
 _GRADIENT_FREE = ("eigencam", "scorecam")
 
 
-def upsample(cam: Tensor, size: Sequence[int]) -> Tensor:
-    """``cam [B, 1, (t), h, w]`` resized to ``size`` ``[(T), H, W]`` (bilinear, trilinear
+def upsample(cam: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """``cam [B, C, (t), h, w]`` resized to ``size`` ``[(T), H, W]`` (bilinear, trilinear
     for clips)."""
     mode = "trilinear" if cam.dim() == 5 else "bilinear"
-    return F.interpolate(cam, size=tuple(size), mode=mode, align_corners=False)
+    return F.interpolate(cam, size=tuple(size), mode=mode, align_corners=align_corners)
 
 
-def unit_scaled(cam: Tensor) -> Tensor:
-    """Each sample's map shifted and scaled to 0..1 (pytorch-grad-cam's ``scale_cam_image``:
-    a constant map becomes 0)."""
+def unit_scaled(cam: Tensor, eps: float = 1e-7) -> Tensor:
+    """Each sample's map shifted and scaled to 0..1 (pytorch-grad-cam's ``scale_cam_image``,
+    ``eps=1e-7``; its Score-CAM masks use 1e-8): a constant map becomes 0."""
     flat = cam.flatten(1)
     low = flat.amin(1).view(-1, *[1] * (cam.dim() - 1))
     high = flat.amax(1).view(-1, *[1] * (cam.dim() - 1))
-    return (cam - low) / (high - low + 1e-7)
+    return (cam - low) / (high - low + eps)
 
 
 def _constant(cam: Tensor) -> Tensor:
