@@ -153,10 +153,18 @@ def composite_logits(
     return forward.logits(composite(inside, outside, flat_labels, sample, segments), sample)
 
 
-def tied_samples(scores: Tensor, num_segments: Tensor) -> Tensor:
+def segment_mask(num_segments: Tensor, width: int) -> Tensor:
+    """bool ``[B, width]``: which ids of each sample's ``[B, K]`` scores are its segments
+    (``id < num_segments[b]``); the rest is padding."""
+    return torch.arange(width, device=num_segments.device) < num_segments.unsqueeze(1)
+
+
+def tied_samples(scores: Tensor, num_segments: Tensor, valid: Tensor | None = None) -> Tensor:
     """bool ``[B]``: the samples with two or more segments whose ``scores [B, K]`` are all
-    equal (no segment is best). On the device, no sync."""
-    valid = torch.arange(scores.shape[1], device=scores.device) < num_segments.unsqueeze(1)
+    equal (no segment is best); ``valid``: their ``segment_mask`` where the caller has it.
+    On the device, no sync."""
+    if valid is None:
+        valid = segment_mask(num_segments, scores.shape[1])
     high = torch.where(valid, scores, float("-inf")).amax(1)
     low = torch.where(valid, scores, float("inf")).amin(1)
     return (high == low) & (num_segments > 1)
@@ -167,9 +175,9 @@ def check_scores(scores: Tensor, num_segments: Tensor, warned: Tensor | None = N
     warning for those not in ``warned`` (a CAM map already reported as constant);
     ``ValueError`` for NaN or infinite scores, which a model with NaN weights or an output
     that overflows gives. One device sync."""
-    valid = torch.arange(scores.shape[1], device=scores.device) < num_segments.unsqueeze(1)
+    valid = segment_mask(num_segments, scores.shape[1])
     finite = torch.isfinite(torch.where(valid, scores, 0)).all(1)
-    tied = tied_samples(scores, num_segments)
+    tied = tied_samples(scores, num_segments, valid)
     fresh = tied if warned is None else tied & ~warned.to(tied.device)
     flags = torch.stack([~finite, fresh]).cpu()
     bad = flags[0].nonzero().flatten().tolist()

@@ -29,6 +29,7 @@ from gswfast.checks import (
     check_inputs,
     check_scores,
     resolve_given_segmentation,
+    segment_mask,
     tied_samples,
     unit_float,
 )
@@ -75,8 +76,7 @@ class Explanation:
 
     def ranking(self) -> Tensor:
         """int64 ``[B, K]``: segment ids by decreasing score; padding ids come last."""
-        k = self.segment_scores.shape[1]
-        valid = torch.arange(k, device=self.labels.device) < self.num_segments.unsqueeze(1)
+        valid = segment_mask(self.num_segments, self.segment_scores.shape[1])
         scores = torch.where(valid, self.segment_scores, float("-inf"))
         return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
@@ -89,8 +89,9 @@ class Explanation:
         best = self.ranking()[:, : min(k, width)]
         chosen = torch.zeros((b, width), dtype=torch.bool, device=best.device)
         chosen.scatter_(1, best, True)
-        chosen &= torch.arange(width, device=best.device) < self.num_segments.unsqueeze(1)
-        chosen &= ~tied_samples(self.segment_scores, self.num_segments).unsqueeze(1)
+        valid = segment_mask(self.num_segments, width)
+        chosen &= valid
+        chosen &= ~tied_samples(self.segment_scores, self.num_segments, valid).unsqueeze(1)
         flat = self.labels.reshape(b, -1).long()
         return chosen.gather(1, flat).reshape(self.labels.shape)
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gswfast.checks import segment_mask
+
 if TYPE_CHECKING:
     from gswfast.explain import Explanation
 
@@ -179,7 +181,7 @@ def segment_colours(scores: Tensor, num_segments: Tensor) -> Tensor:
     """float RGB ``[B, K, 3]`` (0..255) of segment ``scores [B, K]``, as ``color_scores``
     colours their painted heatmap: padding ids (past ``num_segments``) count as 0, which
     changes neither a sample's largest magnitude nor whether it has a negative value."""
-    valid = torch.arange(scores.shape[1], device=scores.device) < num_segments.unsqueeze(1)
+    valid = segment_mask(num_segments, scores.shape[1])
     return color_scores(torch.where(valid, scores.float(), 0.0))
 
 
