@@ -964,12 +964,14 @@ def _timeline_entry(result: WindowResult) -> dict[str, Any]:
 
 
 def _scores(expl: Explanation, b: int, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    from gswfast.viz import class_name
+
     n = int(expl.num_segments[b])
     target = int(expl.target[b])
-    named = class_names is not None and 0 <= target < len(class_names)
+    name = class_name(class_names, target)
     out: dict[str, Any] = {
         "target": target,
-        **({"class": class_names[target]} if named and class_names else {}),
+        **({"class": name} if name is not None else {}),
         "segment_scores": float32_list(expl.segment_scores[b, :n]),
         "ranking": expl.ranking()[b, :n].tolist(),
     }

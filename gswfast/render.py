@@ -43,13 +43,21 @@ def color_scores(heatmap: Tensor) -> Tensor:
     A sample with a negative value uses the diverging map around zero (scaled by its largest
     magnitude); a non-negative one the sequential map from zero to its maximum.
     """
-    flat = heatmap.float().flatten(1)
     view = (-1,) + (1,) * (heatmap.dim() - 1)
-    scale = flat.abs().amax(1).clamp(min=1e-12).view(view)
-    signed = (flat.amin(1) < 0).view((*view, 1))
+    largest, negative = colour_scale(heatmap)
+    scale = largest.clamp(min=1e-12).view(view)
+    signed = negative.view((*view, 1))
     diverging = colormap(heatmap / scale * 0.5 + 0.5, _DIVERGING)
     sequential = colormap(heatmap / scale, _SEQUENTIAL)
     return torch.where(signed, diverging, sequential)
+
+
+def colour_scale(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample of ``values [B, *S]`` (non-empty): its largest magnitude ``[B]``, which
+    ends the colour scale, and whether it has a negative value ``[B]`` (the diverging map
+    around zero; otherwise the sequential one from zero)."""
+    flat = values.float().flatten(1)
+    return flat.abs().amax(1), flat.amin(1) < 0
 
 
 def boundaries(labels: Tensor) -> Tensor:

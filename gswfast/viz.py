@@ -51,8 +51,10 @@ def legend(width: int, scores: Tensor, caption: str) -> Tensor:
     from gswfast import render
 
     scores = scores.detach().float().cpu()
-    scale = float(scores.abs().max()) if scores.numel() else 0.0
-    signed = bool(scores.numel()) and float(scores.min()) < 0
+    scale, signed = 0.0, False
+    if scores.numel():
+        largest, negative = render.colour_scale(scores[None])
+        scale, signed = float(largest[0]), bool(negative[0])
     low = -scale if signed else 0.0
     ramp = torch.linspace(low, scale, max(width, 2))[None]
     bar = render.color_scores(ramp)[0].round().clamp(0, 255).to(torch.uint8)  # [W, 3]
@@ -79,6 +81,13 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+def class_name(class_names: Sequence[str] | None, target: int) -> str | None:
+    """The name of class ``target`` where ``class_names`` has one."""
+    if class_names is not None and 0 <= target < len(class_names):
+        return class_names[target]
+    return None
+
+
 def captioned(
     picture: Tensor, expl: Explanation, b: int, class_names: Sequence[str] | None = None
 ) -> Tensor:
@@ -89,7 +98,7 @@ def captioned(
     import torch
 
     target = int(expl.target[b])
-    name = class_names[target] if class_names and 0 <= target < len(class_names) else None
+    name = class_name(class_names, target)
     words = [f"{name} (class {target})" if name else f"class {target}"]
     logits = expl.info.get("logits")
     if isinstance(logits, Tensor) and target >= 0:
