@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from gswfast.progress import Progress
     from gswfast.regions import RegionExplainer
     from gswfast.video import Mp4Writer, StreamExplainer, WindowResult
-    from gswfast.viz import NpzWriter
 
 _T = TypeVar("_T")
 
@@ -631,38 +630,36 @@ class _ExplainJob:
             check_video_input(self.args.model, self.args.arch, self.args.frames, self.size)
 
     def explainer(self, kind: str) -> Explainer | RegionExplainer:
-        from gswfast.models import layer_option
-        from gswfast.regions import make_explainer
+        from gswfast.models import command_explainer, layer_option
 
         method = _method(self.args, kind)
         if method not in self._explainers:
             options: dict[str, Any] = layer_option(self.args.layer, method)
             options.update(sampling_options(self.args))
-            try:
-                self._explainers[method] = make_explainer(
-                    self.model,
-                    method,
-                    preprocess=self.preprocess,
-                    n_segments=self.args.segments,
-                    channels_last=None,
-                    **options,
-                )
-            except (ValueError, TypeError) as error:  # the options of the method
-                raise UserError(f"--method {method}: {error}") from None
+            self._explainers[method] = command_explainer(
+                self.model,
+                method,
+                preprocess=self.preprocess,
+                n_segments=self.args.segments,
+                channels_last=None,
+                **options,
+            )
         return self._explainers[method]
 
-    def _labels_writer(self, stem: str) -> NpzWriter:
-        """``<stem>.labels.npz``, written as the explanations come: the segment ids (int32
-        ``[(T), H, W]`` at the model's input size) that the JSON's segment scores and
-        rankings index, ``labels`` for an image, ``window_<first frame>`` per video window."""
-        from gswfast.viz import NpzWriter
-
-        return NpzWriter(self.folder() / f"{stem}.labels.npz")
+    def _labels_path(self, stem: str) -> Path:
+        """``<stem>.labels.npz`` (an ``NpzWriter`` fills it as the explanations come): the
+        segment ids (int32 ``[(T), H, W]`` at the model's input size) that the JSON's
+        segment scores and rankings index, ``labels`` for an image, ``window_<first
+        frame>`` per video window."""
+        return self.folder() / f"{stem}.labels.npz"
 
     def _image_labels(self, stem: str, expl: Explanation) -> str:
-        with self._labels_writer(stem) as labels:
+        from gswfast.viz import NpzWriter
+
+        path = self._labels_path(stem)
+        with NpzWriter(path) as labels:
             labels.add("labels", expl.labels[0].int())
-        return str(self.folder() / f"{stem}.labels.npz")
+        return str(path)
 
     def folder(self) -> Path:
         out: Path = self.args.out  # argparse: type=Path
@@ -710,14 +707,15 @@ class _ExplainJob:
         from gswfast import render, viz
         from gswfast.video import MediaError, read_video, windows
         from gswfast.video.io import remember_shape
+        from gswfast.viz import NpzWriter
 
         explained: list[dict[str, Any]] = []
         show = _FrameShower()
-        out, labels_path = self.folder() / f"{stem}.mp4", self.folder() / f"{stem}.labels.npz"
+        out, labels_path = self.folder() / f"{stem}.mp4", self._labels_path(stem)
         try:
             frames, fps = read_video(path)
             frames, shape = remember_shape(frames)
-            with _movie(out, fps, self.args.pictures) as movie, self._labels_writer(stem) as labels:
+            with _movie(out, fps, self.args.pictures) as movie, NpzWriter(labels_path) as labels:
                 for start, clip in windows(
                     frames, self.args.frames, self.args.stride or self.args.frames, self.size
                 ):
@@ -777,6 +775,7 @@ class _ExplainJob:
         from gswfast import render, viz
         from gswfast.models import layer_option
         from gswfast.video import MediaError, StreamExplainer, read_video
+        from gswfast.viz import NpzWriter
 
         args, stride = self.args, self.args.stride or 4
         check_streamable(_method(args, "video"))
@@ -796,7 +795,7 @@ class _ExplainJob:
         except (ValueError, TypeError) as error:
             raise UserError(str(error)) from None
         folder = self.folder()
-        labels_path = folder / f"{stem}.labels.npz"
+        labels_path = self._labels_path(stem)
         out, timeline_path, windows, frames_seen = (
             folder / f"{stem}.mp4",
             folder / f"{stem}.timeline.jsonl",
@@ -808,7 +807,7 @@ class _ExplainJob:
             with (
                 _movie(out, fps, args.pictures) as movie,
                 open(timeline_path, "w") as timeline,
-                self._labels_writer(stem) as labels,
+                NpzWriter(labels_path) as labels,
             ):
                 for frame in frames:
                     frames_seen += 1

@@ -37,6 +37,7 @@ from gswfast import render, viz
 from gswfast.explain import Explainer, Explanation
 from gswfast.models import (
     check_video_input,
+    command_explainer,
     default_size,
     layer_option,
     load_model,
@@ -52,7 +53,7 @@ from gswfast.options import (
     make_out_folder,
 )
 from gswfast.progress import Progress
-from gswfast.regions import RegionExplainer, make_explainer
+from gswfast.regions import RegionExplainer
 from gswfast.video.io import (
     MEDIA_SUFFIXES,
     MediaError,
@@ -204,16 +205,13 @@ def explain_dataset(
         )  # every rank has checked the old settings before rank 0 records the new ones
         if rank == 0:
             _write_json(out / "settings.json", settings)
-        try:
-            explainer = make_explainer(
-                loaded.module.to(target_device),
-                method,
-                n_segments=segments,
-                preprocess=normaliser(normalize, loaded.normalisation, target_device),
-                **options,
-            )
-        except (ValueError, TypeError) as error:  # the options of the method
-            raise UserError(f"--method {method}: {error}") from None
+        explainer = command_explainer(
+            loaded.module.to(target_device),
+            method,
+            n_segments=segments,
+            preprocess=normaliser(normalize, loaded.normalisation, target_device),
+            **options,
+        )
         shard = [item for i, item in enumerate(items) if i % world == rank]
         mine = [item for item in shard if not _finished(folder, item, settings, pictures)]
         progress = _RankProgress(out, rank, world, len(items), len(shard) - len(mine), quiet)

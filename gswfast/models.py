@@ -26,7 +26,9 @@ from gswfast._extension import cuda_available
 from gswfast.demo.data import ACTIONS, SHAPES
 from gswfast.demo.models import ARCHITECTURES
 from gswfast.demo.models import load as load_demo
+from gswfast.explain import Explainer
 from gswfast.options import CAM_METHODS, UserError, check_method  # noqa: F401  (re-exported: the command and dataset use them)
+from gswfast.regions import RegionExplainer, make_explainer
 
 NORMALISATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -184,6 +186,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     ):
         raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def command_explainer(
+    model: torch.nn.Module, method: str, **options: Any
+) -> Explainer | RegionExplainer:
+    """``make_explainer`` for the command and explain-dataset: a method option the method
+    refuses is a ``UserError`` naming ``--method``."""
+    try:
+        return make_explainer(model, method, **options)
+    except (ValueError, TypeError) as error:  # the options of the method
+        raise UserError(f"--method {method}: {error}") from None
 
 
 def layer_option(layer: str | None, method: str) -> dict[str, str | list[str]]:
