@@ -24,7 +24,7 @@ import torchvision
 from timing import cuda_timed
 
 import gswfast as gsw
-from gswfast.testing import photos
+from gswfast.testing import PYTORCH_GRAD_CAM_CLASSES, photos
 
 pytest.importorskip("skimage.data")
 
@@ -235,14 +235,16 @@ def _transformer_reshape(kind: str):
     return lambda t: t.permute(0, 3, 1, 2)  # [B, 7, 7, C] -> [B, C, 7, 7]
 
 
-@pytest.mark.benchmark(group="cpu-gradcam-transformers-b4")
-def bench_cpu_gradcam_transformer_gswfast(benchmark, transformer_inputs):
+@pytest.mark.parametrize("method", ["gradcam", "gradient"])
+def bench_cpu_transformer_gswfast(benchmark, transformer_inputs, method):
+    # in the group of its peer: pytorch-grad-cam for Grad-CAM, Captum's Saliency below
+    benchmark.group = f"cpu-{method}-transformers-b4"
     name, model, x, seg = transformer_inputs
-    layer, _ = TRANSFORMER_LAYERS[name]
+    layer = {"layer": TRANSFORMER_LAYERS[name][0]} if method == "gradcam" else {}
     expl = benchmark.pedantic(
         gsw.explain,
         (model, x, 1),
-        dict(method="gradcam", layer=layer, segmentation=seg),
+        dict(method=method, segmentation=seg, **layer),
         rounds=3,
         warmup_rounds=1,
     )
@@ -277,20 +279,6 @@ def bench_cpu_gradcam_transformer_pytorch_grad_cam(benchmark, transformer_inputs
 
 
 @pytest.mark.benchmark(group="cpu-gradient-transformers-b4")
-def bench_cpu_gradient_transformer_gswfast(benchmark, transformer_inputs):
-    name, model, x, seg = transformer_inputs
-    expl = benchmark.pedantic(
-        gsw.explain,
-        (model, x, 1),
-        dict(method="gradient", segmentation=seg),
-        rounds=3,
-        warmup_rounds=1,
-    )
-    _record(benchmark, f"gswfast_{name}", 4)
-    assert torch.isfinite(expl.segment_scores).all()
-
-
-@pytest.mark.benchmark(group="cpu-gradient-transformers-b4")
 def bench_cpu_gradient_transformer_captum(benchmark, transformer_inputs):
     Saliency = pytest.importorskip("captum.attr").Saliency
 
@@ -310,14 +298,7 @@ def bench_cpu_gradient_transformer_captum(benchmark, transformer_inputs):
 # The rest of the CAM family against pytorch-grad-cam's classes: resnet18 on layer4, the
 # same target and segments. Score-CAM runs the model once per channel (512 of layer4) and
 # sample: one image, one round.
-CAM_PEERS = {
-    "gradcam_plus_plus": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-    "scorecam": "ScoreCAM",
-}
+CAM_PEERS = {m: peer for m, peer in PYTORCH_GRAD_CAM_CLASSES.items() if m != "gradcam"}
 
 
 def _cam_batch(method: str) -> int:

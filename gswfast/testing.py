@@ -13,6 +13,19 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+# The pytorch-grad-cam class that each CAM method of gswfast is compared with (tests) and
+# timed against (benchmarks).
+PYTORCH_GRAD_CAM_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcam_plus_plus": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "scorecam": "ScoreCAM",
+}
+
+
 def grid_labels(
     batch: int,
     *spatial: int,

@@ -13,7 +13,7 @@ from helpers import SmoothNet, TinyCNN, cpu_and_cuda, untied
 from gswfast.attribution import METHODS, attribute, find_layer, make_baseline
 from gswfast.attribution.baselines import gaussian_blur, segment_mean_image
 from gswfast.attribution.integrated_gradients import integration_points
-from gswfast.testing import grid_labels
+from gswfast.testing import PYTORCH_GRAD_CAM_CLASSES, grid_labels
 
 
 def _net(device, dims=2, **kw):
@@ -415,19 +415,8 @@ def test_guided_backprop_names_the_activation_of_a_model_without_relu(name, acti
         attribute(model, torch.rand(1, 3, 32, 32), 0, "guided_backprop")
 
 
-CAM_PEERS = {
-    "gradcam": "GradCAM",
-    "gradcam_plus_plus": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-    "scorecam": "ScoreCAM",
-}
-
-
 @pytest.mark.paths
-@pytest.mark.parametrize("method", list(CAM_PEERS))
+@pytest.mark.parametrize("method", list(PYTORCH_GRAD_CAM_CLASSES))
 def test_cam_methods_equal_pytorch_grad_cam(method):
     # The same model, layer and target; pytorch-grad-cam scales each map to 0..1 and
     # resizes it with OpenCV, so the pixel maps are compared by correlation. EigenCAM's
@@ -457,7 +446,9 @@ def test_cam_methods_equal_pytorch_grad_cam(method):
         projection = get_2d_projection_with_sign_correction(activations[0].numpy())
         theirs = scale_cam_image(np.maximum(projection, 0), (80, 64))
     else:
-        peer = getattr(grad_cam, CAM_PEERS[method])(model=model, target_layers=[layer])
+        peer = getattr(grad_cam, PYTORCH_GRAD_CAM_CLASSES[method])(
+            model=model, target_layers=[layer]
+        )
         theirs = peer(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
     for b in range(len(targets)):
         a = ours[b, 0].flatten()
@@ -481,7 +472,7 @@ def test_several_cam_layers_equal_pytorch_grad_cam(method):
     x = untied(torch.rand(2, 3, 64, 80))
     ours, _ = attribute(model, x, [1, 4], method, layer=["layer3", model.layer4])
     one, _ = attribute(model, x, [1, 4], method, layer="layer4")
-    peer = getattr(grad_cam, CAM_PEERS[method])(
+    peer = getattr(grad_cam, PYTORCH_GRAD_CAM_CLASSES[method])(
         model=model, target_layers=[model.layer3, model.layer4]
     )
     theirs = peer(input_tensor=x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(4)])
