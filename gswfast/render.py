@@ -165,16 +165,45 @@ def draw_picture(
     rgb = _grow(rgb, factor) if shape is None else resize_frames(rgb, out_shape)
     big_labels, top = resize_nearest(labels, out_shape), resize_nearest(top, out_shape)
     colours = segment_colours(expl.segment_scores, expl.num_segments).round().to(torch.uint8)
+    edge, ring = boundaries(big_labels), outline(top)
+    if grey:
+        return _blend_grey(rgb[:, 0], big_labels, edge, ring, colours, alpha)
     flat = big_labels.reshape(big_labels.shape[0], -1, 1).long().expand(-1, -1, 3)
     heat = colours.gather(1, flat).reshape(*big_labels.shape, 3).movedim(-1, 1)
-    # uint8 pictures blended in int16, the weights in 1/128ths (within 1 of float32): the
-    # two weights sum to 128, so the sum stays under 255 * 128 + 64 < 2**15
-    weight = round(alpha * 128)
-    out = (rgb.to(torch.int16) * (128 - weight) + heat.to(torch.int16) * weight + 64) >> 7
-    edge = boundaries(big_labels).unsqueeze(1)
-    out = torch.where(edge, (out + _colour(BOUNDARY_COLOUR, out) + 1) >> 1, out)
-    out = torch.where(outline(top).unsqueeze(1), _colour(TOP_K_COLOUR, out), out)
+    out = _blend(rgb.to(torch.int16), heat.to(torch.int16), alpha)
+    out = torch.where(edge.unsqueeze(1), (out + _colour(BOUNDARY_COLOUR, out) + 1) >> 1, out)
+    out = torch.where(ring.unsqueeze(1), _colour(TOP_K_COLOUR, out), out)
     return out.to(torch.uint8)
+
+
+def _blend(base: Tensor, heat: Tensor, alpha: float) -> Tensor:
+    """int16 ``base * (1 - alpha) + heat * alpha`` of uint8 values held in int16, the weights
+    in 1/128ths (within 1 of float32): they sum to 128, so the sum stays under
+    255 * 128 + 64 < 2**15."""
+    weight = round(alpha * 128)
+    return (base * (128 - weight) + heat * weight + 64) >> 7
+
+
+def _blend_grey(
+    grey: Tensor, labels: Tensor, edge: Tensor, ring: Tensor, colours: Tensor, alpha: float
+) -> Tensor:
+    """uint8 ``[B, 3, *S]``: the heat of ``colours [B, K, 3]`` blended over ``grey [B, *S]``
+    as ``_blend`` does, boundaries and outlines drawn, by one lookup per pixel: a sample's
+    table holds every (segment, on a boundary, grey level) colour and the outline colour,
+    so no per-pixel arithmetic runs on three channels. Equal to blending pixel by pixel."""
+    levels = torch.arange(256, dtype=torch.int16, device=grey.device).view(1, 256, 1)
+    out = torch.empty(grey.shape[0], 3, *grey.shape[1:], dtype=torch.uint8, device=grey.device)
+    for b in range(grey.shape[0]):
+        plain = _blend(levels, colours[b].to(torch.int16).unsqueeze(1), alpha)  # [K, 256, 3]
+        yellow = torch.tensor(BOUNDARY_COLOUR, dtype=plain.dtype, device=plain.device)
+        table = torch.stack([plain, (plain + yellow + 1) >> 1], 1).reshape(-1, 3)
+        table = torch.cat([table, _colour(TOP_K_COLOUR, table).view(1, 3)]).to(torch.uint8)
+        # row (segment * 2 + on a boundary) * 256 + grey; the last row is the outline's
+        index = (labels[b].int() * 2 + edge[b]) * 256 + grey[b]
+        index = index.masked_fill_(ring[b], table.shape[0] - 1)
+        for channel, values in enumerate(table.t().contiguous()):
+            torch.index_select(values, 0, index.flatten(), out=out[b, channel].view(-1))
+    return out
 
 
 def luma(rgb: Tensor) -> Tensor:

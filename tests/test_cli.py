@@ -1587,6 +1587,26 @@ def test_pictures_equal_a_float_reference_within_one():
     assert torch.equal(last, ours[:, :, -1:].to(torch.uint8))
 
 
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 1.0])
+def test_grey_pictures_by_lookup_equal_the_blend_pixel_by_pixel(alpha):
+    # The grey base draws through one table lookup per pixel; the colour path blends each
+    # channel. Over a grey copy given as three equal channels they must agree exactly, for
+    # every sample of a batch (different segment counts), boundaries and outlines included.
+    import gswfast as gsw
+    from gswfast import render
+
+    torch.manual_seed(3)
+    clip = (torch.rand(2, 3, 3, 18, 26) * 255).to(torch.uint8)
+    segmentation = torch.stack([gsw.slic(clip[:1], n_segments=n).labels[0] for n in (6, 20)])
+    expl = gsw.explain(None, clip, segmentation=segmentation, attribution=torch.randn(2, 3, 18, 26))
+    assert expl.num_segments[0] != expl.num_segments[1]
+    grey = render.luma(clip).expand(-1, 3, -1, -1, -1)
+    for shape in [(54, 78), (31, 40)]:
+        looked_up = render.draw_picture(expl, clip, k=2, shape=shape, alpha=alpha)
+        blended = render.draw_picture(expl, grey, k=2, shape=shape, alpha=alpha, grey=False)
+        assert torch.equal(looked_up, blended)
+
+
 def test_mp4_writer_in_the_background_writes_the_same_and_reports_failures(tmp_path):
     from gswfast.video import Mp4Writer, read_video
 
