@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 GSWFAST_CUDA ?= AUTO
 export GSWFAST_CUDA
 
-.PHONY: demo test lint docs format bench install clean bench-peers isa-check sanitize fma-check
+.PHONY: demo test lint docs docs-gallery format bench install clean bench-peers isa-check sanitize fma-check
 
 demo: install
 	$(VENV)/bin/gswfast demo --out gswfast_demo
@@ -29,6 +29,11 @@ lint: install
 
 docs: install
 	$(VENV)/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+
+# The user guide's gallery (docs/gallery/, committed): every method on the demo images and
+# clips, drawn by the demo models (about 80 s on 2 cores).
+docs-gallery: install
+	$(PY) docs/make_gallery.py --out docs/gallery
 
 format: $(VENV)/.deps
 	$(VENV)/bin/ruff check --fix -q .
