@@ -1,7 +1,7 @@
 """segment_pool and paint against what a user would otherwise write, in the same run.
 
 Run with ``pytest benchmarks --benchmark-only``; ``python benchmarks/summarize.py FILE``
-turns ``--benchmark-json FILE`` into the ratio table the README quotes.
+turns ``--benchmark-json FILE`` into the ratio table docs/guide/performance.md quotes.
 
 CPU case (issue 2): values [64, 224, 224] float32, 256 SLIC-like segments per image, mean.
 CUDA case: values [64, 3, 224, 224] float32, same labels; each timed call launches

@@ -1,7 +1,7 @@
 """gswfast.slic against scikit-image's slic and fast-slic, in the same run.
 
 Run with ``pytest benchmarks --benchmark-only``; ``python benchmarks/summarize.py FILE``
-turns ``--benchmark-json FILE`` into the ratio table the README quotes.
+turns ``--benchmark-json FILE`` into the ratio table docs/guide/performance.md quotes.
 
 CPU (issues 3 and 15): one 640x480 RGB photo, n_segments=400, compactness 10, at most 10
 iterations, CIELAB, connectivity enforced, for every contender. ``gswfast`` uses its

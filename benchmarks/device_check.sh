@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check for a GPU machine that has its own torch (see README, "GPU check").
+# Device check for a GPU machine that has its own torch (see docs/guide/contributing.md, "The GPU check").
 # Builds gswfast for sm_90 only, runs the whole test suite (CUDA tests included),
 # compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on the kernels with a small
 # input (benchmarks/sanitize_case.py), the benchmarks, and a

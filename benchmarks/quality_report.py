@@ -385,8 +385,8 @@ def header(argv: list[str] | None) -> str:
     words += ["python", "benchmarks/quality_report.py", *(sys.argv[1:] if argv is None else argv)]
     return (
         f"# The evidence table\n\n`{' '.join(words)}` ({datetime.date.today()}, {cpu_name()}, "
-        f"{os.cpu_count()} cores). The README's section \"Which method answers which "
-        'question" reads it.\n\n'
+        f"{os.cpu_count()} cores). The guide's page "
+        '"Choosing a method" (docs/guide/choosing-a-method.md) reads it.\n\n'
     )
 
 

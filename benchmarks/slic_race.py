@@ -6,7 +6,7 @@ Each round runs every contender once, in turn (scikit-image every third round: i
 slower), and times the CPU time of the calling thread (``time.thread_time``), which other
 processes on a shared machine disturb least; the medians and the ratios of issue 15's goals
 (fast-slic / gswfast >= 1, scikit-image / gswfast >= 20) are printed. Needs fast-slic
-(``make bench-peers``). The README's SLIC CPU table comes from this script.
+(``make bench-peers``). The SLIC CPU table of docs/guide/performance.md comes from this script.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def missing_extension_message(package: Path, search_path: list[str], error: str)
     return (
         "gswfast's compiled extension (gswfast._C) could not be loaded. Build and install the "
         "package against the torch you run with: `pip install --no-build-isolation .` (see "
-        "README). Original error: " + error
+        "docs/guide/troubleshooting.md). Original error: " + error
     )
 
 

@@ -221,7 +221,7 @@ def _check_tensor(t: object, name: str, dtypes: tuple[torch.dtype, ...]) -> None
     if t.device.type == "cuda" and not _extension.built_with_cuda():
         raise RuntimeError(
             f"{name}: is on {t.device} but this gswfast build has no CUDA kernels; "
-            "reinstall with GSWFAST_CUDA=ON (see README)"
+            "reinstall with GSWFAST_CUDA=ON (see docs/guide/troubleshooting.md)"
         )
 
 

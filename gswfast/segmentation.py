@@ -177,8 +177,8 @@ def slic(
             assigned pixels' current clusters. Where the seed rows are closer than
             ``2 * subsample`` (``step_y < 2 * subsample``: dense grids, thin images) every
             pass is full: skipped rows would starve the seeds between the visited ones.
-            1 (default): every pass is full (the classic SLIC loop); see the README for
-            why 3 (fast-slic's default) is not the default.
+            1 (default): every pass is full (the classic SLIC loop); see docs/guide/performance.md
+            for why 3 (fast-slic's default) is not the default.
         mask: maskSLIC (scikit-image's ``mask``): bool ``[B, H, W]`` (images) or
             ``[B, T, H, W]`` (clips) on the images' device; only its True pixels are
             segmented, the others get label -1 (``segment_pool`` and ``paint`` skip them;
@@ -568,7 +568,7 @@ def _check_images(images: object) -> None:
     if images.device.type == "cuda" and not _extension.built_with_cuda():
         raise RuntimeError(
             f"images: is on {images.device} but this gswfast build has no CUDA kernels; "
-            "reinstall with GSWFAST_CUDA=ON (see README)"
+            "reinstall with GSWFAST_CUDA=ON (see docs/guide/troubleshooting.md)"
         )
 
 

@@ -1,6 +1,7 @@
-"""Every ```python block of README.md runs as written (each in a fresh namespace, in a
-temporary folder). A block that needs a GPU says so in its first line, ``# needs a GPU``,
-and is skipped without one."""
+"""Every ```python block of README.md and of the user guide (docs/guide/*.md) runs as
+written (each in a fresh namespace, in a temporary folder). A block that needs a GPU says
+so in its first line, ``# needs a GPU``, and is skipped without one. The README stays short
+enough to read in one go: the guide holds the rest."""
 
 from __future__ import annotations
 
@@ -9,24 +10,45 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide"
+PAGES = [README, *sorted(GUIDE.glob("*.md"))]
 GPU_MARKER = "# needs a GPU"
+README_MAX_LINES = 300
 
 
-def _blocks() -> list[tuple[int, str]]:
-    text = README.read_text()
+def _blocks(page: Path) -> list[tuple[int, str]]:
+    text = page.read_text()
     blocks = re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
     return [(text[: match.start()].count("\n") + 1, match.group(1)) for match in blocks]
 
 
-def test_the_readme_has_python_blocks():
-    assert len(_blocks()) >= 5
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+BLOCKS = [(_name(page), line, code) for page in PAGES for line, code in _blocks(page)]
+
+
+def test_the_readme_is_short():
+    lines = len(README.read_text().splitlines())
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines (at most {README_MAX_LINES}): move the detail into "
+        "a page of docs/guide/ and link it"
+    )
+
+
+def test_the_readme_and_the_guide_have_python_blocks():
+    assert len(_blocks(README)) >= 2
+    assert len(list(GUIDE.glob("*.md"))) >= 10
+    assert len(BLOCKS) - len(_blocks(README)) >= 5
 
 
 @pytest.mark.parametrize(
-    ("line", "code"), _blocks(), ids=[f"README.md:{line}" for line, _ in _blocks()]
+    ("page", "line", "code"), BLOCKS, ids=[f"{page}:{line}" for page, line, _ in BLOCKS]
 )
-def test_readme_block_runs(line, code, tmp_path, monkeypatch):
+def test_block_runs(page, line, code, tmp_path, monkeypatch):
     import torch
 
     import gswfast as gsw
@@ -37,4 +59,4 @@ def test_readme_block_runs(line, code, tmp_path, monkeypatch):
         pytest.skip("the block needs a GPU")
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    exec(compile(code, f"README.md:{line}", "exec"), {"__name__": f"readme_{line}"})
+    exec(compile(code, f"{page}:{line}", "exec"), {"__name__": f"doc_block_{line}"})
