@@ -36,6 +36,8 @@ if _TYPE_CHECKING:
     from gswfast._extension import cuda_available as cuda_available
     from gswfast.attribution import METHODS as METHODS
     from gswfast.attribution import attribute as attribute
+    from gswfast.attribution.targets import DetectionTarget as DetectionTarget
+    from gswfast.attribution.targets import SegmentationTarget as SegmentationTarget
     from gswfast.explain import SEGMENT_REDUCTIONS as SEGMENT_REDUCTIONS
     from gswfast.explain import Explainer as Explainer
     from gswfast.explain import Explanation as Explanation
@@ -58,9 +60,11 @@ _LAZY: dict[str, str] = {
     "METHODS": "gswfast.attribution",
     "REDUCTIONS": "gswfast.ops",
     "SEGMENT_REDUCTIONS": "gswfast.explain",
+    "DetectionTarget": "gswfast.attribution.targets",
     "Explainer": "gswfast.explain",
     "Explanation": "gswfast.explain",
     "Segmentation": "gswfast.segmentation",
+    "SegmentationTarget": "gswfast.attribution.targets",
     "attribute": "gswfast.attribution",
     "attribution": "gswfast.attribution",
     "build_info": "gswfast._extension",

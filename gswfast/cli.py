@@ -29,6 +29,7 @@ from gswfast.options import (
     DEFAULT_METHODS,
     METHOD_NAMES,
     PICTURE_SIDE,
+    REGION_METHODS,
     SAMPLING_METHODS,
     UserError,
     check_method,
@@ -193,7 +194,9 @@ def _parser() -> argparse.ArgumentParser:
         "explain-dataset", help="explain a folder or list of images/videos; torchrun-aware"
     )
     dataset.add_argument(
-        "source", type=Path, help="a folder of images/videos, or a text file with one path per line"
+        "source",
+        type=Path,
+        help="a folder of images/videos, a text file with one path per line, or one image or video",
     )
     dataset.add_argument(
         "--out", type=Path, required=True, help="output folder (items/*.npz, manifest.json)"
@@ -251,7 +254,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--normalize",
         choices=NORMALIZE_CHOICES,
         default="auto",
-        help="input normalisation (auto: ImageNet/Kinetics for torchvision models, none otherwise)",
+        help="input normalisation (auto: ImageNet/Kinetics for torchvision models, the model's "
+        "own mean and std for timm and Hugging Face models, none otherwise)",
     )
     parser.add_argument(
         "--frames", type=_count(1), default=16, help="frames per video window (default 16)"
@@ -292,7 +296,8 @@ def _common(parser: argparse.ArgumentParser, method_help: str | None = None) -> 
         "--method",
         help=method_help
         or (
-            f"{', '.join(METHOD_NAMES[:-1])} or {METHOD_NAMES[-1]}; "
+            f"{', '.join(METHOD_NAMES)}, or a region method: {', '.join(REGION_METHODS[:-1])} "
+            f"or {REGION_METHODS[-1]}; "
             "default: integrated_gradients for images, gradcam for videos "
             "(integrated gradients cost 32 forward+backward passes of a 3-D CNN per window, "
             "Grad-CAM one forward and a partial backward)"

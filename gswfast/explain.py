@@ -22,7 +22,8 @@ from gswfast.attribution import (
     reduce_channels,
     resolve_target,
 )
-from gswfast.attribution._model import Preprocess, Target
+from gswfast.attribution._model import OutputTarget, Preprocess, Target
+from gswfast.attribution.targets import expand_target
 from gswfast.checks import (
     Segments,
     check_input_values,
@@ -300,12 +301,22 @@ class Explainer:
             check_input_values(
                 x, needs_unit_range=segmentation is None and images.dtype != torch.uint8
             )
-        resolved = resolve_target(target, x.shape[0], x.device)
+        rows, target, info = expand_target(target, x, match="iou")
         seg, labels, num = self._segmentation(images, segmentation)
-        info: dict[str, Any] = {}
+        if rows is not None:  # one row per box: each box's sample, segmented once
+            self._check_rows_of_boxes()
+            if attribution is not None and attribution.shape[0] == x.shape[0]:
+                attribution = attribution.index_select(0, rows)  # one per image: per box
+            images, x = images.index_select(0, rows), x.index_select(0, rows)
+            seg = seg.select(rows) if seg is not None else None
+            labels = labels.index_select(0, rows) if labels is not None else None
+            num = num.index_select(0, rows) if num is not None else None
+        resolved = resolve_target(target, x.shape[0], x.device)
         if attribution is not None:
             pixel = self._given_attribution(attribution, x)
-            if not isinstance(resolved, Tensor):
+            if isinstance(resolved, OutputTarget):
+                resolved = resolved.row_classes(x.shape[0], x.device)
+            elif not isinstance(resolved, Tensor):
                 resolved = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
         else:
             if self._attributor is None:
@@ -344,6 +355,19 @@ class Explainer:
             segmentation=seg,
             info=info,
         )
+
+    def _check_rows_of_boxes(self) -> None:
+        """A DetectionTarget runs the model on one row per box: per-sample arguments, which
+        hold one row per image, cannot follow (``additional_forward_args``, a tensor
+        ``baseline``)."""
+        forward = self._attributor.forward if self._attributor is not None else None
+        baseline = self.spec.options.get("baseline")
+        if (forward is not None and forward.extra_args) or isinstance(baseline, Tensor):
+            raise ValueError(
+                "target: a DetectionTarget explains one row per box, so additional_forward_args "
+                "and a baseline tensor (one row per image) cannot follow it; pass them without "
+                "the detection target, or a named baseline ('zeros', 'blur', ...)"
+            )
 
     def _segmentation(self, images: Tensor, segmentation: Segmentation | Tensor | None) -> Segments:
         if segmentation is not None:

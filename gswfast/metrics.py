@@ -251,6 +251,11 @@ def _check_curve_options(
         raise ValueError(
             f"inputs: expected them on the explanation's device {explanation.labels.device}, got {x.device}"
         )
+    if "box_of" in explanation.info:
+        raise ValueError(
+            "explanation: deletion and insertion curves of a DetectionTarget's boxes are not "
+            "supported yet (they score classes of [B, classes] logits)"
+        )
     if bool((explanation.target < 0).any()):
         raise ValueError("explanation: its target is unknown (-1); explain with a target")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):

@@ -15,7 +15,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from gswfast.attribution import ModelForward, OutputTarget, model_session, resol
 from gswfast.attribution._model import Preprocess, Target, check_target_range
 from gswfast.attribution.baselines import BASELINES, stand_in_image
 from gswfast.attribution.integrated_gradients import to_device
+from gswfast.attribution.targets import expand_target
 from gswfast.checks import (
     check_input_values,
     check_inputs,
@@ -69,6 +70,7 @@ class Problem:
     model: nn.Module
     eval_mode: bool
     method: str
+    info: dict[str, Any] = field(default_factory=dict)  # the explanation's extras (boxes)
 
     @property
     def batch(self) -> int:
@@ -112,7 +114,22 @@ def prepare(
         "compactness": compactness,
         **(slic_options or {}),
     }
+    rows, target, box_info = expand_target(target, x, match="similarity")
     seg, labels, num = _segmentation(images, segmentation, slic_keywords)
+    if rows is not None:  # one row per box: each box's sample, segmented once
+        if additional_forward_args is not None:
+            raise ValueError(
+                "target: a DetectionTarget explains one row per box, so additional_forward_args "
+                "(one row per image) cannot follow it"
+            )
+        if isinstance(hide, Tensor) and hide.dim() == x.dim() and hide.shape[0] == x.shape[0]:
+            hide = hide.index_select(0, rows.to(hide.device))  # one per image: per box
+        x, labels, num = (
+            x.index_select(0, rows),
+            labels.index_select(0, rows),
+            num.index_select(0, rows),
+        )
+        seg = seg.select(rows) if seg is not None else None
     present = present_ids(labels, int(num.max()))  # one sync: the width of masks and scores
     hidden = _hide_image(hide, x, labels, num, method)
     forward = ModelForward(
@@ -128,7 +145,7 @@ def prepare(
             first = torch.zeros(1, dtype=torch.int64, device=x.device)
             check_target_range(resolved, forward.logits(x[:1], first).shape[1])
     return Problem(
-        x, seg, labels, num, present, hidden, forward, resolved, model, eval_mode, method
+        x, seg, labels, num, present, hidden, forward, resolved, model, eval_mode, method, box_info
     )
 
 
@@ -170,10 +187,11 @@ def explanation(
     """The ``Explanation`` of segment ``scores [B, K]`` (any float dtype, stored float32);
     ``info["tied"]`` as ``explain``'s (``check_scores``)."""
     scores = scores.float()
+    info = {**problem.info, **info}
     info["tied"] = check_scores(scores, problem.num_segments)
     target = problem.target
     if isinstance(target, OutputTarget):
-        target = torch.full((problem.batch,), -1, dtype=torch.int64, device=problem.x.device)
+        target = target.row_classes(problem.batch, problem.x.device)
     return Explanation(
         segment_scores=scores,
         labels=problem.labels,

@@ -78,6 +78,21 @@ class Segmentation:
     def device(self) -> torch.device:
         return self.labels.device
 
+    def select(self, rows: Tensor) -> Segmentation:
+        """The segmentation of samples ``rows [R]`` (int64, on its device), in that order:
+        a sample may appear several times (one row per box of a ``DetectionTarget``)."""
+        frames = self.labels.shape[1] if self.mode == "per_frame" else 1
+        # per frame, the k-means state has one row per (sample, frame)
+        state_rows = (rows[:, None] * frames + torch.arange(frames, device=rows.device)).flatten()
+        pick = {
+            name: getattr(self, name).index_select(0, rows)
+            for name in ("labels", "num_segments", "centers", "center_counts", "iterations")
+        }
+        for name in ("clusters", "cluster_counts", "cluster_labels"):
+            pick[name] = getattr(self, name).index_select(0, state_rows)
+        mask = self.mask.index_select(0, rows) if self.mask is not None else None
+        return replace(self, **pick, mask=mask)
+
     def to(self, device: torch.device | str) -> Segmentation:
         """The same segmentation on another device."""
         return replace(

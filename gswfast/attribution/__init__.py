@@ -84,6 +84,7 @@ from gswfast.attribution.gradcam import GradCAM, find_layer, find_layers, probe_
 from gswfast.attribution.gradients import Gradient, GuidedBackprop, InputXGradient, Scorer
 from gswfast.attribution.integrated_gradients import INTEGRATIONS, IntegratedGradients
 from gswfast.attribution.smoothgrad import SmoothGrad
+from gswfast.attribution.targets import DetectionTarget, SegmentationTarget
 from gswfast.options import CAM_METHODS, METHOD_NAMES
 
 # One list of method names, in the torch-free module the command's fast checks read.
@@ -245,7 +246,7 @@ class Attributor:
         if top is scorer and isinstance(scorer, IntegratedGradients):
             self.delta = scorer.delta
         if isinstance(resolved, OutputTarget):
-            resolved = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
+            resolved = resolved.row_classes(x.shape[0], x.device)
         return attribution, resolved
 
     @property
@@ -431,6 +432,11 @@ def attribute(
         )
     with torch.inference_mode(False):
         x = inputs.clone() if inputs.is_inference() else inputs
+        if isinstance(target, (DetectionTarget, SegmentationTarget)):
+            raise TypeError(
+                f"target: a {type(target).__name__} is taken by gsw.explain and the region "
+                "methods, not by attribute (whose rows are the inputs' samples)"
+            )
         resolved = resolve_target(target, x.shape[0], x.device)
         attributor = Attributor(
             model,

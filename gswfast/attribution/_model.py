@@ -8,12 +8,15 @@ import numbers
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, SupportsInt, TypeGuard
+from typing import TYPE_CHECKING, Any, SupportsInt, TypeGuard, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+if TYPE_CHECKING:
+    from gswfast.attribution.targets import DetectionTarget, SegmentationTarget
 
 Preprocess = Callable[[Tensor], Tensor]
 
@@ -55,6 +58,10 @@ class OutputTarget:
     def __getitem__(self, rows: object) -> OutputTarget:
         return self
 
+    def row_classes(self, batch: int, device: torch.device) -> Tensor:
+        """The class each of ``batch`` rows explains, int64 ``[batch]`` (-1: no class)."""
+        return torch.full((batch,), -1, dtype=torch.int64, device=device)
+
     def select(self, output: object, batch: int) -> Tensor:
         """The ``[batch]`` scores to explain, out of the model's output."""
         if self.score is not None:
@@ -94,15 +101,19 @@ class OutputTarget:
         return output[key]
 
 
-Target = (
-    int
-    | Sequence[int]
-    | Tensor
-    | np.ndarray[Any, Any]
-    | tuple[int, ...]
-    | Callable[[Any], Tensor]
-    | None
-)
+# Union: the detection targets are named before their module loads
+Target = Union[
+    int,
+    Sequence[int],
+    Tensor,
+    np.ndarray[Any, Any],
+    tuple[int, ...],
+    Callable[[Any], Tensor],
+    "DetectionTarget",
+    "SegmentationTarget",
+    OutputTarget,
+    None,
+]
 Resolved = Tensor | OutputTarget | None
 
 
@@ -345,8 +356,8 @@ def resolve_target(target: Target, batch: int, device: torch.device) -> Resolved
     or one value for all). Captum's targets for other outputs, an ``OutputTarget``: a tuple
     (an index into each sample's output) or a function of the model's output returning the
     ``[B]`` scores to explain."""
-    if target is None:
-        return None
+    if target is None or isinstance(target, OutputTarget):
+        return target
     if isinstance(target, tuple):
         if not target or not all(_is_int(v) for v in target):
             raise TypeError(

@@ -457,7 +457,11 @@ class GradCAM:
                     masked = (x[b : b + 1].detach() * masks).to(x.dtype)
                     n = masked.shape[0]
                     rows = rows_of(sample, torch.full((n,), b, device=x.device))
-                    row_target = target if isinstance(target, OutputTarget) else target[b].expand(n)
+                    row_target = (
+                        target[torch.full((n,), b, device=x.device)]
+                        if isinstance(target, OutputTarget)
+                        else target[b].expand(n)
+                    )
                     scores[b, start : start + n] = forward.scores(masked, row_target, rows)
         return torch.softmax(scores, dim=1).view(batch, channels, *[1] * (x.dim() - 2))
 
