@@ -136,6 +136,28 @@ def _count(
     return parse
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
+def _class_list(text: str) -> list[int]:
+    """An argparse type: classes separated by commas (``1,3``)."""
+    parse = _count(0)
+    try:
+        return [parse(word.strip()) for word in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected classes >= 0 separated by commas (1,3), got {text!r}"
+        ) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gswfast",
@@ -179,6 +201,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--out", type=Path, default=Path("gswfast_out"), help="output folder (default: gswfast_out)"
+    )
+    explain.add_argument(
+        "--boxes",
+        type=_count(1),
+        default=3,
+        help="detection models: explain the best BOXES boxes of each image (default 3)",
+    )
+    explain.add_argument(
+        "--box-threshold",
+        type=_fraction,
+        default=0.5,
+        help="detection models: explain only boxes scored at least this, 0 to 1 (default 0.5)",
+    )
+    explain.add_argument(
+        "--classes",
+        type=_class_list,
+        help="segmentation models: the classes to explain, each over the pixels the model gives "
+        "it, separated by commas (default: the class given the most pixels, background aside)",
     )
     explain.add_argument(
         "--no-pictures",
@@ -351,7 +391,9 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _method(args: argparse.Namespace, kind: str) -> str:
-    return args.method or DEFAULT_METHODS["video" if kind == "video" else "image"]
+    """The method for inputs of ``kind`` (``image``, ``video``, ``detection`` or
+    ``segmentation``): ``--method``, or that kind's default."""
+    return args.method or DEFAULT_METHODS.get(kind, DEFAULT_METHODS["image"])
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -616,6 +658,10 @@ class _ExplainJob:
 
     def explain(self, path: Path, kind: str, stem: str, progress: Progress) -> dict[str, Any]:
         self._check_kind(path, kind)
+        if self.loaded.kind == "detection":
+            return self._explain_detections(path, stem, progress)
+        if self.loaded.kind == "segmentation":
+            return self._explain_segments(path, stem, progress)
         if kind == "video" and self.args.stream:
             return self._stream_video(path, stem, progress)
         if kind == "video":
@@ -626,6 +672,13 @@ class _ExplainJob:
         from gswfast.models import check_video_input
 
         model_kind = self.loaded.kind
+        if model_kind in ("detection", "segmentation") and kind == "video":
+            raise InputFailed(
+                f"{path}: videos through a {model_kind} model are not supported yet; explain "
+                "its frames as images"
+            )
+        if model_kind in ("detection", "segmentation"):
+            return
         if model_kind != "any" and kind != model_kind:
             raise InputFailed(
                 f"{path}: {'a video' if kind == 'video' else 'an image'} cannot go through the "
@@ -702,6 +755,167 @@ class _ExplainJob:
             "labels": self._image_labels(stem, expl),
             "seconds": seconds,
         }
+
+    def _read_keeping_aspect(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """The file ``[3, H, W]`` and the model's input ``[1, 3, h, w]`` on the device, its
+        longer side ``--size`` and the file's aspect ratio (detectors and segmenters take
+        any shape)."""
+        from gswfast import render
+        from gswfast.video import MediaError, read_image
+
+        try:
+            original = read_image(path)
+        except MediaError as error:
+            raise InputFailed(str(error)) from None
+        shape = render.picture_shape(original.shape[-2], original.shape[-1], self.size)
+        return original, render.resize_frames(original[None], shape).to(self.device)
+
+    def _explain_detections(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
+        """A detector: its best ``--boxes`` boxes scored ``--box-threshold`` or more, each
+        explained (one row per box); a picture per box with the box drawn on it, and a
+        sheet of them all."""
+        from gswfast import detections
+
+        original, image = self._read_keeping_aspect(path)
+        try:
+            found = detections.detect(self.model, image, self.args.boxes, self.args.box_threshold)
+        except Exception as error:
+            raise self._model_error(error, path, image) from None
+        record: dict[str, Any] = {"input": str(path), "method": _method(self.args, "detection")}
+        if found.boxes.shape[0] == 0:
+            progress.write(
+                f"gswfast: note: {path}: no box scored {self.args.box_threshold} or more (the "
+                f"best: {found.best:.3g}); lower --box-threshold to explain it"
+            )
+            progress.update()
+            return {**record, "output": None, "boxes": [], "best_score": round(found.best, 6)}
+        expl, seconds = _timed(
+            lambda: self._call(self.explainer("detection"), image, path, found.target()),
+            self.device,
+        )
+        to_file = (original.shape[-2] / image.shape[-2], original.shape[-1] / image.shape[-1])
+        names = self.loaded.class_names
+        boxes = [
+            {**detections.box_record(found, row, to_file), **_scores(expl, row, names)}
+            for row in range(found.boxes.shape[0])
+        ]
+        output = (
+            self._draw_rows(
+                stem, [f"box{row}" for row in range(len(boxes))], expl, image, original, found
+            )
+            if self.args.pictures
+            else None
+        )
+        if output is not None:
+            for box, picture in zip(boxes, output[1], strict=True):
+                box["picture"] = picture
+        progress.update()
+        return {
+            **record,
+            "output": None if output is None else output[0],
+            "boxes": boxes,
+            "labels": self._image_labels(stem, expl),
+            "seconds": seconds,
+        }
+
+    def _explain_segments(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
+        """A semantic segmentation model: each of ``--classes`` (default: the class given the
+        most pixels, background aside) explained over the pixels the model gives it."""
+        import torch
+
+        import gswfast as gsw
+
+        original, image = self._read_keeping_aspect(path)
+        try:
+            with torch.no_grad():
+                x = image.float() / 255
+                out = self.model(x if self.preprocess is None else self.preprocess(x))
+            predicted = (out["out"] if isinstance(out, dict) else out).argmax(1)[0]  # [h, w]
+            count = (out["out"] if isinstance(out, dict) else out).shape[1]
+        except Exception as error:
+            raise self._model_error(error, path, image) from None
+        classes = self.args.classes or [_most_given_class(predicted, count)]
+        wrong = [c for c in classes if c >= count]
+        if wrong:
+            raise UserError(f"--classes {wrong[0]}: out of range for a model with {count} classes")
+        masks = torch.stack([predicted == c for c in classes])
+        for c, mask in zip(classes, masks, strict=True):
+            if not bool(mask.any()):
+                progress.write(
+                    f"gswfast: note: {path}: the model gives class {c} no pixel; its "
+                    "explanation is empty (all scores 0)"
+                )
+        rows = image.expand(len(classes), -1, -1, -1)
+        target = gsw.SegmentationTarget(classes, masks)
+        expl, seconds = _timed(
+            lambda: self._call(self.explainer("segmentation"), rows, path, target), self.device
+        )
+        names = self.loaded.class_names
+        results = [
+            {"pixels": int(masks[row].sum()), **_scores(expl, row, names)}
+            for row in range(len(classes))
+        ]
+        output = (
+            self._draw_rows(
+                stem, [f"class{c}" for c in classes], expl, image, original, None, masks
+            )
+            if self.args.pictures
+            else None
+        )
+        if output is not None:
+            for result, picture in zip(results, output[1], strict=True):
+                result["picture"] = picture
+        progress.update()
+        return {
+            "input": str(path),
+            "method": _method(self.args, "segmentation"),
+            "output": None if output is None else output[0],
+            "classes": results,
+            "labels": self._image_labels(stem, expl),
+            "seconds": seconds,
+        }
+
+    def _draw_rows(
+        self,
+        stem: str,
+        suffixes: list[str],
+        expl: Explanation,
+        image: torch.Tensor,
+        original: torch.Tensor,
+        found: Any = None,
+        masks: torch.Tensor | None = None,
+    ) -> tuple[str, list[str]]:
+        """One picture per row of ``expl`` (a box of ``found``, outlined; or a class, its
+        ``masks`` outlined) as ``<stem>.<suffix>.png``, and all side by side as
+        ``<stem>.png``; returns the sheet's path and the rows'."""
+        import torch
+
+        from gswfast import detections, render, viz
+
+        shape = render.picture_shape(original.shape[-2], original.shape[-1], PICTURE_SIDE)
+        if found is not None:
+            drawn = detections.picture_of_boxes(expl, image, found, self.args.top_k, shape)
+        else:
+            assert masks is not None  # a class per row
+            drawn = render.draw_picture(
+                expl,
+                image.expand(expl.segment_scores.shape[0], -1, -1, -1),
+                self.args.top_k,
+                shape=shape,
+            )
+            edge = render.outline(render.resize_nearest(masks, shape)).unsqueeze(1)
+            drawn = torch.where(
+                edge, torch.tensor(255, dtype=drawn.dtype, device=drawn.device), drawn
+            )
+        pictures, paths = [], []
+        for row, picture in enumerate(drawn.cpu()):
+            note = f"box score {float(found.scores[row]):.3g}" if found is not None else None
+            pictures.append(viz.captioned(picture, expl, row, self.loaded.class_names, note=note))
+            paths.append(str(self.folder() / f"{stem}.{suffixes[row]}.png"))
+            viz.save_png(pictures[-1], paths[-1])
+        sheet = self.folder() / f"{stem}.png"
+        viz.save_png(detections.sheet(pictures), sheet)
+        return str(sheet), paths
 
     def _explain_video(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
         """Window by window: decode, explain, write the pictures to the MP4; memory holds one
@@ -876,10 +1090,15 @@ class _ExplainJob:
             raise self._model_error(cause, path, frame) from None
 
     def _call(
-        self, explainer: Explainer | RegionExplainer, x: torch.Tensor, path: Path
+        self,
+        explainer: Explainer | RegionExplainer,
+        x: torch.Tensor,
+        path: Path,
+        target: Any = None,
     ) -> Explanation:
+        """``explainer(x, target)`` (default: ``--target``), a failure reported as the model's."""
         try:
-            expl = explainer(x, self.args.target)
+            expl = explainer(x, self.args.target if target is None else target)
         except Exception as error:
             raise self._model_error(error, path, x) from None
         return expl
@@ -948,6 +1167,17 @@ class _FrameShower:
             if sum(p.shape[1] for p in self.preview) < 64:
                 self.preview.append(picture[:, first:last])
         self.shown = max(self.shown, start + last)
+
+
+def _most_given_class(predicted: torch.Tensor, classes: int) -> int:
+    """The class the model gives the most pixels of ``predicted [H, W]``, class 0 (the
+    background of torchvision's segmenters) aside unless it is the only one."""
+    import torch
+
+    counts = torch.bincount(predicted.flatten().cpu(), minlength=classes)
+    if classes > 1 and int(counts[1:].sum()) > 0:
+        return 1 + int(counts[1:].argmax())
+    return 0
 
 
 def _remove(*paths: Path) -> None:

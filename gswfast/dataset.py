@@ -160,6 +160,11 @@ def explain_dataset(
     try:
         target_device = resolve_device(device, local_rank)
         loaded = load_model(model, arch, weights, seed=seed)
+        if loaded.kind in ("detection", "segmentation"):
+            raise UserError(
+                f"--model {model}: explain-dataset does not take {loaded.kind} models yet; "
+                "gswfast explain takes them, image by image"
+            )
         method = check_method(
             method or DEFAULT_METHODS["video" if loaded.kind == "video" else "image"]
         )

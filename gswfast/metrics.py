@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from gswfast.attribution import ModelForward, model_session
 from gswfast.attribution._model import Preprocess
 from gswfast.attribution.baselines import BASELINES, stand_in_image
-from gswfast.checks import check_inputs, composite_logits, unit_float
+from gswfast.attribution.targets import DetectionTarget
+from gswfast.checks import check_inputs, composite, composite_logits, unit_float
 from gswfast.explain import Explanation
 
 __all__ = [
@@ -80,6 +81,11 @@ def deletion(
     ``output``: ``"probability"`` (softmax, as RISE) or ``"logit"``. ``batch_size``: model
     rows per call. ``preprocess``, ``autocast``, ``eval_mode``, ``channels_last`` and
     ``additional_forward_args``: how the model runs, as in ``gsw.explain``.
+
+    An explanation of a ``DetectionTarget``'s boxes (one row per box) takes the images it
+    explained, ``inputs [B, ...]``: each row's curve follows its box's D-RISE similarity
+    (IoU times the detector's score, as the region methods score boxes), and ``output``
+    does not apply.
     """
     model_options = dict(
         preprocess=preprocess,
@@ -194,7 +200,13 @@ def _curve(
 ) -> Curve:
     eval_mode = model_options.pop("eval_mode")
     x = unit_float(check_inputs(inputs))
-    _check_curve_options(x, explanation, steps, output, batch_size)
+    boxes = explanation.info.get("detection")
+    if isinstance(boxes, DetectionTarget):  # one row per box: its image, scored by its box
+        rows, box_scores = boxes.rows(x.shape[0], x.device, "similarity")
+        if isinstance(baseline, Tensor) and baseline.dim() == x.dim() and len(baseline) == len(x):
+            baseline = baseline.index_select(0, rows.to(baseline.device))  # per image: per box
+        x = x.index_select(0, rows)
+    _check_curve_options(x, explanation, steps, output, batch_size, boxes is not None)
     other = stand_in_image(
         baseline,
         x,
@@ -220,6 +232,10 @@ def _curve(
             sample, point = rows // counts.shape[1], rows % counts.shape[1]
             changed = order[sample] < counts[sample, point].unsqueeze(1)  # [rows, K]
             start_image, end_image = (other, x) if insert else (x, other)
+            if isinstance(boxes, DetectionTarget):
+                images = composite(end_image, start_image, flat_labels, sample, changed)
+                scores.view(-1)[rows] = forward.scores(images, box_scores[sample]).float()
+                continue
             logits = composite_logits(forward, end_image, start_image, flat_labels, sample, changed)
             values = logits.softmax(1) if output == "probability" else logits
             scores.view(-1)[rows] = (
@@ -238,7 +254,12 @@ def _rank_positions(explanation: Explanation) -> Tensor:
 
 
 def _check_curve_options(
-    x: Tensor, explanation: Explanation, steps: int | None, output: str, batch_size: int
+    x: Tensor,
+    explanation: Explanation,
+    steps: int | None,
+    output: str,
+    batch_size: int,
+    boxes: bool = False,
 ) -> None:
     if not isinstance(explanation, Explanation):
         raise TypeError(f"explanation: expected an Explanation, got {type(explanation).__name__}")
@@ -251,12 +272,7 @@ def _check_curve_options(
         raise ValueError(
             f"inputs: expected them on the explanation's device {explanation.labels.device}, got {x.device}"
         )
-    if "box_of" in explanation.info:
-        raise ValueError(
-            "explanation: deletion and insertion curves of a DetectionTarget's boxes are not "
-            "supported yet (they score classes of [B, classes] logits)"
-        )
-    if bool((explanation.target < 0).any()):
+    if not boxes and bool((explanation.target < 0).any()):
         raise ValueError("explanation: its target is unknown (-1); explain with a target")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         raise ValueError(f"steps: expected an int >= 1 or None, got {steps!r}")

@@ -41,8 +41,6 @@ VIDEO_MIN_INPUTS = {"s3d": (16, 224)}  # (frames, side): at least
 VIDEO_EXACT_INPUTS = {"mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}  # (frames, side): exactly
 # torchvision model families that do not return class scores [B, classes].
 _NOT_CLASSIFIERS = {
-    "detection": "a detection model (it returns boxes, not class scores)",
-    "segmentation": "a semantic segmentation model (it returns per-pixel maps, not class scores)",
     "optical_flow": "an optical flow model (it returns flow fields, not class scores)",
     "quantization": "a quantized model (quantized layers have no gradients)",
 }
@@ -115,6 +113,8 @@ def default_size(spec: str, arch: str | None, kind: str) -> int:
         return _timm_size(spec.partition(":")[2])
     if spec.startswith("hf:"):
         return _hf_size(Path(spec.partition(":")[2]))
+    if kind in ("detection", "segmentation"):  # the longer side; the aspect ratio is kept
+        return {"detection": 640, "segmentation": 520}[kind]
     if kind != "video":
         return 224
     name = _torchvision_name(spec, arch) or ""
@@ -249,9 +249,12 @@ def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
         with torch.random.fork_rng(devices=[]):  # the same random weights on every run
             torch.manual_seed(seed)
             module = _build_torchvision(name)
-        return LoadedModel(
-            module, kind, "kinetics" if kind == "video" else "imagenet", spec, True, seed
+        # detectors normalise inside (their transform); segmenters expect ImageNet's
+        normalisation = {"video": "kinetics", "detection": "none"}.get(kind, "imagenet")
+        categories = (
+            _torchvision_categories(name) if kind in ("detection", "segmentation") else None
         )
+        return LoadedModel(module, kind, normalisation, spec, True, seed, class_names=categories)
     if source == "timm":
         return _timm_model(name, seed, flag, spec)
     if source == "hf":
@@ -404,11 +407,15 @@ def _torchvision_kind(name: str, flag: str) -> str:
         return "video"
     if name in _torchvision_names("classification"):
         return "image"
+    if name in _torchvision_names("detection"):
+        return "detection"
+    if name in _torchvision_names("segmentation"):
+        return "segmentation"
     for family, why in _NOT_CLASSIFIERS.items():
         if name in _torchvision_names(family):
             raise UserError(
-                f"{flag}: torchvision:{name} is {why}; gswfast explains classifiers "
-                f"(torchvision's classification and video models)"
+                f"{flag}: torchvision:{name} is {why}; gswfast explains torchvision's "
+                "classification, video, detection and segmentation models"
             )
     if name in torchvision.models.list_models():
         raise UserError(
@@ -417,14 +424,29 @@ def _torchvision_kind(name: str, flag: str) -> str:
     raise UserError(f"{flag}: unknown torchvision model {name!r}")
 
 
+def _torchvision_categories(name: str) -> tuple[str, ...] | None:
+    """The class names of a torchvision model's default weights (COCO for detectors, VOC
+    for segmenters), read from the weights' metadata, nothing downloaded."""
+    import torchvision
+
+    try:
+        meta = torchvision.models.get_model_weights(name).DEFAULT.meta
+    except (ValueError, AttributeError):
+        return None
+    categories = meta.get("categories")
+    return tuple(categories) if categories else None
+
+
 def _build_torchvision(name: str) -> torch.nn.Module:
     """torchvision's builder with no weights at all (nor backbone weights): no download."""
     import torchvision
 
     builder = torchvision.models.get_model_builder(name)
-    options = {"weights": None}
+    options: dict[str, Any] = {"weights": None}
     if "weights_backbone" in inspect.signature(builder).parameters:
         options["weights_backbone"] = None
+    if name in _torchvision_names("detection"):  # every box, the command keeps the best
+        options["box_score_thresh" if "rcnn" in name else "score_thresh"] = 0.0
     model: torch.nn.Module = builder(**options)  # untyped import: Any
     return model
 

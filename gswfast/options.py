@@ -36,7 +36,14 @@ PICTURE_SIDE = 448  # the longer side of the pictures both commands write
 # Per input kind: integrated gradients for images; Grad-CAM for video, where integrated
 # gradients cost 32 forward+backward passes of a 3-D CNN per window (48 s on a 2-core CPU
 # for r2plus1d_18, against 1-5 s for Grad-CAM).
-DEFAULT_METHODS = {"image": "integrated_gradients", "video": "gradcam"}
+# Detectors and segmenters: input x gradient, one pass per explained box or class (their
+# models cost 10-100x a classifier's pass).
+DEFAULT_METHODS = {
+    "image": "integrated_gradients",
+    "video": "gradcam",
+    "detection": "input_x_gradient",
+    "segmentation": "input_x_gradient",
+}
 # The region methods (gswfast.lime and gswfast.regions), methods of the command beside
 # gswfast.explain's; their explainer is gswfast.regions.RegionExplainer.
 REGION_METHODS: tuple[str, ...] = ("lime", "occlusion", "kernel_shap", "rise")

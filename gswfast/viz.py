@@ -89,7 +89,11 @@ def class_name(class_names: Sequence[str] | None, target: int) -> str | None:
 
 
 def captioned(
-    picture: Tensor, expl: Explanation, b: int, class_names: Sequence[str] | None = None
+    picture: Tensor,
+    expl: Explanation,
+    b: int,
+    class_names: Sequence[str] | None = None,
+    note: str | None = None,
 ) -> Tensor:
     """``picture`` (uint8 ``[3, (T), H, W]``, sample ``b`` of ``expl`` as
     ``render.draw_picture`` draws it) with its ``legend`` below, on every frame: the
@@ -103,6 +107,8 @@ def captioned(
     logits = expl.info.get("logits")
     if isinstance(logits, Tensor) and target >= 0:
         words.append(f"logit {float(logits[b, target]):.4g}")
+    if note:  # a detector's box score, say
+        words.append(note)
     words.append(expl.method)
     n = int(expl.num_segments[b])
     strip = legend(picture.shape[-1], expl.segment_scores[b, :n], "  ".join(words))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_hf_vit
@@ -356,8 +357,6 @@ def test_invalid_numbers_are_one_clear_error_before_any_work(
 @pytest.mark.parametrize(
     ("name", "why"),
     [
-        ("fasterrcnn_resnet50_fpn", "is a detection model"),
-        ("lraspp_mobilenet_v3_large", "is a semantic segmentation model"),
         ("raft_small", "is an optical flow model"),
         ("quantized_resnet18", "is a quantized model"),
     ],
@@ -380,7 +379,7 @@ def test_models_that_are_not_classifiers_are_refused_and_nothing_downloads(
         )
         == 2
     )
-    _one_line_error(capsys, why, "gswfast explains classifiers")
+    _one_line_error(capsys, why, "gswfast explains torchvision's classification, video")
     assert not (tmp_path / "torch_home").exists()
     assert not (tmp_path / "out").exists()
 
@@ -1792,3 +1791,84 @@ def test_draw_picture_refuses_what_it_cannot_draw():
         render.draw_picture(expl, clip, alpha=1.5)
     with pytest.raises(ValueError, match="last: expected an int >= 1 or None, got 0"):
         render.draw_picture(expl, clip, last=0)
+
+
+# ------------------------------------------------------------------ detectors and segmenters
+
+DETECTOR = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
+
+
+def test_a_detector_explains_its_best_boxes_with_a_picture_per_box(files, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    argv = ["explain", str(files / "shape.png"), str(files / "shape.jpg"), "--model", DETECTOR]
+    argv += ["--boxes", "2", "--box-threshold", "0", "--size", "128", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    records = json.loads((out / "explanations.json").read_text())
+    assert [Path(r["input"]).name for r in records] == ["shape.png", "shape.jpg"]
+    for record in records:
+        assert record["method"] == "input_x_gradient"
+        assert len(record["boxes"]) == 2
+        scores = [box["score"] for box in record["boxes"]]
+        assert scores == sorted(scores, reverse=True)
+        for box in record["boxes"]:
+            x1, y1, x2, y2 = box["box"]  # in the file's pixels (64 x 64)
+            assert 0 <= x1 <= x2 <= 64
+            assert 0 <= y1 <= y2 <= 64
+            assert isinstance(box["class"], str)  # COCO's names, from torchvision's metadata
+            assert len(box["segment_scores"]) == len(box["ranking"])
+            with Image.open(box["picture"]) as picture:
+                assert picture.size == (448, 448 + 40)
+        with Image.open(record["output"]) as sheet:  # the boxes side by side
+            assert sheet.size == (2 * 448 + 4, 448 + 40)
+        labels = np.load(record["labels"])["labels"]
+        assert labels.shape == (128, 128)
+
+
+def test_a_detector_with_no_box_above_the_threshold_says_so(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["explain", str(files / "shape.png"), "--model", DETECTOR, "--size", "128"]
+    assert main([*argv, "--box-threshold", "1", "--out", str(out)]) == 0
+    (record,) = json.loads((out / "explanations.json").read_text())
+    assert record["boxes"] == []
+    assert 0 <= record["best_score"] < 1
+    assert "no box scored 1.0 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--boxes", "0", "argument --boxes: expected an int >= 1, got 0"),
+        ("--box-threshold", "1.5", "argument --box-threshold: expected a number from 0 to 1"),
+        ("--box-threshold", "nan", "argument --box-threshold: expected a number from 0 to 1"),
+        ("--classes", "1,x", "argument --classes: expected classes >= 0 separated by commas"),
+    ],
+)
+def test_bad_box_and_class_options_are_one_line(files, tmp_path, capsys, flag, value, message):
+    argv = ["explain", str(files / "shape.png"), "--model", DETECTOR, flag, value]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, message)
+
+
+def test_a_segmenter_explains_classes_over_their_pixels(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["explain", str(files / "shape.png"), "--model", "torchvision:lraspp_mobilenet_v3_large"]
+    argv += ["--size", "96", "--out", str(out), "--quiet"]
+    assert main([*argv, "--classes", "0,5"]) == 0
+    (record,) = json.loads((out / "explanations.json").read_text())
+    assert [c["target"] for c in record["classes"]] == [0, 5]
+    assert [c["class"] for c in record["classes"]] == ["__background__", "bottle"]  # VOC
+    assert sum(c["pixels"] for c in record["classes"]) <= 96 * 96
+    assert all(Path(c["picture"]).name.startswith("shape.class") for c in record["classes"])
+    assert main([*argv, "--classes", "21"]) == 2
+    _one_line_error(capsys, "--classes 21: out of range for a model with 21 classes")
+
+
+def test_detection_models_refuse_videos_and_explain_dataset(files, tmp_path, capsys):
+    argv = ["explain", str(files / "action.mp4"), "--model", DETECTOR, "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "videos through a detection model are not supported yet" in capsys.readouterr().err
+    argv = ["explain-dataset", str(files / "shape.png"), "--model", DETECTOR]
+    assert main([*argv, "--out", str(tmp_path / "d")]) == 2
+    _one_line_error(capsys, "explain-dataset does not take detection models yet")

@@ -374,3 +374,22 @@ def test_selecting_rows_of_a_per_frame_segmentation_keeps_each_frame_state():
             getattr(picked, name)[: getattr(alone, name).shape[0]], getattr(alone, name)
         )
     assert picked.clusters.shape[0] == 2 * 2  # two samples of two frames
+
+
+def test_deletion_and_insertion_follow_each_box():
+    model, x = _detector(), _images(2)
+    boxes, labels = _top_boxes(model, x, [1, 2])
+    expl = gsw.explain(
+        model, x, method="gradient", target=gsw.DetectionTarget(boxes, labels), n_segments=6
+    )
+    curve = gsw.metrics.deletion(model, x, expl, steps=3)
+    assert curve.scores.shape == (3, 4)
+    similarity = _rows(torch.cat(boxes).tolist(), torch.cat(labels).tolist(), match="similarity")
+    with torch.no_grad():
+        start = similarity.select(model(x[[0, 1, 1]]), 3)
+    torch.testing.assert_close(
+        curve.scores[:, 0], start, rtol=1e-4, atol=1e-6
+    )  # nothing deleted yet
+    assert bool((curve.scores[:, -1] <= 1).all())
+    inserted = gsw.metrics.insertion(model, x, expl, steps=3)
+    torch.testing.assert_close(inserted.scores[:, -1], start, rtol=1e-4, atol=1e-6)  # all back

@@ -231,7 +231,7 @@ class Attributor:
         self.delta = None
         freeze = self.spec.base in CAM_METHODS  # the others differentiate to the input
         with model_session(self.model, self.eval_mode, freeze) as handles:
-            scorer = self._scorer(self.spec.base, x, labels, num_segments, handles)
+            scorer = self._scorer(self.spec.base, x, labels, num_segments, handles, target)
             top = scorer
             if self.spec.method == "smoothgrad":
                 smooth = {
@@ -260,6 +260,7 @@ class Attributor:
         labels: Tensor | None,
         num_segments: Tensor | None,
         handles: list[RemovableHandle],
+        target: Tensor | OutputTarget | None = None,
     ) -> Scorer:
         options = self.spec.options
         if method == "gradient":
@@ -273,7 +274,7 @@ class Attributor:
             _check_single_replica(self.model)
             _check_hookable(self.model, method)
             cam = GradCAM(
-                self._cam_layers(x),
+                self._cam_layers(x, target),
                 options.get("reshape"),
                 method,
                 options.get("batch_size"),
@@ -296,15 +297,19 @@ class Attributor:
         }
         return IntegratedGradients(baseline, **ig)
 
-    def _cam_layers(self, x: Tensor) -> list[tuple[nn.Module, str]]:
+    def _cam_layers(
+        self, x: Tensor, target: Tensor | OutputTarget | None = None
+    ) -> list[tuple[nn.Module, str]]:
         """The CAM layers (``layer=``: one, or a list or tuple of them; default: the probed
-        one) and their dotted names."""
+        one, reached by ``target``'s score where it is an ``OutputTarget``, by the predicted
+        class's otherwise) and their dotted names."""
         layer = self.spec.options.get("layer")
         if layer is not None:
             return find_layers(self.model, layer)
         key = tuple(x.shape[1:])
         if self._layer is None or self._layer_key != key:  # found once per input shape
-            self._layer = probe_layer(self.model, self.forward, x)
+            scored = target if isinstance(target, OutputTarget) else None
+            self._layer = probe_layer(self.model, self.forward, x, scored)
             self._layer_key = key
         return [self._layer]
 

@@ -163,10 +163,13 @@ def read_layout(shape: tuple[int, ...], spatial: tuple[int, ...]) -> GridLayout 
     return None
 
 
-def probe_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> tuple[nn.Module, str]:
+def probe_layer(
+    model: nn.Module, forward: ModelForward, x: Tensor, target: OutputTarget | None = None
+) -> tuple[nn.Module, str]:
     """Grad-CAM's default layer: the last module, in execution order, whose output is a grid
     over the input (``read_layout``) and whose grid receives gradient from the predicted
-    class's score, found on the first sample (one forward and one backward, hooks only).
+    class's score (``target``'s, for an ``OutputTarget``: a detector's box), found on the
+    first sample (one forward and one backward, hooks only).
     Returns the module and its dotted name; GradCAM reads the layout again from each call's
     activations.
 
@@ -193,7 +196,8 @@ def probe_layer(model: nn.Module, forward: ModelForward, x: Tensor) -> tuple[nn.
     probe = x[:1].detach().requires_grad_(True)
     try:
         with torch.enable_grad():
-            score, _ = forward.selected(probe, None)
+            first = torch.zeros(1, dtype=torch.int64, device=x.device)
+            score, _ = forward.selected(probe, None if target is None else target[first])
     except ValueError:  # not [B, classes] logits: the last grid, without the gradient check
         score = None
     finally:

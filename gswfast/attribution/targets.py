@@ -241,13 +241,15 @@ def expand_target(
     target: Target, inputs: Tensor, match: str
 ) -> tuple[Tensor | None, Target, dict[str, Any]]:
     """For a ``DetectionTarget``: the sample of each box-row ``[R]``, the rows' target and
-    the explanation's extra info (``box_of``: ``(sample, box)`` per row; ``boxes [R, 4]``).
+    the explanation's extra info (``box_of``: ``(sample, box)`` per row; ``boxes [R, 4]``;
+    ``detection``: the target itself, for the deletion and insertion curves).
     A ``SegmentationTarget`` resolves in place (no rows); any other target passes through.
     ``inputs [B, C, (T), H, W]``: the batch."""
     batch, spatial, device = inputs.shape[0], tuple(inputs.shape[2:]), inputs.device
     if isinstance(target, DetectionTarget):
         rows, scores = target.rows(batch, device, match)
-        return rows, scores, {"box_of": target.box_of(), "boxes": scores.boxes}
+        info = {"box_of": target.box_of(), "boxes": scores.boxes, "detection": target}
+        return rows, scores, info
     if isinstance(target, SegmentationTarget):
         return None, target.resolve(batch, spatial, device), {}
     return None, target, {}
