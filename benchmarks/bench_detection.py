@@ -5,8 +5,8 @@ torchvision's fasterrcnn_mobilenet_v3_large_fpn (random weights, every box kept)
 its 8 best boxes, one map per box, pooled over the same 100 SLIC superpixels.
 
 - gswfast: ``gsw.explain(..., target=gsw.DetectionTarget(boxes, labels))``, one row per box
-  in one batched call, with ``gradient`` (role ``gswfast``) and with ``gradcam`` (its
-  default layer, found by the box's score: the finest FPN level).
+  in one batched call, with ``gradcam`` (role ``gswfast``: the same method as the peer; its
+  default layer, found by the box's score, is the finest FPN level) and with ``gradient``.
 - pytorch-grad-cam: ``GradCAM`` on the same layer (its tutorial's ``model.backbone`` outputs
   a dict of FPN levels, which its ``GradCAM`` cannot hook for gradients: the tutorial uses
   the gradient-free ``EigenCAM`` there) with one ``FasterRCNNBoxScoreTarget`` per box, the
@@ -90,7 +90,7 @@ def bench_cpu_detection_gswfast(benchmark, detection_cpu, method):
     benchmark.group = "cpu-detection-fasterrcnn_mobilenet_v3_large_fpn-8boxes-640x480"
     model, image, found, seg = detection_cpu
     expl = benchmark.pedantic(_ours, (model, image, found, seg, method), rounds=3)
-    _record(benchmark, "gswfast" if method == "gradient" else f"gswfast_{method}")
+    _record(benchmark, "gswfast" if method == "gradcam" else f"gswfast_{method}")
     assert expl.segment_scores.shape[0] == BOXES
     assert torch.isfinite(expl.segment_scores).all()
 
@@ -111,7 +111,7 @@ def bench_cuda_detection_gswfast(benchmark, detection_cuda, method):
     benchmark.group = "cuda-detection-fasterrcnn_mobilenet_v3_large_fpn-8boxes-640x480"
     model, image, found, seg = detection_cuda
     benchmark(cuda_timed(lambda: _ours(model, image, found, seg, method), CUDA_REPEAT))
-    _record(benchmark, "gswfast" if method == "gradient" else f"gswfast_{method}")
+    _record(benchmark, "gswfast" if method == "gradcam" else f"gswfast_{method}")
     benchmark.extra_info["ops_per_call"] = CUDA_REPEAT
 
 

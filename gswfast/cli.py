@@ -205,13 +205,11 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--boxes",
         type=_count(1),
-        default=3,
         help="detection models: explain the best BOXES boxes of each image (default 3)",
     )
     explain.add_argument(
         "--box-threshold",
         type=_fraction,
-        default=0.5,
         help="detection models: explain only boxes scored at least this, 0 to 1 (default 0.5)",
     )
     explain.add_argument(
@@ -264,9 +262,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="torchvision:resnet18",
-        help="torchvision:NAME (a classification or video model), timm:NAME (an image "
-        "classifier, where timm is installed), hf:FOLDER (a Hugging Face image classifier "
-        "saved with save_pretrained, loaded offline), demo:shapes, demo:actions, or a "
+        help="torchvision:NAME (a classification, video, detection or segmentation model), "
+        "timm:NAME (an image classifier, where timm is installed), hf:FOLDER (a Hugging Face "
+        "image classifier saved with save_pretrained, loaded offline), demo:shapes, "
+        "demo:actions, demo:detector, or a "
         ".pt file (TorchScript, or a state_dict with --arch). Default: torchvision:resnet18 "
         "with RANDOM weights: torchvision and timm models have random weights (drawn from "
         "--seed) unless --weights is given; nothing is downloaded",
@@ -288,7 +287,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=_count(1, MAX_SIZE),
         help="the model sees SIZE x SIZE inputs (default: 224 for images; 112 for video, 224 for "
-        "s3d and MViT; 64 for the demo models); pictures keep the input's aspect ratio",
+        "s3d and MViT; 64 for the demo models); detectors and segmenters see the image's "
+        "aspect ratio with its longer side SIZE (default 640 and 520; 96 for demo:detector); "
+        "pictures keep the input's aspect ratio",
     )
     parser.add_argument(
         "--normalize",
@@ -429,6 +430,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         report[name] = _records(expl, batch.classes, labels, files, masks)
         report[f"{name}_seconds"] = seconds
         _say(args, _summary(name, report[name], seconds))
+    from gswfast.detections import demo_scenes
+
+    report["detection_method"] = args.method or DEFAULT_METHODS["detection"]
+    records, summary, seconds = demo_scenes(
+        device, report["detection_method"], args.out, args.top_k, n_segments=args.segments
+    )
+    report["detections"], report["detections_seconds"] = records, seconds
+    _say(args, summary)
     (args.out / "demo.json").write_text(json.dumps(report, indent=1))
     _say(args, f"wrote {args.out}/demo.json and the pictures beside it")
     return 0
@@ -591,12 +600,22 @@ def _short(stem: str, limit: int = STEM_BYTES) -> str:
 def _unique_stems(paths: Sequence[Path], out: Path) -> list[str]:
     """Output names: each input's stem, with ``-2``, ``-3``... when stems repeat
     (``a/x.png`` and ``b/x.jpg`` give ``x`` and ``x-2``) or when an output in ``out`` would
-    overwrite an input (``--out`` the inputs' folder: ``x.png`` gives ``x-2.png``)."""
+    overwrite an input (``--out`` the inputs' folder: ``x.png`` gives ``x-2.png``). A
+    detector's pictures are ``<stem>.box<i>.png``: a stem that starts another's, dot
+    included (``a`` and ``a.box0``), or an input in ``out`` named like one of its outputs,
+    is taken too."""
     inputs = {path.resolve() for path in paths}
+    in_out = [path.name.lower() for path in inputs if path.parent == out.resolve()]
+
+    def clash(name: str, other: str) -> bool:
+        return name == other or name.startswith(other + ".") or other.startswith(name + ".")
 
     def taken(name: str) -> bool:
-        return name.lower() in used or any(
-            (out / f"{name}{suffix}").resolve() in inputs for suffix in OUTPUT_SUFFIXES
+        lower = name.lower()
+        return (
+            any(clash(lower, other) for other in used)
+            or any((out / f"{name}{suffix}").resolve() in inputs for suffix in OUTPUT_SUFFIXES)
+            or any(other.startswith(lower + ".") for other in in_out)
         )
 
     used: set[str] = set()
@@ -620,6 +639,7 @@ class _ExplainJob:
         self.args = args
         self.device = resolve_device(args.device)
         self.loaded = load_model(args.model, args.arch, args.weights, seed=args.seed)
+        _check_kind_options(args, self.loaded.kind)
         if self.loaded.random_weights:
             _say(
                 args,
@@ -631,6 +651,10 @@ class _ExplainJob:
         self.size = args.size or default_size(args.model, args.arch, self.loaded.kind)
         self.preprocess = normaliser(args.normalize, self.loaded.normalisation, self.device)
         self._explainers: dict[str, Explainer | RegionExplainer] = {}
+        # a detector's boxes: the best 3 scored 0.5 or more unless --boxes, --box-threshold
+        self.boxes = getattr(args, "boxes", None) or 3
+        threshold = getattr(args, "box_threshold", None)
+        self.box_threshold = 0.5 if threshold is None else threshold
         self._folder_existed = args.out.exists()
 
     def item_counts(self, paths: Sequence[Path], kinds: Sequence[str | None]) -> list[int]:
@@ -711,12 +735,22 @@ class _ExplainJob:
         frame>`` per video window."""
         return self.folder() / f"{stem}.labels.npz"
 
-    def _image_labels(self, stem: str, expl: Explanation) -> str:
+    def _image_labels(self, stem: str, expl: Explanation, rows: Sequence[str] = ()) -> str:
+        """``labels``: the image's segment ids; with ``rows`` (a detector's boxes, a
+        segmenter's classes, one name each) whose segments differ (``--swag`` builds them
+        per row), one array per row under its name instead."""
+        import torch
+
         from gswfast.viz import NpzWriter
 
         path = self._labels_path(stem)
+        shared = all(torch.equal(expl.labels[0], row) for row in expl.labels[1:])
         with NpzWriter(path) as labels:
-            labels.add("labels", expl.labels[0].int())
+            if shared or not rows:
+                labels.add("labels", expl.labels[0].int())
+            else:
+                for name, row in zip(rows, expl.labels, strict=True):
+                    labels.add(name, row.int())
         return str(path)
 
     def folder(self) -> Path:
@@ -778,14 +812,16 @@ class _ExplainJob:
 
         original, image = self._read_keeping_aspect(path)
         try:
-            found = detections.detect(self.model, image, self.args.boxes, self.args.box_threshold)
+            found = detections.detect(self.model, image, self.boxes, self.box_threshold)
         except Exception as error:
             raise self._model_error(error, path, image) from None
         record: dict[str, Any] = {"input": str(path), "method": _method(self.args, "detection")}
         if found.boxes.shape[0] == 0:
             progress.write(
-                f"gswfast: note: {path}: no box scored {self.args.box_threshold} or more (the "
-                f"best: {found.best:.3g}); lower --box-threshold to explain it"
+                f"gswfast: note: {path}: no box scored {self.box_threshold} or more (the best: "
+                f"{found.best:.3g}); lower --box-threshold to explain it"
+                if found.found
+                else f"gswfast: note: {path}: the model found no box at all"
             )
             progress.update()
             return {**record, "output": None, "boxes": [], "best_score": round(found.best, 6)}
@@ -799,24 +835,9 @@ class _ExplainJob:
             {**detections.box_record(found, row, to_file), **_scores(expl, row, names)}
             for row in range(found.boxes.shape[0])
         ]
-        output = (
-            self._draw_rows(
-                stem, [f"box{row}" for row in range(len(boxes))], expl, image, original, found
-            )
-            if self.args.pictures
-            else None
-        )
-        if output is not None:
-            for box, picture in zip(boxes, output[1], strict=True):
-                box["picture"] = picture
-        progress.update()
-        return {
-            **record,
-            "output": None if output is None else output[0],
-            "boxes": boxes,
-            "labels": self._image_labels(stem, expl),
-            "seconds": seconds,
-        }
+        suffixes = [f"box{row}" for row in range(len(boxes))]
+        drawn = self._finish_rows(stem, suffixes, expl, (image, original), boxes, progress, found)
+        return {**record, **drawn, "boxes": boxes, "seconds": seconds}
 
     def _explain_segments(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
         """A semantic segmentation model: each of ``--classes`` (default: the class given the
@@ -855,25 +876,46 @@ class _ExplainJob:
             {"pixels": int(masks[row].sum()), **_scores(expl, row, names)}
             for row in range(len(classes))
         ]
-        output = (
-            self._draw_rows(
-                stem, [f"class{c}" for c in classes], expl, image, original, None, masks
-            )
-            if self.args.pictures
-            else None
+        suffixes = [f"class{c}" for c in classes]
+        drawn = self._finish_rows(
+            stem, suffixes, expl, (image, original), results, progress, masks=masks
         )
-        if output is not None:
-            for result, picture in zip(results, output[1], strict=True):
-                result["picture"] = picture
-        progress.update()
         return {
             "input": str(path),
             "method": _method(self.args, "segmentation"),
-            "output": None if output is None else output[0],
+            **drawn,
             "classes": results,
-            "labels": self._image_labels(stem, expl),
             "seconds": seconds,
         }
+
+    def _finish_rows(
+        self,
+        stem: str,
+        suffixes: list[str],
+        expl: Explanation,
+        images: tuple[torch.Tensor, torch.Tensor],
+        rows: list[dict[str, Any]],
+        progress: Progress,
+        found: Any = None,
+        masks: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """With ``--pictures``, each row's picture (its path in its record of ``rows``) and
+        the sheet; the labels; the record's ``output`` and ``labels``."""
+        image, original = images
+        output, written = None, [self._labels_path(stem)]
+        try:
+            if self.args.pictures:
+                output = self._draw_rows(
+                    stem, suffixes, expl, image, original, found, masks, written
+                )
+                for row, picture in zip(rows, output[1], strict=True):
+                    row["picture"] = picture
+            labels = self._image_labels(stem, expl, suffixes)
+        except BaseException:  # no partial outputs of a failed input
+            _remove(*written)
+            raise
+        progress.update()
+        return {"output": None if output is None else output[0], "labels": labels}
 
     def _draw_rows(
         self,
@@ -884,10 +926,13 @@ class _ExplainJob:
         original: torch.Tensor,
         found: Any = None,
         masks: torch.Tensor | None = None,
+        written: list[Path] | None = None,
     ) -> tuple[str, list[str]]:
         """One picture per row of ``expl`` (a box of ``found``, outlined; or a class, its
         ``masks`` outlined) as ``<stem>.<suffix>.png``, and all side by side as
-        ``<stem>.png``; returns the sheet's path and the rows'."""
+        ``<stem>.png``; returns the sheet's path and the rows'. Each file goes into
+        ``written`` before it is written."""
+        written = [] if written is None else written
         import torch
 
         from gswfast import detections, render, viz
@@ -912,8 +957,10 @@ class _ExplainJob:
             note = f"box score {float(found.scores[row]):.3g}" if found is not None else None
             pictures.append(viz.captioned(picture, expl, row, self.loaded.class_names, note=note))
             paths.append(str(self.folder() / f"{stem}.{suffixes[row]}.png"))
+            written.append(Path(paths[-1]))
             viz.save_png(pictures[-1], paths[-1])
         sheet = self.folder() / f"{stem}.png"
+        written.append(sheet)
         viz.save_png(detections.sheet(pictures), sheet)
         return str(sheet), paths
 
@@ -1167,6 +1214,25 @@ class _FrameShower:
             if sum(p.shape[1] for p in self.preview) < 64:
                 self.preview.append(picture[:, first:last])
         self.shown = max(self.shown, start + last)
+
+
+def _check_kind_options(args: argparse.Namespace, kind: str) -> None:
+    """``UserError`` for an option the model's kind does not take: ``--target`` (classes of
+    a classifier), ``--boxes`` and ``--box-threshold`` (detectors), ``--classes``
+    (segmenters)."""
+    given = {
+        "--target": args.target is not None and kind in ("detection", "segmentation"),
+        "--boxes": getattr(args, "boxes", None) is not None and kind != "detection",
+        "--box-threshold": getattr(args, "box_threshold", None) is not None and kind != "detection",
+        "--classes": getattr(args, "classes", None) is not None and kind != "segmentation",
+    }
+    wrong = next((flag for flag, refused in given.items() if refused), None)
+    if wrong is not None:
+        raise UserError(
+            f"{wrong}: not for a {'classifier' if kind in ('image', 'video', 'any') else kind + ' model'} "
+            f"({args.model}): --target is a classifier's, --boxes and --box-threshold a "
+            "detector's, --classes a segmenter's"
+        )
 
 
 def _most_given_class(predicted: torch.Tensor, classes: int) -> int:

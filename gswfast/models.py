@@ -92,21 +92,12 @@ def load_model(
     return loaded.eval_mode()
 
 
-def model_kind(spec: str) -> str | None:
-    """``image`` or ``video`` for a named model, None for files (known once loaded)."""
-    source, _, name = spec.partition(":")
-    if source == "demo":
-        return "video" if name == "actions" else "image"
-    if source == "torchvision":
-        return "video" if name in _torchvision_names("video") else "image"
-    if source in ("timm", "hf"):
-        return "image"
-    return None
-
-
 def default_size(spec: str, arch: str | None, kind: str) -> int:
-    """Input side: 64 for the demo models; 112 for video models (224 for s3d and MViT, which
-    need it); timm and Hugging Face models' own configured size; 224 for the rest."""
+    """Input side: 64 for the demo models (96 for the demo detector); 112 for video models
+    (224 for s3d and MViT, which need it); timm and Hugging Face models' own configured
+    size; the longer side 640 for detectors and 520 for segmenters; 224 for the rest."""
+    if spec == "demo:detector" or arch == "demo:detector":
+        return 96  # detection_scenes' size
     if spec.startswith("demo:") or (arch or "").startswith("demo:"):
         return 64
     if spec.startswith("timm:"):
@@ -241,6 +232,11 @@ def _named_model(spec: str, seed: int, flag: str) -> LoadedModel:
             raise UserError(
                 f"{flag}: unknown demo model {name!r} (choose from {', '.join(sorted(ARCHITECTURES))})"
             )
+        if name == "detector":  # torchvision's Faster R-CNN: class 0 is the background
+            module = load_demo(name)  # every box kept: --box-threshold picks them
+            module.roi_heads.score_thresh = 0.0  # type: ignore[union-attr]
+            names = ("__background__", *SHAPES)
+            return LoadedModel(module, "detection", "none", spec, class_names=names)
         names = ACTIONS if name == "actions" else SHAPES
         kind = "video" if name == "actions" else "image"
         return LoadedModel(load_demo(name), kind, "none", spec, class_names=tuple(names))

@@ -85,10 +85,16 @@ def test_demo_writes_pictures_and_json(tmp_path, capsys):
     } <= set(first)
     assert sum(r["class"] == r["predicted"] for r in report["images"]) >= 7
     assert sum(r["pointing_game"] for r in report["images"]) >= 6
-    for row in report["images"] + report["clips"]:
+    # the demo detector on 4 scenes of 2 shapes: measured 8 boxes, all pointing at their shape
+    assert len(report["detections"]) >= 6
+    assert sum(r["pointing_game"] for r in report["detections"]) >= 6
+    assert report["detection_method"] == "input_x_gradient"
+    for row in report["images"] + report["clips"] + report["detections"]:
         for name in row["files"]:
             assert Path(name).stat().st_size > 0
-    assert "demo images" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "demo images" in err
+    assert "4 demo scenes: " in err
 
 
 def test_explain_images(files, tmp_path):
@@ -1855,6 +1861,10 @@ def test_a_segmenter_explains_classes_over_their_pixels(files, tmp_path, capsys)
     out = tmp_path / "out"
     argv = ["explain", str(files / "shape.png"), "--model", "torchvision:lraspp_mobilenet_v3_large"]
     argv += ["--size", "96", "--out", str(out), "--quiet"]
+    assert main(argv) == 0  # the class given the most pixels
+    ((given,),) = [r["classes"] for r in json.loads((out / "explanations.json").read_text())]
+    assert given["pixels"] > 0
+    assert any(score != 0 for score in given["segment_scores"])
     assert main([*argv, "--classes", "0,5"]) == 0
     (record,) = json.loads((out / "explanations.json").read_text())
     assert [c["target"] for c in record["classes"]] == [0, 5]
@@ -1872,3 +1882,66 @@ def test_detection_models_refuse_videos_and_explain_dataset(files, tmp_path, cap
     argv = ["explain-dataset", str(files / "shape.png"), "--model", DETECTOR]
     assert main([*argv, "--out", str(tmp_path / "d")]) == 2
     _one_line_error(capsys, "explain-dataset does not take detection models yet")
+
+
+def test_the_demo_detector_finds_and_draws_the_true_boxes_of_a_wide_scene(tmp_path):
+    # a demo scene enlarged 2x and padded to 192 x 240 (the model sees 96 x 120, its own
+    # scale): the boxes come back in the file's pixels, on the true ones (within 8 pixels)
+    from PIL import Image
+
+    from gswfast.demo import SHAPES
+    from gswfast.demo.data import detection_scenes
+
+    scene = detection_scenes(1, generator=torch.Generator().manual_seed(2))
+    wide = torch.full((3, 192, 240), 0.5)
+    wide[:, :, :192] = torch.nn.functional.interpolate(scene.images, scale_factor=2)[0]
+    Image.fromarray((wide.permute(1, 2, 0) * 255).byte().numpy()).save(tmp_path / "wide.png")
+    out = tmp_path / "out"
+    argv = ["explain", str(tmp_path / "wide.png"), "--model", "demo:detector", "--boxes", "2"]
+    assert main([*argv, "--size", "120", "--out", str(out), "--quiet"]) == 0
+    (record,) = json.loads((out / "explanations.json").read_text())
+    found = sorted(record["boxes"], key=lambda box: box["box"][0])
+    assert len(found) == 2
+    for box, truth in zip(found, scene.boxes[0] * 2, strict=True):
+        assert max(abs(a - b) for a, b in zip(box["box"], truth.tolist(), strict=True)) <= 8
+        assert box["class"] == ("__background__", *SHAPES)[box["target"]]
+        assert box["score"] >= 0.5
+    with Image.open(record["output"]) as sheet:
+        assert sheet.size == (2 * 448 + 4, 358 + 40)  # 448 x 358: the file's aspect ratio
+
+
+@pytest.mark.parametrize(
+    ("model", "flag", "value"),
+    [
+        ("demo:detector", "--target", "1"),
+        ("demo:detector", "--classes", "1"),
+        ("demo:shapes", "--boxes", "2"),
+        ("demo:shapes", "--box-threshold", "0.2"),
+        ("torchvision:lraspp_mobilenet_v3_large", "--boxes", "2"),
+    ],
+)
+def test_options_of_another_kind_of_model_are_refused(files, tmp_path, capsys, model, flag, value):
+    argv = ["explain", str(files / "shape.png"), "--model", model, flag, value]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, f"{flag}: not for a ")
+
+
+def test_box_pictures_never_overwrite_an_input_and_swag_keeps_each_boxs_segments(files, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(files / "shape.png", out / "shape.box0.png")  # named like a box picture of shape
+    before = (out / "shape.box0.png").read_bytes()
+    argv = ["explain", str(files / "shape.png"), str(out / "shape.box0.png")]
+    argv += ["--model", DETECTOR, "--box-threshold", "0", "--boxes", "2", "--size", "96"]
+    assert main([*argv, "--swag", "--out", str(out), "--quiet"]) == 0
+    assert (out / "shape.box0.png").read_bytes() == before
+    records = json.loads((out / "explanations.json").read_text())
+    first = records[0]
+    assert Path(first["output"]).name == "shape-2.png"
+    labels = np.load(first["labels"])
+    if "labels" not in labels:  # SWAG's segments differ from box to box: one array each
+        assert sorted(labels.files) == ["box0", "box1"]
+        for box, name in zip(first["boxes"], ["box0", "box1"], strict=True):
+            assert len(box["segment_scores"]) == int(labels[name].max()) + 1

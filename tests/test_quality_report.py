@@ -64,3 +64,34 @@ def test_quick_transformer_section_marks_what_does_not_apply():
         elif cells[0] != "method":
             assert math.isfinite(float(cells[-1])), row
     assert sum(row.startswith("| lime package | 1.000 |") for row in rows) == 1
+
+
+def _detection_report():
+    sys.path.insert(0, str(SCRIPT.parent))  # it reads quality_report's helpers
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "detection_report", SCRIPT.parent / "detection_report.py"
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def test_quick_detection_report_has_every_method_and_finite_values(tmp_path):
+    report = _detection_report()
+    out = tmp_path / "report.md"
+    table = report.main(["--quick", "--out", str(out)])
+    written = out.read_text()
+    assert written.startswith("# The detector's evidence table\n\n`")
+    assert written.endswith("\n\n" + table)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert tuple(cell.strip() for cell in rows[0].strip("|").split("|")) == report.COLUMNS
+    assert [row.split("|")[1].strip() for row in rows[1:]] == [name for name, _ in report.METHODS]
+    for row in rows[1:]:
+        values = [float(cell) for cell in row.strip("|").split("|")[1:]]
+        assert all(math.isfinite(v) for v in values)
+        assert 0 <= values[0] <= 1  # pointing game

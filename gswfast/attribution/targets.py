@@ -12,7 +12,7 @@ the model's output.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -114,12 +114,8 @@ class BoxScores(OutputTarget):
 
     def __getitem__(self, rows: object) -> BoxScores:
         index = _row_index(rows, self.boxes.device)
-        return BoxScores(
-            boxes=self.boxes.index_select(0, index),
-            labels=self.labels.index_select(0, index),
-            iou=self.iou,
-            match=self.match,
-            adapt=self.adapt,
+        return replace(
+            self, boxes=self.boxes.index_select(0, index), labels=self.labels.index_select(0, index)
         )
 
     def row_classes(self, batch: int, device: torch.device) -> Tensor:
@@ -206,10 +202,10 @@ class MaskScores(OutputTarget):
 
     def __getitem__(self, rows: object) -> MaskScores:
         index = _row_index(rows, self.classes.device)
-        return MaskScores(
+        return replace(
+            self,
             classes=self.classes.index_select(0, index),
             masks=self.masks.index_select(0, index),
-            largest_class=self.largest_class,
         )
 
     def row_classes(self, batch: int, device: torch.device) -> Tensor:

@@ -45,6 +45,58 @@ def shape_images(count: int, size: int = 64, generator: torch.Generator | None =
     return Batch(images.clamp(0, 1), classes, masks)
 
 
+@dataclass(frozen=True)
+class Scenes:
+    """Detection data: ``images`` float ``[N, 3, H, W]`` in 0..1 with ``OBJECTS`` shapes each,
+    their ``boxes`` float ``[N, OBJECTS, 4]`` (xyxy, the tight box of each mask, pixel
+    edges), ``labels`` int64 ``[N, OBJECTS]`` (1 + the shape's index in ``SHAPES``: 0 is
+    torchvision's background) and ``masks`` bool ``[N, OBJECTS, H, W]``."""
+
+    images: Tensor
+    boxes: Tensor
+    labels: Tensor
+    masks: Tensor
+
+
+OBJECTS = 2  # shapes per detection scene: one in each half, so a box has its own object
+
+
+def detection_scenes(
+    count: int, size: int = 96, generator: torch.Generator | None = None
+) -> Scenes:
+    """Images with ``OBJECTS`` shapes each, one in the left half and one in the right (never
+    overlapping), of random kinds, scales, colours and rotations over a textured background
+    with clutter: the demo detector's data, where each box has one object to point at."""
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    images = _backgrounds(count, size, g)
+    _draw_clutter(images, g)
+    masks = []
+    labels = torch.randint(0, len(SHAPES), (count, OBJECTS), generator=g)
+    for side in range(OBJECTS):
+        radius = size * (0.1 + 0.08 * torch.rand(count, generator=g))
+        half = size / OBJECTS
+        y = radius + (size - 2 * radius) * torch.rand(count, generator=g)
+        x = side * half + radius + (half - 2 * radius) * torch.rand(count, generator=g)
+        angle = 2 * math.pi * torch.rand(count, generator=g)
+        mask = _inside(labels[:, side], torch.stack([y, x], 1), radius, angle, size)
+        _paint(images, mask, _colours(count, g))
+        masks.append(mask)
+    stacked = torch.stack(masks, 1)  # [N, OBJECTS, H, W]
+    return Scenes(images.clamp(0, 1), _mask_boxes(stacked), labels + 1, stacked)
+
+
+def _mask_boxes(masks: Tensor) -> Tensor:
+    """float ``[..., 4]``: the xyxy box around each mask ``[..., H, W]`` (pixel edges)."""
+    rows, cols = masks.any(-1), masks.any(-2)
+    index_y = torch.arange(masks.shape[-2], dtype=torch.float32)
+    index_x = torch.arange(masks.shape[-1], dtype=torch.float32)
+    y1 = torch.where(rows, index_y, float("inf")).amin(-1)
+    y2 = torch.where(rows, index_y, -1.0).amax(-1) + 1
+    x1 = torch.where(cols, index_x, float("inf")).amin(-1)
+    x2 = torch.where(cols, index_x, -1.0).amax(-1) + 1
+    return torch.stack([x1, y1, x2, y2], -1)
+
+
 def action_clips(
     count: int, frames: int = 16, size: int = 64, generator: torch.Generator | None = None
 ) -> Batch:
