@@ -845,14 +845,17 @@ class _ExplainJob:
         import torch
 
         import gswfast as gsw
+        from gswfast.attribution.targets import segmentation_maps
+        from gswfast.checks import unit_float
 
         original, image = self._read_keeping_aspect(path)
         try:
             with torch.no_grad():
-                x = image.float() / 255
-                out = self.model(x if self.preprocess is None else self.preprocess(x))
-            predicted = (out["out"] if isinstance(out, dict) else out).argmax(1)[0]  # [h, w]
-            count = (out["out"] if isinstance(out, dict) else out).shape[1]
+                x = unit_float(image)
+                maps = segmentation_maps(
+                    self.model(x if self.preprocess is None else self.preprocess(x))
+                )
+            predicted, count = maps.argmax(1)[0], maps.shape[1]  # [h, w], classes
         except Exception as error:
             raise self._model_error(error, path, image) from None
         classes = self.args.classes or [_most_given_class(predicted, count)]

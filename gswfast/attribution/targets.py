@@ -212,7 +212,7 @@ class MaskScores(OutputTarget):
         return self.classes.to(device).clone()
 
     def select(self, output: object, batch: int) -> Tensor:
-        maps = _segmentation_maps(output)
+        maps = segmentation_maps(output)
         if maps.shape[0] != batch or self.classes.shape[0] != batch:
             raise ValueError(
                 f"target: expected segmentation maps [B, classes, H, W] with B = {batch}, got "
@@ -251,7 +251,9 @@ def expand_target(
     return None, target, {}
 
 
-def _segmentation_maps(output: object) -> Tensor:
+def segmentation_maps(output: object) -> Tensor:
+    """A segmentation model's float maps ``[B, classes, H, W]`` out of its output: the
+    tensor itself, a dict's ``"out"`` (torchvision) or ``"logits"``, or ``.logits``."""
     held: object = output
     if isinstance(output, Mapping):
         held = output.get("out", output.get("logits"))
@@ -397,4 +399,5 @@ __all__ = [
     "SegmentationTarget",
     "box_iou",
     "expand_target",
+    "segmentation_maps",
 ]
