@@ -73,7 +73,8 @@ def draw_sheet(kind: str, count: int, methods: Sequence[str], stem: Path) -> Pat
         explainer = make_explainer(model, method, n_segments=SEGMENTS[kind])
         columns.append(render.draw_picture(explainer(batch.images), batch.images, k=3, size=TILE))
     names = ["input, object", *methods]
-    sheet = _sheet([_headed(column, name) for column, name in zip(columns, names, strict=True)])
+    headed = [_headed(column, name) for column, name in zip(columns, names, strict=True)]
+    sheet = render.side_by_side(headed, gap=2)
     if sheet.dim() == 3:
         path = stem.with_suffix(".png")
         viz.save_png(sheet, path)
@@ -107,15 +108,6 @@ def _headed(column: Tensor, name: str) -> Tensor:
     if column.dim() == 5:  # clips: the strip on every frame
         header = header.unsqueeze(1).expand(-1, column.shape[2], -1, -1)
     return torch.cat([header, *column.unbind(0)], dim=-2)
-
-
-def _sheet(columns: list[Tensor]) -> Tensor:
-    """The ``columns`` side by side, 2 pixels of dark grey between them."""
-    gap = torch.full_like(columns[0][..., :2], 32)
-    parts: list[Tensor] = []
-    for column in columns:
-        parts += [column, gap]
-    return torch.cat(parts[:-1], dim=-1)
 
 
 if __name__ == "__main__":

@@ -964,7 +964,7 @@ class _ExplainJob:
             viz.save_png(pictures[-1], paths[-1])
         sheet = self.folder() / f"{stem}.png"
         written.append(sheet)
-        viz.save_png(detections.sheet(pictures), sheet)
+        viz.save_png(render.side_by_side(pictures), sheet)
         return str(sheet), paths
 
     def _explain_video(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:

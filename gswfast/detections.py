@@ -7,7 +7,6 @@ chooses boxes and draws them, for ``gswfast explain`` with a torchvision detecto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,16 +75,6 @@ def draw_boxes(pictures: Tensor, boxes: Tensor, scale: tuple[float, float]) -> T
         ):
             picture[:, max(top, y1) : min(bottom, y2), max(left, x1) : min(right, x2)] = colour
     return out
-
-
-def sheet(pictures: Sequence[Tensor], gap: int = 4) -> Tensor:
-    """uint8 ``[3, H, sum W + gaps]``: ``pictures`` (each ``[3, H, W]``) side by side."""
-    parts: list[Tensor] = []
-    for picture in pictures:
-        if parts:
-            parts.append(torch.full((3, picture.shape[1], gap), 32, dtype=picture.dtype))
-        parts.append(picture)
-    return torch.cat(parts, dim=-1)
 
 
 def box_record(found: Detections, row: int, scale: tuple[float, float]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ overlay of a video batch never leaves the GPU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -204,6 +205,17 @@ def _blend_grey(
         for channel, values in enumerate(table.t().contiguous()):
             torch.index_select(values, 0, index.flatten(), out=out[b, channel].view(-1))
     return out
+
+
+def side_by_side(pictures: Sequence[Tensor], gap: int = 4) -> Tensor:
+    """uint8 ``[3, (T), H, sum W + gaps]``: ``pictures`` (each ``[3, (T), H, W]``) side by
+    side, ``gap`` columns of dark grey between them (a sheet of boxes, a gallery's rows)."""
+    parts: list[Tensor] = []
+    for picture in pictures:
+        if parts:
+            parts.append(torch.full((*picture.shape[:-1], gap), 32, dtype=picture.dtype))
+        parts.append(picture)
+    return torch.cat(parts, dim=-1)
 
 
 def luma(rgb: Tensor) -> Tensor:
