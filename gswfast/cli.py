@@ -30,8 +30,11 @@ from gswfast.options import (
     METHOD_NAMES,
     PICTURE_SIDE,
     REGION_METHODS,
+    ROW_KINDS,
+    ROW_STRIDE,
     SAMPLING_METHODS,
     UserError,
+    check_kind_options,
     check_method,
     check_method_options,
     check_streamable,
@@ -42,10 +45,13 @@ from gswfast.options import (
 if TYPE_CHECKING:
     import torch
 
+    from gswfast.detections import Rows
     from gswfast.explain import Explainer, Explanation
     from gswfast.progress import Progress
     from gswfast.regions import RegionExplainer
+    from gswfast.segmentation import Segmentation
     from gswfast.video import Mp4Writer, StreamExplainer, WindowResult
+    from gswfast.viz import NpzWriter
 
 _T = TypeVar("_T")
 
@@ -192,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--stride",
         type=_count(1),
-        help="frames between video windows (default: --frames; 4 with --stream)",
+        help="frames between video windows (default: --frames; 4 with --stream); detectors "
+        f"and segmenters: frames between explained frames (default {ROW_STRIDE})",
     )
     explain.add_argument(
         "--stream",
@@ -202,22 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--out", type=Path, default=Path("gswfast_out"), help="output folder (default: gswfast_out)"
     )
-    explain.add_argument(
-        "--boxes",
-        type=_count(1),
-        help="detection models: explain the best BOXES boxes of each image (default 3)",
-    )
-    explain.add_argument(
-        "--box-threshold",
-        type=_fraction,
-        help="detection models: explain only boxes scored at least this, 0 to 1 (default 0.5)",
-    )
-    explain.add_argument(
-        "--classes",
-        type=_class_list,
-        help="segmentation models: the classes to explain, each over the pixels the model gives "
-        "it, separated by commas (default: the class given the most pixels, background aside)",
-    )
+    _row_options(explain)
     explain.add_argument(
         "--no-pictures",
         dest="pictures",
@@ -241,8 +233,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _model_options(dataset)
     dataset.add_argument(
-        "--stride", type=_count(1), help="frames between video windows (default: --frames)"
+        "--stride",
+        type=_count(1),
+        help="frames between video windows (default: --frames); detectors and segmenters: "
+        f"frames between explained frames (default {ROW_STRIDE})",
     )
+    _row_options(dataset)
     dataset.add_argument(
         "--batch-size", type=_count(1), default=16, help="images per model call (default 16)"
     )
@@ -332,6 +328,28 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _row_options(parser: argparse.ArgumentParser) -> None:
+    """The options of detectors (``--boxes``, ``--box-threshold``) and segmenters
+    (``--classes``), whose images and video frames are explained a row per box or class."""
+    parser.add_argument(
+        "--boxes",
+        type=_count(1),
+        help="detection models: explain the best BOXES boxes of each image or video frame "
+        "(default 3)",
+    )
+    parser.add_argument(
+        "--box-threshold",
+        type=_fraction,
+        help="detection models: explain only boxes scored at least this, 0 to 1 (default 0.5)",
+    )
+    parser.add_argument(
+        "--classes",
+        type=_class_list,
+        help="segmentation models: the classes to explain, each over the pixels the model gives "
+        "it, separated by commas (default: the class given the most pixels, background aside)",
+    )
+
+
 def _common(parser: argparse.ArgumentParser, method_help: str | None = None) -> None:
     parser.add_argument(
         "--method",
@@ -366,12 +384,8 @@ def _check_options(args: argparse.Namespace) -> None:
             f"--layer: only the CAM methods ({', '.join(CAM_METHODS)}) use a layer, not {args.method}"
         )
     if hasattr(args, "samples"):  # explain and explain-dataset
-        for kind in ("image", "video"):
+        for kind in ("image", "video", *ROW_KINDS):  # each kind's default method
             check_method_options(_method(args, kind), args.samples, args.design, args.swag)
-    if getattr(args, "stream", False) and args.stride is not None and args.stride > args.frames:
-        raise UserError(
-            f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})"
-        )
 
 
 def _check_out(out: Path) -> None:
@@ -639,13 +653,25 @@ class _ExplainJob:
         self.args = args
         self.device = resolve_device(args.device)
         self.loaded = load_model(args.model, args.arch, args.weights, seed=args.seed)
-        _check_kind_options(args, self.loaded.kind)
+        check_kind_options(
+            self.loaded.kind,
+            args.model,
+            args.target,
+            getattr(args, "boxes", None),
+            getattr(args, "box_threshold", None),
+            getattr(args, "classes", None),
+        )
         if self.loaded.random_weights:
             _say(
                 args,
                 f"gswfast: warning: {self.loaded.name} has random weights (drawn from --seed "
                 f"{self.loaded.seed}): the explanations show how gswfast works, not what a trained model "
                 "sees; pass --weights FILE for trained weights",
+            )
+        stream = getattr(args, "stream", False)
+        if stream and self.loaded.kind not in ROW_KINDS and (args.stride or 0) > args.frames:
+            raise UserError(  # a window per --stride frames; detectors explain single frames
+                f"--stride {args.stride}: --stream needs --stride <= --frames ({args.frames})"
             )
         self.model = self.loaded.module.to(self.device)
         self.size = args.size or default_size(args.model, args.arch, self.loaded.kind)
@@ -665,7 +691,9 @@ class _ExplainJob:
 
         counts = []
         for path, kind in zip(paths, kinds, strict=True):
-            if kind == "video":
+            if kind == "video" and self.loaded.kind in ROW_KINDS:
+                counts.append(max(1, -(-frame_count(path) // (self.args.stride or ROW_STRIDE))))
+            elif kind == "video":
                 stride = self.args.stride or (4 if self.args.stream else self.args.frames)
                 windows = window_starts(
                     frame_count(path), self.args.frames, stride, tail=not self.args.stream
@@ -682,10 +710,10 @@ class _ExplainJob:
 
     def explain(self, path: Path, kind: str, stem: str, progress: Progress) -> dict[str, Any]:
         self._check_kind(path, kind)
-        if self.loaded.kind == "detection":
-            return self._explain_detections(path, stem, progress)
-        if self.loaded.kind == "segmentation":
-            return self._explain_segments(path, stem, progress)
+        if self.loaded.kind in ROW_KINDS:
+            if kind == "video":
+                return self._rows_video(path, stem, progress)
+            return self._explain_rows(path, stem, progress)
         if kind == "video" and self.args.stream:
             return self._stream_video(path, stem, progress)
         if kind == "video":
@@ -696,12 +724,7 @@ class _ExplainJob:
         from gswfast.models import check_video_input
 
         model_kind = self.loaded.kind
-        if model_kind in ("detection", "segmentation") and kind == "video":
-            raise InputFailed(
-                f"{path}: videos through a {model_kind} model are not supported yet; explain "
-                "its frames as images"
-            )
-        if model_kind in ("detection", "segmentation"):
+        if model_kind in ROW_KINDS:  # images, and videos frame by frame
             return
         if model_kind != "any" and kind != model_kind:
             raise InputFailed(
@@ -739,18 +762,12 @@ class _ExplainJob:
         """``labels``: the image's segment ids; with ``rows`` (a detector's boxes, a
         segmenter's classes, one name each) whose segments differ (``--swag`` builds them
         per row), one array per row under its name instead."""
-        import torch
 
         from gswfast.viz import NpzWriter
 
         path = self._labels_path(stem)
-        shared = all(torch.equal(expl.labels[0], row) for row in expl.labels[1:])
         with NpzWriter(path) as labels:
-            if shared or not rows:
-                labels.add("labels", expl.labels[0].int())
-            else:
-                for name, row in zip(rows, expl.labels, strict=True):
-                    labels.add(name, row.int())
+            _add_labels(labels, expl, rows)
         return str(path)
 
     def folder(self) -> Path:
@@ -804,116 +821,109 @@ class _ExplainJob:
         shape = render.picture_shape(original.shape[-2], original.shape[-1], self.size)
         return original, render.resize_frames(original[None], shape).to(self.device)
 
-    def _explain_detections(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
-        """A detector: its best ``--boxes`` boxes scored ``--box-threshold`` or more, each
-        explained (one row per box); a picture per box with the box drawn on it, and a
-        sheet of them all."""
+    def _explain_rows(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
+        """A detector (its best ``--boxes`` boxes scored ``--box-threshold`` or more) or a
+        segmenter (each of ``--classes`` over the pixels the model gives it) on an image, a
+        row each: a picture per row with its box or mask outlined, and a sheet of them all."""
+        original, image = self._read_keeping_aspect(path)
+        rows = self._rows_of(image, path)
+        for note in rows.notes:
+            progress.write(f"gswfast: note: {note}")
+        record: dict[str, Any] = {
+            "input": str(path),
+            "method": _method(self.args, self.loaded.kind),
+        }
+        if rows.target is None:  # a detector without a box worth explaining
+            assert rows.found is not None  # a segmenter always has a row
+            progress.update()
+            return {**record, "output": None, "boxes": [], "best_score": round(rows.found.best, 6)}
+        expl, seconds = self._explain_rows_of(image, path, rows)
+        records = self._row_records(rows, expl, original.shape[-2:], image.shape[-2:])
+        drawn = self._finish_rows(stem, rows, expl, (image, original), records, progress)
+        return {**record, **drawn, self._rows_key(): records, "seconds": seconds}
+
+    def _rows_key(self) -> str:
+        return "boxes" if self.loaded.kind == "detection" else "classes"
+
+    def _rows_of(self, image: torch.Tensor, path: Path, where: str | None = None) -> Rows:
+        """The rows of ``image [1, 3, h, w]`` (``where`` names it in notes; default
+        ``path``): the detector's boxes or the segmenter's classes; a failure of the model
+        fails the input."""
         from gswfast import detections
 
-        original, image = self._read_keeping_aspect(path)
+        where = str(path) if where is None else where
         try:
-            found = detections.detect(self.model, image, self.boxes, self.box_threshold)
-        except Exception as error:
-            raise self._model_error(error, path, image) from None
-        record: dict[str, Any] = {"input": str(path), "method": _method(self.args, "detection")}
-        if found.boxes.shape[0] == 0:
-            progress.write(
-                f"gswfast: note: {path}: no box scored {self.box_threshold} or more (the best: "
-                f"{found.best:.3g}); lower --box-threshold to explain it"
-                if found.found
-                else f"gswfast: note: {path}: the model found no box at all"
+            if self.loaded.kind == "detection":
+                return detections.detection_rows(
+                    self.model, image, self.boxes, self.box_threshold, where
+                )
+            return detections.segmentation_rows(
+                self.model, image, self.args.classes, self.preprocess, where
             )
-            progress.update()
-            return {**record, "output": None, "boxes": [], "best_score": round(found.best, 6)}
-        expl, seconds = _timed(
-            lambda: self._call(self.explainer("detection"), image, path, found.target()),
-            self.device,
-        )
-        to_file = (original.shape[-2] / image.shape[-2], original.shape[-1] / image.shape[-1])
-        names = self.loaded.class_names
-        boxes = [
-            {**detections.box_record(found, row, to_file), **_scores(expl, row, names)}
-            for row in range(found.boxes.shape[0])
-        ]
-        suffixes = [f"box{row}" for row in range(len(boxes))]
-        drawn = self._finish_rows(stem, suffixes, expl, (image, original), boxes, progress, found)
-        return {**record, **drawn, "boxes": boxes, "seconds": seconds}
-
-    def _explain_segments(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
-        """A semantic segmentation model: each of ``--classes`` (default: the class given the
-        most pixels, background aside) explained over the pixels the model gives it."""
-        import torch
-
-        import gswfast as gsw
-        from gswfast.attribution.targets import segmentation_maps
-        from gswfast.checks import unit_float
-
-        original, image = self._read_keeping_aspect(path)
-        try:
-            with torch.no_grad():
-                x = unit_float(image)
-                maps = segmentation_maps(
-                    self.model(x if self.preprocess is None else self.preprocess(x))
-                )
-            predicted, count = maps.argmax(1)[0], maps.shape[1]  # [h, w], classes
+        except UserError:
+            raise  # --classes out of range: the same for every input
         except Exception as error:
             raise self._model_error(error, path, image) from None
-        classes = self.args.classes or [_most_given_class(predicted, count)]
-        wrong = [c for c in classes if c >= count]
-        if wrong:
-            raise UserError(f"--classes {wrong[0]}: out of range for a model with {count} classes")
-        masks = torch.stack([predicted == c for c in classes])
-        for c, mask in zip(classes, masks, strict=True):
-            if not bool(mask.any()):
-                progress.write(
-                    f"gswfast: note: {path}: the model gives class {c} no pixel; its "
-                    "explanation is empty (all scores 0)"
-                )
-        rows = image.expand(len(classes), -1, -1, -1)
-        target = gsw.SegmentationTarget(classes, masks)
-        expl, seconds = _timed(
-            lambda: self._call(self.explainer("segmentation"), rows, path, target), self.device
-        )
+
+    def _explain_rows_of(
+        self,
+        image: torch.Tensor,
+        path: Path,
+        rows: Rows,
+        segmentation: Segmentation | None = None,
+    ) -> tuple[Explanation, float]:
+        """Each row of ``image [1, 3, h, w]`` explained (a detection target expands the
+        image to a row per box itself; a segmenter's classes are a row each of the image),
+        over ``segmentation`` (the image's, ``[1, h, w]``) where given; and the seconds."""
+        from gswfast.detections import rows_input
+
+        batch, seg = rows_input(image, rows, segmentation)
+        explainer = self.explainer(self.loaded.kind)
+        return _timed(lambda: self._call(explainer, batch, path, rows.target, seg), self.device)
+
+    def _row_records(
+        self,
+        rows: Rows,
+        expl: Explanation,
+        file_shape: Sequence[int],
+        model_shape: Sequence[int],
+    ) -> list[dict[str, Any]]:
+        """The JSON of each row: a box (in the file's pixels) and its score, or a class and
+        its pixels; the row's segment scores."""
+        from gswfast import detections
+
         names = self.loaded.class_names
-        results = [
-            {"pixels": int(masks[row].sum()), **_scores(expl, row, names)}
-            for row in range(len(classes))
+        if rows.found is not None:
+            to_file = (file_shape[0] / model_shape[0], file_shape[1] / model_shape[1])
+            return [
+                {**detections.box_record(rows.found, row, to_file), **_scores(expl, row, names)}
+                for row in range(len(rows.names))
+            ]
+        assert rows.masks is not None  # a segmenter's rows
+        return [
+            {"pixels": int(rows.masks[row].sum()), **_scores(expl, row, names)}
+            for row in range(len(rows.names))
         ]
-        suffixes = [f"class{c}" for c in classes]
-        drawn = self._finish_rows(
-            stem, suffixes, expl, (image, original), results, progress, masks=masks
-        )
-        return {
-            "input": str(path),
-            "method": _method(self.args, "segmentation"),
-            **drawn,
-            "classes": results,
-            "seconds": seconds,
-        }
 
     def _finish_rows(
         self,
         stem: str,
-        suffixes: list[str],
+        rows: Rows,
         expl: Explanation,
         images: tuple[torch.Tensor, torch.Tensor],
-        rows: list[dict[str, Any]],
+        records: list[dict[str, Any]],
         progress: Progress,
-        found: Any = None,
-        masks: torch.Tensor | None = None,
     ) -> dict[str, Any]:
-        """With ``--pictures``, each row's picture (its path in its record of ``rows``) and
-        the sheet; the labels; the record's ``output`` and ``labels``."""
+        """With pictures, each row's (its path in its record) and the sheet; the labels;
+        the image record's ``output`` and ``labels``."""
         image, original = images
         output, written = None, [self._labels_path(stem)]
         try:
             if self.args.pictures:
-                output = self._draw_rows(
-                    stem, suffixes, expl, image, original, found, masks, written
-                )
-                for row, picture in zip(rows, output[1], strict=True):
-                    row["picture"] = picture
-            labels = self._image_labels(stem, expl, suffixes)
+                output = self._draw_rows(stem, rows, expl, image, original, written)
+                for record, picture in zip(records, output[1], strict=True):
+                    record["picture"] = picture
+            labels = self._image_labels(stem, expl, rows.names)
         except BaseException:  # no partial outputs of a failed input
             _remove(*written)
             raise
@@ -923,49 +933,97 @@ class _ExplainJob:
     def _draw_rows(
         self,
         stem: str,
-        suffixes: list[str],
+        rows: Rows,
         expl: Explanation,
         image: torch.Tensor,
         original: torch.Tensor,
-        found: Any = None,
-        masks: torch.Tensor | None = None,
-        written: list[Path] | None = None,
+        written: list[Path],
     ) -> tuple[str, list[str]]:
-        """One picture per row of ``expl`` (a box of ``found``, outlined; or a class, its
-        ``masks`` outlined) as ``<stem>.<suffix>.png``, and all side by side as
+        """One picture per row as ``<stem>.<row name>.png``, and all side by side as
         ``<stem>.png``; returns the sheet's path and the rows'. Each file goes into
         ``written`` before it is written."""
-        written = [] if written is None else written
-        import torch
-
         from gswfast import detections, render, viz
 
         shape = render.picture_shape(original.shape[-2], original.shape[-1], PICTURE_SIDE)
-        if found is not None:
-            drawn = detections.picture_of_boxes(expl, image, found, self.args.top_k, shape)
-        else:
-            assert masks is not None  # a class per row
-            drawn = render.draw_picture(
-                expl,
-                image.expand(expl.segment_scores.shape[0], -1, -1, -1),
-                self.args.top_k,
-                shape=shape,
-            )
-            edge = render.outline(render.resize_nearest(masks, shape)).unsqueeze(1)
-            drawn = torch.where(
-                edge, torch.tensor(255, dtype=drawn.dtype, device=drawn.device), drawn
-            )
-        pictures, paths = [], []
-        for row, picture in enumerate(drawn.cpu()):
-            note = f"box score {float(found.scores[row]):.3g}" if found is not None else None
-            pictures.append(viz.captioned(picture, expl, row, self.loaded.class_names, note=note))
-            paths.append(str(self.folder() / f"{stem}.{suffixes[row]}.png"))
+        pictures = detections.row_pictures(
+            expl, image, rows, self.args.top_k, shape, self.loaded.class_names
+        )
+        paths = []
+        for name, picture in zip(rows.names, pictures, strict=True):
+            paths.append(str(self.folder() / f"{stem}.{name}.png"))
             written.append(Path(paths[-1]))
-            viz.save_png(pictures[-1], paths[-1])
+            viz.save_png(picture, paths[-1])
         sheet = self.folder() / f"{stem}.png"
         written.append(sheet)
         viz.save_png(render.side_by_side(pictures), sheet)
         return str(sheet), paths
+
+    def _rows_video(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
+        """A detector or a segmenter on a video: every ``--stride``-th frame (default 4) as
+        an image, its superpixels warm-started from the last explained frame's (labels
+        stay put where the scene does); the MP4 shows those frames at fps / stride, each a
+        sheet of one column per row (``--boxes`` of them for a detector, grey where a frame
+        has fewer boxes). JSON: a record per explained frame, in ``explanations.json`` or,
+        with ``--stream``, a line each in ``<stem>.timeline.jsonl`` as they finish."""
+        from gswfast.video import MediaError, read_video
+        from gswfast.viz import NpzWriter
+
+        stride = self.args.stride or ROW_STRIDE
+        folder, labels_path = self.folder(), self._labels_path(stem)
+        out = folder / f"{stem}.mp4"
+        timeline_path = folder / f"{stem}.timeline.jsonl" if self.args.stream else None
+        made = [p for p in (out, labels_path, timeline_path) if p is not None]
+        frames_seen, explained, sheet = 0, _FrameRecords(timeline_path), _RowSheet(self)
+        made.append(folder / f"{stem}.gif")
+        try:
+            frames, fps = read_video(path)
+            with (
+                _movie(out, fps / stride, self.args.pictures) as movie,
+                NpzWriter(labels_path) as labels,
+                explained,
+            ):
+                for index, frame in enumerate(frames):
+                    frames_seen += 1
+                    if index % stride == 0:
+                        record = sheet.explain_frame(frame, index, path, labels, movie)
+                        explained.add({"frame": index, **record})
+                        progress.update()
+            if not frames_seen:
+                raise InputFailed(f"{path}: no frame could be decoded")
+            if self.args.pictures:
+                self._save_preview(sheet.preview, stem, fps / stride)
+        except MediaError as error:
+            _remove(*made)
+            raise InputFailed(str(error)) from None
+        except BaseException:  # no partial outputs of a failed input, whatever failed
+            _remove(*made)
+            raise
+        for first, count in sheet.notes.values():  # a line per kind of note, not per frame
+            more = f" (and {count - 1} more frame(s) alike)" if count > 1 else ""
+            progress.write(f"gswfast: note: {first}{more}")
+        return {
+            "input": str(path),
+            "output": str(out) if self.args.pictures else None,
+            "fps": fps,
+            "method": _method(self.args, self.loaded.kind),
+            "stride": stride,
+            "frames_seen": frames_seen,
+            "labels": str(labels_path),
+            **explained.summary(),
+        }
+
+    def _save_preview(self, preview: list[torch.Tensor], stem: str, fps: float) -> None:
+        """``<stem>.gif``: the first 64 frames of a video's pictures ``[3, t, H, W]`` at half
+        their size (Pillow's palettes)."""
+        import torch
+
+        from gswfast import render, viz
+
+        frames = torch.cat(preview, 1)[:, :64]
+        half = (max(1, frames.shape[-2] // 2), max(1, frames.shape[-1] // 2))
+        viz.save_gif(
+            render.resize_frames(frames[None], half)[0], self.folder() / f"{stem}.gif", fps
+        )
 
     def _explain_video(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
         """Window by window: decode, explain, write the pictures to the MP4; memory holds one
@@ -1145,10 +1203,13 @@ class _ExplainJob:
         x: torch.Tensor,
         path: Path,
         target: Any = None,
+        segmentation: Segmentation | None = None,
     ) -> Explanation:
-        """``explainer(x, target)`` (default: ``--target``), a failure reported as the model's."""
+        """``explainer(x, target, segmentation)`` (default: ``--target``, SLIC), a failure
+        reported as the model's."""
         try:
-            expl = explainer(x, self.args.target if target is None else target)
+            target = self.args.target if target is None else target
+            expl = explainer(x, target, segmentation=segmentation)
         except Exception as error:
             raise self._model_error(error, path, x) from None
         return expl
@@ -1219,34 +1280,163 @@ class _FrameShower:
         self.shown = max(self.shown, start + last)
 
 
-def _check_kind_options(args: argparse.Namespace, kind: str) -> None:
-    """``UserError`` for an option the model's kind does not take: ``--target`` (classes of
-    a classifier), ``--boxes`` and ``--box-threshold`` (detectors), ``--classes``
-    (segmenters)."""
-    given = {
-        "--target": args.target is not None and kind in ("detection", "segmentation"),
-        "--boxes": getattr(args, "boxes", None) is not None and kind != "detection",
-        "--box-threshold": getattr(args, "box_threshold", None) is not None and kind != "detection",
-        "--classes": getattr(args, "classes", None) is not None and kind != "segmentation",
-    }
-    wrong = next((flag for flag, refused in given.items() if refused), None)
-    if wrong is not None:
+SHEET_WIDTH = 3840  # a video's sheet at most this wide (4K); libx264 refuses 16384 and more
+
+
+def sheet_side(columns: int, gap: int = 4) -> int:
+    """The longer side of each picture of a video's sheet of ``columns`` columns:
+    ``PICTURE_SIDE``, or less so that the sheet fits ``SHEET_WIDTH``; ``UserError`` when
+    that leaves under 32 pixels (``--boxes`` or ``--classes`` asks too many columns)."""
+    side = min(PICTURE_SIDE, (SHEET_WIDTH - gap * (columns - 1)) // columns)
+    if side < 32:
+        most = (SHEET_WIDTH + gap) // (32 + gap)
         raise UserError(
-            f"{wrong}: not for a {'classifier' if kind in ('image', 'video', 'any') else kind + ' model'} "
-            f"({args.model}): --target is a classifier's, --boxes and --box-threshold a "
-            "detector's, --classes a segmenter's"
+            f"--boxes/--classes: {columns} columns do not fit a video's pictures (at most {most}); "
+            "explain fewer rows, or pass --no-pictures"
         )
+    return side
 
 
-def _most_given_class(predicted: torch.Tensor, classes: int) -> int:
-    """The class the model gives the most pixels of ``predicted [H, W]``, class 0 (the
-    background of torchvision's segmenters) aside unless it is the only one."""
+def _add_labels(
+    writer: NpzWriter, expl: Explanation, rows: Sequence[str] = (), frame: int | None = None
+) -> None:
+    """The segment ids of ``expl``: one array (``labels``, or ``frame_<frame>`` for a
+    video's frame), or, when its ``rows`` (a detector's boxes, a segmenter's classes, a
+    name each) have segments of their own (``--swag`` builds them per row), one array per
+    row under its name (``frame_<frame>_<name>`` for a video's frame)."""
     import torch
 
-    counts = torch.bincount(predicted.flatten().cpu(), minlength=classes)
-    if classes > 1 and int(counts[1:].sum()) > 0:
-        return 1 + int(counts[1:].argmax())
-    return 0
+    shared = all(torch.equal(expl.labels[0], row) for row in expl.labels[1:])
+    if shared or not rows:
+        writer.add("labels" if frame is None else f"frame_{frame}", expl.labels[0].int())
+        return
+    for name, row in zip(rows, expl.labels, strict=True):
+        writer.add(name if frame is None else f"frame_{frame}_{name}", row.int())
+
+
+class _FrameRecords:
+    """The records of a video's explained frames: kept for ``explanations.json``, or, with
+    a ``timeline`` path (``--stream``), written there a JSON line each as they come."""
+
+    def __init__(self, timeline: Path | None) -> None:
+        self.timeline, self.count = timeline, 0
+        self.records: list[dict[str, Any]] = []
+        self._file: TextIO | None = None
+
+    def __enter__(self) -> _FrameRecords:
+        if self.timeline is not None:
+            self._file = open(self.timeline, "w", encoding="utf-8")  # closed by __exit__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        if self._file is None:
+            self.records.append(record)
+        else:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()  # a live reader sees each frame as it finishes
+
+    def summary(self) -> dict[str, Any]:
+        if self.timeline is None:
+            return {"frames_explained": self.count, "frames": self.records}
+        return {"frames_explained": self.count, "timeline": str(self.timeline)}
+
+
+class _RowSheet:
+    """A detector's or a segmenter's video, frame by frame: each explained frame's rows, its
+    superpixels warm-started from the previous explained frame's, its sheet in the MP4."""
+
+    def __init__(self, job: _ExplainJob) -> None:
+        self.job = job
+        self.previous: Segmentation | None = None  # the last explained frame's superpixels
+        self.preview: list[torch.Tensor] = []  # the first 64 sheets, for the GIF
+        self.notes: dict[str, tuple[str, int]] = {}  # per note less its frame: (first, count)
+        detector = job.loaded.kind == "detection"
+        self.columns = job.boxes if detector else len(job.args.classes or [0])
+        self.empty = "no box" if detector else "no class"
+        self.side = sheet_side(self.columns) if job.args.pictures else PICTURE_SIDE
+
+    def explain_frame(
+        self,
+        frame: torch.Tensor,
+        index: int,
+        path: Path,
+        labels: NpzWriter,
+        movie: Mp4Writer | None,
+    ) -> dict[str, Any]:
+        """Frame ``index`` (uint8 ``[3, H, W]``) explained: its labels added to ``labels``,
+        its sheet to ``movie``; returns its record (without the frame number)."""
+        from gswfast import detections, render
+
+        job = self.job
+        shape = render.picture_shape(frame.shape[-2], frame.shape[-1], job.size)
+        image = render.resize_frames(frame[None], shape).to(job.device)
+        where = f"{path} frame {index}"
+        rows = job._rows_of(image, path, where)
+        for note in rows.notes:
+            first, count = self.notes.get(note.removeprefix(where), (note, 0))
+            self.notes[note.removeprefix(where)] = (first, count + 1)
+        pictures: list[torch.Tensor] = []
+        if rows.target is None:
+            assert rows.found is not None  # a segmenter always has a row
+            record: dict[str, Any] = {"boxes": [], "best_score": round(rows.found.best, 6)}
+        else:
+            expl, seconds = job._explain_rows_of(image, path, rows, self._segment(image))
+            records = job._row_records(rows, expl, frame.shape[-2:], image.shape[-2:])
+            _add_labels(labels, expl, rows.names, frame=index)
+            record = {job._rows_key(): records, "seconds": seconds}
+            if movie is not None:
+                pictures = detections.row_pictures(
+                    expl,
+                    image,
+                    rows,
+                    job.args.top_k,
+                    self._picture_shape(frame),
+                    job.loaded.class_names,
+                )
+        if movie is not None:
+            self._show(movie, image, pictures, self._picture_shape(frame))
+        return record
+
+    def _picture_shape(self, frame: torch.Tensor) -> tuple[int, int]:
+        from gswfast import render
+
+        return render.picture_shape(frame.shape[-2], frame.shape[-1], self.side)
+
+    def _segment(self, image: torch.Tensor) -> Segmentation | None:
+        """``image``'s superpixels, warm-started from the last explained frame's; None with
+        ``--swag`` (its segments follow each row's attribution)."""
+        from gswfast.explain import DEFAULT_SEGMENTS
+        from gswfast.segmentation import slic
+
+        if self.job.args.swag:
+            return None
+        n_segments = self.job.args.segments or DEFAULT_SEGMENTS[4]
+        seg = slic(image, n_segments=n_segments, compactness=10.0, init=self.previous)
+        self.previous = seg
+        return seg
+
+    def _show(
+        self,
+        movie: Mp4Writer,
+        image: torch.Tensor,
+        pictures: list[torch.Tensor],
+        shape: tuple[int, int],
+    ) -> None:
+        """The frame's sheet: its rows' pictures, then grey columns up to ``columns``."""
+        from gswfast import detections, render
+
+        blank = [detections.empty_picture(image, shape, self.empty)] * (
+            self.columns - len(pictures)
+        )
+        sheet = render.side_by_side(pictures + blank)[:, None]  # [3, 1, H, W]
+        movie.write(sheet)
+        if sum(p.shape[1] for p in self.preview) < 64:
+            self.preview.append(sheet)
 
 
 def _remove(*paths: Path) -> None:
@@ -1317,6 +1507,9 @@ def _run_dataset(args: argparse.Namespace) -> int:
         target=args.target,
         seed=args.seed,
         layer=args.layer,
+        boxes=args.boxes,
+        box_threshold=args.box_threshold,
+        classes=args.classes,
         pictures=args.pictures,
         overwrite=args.overwrite,
         **sampling_options(args),

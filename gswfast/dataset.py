@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from gswfast import render, viz
+from gswfast.detections import Rows
 from gswfast.explain import Explainer, Explanation
 from gswfast.models import (
     check_video_input,
@@ -47,7 +48,10 @@ from gswfast.models import (
 from gswfast.options import (
     DEFAULT_METHODS,
     PICTURE_SIDE,
+    ROW_KINDS,
+    ROW_STRIDE,
     UserError,
+    check_kind_options,
     check_method,
     failure_line,
     make_out_folder,
@@ -76,11 +80,13 @@ Share = Callable[[dict[str, int]], list[dict[str, int]]]
 
 @dataclass(frozen=True)
 class Item:
-    """One unit of work: an image, or one window (``start``) of a video."""
+    """One unit of work: an image, or one window (``start``) of a video, or with ``still``
+    one frame (``start``) of a video (a detector's or a segmenter's items)."""
 
     key: str
     path: Path
     start: int | None = None
+    still: bool = False
 
     @property
     def is_video(self) -> bool:
@@ -95,12 +101,14 @@ def list_items(
     world: int = 1,
     share: Share | None = None,
     exclude: str | Path | None = None,
+    stills: bool = False,
 ) -> list[Item]:
     """The work items of ``source``, in a deterministic order (sorted paths, then windows;
     the last window of a video is aligned to its end). A video that cannot be opened, or
     is shorter than a window, becomes one item, which fails with its reason. A folder's
     files under ``exclude`` (the job's ``out/items``, when it lies inside ``source``) are
-    left out.
+    left out. ``stills``: a video's items are single frames ``stride`` apart (``frames``
+    is then 1), as a detector's or a segmenter's.
 
     ``rank``/``world``/``share``: under torchrun each rank counts the frames of its share
     of the videos without a frame count in their header, and ``share`` (all-gather) gives
@@ -116,8 +124,9 @@ def list_items(
         if kind != "video":
             items.append(Item(name, path))
             continue
-        starts = window_starts(counts[path], frames, stride or frames) or [0]
-        items.extend(Item(f"{name}@{start:07d}", path, start) for start in starts)
+        # a detector's frames: every stride-th from 0 (as gswfast explain picks them)
+        starts = window_starts(counts[path], frames, stride or frames, tail=not stills) or [0]
+        items.extend(Item(f"{name}@{start:07d}", path, start, stills) for start in starts)
     return items
 
 
@@ -138,6 +147,9 @@ def explain_dataset(
     target: int | None = None,
     seed: int = 0,
     layer: str | None = None,
+    boxes: int | None = None,
+    box_threshold: float | None = None,
+    classes: list[int] | None = None,
     pictures: bool = False,
     overwrite: bool = False,
     device: str = "auto",
@@ -146,7 +158,11 @@ def explain_dataset(
 ) -> dict[str, Any] | None:
     """Explains every item of ``source`` into ``out``; returns the manifest on rank 0 (None
     on the other ranks). ``method`` None: integrated gradients for image models, Grad-CAM
-    for video models. See the module docstring."""
+    for video models, input x gradient for detectors and segmenters. A detector's items
+    (its best ``boxes``, default 3, scored ``box_threshold`` or more, default 0.5) and a
+    segmenter's (each of ``classes``, default the class given the most pixels) are
+    explained a row per box or class (``_write_rows``), videos frame by frame, ``stride``
+    (default 4) frames apart. See the module docstring."""
     for name, value in (
         ("batch_size", batch_size),
         ("frames", frames),
@@ -160,14 +176,15 @@ def explain_dataset(
     try:
         target_device = resolve_device(device, local_rank)
         loaded = load_model(model, arch, weights, seed=seed)
-        if loaded.kind in ("detection", "segmentation"):
-            raise UserError(
-                f"--model {model}: explain-dataset does not take {loaded.kind} models yet; "
-                "gswfast explain takes them, image by image"
-            )
-        method = check_method(
-            method or DEFAULT_METHODS["video" if loaded.kind == "video" else "image"]
-        )
+        check_kind_options(loaded.kind, model, target, boxes, box_threshold, classes)
+        _check_row_options(boxes, box_threshold, classes)
+        by_rows = loaded.kind in ROW_KINDS
+        if by_rows:
+            frames, stride = 1, stride or ROW_STRIDE
+        if loaded.kind == "detection":
+            boxes = 3 if boxes is None else boxes
+            box_threshold = 0.5 if box_threshold is None else box_threshold
+        method = check_method(method or DEFAULT_METHODS.get(loaded.kind, DEFAULT_METHODS["image"]))
         options = dict(method_options, **layer_option(layer, method))
         size = size or default_size(model, arch, loaded.kind)
         if loaded.kind == "video":
@@ -186,8 +203,13 @@ def explain_dataset(
             frames=frames,
             stride=stride or frames,
             target=target,
+            **(dict(boxes=boxes, box_threshold=box_threshold, classes=classes) if by_rows else {}),
         )
         out = Path(out)
+        if loaded.kind == "segmentation" and classes:  # before the settings are recorded
+            _check_classes(
+                loaded.module, classes, normaliser(normalize, loaded.normalisation, "cpu")
+            )
         _check_settings(out, settings, overwrite)
         if loaded.random_weights and rank == 0 and not quiet:
             print(
@@ -203,6 +225,7 @@ def explain_dataset(
             world,
             lambda value: _all_gather(value, world, group),
             exclude=out / "items",
+            stills=by_rows,
         )
         folder = make_out_folder(out / "items")
         _barrier(
@@ -210,17 +233,15 @@ def explain_dataset(
         )  # every rank has checked the old settings before rank 0 records the new ones
         if rank == 0:
             _write_json(out / "settings.json", settings)
+        module = loaded.module.to(target_device)
+        preprocess = normaliser(normalize, loaded.normalisation, target_device)
         explainer = command_explainer(
-            loaded.module.to(target_device),
-            method,
-            n_segments=segments,
-            preprocess=normaliser(normalize, loaded.normalisation, target_device),
-            **options,
+            module, method, n_segments=segments, preprocess=preprocess, **options
         )
         shard = [item for i, item in enumerate(items) if i % world == rank]
         mine = [item for item in shard if not _finished(folder, item, settings, pictures)]
         progress = _RankProgress(out, rank, world, len(items), len(shard) - len(mine), quiet)
-        work = _Work(
+        work = (_RowWork if by_rows else _Work)(
             explainer,
             folder,
             size,
@@ -234,6 +255,10 @@ def explain_dataset(
             progress,
             loaded.class_names,
         )
+        if isinstance(work, _RowWork):
+            work.rows_of = _rows_function(
+                module, loaded.kind, boxes, box_threshold, classes, preprocess
+            )
         work.run(_refuse_other_kind(mine, loaded.kind, model, folder))
         _barrier(world, group)
         manifest = _write_manifest(out, items, world, settings) if rank == 0 else None
@@ -337,10 +362,7 @@ class _Work:
         try:
             expl = self.explainer(x, self.target)
         except Exception as error:  # any type: the items fail, the job goes on
-            if isinstance(error, (ValueError, RuntimeError)) and str(error).startswith(
-                ("target:", "layer:", "n_samples:", "design:")
-            ):  # the same for every item: stop the job
-                raise UserError(str(error)) from None
+            _stop_on_option_mistake(error)
             if len(items) > 1:  # one bad input (NaN scores, say) fails alone
                 for b, item in enumerate(items):
                     self._explain([item], x[b : b + 1], sizes[b : b + 1])
@@ -376,11 +398,160 @@ class _Work:
                     viz.save_gif(picture, _picture(self.folder, item))
 
 
+class _RowWork(_Work):
+    """A detector's or a segmenter's items: each image or video frame on its own (they
+    keep their aspect ratio, so sizes differ), its longer side ``size``, explained a row
+    per box or class, the rows batched (``gswfast.detections``)."""
+
+    rows_of: Callable[[torch.Tensor, str], Rows]  # set by explain_dataset
+
+    def _images(self, batch: Sequence[Item]) -> None:
+        for item in batch:
+            try:
+                image = read_image(item.path)
+            except MediaError as error:
+                _fail(self.folder, item, str(error))
+                continue
+            self._explain_rows(item, image)
+
+    def _video(self, path: Path, items: Sequence[Item]) -> None:
+        """Decodes the video once, explaining this rank's frames as they come."""
+        wanted = {item.start: item for item in items if item.start is not None}  # all frames
+        last = max(wanted)
+        try:
+            frames, _ = read_video(path)
+            for index, frame in enumerate(frames):
+                if index in wanted:
+                    self._explain_rows(wanted.pop(index), frame)
+                    self.progress.add(1)
+                if index >= last:
+                    break
+        except MediaError as error:
+            for item in wanted.values():
+                _fail(self.folder, item, str(error))
+            self.progress.add(len(wanted))
+            return
+        for item in wanted.values():
+            _fail(self.folder, item, f"{path}: no frame {item.start}")
+        self.progress.add(len(wanted))
+
+    def _explain_rows(self, item: Item, original: torch.Tensor) -> None:
+        """``original [3, H, W]`` (uint8, the file's size) at the model's size, its rows
+        found and explained; the result (and the picture) written."""
+        from gswfast.detections import rows_input
+
+        shape = render.picture_shape(original.shape[-2], original.shape[-1], self.size)
+        image = render.resize_frames(original[None], shape).to(self.device)
+        where = str(item.path) if item.start is None else f"{item.path} frame {item.start}"
+        begin = time.perf_counter()
+        try:
+            rows = self.rows_of(image, where)
+            expl = None
+            if rows.target is not None:
+                batch, _ = rows_input(image, rows)  # no segmentation given: SLIC's
+                begin = time.perf_counter()  # the explanation's time, as gswfast explain's
+                expl = self.explainer(batch, rows.target)
+        except UserError:
+            raise  # --classes out of range: the same for every item
+        except Exception as error:  # any type: the item fails, the job goes on
+            _stop_on_option_mistake(error)
+            _fail(self.folder, item, failure_line(error))
+            return
+        seconds = time.perf_counter() - begin
+        sizes = (tuple(original.shape[-2:]), tuple(image.shape[-2:]))
+        _write_rows(self.folder, item, rows, expl, seconds, self.settings, sizes)
+        if self.pictures:
+            self._draw_rows(item, rows, expl, image, original)
+
+    def _draw_rows(
+        self,
+        item: Item,
+        rows: Rows,
+        expl: Explanation | None,
+        image: torch.Tensor,
+        original: torch.Tensor,
+    ) -> None:
+        """``<item>.png``: its rows' pictures side by side, as ``gswfast explain`` draws its
+        sheet (a grey picture when it has no row)."""
+        from gswfast import detections
+
+        shape = render.picture_shape(original.shape[-2], original.shape[-1], PICTURE_SIDE)
+        if expl is None:
+            pictures = [detections.empty_picture(image, shape, "no box")]
+        else:
+            pictures = detections.row_pictures(expl, image, rows, 3, shape, self.class_names)
+        viz.save_png(render.side_by_side(pictures), _picture(self.folder, item))
+
+
+def _rows_function(
+    model: torch.nn.Module,
+    kind: str,
+    boxes: int | None,
+    box_threshold: float | None,
+    classes: list[int] | None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> Callable[[torch.Tensor, str], Rows]:
+    """The rows of an image ``[1, 3, H, W]`` (named in notes by the string): a detector's
+    best ``boxes`` scored ``box_threshold`` or more, or a segmenter's ``classes``."""
+    from gswfast import detections
+
+    if kind == "detection":
+        assert boxes is not None  # resolved by explain_dataset
+        assert box_threshold is not None
+        return lambda image, where: detections.detection_rows(
+            model, image, boxes, box_threshold, where
+        )
+    return lambda image, where: detections.segmentation_rows(
+        model, image, classes, preprocess, where
+    )
+
+
+def _check_row_options(
+    boxes: int | None, box_threshold: float | None, classes: list[int] | None
+) -> None:
+    """``UserError`` for a detector's or a segmenter's option out of its range."""
+    if boxes is not None and (not isinstance(boxes, int) or isinstance(boxes, bool) or boxes < 1):
+        raise UserError(f"--boxes: expected an int >= 1, got {boxes!r}")
+    if box_threshold is not None and not (
+        isinstance(box_threshold, (int, float)) and 0.0 <= box_threshold <= 1.0
+    ):
+        raise UserError(f"--box-threshold: expected a number from 0 to 1, got {box_threshold!r}")
+    if classes is not None and not (
+        isinstance(classes, (list, tuple))
+        and classes
+        and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)
+    ):
+        raise UserError(f"--classes: expected a list of classes >= 0, got {classes!r}")
+
+
+def _check_classes(
+    model: torch.nn.Module,
+    classes: list[int],
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> None:
+    """``UserError`` for a class the segmenter does not have (one forward pass of a small
+    grey image on the CPU tells its class count), before a job records its settings."""
+    from gswfast.detections import segmentation_rows
+
+    grey = torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)
+    segmentation_rows(model, grey, classes, preprocess, "a grey probe image")
+
+
+def _stop_on_option_mistake(error: Exception) -> None:
+    """``UserError`` for an error that would be the same for every item (a target, a layer,
+    a method option the model refuses): the job stops instead of failing every item."""
+    if isinstance(error, (ValueError, RuntimeError)) and str(error).startswith(
+        ("target:", "layer:", "n_samples:", "design:")
+    ):
+        raise UserError(str(error)) from None
+
+
 def _refuse_other_kind(items: Sequence[Item], kind: str, model: str, folder: Path) -> list[Item]:
-    """Records images given to a video model (and videos to an image model) as failed."""
+    """Records images given to a video model (and videos to an image model) as failed;
+    detectors and segmenters take both (videos frame by frame)."""
     kept = []
     for item in items:
-        if kind != "any" and item.is_video != (kind == "video"):
+        if kind not in ("any", *ROW_KINDS) and item.is_video != (kind == "video"):
             what = "a video" if item.is_video else "an image"
             _fail(folder, item, f"{what} cannot go through the {kind} model {model}")
         else:
@@ -428,11 +599,74 @@ def _write_result(
         "settings": np.array(json.dumps(settings, sort_keys=True)),
         "input_size": np.array(input_size, dtype=np.int64),
     }
+    _save_npz(folder, item, arrays)
+
+
+def _write_rows(
+    folder: Path,
+    item: Item,
+    rows: Rows,
+    expl: Explanation | None,
+    seconds: float,
+    settings: dict[str, Any],
+    sizes: tuple[tuple[int, ...], tuple[int, ...]],
+) -> None:
+    """``<item>.npz`` of a detector's or a segmenter's item, ``R`` rows (``R`` may be 0: no
+    box worth explaining): ``rows`` (their names, ``box0``... or ``class3``...),
+    ``segment_scores`` float32 ``[R, K]`` and ``ranking`` int32 ``[R, K]`` (-1 past a
+    row's ``num_segments [R]``), ``labels`` int32 ``[H, W]`` at the model's size (``[R, H,
+    W]`` when the rows' segments differ, with ``--swag``), ``target`` int64 ``[R]`` (each
+    row's class); a detector's ``boxes`` float32 ``[R, 4]`` (xyxy in the file's pixels),
+    ``box_scores [R]`` and ``best_score`` (of any box found); a segmenter's ``pixels [R]``
+    (the class's pixels at the model's size); ``seconds``, ``settings``, ``input_size``."""
+    (file_h, file_w), (model_h, model_w) = sizes
+    count = len(rows.names)
+    arrays: dict[str, Any] = {
+        "rows": np.array(rows.names, dtype=str),
+        "seconds": np.float64(seconds),
+        "settings": np.array(json.dumps(settings, sort_keys=True)),
+        "input_size": np.array((file_h, file_w), dtype=np.int64),
+    }
+    if expl is None:
+        arrays.update(
+            segment_scores=np.zeros((0, 0), np.float32),
+            ranking=np.zeros((0, 0), np.int32),
+            num_segments=np.zeros(0, np.int64),
+            labels=np.zeros((0, model_h, model_w), np.int32),
+            target=np.zeros(0, np.int64),
+        )
+    else:
+        host = _BatchOnHost.of(expl)
+        width = np.arange(host.ranking.shape[1])[None] < host.num_segments[:, None]
+        shared = all(np.array_equal(host.labels[0], row) for row in host.labels[1:])
+        arrays.update(
+            segment_scores=host.segment_scores.astype(np.float32),
+            ranking=np.where(width, host.ranking, -1).astype(np.int32),
+            num_segments=host.num_segments.astype(np.int64),
+            labels=(host.labels[0] if shared else host.labels).astype(np.int32),
+            target=host.target.astype(np.int64),
+        )
+    if rows.found is not None:
+        scale = np.array([file_w / model_w, file_h / model_h] * 2, np.float32)
+        arrays.update(
+            boxes=rows.found.boxes.cpu().numpy().astype(np.float32).reshape(count, 4) * scale,
+            box_scores=rows.found.scores.cpu().numpy().astype(np.float32),
+            best_score=np.float32(rows.found.best),
+        )
+    else:
+        assert rows.masks is not None  # a segmenter's rows
+        arrays["pixels"] = rows.masks.flatten(1).sum(1).cpu().numpy().astype(np.int64)
+    _save_npz(folder, item, arrays)
+
+
+def _save_npz(folder: Path, item: Item, arrays: dict[str, Any]) -> None:
+    """``<item>.npz`` written atomically (a reader sees the whole file or none), and the
+    item's old failure removed."""
     final = folder / f"{item.key}.npz"
     temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     with open(temporary, "wb") as handle:
         np.savez_compressed(handle, **arrays)
-    os.replace(temporary, final)  # atomic: a reader sees the whole file or none
+    os.replace(temporary, final)
     (folder / f"{item.key}.failed.json").unlink(missing_ok=True)
 
 
@@ -451,7 +685,7 @@ def _finished(folder: Path, item: Item, settings: dict[str, Any], pictures: bool
 
 
 def _picture(folder: Path, item: Item) -> Path:
-    return folder / f"{item.key}{'.gif' if item.is_video else '.png'}"
+    return folder / f"{item.key}{'.gif' if item.is_video and not item.still else '.png'}"
 
 
 def _item_settings(path: Path) -> dict[str, Any] | None:
@@ -521,7 +755,7 @@ def _write_manifest(
                 row.update(
                     status="done",
                     output=str(done),
-                    target=int(data["target"]),
+                    target=data["target"].tolist(),  # a class; a list for rows
                     seconds=float(data["seconds"]),
                     input_size=data["input_size"].tolist() if "input_size" in data else None,
                     model_size=list(data["labels"].shape[-2:]),

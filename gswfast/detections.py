@@ -1,13 +1,16 @@
-"""What the command does with object detectors: find the boxes worth explaining, name them
-as a ``DetectionTarget``, and draw each box's explanation with the box on it.
+"""What the command and explain-dataset do with object detectors and semantic segmenters:
+choose the rows worth explaining (a detector's best boxes, as a ``DetectionTarget``; a
+segmenter's classes over the pixels it gives them, as a ``SegmentationTarget``), and draw
+each row's explanation with its box or its mask outlined.
 
-The API side is ``gsw.DetectionTarget`` (``gswfast.attribution.targets``); this module only
-chooses boxes and draws them, for ``gswfast explain`` with a torchvision detector.
+The API side is ``gsw.DetectionTarget`` and ``gsw.SegmentationTarget``
+(``gswfast.attribution.targets``); this module only chooses rows and draws them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,10 @@ from torch import Tensor, nn
 
 from gswfast import render
 from gswfast.attribution import model_session
-from gswfast.attribution.targets import DetectionTarget
+from gswfast.attribution.targets import DetectionTarget, SegmentationTarget, segmentation_maps
 from gswfast.checks import unit_float
+from gswfast.options import UserError
+from gswfast.segmentation import Segmentation
 
 BOX_COLOUR = (255, 255, 255)  # the explained box, over the heat and the boundaries
 
@@ -55,6 +60,130 @@ def detect(model: nn.Module, image: Tensor, count: int, threshold: float) -> Det
         best=float(scores.max()) if scores.numel() else 0.0,
         found=int(scores.numel()),
     )
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What one image of a detector or a segmenter is explained by, a row each: ``names``
+    (``box0``, ``box1``... or ``class3``...), the ``target`` (None: no row, ``notes`` say
+    why), the detector's boxes ``found`` or the segmenter's ``classes`` and their pixel
+    ``masks`` bool ``[R, H, W]``. ``notes``: what the user should hear about the rows."""
+
+    names: list[str]
+    target: DetectionTarget | SegmentationTarget | None
+    found: Detections | None = None
+    classes: list[int] = field(default_factory=list)
+    masks: Tensor | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def detection_rows(
+    model: nn.Module, image: Tensor, count: int, threshold: float, where: str
+) -> Rows:
+    """The rows of a detector on ``image [1, 3, H, W]``: its best ``count`` boxes scored
+    ``threshold`` or more (``where`` names the image in the notes)."""
+    found = detect(model, image, count, threshold)
+    if found.boxes.shape[0]:
+        names = [f"box{row}" for row in range(found.boxes.shape[0])]
+        return Rows(names, found.target(), found=found)
+    note = (
+        f"{where}: no box scored {threshold} or more (the best: {found.best:.3g}); lower "
+        "--box-threshold to explain it"
+        if found.found
+        else f"{where}: the model found no box at all"
+    )
+    return Rows([], None, found=found, notes=[note])
+
+
+def segmentation_rows(
+    model: nn.Module,
+    image: Tensor,
+    classes: Sequence[int] | None,
+    preprocess: Callable[[Tensor], Tensor] | None,
+    where: str,
+) -> Rows:
+    """The rows of a segmenter on ``image [1, 3, H, W]``: each of ``classes`` (default: the
+    class given the most pixels, background aside) over the pixels the model gives it.
+    ``UserError`` for a class the model does not have."""
+    with model_session(model, True), torch.no_grad():
+        x = unit_float(image)
+        maps = segmentation_maps(model(x if preprocess is None else preprocess(x)))
+    predicted, count = maps.argmax(1)[0], maps.shape[1]  # [H, W], classes
+    chosen = list(classes) if classes else [most_given_class(predicted, count)]
+    wrong = [c for c in chosen if c >= count]
+    if wrong:
+        raise UserError(f"--classes {wrong[0]}: out of range for a model with {count} classes")
+    masks = torch.stack([predicted == c for c in chosen])
+    notes = [
+        f"{where}: the model gives class {c} no pixel; its explanation is empty (all scores 0)"
+        for c, mask in zip(chosen, masks, strict=True)
+        if not bool(mask.any())
+    ]
+    target = SegmentationTarget(chosen, masks)
+    return Rows([f"class{c}" for c in chosen], target, classes=chosen, masks=masks, notes=notes)
+
+
+def rows_input(
+    image: Tensor, rows: Rows, segmentation: Segmentation | None = None
+) -> tuple[Tensor, Segmentation | None]:
+    """What the explainer takes for ``rows`` of ``image [1, 3, H, W]`` (and its
+    ``segmentation``, where given): a detection target expands the image to a row per box
+    itself; a segmenter's classes need the image (and its segments) once per class."""
+    if rows.found is not None:
+        return image, segmentation
+    count = len(rows.names)
+    seg = None
+    if segmentation is not None:
+        seg = segmentation.select(torch.zeros(count, dtype=torch.int64))
+    return image.expand(count, -1, -1, -1), seg
+
+
+def most_given_class(predicted: Tensor, classes: int) -> int:
+    """The class the model gives the most pixels of ``predicted [H, W]``, class 0 (the
+    background of torchvision's segmenters) aside unless it is the only one."""
+    counts = torch.bincount(predicted.flatten().cpu(), minlength=classes)
+    if classes > 1 and int(counts[1:].sum()) > 0:
+        return 1 + int(counts[1:].argmax())
+    return 0
+
+
+def row_pictures(
+    expl: Any,
+    image: Tensor,
+    rows: Rows,
+    top_k: int,
+    shape: tuple[int, int],
+    class_names: Sequence[str] | None,
+) -> list[Tensor]:
+    """uint8 ``[3, H', W' + legend]`` per row of ``expl``, captioned: its explanation over
+    ``image [1, 3, H, W]`` at ``shape``, with its box (a detector's, and its score) or its
+    class's pixels (a segmenter's) outlined."""
+    from gswfast import viz
+
+    if rows.found is not None:
+        drawn = picture_of_boxes(expl, image, rows.found, top_k, shape)
+    else:
+        assert rows.masks is not None  # a segmenter's rows
+        drawn = render.draw_picture(
+            expl, image.expand(len(rows.names), -1, -1, -1), top_k, shape=shape
+        )
+        edge = render.outline(render.resize_nearest(rows.masks, shape)).unsqueeze(1)
+        drawn = torch.where(edge, torch.tensor(255, dtype=drawn.dtype, device=drawn.device), drawn)
+    pictures = []
+    for row, picture in enumerate(drawn.cpu()):
+        note = None if rows.found is None else f"box score {float(rows.found.scores[row]):.3g}"
+        pictures.append(viz.captioned(picture, expl, row, class_names, note=note))
+    return pictures
+
+
+def empty_picture(image: Tensor, shape: tuple[int, int], caption: str) -> Tensor:
+    """uint8 ``[3, H', W' + legend]``: ``image [1, 3, H, W]`` in grey at ``shape``, captioned
+    ``caption``: a column of a video's sheet where a frame has fewer rows than others."""
+    from gswfast import viz
+
+    grey = render.luma(render.resize_frames(image.cpu(), shape))[0].expand(3, -1, -1)
+    strip = viz.legend(shape[1], torch.zeros(0), caption)
+    return torch.cat([grey, strip], dim=-2)
 
 
 def draw_boxes(pictures: Tensor, boxes: Tensor, scale: tuple[float, float]) -> Tensor:

@@ -83,9 +83,9 @@ def deletion(
     ``additional_forward_args``: how the model runs, as in ``gsw.explain``.
 
     An explanation of a ``DetectionTarget``'s boxes (one row per box) takes the images it
-    explained, ``inputs [B, ...]``: each row's curve follows its box's D-RISE similarity
-    (IoU times the detector's score, as the region methods score boxes), and ``output``
-    does not apply.
+    explained, ``inputs [B, ...]`` (and a ``baseline`` tensor of one row per image): each
+    row's curve follows its box's D-RISE similarity (IoU times the detector's score, as the
+    region methods score boxes), and ``output`` does not apply.
     """
     model_options = dict(
         preprocess=preprocess,
@@ -203,8 +203,14 @@ def _curve(
     boxes = explanation.info.get("detection")
     if isinstance(boxes, DetectionTarget):  # one row per box: its image, scored by its box
         rows, box_scores = boxes.rows(x.shape[0], x.device, "similarity")
-        if isinstance(baseline, Tensor) and baseline.dim() == x.dim() and len(baseline) == len(x):
-            baseline = baseline.index_select(0, rows.to(baseline.device))  # per image: per box
+        if isinstance(baseline, Tensor):  # one row per image, repeated for each of its boxes
+            if baseline.dim() != x.dim() or len(baseline) != len(x):
+                raise ValueError(
+                    f"baseline: with a DetectionTarget's explanation, expected a tensor of one "
+                    f"row per image [{len(x)}, ...] like inputs (each box takes its image's), "
+                    f"got shape {tuple(baseline.shape)}"
+                )
+            baseline = baseline.index_select(0, rows.to(baseline.device))
         x = x.index_select(0, rows)
     _check_curve_options(x, explanation, steps, output, batch_size, boxes is not None)
     other = stand_in_image(

@@ -65,6 +65,36 @@ def check_method(name: str) -> str:
     return name
 
 
+ROW_KINDS: tuple[str, ...] = ("detection", "segmentation")  # models explained a row per box/class
+ROW_STRIDE = 4  # frames between a detector's or segmenter's explained video frames
+
+
+def check_kind_options(
+    kind: str,
+    model: str,
+    target: int | None,
+    boxes: int | None,
+    box_threshold: float | None,
+    classes: list[int] | None,
+) -> None:
+    """``UserError`` for an option the model's ``kind`` does not take: ``--target`` (classes
+    of a classifier), ``--boxes`` and ``--box-threshold`` (detectors), ``--classes``
+    (segmenters)."""
+    given = {
+        "--target": target is not None and kind in ROW_KINDS,
+        "--boxes": boxes is not None and kind != "detection",
+        "--box-threshold": box_threshold is not None and kind != "detection",
+        "--classes": classes is not None and kind != "segmentation",
+    }
+    wrong = next((flag for flag, refused in given.items() if refused), None)
+    if wrong is not None:
+        what = "classifier" if kind in ("image", "video", "any") else f"{kind} model"
+        raise UserError(
+            f"{wrong}: not for a {what} ({model}): --target is a classifier's, --boxes and "
+            "--box-threshold a detector's, --classes a segmenter's"
+        )
+
+
 def check_method_options(method: str, samples: int | None, design: str | None, swag: bool) -> None:
     """``UserError`` for ``--samples``, ``--design`` or ``--swag`` given to a method that
     does not take it."""

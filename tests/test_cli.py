@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from helpers import tiny_hf_vit
 from gswfast.cli import main
 from gswfast.demo import action_clips, shape_images
 from gswfast.demo.models import ShapeNet, load
-from gswfast.options import CAM_METHODS
+from gswfast.options import CAM_METHODS, UserError
 from gswfast.viz import LEGEND_HEIGHT as LEGEND
 
 pytest.importorskip("av")
@@ -1875,13 +1876,205 @@ def test_a_segmenter_explains_classes_over_their_pixels(files, tmp_path, capsys)
     _one_line_error(capsys, "--classes 21: out of range for a model with 21 classes")
 
 
-def test_detection_models_refuse_videos_and_explain_dataset(files, tmp_path, capsys):
-    argv = ["explain", str(files / "action.mp4"), "--model", DETECTOR, "--out", str(tmp_path / "o")]
-    assert main(argv) == 2
-    assert "videos through a detection model are not supported yet" in capsys.readouterr().err
-    argv = ["explain-dataset", str(files / "shape.png"), "--model", DETECTOR]
-    assert main([*argv, "--out", str(tmp_path / "d")]) == 2
-    _one_line_error(capsys, "explain-dataset does not take detection models yet")
+@pytest.fixture(scope="module")
+def moving_scene(tmp_path_factory) -> tuple[Path, torch.Tensor]:
+    """A 12-frame MP4 of a demo detection scene sliding right one pixel per frame (its
+    shapes wrap around the edge), and its true boxes at frame 0 ``[2, 4]``."""
+    from gswfast.demo.data import detection_scenes
+    from gswfast.video import write_mp4
+
+    scene = detection_scenes(1, generator=torch.Generator().manual_seed(2))
+    frames = [torch.roll(scene.images[0], shifts=t, dims=-1) for t in range(12)]
+    path = tmp_path_factory.mktemp("scene") / "scene.mp4"
+    write_mp4((torch.stack(frames, 1) * 255).round().to(torch.uint8), path, fps=8)
+    return path, scene.boxes[0]
+
+
+def test_a_detector_explains_a_video_frame_by_frame_with_warm_started_superpixels(
+    moving_scene, tmp_path
+):
+    import av
+
+    import gswfast as gsw
+    from gswfast.video import read_video
+
+    path, truth = moving_scene
+    out = tmp_path / "out"
+    argv = ["explain", str(path), "--model", "demo:detector", "--boxes", "3", "--stride", "4"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    (record,) = json.loads((out / "explanations.json").read_text())
+    assert (record["stride"], record["frames_seen"], record["frames_explained"]) == (4, 12, 3)
+    assert [f["frame"] for f in record["frames"]] == [0, 4, 8]
+    for frame in record["frames"]:  # both shapes found in every frame, moved with the scene
+        for true_box in truth.tolist():
+            moved = [true_box[0] + frame["frame"], true_box[1], true_box[2] + frame["frame"]]
+            moved.append(true_box[3])
+            nearest = min(
+                max(abs(a - b) for a, b in zip(box["box"], moved, strict=True))
+                for box in frame["boxes"]
+            )
+            assert nearest <= 4
+        for box in frame["boxes"]:
+            assert len(box["segment_scores"]) == len(box["ranking"])
+    with av.open(record["output"]) as movie:  # the explained frames at fps / stride
+        stream = movie.streams.video[0]
+        assert (stream.frames, float(stream.average_rate)) == (3, 2.0)
+        assert (stream.width, stream.height) == (3 * 448 + 2 * 4, 448 + 40)  # 3 columns
+    assert (out / "scene.gif").exists()
+    # Each frame's superpixels are SLIC's warm-started from the last explained frame's:
+    # frame 8's labels are those of the chain 0 -> 4 -> 8 (a cold start on frame 8 differs)
+    labels = np.load(record["labels"])
+    assert sorted(labels.files) == ["frame_0", "frame_4", "frame_8"]
+    frames, _ = read_video(path)
+    kept = [frame[None] for index, frame in enumerate(frames) if index % 4 == 0]
+    seg = None
+    for frame in kept:
+        seg = gsw.slic(frame, n_segments=50, compactness=10.0, init=seg)
+    assert np.array_equal(labels["frame_8"], seg.labels[0].numpy())
+    cold = gsw.slic(kept[-1], n_segments=50, compactness=10.0).labels[0].numpy()
+    assert not np.array_equal(labels["frame_8"], cold)
+
+
+def test_a_detector_streams_a_video_with_a_region_method(moving_scene, tmp_path):
+    path, _ = moving_scene
+    out = tmp_path / "out"
+    argv = ["explain", str(path), "--model", "demo:detector", "--boxes", "2", "--stream"]
+    argv += ["--stride", "6", "--method", "occlusion", "--no-pictures", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    # --frames (a classifier's window) does not bound a detector's stride
+    assert main([*argv, "--stride", "20", "--out", str(tmp_path / "far"), "--quiet"]) == 0
+    (record,) = json.loads((out / "explanations.json").read_text())
+    assert "frames" not in record  # streamed: a line per frame in the timeline
+    lines = Path(record["timeline"]).read_text().splitlines()
+    assert record["frames_explained"] == len(lines) == 2
+    for line, frame in zip(lines, [0, 6], strict=True):
+        entry = json.loads(line)
+        assert entry["frame"] == frame
+        assert len(entry["boxes"]) == 2
+        assert all(any(v != 0 for v in box["segment_scores"]) for box in entry["boxes"])
+    assert not (out / "scene.mp4").exists()
+
+
+def test_a_segmenter_explains_a_video_frame_by_frame(files, tmp_path, capsys):
+    import fractions
+
+    import av
+    from PIL import Image
+
+    out = tmp_path / "out"
+    argv = ["explain", str(files / "short.mp4"), "--model", "torchvision:lraspp_mobilenet_v3_large"]
+    argv += ["--size", "64", "--classes", "0,5", "--stride", "10", "--out", str(out)]
+    assert main(argv) == 0
+    (record,) = json.loads((out / "explanations.json").read_text())
+    assert [f["frame"] for f in record["frames"]] == [0, 10, 20]
+    for frame in record["frames"]:
+        assert [c["target"] for c in frame["classes"]] == [0, 5]
+        assert [c["class"] for c in frame["classes"]] == ["__background__", "bottle"]
+    with Image.open(out / "short.gif") as preview:  # half the sheet of 2 columns
+        assert preview.size == ((2 * 448 + 4) // 2, (448 + 40) // 2)
+    with av.open(record["output"]) as movie:  # 8 fps at stride 10: 4/5 fps, not rounded
+        assert movie.streams.video[0].average_rate == fractions.Fraction(4, 5)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "gswfast: note:" in line]
+    empty = {c["target"] for f in record["frames"] for c in f["classes"] if c["pixels"] == 0}
+    assert len(notes) == len(empty)  # a line per class given no pixel, not one per frame
+    for c in empty:
+        assert sum(f"class {c} no pixel" in note for note in notes) == 1
+
+
+def test_too_many_columns_for_a_videos_pictures_are_refused(moving_scene, tmp_path, capsys):
+    path, _ = moving_scene
+    argv = ["explain", str(path), "--model", "demo:detector", "--boxes", "107"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "107 columns do not fit a video's pictures (at most 106)")
+    argv[-1] = "106"  # the most that fit: each column 32 pixels wide
+    assert main([*argv, "--box-threshold", "0.9", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+
+
+def test_explain_dataset_takes_detectors_and_segmenters(moving_scene, files, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(moving_scene[0], source / "scene.mp4")
+    shutil.copy(files / "shape.png", source / "shape.png")
+    out = tmp_path / "out"
+    argv = ["explain-dataset", str(source), "--model", "demo:detector", "--boxes", "2"]
+    assert main([*argv, "--stride", "5", "--pictures", "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    keys = [item["item"] for item in manifest["items"]]
+    assert keys == [
+        "scene.mp4@0000000",
+        "scene.mp4@0000005",
+        "scene.mp4@0000010",
+        "shape.png",
+    ]  # frames 5 apart from 0, as gswfast explain picks them
+    assert manifest["settings"]["boxes"] == 2
+    assert manifest["settings"]["box_threshold"] == 0.5
+    assert all(item["status"] == "done" for item in manifest["items"])
+    first = np.load(out / "items" / "scene.mp4@0000000.npz")
+    rows = len(first["rows"])
+    assert rows == 2
+    assert first["segment_scores"].shape[0] == first["boxes"].shape[0] == rows
+    assert first["labels"].shape == (96, 96)
+    assert first["ranking"].shape == first["segment_scores"].shape
+    assert manifest["items"][0]["target"] == first["target"].tolist()
+    with Image.open(out / "items" / "scene.mp4@0000000.png") as sheet:
+        assert sheet.size == (2 * 448 + 4, 448 + 40)
+    # a rerun with another --boxes refuses: the results were made with 2
+    assert main([*argv[:-1], "3", "--out", str(out)]) == 2
+    _one_line_error(capsys, "boxes 2 -> 3")
+    out = tmp_path / "segmenter"
+    argv = ["explain-dataset", str(files / "shape.png"), "--model"]
+    argv += ["torchvision:lraspp_mobilenet_v3_large", "--size", "64", "--classes", "0,5"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    result = np.load(out / "items" / "shape.png.npz")
+    assert result["target"].tolist() == [0, 5]
+    assert list(result["rows"]) == ["class0", "class5"]
+    assert result["pixels"].sum() <= 64 * 64
+    # a class the segmenter lacks stops the job before it records its settings, so the
+    # corrected rerun is not refused as "made with other settings"
+    out = tmp_path / "wrong_class"
+    argv[-1] = "50"
+    assert main([*argv, "--out", str(out), "--quiet"]) == 2
+    _one_line_error(capsys, "--classes 50: out of range for a model with 21 classes")
+    assert not (out / "settings.json").exists()
+    argv[-1] = "5"
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"boxes": 0}, "--boxes: expected an int >= 1, got 0"),
+        ({"box_threshold": 1.5}, "--box-threshold: expected a number from 0 to 1, got 1.5"),
+        ({"classes": [-1]}, "--classes: expected a list of classes >= 0, got [-1]"),
+    ],
+)
+def test_explain_dataset_checks_row_options_from_python(files, tmp_path, options, message):
+    from gswfast.dataset import explain_dataset
+
+    model = "demo:detector" if "classes" not in options else "torchvision:lraspp_mobilenet_v3_large"
+    with pytest.raises(UserError, match=re.escape(message)):
+        explain_dataset(files / "shape.png", tmp_path / "out", model, quiet=True, **options)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--boxes", "0", "argument --boxes: expected an int >= 1, got 0"),
+        ("--box-threshold", "-1", "argument --box-threshold: expected a number from 0 to 1"),
+        ("--classes", "2", "--classes: not for a detection model"),
+        ("--target", "2", "--target: not for a detection model"),
+    ],
+)
+def test_explain_dataset_refuses_bad_row_options_in_one_line(
+    files, tmp_path, capsys, flag, value, message
+):
+    argv = ["explain-dataset", str(files / "shape.png"), "--model", "demo:detector", flag, value]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, message)
 
 
 def test_the_demo_detector_finds_and_draws_the_true_boxes_of_a_wide_scene(tmp_path):
@@ -1945,3 +2138,17 @@ def test_box_pictures_never_overwrite_an_input_and_swag_keeps_each_boxs_segments
         assert sorted(labels.files) == ["box0", "box1"]
         for box, name in zip(first["boxes"], ["box0", "box1"], strict=True):
             assert len(box["segment_scores"]) == int(labels[name].max()) + 1
+
+
+def test_a_torchvision_detector_explains_a_short_video(files, tmp_path):
+    out = tmp_path / "out"
+    argv = ["explain", str(files / "short.mp4"), "--model", DETECTOR, "--box-threshold", "0"]
+    argv += ["--boxes", "1", "--stride", "12", "--size", "96", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    (record,) = json.loads((out / "explanations.json").read_text())
+    assert [f["frame"] for f in record["frames"]] == [0, 12]
+    for frame in record["frames"]:
+        (box,) = frame["boxes"]
+        assert isinstance(box["class"], str)  # COCO's names
+        assert all(0 <= v <= 64 for v in box["box"])  # the file's pixels (64 x 64)
+    assert np.load(record["labels"])["frame_12"].shape == (96, 96)

@@ -393,3 +393,21 @@ def test_deletion_and_insertion_follow_each_box():
     assert bool((curve.scores[:, -1] <= 1).all())
     inserted = gsw.metrics.insertion(model, x, expl, steps=3)
     torch.testing.assert_close(inserted.scores[:, -1], start, rtol=1e-4, atol=1e-6)  # all back
+
+
+def test_box_curves_take_a_baseline_tensor_of_one_row_per_image():
+    # Image 0 has two boxes and image 1 none: rows [0, 0], as many as images. A baseline of
+    # one row per image is repeated per box; a baseline of another length is refused
+    # rather than read one way or the other.
+    model, x = _detector(), _images(2)
+    boxes, labels = _top_boxes(model, x, [2, 0])
+    expl = gsw.explain(
+        model, x, method="gradient", target=gsw.DetectionTarget(boxes, labels), n_segments=6
+    )
+    grey = torch.full_like(x, 0.5)
+    grey[1] = 0.0  # image 1's row: never used, it has no box
+    by_tensor = gsw.metrics.deletion(model, x, expl, steps=2, baseline=grey)
+    by_hand = gsw.metrics.deletion(model, x, expl, steps=2, baseline=torch.full_like(x, 0.5))
+    torch.testing.assert_close(by_tensor.scores, by_hand.scores)
+    with pytest.raises(ValueError, match=r"baseline: .* one row per image \[2, \.\.\.\]"):
+        gsw.metrics.deletion(model, x, expl, steps=2, baseline=grey[:1])

@@ -7,9 +7,11 @@ PyAV (FFmpeg) decodes and encodes video; Pillow reads images. Both load on first
 from __future__ import annotations
 
 import collections
+import math
 import queue
 import threading
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -197,6 +199,15 @@ def windows(
         yield index + 1 - length, torch.stack(tuple(recent), 1)
 
 
+def _frame_rate(fps: float) -> Fraction:
+    """``fps`` as the exact fraction a container stores (29.97... as 30000/1001, a
+    detector's 8 fps video at stride 3 as 8/3); 1 for a rate that is not a positive
+    number or under 0.01 (a broken header)."""
+    if not (math.isfinite(fps) and fps >= 0.01):
+        return Fraction(1)
+    return Fraction(fps).limit_denominator(1001)
+
+
 class Mp4Writer:
     """Writes uint8 frames ``[3, T, H, W]`` to an H.264 MP4 as they come (constant memory).
     Odd sizes are padded to even ones, as yuv420p needs.
@@ -212,7 +223,7 @@ class Mp4Writer:
         import av
 
         self._container = av.open(str(path), mode="w")
-        self._stream = self._container.add_stream("libx264", rate=max(1, round(fps)))
+        self._stream = self._container.add_stream("libx264", rate=_frame_rate(fps))
         self._stream.pix_fmt = "yuv420p"
         # x264's "veryfast" preset: 3-4x less encoding time than its default "medium" for
         # pictures of flat segment colours, at the same constant quality (CRF 23)
