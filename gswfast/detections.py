@@ -182,7 +182,7 @@ def empty_picture(image: Tensor, shape: tuple[int, int], caption: str) -> Tensor
     from gswfast import viz
 
     grey = render.luma(render.resize_frames(image.cpu(), shape))[0].expand(3, -1, -1)
-    strip = viz.legend(shape[1], torch.zeros(0), caption)
+    strip = viz.legend(shape[1], None, caption)  # no scores: no colour scale
     return torch.cat([grey, strip], dim=-2)
 
 

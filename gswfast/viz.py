@@ -40,16 +40,21 @@ def save_gif(frames: Tensor, path: str | Path, fps: float = 8.0) -> None:
 LEGEND_HEIGHT = 40  # rows of the strip under the command's pictures
 
 
-def legend(width: int, scores: Tensor, caption: str) -> Tensor:
+def legend(width: int, scores: Tensor | None, caption: str) -> Tensor:
     """uint8 ``[3, LEGEND_HEIGHT, width]``, a strip to put under a picture: ``caption`` (the class,
     its score), then the colour scale of one sample's segment ``scores [K]`` as the
     picture colours them (``render.color_scores``: diverging around zero when a score is
-    negative, else sequential from zero to the largest), its ends and middle labelled."""
+    negative, else sequential from zero to the largest), its ends and middle labelled;
+    the caption alone when ``scores`` is None (a picture without an explanation)."""
     import torch
     from PIL import Image, ImageDraw
 
     from gswfast import render
 
+    if scores is None:
+        strip = Image.new("RGB", (width, LEGEND_HEIGHT), (32, 32, 32))
+        ImageDraw.Draw(strip).text((3, 1), caption, fill=(240, 240, 240), font=_font(11))
+        return torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)
     scores = scores.detach().float().cpu()
     scale, signed = 0.0, False
     if scores.numel():

@@ -936,7 +936,6 @@ def test_version_and_fast_argument_checks(tmp_path):
         (["explain", "x.png", "--segments", "0"], 2, "--segments: expected an int >= 1"),
         (["explain", "x.png", "--top-k", "-1"], 2, "--top-k: expected an int >= 0"),
         (["explain", "x.png", "--size", "0"], 2, "--size: expected an int from 1 to 4096"),
-        (["explain", "x.mp4", "--stream", "--frames", "4", "--stride", "10"], 2, "--stride 10"),
         (["explain", "x.png", "--method", "gradient", "--samples", "4"], 2, "--samples: only"),
         (["explain", "x.png", "--target", "1" + "0" * 20], 2, "--target: expected an int from"),
         (["explain", "x.png", "--out", str(tmp_path / "f" / "o")], 2, "f is not a folder"),
@@ -1933,6 +1932,14 @@ def test_a_detector_explains_a_video_frame_by_frame_with_warm_started_superpixel
     assert np.array_equal(labels["frame_8"], seg.labels[0].numpy())
     cold = gsw.slic(kept[-1], n_segments=50, compactness=10.0).labels[0].numpy()
     assert not np.array_equal(labels["frame_8"], cold)
+
+
+def test_a_stream_stride_past_the_window_is_refused_for_classifiers_only(files, tmp_path, capsys):
+    # a classifier's stream explains windows of --frames, --stride apart: a stride past the
+    # window would skip frames; a detector explains single frames, so any stride is fine
+    argv = ["explain", str(files / "action.mp4"), "--stream", "--frames", "4", "--stride", "10"]
+    assert main([*argv, "--model", "demo:actions", "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "--stride 10: --stream needs --stride <= --frames (4)")
 
 
 def test_a_detector_streams_a_video_with_a_region_method(moving_scene, tmp_path):
