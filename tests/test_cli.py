@@ -2032,14 +2032,22 @@ def test_explain_dataset_takes_detectors_and_segmenters(moving_scene, files, tmp
     # a rerun with another --boxes refuses: the results were made with 2
     assert main([*argv[:-1], "3", "--out", str(out)]) == 2
     _one_line_error(capsys, "boxes 2 -> 3")
-    out = tmp_path / "segmenter"
-    argv = ["explain-dataset", str(files / "shape.png"), "--model"]
-    argv += ["torchvision:lraspp_mobilenet_v3_large", "--size", "64", "--classes", "0,5"]
+    out = tmp_path / "segmenter"  # the same folder through a segmenter
+    argv = ["explain-dataset", str(source), "--model", "torchvision:lraspp_mobilenet_v3_large"]
+    argv += ["--size", "64", "--stride", "6", "--classes", "0,5"]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
-    result = np.load(out / "items" / "shape.png.npz")
-    assert result["target"].tolist() == [0, 5]
-    assert list(result["rows"]) == ["class0", "class5"]
-    assert result["pixels"].sum() <= 64 * 64
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [item["item"] for item in manifest["items"]] == [
+        "scene.mp4@0000000",
+        "scene.mp4@0000006",
+        "shape.png",
+    ]
+    for item in manifest["items"]:
+        result = np.load(item["output"])
+        assert result["target"].tolist() == item["target"] == [0, 5]
+        assert list(result["rows"]) == ["class0", "class5"]
+        assert result["pixels"].sum() <= 64 * 64
+        assert result["labels"].shape == (64, 64)
     # a class the segmenter lacks stops the job before it records its settings, so the
     # corrected rerun is not refused as "made with other settings"
     out = tmp_path / "wrong_class"
