@@ -2167,3 +2167,17 @@ def test_a_torchvision_detector_explains_a_short_video(files, tmp_path):
         assert isinstance(box["class"], str)  # COCO's names
         assert all(0 <= v <= 64 for v in box["box"])  # the file's pixels (64 x 64)
     assert np.load(record["labels"])["frame_12"].shape == (96, 96)
+
+
+def test_a_video_without_a_decodable_frame_fails_through_a_detector(
+    moving_scene, tmp_path, capsys, monkeypatch
+):
+    # a container whose stream yields no frame (a cut MKV, say): stands in for the decoder
+    import gswfast.video
+
+    monkeypatch.setattr(gswfast.video, "read_video", lambda path: (iter(()), 8.0))
+    out = tmp_path / "out"
+    argv = ["explain", str(moving_scene[0]), "--model", "demo:detector", "--out", str(out)]
+    assert main(argv) == 2  # its only input failed
+    assert "scene.mp4: no frame could be decoded" in capsys.readouterr().err
+    assert not out.exists()  # no MP4, labels or GIF left behind
