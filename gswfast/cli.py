@@ -154,14 +154,17 @@ def _fraction(text: str) -> float:
 
 
 def _class_list(text: str) -> list[int]:
-    """An argparse type: classes separated by commas (``1,3``)."""
+    """An argparse type: distinct classes separated by commas (``1,3``)."""
     parse = _count(0)
     try:
-        return [parse(word.strip()) for word in text.split(",")]
+        classes = [parse(word.strip()) for word in text.split(",")]
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"expected classes >= 0 separated by commas (1,3), got {text!r}"
         ) from None
+    if len(set(classes)) < len(classes):
+        raise argparse.ArgumentTypeError(f"expected distinct classes, got {text!r}")
+    return classes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -538,6 +541,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         media_kind(path) or "image" for path in args.paths
     ]  # other suffixes: Pillow says what they are
     job = _ExplainJob(args)
+    job.check_sheets(kinds)
     results: list[dict[str, Any]] = []
     counts = job.item_counts(args.paths, kinds)
     try:
@@ -703,6 +707,18 @@ class _ExplainJob:
                 counts.append(1)
         return counts
 
+    def columns(self) -> int:
+        """Columns of a detector's or a segmenter's video sheet: a box or a class each."""
+        if self.loaded.kind == "detection":
+            return self.boxes
+        return len(self.args.classes or [0])
+
+    def check_sheets(self, kinds: Sequence[str]) -> None:
+        """``UserError`` before any input is explained when a video's sheet of rows would not
+        fit (``sheet_side``), so no earlier input's outputs are left without their JSON."""
+        if self.args.pictures and self.loaded.kind in ROW_KINDS and "video" in kinds:
+            sheet_side(self.columns())
+
     def progress(self, total: int) -> Progress:
         from gswfast.progress import Progress
 
@@ -827,7 +843,7 @@ class _ExplainJob:
         row each: a picture per row with its box or mask outlined, and a sheet of them all."""
         original, image = self._read_keeping_aspect(path)
         rows = self._rows_of(image, path)
-        for note in rows.notes:
+        for _, note in rows.notes:
             progress.write(f"gswfast: note: {note}")
         record: dict[str, Any] = {
             "input": str(path),
@@ -1354,10 +1370,9 @@ class _RowSheet:
         self.job = job
         self.previous: Segmentation | None = None  # the last explained frame's superpixels
         self.preview: list[torch.Tensor] = []  # the first 64 sheets, for the GIF
-        self.notes: dict[str, tuple[str, int]] = {}  # per note less its frame: (first, count)
-        detector = job.loaded.kind == "detection"
-        self.columns = job.boxes if detector else len(job.args.classes or [0])
-        self.empty = "no box" if detector else "no class"
+        self.notes: dict[str, tuple[str, int]] = {}  # per kind of note: (the first, count)
+        self.columns = job.columns()
+        self.empty = "no box" if job.loaded.kind == "detection" else "no class"
         self.side = sheet_side(self.columns) if job.args.pictures else PICTURE_SIDE
 
     def explain_frame(
@@ -1377,9 +1392,9 @@ class _RowSheet:
         image = render.resize_frames(frame[None], shape).to(job.device)
         where = f"{path} frame {index}"
         rows = job._rows_of(image, path, where)
-        for note in rows.notes:
-            first, count = self.notes.get(note.removeprefix(where), (note, 0))
-            self.notes[note.removeprefix(where)] = (first, count + 1)
+        for kind, note in rows.notes:
+            first, count = self.notes.get(kind, (note, 0))
+            self.notes[kind] = (first, count + 1)
         pictures: list[torch.Tensor] = []
         if rows.target is None:
             assert rows.found is not None  # a segmenter always has a row

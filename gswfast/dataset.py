@@ -2,10 +2,11 @@
 
 ``explain_dataset(source, out, ...)`` (and ``gswfast explain-dataset``) lists the work
 items of ``source`` (a folder of images/videos, or a text file of paths): one per image,
-one per window of each video. Under ``torchrun`` rank ``r`` of ``W`` takes items
-``r, r + W, r + 2W, ...`` of the sorted list, on ``cuda:LOCAL_RANK`` or the CPU (``auto``
-on a build without CUDA kernels). Frame counts come from each video's header where it has
-one; videos without one are counted by one rank each and shared.
+one per window of each video (one per ``stride``-th frame for detectors and segmenters).
+Under ``torchrun`` rank ``r`` of ``W`` takes items ``r, r + W, r + 2W, ...`` of the sorted
+list, on ``cuda:LOCAL_RANK`` or the CPU (``auto`` on a build without CUDA kernels). Frame
+counts come from each video's header where it has one; videos without one are counted by
+one rank each and shared.
 
 Every item's result is written atomically (a temporary file, then a rename) to
 ``out/items/<key>.npz`` (or ``<key>.failed.json`` with the reason), with the job's
@@ -520,8 +521,9 @@ def _check_row_options(
         isinstance(classes, (list, tuple))
         and classes
         and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)
+        and len(set(classes)) == len(classes)
     ):
-        raise UserError(f"--classes: expected a list of classes >= 0, got {classes!r}")
+        raise UserError(f"--classes: expected a list of distinct classes >= 0, got {classes!r}")
 
 
 def _check_classes(

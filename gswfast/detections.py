@@ -67,14 +67,15 @@ class Rows:
     """What one image of a detector or a segmenter is explained by, a row each: ``names``
     (``box0``, ``box1``... or ``class3``...), the ``target`` (None: no row, ``notes`` say
     why), the detector's boxes ``found`` or the segmenter's ``classes`` and their pixel
-    ``masks`` bool ``[R, H, W]``. ``notes``: what the user should hear about the rows."""
+    ``masks`` bool ``[R, H, W]``. ``notes``: what the user should hear about the rows, as
+    ``(kind, text)`` (a video's frames share a kind: one line per kind, not per frame)."""
 
     names: list[str]
     target: DetectionTarget | SegmentationTarget | None
     found: Detections | None = None
     classes: list[int] = field(default_factory=list)
     masks: Tensor | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
 
 def detection_rows(
@@ -86,12 +87,14 @@ def detection_rows(
     if found.boxes.shape[0]:
         names = [f"box{row}" for row in range(found.boxes.shape[0])]
         return Rows(names, found.target(), found=found)
-    note = (
-        f"{where}: no box scored {threshold} or more (the best: {found.best:.3g}); lower "
-        "--box-threshold to explain it"
-        if found.found
-        else f"{where}: the model found no box at all"
-    )
+    if found.found:
+        text = (
+            f"{where}: no box scored {threshold} or more (the best: {found.best:.3g}); lower "
+            "--box-threshold to explain it"
+        )
+        note = ("low boxes", text)
+    else:
+        note = ("no box", f"{where}: the model found no box at all")
     return Rows([], None, found=found, notes=[note])
 
 
@@ -114,8 +117,9 @@ def segmentation_rows(
     if wrong:
         raise UserError(f"--classes {wrong[0]}: out of range for a model with {count} classes")
     masks = torch.stack([predicted == c for c in chosen])
+    empty = "the model gives class {} no pixel; its explanation is empty (all scores 0)"
     notes = [
-        f"{where}: the model gives class {c} no pixel; its explanation is empty (all scores 0)"
+        (f"class {c}", f"{where}: {empty.format(c)}")
         for c, mask in zip(chosen, masks, strict=True)
         if not bool(mask.any())
     ]
@@ -133,8 +137,8 @@ def rows_input(
         return image, segmentation
     count = len(rows.names)
     seg = None
-    if segmentation is not None:
-        seg = segmentation.select(torch.zeros(count, dtype=torch.int64))
+    if segmentation is not None:  # the image's segments, once per class
+        seg = segmentation.select(torch.zeros(count, dtype=torch.int64, device=segmentation.device))
     return image.expand(count, -1, -1, -1), seg
 
 

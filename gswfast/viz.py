@@ -33,8 +33,25 @@ def save_gif(frames: Tensor, path: str | Path, fps: float = 8.0) -> None:
         for f in frames.unbind(1)
     ]
     pictures[0].save(
-        str(path), save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0
+        str(path),
+        save_all=True,
+        append_images=pictures[1:],
+        duration=_gif_duration(fps, len(pictures)),
+        loop=0,
     )
+
+
+GIF_LONGEST_MS = 655_350  # a GIF frame's delay is 16 bits of centiseconds
+
+
+def _gif_duration(fps: float, frames: int) -> int:
+    """Milliseconds per frame at ``fps`` (1 fps for a rate that is not a positive number
+    or under 0.01, as the MP4s), short enough that Pillow, which merges identical frames
+    and adds their delays, never overflows a frame's delay."""
+    import math
+
+    wanted = 1000.0 / fps if math.isfinite(fps) and fps >= 0.01 else 1000.0
+    return max(10, min(round(wanted), GIF_LONGEST_MS // max(1, frames)))
 
 
 LEGEND_HEIGHT = 40  # rows of the strip under the command's pictures

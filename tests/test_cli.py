@@ -1849,6 +1849,7 @@ def test_a_detector_with_no_box_above_the_threshold_says_so(files, tmp_path, cap
         ("--box-threshold", "1.5", "argument --box-threshold: expected a number from 0 to 1"),
         ("--box-threshold", "nan", "argument --box-threshold: expected a number from 0 to 1"),
         ("--classes", "1,x", "argument --classes: expected classes >= 0 separated by commas"),
+        ("--classes", "0,0", "argument --classes: expected distinct classes, got '0,0'"),
     ],
 )
 def test_bad_box_and_class_options_are_one_line(files, tmp_path, capsys, flag, value, message):
@@ -1988,11 +1989,14 @@ def test_a_segmenter_explains_a_video_frame_by_frame(files, tmp_path, capsys):
         assert sum(f"class {c} no pixel" in note for note in notes) == 1
 
 
-def test_too_many_columns_for_a_videos_pictures_are_refused(moving_scene, tmp_path, capsys):
+def test_too_many_columns_for_a_videos_pictures_are_refused(moving_scene, files, tmp_path, capsys):
     path, _ = moving_scene
-    argv = ["explain", str(path), "--model", "demo:detector", "--boxes", "107"]
+    argv = ["explain", str(files / "shape.png"), str(path), "--model", "demo:detector"]
+    argv += ["--boxes", "107", "--box-threshold", "0"]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     _one_line_error(capsys, "107 columns do not fit a video's pictures (at most 106)")
+    assert not (tmp_path / "out").exists()  # refused before the image's pictures were written
+    argv = ["explain", str(path), "--model", "demo:detector", "--boxes", "107"]
     argv[-1] = "106"  # the most that fit: each column 32 pixels wide
     assert main([*argv, "--box-threshold", "0.9", "--out", str(tmp_path / "out"), "--quiet"]) == 0
 
@@ -2064,7 +2068,8 @@ def test_explain_dataset_takes_detectors_and_segmenters(moving_scene, files, tmp
     [
         ({"boxes": 0}, "--boxes: expected an int >= 1, got 0"),
         ({"box_threshold": 1.5}, "--box-threshold: expected a number from 0 to 1, got 1.5"),
-        ({"classes": [-1]}, "--classes: expected a list of classes >= 0, got [-1]"),
+        ({"classes": [-1]}, "--classes: expected a list of distinct classes >= 0, got [-1]"),
+        ({"classes": [1, 1]}, "--classes: expected a list of distinct classes >= 0, got [1, 1]"),
     ],
 )
 def test_explain_dataset_checks_row_options_from_python(files, tmp_path, options, message):
@@ -2169,6 +2174,29 @@ def test_a_torchvision_detector_explains_a_short_video(files, tmp_path):
     assert np.load(record["labels"])["frame_12"].shape == (96, 96)
 
 
+def test_a_detectors_notes_on_a_video_come_once_per_kind(moving_scene, tmp_path, capsys):
+    path, _ = moving_scene
+    argv = ["explain", str(path), "--model", "demo:detector", "--box-threshold", "1"]
+    assert main([*argv, "--stride", "1", "--out", str(tmp_path / "out")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "gswfast: note:" in line]
+    assert len(notes) == 1, notes  # 12 frames, no box above 1 in any: one line
+    assert notes[0].endswith("(and 11 more frame(s) alike)")
+    (record,) = json.loads((tmp_path / "out" / "explanations.json").read_text())
+    assert all(frame["boxes"] == [] for frame in record["frames"])
+
+
+def test_a_slow_gif_never_overflows_a_frames_delay(tmp_path):
+    # Pillow merges identical frames and adds their delays: 12 frames of 60 s each would
+    # pass the 16-bit delay of a GIF frame
+    from PIL import Image
+
+    from gswfast import viz
+
+    viz.save_gif(torch.full((3, 12, 8, 8), 100, dtype=torch.uint8), tmp_path / "s.gif", 1 / 60)
+    with Image.open(tmp_path / "s.gif") as gif:
+        assert gif.info["duration"] <= 655_350
+
+
 def test_a_video_without_a_decodable_frame_fails_through_a_detector(
     moving_scene, tmp_path, capsys, monkeypatch
 ):
@@ -2181,3 +2209,19 @@ def test_a_video_without_a_decodable_frame_fails_through_a_detector(
     assert main(argv) == 2  # its only input failed
     assert "scene.mp4: no frame could be decoded" in capsys.readouterr().err
     assert not out.exists()  # no MP4, labels or GIF left behind
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("model", ["demo:detector", "torchvision:lraspp_mobilenet_v3_large"])
+def test_detector_and_segmenter_videos_run_on_cuda(moving_scene, tmp_path, model):
+    # the frames' warm-started superpixels and a segmenter's rows (the image's segments
+    # selected once per class) stay on the GPU: no tensor of the CPU meets them
+    out = tmp_path / "out"
+    argv = ["explain", str(moving_scene[0]), "--model", model, "--device", "cuda"]
+    argv += (
+        ["--size", "96", "--box-threshold", "0"] if model == "demo:detector" else ["--size", "96"]
+    )
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    (record,) = json.loads((out / "explanations.json").read_text())
+    assert "error" not in record
+    assert record["frames_explained"] == 3
