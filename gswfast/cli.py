@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 from gswfast import __version__
 from gswfast.options import (
     CAM_METHODS,
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_BOXES,
     DEFAULT_METHODS,
     METHOD_NAMES,
     PICTURE_SIDE,
@@ -682,9 +684,9 @@ class _ExplainJob:
         self.preprocess = normaliser(args.normalize, self.loaded.normalisation, self.device)
         self._explainers: dict[str, Explainer | RegionExplainer] = {}
         # a detector's boxes: the best 3 scored 0.5 or more unless --boxes, --box-threshold
-        self.boxes = getattr(args, "boxes", None) or 3
+        self.boxes = getattr(args, "boxes", None) or DEFAULT_BOXES
         threshold = getattr(args, "box_threshold", None)
-        self.box_threshold = 0.5 if threshold is None else threshold
+        self.box_threshold = DEFAULT_BOX_THRESHOLD if threshold is None else threshold
         self._folder_existed = args.out.exists()
 
     def item_counts(self, paths: Sequence[Path], kinds: Sequence[str | None]) -> list[int]:
@@ -778,7 +780,6 @@ class _ExplainJob:
         """``labels``: the image's segment ids; with ``rows`` (a detector's boxes, a
         segmenter's classes, one name each) whose segments differ (``--swag`` builds them
         per row), one array per row under its name instead."""
-
         from gswfast.viz import NpzWriter
 
         path = self._labels_path(stem)
@@ -834,8 +835,7 @@ class _ExplainJob:
             original = read_image(path)
         except MediaError as error:
             raise InputFailed(str(error)) from None
-        shape = render.picture_shape(original.shape[-2], original.shape[-1], self.size)
-        return original, render.resize_frames(original[None], shape).to(self.device)
+        return original, render.resize_keeping_aspect(original[None], self.size).to(self.device)
 
     def _explain_rows(self, path: Path, stem: str, progress: Progress) -> dict[str, Any]:
         """A detector (its best ``--boxes`` boxes scored ``--box-threshold`` or more) or a
@@ -867,14 +867,16 @@ class _ExplainJob:
         fails the input."""
         from gswfast import detections
 
-        where = str(path) if where is None else where
         try:
-            if self.loaded.kind == "detection":
-                return detections.detection_rows(
-                    self.model, image, self.boxes, self.box_threshold, where
-                )
-            return detections.segmentation_rows(
-                self.model, image, self.args.classes, self.preprocess, where
+            return detections.find_rows(
+                self.model,
+                self.loaded.kind,
+                image,
+                str(path) if where is None else where,
+                boxes=self.boxes,
+                box_threshold=self.box_threshold,
+                classes=self.args.classes,
+                preprocess=self.preprocess,
             )
         except UserError:
             raise  # --classes out of range: the same for every input
@@ -988,9 +990,9 @@ class _ExplainJob:
         folder, labels_path = self.folder(), self._labels_path(stem)
         out = folder / f"{stem}.mp4"
         timeline_path = folder / f"{stem}.timeline.jsonl" if self.args.stream else None
-        made = [p for p in (out, labels_path, timeline_path) if p is not None]
+        gif = folder / f"{stem}.gif"
+        made = [p for p in (out, labels_path, timeline_path, gif) if p is not None]
         frames_seen, explained, sheet = 0, _FrameRecords(timeline_path), _RowSheet(self)
-        made.append(folder / f"{stem}.gif")
         try:
             frames, fps = read_video(path)
             with (
@@ -1045,7 +1047,6 @@ class _ExplainJob:
         """Window by window: decode, explain, write the pictures to the MP4; memory holds one
         window (and the first 64 frames for the GIF preview). The last window is aligned to
         the end of the video, so every frame is shown once."""
-        import torch
 
         from gswfast import render, viz
         from gswfast.video import MediaError, read_video, windows
@@ -1095,12 +1096,8 @@ class _ExplainJob:
         if not explained:
             _remove(out, labels_path)
             raise InputFailed(f"{path}: shorter than one window of --frames {self.args.frames}")
-        if self.args.pictures:  # a preview at half the pictures' size (Pillow's palettes)
-            preview = torch.cat(show.preview, 1)[:, :64]
-            half = (max(1, preview.shape[-2] // 2), max(1, preview.shape[-1] // 2))
-            viz.save_gif(
-                render.resize_frames(preview[None], half)[0], self.folder() / f"{stem}.gif", fps
-            )
+        if self.args.pictures:
+            self._save_preview(show.preview, stem, fps)
         return {
             "input": str(path),
             "output": str(out) if self.args.pictures else None,
@@ -1388,8 +1385,8 @@ class _RowSheet:
         from gswfast import detections, render
 
         job = self.job
-        shape = render.picture_shape(frame.shape[-2], frame.shape[-1], job.size)
-        image = render.resize_frames(frame[None], shape).to(job.device)
+        image = render.resize_keeping_aspect(frame[None], job.size).to(job.device)
+        shape = render.picture_shape(frame.shape[-2], frame.shape[-1], self.side)  # pictures'
         where = f"{path} frame {index}"
         rows = job._rows_of(image, path, where)
         for kind, note in rows.notes:
@@ -1406,21 +1403,11 @@ class _RowSheet:
             record = {job._rows_key(): records, "seconds": seconds}
             if movie is not None:
                 pictures = detections.row_pictures(
-                    expl,
-                    image,
-                    rows,
-                    job.args.top_k,
-                    self._picture_shape(frame),
-                    job.loaded.class_names,
+                    expl, image, rows, job.args.top_k, shape, job.loaded.class_names
                 )
         if movie is not None:
-            self._show(movie, image, pictures, self._picture_shape(frame))
+            self._show(movie, image, pictures, shape)
         return record
-
-    def _picture_shape(self, frame: torch.Tensor) -> tuple[int, int]:
-        from gswfast import render
-
-        return render.picture_shape(frame.shape[-2], frame.shape[-1], self.side)
 
     def _segment(self, image: torch.Tensor) -> Segmentation | None:
         """``image``'s superpixels, warm-started from the last explained frame's; None with

@@ -21,12 +21,13 @@ finishes long before the others waits instead of timing out.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from gswfast import render, viz
-from gswfast.detections import Rows
+from gswfast.detections import Rows, find_rows
 from gswfast.explain import Explainer, Explanation
 from gswfast.models import (
     check_video_input,
@@ -47,6 +48,8 @@ from gswfast.models import (
     resolve_device,
 )
 from gswfast.options import (
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_BOXES,
     DEFAULT_METHODS,
     PICTURE_SIDE,
     ROW_KINDS,
@@ -183,8 +186,8 @@ def explain_dataset(
         if by_rows:
             frames, stride = 1, stride or ROW_STRIDE
         if loaded.kind == "detection":
-            boxes = 3 if boxes is None else boxes
-            box_threshold = 0.5 if box_threshold is None else box_threshold
+            boxes = DEFAULT_BOXES if boxes is None else boxes
+            box_threshold = DEFAULT_BOX_THRESHOLD if box_threshold is None else box_threshold
         method = check_method(method or DEFAULT_METHODS.get(loaded.kind, DEFAULT_METHODS["image"]))
         options = dict(method_options, **layer_option(layer, method))
         size = size or default_size(model, arch, loaded.kind)
@@ -257,8 +260,14 @@ def explain_dataset(
             loaded.class_names,
         )
         if isinstance(work, _RowWork):
-            work.rows_of = _rows_function(
-                module, loaded.kind, boxes, box_threshold, classes, preprocess
+            work.rows_of = functools.partial(
+                find_rows,
+                module,
+                loaded.kind,
+                boxes=boxes,
+                box_threshold=box_threshold,
+                classes=classes,
+                preprocess=preprocess,
             )
         work.run(_refuse_other_kind(mine, loaded.kind, model, folder))
         _barrier(world, group)
@@ -333,15 +342,13 @@ class _Work:
             self._explain(loaded, torch.stack(pixels).to(self.device), sizes)
 
     def _video(self, path: Path, items: Sequence[Item]) -> None:
-        """Decodes the video once, explaining this rank's windows as they fill."""
+        """Decodes the video once, explaining this rank's items as their frames come."""
         wanted = {item.start: item for item in items if item.start is not None}  # all videos
         last = max(wanted)
         try:
-            frames, _ = read_video(path)
-            frames, shape = remember_shape(frames)
-            for start, clip in windows(frames, self.frames, self.stride, self.size):
+            for start, explain in self._video_units(path):
                 if start in wanted:
-                    self._explain([wanted.pop(start)], clip[None].to(self.device), shape)
+                    explain(wanted.pop(start))
                     self.progress.add(1)
                 if start >= last:
                     break
@@ -351,8 +358,22 @@ class _Work:
             self.progress.add(len(wanted))
             return
         for item in wanted.values():
-            _fail(self.folder, item, f"{path}: fewer frames than a window of {self.frames}")
+            _fail(self.folder, item, self._missing(path, item))
         self.progress.add(len(wanted))
+
+    def _video_units(self, path: Path) -> Iterator[tuple[int, Callable[[Item], None]]]:
+        """Per window of the video: its first frame, and what explains its item."""
+        frames, _ = read_video(path)
+        frames, shape = remember_shape(frames)
+        for start, clip in windows(frames, self.frames, self.stride, self.size):
+            yield start, functools.partial(self._explain_clip, clip=clip, sizes=shape)
+
+    def _explain_clip(self, item: Item, clip: torch.Tensor, sizes: list[tuple[int, int]]) -> None:
+        self._explain([item], clip[None].to(self.device), sizes)
+
+    def _missing(self, path: Path, item: Item) -> str:
+        """Why ``item`` of ``path`` was never reached."""
+        return f"{path}: fewer frames than a window of {self.frames}"
 
     def _explain(
         self, items: Sequence[Item], x: torch.Tensor, sizes: Sequence[tuple[int, int]]
@@ -415,34 +436,21 @@ class _RowWork(_Work):
                 continue
             self._explain_rows(item, image)
 
-    def _video(self, path: Path, items: Sequence[Item]) -> None:
-        """Decodes the video once, explaining this rank's frames as they come."""
-        wanted = {item.start: item for item in items if item.start is not None}  # all frames
-        last = max(wanted)
-        try:
-            frames, _ = read_video(path)
-            for index, frame in enumerate(frames):
-                if index in wanted:
-                    self._explain_rows(wanted.pop(index), frame)
-                    self.progress.add(1)
-                if index >= last:
-                    break
-        except MediaError as error:
-            for item in wanted.values():
-                _fail(self.folder, item, str(error))
-            self.progress.add(len(wanted))
-            return
-        for item in wanted.values():
-            _fail(self.folder, item, f"{path}: no frame {item.start}")
-        self.progress.add(len(wanted))
+    def _video_units(self, path: Path) -> Iterator[tuple[int, Callable[[Item], None]]]:
+        """Per frame of the video: its index, and what explains its item."""
+        frames, _ = read_video(path)
+        for index, frame in enumerate(frames):
+            yield index, functools.partial(self._explain_rows, original=frame)
+
+    def _missing(self, path: Path, item: Item) -> str:
+        return f"{path}: no frame {item.start}"
 
     def _explain_rows(self, item: Item, original: torch.Tensor) -> None:
         """``original [3, H, W]`` (uint8, the file's size) at the model's size, its rows
         found and explained; the result (and the picture) written."""
         from gswfast.detections import rows_input
 
-        shape = render.picture_shape(original.shape[-2], original.shape[-1], self.size)
-        image = render.resize_frames(original[None], shape).to(self.device)
+        image = render.resize_keeping_aspect(original[None], self.size).to(self.device)
         where = str(item.path) if item.start is None else f"{item.path} frame {item.start}"
         begin = time.perf_counter()
         try:
@@ -482,29 +490,6 @@ class _RowWork(_Work):
         else:
             pictures = detections.row_pictures(expl, image, rows, 3, shape, self.class_names)
         viz.save_png(render.side_by_side(pictures), _picture(self.folder, item))
-
-
-def _rows_function(
-    model: torch.nn.Module,
-    kind: str,
-    boxes: int | None,
-    box_threshold: float | None,
-    classes: list[int] | None,
-    preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> Callable[[torch.Tensor, str], Rows]:
-    """The rows of an image ``[1, 3, H, W]`` (named in notes by the string): a detector's
-    best ``boxes`` scored ``box_threshold`` or more, or a segmenter's ``classes``."""
-    from gswfast import detections
-
-    if kind == "detection":
-        assert boxes is not None  # resolved by explain_dataset
-        assert box_threshold is not None
-        return lambda image, where: detections.detection_rows(
-            model, image, boxes, box_threshold, where
-        )
-    return lambda image, where: detections.segmentation_rows(
-        model, image, classes, preprocess, where
-    )
 
 
 def _check_row_options(

@@ -21,7 +21,7 @@ from gswfast import render
 from gswfast.attribution import model_session
 from gswfast.attribution.targets import DetectionTarget, SegmentationTarget, segmentation_maps
 from gswfast.checks import unit_float
-from gswfast.options import UserError
+from gswfast.options import DEFAULT_BOX_THRESHOLD, DEFAULT_BOXES, UserError
 from gswfast.segmentation import Segmentation
 
 BOX_COLOUR = (255, 255, 255)  # the explained box, over the heat and the boundaries
@@ -76,6 +76,28 @@ class Rows:
     classes: list[int] = field(default_factory=list)
     masks: Tensor | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)
+
+
+def find_rows(
+    model: nn.Module,
+    kind: str,
+    image: Tensor,
+    where: str,
+    *,
+    boxes: int | None = None,
+    box_threshold: float | None = None,
+    classes: Sequence[int] | None = None,
+    preprocess: Callable[[Tensor], Tensor] | None = None,
+) -> Rows:
+    """The rows of ``image [1, 3, H, W]`` for a model of ``kind``: a detector's
+    (``detection_rows``: its best ``boxes``, default 3, scored ``box_threshold`` or more,
+    default 0.5) or a segmenter's (``segmentation_rows``: ``classes``, through
+    ``preprocess``)."""
+    if kind == "detection":
+        count = DEFAULT_BOXES if boxes is None else boxes
+        threshold = DEFAULT_BOX_THRESHOLD if box_threshold is None else box_threshold
+        return detection_rows(model, image, count, threshold, where)
+    return segmentation_rows(model, image, classes, preprocess, where)
 
 
 def detection_rows(

@@ -67,6 +67,7 @@ def check_method(name: str) -> str:
 
 ROW_KINDS: tuple[str, ...] = ("detection", "segmentation")  # models explained a row per box/class
 ROW_STRIDE = 4  # frames between a detector's or segmenter's explained video frames
+DEFAULT_BOXES, DEFAULT_BOX_THRESHOLD = 3, 0.5  # a detector's boxes explained per image
 
 
 def check_kind_options(

@@ -270,6 +270,13 @@ def _resize_uint8(images: Tensor, target: tuple[int, ...]) -> Tensor:
     return out
 
 
+def resize_keeping_aspect(images: Tensor, longest: int) -> Tensor:
+    """uint8 ``[N, C, H, W]`` resized (``resize_frames``) to the aspect ratio of ``H x W``
+    with the longer side ``longest`` (``picture_shape``): what a detector or a segmenter
+    sees of an image."""
+    return resize_frames(images, picture_shape(images.shape[-2], images.shape[-1], longest))
+
+
 def resize_nearest(values: Tensor, shape: tuple[int, int]) -> Tensor:
     """``values [B, *S]`` (labels, masks, scores) resized by nearest neighbour to ``shape``
     in their last two dims, same dtype: output row ``i`` takes input row
