@@ -34,6 +34,14 @@ def _images(batch=2):
     return torch.rand(batch, 3, 96, 128, generator=generator)
 
 
+def _segmenter(classes):
+    """LR-ASPP (MobileNetV3) with random weights drawn from seed 0 and ``classes`` classes."""
+    torch.manual_seed(0)
+    return torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=classes
+    ).eval()
+
+
 def _top_boxes(model, x, per_image):
     with torch.no_grad():
         found = model(x)
@@ -321,10 +329,7 @@ def test_a_detection_target_needs_boxes_for_every_sample_and_a_detector():
 
 
 def test_a_segmentation_target_explains_a_class_over_a_mask():
-    torch.manual_seed(0)
-    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
-        weights=None, weights_backbone=None, num_classes=4
-    ).eval()
+    model = _segmenter(4)
     x = _images(2)[..., :64, :64]
     masks = torch.zeros(2, 64, 64, dtype=torch.bool)
     masks[0, 10:30, 10:40] = True
@@ -350,10 +355,7 @@ def test_a_segmentation_target_explains_a_class_over_a_mask():
 
 
 def test_a_segmentation_target_through_occlusion_and_its_mask_size():
-    torch.manual_seed(0)
-    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
-        weights=None, weights_backbone=None, num_classes=3
-    ).eval()
+    model = _segmenter(3)
     x = _images(2)[..., :48, :48]
     masks = torch.zeros(2, 48, 48, dtype=torch.bool)
     masks[:, 8:40, 8:40] = True
